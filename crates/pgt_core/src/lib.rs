@@ -1,0 +1,13 @@
+//! pg_trickle building blocks that know nothing of PostgreSQL's C API.
+//!
+//! Everything here is plain Rust, unit-tested with `cargo test -p pgt_core` in
+//! seconds. The extension crate (`pg_trickle`) and the tools (`pgt_testkit`, the
+//! demo) sit on top of it; nothing here depends on them.
+//!
+//! - [`ident`]: the one quoting helper for identifiers and literals in generated SQL.
+//! - [`schedule`]: parsing and validating a stream table's `schedule`.
+//! - [`options`]: the closed sets of option values (`refresh_mode`, `cdc_mode`, ...).
+
+pub mod ident;
+pub mod options;
+pub mod schedule;

@@ -1,0 +1,125 @@
+//! Schema objects created by `CREATE EXTENSION pg_trickle`, before (bootstrap) and
+//! after (finalize) the SQL functions pgrx generates from `#[pg_extern]`s.
+//!
+//! The catalog lives in schema `pgtrickle` (created by CREATE EXTENSION from the
+//! control file); change buffers in `pgtrickle_changes`. Everyone may read the
+//! catalog; only pg_trickle's own code writes it (as the extension owner).
+
+pgrx::extension_sql!(
+    r#"
+-- Readable by everyone: users call the API and read the catalog.
+GRANT USAGE ON SCHEMA pgtrickle TO PUBLIC;
+
+-- Change buffers and capture functions: pg_trickle's alone.
+CREATE SCHEMA pgtrickle_changes;
+REVOKE ALL ON SCHEMA pgtrickle_changes FROM PUBLIC;
+
+-- One row per stream table.
+CREATE TABLE pgtrickle.pgt_stream_tables (
+    pgt_id                    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pgt_relid                 oid NOT NULL UNIQUE,
+    defining_query            text NOT NULL,
+    original_query            text NOT NULL,
+    schedule                  text NOT NULL,
+    refresh_mode              text NOT NULL
+        CHECK (refresh_mode IN ('AUTO', 'FULL', 'DIFFERENTIAL', 'IMMEDIATE')),
+    effective_refresh_mode    text NOT NULL
+        CHECK (effective_refresh_mode IN ('FULL', 'DIFFERENTIAL', 'IMMEDIATE')),
+    status                    text NOT NULL DEFAULT 'ACTIVE'
+        CHECK (status IN ('ACTIVE', 'SUSPENDED')),
+    is_populated              boolean NOT NULL DEFAULT false,
+    diamond_consistency       text NOT NULL DEFAULT 'atomic'
+        CHECK (diamond_consistency IN ('atomic', 'none')),
+    diamond_schedule_policy   text NOT NULL DEFAULT 'fastest'
+        CHECK (diamond_schedule_policy IN ('fastest', 'slowest')),
+    cdc_mode                  text CHECK (cdc_mode IN ('auto', 'trigger', 'wal')),
+    append_only               boolean NOT NULL DEFAULT false,
+    pooler_compatibility_mode boolean NOT NULL DEFAULT false,
+    frontier                  pg_catalog.pg_snapshot,
+    data_timestamp            timestamptz,
+    last_refresh_at           timestamptz,
+    consecutive_errors        integer NOT NULL DEFAULT 0,
+    created_at                timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at                timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE pgtrickle.pgt_stream_tables IS 'pg_trickle: one row per stream table';
+COMMENT ON COLUMN pgtrickle.pgt_stream_tables.frontier IS
+    'Snapshot the contents reflect: changes by transactions visible in it are applied';
+
+-- Relations each stream table reads (views and the base tables beneath them).
+CREATE TABLE pgtrickle.pgt_dependencies (
+    pgt_id       bigint NOT NULL REFERENCES pgtrickle.pgt_stream_tables ON DELETE CASCADE,
+    source_relid oid NOT NULL,
+    source_kind  text NOT NULL
+        CHECK (source_kind IN ('TABLE', 'PARTITIONED_TABLE', 'VIEW', 'STREAM_TABLE')),
+    is_direct    boolean NOT NULL,
+    PRIMARY KEY (pgt_id, source_relid)
+);
+CREATE INDEX ON pgtrickle.pgt_dependencies (source_relid);
+
+-- Sources whose changes are captured, with their change buffer.
+CREATE TABLE pgtrickle.pgt_change_tracking (
+    source_relid     oid PRIMARY KEY,
+    source_name      text NOT NULL,
+    buffer_relid     oid NOT NULL,
+    capture_function oid NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+-- Every refresh.
+CREATE TABLE pgtrickle.pgt_refresh_history (
+    refresh_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pgt_id        bigint NOT NULL REFERENCES pgtrickle.pgt_stream_tables ON DELETE CASCADE,
+    start_time    timestamptz NOT NULL,
+    end_time      timestamptz,
+    action        text NOT NULL CHECK (action IN ('FULL', 'DIFFERENTIAL', 'IMMEDIATE', 'SKIP')),
+    rows_inserted bigint,
+    rows_deleted  bigint,
+    status        text NOT NULL CHECK (status IN ('SUCCESS', 'FAILED', 'SKIPPED')),
+    error_message text,
+    initiated_by  text NOT NULL CHECK (initiated_by IN ('MANUAL', 'SCHEDULER', 'INITIAL')),
+    frontier      pg_catalog.pg_snapshot
+);
+CREATE INDEX ON pgtrickle.pgt_refresh_history (pgt_id, start_time);
+
+GRANT SELECT ON pgtrickle.pgt_stream_tables, pgtrickle.pgt_dependencies,
+                pgtrickle.pgt_change_tracking, pgtrickle.pgt_refresh_history TO PUBLIC;
+"#,
+    name = "catalog",
+    bootstrap
+);
+
+pgrx::extension_sql!(
+    r#"
+-- Internal entry points: not for PUBLIC.
+REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
+
+-- Keeps the catalog true when relations are dropped behind pg_trickle's back
+-- (DROP TABLE of a stream table, DROP ... CASCADE, DROP SCHEMA ... CASCADE,
+-- DROP OWNED). Runs for every role's DROP, so it must never fail for anyone:
+-- SECURITY DEFINER with a pinned search_path, and it reads only
+-- pg_event_trigger_dropped_objects() and our catalog unless one of our objects
+-- is among the dropped.
+CREATE FUNCTION pgtrickle._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dropped oid[];
+BEGIN
+    SELECT pg_catalog.array_agg(d.objid) INTO dropped
+    FROM pg_catalog.pg_event_trigger_dropped_objects() d
+    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0;
+    IF dropped IS NULL THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ANY (dropped))
+       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking WHERE source_relid = ANY (dropped)) THEN
+        PERFORM pgtrickle._on_relations_dropped(dropped);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION pgtrickle._on_sql_drop() FROM PUBLIC;
+CREATE EVENT TRIGGER pgtrickle_sql_drop ON sql_drop EXECUTE FUNCTION pgtrickle._on_sql_drop();
+"#,
+    name = "event_triggers",
+    finalize
+);

@@ -1,0 +1,402 @@
+//! Access to pg_trickle's catalog tables in schema `pgtrickle` (created by
+//! `bootstrap.rs`): `pgt_stream_tables`, `pgt_dependencies`,
+//! `pgt_change_tracking`, `pgt_refresh_history`.
+//!
+//! Everyone may read the catalog; writes happen only here, as the extension owner
+//! ([`as_extension_owner`]), after the SQL-facing layer has checked that the caller
+//! may do what it asked.
+
+use crate::error::{PgtError, PgtResult};
+use crate::parse::{SourceKind, SourceRelation};
+use crate::privilege::as_extension_owner;
+use crate::spi::{col, exec, query_map, query_one};
+use pgrx::pg_sys;
+use pgt_core::ident::QualifiedName;
+use pgt_core::options::{CdcMode, DiamondConsistency, DiamondSchedulePolicy, RefreshMode};
+
+/// One row of `pgtrickle.pgt_stream_tables`, with the storage table's current name
+/// and owner from `pg_class`.
+#[derive(Debug, Clone)]
+pub struct StreamTable {
+    /// Surrogate key.
+    pub pgt_id: i64,
+    /// OID of the storage table.
+    pub relid: pg_sys::Oid,
+    /// Current schema-qualified name of the storage table.
+    pub name: QualifiedName,
+    /// Owner of the storage table; refreshes run the query as this role.
+    pub owner: pg_sys::Oid,
+    /// Normalized (schema-qualified) defining query.
+    pub defining_query: String,
+    /// The defining query as the user wrote it.
+    pub original_query: String,
+    /// Canonical schedule text.
+    pub schedule: String,
+    /// Requested refresh mode.
+    pub refresh_mode: RefreshMode,
+    /// The mode refreshes actually use.
+    pub effective_refresh_mode: RefreshMode,
+    /// ACTIVE or SUSPENDED.
+    pub status: String,
+    /// Whether the storage holds the query's result as of `frontier`.
+    pub is_populated: bool,
+    /// Diamond consistency option.
+    pub diamond_consistency: DiamondConsistency,
+    /// Diamond schedule policy option.
+    pub diamond_schedule_policy: DiamondSchedulePolicy,
+    /// Explicit CDC mode, or None to follow `pg_trickle.cdc_mode`.
+    pub cdc_mode: Option<CdcMode>,
+    /// append_only option.
+    pub append_only: bool,
+    /// pooler_compatibility_mode option.
+    pub pooler_compatibility_mode: bool,
+    /// The snapshot the contents reflect, as `pg_snapshot` text (`xmin:xmax:xip`).
+    pub frontier: Option<String>,
+}
+
+const SELECT_STREAM_TABLE: &str = "\
+SELECT st.pgt_id, st.pgt_relid, n.nspname::text, c.relname::text, c.relowner, \
+       st.defining_query, st.original_query, st.schedule, st.refresh_mode, \
+       st.effective_refresh_mode, st.status, st.is_populated, st.diamond_consistency, \
+       st.diamond_schedule_policy, st.cdc_mode, st.append_only, \
+       st.pooler_compatibility_mode, st.frontier::text \
+FROM pgtrickle.pgt_stream_tables st \
+JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+
+fn stream_table_from_row(row: &pgrx::spi::SpiHeapTupleData) -> PgtResult<StreamTable> {
+    Ok(StreamTable {
+        pgt_id: col(row, 1)?,
+        relid: col(row, 2)?,
+        name: QualifiedName::new(col::<String>(row, 3)?, col::<String>(row, 4)?),
+        owner: col(row, 5)?,
+        defining_query: col(row, 6)?,
+        original_query: col(row, 7)?,
+        schedule: col(row, 8)?,
+        refresh_mode: RefreshMode::parse(&col::<String>(row, 9)?)?,
+        effective_refresh_mode: RefreshMode::parse(&col::<String>(row, 10)?)?,
+        status: col(row, 11)?,
+        is_populated: col(row, 12)?,
+        diamond_consistency: DiamondConsistency::parse(&col::<String>(row, 13)?)?,
+        diamond_schedule_policy: DiamondSchedulePolicy::parse(&col::<String>(row, 14)?)?,
+        cdc_mode: row.get::<String>(15)?.map(|m| CdcMode::parse(&m)).transpose()?,
+        append_only: col(row, 16)?,
+        pooler_compatibility_mode: col(row, 17)?,
+        frontier: row.get::<String>(18)?,
+    })
+}
+
+/// The stream table stored in relation `relid`, if it is one.
+pub fn stream_table_by_relid(relid: pg_sys::Oid) -> PgtResult<Option<StreamTable>> {
+    let sql = format!("{SELECT_STREAM_TABLE} WHERE st.pgt_relid = $1");
+    Ok(query_map(&sql, &[relid.into()], stream_table_from_row)?.into_iter().next())
+}
+
+/// The `pgt_id` recorded for storage relation `relid`, whether or not the relation
+/// still exists (the sql_drop event trigger asks after the drop).
+pub fn pgt_id_by_relid(relid: pg_sys::Oid) -> PgtResult<Option<i64>> {
+    query_one::<i64>("SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1", &[relid.into()])
+}
+
+/// True when relation `relid` is a stream table's storage.
+pub fn is_stream_table(relid: pg_sys::Oid) -> PgtResult<bool> {
+    Ok(query_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1)",
+        &[relid.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// Locks the catalog row of stream table `pgt_id` (`FOR UPDATE`) and returns it as
+/// committed by whoever held the lock before. Two refreshes, or a refresh and an
+/// alter, of one stream table serialize here.
+pub fn lock_stream_table(pgt_id: i64) -> PgtResult<StreamTable> {
+    let sql = format!("{SELECT_STREAM_TABLE} WHERE st.pgt_id = $1 FOR UPDATE OF st");
+    as_extension_owner(|| {
+        query_map(&sql, &[pgt_id.into()], stream_table_from_row)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| PgtError::internal(format!("stream table {pgt_id} vanished from the catalog")))
+    })
+}
+
+/// The options a stream table is created with, validated.
+#[derive(Debug, Clone)]
+pub struct NewStreamTable<'a> {
+    pub relid: pg_sys::Oid,
+    pub defining_query: &'a str,
+    pub original_query: &'a str,
+    pub schedule: String,
+    pub refresh_mode: RefreshMode,
+    pub effective_refresh_mode: RefreshMode,
+    pub diamond_consistency: DiamondConsistency,
+    pub diamond_schedule_policy: DiamondSchedulePolicy,
+    pub cdc_mode: Option<CdcMode>,
+    pub append_only: bool,
+    pub pooler_compatibility_mode: bool,
+}
+
+/// Inserts a stream table's catalog row; returns its `pgt_id`.
+pub fn insert_stream_table(st: &NewStreamTable) -> PgtResult<i64> {
+    as_extension_owner(|| {
+        query_one::<i64>(
+            "INSERT INTO pgtrickle.pgt_stream_tables \
+               (pgt_relid, defining_query, original_query, schedule, refresh_mode, \
+                effective_refresh_mode, diamond_consistency, diamond_schedule_policy, \
+                cdc_mode, append_only, pooler_compatibility_mode) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING pgt_id",
+            &[
+                st.relid.into(),
+                st.defining_query.into(),
+                st.original_query.into(),
+                st.schedule.as_str().into(),
+                st.refresh_mode.as_str().into(),
+                st.effective_refresh_mode.as_str().into(),
+                st.diamond_consistency.as_str().into(),
+                st.diamond_schedule_policy.as_str().into(),
+                st.cdc_mode.map(|m| m.as_str()).into(),
+                st.append_only.into(),
+                st.pooler_compatibility_mode.into(),
+            ],
+        )?
+        .ok_or_else(|| PgtError::internal("INSERT ... RETURNING pgt_id returned nothing"))
+    })
+}
+
+/// Writes every option and the definition of an existing stream table back.
+pub fn update_stream_table(st: &StreamTable) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET \
+               pgt_relid = $2, defining_query = $3, original_query = $4, schedule = $5, \
+               refresh_mode = $6, effective_refresh_mode = $7, status = $8, \
+               diamond_consistency = $9, diamond_schedule_policy = $10, cdc_mode = $11, \
+               append_only = $12, pooler_compatibility_mode = $13, is_populated = $14, \
+               frontier = $15::pg_catalog.pg_snapshot, updated_at = pg_catalog.now() \
+             WHERE pgt_id = $1",
+            &[
+                st.pgt_id.into(),
+                st.relid.into(),
+                st.defining_query.as_str().into(),
+                st.original_query.as_str().into(),
+                st.schedule.as_str().into(),
+                st.refresh_mode.as_str().into(),
+                st.effective_refresh_mode.as_str().into(),
+                st.status.as_str().into(),
+                st.diamond_consistency.as_str().into(),
+                st.diamond_schedule_policy.as_str().into(),
+                st.cdc_mode.map(|m| m.as_str()).into(),
+                st.append_only.into(),
+                st.pooler_compatibility_mode.into(),
+                st.is_populated.into(),
+                st.frontier.as_deref().into(),
+            ],
+        )?;
+        Ok(())
+    })
+}
+
+/// Deletes a stream table's catalog row (dependencies and history go with it).
+pub fn delete_stream_table(pgt_id: i64) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec("DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1", &[pgt_id.into()])?;
+        Ok(())
+    })
+}
+
+/// A recorded dependency of a stream table on a relation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub source_relid: pg_sys::Oid,
+    pub kind: String,
+}
+
+/// Replaces the recorded sources of stream table `pgt_id` with `sources`.
+pub fn replace_dependencies(pgt_id: i64, sources: &[SourceRelation]) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec("DELETE FROM pgtrickle.pgt_dependencies WHERE pgt_id = $1", &[pgt_id.into()])?;
+        for s in sources {
+            exec(
+                "INSERT INTO pgtrickle.pgt_dependencies (pgt_id, source_relid, source_kind, is_direct) \
+                 VALUES ($1, $2, $3, $4)",
+                &[pgt_id.into(), s.relid.into(), s.kind.as_str().into(), s.direct.into()],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// The recorded sources of stream table `pgt_id`.
+pub fn dependencies(pgt_id: i64) -> PgtResult<Vec<Dependency>> {
+    query_map(
+        "SELECT source_relid, source_kind FROM pgtrickle.pgt_dependencies WHERE pgt_id = $1 ORDER BY source_relid",
+        &[pgt_id.into()],
+        |row| Ok(Dependency { source_relid: col(row, 1)?, kind: col(row, 2)? }),
+    )
+}
+
+/// Whether any stream table still reads `source_relid` through a captured kind of
+/// dependency (so its change buffer is still needed).
+pub fn source_has_consumers(source_relid: pg_sys::Oid) -> PgtResult<bool> {
+    Ok(query_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies \
+                        WHERE source_relid = $1 AND source_kind <> $2)",
+        &[source_relid.into(), SourceKind::View.as_str().into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// Names of the stream tables that read stream table `relid` directly.
+pub fn downstream_stream_tables(relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
+    query_map(
+        "SELECT st.pgt_relid::pg_catalog.regclass::text FROM pgtrickle.pgt_dependencies d \
+         JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+         WHERE d.source_relid = $1 ORDER BY 1",
+        &[relid.into()],
+        |row| col(row, 1),
+    )
+}
+
+/// Every stream table downstream of `relid`, transitively (for cycle checks).
+pub fn transitive_downstream(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> {
+    query_map(
+        "WITH RECURSIVE down(relid) AS ( \
+             SELECT st.pgt_relid FROM pgtrickle.pgt_dependencies d \
+             JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) WHERE d.source_relid = $1 \
+           UNION \
+             SELECT st.pgt_relid FROM down JOIN pgtrickle.pgt_dependencies d ON d.source_relid = down.relid \
+             JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)) \
+         SELECT relid FROM down",
+        &[relid.into()],
+        |row| col(row, 1),
+    )
+}
+
+/// The change-capture record of a source: its change buffer and capture function.
+#[derive(Debug, Clone)]
+pub struct ChangeTracking {
+    pub source_relid: pg_sys::Oid,
+    pub buffer_relid: pg_sys::Oid,
+    pub capture_function: pg_sys::Oid,
+}
+
+/// The change-capture record of `source_relid`, if it is captured.
+pub fn change_tracking(source_relid: pg_sys::Oid) -> PgtResult<Option<ChangeTracking>> {
+    Ok(query_map(
+        "SELECT source_relid, buffer_relid, capture_function FROM pgtrickle.pgt_change_tracking \
+         WHERE source_relid = $1",
+        &[source_relid.into()],
+        |row| Ok(ChangeTracking { source_relid: col(row, 1)?, buffer_relid: col(row, 2)?, capture_function: col(row, 3)? }),
+    )?
+    .into_iter()
+    .next())
+}
+
+/// Records that `source_relid` is now captured into `buffer_relid`.
+pub fn insert_change_tracking(t: &ChangeTracking, source_name: &QualifiedName) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "INSERT INTO pgtrickle.pgt_change_tracking (source_relid, source_name, buffer_relid, capture_function) \
+             VALUES ($1, $2, $3, $4)",
+            &[t.source_relid.into(), source_name.to_string().into(), t.buffer_relid.into(), t.capture_function.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Forgets the change-capture record of `source_relid`.
+pub fn delete_change_tracking(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec("DELETE FROM pgtrickle.pgt_change_tracking WHERE source_relid = $1", &[source_relid.into()])?;
+        Ok(())
+    })
+}
+
+/// The oldest transaction any consumer of `source_relid` may still need: the
+/// minimum `pg_snapshot_xmin(frontier)` over the populated stream tables that read
+/// it, as `xid8` text; None when no consumer has a frontier.
+pub fn oldest_needed_xid(source_relid: pg_sys::Oid) -> PgtResult<Option<String>> {
+    query_one::<String>(
+        "SELECT pg_catalog.min(pg_catalog.pg_snapshot_xmin(st.frontier))::text \
+         FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+         WHERE d.source_relid = $1 AND st.frontier IS NOT NULL",
+        &[source_relid.into()],
+    )
+}
+
+/// Who started a refresh; stored in `pgt_refresh_history.initiated_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitiatedBy {
+    /// `pgtrickle.refresh_stream_table()`.
+    Manual,
+    /// The initial population by `create_stream_table(..., initialize => true)` or a
+    /// rebuild by `alter_stream_table(..., query => ...)`.
+    Initial,
+}
+
+impl InitiatedBy {
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitiatedBy::Manual => "MANUAL",
+            InitiatedBy::Initial => "INITIAL",
+        }
+    }
+}
+
+/// One finished refresh, for `pgt_refresh_history`.
+#[derive(Debug, Clone)]
+pub struct RefreshRecord {
+    pub pgt_id: i64,
+    /// `clock_timestamp()` text when the refresh started.
+    pub start_time: String,
+    /// FULL / DIFFERENTIAL / IMMEDIATE / SKIP.
+    pub action: &'static str,
+    pub rows_inserted: i64,
+    pub rows_deleted: i64,
+    /// SUCCESS / FAILED / SKIPPED.
+    pub status: &'static str,
+    pub error_message: Option<String>,
+    pub initiated_by: InitiatedBy,
+    pub frontier: Option<String>,
+}
+
+/// Appends a row to `pgt_refresh_history` (its end time is now).
+pub fn insert_refresh_history(r: &RefreshRecord) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "INSERT INTO pgtrickle.pgt_refresh_history \
+               (pgt_id, start_time, end_time, action, rows_inserted, rows_deleted, status, \
+                error_message, initiated_by, frontier) \
+             VALUES ($1, $2::timestamptz, pg_catalog.clock_timestamp(), $3, $4, $5, $6, $7, $8, \
+                     $9::pg_catalog.pg_snapshot)",
+            &[
+                r.pgt_id.into(),
+                r.start_time.as_str().into(),
+                r.action.into(),
+                r.rows_inserted.into(),
+                r.rows_deleted.into(),
+                r.status.into(),
+                r.error_message.as_deref().into(),
+                r.initiated_by.as_str().into(),
+                r.frontier.as_deref().into(),
+            ],
+        )?;
+        Ok(())
+    })
+}
+
+/// Records a successful refresh on the stream table's row: new frontier, populated,
+/// refresh time, error count reset.
+pub fn mark_refreshed(pgt_id: i64, frontier: &str, data_timestamp: &str) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET frontier = $2::pg_catalog.pg_snapshot, \
+               is_populated = true, data_timestamp = $3::timestamptz, \
+               last_refresh_at = pg_catalog.clock_timestamp(), consecutive_errors = 0 \
+             WHERE pgt_id = $1",
+            &[pgt_id.into(), frontier.into(), data_timestamp.into()],
+        )?;
+        Ok(())
+    })
+}

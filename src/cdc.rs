@@ -1,0 +1,262 @@
+//! Change data capture by statement-level triggers with transition tables.
+//!
+//! For every captured source relation `S` (a table, a partitioned table and all its
+//! partitions, or another stream table's storage) pg_trickle keeps:
+//! - a **change buffer** `pgtrickle_changes.changes_<oid of S>` with one row per
+//!   changed row image: `__pgt_txid xid8` (the writing transaction,
+//!   `pg_current_xact_id()`), `__pgt_action "char"` ('I' a new image, weight +1;
+//!   'D' an old image, weight -1; 'T' a TRUNCATE marker with no image), then one
+//!   column per column of `S`, same name and type. An UPDATE is captured as its old
+//!   images ('D') plus its new images ('I'): deltas are multisets with signed
+//!   weights, so no pairing of old and new rows is needed;
+//! - a **capture function** `pgtrickle_changes.capture_<oid>()` (PL/pgSQL,
+//!   `SECURITY DEFINER`, `search_path` pinned) that copies a statement's transition
+//!   table into the buffer in one set-based INSERT;
+//! - four **triggers** `pgt_cdc_<oid>_{ins,upd,del,trunc}` (AFTER ... FOR EACH
+//!   STATEMENT; INSERT/UPDATE/DELETE with transition tables) on `S` and, for a
+//!   partitioned table, on every partition (a statement aimed at a partition fires
+//!   only that partition's statement triggers).
+//!
+//! One buffer serves every stream table reading `S`; it is created with the first
+//! and dropped with the last (`pgt_change_tracking` records it). The buffer,
+//! function and triggers carry an AUTO dependency on the extension, so `DROP
+//! EXTENSION pg_trickle` removes them without CASCADE, and the triggers an AUTO
+//! dependency on their table, so dropping a source removes its triggers.
+//!
+//! Which buffer rows a refresh reads and when they can be deleted is decided by the
+//! frontier (docs/ARCHITECTURE.md, "Frontier"): rows whose `__pgt_txid` is older
+//! than every consumer's frontier xmin are deleted by [`trim_buffer`].
+
+use crate::catalog::{self, ChangeTracking};
+use crate::error::{PgtError, PgtResult};
+use crate::parse::{relation_name, RESERVED_PREFIX};
+use crate::privilege::{as_extension_owner, extension_oid};
+use crate::spi::{col, exec, query_map, query_one};
+use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode;
+use pgt_core::ident::{display_ident, quote_ident, quote_literal, QualifiedName};
+
+/// Schema holding change buffers and capture functions.
+pub const CHANGES_SCHEMA: &str = "pgtrickle_changes";
+
+/// Name of the change buffer of source `source_relid`.
+pub fn buffer_name(source_relid: pg_sys::Oid) -> QualifiedName {
+    QualifiedName::new(CHANGES_SCHEMA, format!("changes_{}", source_relid.to_u32()))
+}
+
+fn capture_function_name(source_relid: pg_sys::Oid) -> QualifiedName {
+    QualifiedName::new(CHANGES_SCHEMA, format!("capture_{}", source_relid.to_u32()))
+}
+
+/// The four capture triggers: name suffix, event, transition-table clause.
+const TRIGGERS: [(&str, &str, &str); 4] = [
+    ("ins", "INSERT", "REFERENCING NEW TABLE AS __pgt_new"),
+    ("upd", "UPDATE", "REFERENCING OLD TABLE AS __pgt_old NEW TABLE AS __pgt_new"),
+    ("del", "DELETE", "REFERENCING OLD TABLE AS __pgt_old"),
+    ("trunc", "TRUNCATE", ""),
+];
+
+fn trigger_name(source_relid: pg_sys::Oid, suffix: &str) -> String {
+    format!("pgt_cdc_{}_{}", source_relid.to_u32(), suffix)
+}
+
+/// A captured column of a source: name and SQL type text.
+struct CapturedColumn {
+    name: String,
+    sql_type: String,
+}
+
+/// Columns of `relid` as the buffer stores them: every live, non-virtual column in
+/// attribute order (virtual generated columns have no stored value to capture).
+fn captured_columns(relid: pg_sys::Oid) -> PgtResult<Vec<CapturedColumn>> {
+    query_map(
+        "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) \
+         FROM pg_catalog.pg_attribute \
+         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated <> 'v' \
+         ORDER BY attnum",
+        &[relid.into()],
+        |row| Ok(CapturedColumn { name: col(row, 1)?, sql_type: col(row, 2)? }),
+    )
+}
+
+/// `relid` and, for a partitioned table, every partition below it.
+fn relation_tree(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> {
+    query_map(
+        "SELECT relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree($1::pg_catalog.regclass) \
+         UNION SELECT $1::pg_catalog.oid ORDER BY 1",
+        &[relid.into()],
+        |row| col(row, 1),
+    )
+}
+
+/// Starts capturing changes of `source_relid` unless it is captured already.
+///
+/// Creating the triggers takes a SHARE ROW EXCLUSIVE lock on the source, which
+/// waits for writers in progress and blocks new ones until the caller's transaction
+/// ends; a snapshot taken afterwards in the same transaction therefore sees every
+/// change made before capture began, and every later change is captured.
+///
+/// # Errors
+/// 42939 when a source column name starts with `__pgt_`.
+pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    if catalog::change_tracking(source_relid)?.is_some() {
+        return Ok(());
+    }
+    let source = relation_name(source_relid)?;
+    let columns = captured_columns(source_relid)?;
+    if let Some(c) = columns.iter().find(|c| c.name.starts_with(RESERVED_PREFIX)) {
+        return Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_RESERVED_NAME,
+            format!("column {} of {source} uses the reserved prefix \"{RESERVED_PREFIX}\"", display_ident(&c.name)),
+        )
+        .hint("Rename the column; names starting with \"__pgt_\" are reserved for pg_trickle."));
+    }
+    as_extension_owner(|| {
+        let buffer = buffer_name(source_relid);
+        let function = capture_function_name(source_relid);
+        let column_defs: String = columns.iter().map(|c| format!(", {} {}", quote_ident(&c.name), c.sql_type)).collect();
+        exec(
+            &format!(
+                "CREATE TABLE {} (__pgt_txid pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), \
+                 __pgt_action \"char\" NOT NULL{column_defs})",
+                buffer.to_sql()
+            ),
+            &[],
+        )?;
+        exec(&format!("COMMENT ON TABLE {} IS {}", buffer.to_sql(), quote_literal(&format!("pg_trickle change buffer of {source}"))), &[])?;
+
+        let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let target_cols: String = names.iter().map(|n| format!(", {n}")).collect();
+        let source_cols: String = names.iter().map(|n| format!(", {n}")).collect();
+        let insert = |action: &str, table: &str| {
+            format!("SELECT '{action}'{source_cols} FROM {table}")
+        };
+        let buffer_sql = buffer.to_sql();
+        exec(
+            &format!(
+                "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
+                 SET search_path = pg_catalog, pg_temp AS $pgt$\n\
+                 BEGIN\n\
+                   IF TG_OP = 'INSERT' THEN\n\
+                     INSERT INTO {buffer_sql} (__pgt_action{target_cols}) {ins};\n\
+                   ELSIF TG_OP = 'UPDATE' THEN\n\
+                     INSERT INTO {buffer_sql} (__pgt_action{target_cols}) {upd_old} UNION ALL {upd_new};\n\
+                   ELSIF TG_OP = 'DELETE' THEN\n\
+                     INSERT INTO {buffer_sql} (__pgt_action{target_cols}) {del};\n\
+                   ELSE\n\
+                     INSERT INTO {buffer_sql} (__pgt_action) VALUES ('T');\n\
+                   END IF;\n\
+                   RETURN NULL;\n\
+                 END\n$pgt$",
+                function = function.to_sql(),
+                ins = insert("I", "__pgt_new"),
+                upd_old = insert("D", "__pgt_old"),
+                upd_new = insert("I", "__pgt_new"),
+                del = insert("D", "__pgt_old"),
+            ),
+            &[],
+        )?;
+        exec(&format!("REVOKE ALL ON FUNCTION {}() FROM PUBLIC", function.to_sql()), &[])?;
+
+        let buffer_relid = query_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::oid", &[buffer.to_sql().as_str().into()])?
+            .ok_or_else(|| PgtError::internal(format!("change buffer {buffer} was not created")))?;
+        let function_oid = query_one::<pg_sys::Oid>(
+            "SELECT $1::pg_catalog.regprocedure::oid",
+            &[format!("{}()", function.to_sql()).as_str().into()],
+        )?
+        .ok_or_else(|| PgtError::internal(format!("capture function {function} was not created")))?;
+
+        for relid in relation_tree(source_relid)? {
+            let table = relation_name(relid)?;
+            for (suffix, event, referencing) in TRIGGERS {
+                exec(
+                    &format!(
+                        "CREATE TRIGGER {} AFTER {event} ON {} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {}()",
+                        quote_ident(&trigger_name(source_relid, suffix)),
+                        table.to_sql(),
+                        function.to_sql()
+                    ),
+                    &[],
+                )?;
+            }
+        }
+
+        // AUTO dependencies on the extension: DROP EXTENSION removes these objects
+        // silently; nothing else changes how they can be dropped.
+        let extension = extension_oid()?;
+        record_auto_dependency_on_extension(pg_sys::RelationRelationId, buffer_relid, extension);
+        record_auto_dependency_on_extension(pg_sys::ProcedureRelationId, function_oid, extension);
+        for trigger in capture_triggers(function_oid)? {
+            record_auto_dependency_on_extension(pg_sys::TriggerRelationId, trigger.oid, extension);
+        }
+
+        catalog::insert_change_tracking(
+            &ChangeTracking { source_relid, buffer_relid, capture_function: function_oid },
+            &source,
+        )
+    })
+}
+
+fn record_auto_dependency_on_extension(class_id: pg_sys::Oid, object_id: pg_sys::Oid, extension: pg_sys::Oid) {
+    let depender = pg_sys::ObjectAddress { classId: class_id, objectId: object_id, objectSubId: 0 };
+    let referenced = pg_sys::ObjectAddress { classId: pg_sys::ExtensionRelationId, objectId: extension, objectSubId: 0 };
+    unsafe { pg_sys::recordDependencyOn(&depender, &referenced, pg_sys::DependencyType::DEPENDENCY_AUTO) };
+}
+
+struct CaptureTrigger {
+    oid: pg_sys::Oid,
+    table: pg_sys::Oid,
+    name: String,
+}
+
+/// Every trigger that calls capture function `function_oid`, wherever it is.
+fn capture_triggers(function_oid: pg_sys::Oid) -> PgtResult<Vec<CaptureTrigger>> {
+    query_map(
+        "SELECT oid, tgrelid, tgname::text FROM pg_catalog.pg_trigger WHERE tgfoid = $1 ORDER BY oid",
+        &[function_oid.into()],
+        |row| Ok(CaptureTrigger { oid: col(row, 1)?, table: col(row, 2)?, name: col(row, 3)? }),
+    )
+}
+
+/// Stops capturing `source_relid` if no stream table reads it any more: drops its
+/// triggers (wherever they are), capture function and change buffer. A source that
+/// was itself dropped has lost its triggers already; the rest goes here.
+pub fn release_capture_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    if catalog::source_has_consumers(source_relid)? {
+        return Ok(());
+    }
+    let Some(tracking) = catalog::change_tracking(source_relid)? else {
+        return Ok(());
+    };
+    as_extension_owner(|| {
+        for trigger in capture_triggers(tracking.capture_function)? {
+            let table = relation_name(trigger.table)?;
+            exec(&format!("DROP TRIGGER {} ON {}", quote_ident(&trigger.name), table.to_sql()), &[])?;
+        }
+        exec(&format!("DROP FUNCTION IF EXISTS {}()", capture_function_name(source_relid).to_sql()), &[])?;
+        exec(&format!("DROP TABLE IF EXISTS {}", buffer_name(source_relid).to_sql()), &[])?;
+        catalog::delete_change_tracking(source_relid)
+    })
+}
+
+/// Deletes the change-buffer rows of `source_relid` that no consumer needs any
+/// more: those written by transactions older than every consumer's frontier xmin
+/// (such a transaction is visible in every frontier, so every consumer has applied
+/// it). Returns the number of rows deleted.
+pub fn trim_buffer(source_relid: pg_sys::Oid) -> PgtResult<u64> {
+    if catalog::change_tracking(source_relid)?.is_none() {
+        return Ok(0);
+    }
+    let Some(oldest_needed) = catalog::oldest_needed_xid(source_relid)? else {
+        return Ok(0);
+    };
+    as_extension_owner(|| {
+        exec(
+            &format!(
+                "DELETE FROM {} WHERE __pgt_txid < $1::pg_catalog.xid8",
+                buffer_name(source_relid).to_sql()
+            ),
+            &[oldest_needed.as_str().into()],
+        )
+    })
+}

@@ -1,0 +1,68 @@
+//! Configuration parameters (`pg_trickle.*`), registered when the library loads.
+//! Each one is documented in docs/CONFIGURATION.md.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// `pg_trickle.enabled`: master switch for automatic (scheduled) refresh.
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `pg_trickle.min_schedule_seconds`: the shortest duration schedule accepted, in
+/// seconds.
+pub static MIN_SCHEDULE_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(1);
+
+/// `pg_trickle.default_schedule_seconds`: the interval, in seconds, a `calculated`
+/// schedule resolves to when no downstream stream table imposes one.
+pub static DEFAULT_SCHEDULE_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+/// `pg_trickle.cdc_mode`: default change-capture mode for stream tables created
+/// without an explicit `cdc_mode` ('auto', 'trigger' or 'wal').
+pub static CDC_MODE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"auto"));
+
+/// Registers every `pg_trickle.*` parameter. Called once from `_PG_init`.
+pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"pg_trickle.enabled",
+        c"Enables automatic refresh of stream tables by the background scheduler.",
+        c"When off, stream tables are refreshed only by pgtrickle.refresh_stream_table().",
+        &ENABLED,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.min_schedule_seconds",
+        c"Shortest duration schedule accepted for a stream table, in seconds.",
+        c"create_stream_table and alter_stream_table reject shorter durations.",
+        &MIN_SCHEDULE_SECONDS,
+        0,
+        86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.default_schedule_seconds",
+        c"Interval a 'calculated' schedule resolves to when no downstream stream table sets one, in seconds.",
+        c"",
+        &DEFAULT_SCHEDULE_SECONDS,
+        1,
+        86_400 * 7,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_trickle.cdc_mode",
+        c"Default change-capture mode for new stream tables: auto, trigger or wal.",
+        c"'auto' uses statement-level triggers; 'wal' is not available yet.",
+        &CDC_MODE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+/// The value of `pg_trickle.cdc_mode` as text ('auto' when unset).
+pub fn cdc_mode() -> String {
+    CDC_MODE
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "auto".to_string())
+}

@@ -1,0 +1,37 @@
+//! pg_trickle: stream tables for PostgreSQL 18.
+//!
+//! A stream table is an ordinary heap table whose contents are defined by a SQL
+//! query and kept up to date as its sources change. This crate is the PostgreSQL
+//! extension; plain-Rust building blocks live in `crates/pgt_core`.
+//!
+//! Layers, top to bottom (dependencies point down only):
+//! - [`api`]: `#[pg_extern]` SQL functions, thin;
+//! - [`lifecycle`] (create / alter / drop) and [`refresh`] (executors);
+//! - [`parse`] (PostgreSQL parse analysis), [`cdc`] (change capture), [`storage`]
+//!   (storage tables), [`catalog`] (the `pgtrickle.*` tables);
+//! - [`privilege`], [`spi`], [`error`], [`guc`]: helpers every layer uses.
+//!
+//! docs/ARCHITECTURE.md describes the data flow and the frontier.
+
+use pgrx::prelude::*;
+
+mod api;
+mod bootstrap;
+mod catalog;
+mod cdc;
+mod error;
+mod guc;
+mod lifecycle;
+mod parse;
+mod privilege;
+mod refresh;
+mod spi;
+mod storage;
+
+::pgrx::pg_module_magic!(name, version);
+
+/// Library load: registers the `pg_trickle.*` parameters.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::register();
+}

@@ -1,0 +1,454 @@
+//! Creating, altering and dropping stream tables: the logic behind the SQL API.
+//!
+//! Everything runs in the caller's transaction, so a failure at any step leaves no
+//! trace: no half-made storage table, trigger, change buffer or catalog row.
+//! Objects the caller will own (the storage table) are created as the caller;
+//! pg_trickle's own objects (catalog rows, change buffers, capture triggers) as the
+//! extension owner ([`crate::privilege`]).
+
+use crate::catalog::{self, InitiatedBy, NewStreamTable, StreamTable};
+use crate::cdc;
+use crate::error::{PgtError, PgtResult};
+use crate::guc;
+use crate::parse::{self, AnalyzedQuery, SourceKind};
+use crate::privilege::{as_owner_restricted, current_user, current_user_owns};
+use crate::refresh;
+use crate::spi::{exec, query_one};
+use crate::storage;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use pgt_core::ident::{quote_ident, QualifiedName};
+use pgt_core::options::{CdcMode, DiamondConsistency, DiamondSchedulePolicy, RefreshMode, StreamTableStatus};
+use pgt_core::schedule::{Schedule, ScheduleError};
+use std::time::Duration;
+
+/// Schema of an unqualified stream-table name.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// Splits a possibly schema-qualified name the way PostgreSQL reads identifiers
+/// (`parse_ident`): unquoted parts fold to lower case, quoted parts are kept.
+///
+/// # Errors
+/// 22023 for text that is not an identifier; 42602 for more than two parts.
+pub fn parse_name(text: &str) -> PgtResult<QualifiedName> {
+    let parts = query_one::<Vec<String>>("SELECT pg_catalog.parse_ident($1)", &[text.into()])?
+        .unwrap_or_default();
+    match parts.as_slice() {
+        [name] => Ok(QualifiedName::new(DEFAULT_SCHEMA, name.clone())),
+        [schema, name] => Ok(QualifiedName::new(schema.clone(), name.clone())),
+        _ => Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("improper stream table name \"{text}\": too many dotted names"),
+        )
+        .hint("Use name or schema.name.")),
+    }
+}
+
+/// OID of relation `name`, if it exists.
+fn relation_oid(name: &QualifiedName) -> PgtResult<Option<pg_sys::Oid>> {
+    query_one::<pg_sys::Oid>(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2",
+        &[name.schema.as_str().into(), name.name.as_str().into()],
+    )
+}
+
+/// The stream table called `text`.
+///
+/// # Errors
+/// 42P01 when no relation has that name; 42809 when it is not a stream table.
+pub fn resolve_stream_table(text: &str) -> PgtResult<StreamTable> {
+    let name = parse_name(text)?;
+    let relid = relation_oid(&name)?.ok_or_else(|| {
+        PgtError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("stream table {name} does not exist"))
+    })?;
+    catalog::stream_table_by_relid(relid)?.ok_or_else(|| {
+        PgtError::new(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("{name} is not a stream table"))
+            .hint("Stream tables are listed in pgtrickle.pgt_stream_tables.")
+    })
+}
+
+/// Errors unless the current role owns `st` (or is a superuser).
+fn check_owner(st: &StreamTable) -> PgtResult<()> {
+    if current_user_owns(st.relid) {
+        Ok(())
+    } else {
+        Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of stream table {}", st.name),
+        ))
+    }
+}
+
+fn null_error(parameter: &str) -> PgtError {
+    PgtError::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{parameter} must not be NULL"))
+}
+
+/// Parses and validates a schedule against `pg_trickle.min_schedule_seconds`.
+pub fn validate_schedule(text: &str) -> PgtResult<Schedule> {
+    let floor = Duration::from_secs(guc::MIN_SCHEDULE_SECONDS.get().max(0) as u64);
+    Schedule::parse(text, floor).map_err(|e| {
+        let err = PgtError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string());
+        match e {
+            ScheduleError::Empty => err.hint("Use a duration such as '30s' or '5m', a cron expression, or 'calculated'."),
+            ScheduleError::Unparsable { duration_error, cron_error, .. } => err
+                .detail(format!("As a duration: {duration_error}. As a cron expression: {cron_error}."))
+                .hint("Use a duration such as '30s', '5m' or '1h30m', a cron expression such as '*/5 * * * *' or '@hourly', or 'calculated'."),
+            ScheduleError::BelowFloor { .. } => {
+                err.hint("Use a longer schedule, or lower pg_trickle.min_schedule_seconds.")
+            }
+        }
+    })
+}
+
+/// Validates a refresh mode and returns it with the mode refreshes will use.
+fn validate_refresh_mode(text: &str, name: &QualifiedName) -> PgtResult<(RefreshMode, RefreshMode)> {
+    let mode = RefreshMode::parse(text)?;
+    match mode {
+        RefreshMode::Immediate => Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("refresh mode IMMEDIATE is not available yet for stream table {name}"),
+        )
+        .hint("Use AUTO, FULL or DIFFERENTIAL.")),
+        RefreshMode::Differential => {
+            pgrx::warning!(
+                "stream table {name} will refresh in FULL mode: the DIFFERENTIAL engine is not available yet"
+            );
+            Ok((mode, RefreshMode::Full))
+        }
+        RefreshMode::Auto | RefreshMode::Full => Ok((mode, RefreshMode::Full)),
+    }
+}
+
+/// Validates an explicit CDC mode (None follows `pg_trickle.cdc_mode`, which is
+/// checked too).
+fn validate_cdc_mode(text: Option<&str>, name: &QualifiedName) -> PgtResult<Option<CdcMode>> {
+    let explicit = text.map(CdcMode::parse).transpose()?;
+    let effective = match explicit {
+        Some(m) => m,
+        None => CdcMode::parse(&guc::cdc_mode()).map_err(|e| {
+            PgtError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid value \"{}\" for pg_trickle.cdc_mode", e.value))
+                .hint("Set pg_trickle.cdc_mode to auto or trigger.")
+        })?,
+    };
+    if effective == CdcMode::Wal {
+        return Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cdc_mode 'wal' is not available yet for stream table {name}"),
+        )
+        .hint("Use cdc_mode 'auto' or 'trigger' (statement-level triggers)."));
+    }
+    Ok(explicit)
+}
+
+/// Arguments of `create_stream_table` as the SQL function received them.
+#[derive(Debug, Clone)]
+pub struct CreateArgs<'a> {
+    pub name: Option<&'a str>,
+    pub query: Option<&'a str>,
+    pub schedule: Option<&'a str>,
+    pub refresh_mode: Option<&'a str>,
+    pub initialize: Option<bool>,
+    pub diamond_consistency: Option<&'a str>,
+    pub diamond_schedule_policy: Option<&'a str>,
+    pub cdc_mode: Option<&'a str>,
+    pub append_only: Option<bool>,
+    pub pooler_compatibility_mode: Option<bool>,
+}
+
+/// What to do when the stream table exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExisting {
+    /// Error 42P07.
+    Fail,
+    /// NOTICE and do nothing.
+    Skip,
+    /// Bring the existing stream table in line with the arguments.
+    Replace,
+}
+
+/// `create_stream_table` and its two variants.
+pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtResult<()> {
+    let name_text = args.name.ok_or_else(|| null_error("name"))?;
+    let query = args.query.ok_or_else(|| null_error("query"))?;
+    let name = parse_name(name_text)?;
+
+    // Options first: a bad option value must not cost a parse.
+    let schedule = validate_schedule(args.schedule.ok_or_else(|| null_error("schedule"))?)?;
+    let refresh_mode_text = args.refresh_mode.ok_or_else(|| null_error("refresh_mode"))?;
+    let initialize = args.initialize.ok_or_else(|| null_error("initialize"))?;
+    let diamond_consistency =
+        args.diamond_consistency.map(DiamondConsistency::parse).transpose()?.unwrap_or(DiamondConsistency::Atomic);
+    let diamond_schedule_policy = args
+        .diamond_schedule_policy
+        .map(DiamondSchedulePolicy::parse)
+        .transpose()?
+        .unwrap_or(DiamondSchedulePolicy::Fastest);
+    let append_only = args.append_only.ok_or_else(|| null_error("append_only"))?;
+    let pooler_compatibility_mode =
+        args.pooler_compatibility_mode.ok_or_else(|| null_error("pooler_compatibility_mode"))?;
+    let cdc_mode = validate_cdc_mode(args.cdc_mode, &name)?;
+
+    let schema_oid = unsafe {
+        let cschema = std::ffi::CString::new(name.schema.as_str())
+            .map_err(|_| PgtError::new(PgSqlErrorCode::ERRCODE_INVALID_NAME, "schema name contains a NUL byte"))?;
+        pg_sys::get_namespace_oid(cschema.as_ptr(), true)
+    };
+    if schema_oid == pg_sys::InvalidOid {
+        return Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+            format!("schema \"{}\" does not exist", name.schema),
+        )
+        .hint(format!("Create it first with CREATE SCHEMA {}.", quote_ident(&name.schema))));
+    }
+    if let Some(existing_relid) = relation_oid(&name)? {
+        let existing = catalog::stream_table_by_relid(existing_relid)?;
+        match (on_existing, existing) {
+            (OnExisting::Skip, Some(_)) => {
+                pgrx::notice!("stream table {name} already exists, skipping");
+                return Ok(());
+            }
+            (OnExisting::Replace, Some(st)) => {
+                let alter = AlterArgs {
+                    query: Some(query),
+                    schedule: args.schedule,
+                    refresh_mode: Some(refresh_mode_text),
+                    status: None,
+                    diamond_consistency: Some(diamond_consistency.as_str()),
+                    diamond_schedule_policy: Some(diamond_schedule_policy.as_str()),
+                    cdc_mode: args.cdc_mode,
+                    append_only: Some(append_only),
+                    pooler_compatibility_mode: Some(pooler_compatibility_mode),
+                };
+                return alter_stream_table(st, &alter);
+            }
+            (_, Some(_)) => {
+                return Err(PgtError::new(
+                    PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+                    format!("stream table {name} already exists"),
+                )
+                .hint("Use pgtrickle.alter_stream_table() to change it, or pgtrickle.create_or_replace_stream_table()."))
+            }
+            (_, None) => {
+                return Err(PgtError::new(
+                    PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+                    format!("relation {name} already exists"),
+                )
+                .hint("Choose another name for the stream table."))
+            }
+        }
+    }
+    let (refresh_mode, effective_refresh_mode) = validate_refresh_mode(refresh_mode_text, &name)?;
+
+    let analyzed = parse::analyze_defining_query(query, catalog::is_stream_table)?;
+    // The creator must be able to run the query, as for CREATE MATERIALIZED VIEW.
+    check_can_run(&analyzed, current_user())?;
+
+    let relid = storage::create_storage(&name, &analyzed)?;
+    let pgt_id = catalog::insert_stream_table(&NewStreamTable {
+        relid,
+        defining_query: &analyzed.normalized_sql,
+        original_query: query,
+        schedule: schedule.canonical(),
+        refresh_mode,
+        effective_refresh_mode,
+        diamond_consistency,
+        diamond_schedule_policy,
+        cdc_mode,
+        append_only,
+        pooler_compatibility_mode,
+    })?;
+    catalog::replace_dependencies(pgt_id, &analyzed.sources)?;
+    for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
+        cdc::ensure_capture(source.relid)?;
+    }
+    if initialize {
+        refresh::refresh_stream_table(pgt_id, InitiatedBy::Initial)?;
+    }
+    Ok(())
+}
+
+/// Executes the query with `LIMIT 0` as `role`, which checks that `role` may read
+/// everything it reads (privileges are checked at executor start, not at parse).
+fn check_can_run(query: &AnalyzedQuery, role: pg_sys::Oid) -> PgtResult<()> {
+    let probe = format!("SELECT * FROM ({}) __pgt_q LIMIT 0", query.normalized_sql);
+    as_owner_restricted(role, || exec(&probe, &[]))?;
+    Ok(())
+}
+
+/// Arguments of `alter_stream_table`; None leaves a setting unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct AlterArgs<'a> {
+    pub query: Option<&'a str>,
+    pub schedule: Option<&'a str>,
+    pub refresh_mode: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub diamond_consistency: Option<&'a str>,
+    pub diamond_schedule_policy: Option<&'a str>,
+    pub cdc_mode: Option<&'a str>,
+    pub append_only: Option<bool>,
+    pub pooler_compatibility_mode: Option<bool>,
+}
+
+/// `alter_stream_table`: changes the options given, and with a new query rebuilds
+/// the stream table (see docs/SQL_REFERENCE.md).
+pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
+    check_owner(&st)?;
+    let mut st = catalog::lock_stream_table(st.pgt_id)?;
+    let name = st.name.clone();
+    if let Some(s) = args.schedule {
+        st.schedule = validate_schedule(s)?.canonical();
+    }
+    if let Some(m) = args.refresh_mode {
+        let (requested, effective) = validate_refresh_mode(m, &name)?;
+        st.refresh_mode = requested;
+        st.effective_refresh_mode = effective;
+    }
+    if let Some(s) = args.status {
+        st.status = StreamTableStatus::parse(s)?.as_str().to_string();
+    }
+    if let Some(d) = args.diamond_consistency {
+        st.diamond_consistency = DiamondConsistency::parse(d)?;
+    }
+    if let Some(p) = args.diamond_schedule_policy {
+        st.diamond_schedule_policy = DiamondSchedulePolicy::parse(p)?;
+    }
+    if args.cdc_mode.is_some() {
+        st.cdc_mode = validate_cdc_mode(args.cdc_mode, &name)?;
+    }
+    if let Some(a) = args.append_only {
+        st.append_only = a;
+    }
+    if let Some(p) = args.pooler_compatibility_mode {
+        st.pooler_compatibility_mode = p;
+    }
+
+    let new_query = match args.query {
+        Some(q) => Some((q, parse::analyze_defining_query(q, catalog::is_stream_table)?)),
+        None => None,
+    };
+    let Some((query_text, analyzed)) = new_query.filter(|(_, a)| a.normalized_sql != st.defining_query) else {
+        if let Some(q) = args.query {
+            st.original_query = q.to_string();
+        }
+        return catalog::update_stream_table(&st);
+    };
+
+    // A new defining query.
+    check_no_cycle(&st, &analyzed)?;
+    check_can_run(&analyzed, current_user())?;
+    let old_dependencies = catalog::dependencies(st.pgt_id)?;
+    if storage::visible_columns(st.relid)? == storage::columns_for(&analyzed)? {
+        storage::remove_source_dependencies(st.relid);
+        storage::record_source_dependencies(st.relid, &analyzed.sources);
+    } else {
+        let downstream = catalog::downstream_stream_tables(st.relid)?;
+        if !downstream.is_empty() {
+            return Err(PgtError::new(
+                PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+                format!("cannot change the columns of stream table {name} because other stream tables depend on it"),
+            )
+            .detail(format!("Stream tables reading it: {}.", downstream.join(", ")))
+            .hint("Drop or alter the dependent stream tables first, or keep the output columns unchanged."));
+        }
+        st.relid = rebuild_storage(&st, &analyzed)?;
+    }
+    st.defining_query = analyzed.normalized_sql.clone();
+    st.original_query = query_text.to_string();
+    st.is_populated = false;
+    st.frontier = None;
+    catalog::update_stream_table(&st)?;
+    catalog::replace_dependencies(st.pgt_id, &analyzed.sources)?;
+    for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
+        cdc::ensure_capture(source.relid)?;
+    }
+    for old in old_dependencies {
+        cdc::release_capture_if_unused(old.source_relid)?;
+    }
+    refresh::refresh_stream_table(st.pgt_id, InitiatedBy::Initial)?;
+    Ok(())
+}
+
+/// Rejects a new query that reads the stream table itself or one downstream of it.
+fn check_no_cycle(st: &StreamTable, query: &AnalyzedQuery) -> PgtResult<()> {
+    let downstream = catalog::transitive_downstream(st.relid)?;
+    for source in query.sources.iter().filter(|s| s.kind == SourceKind::StreamTable) {
+        if source.relid == st.relid || downstream.contains(&source.relid) {
+            return Err(PgtError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
+                format!("circular dependency: stream table {} would read {}, which depends on it", st.name, source.name),
+            )
+            .hint("Stream tables must form a DAG; pg_trickle.allow_circular is off."));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the storage table of `st` by one shaped for `query`: the old table is
+/// renamed aside, the new one created under the name, the old one dropped. Returns
+/// the new OID. Grants, indexes and policies on the old table are not carried over.
+fn rebuild_storage(st: &StreamTable, query: &AnalyzedQuery) -> PgtResult<pg_sys::Oid> {
+    let aside = format!("__pgt_old_{}", st.relid.to_u32());
+    exec(&format!("ALTER TABLE {} RENAME TO {}", st.name.to_sql(), quote_ident(&aside)), &[])?;
+    let relid = storage::create_storage(&st.name, query)?;
+    // Point the catalog at the new table before dropping the old one, so the
+    // sql_drop event trigger does not take the drop for the stream table's.
+    let mut moved = st.clone();
+    moved.relid = relid;
+    catalog::update_stream_table(&moved)?;
+    exec(&format!("DROP TABLE {}", QualifiedName::new(st.name.schema.clone(), aside).to_sql()), &[])?;
+    Ok(relid)
+}
+
+/// `drop_stream_table`: removes the storage table, the catalog rows, and change
+/// capture no other stream table needs.
+pub fn drop_stream_table(st: StreamTable) -> PgtResult<()> {
+    check_owner(&st)?;
+    let downstream = catalog::downstream_stream_tables(st.relid)?;
+    if !downstream.is_empty() {
+        return Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("cannot drop stream table {} because other stream tables depend on it", st.name),
+        )
+        .detail(format!("Stream tables reading it: {}.", downstream.join(", ")))
+        .hint("Drop the dependent stream tables first."));
+    }
+    let st = catalog::lock_stream_table(st.pgt_id)?;
+    forget_stream_table(st.pgt_id, st.relid)?;
+    exec(&format!("DROP TABLE {}", st.name.to_sql()), &[])?;
+    Ok(())
+}
+
+/// Removes a stream table's catalog rows and the change capture no other stream
+/// table needs. The storage table is left to the caller (dropped already when
+/// called from the sql_drop event trigger).
+pub fn forget_stream_table(pgt_id: i64, relid: pg_sys::Oid) -> PgtResult<()> {
+    let dependencies = catalog::dependencies(pgt_id)?;
+    catalog::delete_stream_table(pgt_id)?;
+    for dep in dependencies {
+        cdc::release_capture_if_unused(dep.source_relid)?;
+    }
+    cdc::release_capture_if_unused(relid)?;
+    Ok(())
+}
+
+/// Called by the `sql_drop` event trigger with the OIDs of dropped relations:
+/// forgets stream tables whose storage was dropped (DROP TABLE, DROP ... CASCADE,
+/// DROP SCHEMA ... CASCADE, DROP OWNED) and change capture of dropped sources.
+pub fn on_relations_dropped(relids: &[pg_sys::Oid]) -> PgtResult<()> {
+    for relid in relids {
+        if let Some(pgt_id) = catalog::pgt_id_by_relid(*relid)? {
+            forget_stream_table(pgt_id, *relid)?;
+        }
+    }
+    for relid in relids {
+        cdc::release_capture_if_unused(*relid)?;
+    }
+    Ok(())
+}
+
+/// `refresh_stream_table`: a manual refresh, recorded with initiated_by MANUAL.
+pub fn refresh_stream_table(st: StreamTable) -> PgtResult<()> {
+    check_owner(&st)?;
+    refresh::refresh_stream_table(st.pgt_id, InitiatedBy::Manual)?;
+    Ok(())
+}

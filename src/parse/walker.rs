@@ -1,0 +1,73 @@
+//! Collects every relation a query reads, with `query_tree_walker` /
+//! `expression_tree_walker` (PostgreSQL's `nodes/nodeFuncs.c`): range-table
+//! entries of the query, of its subqueries and CTEs, of sublinks in any
+//! expression, and — following `get_view_query` — of the views it reads.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::c_void;
+
+/// A relation found in a query tree.
+#[derive(Debug, Clone, Copy)]
+pub struct FoundRelation {
+    /// `pg_class` OID.
+    pub relid: pg_sys::Oid,
+    /// False when reached only inside a view's definition.
+    pub direct: bool,
+}
+
+struct WalkState {
+    found: Vec<FoundRelation>,
+    /// How many views deep the walk currently is.
+    view_depth: u32,
+    /// Views being expanded, to stop on (impossible, but cheap to guard) cycles.
+    view_stack: Vec<pg_sys::Oid>,
+}
+
+/// Every relation `query` reads, in order of appearance (with repeats).
+///
+/// # Safety
+/// `query` must point to a valid analysed `Query`.
+pub unsafe fn collect_relations(query: *mut pg_sys::Query) -> Vec<FoundRelation> {
+    let mut state = WalkState { found: Vec::new(), view_depth: 0, view_stack: Vec::new() };
+    walk(query as *mut pg_sys::Node, &mut state as *mut WalkState as *mut c_void);
+    state.found
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    let state = &mut *(context as *mut WalkState);
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
+        return pg_sys::query_tree_walker(
+            node as *mut pg_sys::Query,
+            Some(walk),
+            context,
+            pg_sys::QTW_EXAMINE_RTES_BEFORE as i32,
+        );
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_RangeTblEntry) {
+        let rte = node as *mut pg_sys::RangeTblEntry;
+        if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
+            let relid = (*rte).relid;
+            state.found.push(FoundRelation { relid, direct: state.view_depth == 0 });
+            if pg_sys::get_rel_relkind(relid) as u8 == pg_sys::RELKIND_VIEW && !state.view_stack.contains(&relid) {
+                let rel = pg_sys::relation_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+                let view_query = pg_sys::get_view_query(rel);
+                state.view_depth += 1;
+                state.view_stack.push(relid);
+                walk(view_query as *mut pg_sys::Node, context);
+                state.view_stack.pop();
+                state.view_depth -= 1;
+                // Keep the lock until end of transaction, as parse analysis does.
+                pg_sys::relation_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            }
+        }
+        // Returning false lets range_table_walker descend into subqueries,
+        // function expressions and VALUES lists of this entry.
+        return false;
+    }
+    pg_sys::expression_tree_walker(node, Some(walk), context)
+}

@@ -1,0 +1,100 @@
+//! Running a span of work as another role, the way PostgreSQL's own commands do.
+//!
+//! Two situations need it:
+//! - **Running a defining query** (refresh, validation): as the stream table's owner
+//!   inside a *security-restricted operation* with `search_path` pinned to
+//!   `pg_catalog, pg_temp`, exactly as `REFRESH MATERIALIZED VIEW` does
+//!   (`src/backend/commands/matview.c`, the fix for CVE-2022-1552). A function in
+//!   the query can then neither change the session's role nor rely on a search
+//!   path the caller controls.
+//! - **Maintaining pg_trickle's own objects** (catalog rows, change buffers, capture
+//!   triggers on sources the caller may read but not alter): as the extension's
+//!   owner, with `SECURITY_LOCAL_USERID_CHANGE` and the same pinned `search_path`, so
+//!   that the generated SQL resolves only to built-in operators and our own objects.
+//!
+//! If an error escapes the span, the transaction (or subtransaction) abort restores
+//! the role and GUC state, as it does for any PostgreSQL command; on success the
+//! guard restores both itself.
+
+use crate::error::{PgtError, PgtResult};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// The saved role and GUC nesting level of one switch.
+struct Switched {
+    saved_user: pg_sys::Oid,
+    saved_sec_context: i32,
+    guc_nest_level: i32,
+}
+
+impl Switched {
+    /// Switches to `role` with the extra security-context bits `sec_bits`, opens a GUC
+    /// nesting level and pins `search_path`.
+    fn enter(role: pg_sys::Oid, sec_bits: u32) -> Switched {
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_sec_context: i32 = 0;
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_sec_context);
+            pg_sys::SetUserIdAndSecContext(role, saved_sec_context | sec_bits as i32);
+            let guc_nest_level = pg_sys::NewGUCNestLevel();
+            pg_sys::RestrictSearchPath();
+            Switched { saved_user, saved_sec_context, guc_nest_level }
+        }
+    }
+}
+
+impl Drop for Switched {
+    fn drop(&mut self) {
+        unsafe {
+            if !std::thread::panicking() {
+                // Roll back GUC changes made inside the span (the pinned search_path).
+                pg_sys::AtEOXact_GUC(false, self.guc_nest_level);
+            }
+            pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_sec_context);
+        }
+    }
+}
+
+/// Runs `f` as `owner` inside a security-restricted operation with a pinned
+/// `search_path` (see the module doc). Used for every execution of a defining query.
+pub fn as_owner_restricted<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let _switched = Switched::enter(owner, pg_sys::SECURITY_RESTRICTED_OPERATION);
+    f()
+}
+
+/// Runs `f` as the owner of the `pg_trickle` extension (the superuser who created
+/// it), with a pinned `search_path`. Used only for pg_trickle's own objects.
+///
+/// # Errors
+/// Internal error if the extension is not installed in this database.
+pub fn as_extension_owner<R>(f: impl FnOnce() -> PgtResult<R>) -> PgtResult<R> {
+    let owner = extension_owner()?;
+    let _switched = Switched::enter(owner, pg_sys::SECURITY_LOCAL_USERID_CHANGE);
+    f()
+}
+
+/// The OID of the role that owns the `pg_trickle` extension.
+pub fn extension_owner() -> PgtResult<pg_sys::Oid> {
+    Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_trickle'")?
+        .ok_or_else(|| PgtError::internal("extension \"pg_trickle\" is not installed in this database"))
+}
+
+/// The OID of the `pg_trickle` extension in this database.
+pub fn extension_oid() -> PgtResult<pg_sys::Oid> {
+    let oid = unsafe { pg_sys::get_extension_oid(c"pg_trickle".as_ptr(), true) };
+    if oid == pg_sys::InvalidOid {
+        return Err(PgtError::internal("extension \"pg_trickle\" is not installed in this database"));
+    }
+    Ok(oid)
+}
+
+/// The current effective role (`current_user`).
+pub fn current_user() -> pg_sys::Oid {
+    unsafe { pg_sys::GetUserId() }
+}
+
+/// True when the current role owns relation `relid` (superusers own everything),
+/// the test PostgreSQL applies before `REFRESH MATERIALIZED VIEW`.
+pub fn current_user_owns(relid: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::object_ownercheck(pg_sys::RelationRelationId, relid, pg_sys::GetUserId()) }
+}

@@ -1,0 +1,131 @@
+//! Thin helpers over SPI so the rest of the code reads as SQL plus Rust values.
+//!
+//! Errors PostgreSQL raises while executing (permission denied, constraint
+//! violations) propagate as PostgreSQL errors with their own SQLSTATE; only SPI's
+//! own status failures become [`PgtError`]s.
+
+use crate::error::{PgtError, PgtResult};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::SpiHeapTupleData;
+use std::ffi::{CStr, CString};
+
+/// Executes one statement (DML or DDL) and returns the number of rows it processed.
+pub fn exec(sql: &str, args: &[DatumWithOid]) -> PgtResult<u64> {
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, args)?;
+        Ok(table.len() as u64)
+    })
+}
+
+/// Runs a query and maps every row with `f`.
+pub fn query_map<R>(
+    sql: &str,
+    args: &[DatumWithOid],
+    mut f: impl FnMut(&SpiHeapTupleData) -> PgtResult<R>,
+) -> PgtResult<Vec<R>> {
+    Spi::connect(|client| {
+        let table = client.select(sql, None, args)?;
+        let mut out = Vec::with_capacity(table.len());
+        for row in table {
+            out.push(f(&row)?);
+        }
+        Ok(out)
+    })
+}
+
+/// Runs a query expected to return at most one row and one column.
+pub fn query_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> PgtResult<Option<T>> {
+    Spi::connect(|client| {
+        let table = client.select(sql, Some(1), args)?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        Ok(table.first().get_one::<T>()?)
+    })
+}
+
+/// Reads column `ordinal` (1-based) of `row`, which must not be NULL.
+pub fn col<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData, ordinal: usize) -> PgtResult<T> {
+    row.get::<T>(ordinal)?
+        .ok_or_else(|| PgtError::internal(format!("unexpected NULL in column {ordinal} of a catalog query")))
+}
+
+/// A registered MVCC snapshot that several statements run in, so that they all see
+/// the database as of one instant (PostgreSQL docs §13.2; SPI_execute_snapshot).
+///
+/// A refresh takes one after locking the stream table: every read of sources and
+/// change buffers, and the frontier it records (`pg_current_snapshot()` evaluated in
+/// this snapshot), then describe the same instant, whatever the transaction's
+/// isolation level. The command ID advances between statements so later statements
+/// see earlier ones' writes.
+pub struct StatementSnapshot {
+    snapshot: pg_sys::Snapshot,
+}
+
+impl StatementSnapshot {
+    /// Takes a snapshot now (`GetTransactionSnapshot`: a fresh one in READ COMMITTED,
+    /// the transaction's in REPEATABLE READ and SERIALIZABLE) and registers it.
+    pub fn take() -> StatementSnapshot {
+        let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot()) };
+        StatementSnapshot { snapshot }
+    }
+
+    /// Executes `sql` in this snapshot; returns rows processed and, when the
+    /// statement returned rows, the first column of the first row as text.
+    fn run(&self, sql: &str) -> PgtResult<(u64, Option<String>)> {
+        let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
+        Spi::connect_mut(|_client| unsafe {
+            let plan = pg_sys::SPI_prepare(csql.as_ptr(), 0, std::ptr::null_mut());
+            if plan.is_null() {
+                let code = pg_sys::SPI_result;
+                return Err(PgtError::internal(format!("SPI_prepare failed with code {code}")));
+            }
+            let rc = pg_sys::SPI_execute_snapshot(
+                plan,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                self.snapshot,
+                std::ptr::null_mut(),
+                false,
+                true,
+                0,
+            );
+            if rc < 0 {
+                pg_sys::SPI_freeplan(plan);
+                return Err(PgtError::internal(format!("SPI_execute_snapshot failed with code {rc}")));
+            }
+            let processed = pg_sys::SPI_processed;
+            let mut first = None;
+            let tuptable = pg_sys::SPI_tuptable;
+            if !tuptable.is_null() && processed > 0 {
+                let value = pg_sys::SPI_getvalue(*(*tuptable).vals, (*tuptable).tupdesc, 1);
+                if !value.is_null() {
+                    first = Some(CStr::from_ptr(value).to_string_lossy().into_owned());
+                }
+            }
+            pg_sys::SPI_freeplan(plan);
+            Ok((processed, first))
+        })
+    }
+
+    /// Executes a statement in this snapshot; returns the rows it processed.
+    pub fn exec(&self, sql: &str) -> PgtResult<u64> {
+        Ok(self.run(sql)?.0)
+    }
+
+    /// Runs a one-value query in this snapshot and returns the value as text.
+    pub fn query_text(&self, sql: &str) -> PgtResult<Option<String>> {
+        Ok(self.run(sql)?.1)
+    }
+}
+
+impl Drop for StatementSnapshot {
+    fn drop(&mut self) {
+        // On error the resource owner releases the registration during abort.
+        if !std::thread::panicking() {
+            unsafe { pg_sys::UnregisterSnapshot(self.snapshot) };
+        }
+    }
+}

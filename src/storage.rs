@@ -1,0 +1,95 @@
+//! The storage table of a stream table: a real heap table with exactly the defining
+//! query's output columns (names, types, typmods, collations, as `CREATE TABLE AS`
+//! derives them) plus the hidden `__pgt_row_id bigint NOT NULL` under a unique
+//! index. It is created by, and owned by, the role that creates the stream table.
+//!
+//! The storage table also carries a normal `pg_depend` entry on every relation the
+//! query reads, so PostgreSQL itself refuses to drop a source while a stream table
+//! reads it (SQLSTATE 2BP01, naming the stream table), exactly as for a view.
+
+use crate::error::{PgtError, PgtResult};
+use crate::parse::{AnalyzedQuery, SourceRelation};
+use crate::spi::{col, exec, query_map, query_one};
+use pgrx::pg_sys;
+use pgt_core::ident::{quote_ident, QualifiedName};
+
+/// The hidden row-identity column.
+pub const ROW_ID_COLUMN: &str = "__pgt_row_id";
+
+/// Creates the storage table `name` for `query` (as the current role, who owns it)
+/// and records its dependencies on the query's sources. Returns its OID.
+pub fn create_storage(name: &QualifiedName, query: &AnalyzedQuery) -> PgtResult<pg_sys::Oid> {
+    exec(
+        &format!(
+            "CREATE TABLE {} AS SELECT * FROM ({}) __pgt_q WITH NO DATA",
+            name.to_sql(),
+            query.normalized_sql
+        ),
+        &[],
+    )?;
+    exec(&format!("ALTER TABLE {} ADD COLUMN {} bigint NOT NULL", name.to_sql(), quote_ident(ROW_ID_COLUMN)), &[])?;
+    exec(&format!("CREATE UNIQUE INDEX ON {} ({})", name.to_sql(), quote_ident(ROW_ID_COLUMN)), &[])?;
+    let relid = query_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::oid", &[name.to_sql().as_str().into()])?
+        .ok_or_else(|| PgtError::internal(format!("storage table {name} was not created")))?;
+    record_source_dependencies(relid, &query.sources);
+    Ok(relid)
+}
+
+/// Records that storage table `relid` depends (normally) on each of `sources`.
+pub fn record_source_dependencies(relid: pg_sys::Oid, sources: &[SourceRelation]) {
+    let depender = pg_sys::ObjectAddress { classId: pg_sys::RelationRelationId, objectId: relid, objectSubId: 0 };
+    for s in sources {
+        let referenced =
+            pg_sys::ObjectAddress { classId: pg_sys::RelationRelationId, objectId: s.relid, objectSubId: 0 };
+        unsafe { pg_sys::recordDependencyOn(&depender, &referenced, pg_sys::DependencyType::DEPENDENCY_NORMAL) };
+    }
+    unsafe { pg_sys::CommandCounterIncrement() };
+}
+
+/// Removes the dependencies of storage table `relid` on other relations (before
+/// recording those of a new defining query).
+pub fn remove_source_dependencies(relid: pg_sys::Oid) {
+    unsafe {
+        pg_sys::deleteDependencyRecordsForClass(
+            pg_sys::RelationRelationId,
+            relid,
+            pg_sys::RelationRelationId,
+            pg_sys::DependencyType::DEPENDENCY_NORMAL as _,
+        );
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
+/// A visible column of a storage table: name and SQL type text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageColumn {
+    pub name: String,
+    pub sql_type: String,
+}
+
+/// The visible (non-`__pgt_`) columns of storage table `relid`, in order.
+pub fn visible_columns(relid: pg_sys::Oid) -> PgtResult<Vec<StorageColumn>> {
+    query_map(
+        "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute \
+         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attname::text NOT LIKE '\\_\\_pgt\\_%' \
+         ORDER BY attnum",
+        &[relid.into()],
+        |row| Ok(StorageColumn { name: col(row, 1)?, sql_type: col(row, 2)? }),
+    )
+}
+
+/// The columns a storage table for `query` would have.
+pub fn columns_for(query: &AnalyzedQuery) -> PgtResult<Vec<StorageColumn>> {
+    query
+        .columns
+        .iter()
+        .map(|c| {
+            let sql_type = query_one::<String>(
+                "SELECT pg_catalog.format_type($1, $2)",
+                &[c.type_oid.into(), c.typmod.into()],
+            )?
+            .ok_or_else(|| PgtError::internal("format_type returned NULL"))?;
+            Ok(StorageColumn { name: c.name.clone(), sql_type })
+        })
+        .collect()
+}
