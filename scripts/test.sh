@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test: pgt_core's unit tests (plain cargo test, seconds) and the E2E
+# suite against a PostgreSQL 18 cluster that the harness starts in a fresh folder
+# and that this script stops afterwards. Exits non-zero on any failure.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$PGT_REPO"
+
+export PGT_E2E_CLUSTER_DIR="$PGT_HOME/e2e-run-$$"
+cleanup() {
+  local dir="$PGT_E2E_CLUSTER_DIR"
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    pgt_as_service "$($PG_CONFIG --bindir)/pg_ctl" stop -D "$dir/data" -m fast -w >/dev/null 2>&1 || true
+  fi
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+pgt_step "unit tests (pgt_core)"
+cargo test --release -p pgt_core --quiet
+
+pgt_step "end-to-end tests against PostgreSQL 18 (pg_trickle_e2e)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --release -p pg_trickle_e2e --no-fail-fast --test-threads "${PGT_TEST_THREADS:-4}" ${PGT_TEST_FILTER:-}
+else
+  cargo test --release -p pg_trickle_e2e --no-fail-fast -- --test-threads "${PGT_TEST_THREADS:-4}" ${PGT_TEST_FILTER:-}
+fi

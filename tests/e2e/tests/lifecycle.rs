@@ -1,0 +1,232 @@
+//! Create / refresh / alter / drop of stream tables, and the options they take.
+
+use pg_trickle_e2e::*;
+
+const ORDERS: &str = "
+    CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, amount numeric(12,2), status text);
+    INSERT INTO orders SELECT g, 'c' || (g % 7), g * 1.25, CASE WHEN g % 3 = 0 THEN 'open' ELSE 'done' END
+    FROM generate_series(1, 200) g;";
+
+const TOTALS: &str = "SELECT customer, sum(amount) AS total, count(*) AS orders FROM orders GROUP BY customer";
+
+#[test]
+fn create_populates_and_refresh_follows_dml() {
+    let mut db = TestDb::new("create_refresh");
+    db.exec(ORDERS);
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('totals', $q${TOTALS}$q$)"));
+    assert_eq!(count(&mut db, "totals"), 7);
+    assert_st_matches_query(&mut db.client, "totals", TOTALS);
+
+    db.exec("INSERT INTO orders VALUES (1000, 'new', 10, 'open'); UPDATE orders SET amount = 0 WHERE id <= 10; DELETE FROM orders WHERE id BETWEEN 50 AND 60;");
+    // Not refreshed yet: the stream table still shows the old result.
+    assert_eq!(count(&mut db, "totals"), 7);
+    db.exec("SELECT pgtrickle.refresh_stream_table('totals')");
+    assert_eq!(count(&mut db, "totals"), 8);
+    assert_st_matches_query(&mut db.client, "totals", TOTALS);
+
+    // History: the initial population and the manual refresh.
+    let history: Vec<(String, String, String)> = db
+        .client
+        .query("SELECT action, status, initiated_by FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            ("FULL".into(), "SUCCESS".into(), "INITIAL".into()),
+            ("FULL".into(), "SUCCESS".into(), "MANUAL".into())
+        ]
+    );
+}
+
+#[test]
+fn storage_has_the_query_columns_and_a_hidden_row_id() {
+    let mut db = TestDb::new("storage_shape");
+    db.exec(ORDERS);
+    db.exec("SELECT pgtrickle.create_stream_table('shaped', 'SELECT id, amount, status::varchar(10) AS s, now()::date AS d FROM orders')");
+    let columns: Vec<(String, String)> = db
+        .client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'shaped'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        columns,
+        vec![
+            ("id".into(), "integer".into()),
+            ("amount".into(), "numeric(12,2)".into()),
+            ("s".into(), "character varying(10)".into()),
+            ("d".into(), "date".into()),
+            ("__pgt_row_id".into(), "bigint".into()),
+        ]
+    );
+    let unique_index: bool = db.scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+         WHERE i.indrelid = 'shaped'::regclass AND i.indisunique AND a.attname = '__pgt_row_id')",
+        &[],
+    );
+    assert!(unique_index);
+    let owner: String = db.scalar("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'shaped'::regclass", &[]);
+    assert_eq!(owner, "postgres");
+    assert_st_matches_query(&mut db.client, "shaped", "SELECT id, amount, status::varchar(10) AS s, now()::date AS d FROM orders");
+}
+
+#[test]
+fn initialize_false_leaves_the_table_empty_until_the_first_refresh() {
+    let mut db = TestDb::new("no_init");
+    db.exec(ORDERS);
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('totals', $q${TOTALS}$q$, initialize => false)"));
+    assert_eq!(count(&mut db, "totals"), 0);
+    let populated: bool = db.scalar("SELECT is_populated FROM pgtrickle.pgt_stream_tables", &[]);
+    assert!(!populated);
+    db.exec("SELECT pgtrickle.refresh_stream_table('totals')");
+    assert_st_matches_query(&mut db.client, "totals", TOTALS);
+}
+
+#[test]
+fn options_are_stored_canonically_and_altered() {
+    let mut db = TestDb::new("options");
+    db.exec(ORDERS);
+    db.exec(&format!(
+        "SELECT pgtrickle.create_stream_table('s.t', $q${TOTALS}$q$, schedule => '1h30m', refresh_mode => 'full', \
+         diamond_consistency => 'NONE', diamond_schedule_policy => 'slowest', cdc_mode => 'trigger', append_only => true)"
+    )
+    .replace("'s.t'", "'totals'"));
+    let row = db
+        .client
+        .query_one(
+            "SELECT schedule, refresh_mode, effective_refresh_mode, status, diamond_consistency, diamond_schedule_policy, \
+                    cdc_mode, append_only, pooler_compatibility_mode FROM pgtrickle.pgt_stream_tables",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "1h 30m");
+    assert_eq!(row.get::<_, String>(1), "FULL");
+    assert_eq!(row.get::<_, String>(2), "FULL");
+    assert_eq!(row.get::<_, String>(3), "ACTIVE");
+    assert_eq!(row.get::<_, String>(4), "none");
+    assert_eq!(row.get::<_, String>(5), "slowest");
+    assert_eq!(row.get::<_, Option<String>>(6).as_deref(), Some("trigger"));
+    assert!(row.get::<_, bool>(7));
+    assert!(!row.get::<_, bool>(8));
+
+    db.exec("SELECT pgtrickle.alter_stream_table('totals', schedule => '*/5 * * * *', status => 'suspended', refresh_mode => 'AUTO')");
+    let (schedule, status, mode): (String, String, String) = {
+        let r = db.client.query_one("SELECT schedule, status, refresh_mode FROM pgtrickle.pgt_stream_tables", &[]).unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((schedule.as_str(), status.as_str(), mode.as_str()), ("*/5 * * * *", "SUSPENDED", "AUTO"));
+    db.exec("SELECT pgtrickle.alter_stream_table('totals', status => 'ACTIVE', schedule => 'calculated')");
+    assert_eq!(db.scalar::<String>("SELECT status FROM pgtrickle.pgt_stream_tables", &[]), "ACTIVE");
+    assert_eq!(db.scalar::<String>("SELECT schedule FROM pgtrickle.pgt_stream_tables", &[]), "calculated");
+}
+
+#[test]
+fn differential_is_accepted_and_refreshes_full_for_now() {
+    let mut db = TestDb::new("differential_warns");
+    db.exec(ORDERS);
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('totals', $q${TOTALS}$q$, refresh_mode => 'DIFFERENTIAL')"));
+    let (mode, effective): (String, String) = {
+        let r = db.client.query_one("SELECT refresh_mode, effective_refresh_mode FROM pgtrickle.pgt_stream_tables", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((mode.as_str(), effective.as_str()), ("DIFFERENTIAL", "FULL"));
+    db.exec("DELETE FROM orders WHERE id % 2 = 0; SELECT pgtrickle.refresh_stream_table('totals')");
+    assert_st_matches_query(&mut db.client, "totals", TOTALS);
+}
+
+#[test]
+fn alter_query_with_same_columns_keeps_the_table() {
+    let mut db = TestDb::new("alter_same_cols");
+    db.exec(ORDERS);
+    db.exec("CREATE TABLE refunds (id int PRIMARY KEY, customer text, amount numeric(12,2))");
+    db.exec("INSERT INTO refunds VALUES (1, 'c1', 5), (2, 'c2', 7)");
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('totals', $q${TOTALS}$q$)"));
+    db.exec("CREATE INDEX totals_customer ON totals (customer); GRANT SELECT ON totals TO PUBLIC");
+    let relid_before: u32 = db.scalar("SELECT 'totals'::regclass::oid", &[]);
+    let new_query = "SELECT customer, -sum(amount) AS total, count(*) AS orders FROM refunds GROUP BY customer";
+    db.exec(&format!("SELECT pgtrickle.alter_stream_table('totals', query => $q${new_query}$q$)"));
+    let relid_after: u32 = db.scalar("SELECT 'totals'::regclass::oid", &[]);
+    assert_eq!(relid_before, relid_after, "same columns: the storage table is kept");
+    assert!(db.scalar::<bool>("SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'totals_customer')", &[]));
+    assert_st_matches_query(&mut db.client, "totals", new_query);
+    // The old source is no longer captured; the new one is.
+    let sources: Vec<String> = db
+        .client
+        .query("SELECT source_relid::regclass::text FROM pgtrickle.pgt_dependencies", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sources, vec!["refunds".to_string()]);
+    assert_eq!(buffer_count(&mut db), 1);
+    // orders is no longer a dependency: it can be dropped.
+    db.exec("DROP TABLE orders");
+    db.exec("INSERT INTO refunds VALUES (3, 'c9', 1); SELECT pgtrickle.refresh_stream_table('totals')");
+    assert_st_matches_query(&mut db.client, "totals", new_query);
+}
+
+#[test]
+fn alter_query_with_new_columns_rebuilds_the_table() {
+    let mut db = TestDb::new("alter_new_cols");
+    db.exec(ORDERS);
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('totals', $q${TOTALS}$q$)"));
+    let new_query = "SELECT status, customer, max(amount) AS biggest FROM orders GROUP BY status, customer";
+    db.exec(&format!("SELECT pgtrickle.alter_stream_table('totals', query => $q${new_query}$q$)"));
+    let columns: Vec<String> = pgt_testkit::visible_columns(&mut db.client, "totals");
+    assert_eq!(columns, vec!["status", "customer", "biggest"]);
+    assert_st_matches_query(&mut db.client, "totals", new_query);
+    assert_eq!(stream_table_count(&mut db), 1);
+    assert_eq!(db.scalar::<bool>("SELECT pgt_relid = 'totals'::regclass FROM pgtrickle.pgt_stream_tables", &[]), true);
+    db.exec("UPDATE orders SET amount = amount * 100 WHERE id = 3; SELECT pgtrickle.refresh_stream_table('totals')");
+    assert_st_matches_query(&mut db.client, "totals", new_query);
+}
+
+#[test]
+fn drop_removes_table_catalog_and_capture() {
+    let mut db = TestDb::new("drop");
+    db.exec(ORDERS);
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('totals', $q${TOTALS}$q$)"));
+    assert_eq!(buffer_count(&mut db), 1);
+    assert_eq!(capture_trigger_count(&mut db), 4);
+    db.exec("SELECT pgtrickle.drop_stream_table('totals')");
+    assert!(!db.scalar::<bool>("SELECT to_regclass('totals') IS NOT NULL", &[]));
+    assert_eq!(stream_table_count(&mut db), 0);
+    assert_eq!(buffer_count(&mut db), 0);
+    assert_eq!(capture_trigger_count(&mut db), 0);
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]), 0);
+    // The source works as before.
+    db.exec("INSERT INTO orders VALUES (5000, 'x', 1, 'open'); DROP TABLE orders");
+}
+
+#[test]
+fn if_not_exists_and_create_or_replace() {
+    let mut db = TestDb::new("if_not_exists");
+    db.exec(ORDERS);
+    db.exec(&format!("SELECT pgtrickle.create_stream_table_if_not_exists('totals', $q${TOTALS}$q$)"));
+    db.exec(&format!("SELECT pgtrickle.create_stream_table_if_not_exists('totals', $q${TOTALS} HAVING count(*) > 1000$q$)"));
+    assert_st_matches_query(&mut db.client, "totals", TOTALS);
+    let refreshes: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]);
+
+    // Identical: nothing happens.
+    db.exec(&format!("SELECT pgtrickle.create_or_replace_stream_table('totals', $q${TOTALS}$q$)"));
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]), refreshes);
+    // Options differ: altered in place.
+    db.exec(&format!("SELECT pgtrickle.create_or_replace_stream_table('totals', $q${TOTALS}$q$, schedule => '10m')"));
+    assert_eq!(db.scalar::<String>("SELECT schedule FROM pgtrickle.pgt_stream_tables", &[]), "10m");
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]), refreshes);
+    // Query differs: rebuilt.
+    let q2 = "SELECT customer, count(*) AS orders FROM orders WHERE status = 'open' GROUP BY customer";
+    db.exec(&format!("SELECT pgtrickle.create_or_replace_stream_table('totals', $q${q2}$q$)"));
+    assert_st_matches_query(&mut db.client, "totals", q2);
+    // Not existing: created.
+    db.exec(&format!("SELECT pgtrickle.create_or_replace_stream_table('other', $q${TOTALS}$q$)"));
+    assert_st_matches_query(&mut db.client, "other", TOTALS);
+}
