@@ -36,6 +36,8 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
     append_only               boolean NOT NULL DEFAULT false,
     pooler_compatibility_mode boolean NOT NULL DEFAULT false,
     frontier                  pg_catalog.pg_snapshot,
+    frontier_xid              pg_catalog.xid8,
+    frontier_cid              bigint,
     data_timestamp            timestamptz,
     last_refresh_at           timestamptz,
     consecutive_errors        integer NOT NULL DEFAULT 0,
@@ -45,6 +47,8 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
 COMMENT ON TABLE pgtrickle.pgt_stream_tables IS 'pg_trickle: one row per stream table';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.frontier IS
     'Snapshot the contents reflect: changes by transactions visible in it are applied';
+COMMENT ON COLUMN pgtrickle.pgt_stream_tables.frontier_xid IS
+    'The refreshing transaction''s own xid: its changes with command id < frontier_cid are applied too';
 
 -- Relations each stream table reads (views and the base tables beneath them).
 CREATE TABLE pgtrickle.pgt_dependencies (

@@ -172,7 +172,9 @@ pub fn update_stream_table(st: &StreamTable) -> PgtResult<()> {
                refresh_mode = $6, effective_refresh_mode = $7, status = $8, \
                diamond_consistency = $9, diamond_schedule_policy = $10, cdc_mode = $11, \
                append_only = $12, pooler_compatibility_mode = $13, is_populated = $14, \
-               frontier = $15::pg_catalog.pg_snapshot, updated_at = pg_catalog.now() \
+               frontier = $15::pg_catalog.pg_snapshot, \
+               frontier_xid = CASE WHEN $15 IS NULL THEN NULL ELSE frontier_xid END, \
+               frontier_cid = CASE WHEN $15 IS NULL THEN NULL ELSE frontier_cid END, updated_at = pg_catalog.now() \
              WHERE pgt_id = $1",
             &[
                 st.pgt_id.into(),
@@ -312,18 +314,6 @@ pub fn delete_change_tracking(source_relid: pg_sys::Oid) -> PgtResult<()> {
     })
 }
 
-/// The oldest transaction any consumer of `source_relid` may still need: the
-/// minimum `pg_snapshot_xmin(frontier)` over the populated stream tables that read
-/// it, as `xid8` text; None when no consumer has a frontier.
-pub fn oldest_needed_xid(source_relid: pg_sys::Oid) -> PgtResult<Option<String>> {
-    query_one::<String>(
-        "SELECT pg_catalog.min(pg_catalog.pg_snapshot_xmin(st.frontier))::text \
-         FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
-         WHERE d.source_relid = $1 AND st.frontier IS NOT NULL",
-        &[source_relid.into()],
-    )
-}
-
 /// Who started a refresh; stored in `pgt_refresh_history.initiated_by`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitiatedBy {
@@ -386,16 +376,34 @@ pub fn insert_refresh_history(r: &RefreshRecord) -> PgtResult<()> {
     })
 }
 
+/// A frontier as stored (see `pgt_core::frontier`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontier {
+    /// `pg_snapshot` text, `xmin:xmax:xip,...`.
+    pub snapshot: String,
+    /// The refreshing transaction's own xid8 as text, if it had one.
+    pub xid: Option<String>,
+    /// The command id the refresh ran at.
+    pub cid: i64,
+}
+
 /// Records a successful refresh on the stream table's row: new frontier, populated,
 /// refresh time, error count reset.
-pub fn mark_refreshed(pgt_id: i64, frontier: &str, data_timestamp: &str) -> PgtResult<()> {
+pub fn mark_refreshed(pgt_id: i64, frontier: &Frontier, data_timestamp: &str) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
             "UPDATE pgtrickle.pgt_stream_tables SET frontier = $2::pg_catalog.pg_snapshot, \
-               is_populated = true, data_timestamp = $3::timestamptz, \
+               frontier_xid = $3::pg_catalog.xid8, frontier_cid = $4, \
+               is_populated = true, data_timestamp = $5::timestamptz, \
                last_refresh_at = pg_catalog.clock_timestamp(), consecutive_errors = 0 \
              WHERE pgt_id = $1",
-            &[pgt_id.into(), frontier.into(), data_timestamp.into()],
+            &[
+                pgt_id.into(),
+                frontier.snapshot.as_str().into(),
+                frontier.xid.as_deref().into(),
+                frontier.cid.into(),
+                data_timestamp.into(),
+            ],
         )?;
         Ok(())
     })

@@ -24,20 +24,24 @@
 //! dependency on their table, so dropping a source removes its triggers.
 //!
 //! Which buffer rows a refresh reads and when they can be deleted is decided by the
-//! frontier (docs/ARCHITECTURE.md, "Frontier"): rows whose `__pgt_txid` is older
-//! than every consumer's frontier xmin are deleted by [`trim_buffer`].
+//! frontier (`pgt_core::frontier`, docs/ARCHITECTURE.md): rows every consumer's
+//! frontier has consumed are deleted by [`trim_buffer`].
 
 use crate::catalog::{self, ChangeTracking};
 use crate::error::{PgtError, PgtResult};
-use crate::parse::{relation_name, RESERVED_PREFIX};
+use crate::parse::relation_name;
 use crate::privilege::{as_extension_owner, extension_oid};
 use crate::spi::{col, exec, query_map, query_one};
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
+use pgt_core::frontier::consumed_by_frontier_sql;
 use pgt_core::ident::{display_ident, quote_ident, quote_literal, QualifiedName};
 
 /// Schema holding change buffers and capture functions.
 pub const CHANGES_SCHEMA: &str = "pgtrickle_changes";
+
+/// The change buffer's own columns; a source column may not have these names.
+pub const BUFFER_META_COLUMNS: [&str; 2] = ["__pgt_txid", "__pgt_action"];
 
 /// Name of the change buffer of source `source_relid`.
 pub fn buffer_name(source_relid: pg_sys::Oid) -> QualifiedName {
@@ -97,19 +101,19 @@ fn relation_tree(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> {
 /// change made before capture began, and every later change is captured.
 ///
 /// # Errors
-/// 42939 when a source column name starts with `__pgt_`.
+/// 42939 when a source column is named like a buffer meta column.
 pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
     if catalog::change_tracking(source_relid)?.is_some() {
         return Ok(());
     }
     let source = relation_name(source_relid)?;
     let columns = captured_columns(source_relid)?;
-    if let Some(c) = columns.iter().find(|c| c.name.starts_with(RESERVED_PREFIX)) {
+    if let Some(c) = columns.iter().find(|c| BUFFER_META_COLUMNS.contains(&c.name.as_str())) {
         return Err(PgtError::new(
             PgSqlErrorCode::ERRCODE_RESERVED_NAME,
-            format!("column {} of {source} uses the reserved prefix \"{RESERVED_PREFIX}\"", display_ident(&c.name)),
+            format!("column {} of {source} has a name reserved by pg_trickle", display_ident(&c.name)),
         )
-        .hint("Rename the column; names starting with \"__pgt_\" are reserved for pg_trickle."));
+        .hint("Rename the column; the change buffer uses this name."));
     }
     as_extension_owner(|| {
         let buffer = buffer_name(source_relid);
@@ -239,24 +243,25 @@ pub fn release_capture_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
     })
 }
 
-/// Deletes the change-buffer rows of `source_relid` that no consumer needs any
-/// more: those written by transactions older than every consumer's frontier xmin
-/// (such a transaction is visible in every frontier, so every consumer has applied
-/// it). Returns the number of rows deleted.
+/// Deletes the change-buffer rows of `source_relid` that every consumer's frontier
+/// has consumed (`pgt_core::frontier`); a consumer that was never populated needs
+/// nothing (its first refresh is FULL). Returns the number of rows deleted.
 pub fn trim_buffer(source_relid: pg_sys::Oid) -> PgtResult<u64> {
     if catalog::change_tracking(source_relid)?.is_none() {
         return Ok(0);
     }
-    let Some(oldest_needed) = catalog::oldest_needed_xid(source_relid)? else {
-        return Ok(0);
-    };
+    let consumed = consumed_by_frontier_sql("b", "st.frontier", "st.frontier_xid", "st.frontier_cid");
     as_extension_owner(|| {
         exec(
             &format!(
-                "DELETE FROM {} WHERE __pgt_txid < $1::pg_catalog.xid8",
+                "DELETE FROM {} b WHERE NOT EXISTS ( \
+                   SELECT 1 FROM pgtrickle.pgt_dependencies d \
+                   JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+                   WHERE d.source_relid = $1 AND st.frontier IS NOT NULL \
+                     AND NOT COALESCE({consumed}, false))",
                 buffer_name(source_relid).to_sql()
             ),
-            &[oldest_needed.as_str().into()],
+            &[source_relid.into()],
         )
     })
 }

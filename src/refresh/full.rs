@@ -14,18 +14,20 @@
 //! concurrent readers keep seeing the old rows until the refreshing transaction
 //! commits, and are never blocked (TRUNCATE would take an ACCESS EXCLUSIVE lock and
 //! show an empty table to REPEATABLE READ readers). The new frontier is
-//! `pg_current_snapshot()` evaluated in the same snapshot, so it names exactly the
-//! transactions whose effects the new contents include.
+//! `pg_current_snapshot()` evaluated in the same snapshot plus the transaction's
+//! own xid and command id ([`frontier_now`]), so it names exactly the changes the
+//! new contents include.
 //!
 //! Row identities are positions in the result (`row_number()`); they are unique,
 //! which is all FULL needs. (The DIFFERENTIAL engine will derive identities from
 //! keys and must then make FULL use the same derivation.)
 
-use crate::catalog::StreamTable;
+use crate::catalog::{Frontier, StreamTable};
 use crate::error::{PgtError, PgtResult};
 use crate::privilege::as_owner_restricted;
 use crate::spi::StatementSnapshot;
 use crate::storage::{self, ROW_ID_COLUMN};
+use pgrx::pg_sys;
 use pgt_core::ident::quote_ident;
 
 /// Counts and frontier of one FULL refresh.
@@ -33,8 +35,8 @@ use pgt_core::ident::quote_ident;
 pub struct FullRefreshResult {
     pub rows_deleted: u64,
     pub rows_inserted: u64,
-    /// `pg_current_snapshot()` of the refresh snapshot, as text.
-    pub frontier: String,
+    /// The frontier the new contents reflect.
+    pub frontier: Frontier,
     /// `clock_timestamp()` when the snapshot was taken, as text.
     pub data_timestamp: String,
 }
@@ -58,9 +60,19 @@ pub fn refresh_full(st: &StreamTable) -> PgtResult<FullRefreshResult> {
             .ok_or_else(|| PgtError::internal("clock_timestamp() returned nothing"))?;
         let rows_deleted = snapshot.exec(&delete_sql)?;
         let rows_inserted = snapshot.exec(&insert_sql)?;
-        let frontier = snapshot
-            .query_text("SELECT pg_catalog.pg_current_snapshot()::text")?
-            .ok_or_else(|| PgtError::internal("pg_current_snapshot() returned nothing"))?;
+        let frontier = frontier_now(&snapshot)?;
         Ok(FullRefreshResult { rows_deleted, rows_inserted, frontier, data_timestamp })
     })
+}
+
+/// The frontier of statements just run in `snapshot`: the snapshot itself, plus the
+/// current transaction's xid (if it has one) and current command id, which cover the
+/// transaction's own earlier writes (`pgt_core::frontier`).
+pub fn frontier_now(snapshot: &StatementSnapshot) -> PgtResult<Frontier> {
+    let text = snapshot
+        .query_text("SELECT pg_catalog.pg_current_snapshot()::text")?
+        .ok_or_else(|| PgtError::internal("pg_current_snapshot() returned nothing"))?;
+    let xid = snapshot.query_text("SELECT pg_catalog.pg_current_xact_id_if_assigned()::text")?;
+    let cid = unsafe { pg_sys::GetCurrentCommandId(false) } as i64;
+    Ok(Frontier { snapshot: text, xid, cid })
 }

@@ -18,7 +18,7 @@
 
 pub mod full;
 
-use crate::catalog::{self, InitiatedBy, RefreshRecord};
+use crate::catalog::{self, Frontier, InitiatedBy, RefreshRecord};
 use crate::cdc;
 use crate::error::PgtResult;
 use crate::parse::SourceKind;
@@ -34,8 +34,8 @@ pub struct RefreshOutcome {
     pub rows_inserted: i64,
     /// Rows removed from the storage table.
     pub rows_deleted: i64,
-    /// The new frontier (`pg_snapshot` text).
-    pub frontier: String,
+    /// The new frontier.
+    pub frontier: Frontier,
 }
 
 /// Refreshes stream table `pgt_id` (see the module doc for the steps).
@@ -62,7 +62,7 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
         status: "SUCCESS",
         error_message: None,
         initiated_by,
-        frontier: Some(outcome.frontier.clone()),
+        frontier: Some(outcome.frontier.snapshot.clone()),
     })?;
     for dep in catalog::dependencies(pgt_id)? {
         if dep.kind != SourceKind::View.as_str() {

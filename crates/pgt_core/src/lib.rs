@@ -6,8 +6,10 @@
 //!
 //! - [`ident`]: the one quoting helper for identifiers and literals in generated SQL.
 //! - [`schedule`]: parsing and validating a stream table's `schedule`.
+//! - [`frontier`]: which captured changes a refresh has applied.
 //! - [`options`]: the closed sets of option values (`refresh_mode`, `cdc_mode`, ...).
 
+pub mod frontier;
 pub mod ident;
 pub mod options;
 pub mod schedule;
