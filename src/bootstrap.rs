@@ -1,13 +1,17 @@
 //! Schema objects created by `CREATE EXTENSION pg_trickle`, before (bootstrap) and
 //! after (finalize) the SQL functions pgrx generates from `#[pg_extern]`s.
 //!
-//! The catalog lives in schema `pgtrickle` (created by CREATE EXTENSION from the
-//! control file); change buffers in `pgtrickle_changes`. Everyone may read the
+//! The catalog lives in schema `pgtrickle`; change buffers in `pgtrickle_changes`.
+//! Both are created here and so belong to the extension. Everyone may read the
 //! catalog; only pg_trickle's own code writes it (as the extension owner).
 
 pgrx::extension_sql!(
     r#"
--- Readable by everyone: users call the API and read the catalog.
+-- The API and catalog schema. Created here (not through the control file's
+-- "schema" key, which creates it before the extension exists) so that it is a
+-- member of the extension and DROP EXTENSION removes it. Readable by everyone:
+-- users call the API and read the catalog.
+CREATE SCHEMA pgtrickle;
 GRANT USAGE ON SCHEMA pgtrickle TO PUBLIC;
 
 -- Change buffers and capture functions: pg_trickle's alone.

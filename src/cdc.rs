@@ -35,7 +35,7 @@ use crate::spi::{col, exec, query_map, query_one};
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use pgt_core::frontier::consumed_by_frontier_sql;
-use pgt_core::ident::{display_ident, quote_ident, quote_literal, QualifiedName};
+use pgt_core::ident::{quote_ident, quote_literal, QualifiedName};
 
 /// Schema holding change buffers and capture functions.
 pub const CHANGES_SCHEMA: &str = "pgtrickle_changes";
@@ -111,7 +111,7 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
     if let Some(c) = columns.iter().find(|c| BUFFER_META_COLUMNS.contains(&c.name.as_str())) {
         return Err(PgtError::new(
             PgSqlErrorCode::ERRCODE_RESERVED_NAME,
-            format!("column {} of {source} has a name reserved by pg_trickle", display_ident(&c.name)),
+            format!("column \"{}\" of {source} has a name reserved by pg_trickle", c.name),
         )
         .hint("Rename the column; the change buffer uses this name."));
     }

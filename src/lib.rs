@@ -31,7 +31,16 @@ mod storage;
 ::pgrx::pg_module_magic!(name, version);
 
 /// Library load: registers the `pg_trickle.*` parameters.
+///
+/// Also turns off Rust backtrace capture (`RUST_LIB_BACKTRACE=0`) unless the server's
+/// environment asks for it explicitly: pgrx appends a captured backtrace to an
+/// error's DETAIL, and a user's error message is no place for one (a server
+/// started from a shell with `RUST_BACKTRACE=1` would otherwise show them).
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // PostgreSQL backends are single-threaded; nothing reads the environment concurrently.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     guc::register();
 }

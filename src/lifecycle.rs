@@ -67,6 +67,11 @@ pub fn resolve_stream_table(text: &str) -> PgtResult<StreamTable> {
     })
 }
 
+/// [`resolve_stream_table`] for a SQL argument that may be NULL (22004).
+pub fn resolve_stream_table_arg(text: Option<&str>) -> PgtResult<StreamTable> {
+    resolve_stream_table(text.ok_or_else(|| null_error("name"))?)
+}
+
 /// Errors unless the current role owns `st` (or is a superuser).
 fn check_owner(st: &StreamTable) -> PgtResult<()> {
     if current_user_owns(st.relid) {

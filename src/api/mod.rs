@@ -1,152 +1,158 @@
 //! The SQL API (schema `pgtrickle`, SPEC §2.1): thin `#[pg_extern]` wrappers that
 //! turn SQL arguments into [`crate::lifecycle`] calls and `Err` results into
-//! PostgreSQL errors. Nothing here decides anything.
+//! PostgreSQL errors. Nothing here decides anything. `#[pg_schema] mod pgtrickle`
+//! places the functions in schema `pgtrickle` (created by the bootstrap SQL).
 
-use crate::error::OrRaise;
-use crate::lifecycle::{self, AlterArgs, CreateArgs, OnExisting};
 use pgrx::prelude::*;
 
-/// Creates a stream table `name` defined by `query`. See docs/SQL_REFERENCE.md.
-#[allow(clippy::too_many_arguments)]
-#[pg_extern]
-fn create_stream_table(
-    name: Option<&str>,
-    query: Option<&str>,
-    schedule: default!(Option<&str>, "'calculated'"),
-    refresh_mode: default!(Option<&str>, "'AUTO'"),
-    initialize: default!(Option<bool>, true),
-    diamond_consistency: default!(Option<&str>, "NULL"),
-    diamond_schedule_policy: default!(Option<&str>, "NULL"),
-    cdc_mode: default!(Option<&str>, "NULL"),
-    append_only: default!(Option<bool>, false),
-    pooler_compatibility_mode: default!(Option<bool>, false),
-) {
-    let args = CreateArgs {
-        name,
-        query,
-        schedule,
-        refresh_mode,
-        initialize,
-        diamond_consistency,
-        diamond_schedule_policy,
-        cdc_mode,
-        append_only,
-        pooler_compatibility_mode,
-    };
-    lifecycle::create_stream_table(&args, OnExisting::Fail).or_raise()
-}
+#[pg_schema]
+mod pgtrickle {
+    use crate::error::OrRaise;
+    use crate::lifecycle::{self, AlterArgs, CreateArgs, OnExisting};
+    use pgrx::prelude::*;
 
-/// Like `create_stream_table`, but a NOTICE and no change when the stream table
-/// exists.
-#[allow(clippy::too_many_arguments)]
-#[pg_extern]
-fn create_stream_table_if_not_exists(
-    name: Option<&str>,
-    query: Option<&str>,
-    schedule: default!(Option<&str>, "'calculated'"),
-    refresh_mode: default!(Option<&str>, "'AUTO'"),
-    initialize: default!(Option<bool>, true),
-    diamond_consistency: default!(Option<&str>, "NULL"),
-    diamond_schedule_policy: default!(Option<&str>, "NULL"),
-    cdc_mode: default!(Option<&str>, "NULL"),
-    append_only: default!(Option<bool>, false),
-    pooler_compatibility_mode: default!(Option<bool>, false),
-) {
-    let args = CreateArgs {
-        name,
-        query,
-        schedule,
-        refresh_mode,
-        initialize,
-        diamond_consistency,
-        diamond_schedule_policy,
-        cdc_mode,
-        append_only,
-        pooler_compatibility_mode,
-    };
-    lifecycle::create_stream_table(&args, OnExisting::Skip).or_raise()
-}
+    /// Creates a stream table `name` defined by `query`. See docs/SQL_REFERENCE.md.
+    #[allow(clippy::too_many_arguments)]
+    #[pg_extern]
+    fn create_stream_table(
+        name: Option<&str>,
+        query: Option<&str>,
+        schedule: default!(Option<&str>, "'calculated'"),
+        refresh_mode: default!(Option<&str>, "'AUTO'"),
+        initialize: default!(Option<bool>, true),
+        diamond_consistency: default!(Option<&str>, "NULL"),
+        diamond_schedule_policy: default!(Option<&str>, "NULL"),
+        cdc_mode: default!(Option<&str>, "NULL"),
+        append_only: default!(Option<bool>, false),
+        pooler_compatibility_mode: default!(Option<bool>, false),
+    ) {
+        let args = CreateArgs {
+            name,
+            query,
+            schedule,
+            refresh_mode,
+            initialize,
+            diamond_consistency,
+            diamond_schedule_policy,
+            cdc_mode,
+            append_only,
+            pooler_compatibility_mode,
+        };
+        lifecycle::create_stream_table(&args, OnExisting::Fail).or_raise()
+    }
 
-/// Creates the stream table, or brings an existing one in line with the arguments:
-/// nothing when identical, option changes in place, a rebuild when the query
-/// differs.
-#[allow(clippy::too_many_arguments)]
-#[pg_extern]
-fn create_or_replace_stream_table(
-    name: Option<&str>,
-    query: Option<&str>,
-    schedule: default!(Option<&str>, "'calculated'"),
-    refresh_mode: default!(Option<&str>, "'AUTO'"),
-    initialize: default!(Option<bool>, true),
-    diamond_consistency: default!(Option<&str>, "NULL"),
-    diamond_schedule_policy: default!(Option<&str>, "NULL"),
-    cdc_mode: default!(Option<&str>, "NULL"),
-    append_only: default!(Option<bool>, false),
-    pooler_compatibility_mode: default!(Option<bool>, false),
-) {
-    let args = CreateArgs {
-        name,
-        query,
-        schedule,
-        refresh_mode,
-        initialize,
-        diamond_consistency,
-        diamond_schedule_policy,
-        cdc_mode,
-        append_only,
-        pooler_compatibility_mode,
-    };
-    lifecycle::create_stream_table(&args, OnExisting::Replace).or_raise()
-}
+    /// Like `create_stream_table`, but a NOTICE and no change when the stream table
+    /// exists.
+    #[allow(clippy::too_many_arguments)]
+    #[pg_extern]
+    fn create_stream_table_if_not_exists(
+        name: Option<&str>,
+        query: Option<&str>,
+        schedule: default!(Option<&str>, "'calculated'"),
+        refresh_mode: default!(Option<&str>, "'AUTO'"),
+        initialize: default!(Option<bool>, true),
+        diamond_consistency: default!(Option<&str>, "NULL"),
+        diamond_schedule_policy: default!(Option<&str>, "NULL"),
+        cdc_mode: default!(Option<&str>, "NULL"),
+        append_only: default!(Option<bool>, false),
+        pooler_compatibility_mode: default!(Option<bool>, false),
+    ) {
+        let args = CreateArgs {
+            name,
+            query,
+            schedule,
+            refresh_mode,
+            initialize,
+            diamond_consistency,
+            diamond_schedule_policy,
+            cdc_mode,
+            append_only,
+            pooler_compatibility_mode,
+        };
+        lifecycle::create_stream_table(&args, OnExisting::Skip).or_raise()
+    }
 
-/// Changes a stream table's options and/or its defining query; NULL arguments
-/// leave the setting unchanged.
-#[allow(clippy::too_many_arguments)]
-#[pg_extern]
-fn alter_stream_table(
-    name: Option<&str>,
-    query: default!(Option<&str>, "NULL"),
-    schedule: default!(Option<&str>, "NULL"),
-    refresh_mode: default!(Option<&str>, "NULL"),
-    status: default!(Option<&str>, "NULL"),
-    diamond_consistency: default!(Option<&str>, "NULL"),
-    diamond_schedule_policy: default!(Option<&str>, "NULL"),
-    cdc_mode: default!(Option<&str>, "NULL"),
-    append_only: default!(Option<bool>, "NULL"),
-    pooler_compatibility_mode: default!(Option<bool>, "NULL"),
-) {
-    let st = lifecycle::resolve_stream_table(name.unwrap_or_default()).or_raise();
-    let args = AlterArgs {
-        query,
-        schedule,
-        refresh_mode,
-        status,
-        diamond_consistency,
-        diamond_schedule_policy,
-        cdc_mode,
-        append_only,
-        pooler_compatibility_mode,
-    };
-    lifecycle::alter_stream_table(st, &args).or_raise()
-}
+    /// Creates the stream table, or brings an existing one in line with the arguments:
+    /// nothing when identical, option changes in place, a rebuild when the query
+    /// differs.
+    #[allow(clippy::too_many_arguments)]
+    #[pg_extern]
+    fn create_or_replace_stream_table(
+        name: Option<&str>,
+        query: Option<&str>,
+        schedule: default!(Option<&str>, "'calculated'"),
+        refresh_mode: default!(Option<&str>, "'AUTO'"),
+        initialize: default!(Option<bool>, true),
+        diamond_consistency: default!(Option<&str>, "NULL"),
+        diamond_schedule_policy: default!(Option<&str>, "NULL"),
+        cdc_mode: default!(Option<&str>, "NULL"),
+        append_only: default!(Option<bool>, false),
+        pooler_compatibility_mode: default!(Option<bool>, false),
+    ) {
+        let args = CreateArgs {
+            name,
+            query,
+            schedule,
+            refresh_mode,
+            initialize,
+            diamond_consistency,
+            diamond_schedule_policy,
+            cdc_mode,
+            append_only,
+            pooler_compatibility_mode,
+        };
+        lifecycle::create_stream_table(&args, OnExisting::Replace).or_raise()
+    }
 
-/// Drops a stream table: its storage table, catalog rows and unused change capture.
-#[pg_extern]
-fn drop_stream_table(name: Option<&str>) {
-    let st = lifecycle::resolve_stream_table(name.unwrap_or_default()).or_raise();
-    lifecycle::drop_stream_table(st).or_raise()
-}
+    /// Changes a stream table's options and/or its defining query; NULL arguments
+    /// leave the setting unchanged.
+    #[allow(clippy::too_many_arguments)]
+    #[pg_extern]
+    fn alter_stream_table(
+        name: Option<&str>,
+        query: default!(Option<&str>, "NULL"),
+        schedule: default!(Option<&str>, "NULL"),
+        refresh_mode: default!(Option<&str>, "NULL"),
+        status: default!(Option<&str>, "NULL"),
+        diamond_consistency: default!(Option<&str>, "NULL"),
+        diamond_schedule_policy: default!(Option<&str>, "NULL"),
+        cdc_mode: default!(Option<&str>, "NULL"),
+        append_only: default!(Option<bool>, "NULL"),
+        pooler_compatibility_mode: default!(Option<bool>, "NULL"),
+    ) {
+        let st = lifecycle::resolve_stream_table_arg(name).or_raise();
+        let args = AlterArgs {
+            query,
+            schedule,
+            refresh_mode,
+            status,
+            diamond_consistency,
+            diamond_schedule_policy,
+            cdc_mode,
+            append_only,
+            pooler_compatibility_mode,
+        };
+        lifecycle::alter_stream_table(st, &args).or_raise()
+    }
 
-/// Refreshes a stream table now, in the caller's transaction.
-#[pg_extern]
-fn refresh_stream_table(name: Option<&str>) {
-    let st = lifecycle::resolve_stream_table(name.unwrap_or_default()).or_raise();
-    lifecycle::refresh_stream_table(st).or_raise()
-}
+    /// Drops a stream table: its storage table, catalog rows and unused change capture.
+    #[pg_extern]
+    fn drop_stream_table(name: Option<&str>) {
+        let st = lifecycle::resolve_stream_table_arg(name).or_raise();
+        lifecycle::drop_stream_table(st).or_raise()
+    }
 
-/// Internal: called by the `sql_drop` event trigger with the OIDs of dropped
-/// relations. Not granted to PUBLIC.
-#[pg_extern(name = "_on_relations_dropped")]
-fn on_relations_dropped(relids: Vec<pg_sys::Oid>) {
-    lifecycle::on_relations_dropped(&relids).or_raise()
+    /// Refreshes a stream table now, in the caller's transaction.
+    #[pg_extern]
+    fn refresh_stream_table(name: Option<&str>) {
+        let st = lifecycle::resolve_stream_table_arg(name).or_raise();
+        lifecycle::refresh_stream_table(st).or_raise()
+    }
+
+    /// Internal: called by the `sql_drop` event trigger with the OIDs of dropped
+    /// relations. Not granted to PUBLIC.
+    #[pg_extern(name = "_on_relations_dropped")]
+    fn on_relations_dropped(relids: Vec<pg_sys::Oid>) {
+        lifecycle::on_relations_dropped(&relids).or_raise()
+    }
 }

@@ -24,7 +24,7 @@ mod walker;
 use crate::error::{PgtError, PgtResult};
 use pgrx::pg_sys;
 use pgrx::{PgList, PgSqlErrorCode};
-use pgt_core::ident::{display_ident, QualifiedName};
+use pgt_core::ident::QualifiedName;
 use std::ffi::{CStr, CString};
 
 /// The prefix reserved for pg_trickle's hidden columns (`__pgt_row_id`, ...).
@@ -202,7 +202,7 @@ unsafe fn output_columns(query: *mut pg_sys::Query) -> PgtResult<Vec<OutputColum
         if name.starts_with(RESERVED_PREFIX) {
             return Err(PgtError::new(
                 PgSqlErrorCode::ERRCODE_RESERVED_NAME,
-                format!("output column name {} is reserved", display_ident(&name)),
+                format!("output column name \"{name}\" is reserved"),
             )
             .detail(format!("Names starting with \"{RESERVED_PREFIX}\" are pg_trickle's hidden columns."))
             .hint("Rename the column with an alias."));
@@ -210,7 +210,7 @@ unsafe fn output_columns(query: *mut pg_sys::Query) -> PgtResult<Vec<OutputColum
         if columns.iter().any(|c| c.name == name) {
             return Err(PgtError::new(
                 PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
-                format!("column name {} appears more than once in the defining query", display_ident(&name)),
+                format!("column name \"{name}\" appears more than once in the defining query"),
             )
             .hint("Give each output column a distinct alias."));
         }

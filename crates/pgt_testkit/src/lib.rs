@@ -21,6 +21,6 @@ mod testdb;
 
 pub use cluster::{Cluster, ClusterOptions, Paths};
 pub use compare::{assert_st_matches_query, multiset_difference, visible_columns};
-pub use testdb::{sqlstate, TestDb};
+pub use testdb::{expect_error as testdb_expect_error, sqlstate, TestDb};
 
 pub use postgres;

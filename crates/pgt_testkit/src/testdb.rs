@@ -17,6 +17,7 @@ pub struct TestDb {
     /// Superuser connection.
     pub client: Client,
     log_offset: u64,
+    roles: Vec<String>,
 }
 
 fn shared_cluster() -> &'static Cluster {
@@ -35,7 +36,17 @@ impl TestDb {
         admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).expect("create test database");
         let mut client = cluster.connect(&name).expect("connect to the test database");
         client.batch_execute("CREATE EXTENSION pg_trickle").expect("CREATE EXTENSION pg_trickle");
-        TestDb { cluster, name, client, log_offset }
+        TestDb { cluster, name, client, log_offset, roles: Vec::new() }
+    }
+
+    /// Creates a LOGIN role unique to this database (roles are cluster-wide, tests
+    /// run in parallel) with `attributes` (e.g. `NOSUPERUSER`), and returns its name.
+    /// Dropped with the database.
+    pub fn create_role(&mut self, suffix: &str, attributes: &str) -> String {
+        let role = format!("{}_{}", self.name, suffix);
+        self.exec(&format!("CREATE ROLE \"{role}\" LOGIN {attributes}"));
+        self.roles.push(role.clone());
+        role
     }
 
     /// Another superuser connection to this database.
@@ -78,7 +89,12 @@ pub fn expect_error(client: &mut Client, sql: &str, code: &str) -> String {
         Err(e) => {
             let got = sqlstate(&e);
             assert_eq!(got.as_deref(), Some(code), "wrong error for:\n{sql}\n{}", describe(&e));
-            describe(&e)
+            let text = describe(&e);
+            assert!(
+                !text.contains("pgrx") && !text.contains("rust_begin_unwind") && !text.contains("panicking"),
+                "a Rust backtrace leaked into the error for:\n{sql}\n{text}"
+            );
+            text
         }
     }
 }
@@ -124,6 +140,9 @@ impl Drop for TestDb {
         }
         if let Ok(mut admin) = self.cluster.connect("postgres") {
             let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+            for role in &self.roles {
+                let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""));
+            }
         }
     }
 }
