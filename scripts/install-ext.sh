@@ -6,5 +6,5 @@ source "$(dirname "$0")/env.sh"
 [ -x "$PG_CONFIG" ] || pgt_die "PostgreSQL is not provisioned; run scripts/setup.sh (make setup)"
 pgt_step "building and installing the pg_trickle extension into $($PG_CONFIG --version)"
 cd "$PGT_REPO"
-cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -v '^\s*$' | sed -e 's/^/    /'
+cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep --line-buffered -v '^\s*$' | sed -u -e 's/^/    /'
 test "${PIPESTATUS[0]}" -eq 0
