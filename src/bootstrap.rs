@@ -101,6 +101,7 @@ pgrx::extension_sql!(
     r#"
 -- Internal entry points: not for PUBLIC.
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[]) FROM PUBLIC;
 
 -- Keeps the catalog true when relations are dropped behind pg_trickle's back
 -- (DROP TABLE of a stream table, DROP ... CASCADE, DROP SCHEMA ... CASCADE,
@@ -127,6 +128,35 @@ END
 $$;
 REVOKE ALL ON FUNCTION pgtrickle._on_sql_drop() FROM PUBLIC;
 CREATE EVENT TRIGGER pgtrickle_sql_drop ON sql_drop EXECUTE FUNCTION pgtrickle._on_sql_drop();
+
+-- Keeps change capture working after DDL on a captured source: ALTER TABLE that
+-- adds, drops, renames or retypes columns (the capture function names columns),
+-- and partitions created, attached or detached later. Same safety rules as above:
+-- it calls into Rust only when a captured source or one of its partitions changed.
+CREATE FUNCTION pgtrickle._on_ddl_command_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    changed oid[];
+BEGIN
+    SELECT pg_catalog.array_agg(DISTINCT c.objid) INTO changed
+    FROM pg_catalog.pg_event_trigger_ddl_commands() c
+    WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass;
+    IF changed IS NULL THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking ct
+               WHERE ct.source_relid = ANY (changed)
+                  OR ct.source_relid IN (SELECT a.relid
+                                         FROM pg_catalog.unnest(changed) r(relid),
+                                              pg_catalog.pg_partition_ancestors(r.relid) a)) THEN
+        PERFORM pgtrickle._on_relations_changed(changed);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION pgtrickle._on_ddl_command_end() FROM PUBLIC;
+CREATE EVENT TRIGGER pgtrickle_ddl_command_end ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
+    EXECUTE FUNCTION pgtrickle._on_ddl_command_end();
 "#,
     name = "event_triggers",
     finalize

@@ -306,6 +306,31 @@ pub fn insert_change_tracking(t: &ChangeTracking, source_name: &QualifiedName) -
     })
 }
 
+/// Points the change-capture record of `source_relid` at a new buffer.
+pub fn update_change_tracking_buffer(source_relid: pg_sys::Oid, buffer_relid: pg_sys::Oid) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_change_tracking SET buffer_relid = $2 WHERE source_relid = $1",
+            &[source_relid.into(), buffer_relid.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Clears the frontier of every stream table reading `source_relid`: their
+/// contents stay, but the changes since are no longer known, so their next refresh
+/// recomputes in full.
+pub fn clear_frontiers_of_consumers(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET frontier = NULL, frontier_xid = NULL, frontier_cid = NULL \
+             WHERE pgt_id IN (SELECT pgt_id FROM pgtrickle.pgt_dependencies WHERE source_relid = $1)",
+            &[source_relid.into()],
+        )?;
+        Ok(())
+    })
+}
+
 /// Forgets the change-capture record of `source_relid`.
 pub fn delete_change_tracking(source_relid: pg_sys::Oid) -> PgtResult<()> {
     as_extension_owner(|| {

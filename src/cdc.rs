@@ -65,6 +65,7 @@ fn trigger_name(source_relid: pg_sys::Oid, suffix: &str) -> String {
 }
 
 /// A captured column of a source: name and SQL type text.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct CapturedColumn {
     name: String,
     sql_type: String,
@@ -107,6 +108,55 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
         return Ok(());
     }
     let source = relation_name(source_relid)?;
+    let columns = checked_columns(source_relid, &source)?;
+    as_extension_owner(|| {
+        let extension = extension_oid()?;
+        let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
+        let function_oid = write_capture_function(source_relid, &columns)?;
+        record_auto_dependency_on_extension(pg_sys::ProcedureRelationId, function_oid, extension);
+        sync_triggers(source_relid, function_oid, extension)?;
+        catalog::insert_change_tracking(
+            &ChangeTracking { source_relid, buffer_relid, capture_function: function_oid },
+            &source,
+        )
+    })
+}
+
+/// Brings the capture of `source_relid` in line with the source after DDL (called
+/// by the `ddl_command_end` event trigger after ALTER TABLE / CREATE TABLE):
+/// - capture triggers on exactly the relations of its partition tree (a partition
+///   created or attached later gets them, a detached one loses them);
+/// - if its columns changed (added, dropped, renamed, retyped), a new change buffer
+///   and capture function with the new columns, so that writes to the source keep
+///   working. The old buffer's pending rows no longer match the source; they are
+///   discarded and the frontier of every stream table reading the source is
+///   cleared, which makes its next refresh recompute in full.
+pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    let Some(tracking) = catalog::change_tracking(source_relid)? else {
+        return Ok(());
+    };
+    let source = relation_name(source_relid)?;
+    let columns = checked_columns(source_relid, &source)?;
+    as_extension_owner(|| {
+        let extension = extension_oid()?;
+        sync_triggers(source_relid, tracking.capture_function, extension)?;
+        let buffered: Vec<CapturedColumn> = captured_columns(tracking.buffer_relid)?
+            .into_iter()
+            .filter(|c| !BUFFER_META_COLUMNS.contains(&c.name.as_str()))
+            .collect();
+        if buffered == columns {
+            return Ok(());
+        }
+        exec(&format!("DROP TABLE {}", buffer_name(source_relid).to_sql()), &[])?;
+        let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
+        write_capture_function(source_relid, &columns)?;
+        catalog::update_change_tracking_buffer(source_relid, buffer_relid)?;
+        catalog::clear_frontiers_of_consumers(source_relid)
+    })
+}
+
+/// The source's columns, rejecting names that collide with the buffer's own.
+fn checked_columns(source_relid: pg_sys::Oid, source: &QualifiedName) -> PgtResult<Vec<CapturedColumn>> {
     let columns = captured_columns(source_relid)?;
     if let Some(c) = columns.iter().find(|c| BUFFER_META_COLUMNS.contains(&c.name.as_str())) {
         return Err(PgtError::new(
@@ -115,90 +165,130 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
         )
         .hint("Rename the column; the change buffer uses this name."));
     }
-    as_extension_owner(|| {
-        let buffer = buffer_name(source_relid);
-        let function = capture_function_name(source_relid);
-        let column_defs: String = columns.iter().map(|c| format!(", {} {}", quote_ident(&c.name), c.sql_type)).collect();
-        exec(
-            &format!(
-                "CREATE TABLE {} (__pgt_txid pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), \
-                 __pgt_action \"char\" NOT NULL{column_defs})",
-                buffer.to_sql()
-            ),
-            &[],
-        )?;
-        exec(&format!("COMMENT ON TABLE {} IS {}", buffer.to_sql(), quote_literal(&format!("pg_trickle change buffer of {source}"))), &[])?;
+    Ok(columns)
+}
 
-        let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let target_cols: String = names.iter().map(|n| format!(", {n}")).collect();
-        let source_cols: String = names.iter().map(|n| format!(", {n}")).collect();
-        let insert = |action: &str, table: &str| {
-            format!("SELECT '{action}'{source_cols} FROM {table}")
-        };
-        let buffer_sql = buffer.to_sql();
-        exec(
-            &format!(
-                "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
-                 SET search_path = pg_catalog, pg_temp AS $pgt$\n\
-                 BEGIN\n\
-                   IF TG_OP = 'INSERT' THEN\n\
-                     INSERT INTO {buffer_sql} (__pgt_action{target_cols}) {ins};\n\
-                   ELSIF TG_OP = 'UPDATE' THEN\n\
-                     INSERT INTO {buffer_sql} (__pgt_action{target_cols}) {upd_old} UNION ALL {upd_new};\n\
-                   ELSIF TG_OP = 'DELETE' THEN\n\
-                     INSERT INTO {buffer_sql} (__pgt_action{target_cols}) {del};\n\
-                   ELSE\n\
-                     INSERT INTO {buffer_sql} (__pgt_action) VALUES ('T');\n\
-                   END IF;\n\
-                   RETURN NULL;\n\
-                 END\n$pgt$",
-                function = function.to_sql(),
-                ins = insert("I", "__pgt_new"),
-                upd_old = insert("D", "__pgt_old"),
-                upd_new = insert("I", "__pgt_new"),
-                del = insert("D", "__pgt_old"),
-            ),
-            &[],
-        )?;
-        exec(&format!("REVOKE ALL ON FUNCTION {}() FROM PUBLIC", function.to_sql()), &[])?;
+/// Creates the change buffer of `source_relid` with `columns`; returns its OID.
+fn create_buffer(
+    source_relid: pg_sys::Oid,
+    source: &QualifiedName,
+    columns: &[CapturedColumn],
+    extension: pg_sys::Oid,
+) -> PgtResult<pg_sys::Oid> {
+    let buffer = buffer_name(source_relid);
+    let column_defs: String = columns.iter().map(|c| format!(", {} {}", quote_ident(&c.name), c.sql_type)).collect();
+    exec(
+        &format!(
+            "CREATE TABLE {} (__pgt_txid pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), \
+             __pgt_action \"char\" NOT NULL{column_defs})",
+            buffer.to_sql()
+        ),
+        &[],
+    )?;
+    exec(
+        &format!(
+            "COMMENT ON TABLE {} IS {}",
+            buffer.to_sql(),
+            quote_literal(&format!("pg_trickle change buffer of {source}"))
+        ),
+        &[],
+    )?;
+    let buffer_relid = query_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::oid", &[buffer.to_sql().as_str().into()])?
+        .ok_or_else(|| PgtError::internal(format!("change buffer {buffer} was not created")))?;
+    // AUTO dependency on the extension: DROP EXTENSION removes the buffer silently.
+    record_auto_dependency_on_extension(pg_sys::RelationRelationId, buffer_relid, extension);
+    Ok(buffer_relid)
+}
 
-        let buffer_relid = query_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::oid", &[buffer.to_sql().as_str().into()])?
-            .ok_or_else(|| PgtError::internal(format!("change buffer {buffer} was not created")))?;
-        let function_oid = query_one::<pg_sys::Oid>(
-            "SELECT $1::pg_catalog.regprocedure::oid",
-            &[format!("{}()", function.to_sql()).as_str().into()],
-        )?
-        .ok_or_else(|| PgtError::internal(format!("capture function {function} was not created")))?;
+/// Creates or replaces the capture function of `source_relid` for `columns` (the
+/// OID stays the same on replace, so existing triggers keep calling it); returns
+/// its OID.
+fn write_capture_function(source_relid: pg_sys::Oid, columns: &[CapturedColumn]) -> PgtResult<pg_sys::Oid> {
+    let function = capture_function_name(source_relid);
+    let buffer_sql = buffer_name(source_relid).to_sql();
+    let column_list: String = columns.iter().map(|c| format!(", {}", quote_ident(&c.name))).collect();
+    let images = |action: &str, table: &str| format!("SELECT '{action}'{column_list} FROM {table}");
+    exec(
+        &format!(
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
+             SET search_path = pg_catalog, pg_temp AS $pgt$\n\
+             BEGIN\n\
+               IF TG_OP = 'INSERT' THEN\n\
+                 INSERT INTO {buffer_sql} (__pgt_action{column_list}) {ins};\n\
+               ELSIF TG_OP = 'UPDATE' THEN\n\
+                 INSERT INTO {buffer_sql} (__pgt_action{column_list}) {upd_old} UNION ALL {upd_new};\n\
+               ELSIF TG_OP = 'DELETE' THEN\n\
+                 INSERT INTO {buffer_sql} (__pgt_action{column_list}) {del};\n\
+               ELSE\n\
+                 INSERT INTO {buffer_sql} (__pgt_action) VALUES ('T');\n\
+               END IF;\n\
+               RETURN NULL;\n\
+             END\n$pgt$",
+            function = function.to_sql(),
+            ins = images("I", "__pgt_new"),
+            upd_old = images("D", "__pgt_old"),
+            upd_new = images("I", "__pgt_new"),
+            del = images("D", "__pgt_old"),
+        ),
+        &[],
+    )?;
+    exec(&format!("REVOKE ALL ON FUNCTION {}() FROM PUBLIC", function.to_sql()), &[])?;
+    query_one::<pg_sys::Oid>(
+        "SELECT $1::pg_catalog.regprocedure::oid",
+        &[format!("{}()", function.to_sql()).as_str().into()],
+    )?
+    .ok_or_else(|| PgtError::internal(format!("capture function {function} was not created")))
+}
 
-        for relid in relation_tree(source_relid)? {
-            let table = relation_name(relid)?;
-            for (suffix, event, referencing) in TRIGGERS {
-                exec(
-                    &format!(
-                        "CREATE TRIGGER {} AFTER {event} ON {} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {}()",
-                        quote_ident(&trigger_name(source_relid, suffix)),
-                        table.to_sql(),
-                        function.to_sql()
-                    ),
-                    &[],
-                )?;
+/// Puts the four capture triggers on every relation of the partition tree of
+/// `source_relid` that lacks them, and removes capture triggers of this source from
+/// relations no longer in the tree.
+fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension: pg_sys::Oid) -> PgtResult<()> {
+    let tree = relation_tree(source_relid)?;
+    let existing = capture_triggers(function_oid)?;
+    for trigger in existing.iter().filter(|t| !tree.contains(&t.table)) {
+        let table = relation_name(trigger.table)?;
+        exec(&format!("DROP TRIGGER {} ON {}", quote_ident(&trigger.name), table.to_sql()), &[])?;
+    }
+    let function = capture_function_name(source_relid);
+    for relid in tree {
+        let table = relation_name(relid)?;
+        for (suffix, event, referencing) in TRIGGERS {
+            let name = trigger_name(source_relid, suffix);
+            if existing.iter().any(|t| t.table == relid && t.name == name) {
+                continue;
             }
+            exec(
+                &format!(
+                    "CREATE TRIGGER {} AFTER {event} ON {} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {}()",
+                    quote_ident(&name),
+                    table.to_sql(),
+                    function.to_sql()
+                ),
+                &[],
+            )?;
         }
-
-        // AUTO dependencies on the extension: DROP EXTENSION removes these objects
-        // silently; nothing else changes how they can be dropped.
-        let extension = extension_oid()?;
-        record_auto_dependency_on_extension(pg_sys::RelationRelationId, buffer_relid, extension);
-        record_auto_dependency_on_extension(pg_sys::ProcedureRelationId, function_oid, extension);
-        for trigger in capture_triggers(function_oid)? {
+    }
+    // AUTO dependencies on the extension for the new triggers.
+    for trigger in capture_triggers(function_oid)? {
+        if !existing.iter().any(|t| t.oid == trigger.oid) {
             record_auto_dependency_on_extension(pg_sys::TriggerRelationId, trigger.oid, extension);
         }
+    }
+    Ok(())
+}
 
-        catalog::insert_change_tracking(
-            &ChangeTracking { source_relid, buffer_relid, capture_function: function_oid },
-            &source,
-        )
-    })
+/// The captured sources affected by DDL on relation `relid`: `relid` itself or any
+/// partitioned table above it that is captured.
+pub fn captured_sources_affected_by(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> {
+    query_map(
+        "SELECT ct.source_relid FROM pgtrickle.pgt_change_tracking ct \
+         WHERE ct.source_relid = $1 \
+            OR ct.source_relid IN (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1::pg_catalog.regclass) a) \
+         ORDER BY 1",
+        &[relid.into()],
+        |row| col(row, 1),
+    )
 }
 
 fn record_auto_dependency_on_extension(class_id: pg_sys::Oid, object_id: pg_sys::Oid, extension: pg_sys::Oid) {

@@ -451,6 +451,24 @@ pub fn on_relations_dropped(relids: &[pg_sys::Oid]) -> PgtResult<()> {
     Ok(())
 }
 
+/// Called by the `ddl_command_end` event trigger with the OIDs of relations an
+/// ALTER TABLE or CREATE TABLE touched: re-syncs the change capture of every
+/// captured source they belong to ([`cdc::sync_capture`]).
+pub fn on_relations_changed(relids: &[pg_sys::Oid]) -> PgtResult<()> {
+    let mut sources: Vec<pg_sys::Oid> = Vec::new();
+    for relid in relids {
+        for source in cdc::captured_sources_affected_by(*relid)? {
+            if !sources.contains(&source) {
+                sources.push(source);
+            }
+        }
+    }
+    for source in sources {
+        cdc::sync_capture(source)?;
+    }
+    Ok(())
+}
+
 /// `refresh_stream_table`: a manual refresh, recorded with initiated_by MANUAL.
 pub fn refresh_stream_table(st: StreamTable) -> PgtResult<()> {
     check_owner(&st)?;

@@ -155,4 +155,11 @@ mod pgtrickle {
     fn on_relations_dropped(relids: Vec<pg_sys::Oid>) {
         lifecycle::on_relations_dropped(&relids).or_raise()
     }
+
+    /// Internal: called by the `ddl_command_end` event trigger with the OIDs of
+    /// relations an ALTER TABLE or CREATE TABLE touched. Not granted to PUBLIC.
+    #[pg_extern(name = "_on_relations_changed")]
+    fn on_relations_changed(relids: Vec<pg_sys::Oid>) {
+        lifecycle::on_relations_changed(&relids).or_raise()
+    }
 }
