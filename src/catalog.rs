@@ -123,16 +123,27 @@ pub fn lock_stream_table(pgt_id: i64) -> PgtResult<StreamTable> {
 /// The options a stream table is created with, validated.
 #[derive(Debug, Clone)]
 pub struct NewStreamTable<'a> {
+    /// OID of the storage table.
     pub relid: pg_sys::Oid,
+    /// Normalized defining query.
     pub defining_query: &'a str,
+    /// The query as the user wrote it.
     pub original_query: &'a str,
+    /// Canonical schedule text.
     pub schedule: String,
+    /// Requested refresh mode.
     pub refresh_mode: RefreshMode,
+    /// Mode refreshes use.
     pub effective_refresh_mode: RefreshMode,
+    /// Diamond consistency option.
     pub diamond_consistency: DiamondConsistency,
+    /// Diamond schedule policy option.
     pub diamond_schedule_policy: DiamondSchedulePolicy,
+    /// Explicit CDC mode, or None to follow `pg_trickle.cdc_mode`.
     pub cdc_mode: Option<CdcMode>,
+    /// append_only option.
     pub append_only: bool,
+    /// pooler_compatibility_mode option.
     pub pooler_compatibility_mode: bool,
 }
 
@@ -209,7 +220,9 @@ pub fn delete_stream_table(pgt_id: i64) -> PgtResult<()> {
 /// A recorded dependency of a stream table on a relation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dependency {
+    /// The relation read.
     pub source_relid: pg_sys::Oid,
+    /// `SourceKind::as_str` spelling (TABLE, VIEW, ...).
     pub kind: String,
 }
 
@@ -277,8 +290,11 @@ pub fn transitive_downstream(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> 
 /// The change-capture record of a source: its change buffer and capture function.
 #[derive(Debug, Clone)]
 pub struct ChangeTracking {
+    /// The captured relation.
     pub source_relid: pg_sys::Oid,
+    /// Its change buffer `pgtrickle_changes.changes_<source oid>`.
     pub buffer_relid: pg_sys::Oid,
+    /// Its capture function `pgtrickle_changes.capture_<source oid>()`.
     pub capture_function: pg_sys::Oid,
 }
 
@@ -362,17 +378,23 @@ impl InitiatedBy {
 /// One finished refresh, for `pgt_refresh_history`.
 #[derive(Debug, Clone)]
 pub struct RefreshRecord {
+    /// The stream table refreshed.
     pub pgt_id: i64,
     /// `clock_timestamp()` text when the refresh started.
     pub start_time: String,
     /// FULL / DIFFERENTIAL / IMMEDIATE / SKIP.
     pub action: &'static str,
+    /// Rows written into the storage table.
     pub rows_inserted: i64,
+    /// Rows removed from the storage table.
     pub rows_deleted: i64,
     /// SUCCESS / FAILED / SKIPPED.
     pub status: &'static str,
+    /// The error of a failed refresh.
     pub error_message: Option<String>,
+    /// Who started it.
     pub initiated_by: InitiatedBy,
+    /// The frontier snapshot (`pg_snapshot` text) the refresh reached.
     pub frontier: Option<String>,
 }
 

@@ -148,15 +148,25 @@ fn validate_cdc_mode(text: Option<&str>, name: &QualifiedName) -> PgtResult<Opti
 /// Arguments of `create_stream_table` as the SQL function received them.
 #[derive(Debug, Clone)]
 pub struct CreateArgs<'a> {
+    /// The `name` argument.
     pub name: Option<&'a str>,
+    /// The `query` argument.
     pub query: Option<&'a str>,
+    /// The `schedule` argument.
     pub schedule: Option<&'a str>,
+    /// The `refresh_mode` argument.
     pub refresh_mode: Option<&'a str>,
+    /// The `initialize` argument.
     pub initialize: Option<bool>,
+    /// The `diamond_consistency` argument.
     pub diamond_consistency: Option<&'a str>,
+    /// The `diamond_schedule_policy` argument.
     pub diamond_schedule_policy: Option<&'a str>,
+    /// The `cdc_mode` argument.
     pub cdc_mode: Option<&'a str>,
+    /// The `append_only` argument.
     pub append_only: Option<bool>,
+    /// The `pooler_compatibility_mode` argument.
     pub pooler_compatibility_mode: Option<bool>,
 }
 
@@ -283,14 +293,23 @@ fn check_can_run(query: &AnalyzedQuery, role: pg_sys::Oid) -> PgtResult<()> {
 /// Arguments of `alter_stream_table`; None leaves a setting unchanged.
 #[derive(Debug, Clone, Default)]
 pub struct AlterArgs<'a> {
+    /// The `query` argument.
     pub query: Option<&'a str>,
+    /// The `schedule` argument.
     pub schedule: Option<&'a str>,
+    /// The `refresh_mode` argument.
     pub refresh_mode: Option<&'a str>,
+    /// The `status` argument.
     pub status: Option<&'a str>,
+    /// The `diamond_consistency` argument.
     pub diamond_consistency: Option<&'a str>,
+    /// The `diamond_schedule_policy` argument.
     pub diamond_schedule_policy: Option<&'a str>,
+    /// The `cdc_mode` argument.
     pub cdc_mode: Option<&'a str>,
+    /// The `append_only` argument.
     pub append_only: Option<bool>,
+    /// The `pooler_compatibility_mode` argument.
     pub pooler_compatibility_mode: Option<bool>,
 }
 

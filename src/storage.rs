@@ -63,7 +63,9 @@ pub fn remove_source_dependencies(relid: pg_sys::Oid) {
 /// A visible column of a storage table: name and SQL type text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageColumn {
+    /// Column name.
     pub name: String,
+    /// Type as `format_type` prints it, with type modifier (e.g. `numeric(12,2)`).
     pub sql_type: String,
 }
 

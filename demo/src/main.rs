@@ -106,7 +106,7 @@ fn run() -> DemoResult<()> {
         step(&format!("round {round}/{rounds}: TPC-H style changes"));
         let summary = apply_round(&mut db, &mut rng)?;
         println!("    {summary}");
-        println!("    {:<26} {:>8} {:>12}  {}", "stream table", "rows", "refresh", "equals its query?");
+        println!("    {:<26} {:>8} {:>12}  equals its query?", "stream table", "rows", "refresh");
         for (name, query) in STREAM_TABLES {
             let start = Instant::now();
             db.execute("SELECT pgtrickle.refresh_stream_table($1)", &[name])?;

@@ -11,98 +11,60 @@ mod pgtrickle {
     use crate::lifecycle::{self, AlterArgs, CreateArgs, OnExisting};
     use pgrx::prelude::*;
 
-    /// Creates a stream table `name` defined by `query`. See docs/SQL_REFERENCE.md.
-    #[allow(clippy::too_many_arguments)]
-    #[pg_extern]
-    fn create_stream_table(
-        name: Option<&str>,
-        query: Option<&str>,
-        schedule: default!(Option<&str>, "'calculated'"),
-        refresh_mode: default!(Option<&str>, "'AUTO'"),
-        initialize: default!(Option<bool>, true),
-        diamond_consistency: default!(Option<&str>, "NULL"),
-        diamond_schedule_policy: default!(Option<&str>, "NULL"),
-        cdc_mode: default!(Option<&str>, "NULL"),
-        append_only: default!(Option<bool>, false),
-        pooler_compatibility_mode: default!(Option<bool>, false),
-    ) {
-        let args = CreateArgs {
-            name,
-            query,
-            schedule,
-            refresh_mode,
-            initialize,
-            diamond_consistency,
-            diamond_schedule_policy,
-            cdc_mode,
-            append_only,
-            pooler_compatibility_mode,
+    /// Defines one of the three `create_*` functions: they share the parameters of
+    /// SPEC §2.1 and differ only in what happens when the stream table exists.
+    macro_rules! create_function {
+        ($(#[$doc:meta])* $fn_name:ident, $on_existing:expr) => {
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            #[pg_extern]
+            fn $fn_name(
+                name: Option<&str>,
+                query: Option<&str>,
+                schedule: default!(Option<&str>, "'calculated'"),
+                refresh_mode: default!(Option<&str>, "'AUTO'"),
+                initialize: default!(Option<bool>, true),
+                diamond_consistency: default!(Option<&str>, "NULL"),
+                diamond_schedule_policy: default!(Option<&str>, "NULL"),
+                cdc_mode: default!(Option<&str>, "NULL"),
+                append_only: default!(Option<bool>, false),
+                pooler_compatibility_mode: default!(Option<bool>, false),
+            ) {
+                let args = CreateArgs {
+                    name,
+                    query,
+                    schedule,
+                    refresh_mode,
+                    initialize,
+                    diamond_consistency,
+                    diamond_schedule_policy,
+                    cdc_mode,
+                    append_only,
+                    pooler_compatibility_mode,
+                };
+                lifecycle::create_stream_table(&args, $on_existing).or_raise()
+            }
         };
-        lifecycle::create_stream_table(&args, OnExisting::Fail).or_raise()
     }
 
-    /// Like `create_stream_table`, but a NOTICE and no change when the stream table
-    /// exists.
-    #[allow(clippy::too_many_arguments)]
-    #[pg_extern]
-    fn create_stream_table_if_not_exists(
-        name: Option<&str>,
-        query: Option<&str>,
-        schedule: default!(Option<&str>, "'calculated'"),
-        refresh_mode: default!(Option<&str>, "'AUTO'"),
-        initialize: default!(Option<bool>, true),
-        diamond_consistency: default!(Option<&str>, "NULL"),
-        diamond_schedule_policy: default!(Option<&str>, "NULL"),
-        cdc_mode: default!(Option<&str>, "NULL"),
-        append_only: default!(Option<bool>, false),
-        pooler_compatibility_mode: default!(Option<bool>, false),
-    ) {
-        let args = CreateArgs {
-            name,
-            query,
-            schedule,
-            refresh_mode,
-            initialize,
-            diamond_consistency,
-            diamond_schedule_policy,
-            cdc_mode,
-            append_only,
-            pooler_compatibility_mode,
-        };
-        lifecycle::create_stream_table(&args, OnExisting::Skip).or_raise()
-    }
-
-    /// Creates the stream table, or brings an existing one in line with the arguments:
-    /// nothing when identical, option changes in place, a rebuild when the query
-    /// differs.
-    #[allow(clippy::too_many_arguments)]
-    #[pg_extern]
-    fn create_or_replace_stream_table(
-        name: Option<&str>,
-        query: Option<&str>,
-        schedule: default!(Option<&str>, "'calculated'"),
-        refresh_mode: default!(Option<&str>, "'AUTO'"),
-        initialize: default!(Option<bool>, true),
-        diamond_consistency: default!(Option<&str>, "NULL"),
-        diamond_schedule_policy: default!(Option<&str>, "NULL"),
-        cdc_mode: default!(Option<&str>, "NULL"),
-        append_only: default!(Option<bool>, false),
-        pooler_compatibility_mode: default!(Option<bool>, false),
-    ) {
-        let args = CreateArgs {
-            name,
-            query,
-            schedule,
-            refresh_mode,
-            initialize,
-            diamond_consistency,
-            diamond_schedule_policy,
-            cdc_mode,
-            append_only,
-            pooler_compatibility_mode,
-        };
-        lifecycle::create_stream_table(&args, OnExisting::Replace).or_raise()
-    }
+    create_function!(
+        /// Creates a stream table `name` defined by `query`. See docs/SQL_REFERENCE.md.
+        create_stream_table,
+        OnExisting::Fail
+    );
+    create_function!(
+        /// Like `create_stream_table`, but a NOTICE and no change when the stream
+        /// table exists.
+        create_stream_table_if_not_exists,
+        OnExisting::Skip
+    );
+    create_function!(
+        /// Creates the stream table, or brings an existing one in line with the
+        /// arguments: nothing when identical, option changes in place, a rebuild when
+        /// the query differs.
+        create_or_replace_stream_table,
+        OnExisting::Replace
+    );
 
     /// Changes a stream table's options and/or its defining query; NULL arguments
     /// leave the setting unchanged.

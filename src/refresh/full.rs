@@ -33,7 +33,9 @@ use pgt_core::ident::quote_ident;
 /// Counts and frontier of one FULL refresh.
 #[derive(Debug, Clone)]
 pub struct FullRefreshResult {
+    /// Rows the DELETE removed.
     pub rows_deleted: u64,
+    /// Rows the INSERT wrote.
     pub rows_inserted: u64,
     /// The frontier the new contents reflect.
     pub frontier: Frontier,

@@ -16,6 +16,7 @@
 //! All of it happens in the caller's transaction: if any step fails, the storage
 //! keeps its previous contents and nothing is recorded.
 
+/// The FULL refresh executor.
 pub mod full;
 
 use crate::catalog::{self, Frontier, InitiatedBy, RefreshRecord};

@@ -9,7 +9,11 @@
 //! - [`frontier`]: which captured changes a refresh has applied.
 //! - [`options`]: the closed sets of option values (`refresh_mode`, `cdc_mode`, ...).
 
+/// Which captured changes a refresh has applied.
 pub mod frontier;
+/// Quoting of identifiers and literals.
 pub mod ident;
+/// Option values of the SQL API.
 pub mod options;
+/// Stream-table schedules.
 pub mod schedule;

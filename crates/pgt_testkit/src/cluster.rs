@@ -84,19 +84,13 @@ impl Paths {
 }
 
 /// How a cluster is configured at `initdb` time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// Durability off (fsync, full_page_writes, synchronous_commit): fine for
     /// throw-away test data, faster on small machines.
     pub durable: bool,
     /// Extra `postgresql.conf` lines.
     pub extra_conf: Vec<String>,
-}
-
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        ClusterOptions { durable: false, extra_conf: Vec::new() }
-    }
 }
 
 /// A PostgreSQL 18 cluster with pg_trickle preloaded, reachable on 127.0.0.1.

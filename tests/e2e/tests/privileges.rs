@@ -137,13 +137,13 @@ fn refresh_runs_the_query_as_the_owner_in_a_security_restricted_operation() {
     assert_st_matches_query(&mut db.client, "probe", &format!("SELECT id, '{alice}'::text AS who FROM src"));
 
     // A function that tries to escalate fails the refresh; the contents stay.
-    a.batch_execute(&format!(
+    a.batch_execute(
         "CREATE OR REPLACE FUNCTION who_runs_me() RETURNS text LANGUAGE plpgsql AS $$
          BEGIN
            EXECUTE 'SET ROLE postgres';
            RETURN current_user;
-         END $$;"
-    ))
+         END $$;",
+    )
     .unwrap();
     let before: i64 = count(&mut db, "probe");
     db.exec("INSERT INTO src VALUES (3)");
