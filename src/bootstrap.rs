@@ -102,6 +102,7 @@ pgrx::extension_sql!(
 -- Internal entry points: not for PUBLIC.
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle._on_table_rewrite(oid) FROM PUBLIC;
 
 -- Keeps the catalog true when relations are dropped behind pg_trickle's back
 -- (DROP TABLE of a stream table, DROP ... CASCADE, DROP SCHEMA ... CASCADE,
@@ -113,16 +114,30 @@ CREATE FUNCTION pgtrickle._on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     dropped oid[];
+    lost_columns oid[];
 BEGIN
-    SELECT pg_catalog.array_agg(d.objid) INTO dropped
+    SELECT pg_catalog.array_agg(d.objid) FILTER (WHERE d.objsubid = 0),
+           pg_catalog.array_agg(DISTINCT d.objid) FILTER (WHERE d.objsubid <> 0)
+      INTO dropped, lost_columns
     FROM pg_catalog.pg_event_trigger_dropped_objects() d
-    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0;
-    IF dropped IS NULL THEN
-        RETURN;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ANY (dropped))
-       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking WHERE source_relid = ANY (dropped)) THEN
+    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass;
+    IF dropped IS NOT NULL
+       AND (EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ANY (dropped))
+            OR EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking WHERE source_relid = ANY (dropped))) THEN
         PERFORM pgtrickle._on_relations_dropped(dropped);
+    END IF;
+    -- Columns dropped by a cascade (DROP TYPE ... CASCADE, DROP EXTENSION ...
+    -- CASCADE) from tables that survive: capture must follow.
+    IF lost_columns IS NOT NULL THEN
+        lost_columns := ARRAY(SELECT c FROM pg_catalog.unnest(lost_columns) c
+                              WHERE dropped IS NULL OR c <> ALL (dropped));
+        IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking ct
+                   WHERE ct.source_relid = ANY (lost_columns)
+                      OR ct.source_relid IN (SELECT a.relid
+                                             FROM pg_catalog.unnest(lost_columns) r(relid),
+                                                  pg_catalog.pg_partition_ancestors(r.relid) a)) THEN
+            PERFORM pgtrickle._on_relations_changed(lost_columns);
+        END IF;
     END IF;
 END
 $$;
@@ -131,16 +146,23 @@ CREATE EVENT TRIGGER pgtrickle_sql_drop ON sql_drop EXECUTE FUNCTION pgtrickle._
 
 -- Keeps change capture working after DDL on a captured source: ALTER TABLE that
 -- adds, drops, renames or retypes columns (the capture function names columns),
--- and partitions created, attached or detached later. Same safety rules as above:
--- it calls into Rust only when a captured source or one of its partitions changed.
+-- ALTER TYPE on the type of a typed table, and partitions created, attached or
+-- detached later. Same safety rules as above: it calls into Rust only when a
+-- captured source or one of its partitions changed.
 CREATE FUNCTION pgtrickle._on_ddl_command_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     changed oid[];
 BEGIN
-    SELECT pg_catalog.array_agg(DISTINCT c.objid) INTO changed
-    FROM pg_catalog.pg_event_trigger_ddl_commands() c
-    WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass;
+    SELECT pg_catalog.array_agg(DISTINCT r.relid) INTO changed
+    FROM (SELECT c.objid AS relid
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+          UNION
+          SELECT t.oid
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          JOIN pg_catalog.pg_class t ON t.reloftype = c.objid
+          WHERE c.classid = 'pg_catalog.pg_type'::pg_catalog.regclass) r;
     IF changed IS NULL THEN
         RETURN;
     END IF;
@@ -155,8 +177,26 @@ END
 $$;
 REVOKE ALL ON FUNCTION pgtrickle._on_ddl_command_end() FROM PUBLIC;
 CREATE EVENT TRIGGER pgtrickle_ddl_command_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TYPE')
     EXECUTE FUNCTION pgtrickle._on_ddl_command_end();
+
+-- A table rewrite (ALTER TABLE ... TYPE ... USING) changes rows without passing
+-- through capture: the stream tables reading the table recompute next time.
+CREATE FUNCTION pgtrickle._on_table_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rewritten oid := pg_catalog.pg_event_trigger_table_rewrite_oid();
+BEGIN
+    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking ct
+               WHERE ct.source_relid = rewritten
+                  OR ct.source_relid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(rewritten) a)) THEN
+        PERFORM pgtrickle._on_table_rewrite(rewritten);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION pgtrickle._on_table_rewrite() FROM PUBLIC;
+CREATE EVENT TRIGGER pgtrickle_table_rewrite ON table_rewrite
+    EXECUTE FUNCTION pgtrickle._on_table_rewrite();
 "#,
     name = "event_triggers",
     finalize

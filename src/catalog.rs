@@ -116,7 +116,13 @@ pub fn lock_stream_table(pgt_id: i64) -> PgtResult<StreamTable> {
         query_map(&sql, &[pgt_id.into()], stream_table_from_row)?
             .into_iter()
             .next()
-            .ok_or_else(|| PgtError::internal(format!("stream table {pgt_id} vanished from the catalog")))
+            .ok_or_else(|| {
+                PgtError::new(
+                    pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                    "stream table does not exist any more",
+                )
+                .detail("It was dropped by a concurrent transaction.")
+            })
     })
 }
 

@@ -13,9 +13,11 @@
 //!   `SECURITY DEFINER`, `search_path` pinned) that copies a statement's transition
 //!   table into the buffer in one set-based INSERT;
 //! - four **triggers** `pgt_cdc_<oid>_{ins,upd,del,trunc}` (AFTER ... FOR EACH
-//!   STATEMENT; INSERT/UPDATE/DELETE with transition tables) on `S` and, for a
+//!   STATEMENT; INSERT/UPDATE/DELETE with transition tables; `ENABLE ALWAYS`, so
+//!   they fire under `session_replication_role = replica` too) on `S` and, for a
 //!   partitioned table, on every partition (a statement aimed at a partition fires
-//!   only that partition's statement triggers).
+//!   only that partition's statement triggers). Foreign partitions cannot carry
+//!   transition-table triggers and are skipped.
 //!
 //! One buffer serves every stream table reading `S`; it is created with the first
 //! and dropped with the last (`pgt_change_tracking` records it). The buffer,
@@ -23,15 +25,31 @@
 //! EXTENSION pg_trickle` removes them without CASCADE, and the triggers an AUTO
 //! dependency on their table, so dropping a source removes its triggers.
 //!
+//! **Serialization.** Starting, re-syncing and releasing the capture of `S`, and
+//! trimming its buffer, hold a transaction-level advisory lock keyed by `S`
+//! ([`lock_source`]): a stream table being created over `S` cannot see capture that
+//! a concurrent drop is removing, and a trim never runs while a transaction that
+//! adds a consumer of `S` is still in flight (the trim could not see that
+//! consumer's frontier). Catalog reads made after the lock see the latest committed
+//! state (`crate::spi` runs reads with fresh snapshots; the lifecycle functions
+//! require READ COMMITTED).
+//!
 //! Which buffer rows a refresh reads and when they can be deleted is decided by the
 //! frontier (`pgt_core::frontier`, docs/ARCHITECTURE.md): rows every consumer's
 //! frontier has consumed are deleted by [`trim_buffer`].
+//!
+//! **Quoting.** Source column names are user text. They reach generated SQL only
+//! through `quote_ident`, and the capture function's body is passed as a quoted
+//! string literal (`quote_literal`), never dollar-quoted, so no column name can end
+//! the body early. Inside the body every column is qualified by its transition
+//! table (`n."col"`), so names such as `tg_op` or `new` cannot clash with PL/pgSQL
+//! variables.
 
 use crate::catalog::{self, ChangeTracking};
 use crate::error::{PgtError, PgtResult};
 use crate::parse::relation_name;
 use crate::privilege::{as_extension_owner, extension_oid};
-use crate::spi::{col, exec, query_map, query_one};
+use crate::spi::{col, exec, query_map, query_one, StatementSnapshot};
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use pgt_core::frontier::consumed_by_frontier_sql;
@@ -64,6 +82,52 @@ fn trigger_name(source_relid: pg_sys::Oid, suffix: &str) -> String {
     format!("pgt_cdc_{}_{}", source_relid.to_u32(), suffix)
 }
 
+/// First half of the advisory-lock key space pg_trickle uses for "capture of a
+/// source" (`"pgt\0"`); the second half is the source's OID.
+const CAPTURE_LOCK_CLASS: i64 = 0x7067_7400;
+
+/// Takes the transaction-level advisory lock that serializes capture management of
+/// `source_relid` (see the module doc); waits for it unless `try_only`, in which
+/// case returns whether it was granted.
+fn lock_source(source_relid: pg_sys::Oid, try_only: bool) -> PgtResult<bool> {
+    let key = (CAPTURE_LOCK_CLASS << 32) | i64::from(source_relid.to_u32());
+    if try_only {
+        Ok(query_one::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1)", &[key.into()])?.unwrap_or(false))
+    } else {
+        exec("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[key.into()])?;
+        Ok(true)
+    }
+}
+
+thread_local! {
+    /// Depth of capture DDL pg_trickle itself is running in this backend.
+    static INTERNAL_DDL_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks a span in which pg_trickle runs DDL for change capture (CREATE TRIGGER,
+/// ALTER TABLE ... ENABLE ALWAYS TRIGGER, ...). Our own event triggers see that DDL
+/// too; while a span is open they do nothing ([`internal_ddl_in_progress`]). The
+/// depth is restored on drop, also when an error unwinds.
+struct InternalDdl;
+
+impl InternalDdl {
+    fn begin() -> InternalDdl {
+        INTERNAL_DDL_DEPTH.with(|d| d.set(d.get() + 1));
+        InternalDdl
+    }
+}
+
+impl Drop for InternalDdl {
+    fn drop(&mut self) {
+        INTERNAL_DDL_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// Whether pg_trickle is itself running capture DDL in this backend.
+pub fn internal_ddl_in_progress() -> bool {
+    INTERNAL_DDL_DEPTH.with(|d| d.get() > 0)
+}
+
 /// A captured column of a source: name and SQL type text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CapturedColumn {
@@ -73,6 +137,8 @@ struct CapturedColumn {
 
 /// Columns of `relid` as the buffer stores them: every live, non-virtual column in
 /// attribute order (virtual generated columns have no stored value to capture).
+/// Call with `search_path` pinned (inside [`as_extension_owner`]), so that
+/// `format_type` schema-qualifies every type not in `pg_catalog`.
 fn captured_columns(relid: pg_sys::Oid) -> PgtResult<Vec<CapturedColumn>> {
     query_map(
         "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) \
@@ -84,10 +150,12 @@ fn captured_columns(relid: pg_sys::Oid) -> PgtResult<Vec<CapturedColumn>> {
     )
 }
 
-/// `relid` and, for a partitioned table, every partition below it.
+/// `relid` and, for a partitioned table, every partition below it that can carry
+/// capture triggers (foreign partitions cannot).
 fn relation_tree(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> {
     query_map(
-        "SELECT relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree($1::pg_catalog.regclass) \
+        "SELECT t.relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree($1::pg_catalog.regclass) t \
+         JOIN pg_catalog.pg_class c ON c.oid = t.relid WHERE c.relkind <> 'f' \
          UNION SELECT $1::pg_catalog.oid ORDER BY 1",
         &[relid.into()],
         |row| col(row, 1),
@@ -98,18 +166,21 @@ fn relation_tree(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> {
 ///
 /// Creating the triggers takes a SHARE ROW EXCLUSIVE lock on the source, which
 /// waits for writers in progress and blocks new ones until the caller's transaction
-/// ends; a snapshot taken afterwards in the same transaction therefore sees every
-/// change made before capture began, and every later change is captured.
+/// ends; a snapshot taken afterwards in the same (READ COMMITTED) transaction
+/// therefore sees every change made before capture began, and every later change
+/// is captured.
 ///
 /// # Errors
 /// 42939 when a source column is named like a buffer meta column.
 pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
-    if catalog::change_tracking(source_relid)?.is_some() {
-        return Ok(());
-    }
-    let source = relation_name(source_relid)?;
-    let columns = checked_columns(source_relid, &source)?;
+    let _internal = InternalDdl::begin();
     as_extension_owner(|| {
+        lock_source(source_relid, false)?;
+        if catalog::change_tracking(source_relid)?.is_some() {
+            return Ok(());
+        }
+        let source = relation_name(source_relid)?;
+        let columns = checked_columns(source_relid, &source)?;
         let extension = extension_oid()?;
         let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
         let function_oid = write_capture_function(source_relid, &columns)?;
@@ -123,35 +194,59 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
 }
 
 /// Brings the capture of `source_relid` in line with the source after DDL (called
-/// by the `ddl_command_end` event trigger after ALTER TABLE / CREATE TABLE):
+/// by the event triggers after ALTER TABLE / CREATE TABLE / ALTER TYPE, and after a
+/// column of it was dropped by a cascade):
 /// - capture triggers on exactly the relations of its partition tree (a partition
 ///   created or attached later gets them, a detached one loses them);
 /// - if its columns changed (added, dropped, renamed, retyped), a new change buffer
 ///   and capture function with the new columns, so that writes to the source keep
-///   working. The old buffer's pending rows no longer match the source; they are
-///   discarded and the frontier of every stream table reading the source is
-///   cleared, which makes its next refresh recompute in full.
+///   working.
+///
+/// Either way, rows entered or left the source without passing through capture
+/// (attach, detach) or the pending rows no longer match it (new columns): the
+/// frontier of every stream table reading it is cleared, so their next refresh
+/// recomputes in full.
 pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
-    let Some(tracking) = catalog::change_tracking(source_relid)? else {
-        return Ok(());
-    };
-    let source = relation_name(source_relid)?;
-    let columns = checked_columns(source_relid, &source)?;
+    let _internal = InternalDdl::begin();
     as_extension_owner(|| {
+        lock_source(source_relid, false)?;
+        let Some(tracking) = catalog::change_tracking(source_relid)? else {
+            return Ok(());
+        };
+        let source = relation_name(source_relid)?;
+        let columns = checked_columns(source_relid, &source)?;
         let extension = extension_oid()?;
-        sync_triggers(source_relid, tracking.capture_function, extension)?;
+        let tree_changed = sync_triggers(source_relid, tracking.capture_function, extension)?;
         let buffered: Vec<CapturedColumn> = captured_columns(tracking.buffer_relid)?
             .into_iter()
             .filter(|c| !BUFFER_META_COLUMNS.contains(&c.name.as_str()))
             .collect();
-        if buffered == columns {
-            return Ok(());
+        let columns_changed = buffered != columns;
+        if columns_changed {
+            exec(&format!("DROP TABLE {}", buffer_name(source_relid).to_sql()), &[])?;
+            let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
+            catalog::update_change_tracking_buffer(source_relid, buffer_relid)?;
         }
-        exec(&format!("DROP TABLE {}", buffer_name(source_relid).to_sql()), &[])?;
-        let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
+        // Always: a cascade (DROP TYPE ... CASCADE) can drop a column from the
+        // source and the buffer alike, leaving both equal and the function stale.
         write_capture_function(source_relid, &columns)?;
-        catalog::update_change_tracking_buffer(source_relid, buffer_relid)?;
-        catalog::clear_frontiers_of_consumers(source_relid)
+        if columns_changed || tree_changed {
+            catalog::clear_frontiers_of_consumers(source_relid)?;
+        }
+        Ok(())
+    })
+}
+
+/// Called when the rows of `source_relid` change without passing through capture
+/// (a table rewrite by ALTER TABLE ... TYPE ... USING): clears the frontiers of the
+/// stream tables reading it, so their next refresh recomputes in full.
+pub fn forget_pending_changes(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    as_extension_owner(|| {
+        lock_source(source_relid, false)?;
+        if catalog::change_tracking(source_relid)?.is_some() {
+            catalog::clear_frontiers_of_consumers(source_relid)?;
+        }
+        Ok(())
     })
 }
 
@@ -200,35 +295,47 @@ fn create_buffer(
     Ok(buffer_relid)
 }
 
+/// The PL/pgSQL body of the capture function for `columns` writing into `buffer`.
+fn capture_function_body(buffer: &QualifiedName, columns: &[CapturedColumn]) -> String {
+    let target: String = columns.iter().map(|c| format!(", {}", quote_ident(&c.name))).collect();
+    let images = |action: &str, table: &str| {
+        let values: String = columns.iter().map(|c| format!(", t.{}", quote_ident(&c.name))).collect();
+        format!("SELECT '{action}'{values} FROM {table} t")
+    };
+    let buffer = buffer.to_sql();
+    format!(
+        "#variable_conflict use_column\n\
+         BEGIN\n\
+           IF TG_OP = 'INSERT' THEN\n\
+             INSERT INTO {buffer} (__pgt_action{target}) {ins};\n\
+           ELSIF TG_OP = 'UPDATE' THEN\n\
+             INSERT INTO {buffer} (__pgt_action{target}) {upd_old} UNION ALL {upd_new};\n\
+           ELSIF TG_OP = 'DELETE' THEN\n\
+             INSERT INTO {buffer} (__pgt_action{target}) {del};\n\
+           ELSE\n\
+             INSERT INTO {buffer} (__pgt_action) VALUES ('T');\n\
+           END IF;\n\
+           RETURN NULL;\n\
+         END\n",
+        ins = images("I", "__pgt_new"),
+        upd_old = images("D", "__pgt_old"),
+        upd_new = images("I", "__pgt_new"),
+        del = images("D", "__pgt_old"),
+    )
+}
+
 /// Creates or replaces the capture function of `source_relid` for `columns` (the
 /// OID stays the same on replace, so existing triggers keep calling it); returns
 /// its OID.
 fn write_capture_function(source_relid: pg_sys::Oid, columns: &[CapturedColumn]) -> PgtResult<pg_sys::Oid> {
     let function = capture_function_name(source_relid);
-    let buffer_sql = buffer_name(source_relid).to_sql();
-    let column_list: String = columns.iter().map(|c| format!(", {}", quote_ident(&c.name))).collect();
-    let images = |action: &str, table: &str| format!("SELECT '{action}'{column_list} FROM {table}");
+    let body = capture_function_body(&buffer_name(source_relid), columns);
     exec(
         &format!(
-            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
-             SET search_path = pg_catalog, pg_temp AS $pgt$\n\
-             BEGIN\n\
-               IF TG_OP = 'INSERT' THEN\n\
-                 INSERT INTO {buffer_sql} (__pgt_action{column_list}) {ins};\n\
-               ELSIF TG_OP = 'UPDATE' THEN\n\
-                 INSERT INTO {buffer_sql} (__pgt_action{column_list}) {upd_old} UNION ALL {upd_new};\n\
-               ELSIF TG_OP = 'DELETE' THEN\n\
-                 INSERT INTO {buffer_sql} (__pgt_action{column_list}) {del};\n\
-               ELSE\n\
-                 INSERT INTO {buffer_sql} (__pgt_action) VALUES ('T');\n\
-               END IF;\n\
-               RETURN NULL;\n\
-             END\n$pgt$",
-            function = function.to_sql(),
-            ins = images("I", "__pgt_new"),
-            upd_old = images("D", "__pgt_old"),
-            upd_new = images("I", "__pgt_new"),
-            del = images("D", "__pgt_old"),
+            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
+             SET search_path = pg_catalog, pg_temp AS {}",
+            function.to_sql(),
+            quote_literal(&body)
         ),
         &[],
     )?;
@@ -240,15 +347,19 @@ fn write_capture_function(source_relid: pg_sys::Oid, columns: &[CapturedColumn])
     .ok_or_else(|| PgtError::internal(format!("capture function {function} was not created")))
 }
 
-/// Puts the four capture triggers on every relation of the partition tree of
-/// `source_relid` that lacks them, and removes capture triggers of this source from
-/// relations no longer in the tree.
-fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension: pg_sys::Oid) -> PgtResult<()> {
+/// Puts the four capture triggers (enabled ALWAYS) on every relation of the
+/// partition tree of `source_relid` that lacks them, and removes capture triggers
+/// of this source from relations no longer in the tree. Returns whether anything
+/// changed after the source's first capture (partitions came or went).
+fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension: pg_sys::Oid) -> PgtResult<bool> {
     let tree = relation_tree(source_relid)?;
     let existing = capture_triggers(function_oid)?;
+    let first_capture = existing.is_empty();
+    let mut changed = false;
     for trigger in existing.iter().filter(|t| !tree.contains(&t.table)) {
         let table = relation_name(trigger.table)?;
         exec(&format!("DROP TRIGGER {} ON {}", quote_ident(&trigger.name), table.to_sql()), &[])?;
+        changed = true;
     }
     let function = capture_function_name(source_relid);
     for relid in tree {
@@ -267,6 +378,8 @@ fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension
                 ),
                 &[],
             )?;
+            exec(&format!("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}", table.to_sql(), quote_ident(&name)), &[])?;
+            changed = true;
         }
     }
     // AUTO dependencies on the extension for the new triggers.
@@ -275,7 +388,7 @@ fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension
             record_auto_dependency_on_extension(pg_sys::TriggerRelationId, trigger.oid, extension);
         }
     }
-    Ok(())
+    Ok(changed && !first_capture)
 }
 
 /// The captured sources affected by DDL on relation `relid`: `relid` itself or any
@@ -316,13 +429,15 @@ fn capture_triggers(function_oid: pg_sys::Oid) -> PgtResult<Vec<CaptureTrigger>>
 /// triggers (wherever they are), capture function and change buffer. A source that
 /// was itself dropped has lost its triggers already; the rest goes here.
 pub fn release_capture_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
-    if catalog::source_has_consumers(source_relid)? {
-        return Ok(());
-    }
-    let Some(tracking) = catalog::change_tracking(source_relid)? else {
-        return Ok(());
-    };
+    let _internal = InternalDdl::begin();
     as_extension_owner(|| {
+        lock_source(source_relid, false)?;
+        if catalog::source_has_consumers(source_relid)? {
+            return Ok(());
+        }
+        let Some(tracking) = catalog::change_tracking(source_relid)? else {
+            return Ok(());
+        };
         for trigger in capture_triggers(tracking.capture_function)? {
             let table = relation_name(trigger.table)?;
             exec(&format!("DROP TRIGGER {} ON {}", quote_ident(&trigger.name), table.to_sql()), &[])?;
@@ -334,24 +449,26 @@ pub fn release_capture_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
 }
 
 /// Deletes the change-buffer rows of `source_relid` that every consumer's frontier
-/// has consumed (`pgt_core::frontier`); a consumer that was never populated needs
-/// nothing (its first refresh is FULL). Returns the number of rows deleted.
+/// has consumed (`pgt_core::frontier`); a consumer without a frontier needs nothing
+/// (its next refresh is a full recomputation). Skipped (returns 0) while another
+/// transaction manages this source's capture — it may be adding a consumer this
+/// transaction cannot see yet; the next refresh trims. The DELETE runs in the
+/// latest snapshot, so every committed consumer counts whatever the isolation
+/// level. Returns the number of rows deleted.
 pub fn trim_buffer(source_relid: pg_sys::Oid) -> PgtResult<u64> {
-    if catalog::change_tracking(source_relid)?.is_none() {
-        return Ok(0);
-    }
     let consumed = consumed_by_frontier_sql("b", "st.frontier", "st.frontier_xid", "st.frontier_cid");
     as_extension_owner(|| {
-        exec(
-            &format!(
-                "DELETE FROM {} b WHERE NOT EXISTS ( \
-                   SELECT 1 FROM pgtrickle.pgt_dependencies d \
-                   JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
-                   WHERE d.source_relid = $1 AND st.frontier IS NOT NULL \
-                     AND NOT COALESCE({consumed}, false))",
-                buffer_name(source_relid).to_sql()
-            ),
-            &[source_relid.into()],
-        )
+        if catalog::change_tracking(source_relid)?.is_none() || !lock_source(source_relid, true)? {
+            return Ok(0);
+        }
+        StatementSnapshot::latest().exec(&format!(
+            "DELETE FROM {} b WHERE NOT EXISTS ( \
+               SELECT 1 FROM pgtrickle.pgt_dependencies d \
+               JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+               WHERE d.source_relid = {} AND st.frontier IS NOT NULL \
+                 AND NOT COALESCE({consumed}, false))",
+            buffer_name(source_relid).to_sql(),
+            source_relid.to_u32()
+        ))
     })
 }

@@ -30,7 +30,9 @@ pub const DEFAULT_SCHEMA: &str = "public";
 /// # Errors
 /// 22023 for text that is not an identifier; 42602 for more than two parts.
 pub fn parse_name(text: &str) -> PgtResult<QualifiedName> {
-    let parts = query_one::<Vec<String>>("SELECT pg_catalog.parse_ident($1)", &[text.into()])?
+    // ::name[] truncates each part to NAMEDATALEN - 1 bytes, as PostgreSQL does
+    // for identifiers, so that a long name finds the table CREATE TABLE made.
+    let parts = query_one::<Vec<String>>("SELECT pg_catalog.parse_ident($1)::pg_catalog.name[]::text[]", &[text.into()])?
         .unwrap_or_default();
     match parts.as_slice() {
         [name] => Ok(QualifiedName::new(DEFAULT_SCHEMA, name.clone())),
@@ -181,8 +183,29 @@ pub enum OnExisting {
     Replace,
 }
 
+/// Errors unless the transaction is READ COMMITTED. Creating, altering and dropping
+/// stream tables start and stop change capture; a REPEATABLE READ or SERIALIZABLE
+/// transaction's snapshot may predate the capture triggers, so changes committed
+/// in between would be neither captured nor visible to the initial population.
+fn require_read_committed(function: &str) -> PgtResult<()> {
+    let level = unsafe { pg_sys::XactIsoLevel };
+    if level >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        return Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("pgtrickle.{function} cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
+        )
+        .hint("Run it in a READ COMMITTED transaction (the default isolation level)."));
+    }
+    Ok(())
+}
+
 /// `create_stream_table` and its two variants.
 pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtResult<()> {
+    require_read_committed(match on_existing {
+        OnExisting::Fail => "create_stream_table",
+        OnExisting::Skip => "create_stream_table_if_not_exists",
+        OnExisting::Replace => "create_or_replace_stream_table",
+    })?;
     let name_text = args.name.ok_or_else(|| null_error("name"))?;
     let query = args.query.ok_or_else(|| null_error("query"))?;
     let name = parse_name(name_text)?;
@@ -317,6 +340,9 @@ pub struct AlterArgs<'a> {
 /// the stream table (see docs/SQL_REFERENCE.md).
 pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
     check_owner(&st)?;
+    if args.query.is_some() {
+        require_read_committed("alter_stream_table")?;
+    }
     let mut st = catalog::lock_stream_table(st.pgt_id)?;
     let name = st.name.clone();
     if let Some(s) = args.schedule {
@@ -427,6 +453,7 @@ fn rebuild_storage(st: &StreamTable, query: &AnalyzedQuery) -> PgtResult<pg_sys:
 /// capture no other stream table needs.
 pub fn drop_stream_table(st: StreamTable) -> PgtResult<()> {
     check_owner(&st)?;
+    require_read_committed("drop_stream_table")?;
     let downstream = catalog::downstream_stream_tables(st.relid)?;
     if !downstream.is_empty() {
         return Err(PgtError::new(
@@ -474,6 +501,9 @@ pub fn on_relations_dropped(relids: &[pg_sys::Oid]) -> PgtResult<()> {
 /// ALTER TABLE or CREATE TABLE touched: re-syncs the change capture of every
 /// captured source they belong to ([`cdc::sync_capture`]).
 pub fn on_relations_changed(relids: &[pg_sys::Oid]) -> PgtResult<()> {
+    if cdc::internal_ddl_in_progress() {
+        return Ok(());
+    }
     let mut sources: Vec<pg_sys::Oid> = Vec::new();
     for relid in relids {
         for source in cdc::captured_sources_affected_by(*relid)? {
@@ -484,6 +514,19 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid]) -> PgtResult<()> {
     }
     for source in sources {
         cdc::sync_capture(source)?;
+    }
+    Ok(())
+}
+
+/// Called by the `table_rewrite` event trigger: the rows of `relid` are about to
+/// be rewritten without passing through capture (ALTER TABLE ... TYPE ... USING),
+/// so the stream tables reading it must recompute on their next refresh.
+pub fn on_table_rewrite(relid: pg_sys::Oid) -> PgtResult<()> {
+    if cdc::internal_ddl_in_progress() {
+        return Ok(());
+    }
+    for source in cdc::captured_sources_affected_by(relid)? {
+        cdc::forget_pending_changes(source)?;
     }
     Ok(())
 }

@@ -55,6 +55,13 @@ impl Drop for Switched {
     }
 }
 
+/// Runs `f` with `search_path` pinned to `pg_catalog, pg_temp` (restored after,
+/// whether `f` returns `Ok` or `Err`), as the current role.
+pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    let _switched = Switched::enter(current_user(), 0);
+    f()
+}
+
 /// Runs `f` as `owner` inside a security-restricted operation with a pinned
 /// `search_path` (see the module doc). Used for every execution of a defining query.
 pub fn as_owner_restricted<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {

@@ -20,13 +20,19 @@ pub fn exec(sql: &str, args: &[DatumWithOid]) -> PgtResult<u64> {
 }
 
 /// Runs a query and maps every row with `f`.
+///
+/// Like every helper here it runs through SPI's read-write path, so in READ
+/// COMMITTED each statement sees a fresh snapshot: a catalog read made after
+/// waiting for a lock sees what the lock holder committed. (SPI's read-only path
+/// would reuse the calling statement's snapshot, and would refuse `FOR UPDATE` and
+/// `INSERT ... RETURNING`.)
 pub fn query_map<R>(
     sql: &str,
     args: &[DatumWithOid],
     mut f: impl FnMut(&SpiHeapTupleData) -> PgtResult<R>,
 ) -> PgtResult<Vec<R>> {
-    Spi::connect(|client| {
-        let table = client.select(sql, None, args)?;
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, args)?;
         let mut out = Vec::with_capacity(table.len());
         for row in table {
             out.push(f(&row)?);
@@ -37,8 +43,8 @@ pub fn query_map<R>(
 
 /// Runs a query expected to return at most one row and one column.
 pub fn query_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> PgtResult<Option<T>> {
-    Spi::connect(|client| {
-        let table = client.select(sql, Some(1), args)?;
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, args)?;
         if table.is_empty() {
             return Ok(None);
         }
@@ -69,6 +75,14 @@ impl StatementSnapshot {
     /// the transaction's in REPEATABLE READ and SERIALIZABLE) and registers it.
     pub fn take() -> StatementSnapshot {
         let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot()) };
+        StatementSnapshot { snapshot }
+    }
+
+    /// Takes the latest snapshot (`GetLatestSnapshot`), whatever the isolation
+    /// level: everything committed so far is visible. For pg_trickle's own
+    /// bookkeeping that must see every committed consumer (buffer trimming).
+    pub fn latest() -> StatementSnapshot {
+        let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
         StatementSnapshot { snapshot }
     }
 

@@ -118,6 +118,12 @@ mod pgtrickle {
         lifecycle::on_relations_dropped(&relids).or_raise()
     }
 
+    /// Internal: called by the `table_rewrite` event trigger. Not granted to PUBLIC.
+    #[pg_extern(name = "_on_table_rewrite")]
+    fn on_table_rewrite(relid: pg_sys::Oid) {
+        lifecycle::on_table_rewrite(relid).or_raise()
+    }
+
     /// Internal: called by the `ddl_command_end` event trigger with the OIDs of
     /// relations an ALTER TABLE or CREATE TABLE touched. Not granted to PUBLIC.
     #[pg_extern(name = "_on_relations_changed")]

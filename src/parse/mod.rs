@@ -118,8 +118,15 @@ pub fn analyze_defining_query(
         let query = parse_single_select(&csql)?;
         check_query_shape(query)?;
         let columns = output_columns(query)?;
-        let relations = walker::collect_relations(query);
-        let sources = classify_sources(&relations, &is_stream_table)?;
+        let facts = walker::collect(query);
+        if facts.has_locking_clause {
+            return Err(PgtError::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "FOR UPDATE/SHARE is not allowed in a defining query",
+            ));
+        }
+        check_no_temporary_objects(&facts)?;
+        let sources = classify_sources(&facts.relations, &is_stream_table)?;
         let normalized_sql = normalize(query)?;
         Ok(AnalyzedQuery { columns, sources, normalized_sql })
     }
@@ -226,6 +233,30 @@ unsafe fn output_columns(query: *mut pg_sys::Query) -> PgtResult<Vec<OutputColum
     Ok(columns)
 }
 
+/// Rejects functions and operators that live in a temporary schema: the stored
+/// query would name another session's objects once this session ends.
+fn check_no_temporary_objects(facts: &walker::QueryFacts) -> PgtResult<()> {
+    let temporary = crate::spi::query_one::<String>(
+        "SELECT pg_catalog.string_agg(x.what, ', ') FROM ( \
+           SELECT p.oid::pg_catalog.regprocedure::text AS what FROM pg_catalog.pg_proc p \
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+           WHERE p.oid = ANY ($1) AND n.nspname LIKE 'pg\\_temp\\_%' \
+           UNION \
+           SELECT o.oid::pg_catalog.regoperator::text FROM pg_catalog.pg_operator o \
+           JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+           WHERE o.oid = ANY ($2) AND n.nspname LIKE 'pg\\_temp\\_%') x",
+        &[facts.functions.clone().into(), facts.operators.clone().into()],
+    )?;
+    match temporary {
+        Some(list) => Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("a defining query cannot use temporary objects: {list}"),
+        )
+        .hint("Stream tables outlive sessions; create the function or operator in a permanent schema.")),
+        None => Ok(()),
+    }
+}
+
 /// Looks each relation up and decides whether it may be a source.
 unsafe fn classify_sources(
     relations: &[walker::FoundRelation],
@@ -258,11 +289,25 @@ unsafe fn classify_sources(
             return Err(unsupported("system relation", "Changes to system catalogs cannot be captured."));
         }
         let kind = match relkind {
+            pg_sys::RELKIND_RELATION | pg_sys::RELKIND_PARTITIONED_TABLE if is_partition(relid)? => {
+                return Err(unsupported(
+                    "partition",
+                    "Read its partitioned table, with a WHERE clause on the partition key: statements aimed at \
+                     the partitioned table do not fire a partition's own statement triggers.",
+                ))
+            }
             pg_sys::RELKIND_RELATION => {
                 if has_inheritance_children(relid)? {
                     return Err(unsupported(
                         "inheritance parent",
                         "Read the child tables, or turn the hierarchy into a partitioned table.",
+                    ));
+                }
+                if is_inheritance_child(relid)? {
+                    return Err(unsupported(
+                        "inheritance child",
+                        "Statements aimed at the parent do not fire the child's statement triggers; \
+                         turn the hierarchy into a partitioned table.",
                     ));
                 }
                 if is_stream_table(relid)? {
@@ -271,7 +316,15 @@ unsafe fn classify_sources(
                     SourceKind::Table
                 }
             }
-            pg_sys::RELKIND_PARTITIONED_TABLE => SourceKind::PartitionedTable,
+            pg_sys::RELKIND_PARTITIONED_TABLE => {
+                if has_foreign_partition(relid)? {
+                    return Err(unsupported(
+                        "partitioned table with foreign partitions",
+                        "Changes to foreign tables cannot be captured.",
+                    ));
+                }
+                SourceKind::PartitionedTable
+            }
             pg_sys::RELKIND_VIEW => SourceKind::View,
             pg_sys::RELKIND_MATVIEW => {
                 return Err(unsupported(
@@ -287,6 +340,31 @@ unsafe fn classify_sources(
         out.push(SourceRelation { relid, name, kind, direct: found.direct });
     }
     Ok(out)
+}
+
+/// Whether `relid` is a partition (of any level).
+fn is_partition(relid: pg_sys::Oid) -> PgtResult<bool> {
+    Ok(crate::spi::query_one::<bool>("SELECT relispartition FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])?
+        .unwrap_or(false))
+}
+
+/// Whether plain table `relid` inherits from another table (and is no partition).
+fn is_inheritance_child(relid: pg_sys::Oid) -> PgtResult<bool> {
+    Ok(crate::spi::query_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhrelid = $1)",
+        &[relid.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// Whether partitioned table `relid` has a foreign table among its partitions.
+fn has_foreign_partition(relid: pg_sys::Oid) -> PgtResult<bool> {
+    Ok(crate::spi::query_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_partition_tree($1::pg_catalog.regclass) t \
+                        JOIN pg_catalog.pg_class c ON c.oid = t.relid WHERE c.relkind = 'f')",
+        &[relid.into()],
+    )?
+    .unwrap_or(false))
 }
 
 /// Whether plain table `relid` has inheritance children (pg_inherits).
@@ -322,13 +400,13 @@ pub fn relation_name(relid: pg_sys::Oid) -> PgtResult<QualifiedName> {
 /// Deparses `query` with `search_path` pinned so every user object is qualified,
 /// then checks that the text analyses again under that path.
 unsafe fn normalize(query: *mut pg_sys::Query) -> PgtResult<String> {
-    let nest_level = pg_sys::NewGUCNestLevel();
-    pg_sys::RestrictSearchPath();
-    let text_ptr = pg_sys::pg_get_querydef(query, false);
-    let text = CStr::from_ptr(text_ptr).to_string_lossy().into_owned();
-    // Round trip: the stored text must mean the same thing under the pinned path.
-    let ctext = CString::new(text.as_str()).map_err(|_| PgtError::internal("deparsed query contains a NUL byte"))?;
-    let _ = parse_single_select(&ctext)?;
-    pg_sys::AtEOXact_GUC(false, nest_level);
-    Ok(text)
+    crate::privilege::with_pinned_search_path(|| {
+        let text_ptr = pg_sys::pg_get_querydef(query, false);
+        let text = CStr::from_ptr(text_ptr).to_string_lossy().into_owned();
+        // Round trip: the stored text must mean the same thing under the pinned path.
+        let ctext =
+            CString::new(text.as_str()).map_err(|_| PgtError::internal("deparsed query contains a NUL byte"))?;
+        let _ = parse_single_select(&ctext)?;
+        Ok(text)
+    })
 }

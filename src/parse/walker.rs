@@ -1,7 +1,8 @@
-//! Collects every relation a query reads, with `query_tree_walker` /
-//! `expression_tree_walker` (PostgreSQL's `nodes/nodeFuncs.c`): range-table
-//! entries of the query, of its subqueries and CTEs, of sublinks in any
-//! expression, and — following `get_view_query` — of the views it reads.
+//! Walks an analysed query with `query_tree_walker` / `expression_tree_walker`
+//! (PostgreSQL's `nodes/nodeFuncs.c`) — the query, its subqueries and CTEs, the
+//! sublinks in any expression, and, following `get_view_query`, the views it
+//! reads — and collects what validation needs: every relation read, the functions
+//! and operators called, and whether any (sub)query has a locking clause.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -16,22 +17,35 @@ pub struct FoundRelation {
     pub direct: bool,
 }
 
+/// What a walk found.
+#[derive(Debug, Default)]
+pub struct QueryFacts {
+    /// Relations read, in order of appearance (with repeats).
+    pub relations: Vec<FoundRelation>,
+    /// OIDs of functions called (including aggregates and window functions).
+    pub functions: Vec<pg_sys::Oid>,
+    /// OIDs of operators used.
+    pub operators: Vec<pg_sys::Oid>,
+    /// Whether some (sub)query outside views has FOR UPDATE / FOR SHARE.
+    pub has_locking_clause: bool,
+}
+
 struct WalkState {
-    found: Vec<FoundRelation>,
+    facts: QueryFacts,
     /// How many views deep the walk currently is.
     view_depth: u32,
     /// Views being expanded, to stop on (impossible, but cheap to guard) cycles.
     view_stack: Vec<pg_sys::Oid>,
 }
 
-/// Every relation `query` reads, in order of appearance (with repeats).
+/// Walks `query` (see the module doc).
 ///
 /// # Safety
 /// `query` must point to a valid analysed `Query`.
-pub unsafe fn collect_relations(query: *mut pg_sys::Query) -> Vec<FoundRelation> {
-    let mut state = WalkState { found: Vec::new(), view_depth: 0, view_stack: Vec::new() };
+pub unsafe fn collect(query: *mut pg_sys::Query) -> QueryFacts {
+    let mut state = WalkState { facts: QueryFacts::default(), view_depth: 0, view_stack: Vec::new() };
     walk(query as *mut pg_sys::Node, &mut state as *mut WalkState as *mut c_void);
-    state.found
+    state.facts
 }
 
 #[pg_guard]
@@ -41,6 +55,9 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
     }
     let state = &mut *(context as *mut WalkState);
     if pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
+        if state.view_depth == 0 && !(*(node as *mut pg_sys::Query)).rowMarks.is_null() {
+            state.facts.has_locking_clause = true;
+        }
         return pg_sys::query_tree_walker(
             node as *mut pg_sys::Query,
             Some(walk),
@@ -52,7 +69,7 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
         let rte = node as *mut pg_sys::RangeTblEntry;
         if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
             let relid = (*rte).relid;
-            state.found.push(FoundRelation { relid, direct: state.view_depth == 0 });
+            state.facts.relations.push(FoundRelation { relid, direct: state.view_depth == 0 });
             if pg_sys::get_rel_relkind(relid) as u8 == pg_sys::RELKIND_VIEW && !state.view_stack.contains(&relid) {
                 let rel = pg_sys::relation_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
                 let view_query = pg_sys::get_view_query(rel);
@@ -68,6 +85,18 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
         // Returning false lets range_table_walker descend into subqueries,
         // function expressions and VALUES lists of this entry.
         return false;
+    }
+    match (*node).type_ {
+        pg_sys::NodeTag::T_FuncExpr => state.facts.functions.push((*(node as *mut pg_sys::FuncExpr)).funcid),
+        pg_sys::NodeTag::T_Aggref => state.facts.functions.push((*(node as *mut pg_sys::Aggref)).aggfnoid),
+        pg_sys::NodeTag::T_WindowFunc => state.facts.functions.push((*(node as *mut pg_sys::WindowFunc)).winfnoid),
+        pg_sys::NodeTag::T_OpExpr | pg_sys::NodeTag::T_DistinctExpr | pg_sys::NodeTag::T_NullIfExpr => {
+            state.facts.operators.push((*(node as *mut pg_sys::OpExpr)).opno)
+        }
+        pg_sys::NodeTag::T_ScalarArrayOpExpr => {
+            state.facts.operators.push((*(node as *mut pg_sys::ScalarArrayOpExpr)).opno)
+        }
+        _ => {}
     }
     pg_sys::expression_tree_walker(node, Some(walk), context)
 }

@@ -43,10 +43,15 @@ impl TestDb {
     /// run in parallel) with `attributes` (e.g. `NOSUPERUSER`), and returns its name.
     /// Dropped with the database.
     pub fn create_role(&mut self, suffix: &str, attributes: &str) -> String {
-        let role = format!("{}_{}", self.name, suffix);
+        self.create_role_named(&format!("{}_{}", self.name, suffix), attributes)
+    }
+
+    /// Creates LOGIN role `role` (the caller makes the name unique) and drops it
+    /// with the database.
+    pub fn create_role_named(&mut self, role: &str, attributes: &str) -> String {
         self.exec(&format!("CREATE ROLE \"{role}\" LOGIN {attributes}"));
-        self.roles.push(role.clone());
-        role
+        self.roles.push(role.to_string());
+        role.to_string()
     }
 
     /// Another superuser connection to this database.

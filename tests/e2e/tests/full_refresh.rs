@@ -111,10 +111,20 @@ fn own_transaction_writes_before_and_after_a_refresh() {
     setup_items(&mut db);
     db.exec("SELECT pgtrickle.create_stream_table('all_items', 'SELECT id, price FROM items')");
     let buffer: String = db.scalar("SELECT 'pgtrickle_changes.changes_' || 'items'::regclass::oid::text", &[]);
-    let consumed = "(pg_visible_in_snapshot(b.__pgt_txid, st.frontier) OR (b.__pgt_txid = st.frontier_xid AND b.cmin::text::bigint < st.frontier_cid))";
+    let consumed = "(CASE WHEN b.__pgt_txid = st.frontier_xid THEN b.cmin::text::bigint < st.frontier_cid \
+                    ELSE pg_visible_in_snapshot(b.__pgt_txid, st.frontier) END)";
     db.exec("BEGIN");
     db.exec("INSERT INTO items VALUES (601, 0, 1, 'before')");
+    // Another transaction commits after ours got its xid, so the refresh's
+    // snapshot has xmax above our xid: pg_visible_in_snapshot would call our own
+    // transaction visible, including the write after the refresh.
+    db.connect().batch_execute("INSERT INTO items VALUES (600, 0, 1, 'other')").unwrap();
     db.exec("SELECT pgtrickle.refresh_stream_table('all_items')");
+    let own_below_xmax: bool = db.scalar(
+        "SELECT pg_current_xact_id() < pg_snapshot_xmax(frontier) FROM pgtrickle.pgt_stream_tables",
+        &[],
+    );
+    assert!(own_below_xmax, "the test must exercise the own-xid-below-xmax case");
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM all_items WHERE id = 601", &[]), 1);
     db.exec("INSERT INTO items VALUES (602, 0, 1, 'after')");
     let own: bool = db.scalar("SELECT frontier_xid = pg_current_xact_id() FROM pgtrickle.pgt_stream_tables", &[]);
