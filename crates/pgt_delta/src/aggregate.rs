@@ -1,0 +1,440 @@
+//! Aggregation `γ_{G; f₁…fₘ}(I)` over an input block `I`, maintained per group.
+//!
+//! The stream table stores, besides the visible columns, the *state* of every
+//! group: `__pgt_count` (rows in the group) and per aggregate `j`
+//! `__pgt_aux_count_<j>` (rows that contribute: FILTER true and argument not
+//! NULL), plus `__pgt_aux_sum_<j>` for SUM / AVG and `__pgt_aux_min_<j>` /
+//! `__pgt_aux_max_<j>` for MIN / MAX. Visible columns are computed from the state
+//! by the query's own output expressions (the output template), so `sum(x)/count(*)`,
+//! `round(avg(x), 2)` or `upper(key)` need nothing special.
+//!
+//! Identities, per group `g`, with `ΔI|g` the delta rows of the group (weight `w`,
+//! argument `a`, contributing when `c`):
+//!
+//! ```text
+//! count'   = count   + Σ w
+//! count'ⱼ  = countⱼ  + Σ_{c} w
+//! sum'ⱼ    = sumⱼ    + Σ_{c} w·a            (NULL when count'ⱼ = 0)      SUM, AVG
+//! avg'ⱼ    = sum'ⱼ / count'ⱼ
+//! min'ⱼ    = LEAST(minⱼ, min_{c, w>0} a)   valid unless some deleted a ≤ minⱼ   MIN
+//! max'ⱼ    = GREATEST(maxⱼ, max_{c, w>0} a) valid unless some deleted a ≥ maxⱼ  MAX
+//! ```
+//!
+//! COUNT / SUM / AVG are exact over integers and numerics (sums of integers and of
+//! fixed-scale numerics are exact; floats would drift, so the translation does not
+//! offer them). When an extremum may have left, or the group's old state is not
+//! stored (it failed HAVING, or a HAVING query meets a new group), the group is
+//! **rescanned**: its state is recomputed from the input's new state restricted to
+//! the group's key. A group whose count reaches 0, or whose HAVING turns false, is
+//! deleted; a group whose HAVING turns true is inserted. A scalar aggregate (no
+//! GROUP BY) has exactly one row, also over empty input, as in PostgreSQL.
+//!
+//! Groups are identified by `__pgt_row_id = hash(group key)` (0 for a scalar
+//! aggregate). Equal keys hash equally; NULL keys form their own group as in
+//! GROUP BY.
+
+use crate::join;
+use crate::plan::{Aggregate, AggregateKind, AggregatePlan, HiddenColumn};
+use crate::scan::Frontier;
+use crate::sql::{qualified, quoted, row_id};
+use pgt_core::ident::quote_ident;
+
+fn count_col(j: usize) -> String {
+    format!("__pgt_aux_count_{j}")
+}
+
+fn value_state_col(agg: &Aggregate, j: usize) -> Option<String> {
+    match agg.kind {
+        AggregateKind::Sum | AggregateKind::Avg => Some(format!("__pgt_aux_sum_{j}")),
+        AggregateKind::Min => Some(format!("__pgt_aux_min_{j}")),
+        AggregateKind::Max => Some(format!("__pgt_aux_max_{j}")),
+        AggregateKind::CountStar | AggregateKind::Count => None,
+    }
+}
+
+fn value_state_type(agg: &Aggregate) -> String {
+    match agg.kind {
+        AggregateKind::Avg => "numeric".to_string(),
+        AggregateKind::Min | AggregateKind::Max => agg.arg_type.clone(),
+        _ => agg.result_type.clone(),
+    }
+}
+
+/// The hidden state columns of an aggregate plan, in storage order.
+pub fn state_columns(plan: &AggregatePlan) -> Vec<HiddenColumn> {
+    state_columns_for(&plan.aggregates)
+}
+
+/// The hidden state columns for `aggregates`, in storage order.
+pub fn state_columns_for(aggregates: &[Aggregate]) -> Vec<HiddenColumn> {
+    let mut cols = vec![HiddenColumn { name: "__pgt_count".into(), sql_type: "bigint".into() }];
+    for (i, agg) in aggregates.iter().enumerate() {
+        let j = i + 1;
+        cols.push(HiddenColumn { name: count_col(j), sql_type: "bigint".into() });
+        if let Some(name) = value_state_col(agg, j) {
+            cols.push(HiddenColumn { name, sql_type: value_state_type(agg) });
+        }
+    }
+    cols
+}
+
+/// Columns of the placeholder `__pgt_agg` passed through the output template after
+/// the visible columns: the row identity, then the state columns.
+pub fn passthrough_columns(aggregates: &[Aggregate]) -> Vec<String> {
+    let mut out = vec!["__pgt_row_id".to_string()];
+    out.extend(state_columns_for(aggregates).into_iter().map(|c| c.name));
+    out
+}
+
+/// Condition "this input row (alias) contributes to aggregate `agg`".
+fn contributes(agg: &Aggregate, alias: &str) -> String {
+    let mut parts = Vec::new();
+    if let Some(f) = &agg.filter {
+        parts.push(format!("{alias}.{} IS TRUE", quote_ident(f)));
+    }
+    if let Some(a) = &agg.arg {
+        parts.push(format!("{alias}.{} IS NOT NULL", quote_ident(a)));
+    }
+    if parts.is_empty() {
+        "true".to_string()
+    } else {
+        parts.join(" AND ")
+    }
+}
+
+fn arg(agg: &Aggregate, alias: &str) -> String {
+    format!("{alias}.{}", quote_ident(agg.arg.as_deref().unwrap_or("__pgt_missing_arg")))
+}
+
+fn group_by(plan: &AggregatePlan, alias: &str) -> String {
+    if plan.groups.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", qualified(alias, &plan.groups))
+    }
+}
+
+fn groups_select(plan: &AggregatePlan, alias: &str) -> String {
+    plan.groups.iter().map(|g| format!("{alias}.{q} AS {q}, ", q = quote_ident(g))).collect()
+}
+
+/// State of every group computed from scratch over input rows `i` of weight 1.
+fn full_state_select(plan: &AggregatePlan, from: &str) -> String {
+    let mut cols = vec![format!("{} AS __pgt_row_id", row_id("i", &plan.groups)), "count(*) AS __pgt_count".to_string()];
+    for (k, agg) in plan.aggregates.iter().enumerate() {
+        let j = k + 1;
+        let c = contributes(agg, "i");
+        cols.push(format!("count(*) FILTER (WHERE {c}) AS {}", count_col(j)));
+        if let Some(state) = value_state_col(agg, j) {
+            let f = match agg.kind {
+                AggregateKind::Sum | AggregateKind::Avg => "sum",
+                AggregateKind::Min => "min",
+                _ => "max",
+            };
+            cols.push(format!(
+                "(({f}({a}) FILTER (WHERE {c})))::{t} AS {state}",
+                a = arg(agg, "i"),
+                t = value_state_type(agg)
+            ));
+        }
+    }
+    format!("SELECT {}{} FROM {from}{}", groups_select(plan, "i"), cols.join(", "), group_by(plan, "i"))
+}
+
+/// The value of aggregate `j` from its state columns in `alias`.
+fn value_from_state(agg: &Aggregate, j: usize, alias: &str) -> String {
+    let count = format!("{alias}.{}", count_col(j));
+    let expr = match agg.kind {
+        AggregateKind::CountStar | AggregateKind::Count => count,
+        AggregateKind::Sum | AggregateKind::Min | AggregateKind::Max => {
+            format!("CASE WHEN {count} > 0 THEN {alias}.{} END", value_state_col(agg, j).unwrap_or_default())
+        }
+        AggregateKind::Avg => format!(
+            "CASE WHEN {count} > 0 THEN {alias}.{}::numeric / {count}::numeric END",
+            value_state_col(agg, j).unwrap_or_default()
+        ),
+    };
+    format!("({expr})::{}", agg.result_type)
+}
+
+/// Evaluates the output template over the states in relation `states` (columns:
+/// groups, `__pgt_row_id`, state columns): visible columns, `__pgt_having` if the
+/// query has HAVING, then the pass-through columns.
+fn output_sql(plan: &AggregatePlan, states: &str) -> String {
+    let mut cols: Vec<String> = plan.groups.iter().map(|g| format!("s.{q} AS {q}", q = quote_ident(g))).collect();
+    for (k, agg) in plan.aggregates.iter().enumerate() {
+        cols.push(format!("{} AS __pgt_v{}", value_from_state(agg, k + 1, "s"), k + 1));
+    }
+    for p in passthrough_columns(&plan.aggregates) {
+        cols.push(format!("s.{q} AS {q}", q = quote_ident(&p)));
+    }
+    format!(
+        "(WITH __pgt_agg AS (SELECT {} FROM ({states}) s) {}) o",
+        cols.join(", "),
+        plan.output_template
+    )
+}
+
+/// Whether an output row (alias `o`) belongs in the stream table.
+fn keep(plan: &AggregatePlan) -> String {
+    let mut parts = Vec::new();
+    if !plan.groups.is_empty() {
+        parts.push("o.__pgt_count > 0".to_string());
+    }
+    if plan.having {
+        parts.push("o.__pgt_having IS TRUE".to_string());
+    }
+    if parts.is_empty() {
+        "true".to_string()
+    } else {
+        parts.join(" AND ")
+    }
+}
+
+fn stored_columns(plan: &AggregatePlan) -> Vec<String> {
+    let mut cols = plan.visible.clone();
+    cols.extend(passthrough_columns(&plan.aggregates));
+    cols
+}
+
+/// What a FULL refresh inserts: visible columns, row id and state of every group
+/// that belongs in the stream table.
+pub fn full_sql(plan: &AggregatePlan, only: &[bool]) -> String {
+    let states = full_state_select(plan, &format!("({}) i", join::full_sql(&plan.input, only)));
+    format!("SELECT {} FROM {} WHERE {}", qualified("o", &stored_columns(plan)), output_sql(plan, &states), keep(plan))
+}
+
+/// The MERGE applying the input's delta to stream table `st` (quoted name), or
+/// `None` when no input changed. Returns one row per action (`merge_action()`).
+pub fn merge_sql(
+    plan: &AggregatePlan,
+    st: &str,
+    frontier: &Frontier,
+    changed: &[bool],
+    only: &[bool],
+) -> Option<String> {
+    let delta = join::delta_sql(&plan.input, frontier, changed, only)?;
+
+    // Per affected group: the delta's contribution.
+    let mut dcols = vec![format!("{} AS __pgt_row_id", row_id("d", &plan.groups)), "sum(d.__pgt_w) AS __pgt_dcount".to_string()];
+    for (k, agg) in plan.aggregates.iter().enumerate() {
+        let j = k + 1;
+        let c = contributes(agg, "d");
+        dcols.push(format!("coalesce(sum(d.__pgt_w) FILTER (WHERE {c}), 0) AS __pgt_dc{j}"));
+        match agg.kind {
+            AggregateKind::Sum | AggregateKind::Avg => {
+                dcols.push(format!("sum(d.__pgt_w * {a}) FILTER (WHERE {c}) AS __pgt_ds{j}", a = arg(agg, "d")))
+            }
+            AggregateKind::Min => {
+                dcols.push(format!("min({a}) FILTER (WHERE {c} AND d.__pgt_w > 0) AS __pgt_dins{j}", a = arg(agg, "d")));
+                dcols.push(format!("min({a}) FILTER (WHERE {c} AND d.__pgt_w < 0) AS __pgt_ddel{j}", a = arg(agg, "d")));
+            }
+            AggregateKind::Max => {
+                dcols.push(format!("max({a}) FILTER (WHERE {c} AND d.__pgt_w > 0) AS __pgt_dins{j}", a = arg(agg, "d")));
+                dcols.push(format!("max({a}) FILTER (WHERE {c} AND d.__pgt_w < 0) AS __pgt_ddel{j}", a = arg(agg, "d")));
+            }
+            AggregateKind::CountStar | AggregateKind::Count => {}
+        }
+    }
+    let dg = format!("SELECT {}{} FROM ({delta}) d{}", groups_select(plan, "d"), dcols.join(", "), group_by(plan, "d"));
+
+    // Which groups must be rescanned.
+    let mut rescan = Vec::new();
+    if plan.having {
+        rescan.push("o.__pgt_row_id IS NULL".to_string());
+    }
+    for (k, agg) in plan.aggregates.iter().enumerate() {
+        let j = k + 1;
+        let cmp = match agg.kind {
+            AggregateKind::Min => "<=",
+            AggregateKind::Max => ">=",
+            _ => continue,
+        };
+        rescan.push(format!(
+            "(g.__pgt_ddel{j} IS NOT NULL AND o.{cnt} > 0 AND g.__pgt_ddel{j} {cmp} o.{st})",
+            cnt = count_col(j),
+            st = value_state_col(agg, j).unwrap_or_default()
+        ));
+    }
+    let rescan_cond = if rescan.is_empty() { "false".to_string() } else { format!("COALESCE({}, false)", rescan.join(" OR ")) };
+
+    // New state of groups updated algebraically.
+    let mut ncols = vec![
+        "g.__pgt_row_id".to_string(),
+        "coalesce(o.__pgt_count, 0) + g.__pgt_dcount AS __pgt_count".to_string(),
+    ];
+    for (k, agg) in plan.aggregates.iter().enumerate() {
+        let j = k + 1;
+        let new_count = format!("(coalesce(o.{c}, 0) + g.__pgt_dc{j})", c = count_col(j));
+        ncols.push(format!("{new_count} AS {}", count_col(j)));
+        if let Some(state) = value_state_col(agg, j) {
+            let value = match agg.kind {
+                AggregateKind::Sum | AggregateKind::Avg => {
+                    format!("coalesce(o.{state}, 0) + coalesce(g.__pgt_ds{j}, 0)")
+                }
+                AggregateKind::Min => format!("LEAST(o.{state}, g.__pgt_dins{j})"),
+                _ => format!("GREATEST(o.{state}, g.__pgt_dins{j})"),
+            };
+            ncols.push(format!(
+                "(CASE WHEN {new_count} > 0 THEN {value} END)::{t} AS {state}",
+                t = value_state_type(agg)
+            ));
+        }
+    }
+    let affected = format!(
+        "SELECT g.*, o.__pgt_row_id AS __pgt_old_row_id, {rescan_cond} AS __pgt_rescan \
+         FROM ({dg}) g LEFT JOIN {st} o ON o.__pgt_row_id = g.__pgt_row_id"
+    );
+    // The same LEFT JOIN again for the algebraic columns (o.* are needed there).
+    let algebraic = format!(
+        "SELECT {}{} FROM ({dg}) g LEFT JOIN {st} o ON o.__pgt_row_id = g.__pgt_row_id \
+         WHERE NOT {rescan_cond}",
+        groups_select(plan, "g"),
+        ncols.join(", ")
+    );
+
+    // Rescanned groups: state from the input's new state restricted to their keys.
+    let block_new = join::full_sql(&plan.input, only);
+    let rescan_keys = format!("SELECT * FROM ({affected}) a WHERE a.__pgt_rescan");
+    let restricted = if plan.groups.is_empty() {
+        format!("(SELECT b.* FROM ({block_new}) b WHERE EXISTS ({rescan_keys})) i")
+    } else {
+        let eq = plan.groups.iter().map(|g| format!("b.{q} = k.{q}", q = quote_ident(g))).collect::<Vec<_>>().join(" AND ");
+        let nd = plan
+            .groups
+            .iter()
+            .map(|g| format!("b.{q} IS NOT DISTINCT FROM k.{q}", q = quote_ident(g)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let has_null = plan.groups.iter().map(|g| format!("k.{} IS NULL", quote_ident(g))).collect::<Vec<_>>().join(" OR ");
+        format!(
+            "(SELECT b.* FROM ({block_new}) b JOIN ({rescan_keys}) k ON {eq} \
+              UNION ALL \
+              SELECT b.* FROM ({block_new}) b JOIN ({rescan_keys}) k ON {nd} WHERE {has_null}) i"
+        )
+    };
+    let rescanned_states = full_state_select(plan, &restricted);
+    // Keys rescanned to nothing keep a row with count 0, so they are deleted.
+    let zero_states = {
+        let mut cols = vec!["k.__pgt_row_id".to_string(), "0::bigint AS __pgt_count".to_string()];
+        for (k, agg) in plan.aggregates.iter().enumerate() {
+            let j = k + 1;
+            cols.push(format!("0::bigint AS {}", count_col(j)));
+            if let Some(state) = value_state_col(agg, j) {
+                cols.push(format!("NULL::{} AS {state}", value_state_type(agg)));
+            }
+        }
+        format!(
+            "SELECT {}{} FROM ({rescan_keys}) k WHERE NOT EXISTS (SELECT 1 FROM ({rescanned_states}) r WHERE r.__pgt_row_id = k.__pgt_row_id)",
+            groups_select(plan, "k"),
+            cols.join(", ")
+        )
+    };
+    let state_cols: Vec<String> = {
+        let mut v = plan.groups.clone();
+        v.extend(passthrough_columns(&plan.aggregates));
+        v
+    };
+    let q = quoted(&state_cols);
+    let new_states = format!(
+        "SELECT {q} FROM ({algebraic}) x UNION ALL SELECT {q} FROM ({rescanned_states}) y UNION ALL SELECT {q} FROM ({zero_states}) z"
+    );
+
+    let stored = stored_columns(plan);
+    let state_only: Vec<String> = passthrough_columns(&plan.aggregates).into_iter().skip(1).collect();
+    let set = stored
+        .iter()
+        .filter(|c| c.as_str() != "__pgt_row_id")
+        .map(|c| format!("{q} = d.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "MERGE INTO {st} t USING (SELECT o.*, ({keep}) AS __pgt_keep FROM {out}) d \
+         ON t.__pgt_row_id = d.__pgt_row_id \
+         WHEN MATCHED AND NOT d.__pgt_keep THEN DELETE \
+         WHEN MATCHED AND ROW({tstate}) IS DISTINCT FROM ROW({dstate}) THEN UPDATE SET {set} \
+         WHEN NOT MATCHED AND d.__pgt_keep THEN INSERT ({cols}) VALUES ({dvals}) \
+         RETURNING merge_action()",
+        keep = keep(plan),
+        out = output_sql(plan, &new_states),
+        tstate = qualified("t", &state_only),
+        dstate = qualified("d", &state_only),
+        cols = quoted(&stored),
+        dvals = qualified("d", &stored),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Block, Input, Relation};
+
+    fn agg(kind: AggregateKind, j: usize) -> Aggregate {
+        Aggregate {
+            kind,
+            arg: (kind != AggregateKind::CountStar).then(|| format!("__pgt_a{j}")),
+            filter: None,
+            arg_type: "integer".into(),
+            result_type: match kind {
+                AggregateKind::Sum | AggregateKind::CountStar | AggregateKind::Count => "bigint".into(),
+                AggregateKind::Avg => "numeric".into(),
+                _ => "integer".into(),
+            },
+            display: "f(x)".into(),
+        }
+    }
+
+    fn plan(groups: usize, having: bool) -> AggregatePlan {
+        let aggregates = vec![agg(AggregateKind::CountStar, 1), agg(AggregateKind::Sum, 2), agg(AggregateKind::Min, 3)];
+        AggregatePlan {
+            input: Block {
+                template: "SELECT ... FROM p1 x".into(),
+                inputs: vec![Input {
+                    placeholder: "p1".into(),
+                    relation: Relation {
+                        relid: 1,
+                        table_sql: "t".into(),
+                        buffer_sql: "b".into(),
+                        columns: vec![Some("g".into()), Some("x".into())],
+                        key: vec![],
+                    },
+                }],
+                columns: vec!["__pgt_g1".into(), "__pgt_a2".into(), "__pgt_a3".into()],
+            },
+            groups: (1..=groups).map(|i| format!("__pgt_g{i}")).collect(),
+            passthrough: passthrough_columns(&aggregates),
+            aggregates,
+            output_template: "SELECT __pgt_agg.__pgt_g1 AS g FROM __pgt_agg".into(),
+            visible: vec!["g".into()],
+            having,
+        }
+    }
+
+    #[test]
+    fn state_columns_per_kind() {
+        let names: Vec<String> = state_columns(&plan(1, false)).into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            vec!["__pgt_count", "__pgt_aux_count_1", "__pgt_aux_count_2", "__pgt_aux_sum_2", "__pgt_aux_count_3", "__pgt_aux_min_3"]
+        );
+    }
+
+    #[test]
+    fn full_sql_groups_or_not() {
+        assert!(full_sql(&plan(1, false), &[false]).contains("GROUP BY i.\"__pgt_g1\""));
+        let scalar = full_sql(&plan(0, false), &[false]);
+        assert!(!scalar.contains("GROUP BY"), "a scalar aggregate has one row, also over empty input");
+        assert!(scalar.ends_with("WHERE true"));
+        assert!(full_sql(&plan(1, true), &[false]).ends_with("WHERE o.__pgt_count > 0 AND o.__pgt_having IS TRUE"));
+    }
+
+    #[test]
+    fn merge_rescans_when_min_leaves_or_having_meets_new_group() {
+        let f = Frontier { snapshot: "1:1:".into(), xid: None, cid: None };
+        let m = merge_sql(&plan(1, true), "st", &f, &[true], &[false]).unwrap();
+        assert!(m.contains("o.__pgt_row_id IS NULL"));
+        assert!(m.contains("g.__pgt_ddel3 IS NOT NULL AND o.__pgt_aux_count_3 > 0 AND g.__pgt_ddel3 <= o.__pgt_aux_min_3"));
+        assert!(m.contains("LEAST(o.__pgt_aux_min_3, g.__pgt_dins3)"));
+        assert!(m.contains("IS DISTINCT FROM"), "unchanged groups are not rewritten");
+    }
+}

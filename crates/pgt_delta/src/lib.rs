@@ -1,0 +1,36 @@
+//! pg_trickle's delta algebra: the operator tree of a defining query, the delta
+//! rule of each operator, and the SQL those rules generate. Nothing here knows
+//! PostgreSQL's C API; the extension translates an analysed query into a [`Plan`]
+//! and runs the SQL this crate writes.
+//!
+//! Data and deltas are multisets with signed integer weights (Z-sets; Budiu et al.,
+//! "DBSP: Automatic Incremental View Maintenance for Rich Query Languages", VLDB
+//! 2023). A relation's delta over a refresh is `ΔR = R_new − R_old`: rows inserted
+//! carry weight +1, rows deleted −1, an UPDATE is both. Every operator `Q` has a
+//! rule giving `ΔQ` from its inputs' deltas and (where needed) their states, such
+//! that `Q(new) = Q(old) + ΔQ`. Each operator lives in its own module with its
+//! identity and derivation at the top:
+//!
+//! - [`scan`]: a captured base relation — its delta from the change buffer window,
+//!   its new and old states;
+//! - [`join`]: a select-project-join block (filters, projections, inner joins of
+//!   any arity and condition), by the telescoping rule;
+//! - [`aggregate`]: GROUP BY with COUNT / SUM / AVG maintained algebraically, MIN /
+//!   MAX merged and rescanned only when an extremum leaves, FILTER and HAVING;
+//! - [`rows`]: applying a block's delta to a stream table keyed by row identity.
+//!
+//! [`model`] re-states the rules over in-memory Z-sets; its property tests check
+//! the identities on random data.
+//!
+//! Weights are `bigint`; row identities are 64-bit hashes
+//! (`hashtextextended(ROW(key...)::text, 0)`) of the identity columns.
+
+pub mod aggregate;
+pub mod join;
+pub mod model;
+pub mod plan;
+pub mod rows;
+pub mod scan;
+mod sql;
+
+pub use plan::*;

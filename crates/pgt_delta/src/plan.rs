@@ -1,0 +1,174 @@
+//! The operator tree of a defining query, as the translation from PostgreSQL's
+//! analysed query produces it.
+//!
+//! A query block is carried as a *template*: PostgreSQL's own deparse of the block
+//! in which every base relation has been replaced by a placeholder name (a CTE
+//! reference). Binding each placeholder to SQL for the relation's new state, old
+//! state or delta evaluates the block over those inputs with PostgreSQL's exact
+//! semantics for every expression, while the delta rules decide the bindings.
+
+/// A base relation read by the query: a table, partitioned table or stream table
+/// whose changes are captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    /// `pg_class` OID.
+    pub relid: u32,
+    /// The relation, quoted and schema-qualified (`"public"."orders"`).
+    pub table_sql: String,
+    /// Its change buffer, quoted (`"pgtrickle_changes"."changes_16384"`).
+    pub buffer_sql: String,
+    /// Its columns by position (attnum − 1); `None` for a dropped column.
+    pub columns: Vec<Option<String>>,
+    /// Columns of its primary key (or other non-null unique key): the identity of
+    /// its rows. Empty when it has none.
+    pub key: Vec<String>,
+}
+
+/// One input of a block template: the placeholder the template reads, and what it
+/// stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Name the template uses in FROM (unquoted; safe identifier chars only).
+    pub placeholder: String,
+    /// The relation bound to it.
+    pub relation: Relation,
+}
+
+/// A select-project-join block as a template (see the module doc). Its output
+/// columns are, in order, `columns`, then `__pgt_w_<i>` for each input `i`
+/// (1-based): the weight of the row read from that input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// Deparsed SQL: `SELECT ... FROM <placeholders> ... WHERE ...`.
+    pub template: String,
+    /// The placeholders, in the order of their weight columns.
+    pub inputs: Vec<Input>,
+    /// Names of the template's data output columns, in order.
+    pub columns: Vec<String>,
+}
+
+/// The defining query as an operator tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// A block whose rows are the stream table's rows; identity from the inputs' keys.
+    Rows(RowsPlan),
+    /// Aggregation over a block.
+    Aggregate(AggregatePlan),
+}
+
+/// `SELECT <visible> FROM ... WHERE ...` with inner joins only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowsPlan {
+    /// The block; its columns are the visible columns followed by the identity
+    /// columns `__pgt_k<i>_<j>` (input `i`'s key column `j`).
+    pub block: Block,
+    /// Names of the visible columns (the stream table's user columns).
+    pub visible: Vec<String>,
+    /// Names of the identity columns in the block's output.
+    pub identity: Vec<String>,
+}
+
+/// `SELECT <outputs> FROM ... GROUP BY <keys> [HAVING ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregatePlan {
+    /// The input block; its columns are the group keys `__pgt_g<i>`, then each
+    /// aggregate's argument `__pgt_a<j>` and filter `__pgt_f<j>` where present.
+    pub input: Block,
+    /// Names of the group-key columns in the input (`__pgt_g1`, ...); empty for a
+    /// scalar aggregate, which has exactly one row even over empty input.
+    pub groups: Vec<String>,
+    /// The aggregate calls, in order (`j` is the position + 1).
+    pub aggregates: Vec<Aggregate>,
+    /// Template computing the visible columns (and `__pgt_having` if `having`)
+    /// from one row of the placeholder `__pgt_agg`, whose columns are the group
+    /// keys `__pgt_g<i>`, the aggregate values `__pgt_v<j>`, then the pass-through
+    /// columns named in `passthrough`, which it outputs after the visible ones.
+    pub output_template: String,
+    /// Names of the visible columns.
+    pub visible: Vec<String>,
+    /// Whether the query has HAVING (the output template then yields
+    /// `__pgt_having`).
+    pub having: bool,
+    /// Columns of `__pgt_agg` passed through the output template unchanged (the
+    /// row identity and the aggregate state), in order.
+    pub passthrough: Vec<String>,
+}
+
+/// An aggregate call the engine maintains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregate {
+    /// What it computes.
+    pub kind: AggregateKind,
+    /// Input column with its argument (`__pgt_a<j>`), `None` for COUNT(*).
+    pub arg: Option<String>,
+    /// Input column with its FILTER condition (`__pgt_f<j>`), if any.
+    pub filter: Option<String>,
+    /// SQL type of the argument (for MIN/MAX state), e.g. `integer`.
+    pub arg_type: String,
+    /// SQL type of the aggregate's result, e.g. `bigint` or `numeric`.
+    pub result_type: String,
+    /// How the user wrote it, for EXPLAIN (`sum(l.amount)`).
+    pub display: String,
+}
+
+/// The aggregates maintained incrementally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateKind {
+    /// `count(*)`
+    CountStar,
+    /// `count(x)`
+    Count,
+    /// `sum(x)` over an integer or numeric type
+    Sum,
+    /// `avg(x)` over an integer or numeric type
+    Avg,
+    /// `min(x)`
+    Min,
+    /// `max(x)`
+    Max,
+}
+
+impl AggregateKind {
+    /// How it is maintained, for EXPLAIN.
+    pub fn strategy(self) -> &'static str {
+        match self {
+            AggregateKind::CountStar | AggregateKind::Count | AggregateKind::Sum | AggregateKind::Avg => "algebraic",
+            AggregateKind::Min | AggregateKind::Max => "merge; rescan group when the extremum leaves",
+        }
+    }
+}
+
+/// A hidden column the stream table needs for this plan (beyond `__pgt_row_id`):
+/// name and SQL type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HiddenColumn {
+    /// Column name (`__pgt_count`, `__pgt_aux_sum_1`, ...).
+    pub name: String,
+    /// SQL type.
+    pub sql_type: String,
+}
+
+impl Plan {
+    /// Hidden state columns the stream table must have for this plan.
+    pub fn hidden_columns(&self) -> Vec<HiddenColumn> {
+        match self {
+            Plan::Rows(_) => Vec::new(),
+            Plan::Aggregate(a) => crate::aggregate::state_columns(a),
+        }
+    }
+
+    /// The base relations read, each once.
+    pub fn relations(&self) -> Vec<&Relation> {
+        let block = match self {
+            Plan::Rows(r) => &r.block,
+            Plan::Aggregate(a) => &a.input,
+        };
+        let mut out: Vec<&Relation> = Vec::new();
+        for i in &block.inputs {
+            if !out.iter().any(|r| r.relid == i.relation.relid) {
+                out.push(&i.relation);
+            }
+        }
+        out
+    }
+}
