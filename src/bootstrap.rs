@@ -39,6 +39,7 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
     cdc_mode                  text CHECK (cdc_mode IN ('auto', 'trigger', 'wal')),
     append_only               boolean NOT NULL DEFAULT false,
     pooler_compatibility_mode boolean NOT NULL DEFAULT false,
+    delta_plan                text,
     frontier                  pg_catalog.pg_snapshot,
     frontier_xid              pg_catalog.xid8,
     frontier_cid              bigint,
@@ -49,6 +50,8 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
     updated_at                timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE pgtrickle.pgt_stream_tables IS 'pg_trickle: one row per stream table';
+COMMENT ON COLUMN pgtrickle.pgt_stream_tables.delta_plan IS
+    'The DIFFERENTIAL operator tree (JSON), rebuilt with every full recomputation';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.frontier IS
     'Snapshot the contents reflect: changes by transactions visible in it are applied';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.frontier_xid IS

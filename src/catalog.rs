@@ -52,6 +52,12 @@ pub struct StreamTable {
     pub pooler_compatibility_mode: bool,
     /// The snapshot the contents reflect, as `pg_snapshot` text (`xmin:xmax:xip`).
     pub frontier: Option<String>,
+    /// The refreshing transaction of the frontier (xid8 text), if it had an xid.
+    pub frontier_xid: Option<String>,
+    /// The command id of the frontier.
+    pub frontier_cid: Option<i64>,
+    /// The DIFFERENTIAL plan (JSON) when the effective mode is DIFFERENTIAL.
+    pub delta_plan: Option<String>,
 }
 
 const SELECT_STREAM_TABLE: &str = "\
@@ -59,7 +65,8 @@ SELECT st.pgt_id, st.pgt_relid, n.nspname::text, c.relname::text, c.relowner, \
        st.defining_query, st.original_query, st.schedule, st.refresh_mode, \
        st.effective_refresh_mode, st.status, st.is_populated, st.diamond_consistency, \
        st.diamond_schedule_policy, st.cdc_mode, st.append_only, \
-       st.pooler_compatibility_mode, st.frontier::text \
+       st.pooler_compatibility_mode, st.frontier::text, st.frontier_xid::text, st.frontier_cid, \
+       st.delta_plan \
 FROM pgtrickle.pgt_stream_tables st \
 JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
@@ -83,6 +90,9 @@ fn stream_table_from_row(row: &pgrx::spi::SpiHeapTupleData) -> PgtResult<StreamT
         append_only: col(row, 16)?,
         pooler_compatibility_mode: col(row, 17)?,
         frontier: row.get::<String>(18)?,
+        frontier_xid: row.get::<String>(19)?,
+        frontier_cid: row.get::<i64>(20)?,
+        delta_plan: row.get::<String>(21)?,
     })
 }
 
@@ -151,6 +161,8 @@ pub struct NewStreamTable<'a> {
     pub append_only: bool,
     /// pooler_compatibility_mode option.
     pub pooler_compatibility_mode: bool,
+    /// The DIFFERENTIAL plan (JSON), if the effective mode is DIFFERENTIAL.
+    pub delta_plan: Option<String>,
 }
 
 /// Inserts a stream table's catalog row; returns its `pgt_id`.
@@ -160,8 +172,8 @@ pub fn insert_stream_table(st: &NewStreamTable) -> PgtResult<i64> {
             "INSERT INTO pgtrickle.pgt_stream_tables \
                (pgt_relid, defining_query, original_query, schedule, refresh_mode, \
                 effective_refresh_mode, diamond_consistency, diamond_schedule_policy, \
-                cdc_mode, append_only, pooler_compatibility_mode) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING pgt_id",
+                cdc_mode, append_only, pooler_compatibility_mode, delta_plan) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING pgt_id",
             &[
                 st.relid.into(),
                 st.defining_query.into(),
@@ -174,6 +186,7 @@ pub fn insert_stream_table(st: &NewStreamTable) -> PgtResult<i64> {
                 st.cdc_mode.map(|m| m.as_str()).into(),
                 st.append_only.into(),
                 st.pooler_compatibility_mode.into(),
+                st.delta_plan.as_deref().into(),
             ],
         )?
         .ok_or_else(|| PgtError::internal("INSERT ... RETURNING pgt_id returned nothing"))
@@ -191,7 +204,8 @@ pub fn update_stream_table(st: &StreamTable) -> PgtResult<()> {
                append_only = $12, pooler_compatibility_mode = $13, is_populated = $14, \
                frontier = $15::pg_catalog.pg_snapshot, \
                frontier_xid = CASE WHEN $15 IS NULL THEN NULL ELSE frontier_xid END, \
-               frontier_cid = CASE WHEN $15 IS NULL THEN NULL ELSE frontier_cid END, updated_at = pg_catalog.now() \
+               frontier_cid = CASE WHEN $15 IS NULL THEN NULL ELSE frontier_cid END, \
+               delta_plan = $16, updated_at = pg_catalog.now() \
              WHERE pgt_id = $1",
             &[
                 st.pgt_id.into(),
@@ -209,7 +223,19 @@ pub fn update_stream_table(st: &StreamTable) -> PgtResult<()> {
                 st.pooler_compatibility_mode.into(),
                 st.is_populated.into(),
                 st.frontier.as_deref().into(),
+                st.delta_plan.as_deref().into(),
             ],
+        )?;
+        Ok(())
+    })
+}
+
+/// Records a rebuilt DIFFERENTIAL plan (or none, with the effective mode).
+pub fn set_plan(pgt_id: i64, effective_mode: RefreshMode, plan: Option<&str>) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET delta_plan = $2, effective_refresh_mode = $3 WHERE pgt_id = $1",
+            &[pgt_id.into(), plan.into(), effective_mode.as_str().into()],
         )?;
         Ok(())
     })

@@ -19,8 +19,23 @@ pub static DEFAULT_SCHEDULE_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(60
 /// without an explicit `cdc_mode` ('auto', 'trigger' or 'wal').
 pub static CDC_MODE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"auto"));
 
+/// `pg_trickle.differential_max_change_ratio`: when the changes to apply exceed
+/// this fraction of the sources' rows, a DIFFERENTIAL refresh recomputes in full
+/// instead (recomputing is then cheaper).
+pub static DIFFERENTIAL_MAX_CHANGE_RATIO: GucSetting<f64> = GucSetting::<f64>::new(0.15);
+
 /// Registers every `pg_trickle.*` parameter. Called once from `_PG_init`.
 pub fn register() {
+    GucRegistry::define_float_guc(
+        c"pg_trickle.differential_max_change_ratio",
+        c"Fraction of the sources' rows above which a DIFFERENTIAL refresh recomputes in full.",
+        c"Compares the captured changes to apply with the sources' estimated row counts (pg_class.reltuples).",
+        &DIFFERENTIAL_MAX_CHANGE_RATIO,
+        0.0,
+        1000.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"pg_trickle.enabled",
         c"Enables automatic refresh of stream tables by the background scheduler.",

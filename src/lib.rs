@@ -26,6 +26,7 @@ mod parse;
 mod privilege;
 mod refresh;
 mod spi;
+mod translate;
 mod storage;
 
 ::pgrx::pg_module_magic!(name, version);

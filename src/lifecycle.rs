@@ -15,6 +15,8 @@ use crate::privilege::{as_owner_restricted, current_user, current_user_owns};
 use crate::refresh;
 use crate::spi::{exec, query_one};
 use crate::storage;
+use crate::translate;
+use pgt_delta::Plan;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use pgt_core::ident::{quote_ident, QualifiedName};
 use pgt_core::options::{CdcMode, DiamondConsistency, DiamondSchedulePolicy, RefreshMode, StreamTableStatus};
@@ -107,22 +109,47 @@ pub fn validate_schedule(text: &str) -> PgtResult<Schedule> {
     })
 }
 
-/// Validates a refresh mode and returns it with the mode refreshes will use.
-fn validate_refresh_mode(text: &str, name: &QualifiedName) -> PgtResult<(RefreshMode, RefreshMode)> {
+/// Validates a requested refresh mode.
+fn validate_refresh_mode(text: &str, name: &QualifiedName) -> PgtResult<RefreshMode> {
     let mode = RefreshMode::parse(text)?;
-    match mode {
-        RefreshMode::Immediate => Err(PgtError::new(
+    if mode == RefreshMode::Immediate {
+        return Err(PgtError::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("refresh mode IMMEDIATE is not available yet for stream table {name}"),
         )
-        .hint("Use AUTO, FULL or DIFFERENTIAL.")),
-        RefreshMode::Differential => {
-            pgrx::warning!(
-                "stream table {name} will refresh in FULL mode: the DIFFERENTIAL engine is not available yet"
-            );
-            Ok((mode, RefreshMode::Full))
+        .hint("Use AUTO, FULL or DIFFERENTIAL."));
+    }
+    Ok(mode)
+}
+
+/// The mode refreshes will use for `requested` and the normalized query `sql`, with
+/// the DIFFERENTIAL plan: AUTO is DIFFERENTIAL when the query translates, else FULL
+/// with a WARNING naming the construct; an explicit DIFFERENTIAL that does not
+/// translate is an error naming it. Stable functions draw a WARNING.
+fn resolve_mode(requested: RefreshMode, sql: &str, name: &QualifiedName) -> PgtResult<(RefreshMode, Option<Plan>)> {
+    if requested == RefreshMode::Full {
+        return Ok((RefreshMode::Full, None));
+    }
+    match translate::translate(sql)? {
+        Ok(plan) => {
+            if let Some(stable) = translate::stable_functions(sql)? {
+                pgrx::warning!(
+                    "stream table {name} calls stable functions ({stable}); DIFFERENTIAL refresh assumes their results \
+                     do not change between refreshes"
+                );
+            }
+            Ok((RefreshMode::Differential, Some(plan)))
         }
-        RefreshMode::Auto | RefreshMode::Full => Ok((mode, RefreshMode::Full)),
+        Err(translate::Unsupported(construct)) if requested == RefreshMode::Auto => {
+            pgrx::warning!("stream table {name} will refresh in FULL mode: DIFFERENTIAL refresh does not support {construct}");
+            Ok((RefreshMode::Full, None))
+        }
+        Err(translate::Unsupported(construct)) => Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("DIFFERENTIAL refresh does not support {construct}"),
+        )
+        .detail(format!("Stream table {name} was asked to refresh DIFFERENTIAL."))
+        .hint("Use refresh_mode => 'AUTO' to fall back to FULL refresh for this query, or 'FULL'.")),
     }
 }
 
@@ -275,13 +302,14 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
             }
         }
     }
-    let (refresh_mode, effective_refresh_mode) = validate_refresh_mode(refresh_mode_text, &name)?;
+    let refresh_mode = validate_refresh_mode(refresh_mode_text, &name)?;
 
     let analyzed = parse::analyze_defining_query(query, catalog::is_stream_table)?;
     // The creator must be able to run the query, as for CREATE MATERIALIZED VIEW.
     check_can_run(&analyzed, current_user())?;
+    let (effective_refresh_mode, plan) = resolve_mode(refresh_mode, &analyzed.normalized_sql, &name)?;
 
-    let relid = storage::create_storage(&name, &analyzed)?;
+    let relid = storage::create_storage(&name, &analyzed, plan.as_ref())?;
     let pgt_id = catalog::insert_stream_table(&NewStreamTable {
         relid,
         defining_query: &analyzed.normalized_sql,
@@ -294,6 +322,7 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
         cdc_mode,
         append_only,
         pooler_compatibility_mode,
+        delta_plan: plan.as_ref().map(Plan::to_json),
     })?;
     catalog::replace_dependencies(pgt_id, &analyzed.sources)?;
     for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
@@ -348,10 +377,11 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
     if let Some(s) = args.schedule {
         st.schedule = validate_schedule(s)?.canonical();
     }
+    let mut mode_changed = false;
     if let Some(m) = args.refresh_mode {
-        let (requested, effective) = validate_refresh_mode(m, &name)?;
+        let requested = validate_refresh_mode(m, &name)?;
+        mode_changed = requested != st.refresh_mode;
         st.refresh_mode = requested;
-        st.effective_refresh_mode = effective;
     }
     if let Some(s) = args.status {
         st.status = StreamTableStatus::parse(s)?.as_str().to_string();
@@ -373,21 +403,35 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
     }
 
     let new_query = match args.query {
-        Some(q) => Some((q, parse::analyze_defining_query(q, catalog::is_stream_table)?)),
+        Some(q) => Some((q.to_string(), parse::analyze_defining_query(q, catalog::is_stream_table)?)),
         None => None,
     };
-    let Some((query_text, analyzed)) = new_query.filter(|(_, a)| a.normalized_sql != st.defining_query) else {
+    let query_changed = new_query.as_ref().is_some_and(|(_, a)| a.normalized_sql != st.defining_query);
+    if !query_changed && !mode_changed {
         if let Some(q) = args.query {
             st.original_query = q.to_string();
         }
         return catalog::update_stream_table(&st);
+    }
+    let (query_text, analyzed) = match new_query {
+        Some(q) if query_changed => q,
+        _ => (st.original_query.clone(), parse::analyze_defining_query(&st.defining_query, catalog::is_stream_table)?),
     };
+    let (effective, plan) = resolve_mode(st.refresh_mode, &analyzed.normalized_sql, &name)?;
+    let plan_json = plan.as_ref().map(Plan::to_json);
+    if !query_changed && effective == st.effective_refresh_mode && plan_json == st.delta_plan {
+        // AUTO <-> DIFFERENTIAL resolving to the same plan: nothing to rebuild.
+        return catalog::update_stream_table(&st);
+    }
 
-    // A new defining query.
+    // A new defining query, or a new way of maintaining it: rebuild.
+    require_read_committed("alter_stream_table")?;
     check_no_cycle(&st, &analyzed)?;
     check_can_run(&analyzed, current_user())?;
     let old_dependencies = catalog::dependencies(st.pgt_id)?;
-    if storage::visible_columns(st.relid)? == storage::columns_for(&analyzed)? {
+    let same_shape = storage::visible_columns(st.relid)? == storage::columns_for(&analyzed)?
+        && storage::hidden_columns(st.relid)? == storage::plan_hidden_columns(plan.as_ref());
+    if same_shape {
         storage::remove_source_dependencies(st.relid);
         storage::record_source_dependencies(st.relid, &analyzed.sources);
     } else {
@@ -400,10 +444,12 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
             .detail(format!("Stream tables reading it: {}.", downstream.join(", ")))
             .hint("Drop or alter the dependent stream tables first, or keep the output columns unchanged."));
         }
-        st.relid = rebuild_storage(&st, &analyzed)?;
+        st.relid = rebuild_storage(&st, &analyzed, plan.as_ref())?;
     }
     st.defining_query = analyzed.normalized_sql.clone();
-    st.original_query = query_text.to_string();
+    st.original_query = query_text;
+    st.effective_refresh_mode = effective;
+    st.delta_plan = plan_json;
     st.is_populated = false;
     st.frontier = None;
     catalog::update_stream_table(&st)?;
@@ -436,10 +482,10 @@ fn check_no_cycle(st: &StreamTable, query: &AnalyzedQuery) -> PgtResult<()> {
 /// Replaces the storage table of `st` by one shaped for `query`: the old table is
 /// renamed aside, the new one created under the name, the old one dropped. Returns
 /// the new OID. Grants, indexes and policies on the old table are not carried over.
-fn rebuild_storage(st: &StreamTable, query: &AnalyzedQuery) -> PgtResult<pg_sys::Oid> {
+fn rebuild_storage(st: &StreamTable, query: &AnalyzedQuery, plan: Option<&Plan>) -> PgtResult<pg_sys::Oid> {
     let aside = format!("__pgt_old_{}", st.relid.to_u32());
     exec(&format!("ALTER TABLE {} RENAME TO {}", st.name.to_sql(), quote_ident(&aside)), &[])?;
-    let relid = storage::create_storage(&st.name, query)?;
+    let relid = storage::create_storage(&st.name, query, plan)?;
     // Point the catalog at the new table before dropping the old one, so the
     // sql_drop event trigger does not take the drop for the stream table's.
     let mut moved = st.clone();

@@ -12,13 +12,15 @@ use crate::parse::{AnalyzedQuery, SourceRelation};
 use crate::spi::{col, exec, query_map, query_one};
 use pgrx::pg_sys;
 use pgt_core::ident::{quote_ident, QualifiedName};
+use pgt_delta::Plan;
 
 /// The hidden row-identity column.
 pub const ROW_ID_COLUMN: &str = "__pgt_row_id";
 
-/// Creates the storage table `name` for `query` (as the current role, who owns it)
-/// and records its dependencies on the query's sources. Returns its OID.
-pub fn create_storage(name: &QualifiedName, query: &AnalyzedQuery) -> PgtResult<pg_sys::Oid> {
+/// Creates the storage table `name` for `query` (as the current role, who owns it),
+/// with the hidden state columns `plan` needs, and records its dependencies on the
+/// query's sources. Returns its OID.
+pub fn create_storage(name: &QualifiedName, query: &AnalyzedQuery, plan: Option<&Plan>) -> PgtResult<pg_sys::Oid> {
     exec(
         &format!(
             "CREATE TABLE {} AS SELECT * FROM ({}) __pgt_q WITH NO DATA",
@@ -27,7 +29,11 @@ pub fn create_storage(name: &QualifiedName, query: &AnalyzedQuery) -> PgtResult<
         ),
         &[],
     )?;
-    exec(&format!("ALTER TABLE {} ADD COLUMN {} bigint NOT NULL", name.to_sql(), quote_ident(ROW_ID_COLUMN)), &[])?;
+    let mut additions = vec![format!("ADD COLUMN {} bigint NOT NULL", quote_ident(ROW_ID_COLUMN))];
+    for hidden in plan_hidden_columns(plan) {
+        additions.push(format!("ADD COLUMN {} {}", quote_ident(&hidden.name), hidden.sql_type));
+    }
+    exec(&format!("ALTER TABLE {} {}", name.to_sql(), additions.join(", ")), &[])?;
     exec(&format!("CREATE UNIQUE INDEX ON {} ({})", name.to_sql(), quote_ident(ROW_ID_COLUMN)), &[])?;
     let relid = query_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::oid", &[name.to_sql().as_str().into()])?
         .ok_or_else(|| PgtError::internal(format!("storage table {name} was not created")))?;
@@ -78,6 +84,29 @@ pub fn visible_columns(relid: pg_sys::Oid) -> PgtResult<Vec<StorageColumn>> {
         &[relid.into()],
         |row| Ok(StorageColumn { name: col(row, 1)?, sql_type: col(row, 2)? }),
     )
+}
+
+/// The hidden state columns (beyond `__pgt_row_id`) of storage table `relid`, with
+/// types formatted under the pinned search path.
+pub fn hidden_columns(relid: pg_sys::Oid) -> PgtResult<Vec<StorageColumn>> {
+    crate::privilege::with_pinned_search_path(|| {
+        query_map(
+            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attname::text LIKE '\\_\\_pgt\\_%' \
+               AND attname <> '__pgt_row_id' ORDER BY attnum",
+            &[relid.into()],
+            |row| Ok(StorageColumn { name: col(row, 1)?, sql_type: col(row, 2)? }),
+        )
+    })
+}
+
+/// The hidden state columns a storage table for `plan` has.
+pub fn plan_hidden_columns(plan: Option<&Plan>) -> Vec<StorageColumn> {
+    plan.map(|p| p.hidden_columns())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| StorageColumn { name: h.name, sql_type: h.sql_type })
+        .collect()
 }
 
 /// The columns a storage table for `query` would have.

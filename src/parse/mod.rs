@@ -19,7 +19,7 @@
 //! Parse analysis checks no privileges; [`crate::lifecycle`] runs the query as its
 //! future owner before creating anything, which does.
 
-mod walker;
+pub(crate) mod walker;
 
 use crate::error::{PgtError, PgtResult};
 use pgrx::pg_sys;
@@ -133,7 +133,7 @@ pub fn analyze_defining_query(
 }
 
 /// Raw-parses `csql`, insists on one SELECT, and analyses it.
-unsafe fn parse_single_select(csql: &CStr) -> PgtResult<*mut pg_sys::Query> {
+pub(crate) unsafe fn parse_single_select(csql: &CStr) -> PgtResult<*mut pg_sys::Query> {
     let raw_list = pg_sys::raw_parser(csql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
     let stmts = PgList::<pg_sys::RawStmt>::from_pg(raw_list);
     if stmts.is_empty() {

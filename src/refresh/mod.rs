@@ -7,8 +7,10 @@
 //!    latest committed one;
 //! 2. lock the storage table in EXCLUSIVE mode: readers go on reading the old
 //!    contents, writers wait;
-//! 3. run the executor for the effective refresh mode (only FULL exists yet, see
-//!    [`full`]) in one registered snapshot, which also becomes the new frontier;
+//! 3. as the owner, inside a security-restricted operation, take one registered
+//!    snapshot and run the executor of the effective mode in it — [`full`]
+//!    recomputes, [`differential`] applies the changes since the frontier (or
+//!    recomputes when it must) — then read the new frontier in that snapshot;
 //! 4. record the frontier and a `pgt_refresh_history` row;
 //! 5. trim the change buffers of the stream table's sources to what some consumer
 //!    still needs.
@@ -16,27 +18,41 @@
 //! All of it happens in the caller's transaction: if any step fails, the storage
 //! keeps its previous contents and nothing is recorded.
 
-/// The FULL refresh executor.
+pub mod differential;
 pub mod full;
 
 use crate::catalog::{self, Frontier, InitiatedBy, RefreshRecord};
 use crate::cdc;
-use crate::error::PgtResult;
+use crate::error::{PgtError, PgtResult};
 use crate::parse::SourceKind;
-use crate::spi::query_one;
+use crate::privilege::as_owner_restricted;
+use crate::spi::{query_one, StatementSnapshot};
 use pgrx::pg_sys;
+use pgt_core::options::RefreshMode;
 
 /// What a refresh did.
 #[derive(Debug, Clone)]
 pub struct RefreshOutcome {
-    /// FULL / DIFFERENTIAL.
+    /// FULL or DIFFERENTIAL: what was actually done.
     pub action: &'static str,
-    /// Rows written into the storage table.
+    /// Rows written into the storage table (an update counts here and in
+    /// `rows_deleted`).
     pub rows_inserted: i64,
     /// Rows removed from the storage table.
     pub rows_deleted: i64,
     /// The new frontier.
     pub frontier: Frontier,
+}
+
+/// What an executor reports.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// FULL or DIFFERENTIAL.
+    pub action: &'static str,
+    /// Rows inserted (updates included).
+    pub inserted: u64,
+    /// Rows deleted (updates included).
+    pub deleted: u64,
 }
 
 /// Refreshes stream table `pgt_id` (see the module doc for the steps).
@@ -45,14 +61,25 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
     unsafe { pg_sys::LockRelationOid(st.relid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
     let start_time = query_one::<String>("SELECT pg_catalog.clock_timestamp()::text", &[])?.unwrap_or_default();
 
-    let result = full::refresh_full(&st)?;
+    let (applied, frontier, data_timestamp) = as_owner_restricted(st.owner, || -> PgtResult<_> {
+        let snapshot = StatementSnapshot::take();
+        let data_timestamp = snapshot
+            .query_text("SELECT pg_catalog.clock_timestamp()::text")?
+            .ok_or_else(|| PgtError::internal("clock_timestamp() returned nothing"))?;
+        let applied = match st.effective_refresh_mode {
+            RefreshMode::Differential => differential::refresh(&st, &snapshot)?,
+            _ => full::refresh_full(&st, &snapshot)?,
+        };
+        let frontier = full::frontier_now(&snapshot)?;
+        Ok((applied, frontier, data_timestamp))
+    })?;
 
-    catalog::mark_refreshed(pgt_id, &result.frontier, &result.data_timestamp)?;
+    catalog::mark_refreshed(pgt_id, &frontier, &data_timestamp)?;
     let outcome = RefreshOutcome {
-        action: "FULL",
-        rows_inserted: result.rows_inserted as i64,
-        rows_deleted: result.rows_deleted as i64,
-        frontier: result.frontier,
+        action: applied.action,
+        rows_inserted: applied.inserted as i64,
+        rows_deleted: applied.deleted as i64,
+        frontier,
     };
     catalog::insert_refresh_history(&RefreshRecord {
         pgt_id,

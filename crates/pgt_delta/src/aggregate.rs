@@ -199,8 +199,8 @@ fn stored_columns(plan: &AggregatePlan) -> Vec<String> {
 
 /// What a FULL refresh inserts: visible columns, row id and state of every group
 /// that belongs in the stream table.
-pub fn full_sql(plan: &AggregatePlan, only: &[bool]) -> String {
-    let states = full_state_select(plan, &format!("({}) i", join::full_sql(&plan.input, only)));
+pub fn full_sql(plan: &AggregatePlan) -> String {
+    let states = full_state_select(plan, &format!("({}) i", join::full_sql(&plan.input)));
     format!("SELECT {} FROM {} WHERE {}", qualified("o", &stored_columns(plan)), output_sql(plan, &states), keep(plan))
 }
 
@@ -211,9 +211,8 @@ pub fn merge_sql(
     st: &str,
     frontier: &Frontier,
     changed: &[bool],
-    only: &[bool],
 ) -> Option<String> {
-    let delta = join::delta_sql(&plan.input, frontier, changed, only)?;
+    let delta = join::delta_sql(&plan.input, frontier, changed)?;
 
     // Per affected group: the delta's contribution.
     let mut dcols = vec![format!("{} AS __pgt_row_id", row_id("d", &plan.groups)), "sum(d.__pgt_w) AS __pgt_dcount".to_string()];
@@ -294,7 +293,7 @@ pub fn merge_sql(
     );
 
     // Rescanned groups: state from the input's new state restricted to their keys.
-    let block_new = join::full_sql(&plan.input, only);
+    let block_new = join::full_sql(&plan.input);
     let rescan_keys = format!("SELECT * FROM ({affected}) a WHERE a.__pgt_rescan");
     let restricted = if plan.groups.is_empty() {
         format!("(SELECT b.* FROM ({block_new}) b WHERE EXISTS ({rescan_keys})) i")
@@ -398,6 +397,7 @@ mod tests {
                         columns: vec![Some("g".into()), Some("x".into())],
                         key: vec![],
                     },
+                    only: false,
                 }],
                 columns: vec!["__pgt_g1".into(), "__pgt_a2".into(), "__pgt_a3".into()],
             },
@@ -421,17 +421,17 @@ mod tests {
 
     #[test]
     fn full_sql_groups_or_not() {
-        assert!(full_sql(&plan(1, false), &[false]).contains("GROUP BY i.\"__pgt_g1\""));
-        let scalar = full_sql(&plan(0, false), &[false]);
+        assert!(full_sql(&plan(1, false)).contains("GROUP BY i.\"__pgt_g1\""));
+        let scalar = full_sql(&plan(0, false));
         assert!(!scalar.contains("GROUP BY"), "a scalar aggregate has one row, also over empty input");
         assert!(scalar.ends_with("WHERE true"));
-        assert!(full_sql(&plan(1, true), &[false]).ends_with("WHERE o.__pgt_count > 0 AND o.__pgt_having IS TRUE"));
+        assert!(full_sql(&plan(1, true)).ends_with("WHERE o.__pgt_count > 0 AND o.__pgt_having IS TRUE"));
     }
 
     #[test]
     fn merge_rescans_when_min_leaves_or_having_meets_new_group() {
         let f = Frontier { snapshot: "1:1:".into(), xid: None, cid: None };
-        let m = merge_sql(&plan(1, true), "st", &f, &[true], &[false]).unwrap();
+        let m = merge_sql(&plan(1, true), "st", &f, &[true]).unwrap();
         assert!(m.contains("o.__pgt_row_id IS NULL"));
         assert!(m.contains("g.__pgt_ddel3 IS NOT NULL AND o.__pgt_aux_count_3 > 0 AND g.__pgt_ddel3 <= o.__pgt_aux_min_3"));
         assert!(m.contains("LEAST(o.__pgt_aux_min_3, g.__pgt_dins3)"));

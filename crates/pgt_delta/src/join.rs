@@ -39,18 +39,17 @@ pub enum Binding {
 
 /// The block's template with its placeholders bound as given, wrapped so that it
 /// outputs the data columns and the product weight `__pgt_w`.
-pub fn bind(block: &Block, bindings: &[Binding], frontier: Option<&Frontier>, only: &[bool]) -> String {
+pub fn bind(block: &Block, bindings: &[Binding], frontier: Option<&Frontier>) -> String {
     let ctes = block
         .inputs
         .iter()
         .zip(bindings)
-        .zip(only)
-        .map(|((input, binding), only)| {
+        .map(|(input, binding)| {
             let sql = match (binding, frontier) {
-                (Binding::New, _) => scan::new_state_sql(&input.relation, *only),
+                (Binding::New, _) => scan::new_state_sql(&input.relation, input.only),
                 (Binding::Delta, Some(f)) => scan::delta_sql(&input.relation, f),
-                (Binding::Old, Some(f)) => scan::old_state_sql(&input.relation, *only, f),
-                (_, None) => scan::new_state_sql(&input.relation, *only),
+                (Binding::Old, Some(f)) => scan::old_state_sql(&input.relation, input.only, f),
+                (_, None) => scan::new_state_sql(&input.relation, input.only),
             };
             format!("{} AS ({sql})", input.placeholder)
         })
@@ -65,13 +64,13 @@ pub fn bind(block: &Block, bindings: &[Binding], frontier: Option<&Frontier>, on
 }
 
 /// The block over the new state of every input: its full current result, weight 1.
-pub fn full_sql(block: &Block, only: &[bool]) -> String {
-    bind(block, &vec![Binding::New; block.inputs.len()], None, only)
+pub fn full_sql(block: &Block) -> String {
+    bind(block, &vec![Binding::New; block.inputs.len()], None)
 }
 
 /// `ΔB` given which inputs changed (`changed[i]`), by the telescoping rule. Returns
 /// `None` when nothing changed.
-pub fn delta_sql(block: &Block, frontier: &Frontier, changed: &[bool], only: &[bool]) -> Option<String> {
+pub fn delta_sql(block: &Block, frontier: &Frontier, changed: &[bool]) -> Option<String> {
     let changed_positions: Vec<usize> = (0..block.inputs.len()).filter(|i| changed[*i]).collect();
     if changed_positions.is_empty() {
         return None;
@@ -91,7 +90,7 @@ pub fn delta_sql(block: &Block, frontier: &Frontier, changed: &[bool], only: &[b
                     }
                 })
                 .collect();
-            bind(block, &bindings, Some(frontier), only)
+            bind(block, &bindings, Some(frontier))
         })
         .collect();
     let cols = quoted(&block.columns);
@@ -120,6 +119,7 @@ mod tests {
                         columns: vec![Some("id".into()), Some("x".into())],
                         key: vec!["id".into()],
                     },
+                    only: false,
                 })
                 .collect(),
             columns: vec!["v".into()],
@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn one_term_per_changed_input_earlier_new_later_old() {
         let b = block(2);
-        let d = delta_sql(&b, &f(), &[true, true], &[false, false]).unwrap();
+        let d = delta_sql(&b, &f(), &[true, true]).unwrap();
         assert_eq!(d.matches(") UNION ALL (SELECT t.").count(), 1, "two terms");
         // Term 1: Δ₁ ⋈ old₂ ; term 2: new₁ ⋈ Δ₂.
         let first = d.find("p1 AS (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t1 r)").unwrap();
@@ -145,14 +145,14 @@ mod tests {
     #[test]
     fn unchanged_inputs_are_read_new_and_no_change_means_no_delta() {
         let b = block(2);
-        let d = delta_sql(&b, &f(), &[false, true], &[false, false]).unwrap();
+        let d = delta_sql(&b, &f(), &[false, true]).unwrap();
         assert!(!d.contains("UNION ALL (SELECT"), "one term");
-        assert!(delta_sql(&b, &f(), &[false, false], &[false, false]).is_none());
+        assert!(delta_sql(&b, &f(), &[false, false]).is_none());
     }
 
     #[test]
     fn weights_multiply() {
-        let s = full_sql(&block(2), &[false, false]);
+        let s = full_sql(&block(2));
         assert!(s.contains("t.__pgt_w_1 * t.__pgt_w_2 AS __pgt_w"));
     }
 }

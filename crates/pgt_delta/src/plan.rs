@@ -9,7 +9,7 @@
 
 /// A base relation read by the query: a table, partitioned table or stream table
 /// whose changes are captured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Relation {
     /// `pg_class` OID.
     pub relid: u32,
@@ -26,18 +26,20 @@ pub struct Relation {
 
 /// One input of a block template: the placeholder the template reads, and what it
 /// stands for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Input {
     /// Name the template uses in FROM (unquoted; safe identifier chars only).
     pub placeholder: String,
     /// The relation bound to it.
     pub relation: Relation,
+    /// Read without partitions or inheritance children (`FROM ONLY`).
+    pub only: bool,
 }
 
 /// A select-project-join block as a template (see the module doc). Its output
 /// columns are, in order, `columns`, then `__pgt_w_<i>` for each input `i`
 /// (1-based): the weight of the row read from that input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Block {
     /// Deparsed SQL: `SELECT ... FROM <placeholders> ... WHERE ...`.
     pub template: String,
@@ -48,7 +50,7 @@ pub struct Block {
 }
 
 /// The defining query as an operator tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Plan {
     /// A block whose rows are the stream table's rows; identity from the inputs' keys.
     Rows(RowsPlan),
@@ -57,7 +59,7 @@ pub enum Plan {
 }
 
 /// `SELECT <visible> FROM ... WHERE ...` with inner joins only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RowsPlan {
     /// The block; its columns are the visible columns followed by the identity
     /// columns `__pgt_k<i>_<j>` (input `i`'s key column `j`).
@@ -69,7 +71,7 @@ pub struct RowsPlan {
 }
 
 /// `SELECT <outputs> FROM ... GROUP BY <keys> [HAVING ...]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AggregatePlan {
     /// The input block; its columns are the group keys `__pgt_g<i>`, then each
     /// aggregate's argument `__pgt_a<j>` and filter `__pgt_f<j>` where present.
@@ -95,7 +97,7 @@ pub struct AggregatePlan {
 }
 
 /// An aggregate call the engine maintains.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Aggregate {
     /// What it computes.
     pub kind: AggregateKind,
@@ -112,7 +114,7 @@ pub struct Aggregate {
 }
 
 /// The aggregates maintained incrementally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AggregateKind {
     /// `count(*)`
     CountStar,
@@ -140,7 +142,7 @@ impl AggregateKind {
 
 /// A hidden column the stream table needs for this plan (beyond `__pgt_row_id`):
 /// name and SQL type.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HiddenColumn {
     /// Column name (`__pgt_count`, `__pgt_aux_sum_1`, ...).
     pub name: String,
@@ -149,6 +151,27 @@ pub struct HiddenColumn {
 }
 
 impl Plan {
+    /// The plan as JSON, for the catalog.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A plan stored with [`Plan::to_json`].
+    ///
+    /// # Errors
+    /// The JSON parser's message when the text is no plan.
+    pub fn from_json(text: &str) -> Result<Plan, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The top block (the input of an aggregate).
+    pub fn block(&self) -> &Block {
+        match self {
+            Plan::Rows(r) => &r.block,
+            Plan::Aggregate(a) => &a.input,
+        }
+    }
+
     /// Hidden state columns the stream table must have for this plan.
     pub fn hidden_columns(&self) -> Vec<HiddenColumn> {
         match self {
@@ -159,10 +182,7 @@ impl Plan {
 
     /// The base relations read, each once.
     pub fn relations(&self) -> Vec<&Relation> {
-        let block = match self {
-            Plan::Rows(r) => &r.block,
-            Plan::Aggregate(a) => &a.input,
-        };
+        let block = self.block();
         let mut out: Vec<&Relation> = Vec::new();
         for i in &block.inputs {
             if !out.iter().any(|r| r.relid == i.relation.relid) {
@@ -170,5 +190,41 @@ impl Plan {
             }
         }
         out
+    }
+}
+
+impl Plan {
+    /// What a FULL refresh of a stream table with this plan inserts: the visible
+    /// columns, `__pgt_row_id`, then the hidden state columns.
+    pub fn full_sql(&self) -> String {
+        match self {
+            Plan::Rows(r) => crate::rows::full_sql(r),
+            Plan::Aggregate(a) => crate::aggregate::full_sql(a),
+        }
+    }
+
+    /// The columns [`Plan::full_sql`] yields, in order.
+    pub fn stored_columns(&self) -> Vec<String> {
+        match self {
+            Plan::Rows(r) => {
+                let mut c = r.visible.clone();
+                c.push("__pgt_row_id".into());
+                c
+            }
+            Plan::Aggregate(a) => {
+                let mut c = a.visible.clone();
+                c.extend(crate::aggregate::passthrough_columns(&a.aggregates));
+                c
+            }
+        }
+    }
+
+    /// The MERGE applying the changes after `frontier` to stream table `st`, given
+    /// which inputs changed; `None` when none did.
+    pub fn merge_sql(&self, st: &str, frontier: &crate::scan::Frontier, changed: &[bool]) -> Option<String> {
+        match self {
+            Plan::Rows(r) => crate::rows::merge_sql(r, st, frontier, changed),
+            Plan::Aggregate(a) => crate::aggregate::merge_sql(a, st, frontier, changed),
+        }
     }
 }

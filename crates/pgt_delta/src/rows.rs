@@ -21,20 +21,20 @@ use pgt_core::ident::quote_ident;
 
 /// `SELECT <visible>, __pgt_row_id` over the block's full result: what a FULL
 /// refresh inserts.
-pub fn full_sql(plan: &RowsPlan, only: &[bool]) -> String {
+pub fn full_sql(plan: &RowsPlan) -> String {
     format!(
         "SELECT {}, {} AS __pgt_row_id FROM ({}) f",
         qualified("f", &plan.visible),
         row_id("f", &plan.identity),
-        join::full_sql(&plan.block, only)
+        join::full_sql(&plan.block)
     )
 }
 
 /// The MERGE applying the block's delta to stream table `st` (quoted name), or
 /// `None` when no input changed. It returns one row per action taken
 /// (`merge_action()`), so `SELECT count(*) FILTER (...)` over it counts them.
-pub fn merge_sql(plan: &RowsPlan, st: &str, frontier: &Frontier, changed: &[bool], only: &[bool]) -> Option<String> {
-    let delta = join::delta_sql(&plan.block, frontier, changed, only)?;
+pub fn merge_sql(plan: &RowsPlan, st: &str, frontier: &Frontier, changed: &[bool]) -> Option<String> {
+    let delta = join::delta_sql(&plan.block, frontier, changed)?;
     let v = &plan.visible;
     let any_values = v.iter().map(|c| format!("any_value(c.{q}) AS {q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
     let source = format!(
@@ -77,6 +77,7 @@ mod tests {
                         columns: vec![Some("id".into()), Some("amount".into())],
                         key: vec!["id".into()],
                     },
+                    only: false,
                 }],
                 columns: vec!["amount".into(), "__pgt_k1_1".into()],
             },
@@ -87,18 +88,18 @@ mod tests {
 
     #[test]
     fn full_sql_hashes_identity_columns() {
-        let s = full_sql(&plan(), &[false]);
+        let s = full_sql(&plan());
         assert!(s.starts_with("SELECT f.\"amount\", pg_catalog.hashtextextended(ROW(f.\"__pgt_k1_1\")::text, 0) AS __pgt_row_id"));
     }
 
     #[test]
     fn merge_consolidates_and_prefers_new_versions() {
         let f = Frontier { snapshot: "1:1:".into(), xid: None, cid: None };
-        let m = merge_sql(&plan(), "\"public\".\"st\"", &f, &[true], &[false]).unwrap();
+        let m = merge_sql(&plan(), "\"public\".\"st\"", &f, &[true]).unwrap();
         assert!(m.contains("GROUP BY c.__pgt_row_id, ROW(c.\"amount\")::text HAVING sum(c.__pgt_w) <> 0"));
         assert!(m.contains("ORDER BY s.__pgt_row_id, s.__pgt_w DESC"));
         assert!(m.contains("WHEN MATCHED AND d.__pgt_w < 0 THEN DELETE"));
         assert!(m.ends_with("RETURNING merge_action()"));
-        assert!(merge_sql(&plan(), "st", &f, &[false], &[false]).is_none());
+        assert!(merge_sql(&plan(), "st", &f, &[false]).is_none());
     }
 }

@@ -1,0 +1,114 @@
+//! DIFFERENTIAL refresh: apply the changes captured since the frontier.
+//!
+//! Steps, all in the refresh's snapshot:
+//! 1. without a usable frontier (never populated, or cleared by DDL on a source) —
+//!    rebuild the plan from the defining query and recompute in full;
+//! 2. if a source's change window holds a TRUNCATE — recompute in full;
+//! 3. which inputs changed (a window with any row image);
+//! 4. if the window sizes exceed `pg_trickle.differential_max_change_ratio` of the
+//!    sources' estimated rows — recompute in full this time (NOTICE), the next
+//!    refresh goes back to DIFFERENTIAL;
+//! 5. otherwise one MERGE computed by the plan (`pgt_delta`), counting its actions.
+
+use super::full::refresh_full_with_plan;
+use super::Applied;
+use crate::catalog::{self, StreamTable};
+use crate::error::{PgtError, PgtResult};
+use crate::guc;
+use crate::spi::StatementSnapshot;
+use crate::translate;
+use pgrx::PgSqlErrorCode;
+use pgt_core::options::RefreshMode;
+use pgt_delta::scan::{self, Frontier};
+use pgt_delta::Plan;
+
+/// Refreshes `st`, whose effective mode is DIFFERENTIAL. Runs as the owner in
+/// `snapshot`; the caller holds the locks.
+pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
+    let stored = st.delta_plan.as_deref().map(Plan::from_json).transpose().map_err(|e| {
+        PgtError::internal(format!("stored plan of stream table {} is unreadable: {e}", st.name))
+    })?;
+    let (Some(plan), Some(frontier_snapshot), true) = (stored, st.frontier.clone(), st.is_populated) else {
+        return recompute(st, snapshot);
+    };
+    let frontier = Frontier { snapshot: frontier_snapshot, xid: st.frontier_xid.clone(), cid: st.frontier_cid };
+
+    // TRUNCATE in a window: the images cannot express it.
+    for relation in plan.relations() {
+        if snapshot.query_text(&scan::truncate_in_window_sql(relation, &frontier))?.as_deref() == Some("t") {
+            return refresh_full_with_plan(st, &plan, snapshot);
+        }
+    }
+
+    // Which inputs changed, and how much.
+    let mut window_rows = 0f64;
+    let mut source_rows = 0f64;
+    let mut relation_changed = std::collections::HashMap::new();
+    for relation in plan.relations() {
+        let n: f64 = snapshot.query_text(&scan::window_size_sql(relation, &frontier))?.and_then(|t| t.parse().ok()).unwrap_or(0.0);
+        let est: f64 = snapshot
+            .query_text(&format!(
+                "SELECT greatest(pg_catalog.sum(greatest(c.reltuples, 0)), 1) FROM pg_catalog.pg_class c \
+                 WHERE c.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree({}) UNION SELECT {})",
+                relation.relid, relation.relid
+            ))?
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1.0);
+        window_rows += n;
+        source_rows += est;
+        relation_changed.insert(relation.relid, n > 0.0);
+    }
+    let changed: Vec<bool> = plan.block().inputs.iter().map(|i| relation_changed.get(&i.relation.relid).copied().unwrap_or(false)).collect();
+    let ratio = window_rows / source_rows.max(1.0);
+    let max_ratio = guc::DIFFERENTIAL_MAX_CHANGE_RATIO.get();
+    if ratio > max_ratio {
+        pgrx::notice!(
+            "stream table {} recomputes in full this time: {} changes are {:.0}% of its sources' rows (pg_trickle.differential_max_change_ratio = {})",
+            st.name,
+            window_rows,
+            ratio * 100.0,
+            max_ratio
+        );
+        return refresh_full_with_plan(st, &plan, snapshot);
+    }
+
+    let Some(merge) = plan.merge_sql(&st.name.to_sql(), &frontier, &changed) else {
+        return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0 });
+    };
+    let counts = snapshot
+        .query_text(&format!(
+            "WITH __pgt_m AS ({merge}) \
+             SELECT (count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')))::text || ',' || \
+                    (count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')))::text FROM __pgt_m"
+        ))?
+        .unwrap_or_default();
+    let mut parts = counts.split(',').map(|p| p.parse::<u64>().unwrap_or(0));
+    let inserted = parts.next().unwrap_or(0);
+    let deleted = parts.next().unwrap_or(0);
+    Ok(Applied { action: "DIFFERENTIAL", inserted, deleted })
+}
+
+/// Rebuilds the plan from the defining query and recomputes with it. If the query
+/// can no longer be maintained differentially (a source lost its key, ...), AUTO
+/// stream tables continue in FULL mode (WARNING); DIFFERENTIAL ones fail.
+fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
+    match translate::translate(&st.defining_query)? {
+        Ok(plan) => {
+            catalog::set_plan(st.pgt_id, RefreshMode::Differential, Some(&plan.to_json()))?;
+            refresh_full_with_plan(st, &plan, snapshot)
+        }
+        Err(translate::Unsupported(construct)) if st.refresh_mode == RefreshMode::Auto => {
+            pgrx::warning!(
+                "stream table {} now refreshes in FULL mode: DIFFERENTIAL refresh does not support {construct}",
+                st.name
+            );
+            catalog::set_plan(st.pgt_id, RefreshMode::Full, None)?;
+            super::full::refresh_full(st, snapshot)
+        }
+        Err(translate::Unsupported(construct)) => Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("stream table {} cannot refresh DIFFERENTIAL: it does not support {construct}", st.name),
+        )
+        .hint("Use alter_stream_table(name, refresh_mode => 'AUTO') or 'FULL'.")),
+    }
+}

@@ -1,0 +1,411 @@
+//! Translation of a defining query into the delta engine's operator tree
+//! (`pgt_delta::Plan`), or the name of the construct that prevents it.
+//!
+//! The query is parsed and analysed by PostgreSQL; then, on copies of the analysed
+//! tree ([`surgery`]):
+//! - every base relation in FROM becomes a placeholder (a CTE reference named
+//!   `__pgt_in_<k>`) with the relation's columns plus a weight column `__pgt_w`;
+//! - the target list is replaced by what the operator needs — the visible columns
+//!   and the inputs' key columns for a row block; group keys, aggregate arguments
+//!   and FILTER conditions for an aggregate's input — plus each input's weight;
+//! - for an aggregate, a second copy computes the visible columns (and HAVING)
+//!   from one row of a placeholder `__pgt_agg` holding group keys and aggregate
+//!   values, so any expression over aggregates is evaluated by PostgreSQL itself;
+//! - `pg_get_querydef` deparses each copy, with `search_path` pinned so that names
+//!   are schema-qualified.
+//!
+//! What is translated (SPEC §4, wave 1 so far): scans of tables, partitioned
+//! tables and stream tables; WHERE; projections; inner joins of any arity and
+//! condition; GROUP BY with COUNT(*), COUNT, SUM and AVG over integers and
+//! numerics, MIN and MAX, FILTER and HAVING; scalar aggregates. Everything else is
+//! reported by name ([`Unsupported`]), and AUTO falls back to FULL.
+
+mod surgery;
+
+use crate::error::PgtResult;
+use crate::parse::walker;
+use crate::spi::{col, query_map, query_one};
+use pgrx::pg_sys;
+use pgrx::PgList;
+use pgt_core::ident::quote_ident;
+use pgt_delta::{Aggregate, AggregateKind, AggregatePlan, Plan, Relation, RowsPlan};
+use std::ffi::{CStr, CString};
+
+/// A construct the DIFFERENTIAL engine does not handle (yet), named for messages:
+/// "DIFFERENTIAL refresh does not support <name>".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+macro_rules! unsupported {
+    ($($t:tt)*) => { return Ok(Err(Unsupported(format!($($t)*)))) };
+}
+
+/// Translates the (normalized) defining query `sql`.
+///
+/// # Errors
+/// PostgreSQL's own errors if the query no longer analyses; internal errors if
+/// deparsing fails.
+pub fn translate(sql: &str) -> PgtResult<Result<Plan, Unsupported>> {
+    let csql = CString::new(sql).map_err(|_| crate::error::PgtError::internal("defining query contains a NUL byte"))?;
+    unsafe {
+        let query = crate::parse::parse_single_select(&csql)?;
+        translate_query(query)
+    }
+}
+
+/// One base relation of the query with what the translation needs about it.
+struct RelationInfo {
+    relation: Relation,
+    /// Per position: type OID, typmod, collation (dropped columns: int4).
+    types: Vec<(pg_sys::Oid, i32, pg_sys::Oid)>,
+    /// Attribute numbers of the key columns.
+    key_attnums: Vec<i16>,
+}
+
+unsafe fn translate_query(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
+    let query = &*q;
+    if !query.setOperations.is_null() {
+        unsupported!("UNION / INTERSECT / EXCEPT");
+    }
+    if !query.cteList.is_null() {
+        unsupported!("WITH (common table expressions)");
+    }
+    if query.hasSubLinks {
+        unsupported!("subquery expressions (EXISTS, IN, ANY, scalar subqueries)");
+    }
+    if query.hasWindowFuncs {
+        unsupported!("window functions");
+    }
+    if query.hasTargetSRFs {
+        unsupported!("set-returning functions in the SELECT list");
+    }
+    if !query.distinctClause.is_null() {
+        if query.hasDistinctOn {
+            unsupported!("DISTINCT ON");
+        }
+        unsupported!("DISTINCT");
+    }
+    if !query.limitCount.is_null() || !query.limitOffset.is_null() {
+        unsupported!("LIMIT / OFFSET");
+    }
+    if !query.groupingSets.is_null() {
+        unsupported!("GROUPING SETS / CUBE / ROLLUP");
+    }
+    if let Some(kind) = unsupported_from_item(query) {
+        unsupported!("{kind}");
+    }
+    if surgery::has_whole_row_reference(q) {
+        unsupported!("whole-row references (table.* as a value)");
+    }
+    let facts = walker::collect(q);
+    if let Some(volatile) = volatile_functions(&facts)? {
+        unsupported!("volatile functions ({volatile})");
+    }
+
+    // The base relations, in range-table order.
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg(query.rtable);
+    let mut infos: Vec<(usize, RelationInfo, bool)> = Vec::new();
+    for (i, rte) in rtable.iter_ptr().enumerate() {
+        if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
+            let info = relation_info((*rte).relid)?;
+            if let Some(reason) = &info.0 {
+                unsupported!("{reason}");
+            }
+            infos.push((i + 1, info.1, !(*rte).inh));
+        }
+    }
+    let is_aggregate = query.hasAggs || !query.groupClause.is_null() || !query.havingQual.is_null();
+    if is_aggregate {
+        translate_aggregate(q, &infos)
+    } else {
+        translate_rows(q, &infos)
+    }
+}
+
+/// The first FROM item the engine cannot handle, by name.
+unsafe fn unsupported_from_item(query: &pg_sys::Query) -> Option<String> {
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg(query.rtable);
+    for rte in rtable.iter_ptr() {
+        match (*rte).rtekind {
+            pg_sys::RTEKind::RTE_RELATION => match (*rte).relkind as u8 {
+                pg_sys::RELKIND_RELATION | pg_sys::RELKIND_PARTITIONED_TABLE => {}
+                pg_sys::RELKIND_VIEW => return Some("views (inlining is not implemented yet)".into()),
+                _ => return Some("this kind of relation".into()),
+            },
+            pg_sys::RTEKind::RTE_JOIN => {
+                let name = match (*rte).jointype {
+                    pg_sys::JoinType::JOIN_INNER => continue,
+                    pg_sys::JoinType::JOIN_LEFT => "LEFT JOIN",
+                    pg_sys::JoinType::JOIN_RIGHT => "RIGHT JOIN",
+                    pg_sys::JoinType::JOIN_FULL => "FULL JOIN",
+                    _ => "this kind of join",
+                };
+                return Some(name.into());
+            }
+            pg_sys::RTEKind::RTE_SUBQUERY => return Some("subqueries in FROM".into()),
+            pg_sys::RTEKind::RTE_FUNCTION => return Some("functions in FROM".into()),
+            pg_sys::RTEKind::RTE_VALUES => return Some("VALUES in FROM".into()),
+            pg_sys::RTEKind::RTE_CTE => return Some("WITH (common table expressions)".into()),
+            pg_sys::RTEKind::RTE_GROUP => {}
+            _ => return Some("this kind of FROM item".into()),
+        }
+    }
+    if surgery::has_natural_join(query.jointree as *mut pg_sys::Node) {
+        return Some("NATURAL JOIN".into());
+    }
+    None
+}
+
+/// Names of volatile functions the query calls, if any.
+fn volatile_functions(facts: &walker::QueryFacts) -> PgtResult<Option<String>> {
+    query_one::<String>(
+        "SELECT pg_catalog.string_agg(DISTINCT p.oid::pg_catalog.regprocedure::text, ', ') \
+         FROM pg_catalog.pg_proc p \
+         WHERE p.provolatile = 'v' AND (p.oid = ANY ($1) OR p.oid IN \
+               (SELECT o.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator o WHERE o.oid = ANY ($2)))",
+        &[facts.functions.clone().into(), facts.operators.clone().into()],
+    )
+}
+
+/// Names of stable functions the query calls, if any (DIFFERENTIAL warns: their
+/// result may change between refreshes without any source changing).
+pub fn stable_functions(sql: &str) -> PgtResult<Option<String>> {
+    let csql = CString::new(sql).map_err(|_| crate::error::PgtError::internal("defining query contains a NUL byte"))?;
+    let facts = unsafe { walker::collect(crate::parse::parse_single_select(&csql)?) };
+    query_one::<String>(
+        "SELECT pg_catalog.string_agg(DISTINCT p.oid::pg_catalog.regprocedure::text, ', ') \
+         FROM pg_catalog.pg_proc p \
+         WHERE p.provolatile = 's' AND (p.oid = ANY ($1) OR p.oid IN \
+               (SELECT o.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator o WHERE o.oid = ANY ($2)))",
+        &[facts.functions.clone().into(), facts.operators.clone().into()],
+    )
+}
+
+/// Columns, key and types of relation `relid`; the first field names a reason the
+/// relation cannot be a differential input.
+fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, RelationInfo)> {
+    let name = crate::parse::relation_name(relid)?;
+    let attrs = query_map(
+        "SELECT a.attnum::int, a.attname::text, a.attisdropped, a.attgenerated::text, \
+                a.atttypid, a.atttypmod, a.attcollation \
+         FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 ORDER BY a.attnum",
+        &[relid.into()],
+        |row| {
+            Ok((
+                col::<i32>(row, 1)?,
+                col::<String>(row, 2)?,
+                col::<bool>(row, 3)?,
+                col::<String>(row, 4)?,
+                col::<pg_sys::Oid>(row, 5)?,
+                col::<i32>(row, 6)?,
+                col::<pg_sys::Oid>(row, 7)?,
+            ))
+        },
+    )?;
+    let mut reason = None;
+    let mut columns = Vec::new();
+    let mut types = Vec::new();
+    for (_, attname, dropped, generated, typ, typmod, coll) in &attrs {
+        if *dropped {
+            columns.push(None);
+            types.push((pg_sys::INT4OID, -1, pg_sys::InvalidOid));
+        } else {
+            if generated == "v" {
+                reason = Some(format!("virtual generated columns ({name})"));
+            }
+            if attname == "__pgt_w" {
+                reason = Some(format!("a source column named __pgt_w ({name})"));
+            }
+            columns.push(Some(attname.clone()));
+            types.push((*typ, *typmod, *coll));
+        }
+    }
+    let key_attnums = key_attnums(relid)?;
+    let key = key_attnums
+        .iter()
+        .filter_map(|n| columns.get((*n - 1) as usize).cloned().flatten())
+        .collect();
+    let relation = Relation {
+        relid: relid.to_u32(),
+        table_sql: name.to_sql(),
+        buffer_sql: crate::cdc::buffer_name(relid).to_sql(),
+        columns,
+        key,
+    };
+    Ok((reason, RelationInfo { relation, types, key_attnums }))
+}
+
+/// Attribute numbers of the relation's identity: its primary key, else a unique,
+/// immediate, non-partial index over plain NOT NULL columns, else (for a stream
+/// table) `__pgt_row_id`; empty when there is none.
+fn key_attnums(relid: pg_sys::Oid) -> PgtResult<Vec<i16>> {
+    let key = query_one::<Vec<i16>>(
+        "SELECT i.indkey::int2[] FROM pg_catalog.pg_index i \
+         WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid \
+           AND i.indexprs IS NULL AND i.indpred IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+                           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]) AND NOT a.attnotnull) \
+         ORDER BY i.indisprimary DESC, i.indnkeyatts, i.indexrelid LIMIT 1",
+        &[relid.into()],
+    )?;
+    Ok(key.unwrap_or_default())
+}
+
+/// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
+unsafe fn translate_rows(
+    q: *mut pg_sys::Query,
+    infos: &[(usize, RelationInfo, bool)],
+) -> PgtResult<Result<Plan, Unsupported>> {
+    if let Some((_, info, _)) = infos.iter().find(|(_, i, _)| i.relation.key.is_empty()) {
+        let name = &info.relation.table_sql;
+        unsupported!("a source without a primary key or unique NOT NULL key ({name}) outside aggregates");
+    }
+    let visible = surgery::visible_names(q);
+    let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
+    let mut identity = Vec::new();
+    for (k, (rtindex, info, _)) in infos.iter().enumerate() {
+        for (j, attnum) in info.key_attnums.iter().enumerate() {
+            let (typ, typmod, coll) = info.types[(*attnum - 1) as usize];
+            let name = format!("__pgt_k{}_{}", k + 1, j + 1);
+            let var = pg_sys::makeVar(*rtindex as i32, *attnum, typ, typmod, coll, 0);
+            extra.push((name.clone(), var as *mut pg_sys::Node));
+            identity.push(name);
+        }
+    }
+    let block = surgery::input_block(q, infos, surgery::Targets::KeepVisible(extra))?;
+    Ok(Ok(Plan::Rows(RowsPlan { block, visible, identity })))
+}
+
+/// `SELECT <outputs> FROM ... GROUP BY ... HAVING ...`.
+unsafe fn translate_aggregate(
+    q: *mut pg_sys::Query,
+    infos: &[(usize, RelationInfo, bool)],
+) -> PgtResult<Result<Plan, Unsupported>> {
+    let query = &*q;
+    // Group keys.
+    let groups = surgery::group_expressions(q);
+    // Aggregate calls, each once.
+    let aggrefs = surgery::aggrefs(q);
+    let mut aggregates = Vec::new();
+    let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        extra.push((format!("__pgt_g{}", i + 1), pg_sys::copyObjectImpl(*g as *const _) as *mut pg_sys::Node));
+    }
+    for (k, aggref) in aggrefs.iter().enumerate() {
+        let j = k + 1;
+        let a = &**aggref;
+        if a.agglevelsup != 0 || a.aggkind as u8 != b'n' {
+            unsupported!("this kind of aggregate");
+        }
+        let (nsp, proname) = function_name(a.aggfnoid)?;
+        let display = format!("{proname}(...)");
+        if nsp != "pg_catalog" {
+            unsupported!("aggregate {}.{proname}", quote_ident(&nsp));
+        }
+        if !a.aggdistinct.is_null() {
+            unsupported!("{proname}(DISTINCT ...)");
+        }
+        if !a.aggorder.is_null() {
+            unsupported!("ORDER BY inside {proname}(...)");
+        }
+        let args = PgList::<pg_sys::TargetEntry>::from_pg(a.args);
+        let arg_expr = args.get_ptr(0).map(|te| (*te).expr as *mut pg_sys::Node);
+        let arg_type = arg_expr.map(|e| pg_sys::exprType(e)).unwrap_or(pg_sys::InvalidOid);
+        let kind = match (proname.as_str(), a.aggstar, args.len()) {
+            ("count", true, _) => AggregateKind::CountStar,
+            ("count", false, 1) => AggregateKind::Count,
+            ("sum", false, 1) | ("avg", false, 1) => {
+                if ![pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::NUMERICOID].contains(&arg_type) {
+                    unsupported!("{proname}() over {} (only integer and numeric sums are exact incrementally)", format_type(arg_type, -1)?);
+                }
+                if proname == "sum" {
+                    AggregateKind::Sum
+                } else {
+                    AggregateKind::Avg
+                }
+            }
+            ("min", false, 1) => AggregateKind::Min,
+            ("max", false, 1) => AggregateKind::Max,
+            _ => unsupported!("aggregate {proname}()"),
+        };
+        let arg_name = (kind != AggregateKind::CountStar).then(|| format!("__pgt_a{j}"));
+        if let (Some(name), Some(expr)) = (&arg_name, arg_expr) {
+            extra.push((name.clone(), pg_sys::copyObjectImpl(expr as *const _) as *mut pg_sys::Node));
+        }
+        let filter_name = (!a.aggfilter.is_null()).then(|| format!("__pgt_f{j}"));
+        if let Some(name) = &filter_name {
+            extra.push((name.clone(), pg_sys::copyObjectImpl(a.aggfilter as *const _) as *mut pg_sys::Node));
+        }
+        aggregates.push(Aggregate {
+            kind,
+            arg: arg_name,
+            filter: filter_name,
+            arg_type: if arg_type == pg_sys::InvalidOid { "bigint".into() } else { format_type(arg_type, -1)? },
+            result_type: format_type(a.aggtype, -1)?,
+            display,
+        });
+    }
+    let group_names: Vec<String> = (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect();
+    let input = surgery::input_block(q, infos, surgery::Targets::Replace(extra))?;
+    let passthrough = pgt_delta::aggregate::passthrough_columns(&aggregates);
+    let passthrough_types = passthrough_types(&aggregates, &aggrefs);
+    let visible = surgery::visible_names(q);
+    let output = match surgery::output_template(q, &groups, &aggrefs, &passthrough, &passthrough_types)? {
+        Ok(t) => t,
+        Err(u) => return Ok(Err(u)),
+    };
+    Ok(Ok(Plan::Aggregate(AggregatePlan {
+        input,
+        groups: group_names,
+        aggregates,
+        output_template: output,
+        visible,
+        having: !query.havingQual.is_null(),
+        passthrough,
+    })))
+}
+
+/// Types of the pass-through columns (row id, then state), aligned with
+/// `pgt_delta::aggregate::passthrough_columns`.
+unsafe fn passthrough_types(aggregates: &[Aggregate], aggrefs: &[*mut pg_sys::Aggref]) -> Vec<pg_sys::Oid> {
+    let mut types = vec![pg_sys::INT8OID, pg_sys::INT8OID];
+    for (agg, aggref) in aggregates.iter().zip(aggrefs) {
+        types.push(pg_sys::INT8OID);
+        match agg.kind {
+            AggregateKind::Sum => types.push((**aggref).aggtype),
+            AggregateKind::Avg => types.push(pg_sys::NUMERICOID),
+            AggregateKind::Min | AggregateKind::Max => {
+                let args = PgList::<pg_sys::TargetEntry>::from_pg((**aggref).args);
+                let t = args.get_ptr(0).map(|te| pg_sys::exprType((*te).expr as *mut pg_sys::Node));
+                types.push(t.unwrap_or(pg_sys::INT8OID));
+            }
+            AggregateKind::CountStar | AggregateKind::Count => {}
+        }
+    }
+    types
+}
+
+fn function_name(oid: pg_sys::Oid) -> PgtResult<(String, String)> {
+    let rows = query_map(
+        "SELECT n.nspname::text, p.proname::text FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1",
+        &[oid.into()],
+        |row| Ok((col::<String>(row, 1)?, col::<String>(row, 2)?)),
+    )?;
+    Ok(rows.into_iter().next().unwrap_or_default())
+}
+
+/// `format_type` under the pinned search_path: qualified unless in pg_catalog.
+fn format_type(oid: pg_sys::Oid, typmod: i32) -> PgtResult<String> {
+    crate::privilege::with_pinned_search_path(|| {
+        Ok(query_one::<String>("SELECT pg_catalog.format_type($1, $2)", &[oid.into(), typmod.into()])?.unwrap_or_default())
+    })
+}
+
+/// The deparsed text of `query` with `search_path` pinned.
+unsafe fn deparse(query: *mut pg_sys::Query) -> String {
+    crate::privilege::with_pinned_search_path(|| {
+        let text = pg_sys::pg_get_querydef(query, false);
+        CStr::from_ptr(text).to_string_lossy().into_owned()
+    })
+}

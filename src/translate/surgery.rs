@@ -1,0 +1,363 @@
+//! Operations on copies of PostgreSQL's analysed query tree for the translation
+//! (see the parent module). Every function here works on a `copyObject` of the
+//! query it is given and leaves the original untouched.
+
+use super::{deparse, RelationInfo, Unsupported};
+use crate::error::{PgtError, PgtResult};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgList;
+use pgt_delta::{Block, Input};
+use std::ffi::{c_void, CStr, CString};
+
+fn cstring(s: &str) -> *mut std::ffi::c_char {
+    let c = CString::new(s).unwrap_or_default();
+    unsafe { pg_sys::pstrdup(c.as_ptr()) }
+}
+
+fn string_node(s: &str) -> *mut c_void {
+    unsafe { pg_sys::makeString(cstring(s)) as *mut c_void }
+}
+
+/// Names of the query's visible (non-junk) output columns.
+pub unsafe fn visible_names(q: *mut pg_sys::Query) -> Vec<String> {
+    PgList::<pg_sys::TargetEntry>::from_pg((*q).targetList)
+        .iter_ptr()
+        .filter(|te| !(**te).resjunk)
+        .map(|te| CStr::from_ptr((*te).resname).to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The GROUP BY expressions, in clause order.
+pub unsafe fn group_expressions(q: *mut pg_sys::Query) -> Vec<*mut pg_sys::Node> {
+    let tlist = PgList::<pg_sys::TargetEntry>::from_pg((*q).targetList);
+    PgList::<pg_sys::SortGroupClause>::from_pg((*q).groupClause)
+        .iter_ptr()
+        .filter_map(|sgc| {
+            tlist
+                .iter_ptr()
+                .find(|te| (**te).ressortgroupref == (*sgc).tleSortGroupRef)
+                .map(|te| (*te).expr as *mut pg_sys::Node)
+        })
+        .collect()
+}
+
+struct AggrefCollector {
+    found: Vec<*mut pg_sys::Aggref>,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn collect_aggrefs(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    let c = &mut *(ctx as *mut AggrefCollector);
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Aggref) {
+        if !c.found.iter().any(|a| pg_sys::equal(*a as *const c_void, node as *const c_void)) {
+            c.found.push(node as *mut pg_sys::Aggref);
+        }
+        return false;
+    }
+    pg_sys::expression_tree_walker(node, Some(collect_aggrefs), ctx)
+}
+
+/// The distinct aggregate calls of the target list and HAVING, in order of
+/// appearance.
+pub unsafe fn aggrefs(q: *mut pg_sys::Query) -> Vec<*mut pg_sys::Aggref> {
+    let mut c = AggrefCollector { found: Vec::new() };
+    let ctx = &mut c as *mut AggrefCollector as *mut c_void;
+    collect_aggrefs((*q).targetList as *mut pg_sys::Node, ctx);
+    collect_aggrefs((*q).havingQual, ctx);
+    c.found
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn find_whole_row(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Var) && (*(node as *mut pg_sys::Var)).varattno == 0 {
+        *(ctx as *mut bool) = true;
+        return true;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
+        return pg_sys::query_tree_walker(node as *mut pg_sys::Query, Some(find_whole_row), ctx, 0);
+    }
+    pg_sys::expression_tree_walker(node, Some(find_whole_row), ctx)
+}
+
+/// Whether the query uses a whole-row reference (`t.*` or `t` as a value), which
+/// would see the placeholder's weight column.
+pub unsafe fn has_whole_row_reference(q: *mut pg_sys::Query) -> bool {
+    let mut found = false;
+    pg_sys::query_tree_walker(
+        q,
+        Some(find_whole_row),
+        &mut found as *mut bool as *mut c_void,
+        (pg_sys::QTW_IGNORE_RANGE_TABLE | pg_sys::QTW_IGNORE_JOINALIASES) as i32,
+    );
+    found
+}
+
+/// Whether the join tree under `node` has a NATURAL join (whose re-parse over the
+/// placeholders would also join on the weight columns).
+pub unsafe fn has_natural_join(node: *mut pg_sys::Node) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
+        let from = node as *mut pg_sys::FromExpr;
+        return PgList::<pg_sys::Node>::from_pg((*from).fromlist).iter_ptr().any(|n| has_natural_join(n));
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
+        let j = node as *mut pg_sys::JoinExpr;
+        return (*j).isNatural || has_natural_join((*j).larg) || has_natural_join((*j).rarg);
+    }
+    false
+}
+
+/// What the input template outputs besides the inputs' weights.
+pub enum Targets {
+    /// The query's visible columns, then these named expressions.
+    KeepVisible(Vec<(String, *mut pg_sys::Node)>),
+    /// Only these named expressions.
+    Replace(Vec<(String, *mut pg_sys::Node)>),
+}
+
+/// The query's FROM/WHERE over placeholders as a [`Block`] (see the parent module).
+pub unsafe fn input_block(
+    q: *mut pg_sys::Query,
+    infos: &[(usize, RelationInfo, bool)],
+    targets: Targets,
+) -> PgtResult<Block> {
+    let copy = pg_sys::copyObjectImpl(q as *const c_void) as *mut pg_sys::Query;
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*copy).rtable);
+    let mut inputs = Vec::new();
+    for (k, (rtindex, info, only)) in infos.iter().enumerate() {
+        let placeholder = format!("__pgt_in_{}", k + 1);
+        let rte = rtable
+            .get_ptr(rtindex - 1)
+            .ok_or_else(|| PgtError::internal("range table entry vanished during translation"))?;
+        to_placeholder(rte, &placeholder, info);
+        inputs.push(Input { placeholder, relation: info.relation.clone(), only: *only });
+    }
+    (*copy).rteperminfos = std::ptr::null_mut();
+
+    // The new target list.
+    let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
+    let mut columns = Vec::new();
+    let mut resno: i16 = 0;
+    let mut push = |name: &str, expr: *mut pg_sys::Node, tlist: &mut *mut pg_sys::List| {
+        resno += 1;
+        let te = pg_sys::makeTargetEntry(expr as *mut pg_sys::Expr, resno, cstring(name), false);
+        *tlist = pg_sys::lappend(*tlist, te as *mut c_void);
+    };
+    let extra = match targets {
+        Targets::KeepVisible(extra) => {
+            for te in PgList::<pg_sys::TargetEntry>::from_pg((*copy).targetList).iter_ptr().filter(|te| !(**te).resjunk) {
+                let name = CStr::from_ptr((*te).resname).to_string_lossy().into_owned();
+                push(&name, (*te).expr as *mut pg_sys::Node, &mut tlist);
+                columns.push(name);
+            }
+            extra
+        }
+        Targets::Replace(extra) => extra,
+    };
+    for (name, expr) in extra {
+        push(&name, expr, &mut tlist);
+        columns.push(name);
+    }
+    for (k, (rtindex, info, _)) in infos.iter().enumerate() {
+        let weight_attno = (info.relation.columns.len() + 1) as i16;
+        let var = pg_sys::makeVar(*rtindex as i32, weight_attno, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0);
+        push(&format!("__pgt_w_{}", k + 1), var as *mut pg_sys::Node, &mut tlist);
+    }
+    (*copy).targetList = tlist;
+    clear_aggregation(copy);
+    Ok(Block { template: deparse(copy), inputs, columns })
+}
+
+/// Turns base-relation entry `rte` into a reference to CTE `placeholder` whose
+/// columns are the relation's (dropped ones renamed) plus `__pgt_w`.
+unsafe fn to_placeholder(rte: *mut pg_sys::RangeTblEntry, placeholder: &str, info: &RelationInfo) {
+    let mut names: *mut pg_sys::List = std::ptr::null_mut();
+    let mut coltypes: *mut pg_sys::List = std::ptr::null_mut();
+    let mut coltypmods: *mut pg_sys::List = std::ptr::null_mut();
+    let mut colcollations: *mut pg_sys::List = std::ptr::null_mut();
+    for (i, (typ, typmod, coll)) in info.types.iter().enumerate() {
+        names = pg_sys::lappend(names, string_node(&pgt_delta::scan::placeholder_column(&info.relation, i)));
+        coltypes = pg_sys::lappend_oid(coltypes, *typ);
+        coltypmods = pg_sys::lappend_int(coltypmods, *typmod);
+        colcollations = pg_sys::lappend_oid(colcollations, *coll);
+    }
+    names = pg_sys::lappend(names, string_node("__pgt_w"));
+    coltypes = pg_sys::lappend_oid(coltypes, pg_sys::INT8OID);
+    coltypmods = pg_sys::lappend_int(coltypmods, -1);
+    colcollations = pg_sys::lappend_oid(colcollations, pg_sys::InvalidOid);
+    (*(*rte).eref).colnames = names;
+    if !(*rte).alias.is_null() {
+        (*(*rte).alias).colnames = std::ptr::null_mut();
+    }
+    (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
+    (*rte).ctename = cstring(placeholder);
+    (*rte).ctelevelsup = 0;
+    (*rte).self_reference = false;
+    (*rte).coltypes = coltypes;
+    (*rte).coltypmods = coltypmods;
+    (*rte).colcollations = colcollations;
+    (*rte).relid = pg_sys::InvalidOid;
+    (*rte).relkind = 0;
+    (*rte).rellockmode = 0;
+    (*rte).perminfoindex = 0;
+    (*rte).inh = false;
+    (*rte).tablesample = std::ptr::null_mut();
+}
+
+/// Drops grouping, aggregation, ordering and the like from a copied query whose
+/// target list was replaced.
+unsafe fn clear_aggregation(q: *mut pg_sys::Query) {
+    (*q).groupClause = std::ptr::null_mut();
+    (*q).groupDistinct = false;
+    (*q).havingQual = std::ptr::null_mut();
+    (*q).hasAggs = false;
+    (*q).sortClause = std::ptr::null_mut();
+    (*q).distinctClause = std::ptr::null_mut();
+    (*q).windowClause = std::ptr::null_mut();
+    (*q).rowMarks = std::ptr::null_mut();
+}
+
+struct OutputMutator {
+    groups: Vec<*mut pg_sys::Node>,
+    aggrefs: Vec<*mut pg_sys::Aggref>,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn to_agg_vars(node: *mut pg_sys::Node, ctx: *mut c_void) -> *mut pg_sys::Node {
+    if node.is_null() {
+        return node;
+    }
+    let m = &*(ctx as *mut OutputMutator);
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Aggref) {
+        for (j, a) in m.aggrefs.iter().enumerate() {
+            if pg_sys::equal(*a as *const c_void, node as *const c_void) {
+                let attno = (m.groups.len() + j + 1) as i16;
+                return pg_sys::makeVar(1, attno, (**a).aggtype, -1, (**a).aggcollid, 0) as *mut pg_sys::Node;
+            }
+        }
+    }
+    for (i, g) in m.groups.iter().enumerate() {
+        if pg_sys::equal(*g as *const c_void, node as *const c_void) {
+            return pg_sys::makeVar(
+                1,
+                (i + 1) as i16,
+                pg_sys::exprType(*g),
+                pg_sys::exprTypmod(*g),
+                pg_sys::exprCollation(*g),
+                0,
+            ) as *mut pg_sys::Node;
+        }
+    }
+    pg_sys::expression_tree_mutator_impl(node, Some(to_agg_vars), ctx)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn find_foreign_var(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Var) {
+        let v = node as *mut pg_sys::Var;
+        if (*v).varlevelsup == 0 && (*v).varno != 1 {
+            *(ctx as *mut bool) = true;
+            return true;
+        }
+    }
+    pg_sys::expression_tree_walker(node, Some(find_foreign_var), ctx)
+}
+
+/// The output template of an aggregate query: its visible expressions (and HAVING
+/// as `__pgt_having`) over one row of placeholder `__pgt_agg(__pgt_g…, __pgt_v…,
+/// passthrough…)`, then the pass-through columns.
+pub unsafe fn output_template(
+    q: *mut pg_sys::Query,
+    groups: &[*mut pg_sys::Node],
+    aggrefs: &[*mut pg_sys::Aggref],
+    passthrough: &[String],
+    passthrough_types: &[pg_sys::Oid],
+) -> PgtResult<Result<String, Unsupported>> {
+    let copy = pg_sys::copyObjectImpl(q as *const c_void) as *mut pg_sys::Query;
+    let mut m = OutputMutator { groups: groups.to_vec(), aggrefs: aggrefs.to_vec() };
+    let ctx = &mut m as *mut OutputMutator as *mut c_void;
+
+    let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
+    let mut resno: i16 = 0;
+    let mut push = |name: &str, expr: *mut pg_sys::Node, tlist: &mut *mut pg_sys::List| {
+        resno += 1;
+        let te = pg_sys::makeTargetEntry(expr as *mut pg_sys::Expr, resno, cstring(name), false);
+        *tlist = pg_sys::lappend(*tlist, te as *mut c_void);
+    };
+    let mut exprs = Vec::new();
+    for te in PgList::<pg_sys::TargetEntry>::from_pg((*copy).targetList).iter_ptr().filter(|te| !(**te).resjunk) {
+        let name = CStr::from_ptr((*te).resname).to_string_lossy().into_owned();
+        let expr = to_agg_vars((*te).expr as *mut pg_sys::Node, ctx);
+        exprs.push(expr);
+        push(&name, expr, &mut tlist);
+    }
+    if !(*copy).havingQual.is_null() {
+        let having = to_agg_vars((*copy).havingQual, ctx);
+        exprs.push(having);
+        push("__pgt_having", having, &mut tlist);
+    }
+    for expr in &exprs {
+        let mut foreign = false;
+        find_foreign_var(*expr, &mut foreign as *mut bool as *mut c_void);
+        if foreign {
+            return Ok(Err(Unsupported("output columns that are neither grouped nor aggregated".into())));
+        }
+    }
+    let first_passthrough = groups.len() + aggrefs.len() + 1;
+    for (i, (name, typ)) in passthrough.iter().zip(passthrough_types).enumerate() {
+        let var = pg_sys::makeVar(1, (first_passthrough + i) as i16, *typ, -1, pg_sys::InvalidOid, 0);
+        push(name, var as *mut pg_sys::Node, &mut tlist);
+    }
+
+    // The single FROM item: __pgt_agg.
+    let mut names: *mut pg_sys::List = std::ptr::null_mut();
+    let mut coltypes: *mut pg_sys::List = std::ptr::null_mut();
+    let mut coltypmods: *mut pg_sys::List = std::ptr::null_mut();
+    let mut colcollations: *mut pg_sys::List = std::ptr::null_mut();
+    let mut add_col = |name: &str, typ: pg_sys::Oid, typmod: i32, coll: pg_sys::Oid| {
+        names = pg_sys::lappend(names, string_node(name));
+        coltypes = pg_sys::lappend_oid(coltypes, typ);
+        coltypmods = pg_sys::lappend_int(coltypmods, typmod);
+        colcollations = pg_sys::lappend_oid(colcollations, coll);
+    };
+    for (i, g) in groups.iter().enumerate() {
+        add_col(&format!("__pgt_g{}", i + 1), pg_sys::exprType(*g), pg_sys::exprTypmod(*g), pg_sys::exprCollation(*g));
+    }
+    for (j, a) in aggrefs.iter().enumerate() {
+        add_col(&format!("__pgt_v{}", j + 1), (**a).aggtype, -1, (**a).aggcollid);
+    }
+    for (name, typ) in passthrough.iter().zip(passthrough_types) {
+        add_col(name, *typ, -1, pg_sys::InvalidOid);
+    }
+    let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
+    (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+    (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
+    (*rte).ctename = cstring("__pgt_agg");
+    (*rte).eref = pg_sys::makeAlias(cstring("__pgt_agg"), names);
+    (*rte).coltypes = coltypes;
+    (*rte).coltypmods = coltypmods;
+    (*rte).colcollations = colcollations;
+    (*rte).inFromCl = true;
+    let rtr = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblRef>()) as *mut pg_sys::RangeTblRef;
+    (*rtr).type_ = pg_sys::NodeTag::T_RangeTblRef;
+    (*rtr).rtindex = 1;
+    (*copy).rtable = pg_sys::lappend(std::ptr::null_mut(), rte as *mut c_void);
+    (*copy).rteperminfos = std::ptr::null_mut();
+    (*copy).jointree = pg_sys::makeFromExpr(pg_sys::lappend(std::ptr::null_mut(), rtr as *mut c_void), std::ptr::null_mut());
+    (*copy).targetList = tlist;
+    clear_aggregation(copy);
+    (*copy).hasTargetSRFs = false;
+    Ok(Ok(deparse(copy)))
+}
