@@ -17,6 +17,10 @@ GRANT USAGE ON SCHEMA pgtrickle TO PUBLIC;
 -- Change buffers and capture functions: pg_trickle's alone.
 CREATE SCHEMA pgtrickle_changes;
 REVOKE ALL ON SCHEMA pgtrickle_changes FROM PUBLIC;
+-- Owners of DIFFERENTIAL stream tables are granted SELECT on the buffers of
+-- their sources; they need USAGE to reach them. Nobody else has any privilege
+-- on the buffers themselves.
+GRANT USAGE ON SCHEMA pgtrickle_changes TO PUBLIC;
 
 -- One row per stream table.
 CREATE TABLE pgtrickle.pgt_stream_tables (
@@ -74,6 +78,7 @@ CREATE TABLE pgtrickle.pgt_change_tracking (
     source_name      text NOT NULL,
     buffer_relid     oid NOT NULL,
     capture_function oid NOT NULL,
+    column_signature text NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 

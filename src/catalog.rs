@@ -293,6 +293,21 @@ pub fn source_has_consumers(source_relid: pg_sys::Oid) -> PgtResult<bool> {
     .unwrap_or(false))
 }
 
+/// Owners (role names) of the DIFFERENTIAL stream tables reading `source_relid`
+/// that are not superusers: the roles that need to read its change buffer.
+pub fn buffer_readers(source_relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
+    query_map(
+        "SELECT DISTINCT r.rolname::text FROM pgtrickle.pgt_dependencies d \
+         JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+         JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
+         JOIN pg_catalog.pg_roles r ON r.oid = c.relowner \
+         WHERE d.source_relid = $1 AND st.effective_refresh_mode = 'DIFFERENTIAL' AND NOT r.rolsuper \
+         ORDER BY 1",
+        &[source_relid.into()],
+        |row| col(row, 1),
+    )
+}
+
 /// Names of the stream tables that read stream table `relid` directly.
 pub fn downstream_stream_tables(relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
     query_map(
@@ -328,15 +343,24 @@ pub struct ChangeTracking {
     pub buffer_relid: pg_sys::Oid,
     /// Its capture function `pgtrickle_changes.capture_<source oid>()`.
     pub capture_function: pg_sys::Oid,
+    /// The source's columns (name and type) when capture was last built.
+    pub column_signature: String,
 }
 
 /// The change-capture record of `source_relid`, if it is captured.
 pub fn change_tracking(source_relid: pg_sys::Oid) -> PgtResult<Option<ChangeTracking>> {
     Ok(query_map(
-        "SELECT source_relid, buffer_relid, capture_function FROM pgtrickle.pgt_change_tracking \
+        "SELECT source_relid, buffer_relid, capture_function, column_signature FROM pgtrickle.pgt_change_tracking \
          WHERE source_relid = $1",
         &[source_relid.into()],
-        |row| Ok(ChangeTracking { source_relid: col(row, 1)?, buffer_relid: col(row, 2)?, capture_function: col(row, 3)? }),
+        |row| {
+            Ok(ChangeTracking {
+                source_relid: col(row, 1)?,
+                buffer_relid: col(row, 2)?,
+                capture_function: col(row, 3)?,
+                column_signature: col(row, 4)?,
+            })
+        },
     )?
     .into_iter()
     .next())
@@ -346,20 +370,28 @@ pub fn change_tracking(source_relid: pg_sys::Oid) -> PgtResult<Option<ChangeTrac
 pub fn insert_change_tracking(t: &ChangeTracking, source_name: &QualifiedName) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
-            "INSERT INTO pgtrickle.pgt_change_tracking (source_relid, source_name, buffer_relid, capture_function) \
-             VALUES ($1, $2, $3, $4)",
-            &[t.source_relid.into(), source_name.to_string().into(), t.buffer_relid.into(), t.capture_function.into()],
+            "INSERT INTO pgtrickle.pgt_change_tracking \
+               (source_relid, source_name, buffer_relid, capture_function, column_signature) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                t.source_relid.into(),
+                source_name.to_string().into(),
+                t.buffer_relid.into(),
+                t.capture_function.into(),
+                t.column_signature.as_str().into(),
+            ],
         )?;
         Ok(())
     })
 }
 
-/// Points the change-capture record of `source_relid` at a new buffer.
-pub fn update_change_tracking_buffer(source_relid: pg_sys::Oid, buffer_relid: pg_sys::Oid) -> PgtResult<()> {
+/// Points the change-capture record of `source_relid` at its (possibly new)
+/// buffer and the column signature capture was rebuilt for.
+pub fn update_change_tracking_buffer(source_relid: pg_sys::Oid, buffer_relid: pg_sys::Oid, signature: &str) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
-            "UPDATE pgtrickle.pgt_change_tracking SET buffer_relid = $2 WHERE source_relid = $1",
-            &[source_relid.into(), buffer_relid.into()],
+            "UPDATE pgtrickle.pgt_change_tracking SET buffer_relid = $2, column_signature = $3 WHERE source_relid = $1",
+            &[source_relid.into(), buffer_relid.into(), signature.into()],
         )?;
         Ok(())
     })

@@ -187,7 +187,12 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
         record_auto_dependency_on_extension(pg_sys::ProcedureRelationId, function_oid, extension);
         sync_triggers(source_relid, function_oid, extension)?;
         catalog::insert_change_tracking(
-            &ChangeTracking { source_relid, buffer_relid, capture_function: function_oid },
+            &ChangeTracking {
+                source_relid,
+                buffer_relid,
+                capture_function: function_oid,
+                column_signature: signature(&columns),
+            },
             &source,
         )
     })
@@ -217,19 +222,16 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
         let columns = checked_columns(source_relid, &source)?;
         let extension = extension_oid()?;
         let tree_changed = sync_triggers(source_relid, tracking.capture_function, extension)?;
-        let buffered: Vec<CapturedColumn> = captured_columns(tracking.buffer_relid)?
-            .into_iter()
-            .filter(|c| !BUFFER_META_COLUMNS.contains(&c.name.as_str()))
-            .collect();
-        let columns_changed = buffered != columns;
+        // Compare with what capture was built for, not with the buffer: a cascade
+        // (DROP TYPE ... CASCADE) drops a column from source and buffer alike.
+        let columns_changed = tracking.column_signature != signature(&columns);
         if columns_changed {
-            exec(&format!("DROP TABLE {}", buffer_name(source_relid).to_sql()), &[])?;
+            exec(&format!("DROP TABLE IF EXISTS {}", buffer_name(source_relid).to_sql()), &[])?;
             let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
-            catalog::update_change_tracking_buffer(source_relid, buffer_relid)?;
+            write_capture_function(source_relid, &columns)?;
+            catalog::update_change_tracking_buffer(source_relid, buffer_relid, &signature(&columns))?;
+            sync_buffer_grants(source_relid)?;
         }
-        // Always: a cascade (DROP TYPE ... CASCADE) can drop a column from the
-        // source and the buffer alike, leaving both equal and the function stale.
-        write_capture_function(source_relid, &columns)?;
         if columns_changed || tree_changed {
             catalog::clear_frontiers_of_consumers(source_relid)?;
         }
@@ -245,6 +247,38 @@ pub fn forget_pending_changes(source_relid: pg_sys::Oid) -> PgtResult<()> {
         lock_source(source_relid, false)?;
         if catalog::change_tracking(source_relid)?.is_some() {
             catalog::clear_frontiers_of_consumers(source_relid)?;
+        }
+        Ok(())
+    })
+}
+
+/// The column signature capture is built for: names and types, in order.
+fn signature(columns: &[CapturedColumn]) -> String {
+    columns.iter().map(|c| format!("{}:{}", quote_ident(&c.name), c.sql_type)).collect::<Vec<_>>().join(",")
+}
+
+/// Makes exactly the owners of the DIFFERENTIAL stream tables reading
+/// `source_relid` (superusers need nothing) able to SELECT its change buffer:
+/// their refreshes read it, running as them.
+pub fn sync_buffer_grants(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    as_extension_owner(|| {
+        if catalog::change_tracking(source_relid)?.is_none() {
+            return Ok(());
+        }
+        let buffer = buffer_name(source_relid).to_sql();
+        let wanted = catalog::buffer_readers(source_relid)?;
+        let granted: Vec<String> = query_map(
+            "SELECT DISTINCT r.rolname::text FROM pg_catalog.pg_class c, \
+                    pg_catalog.aclexplode(c.relacl) a JOIN pg_catalog.pg_roles r ON r.oid = a.grantee \
+             WHERE c.oid = $1::pg_catalog.regclass AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner",
+            &[buffer.as_str().into()],
+            |row| col(row, 1),
+        )?;
+        for role in wanted.iter().filter(|r| !granted.contains(r)) {
+            exec(&format!("GRANT SELECT ON {buffer} TO {}", quote_ident(role)), &[])?;
+        }
+        for role in granted.iter().filter(|r| !wanted.contains(r)) {
+            exec(&format!("REVOKE SELECT ON {buffer} FROM {}", quote_ident(role)), &[])?;
         }
         Ok(())
     })

@@ -327,6 +327,7 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
     catalog::replace_dependencies(pgt_id, &analyzed.sources)?;
     for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
         cdc::ensure_capture(source.relid)?;
+        cdc::sync_buffer_grants(source.relid)?;
     }
     if initialize {
         refresh::refresh_stream_table(pgt_id, InitiatedBy::Initial)?;
@@ -456,9 +457,11 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
     catalog::replace_dependencies(st.pgt_id, &analyzed.sources)?;
     for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
         cdc::ensure_capture(source.relid)?;
+        cdc::sync_buffer_grants(source.relid)?;
     }
     for old in old_dependencies {
         cdc::release_capture_if_unused(old.source_relid)?;
+        cdc::sync_buffer_grants(old.source_relid)?;
     }
     refresh::refresh_stream_table(st.pgt_id, InitiatedBy::Initial)?;
     Ok(())
@@ -523,6 +526,7 @@ pub fn forget_stream_table(pgt_id: i64, relid: pg_sys::Oid) -> PgtResult<()> {
     catalog::delete_stream_table(pgt_id)?;
     for dep in dependencies {
         cdc::release_capture_if_unused(dep.source_relid)?;
+        cdc::sync_buffer_grants(dep.source_relid)?;
     }
     cdc::release_capture_if_unused(relid)?;
     Ok(())

@@ -33,6 +33,20 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     };
     let frontier = Frontier { snapshot: frontier_snapshot, xid: st.frontier_xid.clone(), cid: st.frontier_cid };
 
+    // The owner reads the change buffers; it must still be allowed to read the
+    // sources themselves (a FULL refresh would fail the same way).
+    for relation in plan.relations() {
+        let allowed = snapshot
+            .query_text(&format!("SELECT pg_catalog.has_table_privilege({}::pg_catalog.oid, 'SELECT')", relation.relid))?;
+        if allowed.as_deref() != Some("t") {
+            return Err(PgtError::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("permission denied for table {}", relation.table_sql),
+            )
+            .detail(format!("The owner of stream table {} can no longer read it.", st.name)));
+        }
+    }
+
     // TRUNCATE in a window: the images cannot express it.
     for relation in plan.relations() {
         if snapshot.query_text(&scan::truncate_in_window_sql(relation, &frontier))?.as_deref() == Some("t") {
@@ -42,25 +56,16 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
 
     // Which inputs changed, and how much.
     let mut window_rows = 0f64;
-    let mut source_rows = 0f64;
     let mut relation_changed = std::collections::HashMap::new();
     for relation in plan.relations() {
         let n: f64 = snapshot.query_text(&scan::window_size_sql(relation, &frontier))?.and_then(|t| t.parse().ok()).unwrap_or(0.0);
-        let est: f64 = snapshot
-            .query_text(&format!(
-                "SELECT greatest(pg_catalog.sum(greatest(c.reltuples, 0)), 1) FROM pg_catalog.pg_class c \
-                 WHERE c.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree({}) UNION SELECT {})",
-                relation.relid, relation.relid
-            ))?
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(1.0);
         window_rows += n;
-        source_rows += est;
         relation_changed.insert(relation.relid, n > 0.0);
     }
     let changed: Vec<bool> = plan.block().inputs.iter().map(|i| relation_changed.get(&i.relation.relid).copied().unwrap_or(false)).collect();
-    let ratio = window_rows / source_rows.max(1.0);
     let max_ratio = guc::DIFFERENTIAL_MAX_CHANGE_RATIO.get();
+    let source_rows = source_rows(&plan, snapshot, (window_rows / max_ratio.max(1e-9)).ceil())?;
+    let ratio = window_rows / source_rows.max(1.0);
     if ratio > max_ratio {
         pgrx::notice!(
             "stream table {} recomputes in full this time: {} changes are {:.0}% of its sources' rows (pg_trickle.differential_max_change_ratio = {})",
@@ -88,6 +93,34 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     Ok(Applied { action: "DIFFERENTIAL", inserted, deleted })
 }
 
+/// The sources' row count: `pg_class.reltuples` where the planner has an estimate;
+/// for a relation never analysed, its rows counted up to `enough` (the count that
+/// already makes the change ratio acceptable), so the cost follows the changes.
+fn source_rows(plan: &Plan, snapshot: &StatementSnapshot, enough: f64) -> PgtResult<f64> {
+    let mut total = 0f64;
+    for relation in plan.relations() {
+        let estimate: f64 = snapshot
+            .query_text(&format!(
+                "SELECT pg_catalog.sum(c.reltuples) FROM pg_catalog.pg_class c \
+                 WHERE c.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree({r}) UNION SELECT {r}) \
+                   AND c.relkind IN ('r', 'p') HAVING pg_catalog.min(c.reltuples) >= 0",
+                r = relation.relid
+            ))?
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(-1.0);
+        total += if estimate >= 0.0 {
+            estimate
+        } else {
+            let limit = (enough - total).max(0.0) as i64 + 1;
+            snapshot
+                .query_text(&format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {limit}) s", relation.table_sql))?
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0.0)
+        };
+    }
+    Ok(total)
+}
+
 /// Rebuilds the plan from the defining query and recomputes with it. If the query
 /// can no longer be maintained differentially (a source lost its key, ...), AUTO
 /// stream tables continue in FULL mode (WARNING); DIFFERENTIAL ones fail.
@@ -95,6 +128,9 @@ fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applie
     match translate::translate(&st.defining_query)? {
         Ok(plan) => {
             catalog::set_plan(st.pgt_id, RefreshMode::Differential, Some(&plan.to_json()))?;
+            for relation in plan.relations() {
+                crate::cdc::sync_buffer_grants(pgrx::pg_sys::Oid::from(relation.relid))?;
+            }
             refresh_full_with_plan(st, &plan, snapshot)
         }
         Err(translate::Unsupported(construct)) if st.refresh_mode == RefreshMode::Auto => {

@@ -220,6 +220,20 @@ fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, RelationInfo)
             types.push((*typ, *typmod, *coll));
         }
     }
+    let guarded = query_one::<bool>(
+        "SELECT c.relrowsecurity AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles \
+                                          WHERE oid = current_user::pg_catalog.regrole) \
+         FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[relid.into()],
+    )?
+    .unwrap_or(false);
+    if guarded {
+        reason = Some(format!("row-level security on {name}"));
+    }
+    let readable = query_one::<bool>("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", &[relid.into()])?.unwrap_or(false);
+    if !readable {
+        reason = Some(format!("column-level privileges only on {name}"));
+    }
     let key_attnums = key_attnums(relid)?;
     let key = key_attnums
         .iter()

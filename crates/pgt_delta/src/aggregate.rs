@@ -312,7 +312,11 @@ pub fn merge_sql(
               SELECT b.* FROM ({block_new}) b JOIN ({rescan_keys}) k ON {nd} WHERE {has_null}) i"
         )
     };
-    let rescanned_states = full_state_select(plan, &restricted);
+    // A scalar aggregate yields a row even over no input: keep only rescanned keys.
+    let rescanned_states = format!(
+        "SELECT * FROM ({}) r WHERE r.__pgt_row_id IN (SELECT k.__pgt_row_id FROM ({rescan_keys}) k)",
+        full_state_select(plan, &restricted)
+    );
     // Keys rescanned to nothing keep a row with count 0, so they are deleted.
     let zero_states = {
         let mut cols = vec!["k.__pgt_row_id".to_string(), "0::bigint AS __pgt_count".to_string()];

@@ -128,16 +128,18 @@ fn options_are_stored_canonically_and_altered() {
 }
 
 #[test]
-fn differential_is_accepted_and_refreshes_full_for_now() {
-    let mut db = TestDb::new("differential_warns");
+fn differential_mode_is_effective_for_a_differentiable_query() {
+    let mut db = TestDb::new("differential_mode");
     db.exec(ORDERS);
     db.exec(&format!("SELECT pgtrickle.create_stream_table('totals', $q${TOTALS}$q$, refresh_mode => 'DIFFERENTIAL')"));
     let (mode, effective): (String, String) = {
         let r = db.client.query_one("SELECT refresh_mode, effective_refresh_mode FROM pgtrickle.pgt_stream_tables", &[]).unwrap();
         (r.get(0), r.get(1))
     };
-    assert_eq!((mode.as_str(), effective.as_str()), ("DIFFERENTIAL", "FULL"));
-    db.exec("DELETE FROM orders WHERE id % 2 = 0; SELECT pgtrickle.refresh_stream_table('totals')");
+    assert_eq!((mode.as_str(), effective.as_str()), ("DIFFERENTIAL", "DIFFERENTIAL"));
+    db.exec("DELETE FROM orders WHERE id % 10 = 0; SELECT pgtrickle.refresh_stream_table('totals')");
+    let action: String = db.scalar("SELECT action FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id DESC LIMIT 1", &[]);
+    assert_eq!(action, "DIFFERENTIAL");
     assert_st_matches_query(&mut db.client, "totals", TOTALS);
 }
 
