@@ -48,3 +48,165 @@ pub fn footprint(db: &mut TestDb) -> (i64, i64, i64, i64) {
     );
     (relations, triggers, functions, catalog)
 }
+
+/// How a query of the property suite must be maintained under AUTO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// AUTO must resolve to DIFFERENTIAL, and DIFFERENTIAL refreshes must happen.
+    Differential,
+    /// AUTO must fall back to FULL (an unsupported construct).
+    Full,
+}
+
+/// The schema the property suites change: keyed tables with NULLs, composite
+/// keys, and a keyless table with duplicates.
+pub const PROPERTY_SCHEMA: &str = "
+    CREATE TABLE regions (name text PRIMARY KEY, zone int NOT NULL);
+    CREATE TABLE customers (id int PRIMARY KEY, region text, vip bool NOT NULL DEFAULT false, score int);
+    CREATE TABLE orders (id int PRIMARY KEY, cust int, amount int NOT NULL, qty numeric(10,2),
+                         status text NOT NULL, note text);
+    CREATE TABLE items (order_id int, line int, sku text, price numeric(10,2), PRIMARY KEY (order_id, line));
+    CREATE TABLE events (kind text, n int);
+    INSERT INTO regions SELECT 'r' || g, g % 3 FROM generate_series(0, 5) g;
+    INSERT INTO customers SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE 'r' || (g % 6) END, g % 4 = 0,
+                                 CASE WHEN g % 5 = 0 THEN NULL ELSE g * 3 % 50 END
+                          FROM generate_series(1, 40) g;
+    INSERT INTO orders SELECT g, CASE WHEN g % 11 = 0 THEN NULL ELSE 1 + g % 45 END, g * 7 % 60, (g % 9) * 1.25,
+                              (ARRAY['open','done','held'])[1 + g % 3], CASE WHEN g % 4 = 0 THEN NULL ELSE 'n' || (g % 5) END
+                       FROM generate_series(1, 300) g;
+    INSERT INTO items SELECT 1 + g % 300, g, 's' || (g % 13), (g % 17) * 0.5 FROM generate_series(1, 600) g;
+    INSERT INTO events SELECT (ARRAY['a','b',NULL])[1 + g % 3], g % 4 FROM generate_series(1, 80) g;
+    ANALYZE;";
+
+/// One random DML statement against [`PROPERTY_SCHEMA`].
+pub fn random_dml(rng: &mut impl rand::Rng, next_id: &mut i32) -> String {
+    match rng.random_range(0..16) {
+        0 | 1 => {
+            *next_id += 1;
+            let cust = if rng.random_range(0..8) == 0 { "NULL".to_string() } else { rng.random_range(1..50).to_string() };
+            format!(
+                "INSERT INTO orders VALUES ({id}, {cust}, {amt}, {qty}, '{st}', {note}); \
+                 INSERT INTO items VALUES ({id}, 1, 'x', {p}), ({id}, 2, 'y', {p})",
+                id = *next_id,
+                amt = rng.random_range(0..70),
+                qty = rng.random_range(0..40) as f64 / 4.0,
+                st = ["open", "done", "held", "new"][rng.random_range(0..4)],
+                note = if rng.random_range(0..3) == 0 { "NULL".to_string() } else { format!("'n{}'", rng.random_range(0..6)) },
+                p = rng.random_range(0..20) as f64 / 2.0,
+            )
+        }
+        2 => format!("DELETE FROM orders WHERE id % 29 = {}", rng.random_range(0..29)),
+        3 => format!("UPDATE orders SET amount = amount + {} WHERE id % 13 = {}", rng.random_range(-9..9), rng.random_range(0..13)),
+        4 => format!("UPDATE orders SET status = '{}' WHERE id % 17 = {}", ["open", "done", "held"][rng.random_range(0..3)], rng.random_range(0..17)),
+        5 => format!(
+            "UPDATE orders SET cust = {} WHERE id % 19 = {}",
+            if rng.random_range(0..5) == 0 { "NULL".to_string() } else { rng.random_range(1..50).to_string() },
+            rng.random_range(0..19)
+        ),
+        6 => {
+            // The same row updated several times in one transaction and cycle.
+            let id = rng.random_range(1..300);
+            format!("UPDATE orders SET amount = amount + 1 WHERE id = {id}; UPDATE orders SET amount = amount * 2, note = NULL WHERE id = {id}; UPDATE orders SET status = 'held' WHERE id = {id}")
+        }
+        7 => format!(
+            "UPDATE customers SET region = {} WHERE id % 9 = {}",
+            if rng.random_range(0..4) == 0 { "NULL".to_string() } else { format!("'r{}'", rng.random_range(0..7)) },
+            rng.random_range(0..9)
+        ),
+        8 => format!("UPDATE customers SET score = {} WHERE id = {}", rng.random_range(0..60), rng.random_range(1..45)),
+        9 => {
+            *next_id += 1;
+            format!("INSERT INTO customers VALUES ({}, 'r{}', false, {}) ON CONFLICT DO NOTHING", 40 + *next_id % 10, rng.random_range(0..6), rng.random_range(0..50))
+        }
+        10 => format!("DELETE FROM customers WHERE id = {}", rng.random_range(1..50)),
+        11 => format!("UPDATE items SET price = price + {} WHERE order_id % 23 = {}", rng.random_range(1..5), rng.random_range(0..23)),
+        12 => format!("DELETE FROM items WHERE (order_id + line) % 31 = {}", rng.random_range(0..31)),
+        13 => format!("UPDATE regions SET zone = {} WHERE name = 'r{}'", rng.random_range(0..4), rng.random_range(0..6)),
+        14 => format!(
+            "INSERT INTO events SELECT kind, n FROM events WHERE n = {} LIMIT 2; \
+             DELETE FROM events WHERE ctid IN (SELECT ctid FROM events WHERE kind IS NOT DISTINCT FROM '{}' LIMIT 1)",
+            rng.random_range(0..4),
+            ["a", "b"][rng.random_range(0..2)]
+        ),
+        _ => {
+            if rng.random_range(0..6) == 0 {
+                // Both sides of a join in one transaction.
+                format!(
+                    "UPDATE customers SET region = 'r{}' WHERE id = {c}; UPDATE orders SET cust = {c} WHERE id = {}",
+                    rng.random_range(0..6),
+                    rng.random_range(1..300),
+                    c = rng.random_range(1..40)
+                )
+            } else {
+                "DELETE FROM orders WHERE status = 'new'".to_string()
+            }
+        }
+    }
+}
+
+/// Runs the property suite: every `(name, query, expect)` becomes a stream table
+/// (AUTO) plus a FULL twin `<name>_full`; `cycles` rounds of random DML (seeded:
+/// `PGT_SEED` replays) each end with refreshing all and checking that every
+/// stream table equals its query and its twin as multisets. Stream tables that
+/// must be DIFFERENTIAL must also have refreshed DIFFERENTIAL at least once.
+pub fn run_property_suite(test: &str, queries: &[(&str, &str, Expect)], cycles: usize) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("{test} seed: {seed} (replay with PGT_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut db = TestDb::new(test);
+    db.exec(PROPERTY_SCHEMA);
+    for (name, query, expect) in queries {
+        db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}', $q${query}$q$)"));
+        db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}_full', $q${query}$q$, refresh_mode => 'FULL')"));
+        let effective: String = db.scalar(
+            "SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1::text::regclass",
+            &[name],
+        );
+        let wanted = if *expect == Expect::Differential { "DIFFERENTIAL" } else { "FULL" };
+        assert_eq!(effective, wanted, "seed {seed}: {name} resolved to {effective}: {query}");
+    }
+    let mut next_id = 10_000;
+    for cycle in 0..cycles {
+        for _ in 0..rng.random_range(1..5) {
+            let sql = random_dml(&mut rng, &mut next_id);
+            db.exec(&sql);
+        }
+        if rng.random_range(0..15) == 0 {
+            db.exec("TRUNCATE events; INSERT INTO events VALUES ('a', 1), ('a', 1), (NULL, 2)");
+        }
+        for (name, query, _) in queries {
+            db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}'); SELECT pgtrickle.refresh_stream_table('{name}_full')"));
+            let (only_st, only_q) = pgt_testkit::multiset_difference(&mut db.client, name, query);
+            assert!(
+                only_st.is_empty() && only_q.is_empty(),
+                "seed {seed}, cycle {cycle}: {name} differs from its query\n  only in stream table: {only_st:?}\n  only in query: {only_q:?}\n  query: {query}"
+            );
+            let twin = format!("SELECT * FROM {name}_full");
+            let columns = pgt_testkit::visible_columns(&mut db.client, name).join(", ");
+            let (a, b) = pgt_testkit::multiset_difference(&mut db.client, name, &format!("SELECT {columns} FROM ({twin}) t"));
+            assert!(a.is_empty() && b.is_empty(), "seed {seed}, cycle {cycle}: {name} differs from its FULL twin: {a:?} / {b:?}");
+        }
+    }
+    for (name, query, expect) in queries {
+        if *expect == Expect::Differential {
+            let n: i64 = db.scalar(
+                "SELECT count(*) FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
+                 WHERE s.pgt_relid = $1::text::regclass AND h.action = 'DIFFERENTIAL'",
+                &[name],
+            );
+            assert!(n > 0, "seed {seed}: {name} never refreshed DIFFERENTIAL: {query}");
+        }
+    }
+    let summary: Vec<String> = db
+        .client
+        .query(
+            "SELECT s.pgt_relid::regclass::text || ': ' || string_agg(h.action || ' x' || h.n, ', ' ORDER BY h.action) \
+             FROM (SELECT pgt_id, action, count(*) AS n FROM pgtrickle.pgt_refresh_history GROUP BY 1, 2) h \
+             JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) GROUP BY s.pgt_relid ORDER BY 1",
+            &[],
+        )
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    println!("{test} refresh actions:\n  {}", summary.join("\n  "));
+}
