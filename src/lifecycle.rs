@@ -581,6 +581,35 @@ pub fn on_table_rewrite(relid: pg_sys::Oid) -> PgtResult<()> {
     Ok(())
 }
 
+/// `explain_st`: how the stream table is maintained — its modes, the operator
+/// tree with each operator's strategy, and the SQL a refresh runs.
+pub fn explain_stream_table(st: &StreamTable) -> PgtResult<String> {
+    let mut out = format!(
+        "stream table {}\nrefresh mode: {} (effective: {})\n",
+        st.name, st.refresh_mode, st.effective_refresh_mode
+    );
+    match st.delta_plan.as_deref().map(Plan::from_json) {
+        Some(Ok(plan)) => {
+            let frontier = pgt_delta::scan::Frontier {
+                snapshot: st.frontier.clone().unwrap_or_else(|| "0:0:".into()),
+                xid: st.frontier_xid.clone(),
+                cid: st.frontier_cid,
+            };
+            out.push_str(&plan.explain(&st.name.to_sql(), &frontier));
+        }
+        Some(Err(e)) => out.push_str(&format!("stored plan unreadable: {e}\n")),
+        None => {
+            let why = match translate::translate(&st.defining_query)? {
+                Ok(_) if st.refresh_mode == RefreshMode::Full => "FULL was requested".to_string(),
+                Ok(_) => "the query would be differentiable now; alter_stream_table(name, refresh_mode => 'AUTO') rebuilds it".to_string(),
+                Err(translate::Unsupported(construct)) => format!("DIFFERENTIAL refresh does not support {construct}"),
+            };
+            out.push_str(&format!("every refresh recomputes the query: {why}\nfull SQL:\n  {}\n", st.defining_query));
+        }
+    }
+    Ok(out)
+}
+
 /// `refresh_stream_table`: a manual refresh, recorded with initiated_by MANUAL.
 pub fn refresh_stream_table(st: StreamTable) -> PgtResult<()> {
     check_owner(&st)?;

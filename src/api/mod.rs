@@ -111,6 +111,13 @@ mod pgtrickle {
         lifecycle::refresh_stream_table(st).or_raise()
     }
 
+    /// How a stream table is maintained: modes, operator tree with strategies, SQL.
+    #[pg_extern]
+    fn explain_st(name: Option<&str>) -> String {
+        let st = lifecycle::resolve_stream_table_arg(name).or_raise();
+        lifecycle::explain_stream_table(&st).or_raise()
+    }
+
     /// Internal: called by the `sql_drop` event trigger with the OIDs of dropped
     /// relations. Not granted to PUBLIC.
     #[pg_extern(name = "_on_relations_dropped")]

@@ -228,3 +228,51 @@ impl Plan {
         }
     }
 }
+
+impl Plan {
+    /// A human-readable description: the operator tree with each operator's
+    /// strategy, then the full SQL and the MERGE for a refresh in which every
+    /// input changed since `frontier`.
+    pub fn explain(&self, st: &str, frontier: &crate::scan::Frontier) -> String {
+        let mut out = String::from("operator tree:\n");
+        let scans = |block: &Block, indent: &str, out: &mut String| {
+            out.push_str(&format!("{indent}Join block ({} input{}; inner joins, filters, projections) — telescoping delta rule\n",
+                block.inputs.len(), if block.inputs.len() == 1 { "" } else { "s" }));
+            for input in &block.inputs {
+                let key = if input.relation.key.is_empty() { "no key".to_string() } else { format!("key ({})", input.relation.key.join(", ")) };
+                out.push_str(&format!(
+                    "{indent}  Scan {}{} [{}] — change buffer {}\n",
+                    if input.only { "ONLY " } else { "" },
+                    input.relation.table_sql,
+                    key,
+                    input.relation.buffer_sql
+                ));
+            }
+        };
+        match self {
+            Plan::Rows(r) => {
+                out.push_str(&format!("  Rows — MERGE by row identity hash({})\n", r.identity.join(", ")));
+                scans(&r.block, "    ", &mut out);
+            }
+            Plan::Aggregate(a) => {
+                out.push_str(&format!(
+                    "  Aggregate — {}{}\n",
+                    if a.groups.is_empty() { "scalar (one row)".to_string() } else { format!("GROUP BY {} key(s)", a.groups.len()) },
+                    if a.having { ", HAVING (groups crossing it are rescanned when absent)" } else { "" }
+                ));
+                for agg in &a.aggregates {
+                    let filter = if agg.filter.is_some() { " FILTER" } else { "" };
+                    out.push_str(&format!("    {}{} — {}\n", agg.display, filter, agg.kind.strategy()));
+                }
+                scans(&a.input, "    ", &mut out);
+            }
+        }
+        let all_changed = vec![true; self.block().inputs.len()];
+        out.push_str("full SQL:\n  ");
+        out.push_str(&self.full_sql());
+        out.push_str("\ndelta SQL (every input changed):\n  ");
+        out.push_str(&self.merge_sql(st, frontier, &all_changed).unwrap_or_default());
+        out.push('\n');
+        out
+    }
+}

@@ -231,3 +231,33 @@ fn if_not_exists_and_create_or_replace() {
     db.exec(&format!("SELECT pgtrickle.create_or_replace_stream_table('other', $q${TOTALS}$q$)"));
     assert_st_matches_query(&mut db.client, "other", TOTALS);
 }
+
+#[test]
+fn explain_st_shows_tree_strategies_and_sql() {
+    let mut db = TestDb::new("explain");
+    db.exec(ORDERS);
+    db.exec(
+        "CREATE TABLE customers (name text PRIMARY KEY, tier int);
+         INSERT INTO customers SELECT 'c' || g, g FROM generate_series(0, 6) g;
+         SELECT pgtrickle.create_stream_table('t', 'SELECT c.tier, count(*) AS n, sum(o.amount) AS total, min(o.amount) AS lo \
+                FROM orders o JOIN customers c ON c.name = o.customer GROUP BY c.tier HAVING count(*) > 1');
+         SELECT pgtrickle.create_stream_table('f', 'SELECT DISTINCT status FROM orders');",
+    );
+    let text: String = db.scalar("SELECT pgtrickle.explain_st('t')", &[]);
+    for needle in [
+        "refresh mode: AUTO (effective: DIFFERENTIAL)",
+        "Aggregate — GROUP BY 1 key(s), HAVING",
+        "count(...) — algebraic",
+        "min(...) — merge; rescan group when the extremum leaves",
+        "Join block (2 inputs",
+        "Scan \"public\".\"orders\" [key (id)]",
+        "full SQL:",
+        "delta SQL (every input changed):",
+        "MERGE INTO \"public\".\"t\"",
+    ] {
+        assert!(text.contains(needle), "explain_st lacks {needle:?}:\n{text}");
+    }
+    let text: String = db.scalar("SELECT pgtrickle.explain_st('f')", &[]);
+    assert!(text.contains("effective: FULL") && text.contains("DIFFERENTIAL refresh does not support DISTINCT"), "{text}");
+    db.expect_error("SELECT pgtrickle.explain_st('nope')", "42P01");
+}
