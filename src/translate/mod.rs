@@ -54,21 +54,27 @@ pub fn translate(sql: &str) -> PgtResult<Result<Plan, Unsupported>> {
 }
 
 /// One base relation of the query with what the translation needs about it.
-struct RelationInfo {
-    relation: Relation,
+pub(crate) struct RelationInfo {
+    pub(crate) relation: Relation,
     /// Per position: type OID, typmod, collation (dropped columns: int4).
-    types: Vec<(pg_sys::Oid, i32, pg_sys::Oid)>,
+    pub(crate) types: Vec<(pg_sys::Oid, i32, pg_sys::Oid)>,
     /// Attribute numbers of the key columns.
-    key_attnums: Vec<i16>,
+    pub(crate) key_attnums: Vec<i16>,
 }
 
-unsafe fn translate_query(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
+unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
+    if (*parsed).hasRecursive {
+        unsupported!("WITH RECURSIVE");
+    }
+    // Views become subqueries (the rewriter), CTEs referenced at their own level
+    // are inlined as subqueries; both are then ordinary select-project-join inputs.
+    let q = rewrite(parsed)?;
+    if let Err(construct) = inline_ctes(q) {
+        unsupported!("{construct}");
+    }
     let query = &*q;
     if !query.setOperations.is_null() {
         unsupported!("UNION / INTERSECT / EXCEPT");
-    }
-    if !query.cteList.is_null() {
-        unsupported!("WITH (common table expressions)");
     }
     if query.hasSubLinks {
         unsupported!("subquery expressions (EXISTS, IN, ANY, scalar subqueries)");
@@ -79,11 +85,12 @@ unsafe fn translate_query(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     if query.hasTargetSRFs {
         unsupported!("set-returning functions in the SELECT list");
     }
-    if !query.distinctClause.is_null() {
-        if query.hasDistinctOn {
-            unsupported!("DISTINCT ON");
-        }
-        unsupported!("DISTINCT");
+    let distinct = !query.distinctClause.is_null();
+    if distinct && query.hasDistinctOn {
+        unsupported!("DISTINCT ON");
+    }
+    if distinct && (query.hasAggs || !query.groupClause.is_null() || !query.havingQual.is_null()) {
+        unsupported!("DISTINCT over an aggregate");
     }
     if !query.limitCount.is_null() || !query.limitOffset.is_null() {
         unsupported!("LIMIT / OFFSET");
@@ -101,25 +108,105 @@ unsafe fn translate_query(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     if let Some(volatile) = volatile_functions(&facts)? {
         unsupported!("volatile functions ({volatile})");
     }
+    let prepared = match surgery::prepare(q)? {
+        Ok(p) => p,
+        Err(u) => return Ok(Err(u)),
+    };
+    // DISTINCT is GROUP BY over every output column with no aggregate: the
+    // group's hidden __pgt_count is the multiplicity of the row in the input.
+    let is_aggregate = distinct || query.hasAggs || !query.groupClause.is_null() || !query.havingQual.is_null();
+    if is_aggregate {
+        translate_aggregate(q, prepared)
+    } else {
+        translate_rows(q, prepared)
+    }
+}
 
-    // The base relations, in range-table order.
-    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg(query.rtable);
-    let mut infos: Vec<(usize, RelationInfo, bool)> = Vec::new();
-    for (i, rte) in rtable.iter_ptr().enumerate() {
-        if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
-            let info = relation_info((*rte).relid)?;
-            if let Some(reason) = &info.0 {
-                unsupported!("{reason}");
-            }
-            infos.push((i + 1, info.1, !(*rte).inh));
+/// The query after PostgreSQL's rewriter: views expanded into subqueries.
+unsafe fn rewrite(q: *mut pg_sys::Query) -> PgtResult<*mut pg_sys::Query> {
+    let list = PgList::<pg_sys::Query>::from_pg(pg_sys::QueryRewrite(q));
+    match (list.len(), list.get_ptr(0)) {
+        (1, Some(rewritten)) => Ok(rewritten),
+        _ => Err(crate::error::PgtError::internal("the rewriter did not return one query")),
+    }
+}
+
+/// Replaces every reference to a non-recursive CTE by a subquery holding a copy of
+/// the CTE's query, at every level of `q`; afterwards no CTE remains (a CTE
+/// referenced nowhere does not change the result). Each level's CTEs are first
+/// made self-contained, in definition order (a CTE may read earlier siblings), so a
+/// copy placed at any depth needs no level adjustment: a CTE's query cannot refer
+/// to outer columns, only to outer CTEs, and those are inlined by then.
+unsafe fn inline_ctes(q: *mut pg_sys::Query) -> Result<(), String> {
+    inline_ctes_at(q, &mut Vec::new())
+}
+
+unsafe fn inline_ctes_at(q: *mut pg_sys::Query, stack: &mut Vec<*mut pg_sys::List>) -> Result<(), String> {
+    stack.push((*q).cteList);
+    let ctes = PgList::<pg_sys::CommonTableExpr>::from_pg((*q).cteList);
+    for cte in ctes.iter_ptr() {
+        let inner = (*cte).ctequery as *mut pg_sys::Query;
+        if !inner.is_null() && pgrx::is_a(inner as *mut pg_sys::Node, pg_sys::NodeTag::T_Query) {
+            inline_ctes_at(inner, stack)?;
         }
     }
-    let is_aggregate = query.hasAggs || !query.groupClause.is_null() || !query.havingQual.is_null();
-    if is_aggregate {
-        translate_aggregate(q, &infos)
-    } else {
-        translate_rows(q, &infos)
+    let result = inline_references(q, stack);
+    stack.pop();
+    (*q).cteList = std::ptr::null_mut();
+    result
+}
+
+unsafe fn inline_references(q: *mut pg_sys::Query, stack: &mut Vec<*mut pg_sys::List>) -> Result<(), String> {
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+    for rte in rtable.iter_ptr() {
+        match (*rte).rtekind {
+            pg_sys::RTEKind::RTE_CTE => {
+                if (*rte).self_reference {
+                    return Err("WITH RECURSIVE".into());
+                }
+                let level = stack
+                    .len()
+                    .checked_sub(1 + (*rte).ctelevelsup as usize)
+                    .ok_or_else(|| "a WITH query that cannot be found".to_string())?;
+                let name = CStr::from_ptr((*rte).ctename);
+                let cte = PgList::<pg_sys::CommonTableExpr>::from_pg(stack[level])
+                    .iter_ptr()
+                    .find(|c| CStr::from_ptr((**c).ctename) == name)
+                    .ok_or_else(|| "a WITH query that cannot be found".to_string())?;
+                (*rte).rtekind = pg_sys::RTEKind::RTE_SUBQUERY;
+                (*rte).subquery = pg_sys::copyObjectImpl((*cte).ctequery as *const std::ffi::c_void) as *mut pg_sys::Query;
+                (*rte).ctename = std::ptr::null_mut();
+                (*rte).ctelevelsup = 0;
+                (*rte).security_barrier = false;
+            }
+            pg_sys::RTEKind::RTE_SUBQUERY => inline_ctes_at((*rte).subquery, stack)?,
+            _ => {}
+        }
     }
+    Ok(())
+}
+
+/// Why a subquery in FROM cannot be inlined into the select-project-join block.
+pub(crate) unsafe fn unsupported_in_subquery(sub: &pg_sys::Query) -> Option<String> {
+    if sub.hasAggs || !sub.groupClause.is_null() || !sub.havingQual.is_null() {
+        return Some("aggregates in a subquery (aggregate at the top level instead)".into());
+    }
+    if !sub.distinctClause.is_null() {
+        return Some("DISTINCT in a subquery".into());
+    }
+    if !sub.setOperations.is_null() {
+        return Some("UNION / INTERSECT / EXCEPT in a subquery".into());
+    }
+    if !sub.limitCount.is_null() || !sub.limitOffset.is_null() {
+        return Some("LIMIT / OFFSET in a subquery".into());
+    }
+    if sub.hasSubLinks {
+        return Some("subquery expressions (EXISTS, IN, ANY, scalar subqueries)".into());
+    }
+    if sub.hasWindowFuncs || sub.hasTargetSRFs {
+        return Some("window functions or set-returning functions in a subquery".into());
+    }
+    unsupported_from_item(sub)
 }
 
 /// The first FROM item the engine cannot handle, by name.
@@ -129,7 +216,6 @@ unsafe fn unsupported_from_item(query: &pg_sys::Query) -> Option<String> {
         match (*rte).rtekind {
             pg_sys::RTEKind::RTE_RELATION => match (*rte).relkind as u8 {
                 pg_sys::RELKIND_RELATION | pg_sys::RELKIND_PARTITIONED_TABLE => {}
-                pg_sys::RELKIND_VIEW => return Some("views (inlining is not implemented yet)".into()),
                 _ => return Some("this kind of relation".into()),
             },
             pg_sys::RTEKind::RTE_JOIN => {
@@ -142,7 +228,7 @@ unsafe fn unsupported_from_item(query: &pg_sys::Query) -> Option<String> {
                 };
                 return Some(name.into());
             }
-            pg_sys::RTEKind::RTE_SUBQUERY => return Some("subqueries in FROM".into()),
+            pg_sys::RTEKind::RTE_SUBQUERY => {}
             pg_sys::RTEKind::RTE_FUNCTION => return Some("functions in FROM".into()),
             pg_sys::RTEKind::RTE_VALUES => return Some("VALUES in FROM".into()),
             pg_sys::RTEKind::RTE_CTE => return Some("WITH (common table expressions)".into()),
@@ -183,7 +269,7 @@ pub fn stable_functions(sql: &str) -> PgtResult<Option<String>> {
 
 /// Columns, key and types of relation `relid`; the first field names a reason the
 /// relation cannot be a differential input.
-fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, RelationInfo)> {
+pub(crate) fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, RelationInfo)> {
     let name = crate::parse::relation_name(relid)?;
     let attrs = query_map(
         "SELECT a.attnum::int, a.attname::text, a.attisdropped, a.attgenerated::text, \
@@ -232,7 +318,7 @@ fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, RelationInfo)
     }
     let readable = query_one::<bool>("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", &[relid.into()])?.unwrap_or(false);
     if !readable {
-        reason = Some(format!("column-level privileges only on {name}"));
+        reason = Some(format!("sources the owner cannot read directly ({name}; column privileges only, or reached through a view)"));
     }
     let key_attnums = key_attnums(relid)?;
     let key = key_attnums
@@ -266,38 +352,34 @@ fn key_attnums(relid: pg_sys::Oid) -> PgtResult<Vec<i16>> {
 }
 
 /// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
-unsafe fn translate_rows(
-    q: *mut pg_sys::Query,
-    infos: &[(usize, RelationInfo, bool)],
-) -> PgtResult<Result<Plan, Unsupported>> {
-    if let Some((_, info, _)) = infos.iter().find(|(_, i, _)| i.relation.key.is_empty()) {
-        let name = &info.relation.table_sql;
+unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> PgtResult<Result<Plan, Unsupported>> {
+    if let Some(input) = prepared.inputs.iter().find(|i| i.relation.key.is_empty()) {
+        let name = &input.relation.table_sql;
         unsupported!("a source without a primary key or unique NOT NULL key ({name}) outside aggregates");
     }
     let visible = surgery::visible_names(q);
     let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
     let mut identity = Vec::new();
-    for (k, (rtindex, info, _)) in infos.iter().enumerate() {
-        for (j, attnum) in info.key_attnums.iter().enumerate() {
-            let (typ, typmod, coll) = info.types[(*attnum - 1) as usize];
+    for (k, keys) in prepared.keys.iter().enumerate() {
+        for (j, key) in keys.iter().enumerate() {
             let name = format!("__pgt_k{}_{}", k + 1, j + 1);
-            let var = pg_sys::makeVar(*rtindex as i32, *attnum, typ, typmod, coll, 0);
-            extra.push((name.clone(), var as *mut pg_sys::Node));
+            extra.push((name.clone(), *key));
             identity.push(name);
         }
     }
-    let block = surgery::input_block(q, infos, surgery::Targets::KeepVisible(extra))?;
+    let block = surgery::finish(prepared, surgery::Targets::KeepVisible(extra))?;
     Ok(Ok(Plan::Rows(RowsPlan { block, visible, identity })))
 }
 
 /// `SELECT <outputs> FROM ... GROUP BY ... HAVING ...`.
-unsafe fn translate_aggregate(
-    q: *mut pg_sys::Query,
-    infos: &[(usize, RelationInfo, bool)],
-) -> PgtResult<Result<Plan, Unsupported>> {
+unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> PgtResult<Result<Plan, Unsupported>> {
     let query = &*q;
-    // Group keys.
-    let groups = surgery::group_expressions(q);
+    // Group keys (for DISTINCT: the distinct columns).
+    let groups = if query.distinctClause.is_null() {
+        surgery::group_expressions(q)
+    } else {
+        surgery::distinct_expressions(q)
+    };
     // Aggregate calls, each once.
     let aggrefs = surgery::aggrefs(q);
     let mut aggregates = Vec::new();
@@ -360,7 +442,7 @@ unsafe fn translate_aggregate(
         });
     }
     let group_names: Vec<String> = (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect();
-    let input = surgery::input_block(q, infos, surgery::Targets::Replace(extra))?;
+    let input = surgery::finish(prepared, surgery::Targets::Replace(extra))?;
     let passthrough = pgt_delta::aggregate::passthrough_columns(&aggregates);
     let passthrough_types = passthrough_types(&aggregates, &aggrefs);
     let visible = surgery::visible_names(q);

@@ -42,6 +42,20 @@ pub unsafe fn group_expressions(q: *mut pg_sys::Query) -> Vec<*mut pg_sys::Node>
         .collect()
 }
 
+/// The DISTINCT expressions, in clause order.
+pub unsafe fn distinct_expressions(q: *mut pg_sys::Query) -> Vec<*mut pg_sys::Node> {
+    let tlist = PgList::<pg_sys::TargetEntry>::from_pg((*q).targetList);
+    PgList::<pg_sys::SortGroupClause>::from_pg((*q).distinctClause)
+        .iter_ptr()
+        .filter_map(|sgc| {
+            tlist
+                .iter_ptr()
+                .find(|te| (**te).ressortgroupref == (*sgc).tleSortGroupRef)
+                .map(|te| (*te).expr as *mut pg_sys::Node)
+        })
+        .collect()
+}
+
 struct AggrefCollector {
     found: Vec<*mut pg_sys::Aggref>,
 }
@@ -81,7 +95,15 @@ unsafe extern "C-unwind" fn find_whole_row(node: *mut pg_sys::Node, ctx: *mut c_
         return true;
     }
     if pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
-        return pg_sys::query_tree_walker(node as *mut pg_sys::Query, Some(find_whole_row), ctx, 0);
+        return pg_sys::query_tree_walker(
+            node as *mut pg_sys::Query,
+            Some(find_whole_row),
+            ctx,
+            pg_sys::QTW_IGNORE_JOINALIASES as i32,
+        );
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_RangeTblEntry) {
+        return false;
     }
     pg_sys::expression_tree_walker(node, Some(find_whole_row), ctx)
 }
@@ -94,7 +116,7 @@ pub unsafe fn has_whole_row_reference(q: *mut pg_sys::Query) -> bool {
         q,
         Some(find_whole_row),
         &mut found as *mut bool as *mut c_void,
-        (pg_sys::QTW_IGNORE_RANGE_TABLE | pg_sys::QTW_IGNORE_JOINALIASES) as i32,
+        pg_sys::QTW_IGNORE_JOINALIASES as i32,
     );
     found
 }
@@ -124,26 +146,126 @@ pub enum Targets {
     Replace(Vec<(String, *mut pg_sys::Node)>),
 }
 
-/// The query's FROM/WHERE over placeholders as a [`Block`] (see the parent module).
-pub unsafe fn input_block(
-    q: *mut pg_sys::Query,
-    infos: &[(usize, RelationInfo, bool)],
-    targets: Targets,
-) -> PgtResult<Block> {
-    let copy = pg_sys::copyObjectImpl(q as *const c_void) as *mut pg_sys::Query;
-    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*copy).rtable);
-    let mut inputs = Vec::new();
-    for (k, (rtindex, info, only)) in infos.iter().enumerate() {
-        let placeholder = format!("__pgt_in_{}", k + 1);
-        let rte = rtable
-            .get_ptr(rtindex - 1)
-            .ok_or_else(|| PgtError::internal("range table entry vanished during translation"))?;
-        to_placeholder(rte, &placeholder, info);
-        inputs.push(Input { placeholder, relation: info.relation.clone(), only: *only });
-    }
-    (*copy).rteperminfos = std::ptr::null_mut();
+/// A copy of the query whose base relations, at every depth, have become
+/// placeholders; with, per input, its weight and key columns as expressions valid
+/// at the top level (subqueries pass them up through their target lists).
+pub struct Prepared {
+    copy: *mut pg_sys::Query,
+    /// The inputs, in discovery order (depth first).
+    pub inputs: Vec<Input>,
+    weights: Vec<*mut pg_sys::Node>,
+    /// Per input, its key columns at the top level.
+    pub keys: Vec<Vec<*mut pg_sys::Node>>,
+}
 
-    // The new target list.
+/// One input surfaced at some query level.
+struct Surfaced {
+    index: usize,
+    weight: *mut pg_sys::Node,
+    keys: Vec<*mut pg_sys::Node>,
+}
+
+/// Copies `q` and turns every base relation into a placeholder (see [`Prepared`]).
+/// Subqueries in FROM must be select-project-join blocks.
+pub unsafe fn prepare(q: *mut pg_sys::Query) -> PgtResult<Result<Prepared, Unsupported>> {
+    let copy = pg_sys::copyObjectImpl(q as *const c_void) as *mut pg_sys::Query;
+    let mut inputs = Vec::new();
+    let surfaced = match prepare_level(copy, &mut inputs)? {
+        Ok(s) => s,
+        Err(u) => return Ok(Err(u)),
+    };
+    let mut weights = vec![std::ptr::null_mut(); inputs.len()];
+    let mut keys = vec![Vec::new(); inputs.len()];
+    for s in surfaced {
+        weights[s.index] = s.weight;
+        keys[s.index] = s.keys;
+    }
+    Ok(Ok(Prepared { copy, inputs, weights, keys }))
+}
+
+unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtResult<Result<Vec<Surfaced>, Unsupported>> {
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+    let mut surfaced = Vec::new();
+    for (i, rte) in rtable.iter_ptr().enumerate() {
+        let varno = (i + 1) as i32;
+        match (*rte).rtekind {
+            pg_sys::RTEKind::RTE_RELATION => {
+                let (reason, info) = super::relation_info((*rte).relid)?;
+                if let Some(reason) = reason {
+                    return Ok(Err(Unsupported(reason)));
+                }
+                let index = inputs.len();
+                let placeholder = format!("__pgt_in_{}", index + 1);
+                let only = !(*rte).inh;
+                let weight = pg_sys::makeVar(varno, (info.relation.columns.len() + 1) as i16, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0);
+                let keys = info
+                    .key_attnums
+                    .iter()
+                    .map(|attnum| {
+                        let (typ, typmod, coll) = info.types[(*attnum - 1) as usize];
+                        pg_sys::makeVar(varno, *attnum, typ, typmod, coll, 0) as *mut pg_sys::Node
+                    })
+                    .collect();
+                to_placeholder(rte, &placeholder, &info);
+                inputs.push(Input { placeholder, relation: info.relation, only });
+                surfaced.push(Surfaced { index, weight: weight as *mut pg_sys::Node, keys });
+            }
+            pg_sys::RTEKind::RTE_SUBQUERY => {
+                let sub = (*rte).subquery;
+                if (*rte).lateral {
+                    return Ok(Err(Unsupported("LATERAL subqueries".into())));
+                }
+                if let Some(construct) = super::unsupported_in_subquery(&*sub) {
+                    return Ok(Err(Unsupported(construct)));
+                }
+                let inner = match prepare_level(sub, inputs)? {
+                    Ok(s) => s,
+                    Err(u) => return Ok(Err(u)),
+                };
+                // Pass each inner input's weight and keys up through the
+                // subquery's target list.
+                let mut tlist = (*sub).targetList;
+                let mut next_resno = PgList::<pg_sys::TargetEntry>::from_pg(tlist).len() as i16;
+                let eref = (*rte).eref;
+                let mut lift = |expr: *mut pg_sys::Node, name: &str, tlist: &mut *mut pg_sys::List| -> *mut pg_sys::Node {
+                    next_resno += 1;
+                    let te = pg_sys::makeTargetEntry(expr as *mut pg_sys::Expr, next_resno, cstring(name), false);
+                    *tlist = pg_sys::lappend(*tlist, te as *mut c_void);
+                    (*eref).colnames = pg_sys::lappend((*eref).colnames, string_node(name));
+                    pg_sys::makeVar(varno, next_resno, pg_sys::exprType(expr), pg_sys::exprTypmod(expr), pg_sys::exprCollation(expr), 0)
+                        as *mut pg_sys::Node
+                };
+                for s in inner {
+                    let weight = lift(s.weight, &format!("__pgt_w_{}", s.index + 1), &mut tlist);
+                    let keys = s
+                        .keys
+                        .iter()
+                        .enumerate()
+                        .map(|(j, k)| lift(*k, &format!("__pgt_k{}_{}", s.index + 1, j + 1), &mut tlist))
+                        .collect();
+                    surfaced.push(Surfaced { index: s.index, weight, keys });
+                }
+                (*sub).targetList = tlist;
+                (*sub).rteperminfos = std::ptr::null_mut();
+                // A view expanded by the rewriter keeps its relid; it is a plain
+                // subquery now.
+                (*rte).relid = pg_sys::InvalidOid;
+                (*rte).relkind = 0;
+                (*rte).rellockmode = 0;
+                (*rte).perminfoindex = 0;
+            }
+            pg_sys::RTEKind::RTE_JOIN | pg_sys::RTEKind::RTE_GROUP => {}
+            _ => return Ok(Err(Unsupported("this kind of FROM item".into()))),
+        }
+    }
+    (*q).rteperminfos = std::ptr::null_mut();
+    Ok(Ok(surfaced))
+}
+
+/// The prepared copy's FROM/WHERE with the given targets and the inputs' weights,
+/// deparsed into a [`Block`].
+pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
+    let copy = prepared.copy;
     let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
     let mut columns = Vec::new();
     let mut resno: i16 = 0;
@@ -167,14 +289,15 @@ pub unsafe fn input_block(
         push(&name, expr, &mut tlist);
         columns.push(name);
     }
-    for (k, (rtindex, info, _)) in infos.iter().enumerate() {
-        let weight_attno = (info.relation.columns.len() + 1) as i16;
-        let var = pg_sys::makeVar(*rtindex as i32, weight_attno, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0);
-        push(&format!("__pgt_w_{}", k + 1), var as *mut pg_sys::Node, &mut tlist);
+    for (k, weight) in prepared.weights.iter().enumerate() {
+        if weight.is_null() {
+            return Err(PgtError::internal("an input's weight was not surfaced"));
+        }
+        push(&format!("__pgt_w_{}", k + 1), *weight, &mut tlist);
     }
     (*copy).targetList = tlist;
     clear_aggregation(copy);
-    Ok(Block { template: deparse(copy), inputs, columns })
+    Ok(Block { template: deparse(copy), inputs: prepared.inputs, columns })
 }
 
 /// Turns base-relation entry `rte` into a reference to CTE `placeholder` whose

@@ -255,6 +255,9 @@ impl Plan {
                 scans(&r.block, "    ", &mut out);
             }
             Plan::Aggregate(a) => {
+                if a.aggregates.is_empty() {
+                    out.push_str("  Distinct — multiplicity in __pgt_count; a row disappears when it reaches 0\n");
+                }
                 out.push_str(&format!(
                     "  Aggregate — {}{}\n",
                     if a.groups.is_empty() { "scalar (one row)".to_string() } else { format!("GROUP BY {} key(s)", a.groups.len()) },

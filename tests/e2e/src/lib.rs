@@ -76,6 +76,8 @@ pub const PROPERTY_SCHEMA: &str = "
                        FROM generate_series(1, 300) g;
     INSERT INTO items SELECT 1 + g % 300, g, 's' || (g % 13), (g % 17) * 0.5 FROM generate_series(1, 600) g;
     INSERT INTO events SELECT (ARRAY['a','b',NULL])[1 + g % 3], g % 4 FROM generate_series(1, 80) g;
+    CREATE VIEW open_orders AS SELECT id, cust, amount FROM orders WHERE status = 'open';
+    CREATE VIEW cust_regions AS SELECT c.id, c.region, r.zone FROM customers c JOIN regions r ON r.name = c.region;
     ANALYZE;";
 
 /// One random DML statement against [`PROPERTY_SCHEMA`].

@@ -241,7 +241,7 @@ fn explain_st_shows_tree_strategies_and_sql() {
          INSERT INTO customers SELECT 'c' || g, g FROM generate_series(0, 6) g;
          SELECT pgtrickle.create_stream_table('t', 'SELECT c.tier, count(*) AS n, sum(o.amount) AS total, min(o.amount) AS lo \
                 FROM orders o JOIN customers c ON c.name = o.customer GROUP BY c.tier HAVING count(*) > 1');
-         SELECT pgtrickle.create_stream_table('f', 'SELECT DISTINCT status FROM orders');",
+         SELECT pgtrickle.create_stream_table('f', 'SELECT DISTINCT ON (status) status FROM orders');",
     );
     let text: String = db.scalar("SELECT pgtrickle.explain_st('t')", &[]);
     for needle in [
@@ -258,6 +258,6 @@ fn explain_st_shows_tree_strategies_and_sql() {
         assert!(text.contains(needle), "explain_st lacks {needle:?}:\n{text}");
     }
     let text: String = db.scalar("SELECT pgtrickle.explain_st('f')", &[]);
-    assert!(text.contains("effective: FULL") && text.contains("DIFFERENTIAL refresh does not support DISTINCT"), "{text}");
+    assert!(text.contains("effective: FULL") && text.contains("DIFFERENTIAL refresh does not support DISTINCT ON"), "{text}");
     db.expect_error("SELECT pgtrickle.explain_st('nope')", "42P01");
 }
