@@ -62,7 +62,8 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         window_rows += n;
         relation_changed.insert(relation.relid, n > 0.0);
     }
-    let changed: Vec<bool> = plan.block().inputs.iter().map(|i| relation_changed.get(&i.relation.relid).copied().unwrap_or(false)).collect();
+    let changed: pgt_delta::Changed =
+        relation_changed.iter().filter(|(_, changed)| **changed).map(|(relid, _)| *relid).collect();
     let max_ratio = guc::DIFFERENTIAL_MAX_CHANGE_RATIO.get();
     let source_rows = source_rows(&plan, snapshot, (window_rows / max_ratio.max(1e-9)).ceil())?;
     let ratio = window_rows / source_rows.max(1.0);

@@ -28,7 +28,7 @@ use crate::spi::{col, query_map, query_one};
 use pgrx::pg_sys;
 use pgrx::PgList;
 use pgt_core::ident::quote_ident;
-use pgt_delta::{Aggregate, AggregateKind, AggregatePlan, Plan, Relation, RowsPlan};
+use pgt_delta::{Aggregate, AggregateKind, AggregatePlan, Plan, Relation, RowsBranch, RowsPlan};
 use std::ffi::{CStr, CString};
 
 /// A construct the DIFFERENTIAL engine does not handle (yet), named for messages:
@@ -74,7 +74,7 @@ unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Plan, 
     }
     let query = &*q;
     if !query.setOperations.is_null() {
-        unsupported!("UNION / INTERSECT / EXCEPT");
+        return translate_union(q);
     }
     if query.hasSubLinks {
         unsupported!("subquery expressions (EXISTS, IN, ANY, scalar subqueries)");
@@ -368,7 +368,111 @@ unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> 
         }
     }
     let block = surgery::finish(prepared, surgery::Targets::KeepVisible(extra))?;
-    Ok(Ok(Plan::Rows(RowsPlan { block, visible, identity })))
+    Ok(Ok(Plan::Rows(RowsPlan { branches: vec![RowsBranch { block, identity }], visible })))
+}
+
+/// `A UNION ALL B ...` (a union of row blocks) or `A UNION B ...` (DISTINCT over
+/// their union). Each branch must be a select-project-join block.
+unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
+    let query = &*q;
+    if query.hasSubLinks || query.hasWindowFuncs || query.hasTargetSRFs {
+        unsupported!("subquery expressions or window functions over a UNION");
+    }
+    if !query.limitCount.is_null() || !query.limitOffset.is_null() {
+        unsupported!("LIMIT / OFFSET");
+    }
+    let top = query.setOperations as *mut pg_sys::SetOperationStmt;
+    let distinct = !(*top).all;
+    let mut leaves = Vec::new();
+    if let Err(construct) = union_leaves(top as *mut pg_sys::Node, distinct, &mut leaves) {
+        unsupported!("{construct}");
+    }
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg(query.rtable);
+    let visible = surgery::visible_names(q);
+    let mut branches = Vec::new();
+    let mut blocks = Vec::new();
+    for rtindex in leaves {
+        let rte = rtable.get_ptr(rtindex - 1).ok_or_else(|| crate::error::PgtError::internal("UNION branch not found"))?;
+        let leaf = (*rte).subquery;
+        if let Some(construct) = unsupported_in_subquery(&*leaf) {
+            unsupported!("{construct} (in a UNION branch)");
+        }
+        let leaf_targets: Vec<*mut pg_sys::Node> = PgList::<pg_sys::TargetEntry>::from_pg((*leaf).targetList)
+            .iter_ptr()
+            .filter(|te| !(**te).resjunk)
+            .map(|te| pg_sys::copyObjectImpl((*te).expr as *const _) as *mut pg_sys::Node)
+            .collect();
+        let prepared = match surgery::prepare(leaf)? {
+            Ok(p) => p,
+            Err(u) => return Ok(Err(u)),
+        };
+        if distinct {
+            let extra = leaf_targets.iter().enumerate().map(|(i, e)| (format!("__pgt_g{}", i + 1), *e)).collect();
+            blocks.push(surgery::finish(prepared, surgery::Targets::Replace(extra))?);
+        } else {
+            if let Some(input) = prepared.inputs.iter().find(|i| i.relation.key.is_empty()) {
+                let name = &input.relation.table_sql;
+                unsupported!("a source without a primary key or unique NOT NULL key ({name}) outside aggregates");
+            }
+            let mut extra: Vec<(String, *mut pg_sys::Node)> =
+                visible.iter().cloned().zip(leaf_targets.iter().copied()).collect();
+            let mut identity = Vec::new();
+            for (k, keys) in prepared.keys.iter().enumerate() {
+                for (j, key) in keys.iter().enumerate() {
+                    let name = format!("__pgt_k{}_{}", k + 1, j + 1);
+                    extra.push((name.clone(), *key));
+                    identity.push(name);
+                }
+            }
+            let block = surgery::finish(prepared, surgery::Targets::Replace(extra))?;
+            branches.push(RowsBranch { block, identity });
+        }
+    }
+    if !distinct {
+        return Ok(Ok(Plan::Rows(RowsPlan { branches, visible })));
+    }
+    // UNION: DISTINCT over the union; the group keys are the output columns.
+    let groups: Vec<*mut pg_sys::Node> = PgList::<pg_sys::TargetEntry>::from_pg(query.targetList)
+        .iter_ptr()
+        .filter(|te| !(**te).resjunk)
+        .map(|te| (*te).expr as *mut pg_sys::Node)
+        .collect();
+    let passthrough = pgt_delta::aggregate::passthrough_columns(&[]);
+    let passthrough_types = passthrough_types(&[], &[]);
+    let output = match surgery::output_template(q, &groups, &[], &passthrough, &passthrough_types)? {
+        Ok(t) => t,
+        Err(u) => return Ok(Err(u)),
+    };
+    Ok(Ok(Plan::Aggregate(AggregatePlan {
+        inputs: blocks,
+        groups: (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect(),
+        aggregates: Vec::new(),
+        output_template: output,
+        visible,
+        having: false,
+        passthrough,
+    })))
+}
+
+/// The range-table indexes of the branches of a UNION tree, left to right.
+/// Under UNION (`distinct`) any mix of UNION and UNION ALL below collapses into
+/// one DISTINCT; under UNION ALL every node must be UNION ALL.
+unsafe fn union_leaves(node: *mut pg_sys::Node, distinct: bool, out: &mut Vec<usize>) -> Result<(), String> {
+    if pgrx::is_a(node, pg_sys::NodeTag::T_RangeTblRef) {
+        out.push((*(node as *mut pg_sys::RangeTblRef)).rtindex as usize);
+        return Ok(());
+    }
+    let op = node as *mut pg_sys::SetOperationStmt;
+    match (*op).op {
+        pg_sys::SetOperation::SETOP_UNION => {}
+        pg_sys::SetOperation::SETOP_INTERSECT => return Err("INTERSECT".into()),
+        _ => return Err("EXCEPT".into()),
+    }
+    if !distinct && !(*op).all {
+        return Err("UNION (without ALL) below UNION ALL".into());
+    }
+    union_leaves((*op).larg, distinct, out)?;
+    union_leaves((*op).rarg, distinct, out)
 }
 
 /// `SELECT <outputs> FROM ... GROUP BY ... HAVING ...`.
@@ -442,7 +546,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
         });
     }
     let group_names: Vec<String> = (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect();
-    let input = surgery::finish(prepared, surgery::Targets::Replace(extra))?;
+    let input = vec![surgery::finish(prepared, surgery::Targets::Replace(extra))?];
     let passthrough = pgt_delta::aggregate::passthrough_columns(&aggregates);
     let passthrough_types = passthrough_types(&aggregates, &aggrefs);
     let visible = surgery::visible_names(q);
@@ -451,7 +555,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
         Err(u) => return Ok(Err(u)),
     };
     Ok(Ok(Plan::Aggregate(AggregatePlan {
-        input,
+        inputs: input,
         groups: group_names,
         aggregates,
         output_template: output,

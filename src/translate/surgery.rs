@@ -347,6 +347,7 @@ unsafe fn clear_aggregation(q: *mut pg_sys::Query) {
     (*q).distinctClause = std::ptr::null_mut();
     (*q).windowClause = std::ptr::null_mut();
     (*q).rowMarks = std::ptr::null_mut();
+    (*q).setOperations = std::ptr::null_mut();
 }
 
 struct OutputMutator {

@@ -33,8 +33,8 @@
 //! aggregate). Equal keys hash equally; NULL keys form their own group as in
 //! GROUP BY.
 
-use crate::join;
-use crate::plan::{Aggregate, AggregateKind, AggregatePlan, HiddenColumn};
+use crate::plan::{Aggregate, AggregateKind, AggregatePlan, Changed, HiddenColumn};
+use crate::union;
 use crate::scan::Frontier;
 use crate::sql::{qualified, quoted, row_id};
 use pgt_core::ident::quote_ident;
@@ -200,7 +200,7 @@ fn stored_columns(plan: &AggregatePlan) -> Vec<String> {
 /// What a FULL refresh inserts: visible columns, row id and state of every group
 /// that belongs in the stream table.
 pub fn full_sql(plan: &AggregatePlan) -> String {
-    let states = full_state_select(plan, &format!("({}) i", join::full_sql(&plan.input)));
+    let states = full_state_select(plan, &format!("({}) i", union::full_sql(&plan.inputs)));
     format!("SELECT {} FROM {} WHERE {}", qualified("o", &stored_columns(plan)), output_sql(plan, &states), keep(plan))
 }
 
@@ -210,9 +210,9 @@ pub fn merge_sql(
     plan: &AggregatePlan,
     st: &str,
     frontier: &Frontier,
-    changed: &[bool],
+    changed: &Changed,
 ) -> Option<String> {
-    let delta = join::delta_sql(&plan.input, frontier, changed)?;
+    let delta = union::delta_sql(&plan.inputs, frontier, changed)?;
 
     // Per affected group: the delta's contribution.
     let mut dcols = vec![format!("{} AS __pgt_row_id", row_id("d", &plan.groups)), "sum(d.__pgt_w) AS __pgt_dcount".to_string()];
@@ -293,7 +293,7 @@ pub fn merge_sql(
     );
 
     // Rescanned groups: state from the input's new state restricted to their keys.
-    let block_new = join::full_sql(&plan.input);
+    let block_new = union::full_sql(&plan.inputs);
     let rescan_keys = format!("SELECT * FROM ({affected}) a WHERE a.__pgt_rescan");
     let restricted = if plan.groups.is_empty() {
         format!("(SELECT b.* FROM ({block_new}) b WHERE EXISTS ({rescan_keys})) i")
@@ -390,7 +390,7 @@ mod tests {
     fn plan(groups: usize, having: bool) -> AggregatePlan {
         let aggregates = vec![agg(AggregateKind::CountStar, 1), agg(AggregateKind::Sum, 2), agg(AggregateKind::Min, 3)];
         AggregatePlan {
-            input: Block {
+            inputs: vec![Block {
                 template: "SELECT ... FROM p1 x".into(),
                 inputs: vec![Input {
                     placeholder: "p1".into(),
@@ -404,7 +404,7 @@ mod tests {
                     only: false,
                 }],
                 columns: vec!["__pgt_g1".into(), "__pgt_a2".into(), "__pgt_a3".into()],
-            },
+            }],
             groups: (1..=groups).map(|i| format!("__pgt_g{i}")).collect(),
             passthrough: passthrough_columns(&aggregates),
             aggregates,
@@ -435,7 +435,7 @@ mod tests {
     #[test]
     fn merge_rescans_when_min_leaves_or_having_meets_new_group() {
         let f = Frontier { snapshot: "1:1:".into(), xid: None, cid: None };
-        let m = merge_sql(&plan(1, true), "st", &f, &[true]).unwrap();
+        let m = merge_sql(&plan(1, true), "st", &f, &[1].into()).unwrap();
         assert!(m.contains("o.__pgt_row_id IS NULL"));
         assert!(m.contains("g.__pgt_ddel3 IS NOT NULL AND o.__pgt_aux_count_3 > 0 AND g.__pgt_ddel3 <= o.__pgt_aux_min_3"));
         assert!(m.contains("LEAST(o.__pgt_aux_min_3, g.__pgt_dins3)"));

@@ -22,7 +22,7 @@
 //! clause; the template outputs each input's weight as `__pgt_w_<i>`, and the term
 //! multiplies them.
 
-use crate::plan::Block;
+use crate::plan::{Block, Changed};
 use crate::scan::{self, Frontier};
 use crate::sql::quoted;
 
@@ -68,9 +68,10 @@ pub fn full_sql(block: &Block) -> String {
     bind(block, &vec![Binding::New; block.inputs.len()], None)
 }
 
-/// `ΔB` given which inputs changed (`changed[i]`), by the telescoping rule. Returns
-/// `None` when nothing changed.
-pub fn delta_sql(block: &Block, frontier: &Frontier, changed: &[bool]) -> Option<String> {
+/// `ΔB` given the OIDs of the relations whose change windows are not empty, by
+/// the telescoping rule. Returns `None` when no input changed.
+pub fn delta_sql(block: &Block, frontier: &Frontier, changed: &Changed) -> Option<String> {
+    let changed: Vec<bool> = block.inputs.iter().map(|i| changed.contains(&i.relation.relid)).collect();
     let changed_positions: Vec<usize> = (0..block.inputs.len()).filter(|i| changed[*i]).collect();
     if changed_positions.is_empty() {
         return None;
@@ -133,7 +134,7 @@ mod tests {
     #[test]
     fn one_term_per_changed_input_earlier_new_later_old() {
         let b = block(2);
-        let d = delta_sql(&b, &f(), &[true, true]).unwrap();
+        let d = delta_sql(&b, &f(), &[1, 2].into()).unwrap();
         assert_eq!(d.matches(") UNION ALL (SELECT t.").count(), 1, "two terms");
         // Term 1: Δ₁ ⋈ old₂ ; term 2: new₁ ⋈ Δ₂.
         let first = d.find("p1 AS (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t1 r)").unwrap();
@@ -145,9 +146,9 @@ mod tests {
     #[test]
     fn unchanged_inputs_are_read_new_and_no_change_means_no_delta() {
         let b = block(2);
-        let d = delta_sql(&b, &f(), &[false, true]).unwrap();
+        let d = delta_sql(&b, &f(), &[2].into()).unwrap();
         assert!(!d.contains("UNION ALL (SELECT"), "one term");
-        assert!(delta_sql(&b, &f(), &[false, false]).is_none());
+        assert!(delta_sql(&b, &f(), &Changed::new()).is_none());
     }
 
     #[test]

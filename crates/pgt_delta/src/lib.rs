@@ -15,8 +15,10 @@
 //!   its new and old states;
 //! - [`join`]: a select-project-join block (filters, projections, inner joins of
 //!   any arity and condition), by the telescoping rule;
+//! - [`union`]: UNION ALL of blocks;
 //! - [`aggregate`]: GROUP BY with COUNT / SUM / AVG maintained algebraically, MIN /
 //!   MAX merged and rescanned only when an extremum leaves, FILTER and HAVING;
+//!   DISTINCT and UNION as grouping with a multiplicity count;
 //! - [`rows`]: applying a block's delta to a stream table keyed by row identity.
 //!
 //! [`model`] re-states the rules over in-memory Z-sets; its property tests check
@@ -32,5 +34,6 @@ pub mod plan;
 pub mod rows;
 pub mod scan;
 mod sql;
+pub mod union;
 
 pub use plan::*;

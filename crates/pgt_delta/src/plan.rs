@@ -49,6 +49,9 @@ pub struct Block {
     pub columns: Vec<String>,
 }
 
+/// The OIDs of the relations whose change windows are not empty in a refresh.
+pub type Changed = std::collections::BTreeSet<u32>;
+
 /// The defining query as an operator tree.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Plan {
@@ -58,24 +61,34 @@ pub enum Plan {
     Aggregate(AggregatePlan),
 }
 
-/// `SELECT <visible> FROM ... WHERE ...` with inner joins only.
+/// `SELECT <visible> FROM ... WHERE ...` with inner joins only, or a UNION ALL of
+/// such blocks.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RowsPlan {
-    /// The block; its columns are the visible columns followed by the identity
-    /// columns `__pgt_k<i>_<j>` (input `i`'s key column `j`).
-    pub block: Block,
+    /// The branches (one unless UNION ALL).
+    pub branches: Vec<RowsBranch>,
     /// Names of the visible columns (the stream table's user columns).
     pub visible: Vec<String>,
+}
+
+/// One branch of a [`RowsPlan`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowsBranch {
+    /// The block; its columns are the visible columns (under the plan's names)
+    /// followed by the identity columns `__pgt_k<i>_<j>` (input `i`'s key column `j`).
+    pub block: Block,
     /// Names of the identity columns in the block's output.
     pub identity: Vec<String>,
 }
 
-/// `SELECT <outputs> FROM ... GROUP BY <keys> [HAVING ...]`.
+/// `SELECT <outputs> FROM ... GROUP BY <keys> [HAVING ...]`, or DISTINCT (no
+/// aggregates), or UNION (DISTINCT over the union of branches).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AggregatePlan {
-    /// The input block; its columns are the group keys `__pgt_g<i>`, then each
-    /// aggregate's argument `__pgt_a<j>` and filter `__pgt_f<j>` where present.
-    pub input: Block,
+    /// The input: the union of these blocks (one unless UNION). Their columns are
+    /// the group keys `__pgt_g<i>`, then each aggregate's argument `__pgt_a<j>` and
+    /// filter `__pgt_f<j>` where present.
+    pub inputs: Vec<Block>,
     /// Names of the group-key columns in the input (`__pgt_g1`, ...); empty for a
     /// scalar aggregate, which has exactly one row even over empty input.
     pub groups: Vec<String>,
@@ -164,11 +177,11 @@ impl Plan {
         serde_json::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// The top block (the input of an aggregate).
-    pub fn block(&self) -> &Block {
+    /// The blocks whose union is the plan's input.
+    pub fn blocks(&self) -> Vec<&Block> {
         match self {
-            Plan::Rows(r) => &r.block,
-            Plan::Aggregate(a) => &a.input,
+            Plan::Rows(r) => r.branches.iter().map(|b| &b.block).collect(),
+            Plan::Aggregate(a) => a.inputs.iter().collect(),
         }
     }
 
@@ -182,11 +195,12 @@ impl Plan {
 
     /// The base relations read, each once.
     pub fn relations(&self) -> Vec<&Relation> {
-        let block = self.block();
         let mut out: Vec<&Relation> = Vec::new();
-        for i in &block.inputs {
-            if !out.iter().any(|r| r.relid == i.relation.relid) {
-                out.push(&i.relation);
+        for block in self.blocks() {
+            for i in &block.inputs {
+                if !out.iter().any(|r| r.relid == i.relation.relid) {
+                    out.push(&i.relation);
+                }
             }
         }
         out
@@ -221,7 +235,7 @@ impl Plan {
 
     /// The MERGE applying the changes after `frontier` to stream table `st`, given
     /// which inputs changed; `None` when none did.
-    pub fn merge_sql(&self, st: &str, frontier: &crate::scan::Frontier, changed: &[bool]) -> Option<String> {
+    pub fn merge_sql(&self, st: &str, frontier: &crate::scan::Frontier, changed: &Changed) -> Option<String> {
         match self {
             Plan::Rows(r) => crate::rows::merge_sql(r, st, frontier, changed),
             Plan::Aggregate(a) => crate::aggregate::merge_sql(a, st, frontier, changed),
@@ -251,8 +265,14 @@ impl Plan {
         };
         match self {
             Plan::Rows(r) => {
-                out.push_str(&format!("  Rows — MERGE by row identity hash({})\n", r.identity.join(", ")));
-                scans(&r.block, "    ", &mut out);
+                if r.branches.len() > 1 {
+                    out.push_str(&format!("  Union all — {} branches, delta = union of the branches' deltas\n", r.branches.len()));
+                }
+                for (i, b) in r.branches.iter().enumerate() {
+                    let prefix = if r.branches.len() > 1 { format!("branch {}, ", i + 1) } else { String::new() };
+                    out.push_str(&format!("  Rows — MERGE by row identity hash({prefix}{})\n", b.identity.join(", ")));
+                    scans(&b.block, "    ", &mut out);
+                }
             }
             Plan::Aggregate(a) => {
                 if a.aggregates.is_empty() {
@@ -267,10 +287,15 @@ impl Plan {
                     let filter = if agg.filter.is_some() { " FILTER" } else { "" };
                     out.push_str(&format!("    {}{} — {}\n", agg.display, filter, agg.kind.strategy()));
                 }
-                scans(&a.input, "    ", &mut out);
+                if a.inputs.len() > 1 {
+                    out.push_str(&format!("    Union — {} branches\n", a.inputs.len()));
+                }
+                for input in &a.inputs {
+                    scans(input, "    ", &mut out);
+                }
             }
         }
-        let all_changed = vec![true; self.block().inputs.len()];
+        let all_changed: Changed = self.relations().iter().map(|r| r.relid).collect();
         out.push_str("full SQL:\n  ");
         out.push_str(&self.full_sql());
         out.push_str("\ndelta SQL (every input changed):\n  ");

@@ -145,6 +145,26 @@ fn views_subqueries_and_ctes() {
     );
 }
 
+#[test]
+fn unions() {
+    run_property_suite(
+        "prop_union",
+        &[
+            ("u_all", "SELECT cust AS x, amount FROM orders WHERE amount > 30 UNION ALL SELECT id, score FROM customers", Differential),
+            (
+                "u_all3",
+                "SELECT id FROM orders WHERE status = 'open' UNION ALL SELECT id FROM orders WHERE status = 'done' \
+                 UNION ALL SELECT order_id FROM items WHERE line % 5 = 0",
+                Differential,
+            ),
+            ("u_distinct", "SELECT cust FROM orders UNION SELECT id FROM customers WHERE vip", Differential),
+            ("u_distinct_keyless", "SELECT kind FROM events UNION SELECT status FROM orders", Differential),
+            ("u_mixed", "SELECT status FROM orders UNION ALL SELECT region FROM customers UNION SELECT name FROM regions", Differential),
+        ],
+        CYCLES,
+    );
+}
+
 /// Constructs DIFFERENTIAL does not handle yet: AUTO must fall back to FULL and
 /// stay correct.
 #[test]
@@ -153,7 +173,8 @@ fn auto_falls_back_to_full() {
         "prop_fallback",
         &[
             ("f_left", "SELECT c.id, o.id AS oid FROM customers c LEFT JOIN orders o ON o.cust = c.id", Full),
-            ("f_union", "SELECT cust AS x FROM orders UNION ALL SELECT id FROM customers", Full),
+            ("f_union_agg", "SELECT x, count(*) AS n FROM (SELECT cust AS x FROM orders UNION ALL SELECT id FROM customers) s GROUP BY x", Full),
+            ("f_intersect", "SELECT cust FROM orders INTERSECT SELECT id FROM customers", Full),
             ("f_keyless", "SELECT kind, n FROM events WHERE n > 0", Full),
             ("f_string_agg", "SELECT status, string_agg(note, ',' ORDER BY note) AS notes FROM orders GROUP BY status", Full),
             ("f_subquery", "SELECT id FROM orders WHERE cust IN (SELECT id FROM customers WHERE vip)", Full),
