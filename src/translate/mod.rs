@@ -495,47 +495,70 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
         let j = k + 1;
         let a = &**aggref;
         if a.agglevelsup != 0 || a.aggkind as u8 != b'n' {
-            unsupported!("this kind of aggregate");
+            unsupported!("ordered-set or hypothetical-set aggregates");
+        }
+        if a.aggvariadic {
+            unsupported!("VARIADIC aggregate calls");
         }
         let (nsp, proname) = function_name(a.aggfnoid)?;
         let display = format!("{proname}(...)");
-        if nsp != "pg_catalog" {
-            unsupported!("aggregate {}.{proname}", quote_ident(&nsp));
-        }
-        if !a.aggdistinct.is_null() {
-            unsupported!("{proname}(DISTINCT ...)");
-        }
-        if !a.aggorder.is_null() {
-            unsupported!("ORDER BY inside {proname}(...)");
-        }
         let args = PgList::<pg_sys::TargetEntry>::from_pg(a.args);
-        let arg_expr = args.get_ptr(0).map(|te| (*te).expr as *mut pg_sys::Node);
+        let plain_args: Vec<*mut pg_sys::TargetEntry> = args.iter_ptr().filter(|te| !(**te).resjunk).collect();
+        let arg_expr = plain_args.first().map(|te| (**te).expr as *mut pg_sys::Node);
         let arg_type = arg_expr.map(|e| pg_sys::exprType(e)).unwrap_or(pg_sys::InvalidOid);
-        let kind = match (proname.as_str(), a.aggstar, args.len()) {
-            ("count", true, _) => AggregateKind::CountStar,
-            ("count", false, 1) => AggregateKind::Count,
-            ("sum", false, 1) | ("avg", false, 1) => {
-                if ![pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::NUMERICOID].contains(&arg_type) {
-                    unsupported!("{proname}() over {} (only integer and numeric sums are exact incrementally)", format_type(arg_type, -1)?);
-                }
-                if proname == "sum" {
-                    AggregateKind::Sum
-                } else {
-                    AggregateKind::Avg
-                }
-            }
-            ("min", false, 1) => AggregateKind::Min,
-            ("max", false, 1) => AggregateKind::Max,
-            _ => unsupported!("aggregate {proname}()"),
+        let exact_sum = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::NUMERICOID].contains(&arg_type);
+        let simple = nsp == "pg_catalog" && a.aggdistinct.is_null() && a.aggorder.is_null();
+        let kind = match (simple, proname.as_str(), a.aggstar, plain_args.len()) {
+            (true, "count", true, _) => AggregateKind::CountStar,
+            (true, "count", false, 1) => AggregateKind::Count,
+            (true, "sum", false, 1) if exact_sum => AggregateKind::Sum,
+            (true, "avg", false, 1) if exact_sum => AggregateKind::Avg,
+            (true, "min", false, 1) => AggregateKind::Min,
+            (true, "max", false, 1) => AggregateKind::Max,
+            _ => AggregateKind::Rescan,
         };
-        let arg_name = (kind != AggregateKind::CountStar).then(|| format!("__pgt_a{j}"));
-        if let (Some(name), Some(expr)) = (&arg_name, arg_expr) {
-            extra.push((name.clone(), pg_sys::copyObjectImpl(expr as *const _) as *mut pg_sys::Node));
-        }
         let filter_name = (!a.aggfilter.is_null()).then(|| format!("__pgt_f{j}"));
         if let Some(name) = &filter_name {
             extra.push((name.clone(), pg_sys::copyObjectImpl(a.aggfilter as *const _) as *mut pg_sys::Node));
         }
+        let mut call = None;
+        let arg_name = if kind == AggregateKind::Rescan {
+            // Every argument and ORDER BY expression becomes an input column; the
+            // call is rebuilt over them.
+            let mut columns = Vec::new();
+            for (n, te) in args.iter_ptr().enumerate() {
+                let name = format!("__pgt_a{j}_{}", n + 1);
+                extra.push((name.clone(), pg_sys::copyObjectImpl((*te).expr as *const _) as *mut pg_sys::Node));
+                columns.push((name, te));
+            }
+            let mut order_by = Vec::new();
+            for sgc in PgList::<pg_sys::SortGroupClause>::from_pg(a.aggorder).iter_ptr() {
+                let Some((name, _)) = columns.iter().find(|(_, te)| (**te).ressortgroupref == (*sgc).tleSortGroupRef) else {
+                    unsupported!("an ORDER BY inside {proname}(...) that cannot be resolved");
+                };
+                let operator = query_one::<String>(
+                    "SELECT 'OPERATOR(' || pg_catalog.quote_ident(n.nspname) || '.' || o.oprname || ')' \
+                     FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE o.oid = $1",
+                    &[(*sgc).sortop.into()],
+                )?
+                .unwrap_or_default();
+                let nulls = if (*sgc).nulls_first { "NULLS FIRST" } else { "NULLS LAST" };
+                order_by.push((name.clone(), format!("USING {operator} {nulls}")));
+            }
+            call = Some(pgt_delta::AggregateCall {
+                function: format!("{}.{}", quote_ident(&nsp), quote_ident(&proname)),
+                args: columns.iter().filter(|(_, te)| !(**te).resjunk).map(|(n, _)| n.clone()).collect(),
+                distinct: !a.aggdistinct.is_null(),
+                order_by,
+            });
+            None
+        } else {
+            let name = (kind != AggregateKind::CountStar).then(|| format!("__pgt_a{j}"));
+            if let (Some(name), Some(expr)) = (&name, arg_expr) {
+                extra.push((name.clone(), pg_sys::copyObjectImpl(expr as *const _) as *mut pg_sys::Node));
+            }
+            name
+        };
         aggregates.push(Aggregate {
             kind,
             arg: arg_name,
@@ -543,6 +566,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
             arg_type: if arg_type == pg_sys::InvalidOid { "bigint".into() } else { format_type(arg_type, -1)? },
             result_type: format_type(a.aggtype, -1)?,
             display,
+            call,
         });
     }
     let group_names: Vec<String> = (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect();
@@ -572,7 +596,7 @@ unsafe fn passthrough_types(aggregates: &[Aggregate], aggrefs: &[*mut pg_sys::Ag
     for (agg, aggref) in aggregates.iter().zip(aggrefs) {
         types.push(pg_sys::INT8OID);
         match agg.kind {
-            AggregateKind::Sum => types.push((**aggref).aggtype),
+            AggregateKind::Sum | AggregateKind::Rescan => types.push((**aggref).aggtype),
             AggregateKind::Avg => types.push(pg_sys::NUMERICOID),
             AggregateKind::Min | AggregateKind::Max => {
                 let args = PgList::<pg_sys::TargetEntry>::from_pg((**aggref).args);

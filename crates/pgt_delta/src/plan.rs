@@ -124,6 +124,37 @@ pub struct Aggregate {
     pub result_type: String,
     /// How the user wrote it, for EXPLAIN (`sum(l.amount)`).
     pub display: String,
+    /// For [`AggregateKind::Rescan`]: the call over the input's columns.
+    pub call: Option<AggregateCall>,
+}
+
+/// An aggregate call over input columns, for aggregates recomputed per group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AggregateCall {
+    /// The function, quoted and schema-qualified (`"pg_catalog"."string_agg"`).
+    pub function: String,
+    /// Input columns holding the arguments, in order.
+    pub args: Vec<String>,
+    /// `DISTINCT` inside the call.
+    pub distinct: bool,
+    /// `ORDER BY` inside the call: input column and the ordering clause that
+    /// follows it (`USING OPERATOR(pg_catalog.<) NULLS LAST`).
+    pub order_by: Vec<(String, String)>,
+}
+
+impl AggregateCall {
+    /// The call over the columns of `alias` (without FILTER).
+    pub fn sql(&self, alias: &str) -> String {
+        let col = |c: &String| format!("{alias}.{}", pgt_core::ident::quote_ident(c));
+        let args = self.args.iter().map(col).collect::<Vec<_>>().join(", ");
+        let order = if self.order_by.is_empty() {
+            String::new()
+        } else {
+            format!(" ORDER BY {}", self.order_by.iter().map(|(c, how)| format!("{} {how}", col(c))).collect::<Vec<_>>().join(", "))
+        };
+        let args = if args.is_empty() { "*".to_string() } else { args };
+        format!("{}({}{args}{order})", self.function, if self.distinct { "DISTINCT " } else { "" })
+    }
 }
 
 /// The aggregates maintained incrementally.
@@ -141,6 +172,10 @@ pub enum AggregateKind {
     Min,
     /// `max(x)`
     Max,
+    /// Any other aggregate (string_agg, array_agg, bool_and, count(DISTINCT x),
+    /// float sums, user-defined aggregates, ...): recomputed for every affected
+    /// group.
+    Rescan,
 }
 
 impl AggregateKind {
@@ -149,6 +184,7 @@ impl AggregateKind {
         match self {
             AggregateKind::CountStar | AggregateKind::Count | AggregateKind::Sum | AggregateKind::Avg => "algebraic",
             AggregateKind::Min | AggregateKind::Max => "merge; rescan group when the extremum leaves",
+            AggregateKind::Rescan => "rescan of each affected group",
         }
     }
 }
