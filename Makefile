@@ -6,12 +6,13 @@
 SHELL := /bin/bash
 export PGT_DEMO_SCALE ?= $(or $(SCALE),0.01)
 
-.PHONY: help setup install demo test stop
+.PHONY: help setup install demo test stop bench
 
 help:
 	@echo "make demo   build, start PostgreSQL 18 with pg_trickle, show stream tables on TPC-H data (SCALE=0.01)"
 	@echo "make test   run every test (unit + end-to-end against PostgreSQL 18)"
 	@echo "make stop   stop the demo server"
+	@echo "make bench  DIFFERENTIAL vs FULL vs REFRESH MATERIALIZED VIEW -> docs/BENCHMARK.md"
 
 setup:
 	@scripts/setup.sh
@@ -27,3 +28,6 @@ test: install
 
 stop:
 	@scripts/stop.sh
+
+bench: install
+	@scripts/bench.sh

@@ -117,11 +117,45 @@ pub fn is_stream_table(relid: pg_sys::Oid) -> PgtResult<bool> {
     .unwrap_or(false))
 }
 
-/// Locks the catalog row of stream table `pgt_id` (`FOR UPDATE`) and returns it as
-/// committed by whoever held the lock before. Two refreshes, or a refresh and an
-/// alter, of one stream table serialize here.
+/// First half of the advisory-lock key space for "maintenance of a stream table"
+/// (`"pgu\0"`); the second half is its `pgt_id`.
+const STREAM_TABLE_LOCK_CLASS: i64 = 0x7067_7500;
+
+/// Takes the transaction-level advisory lock that serializes refreshes, alters and
+/// drops of stream table `pgt_id`. It writes nothing (no xid, no WAL), so a refresh
+/// that finds nothing to do stays a read-only transaction.
+fn lock_maintenance(pgt_id: i64) -> PgtResult<()> {
+    exec("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[((STREAM_TABLE_LOCK_CLASS << 32) | pgt_id).into()])?;
+    Ok(())
+}
+
+/// For a refresh: takes the maintenance lock of `pgt_id` and returns its row as
+/// committed by whoever held the lock before (READ COMMITTED reads with a fresh
+/// snapshot). In REPEATABLE READ and SERIALIZABLE the row is also locked `FOR
+/// UPDATE`, so a refresh committed since the transaction's snapshot makes this one
+/// fail with a serialization error rather than start from a stale frontier.
+pub fn lock_stream_table_for_refresh(pgt_id: i64) -> PgtResult<StreamTable> {
+    let snapshot_isolation = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
+    let sql = if snapshot_isolation {
+        format!("{SELECT_STREAM_TABLE} WHERE st.pgt_id = $1 FOR UPDATE OF st")
+    } else {
+        format!("{SELECT_STREAM_TABLE} WHERE st.pgt_id = $1")
+    };
+    lock_maintenance(pgt_id)?;
+    as_extension_owner(|| {
+        query_map(&sql, &[pgt_id.into()], stream_table_from_row)?.into_iter().next().ok_or_else(|| {
+            PgtError::new(pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "stream table does not exist any more")
+                .detail("It was dropped by a concurrent transaction.")
+        })
+    })
+}
+
+/// Takes the maintenance lock of stream table `pgt_id`, locks its catalog row (`FOR
+/// UPDATE`) and returns it as committed by whoever held the lock before. Refreshes,
+/// alters and drops of one stream table serialize here.
 pub fn lock_stream_table(pgt_id: i64) -> PgtResult<StreamTable> {
     let sql = format!("{SELECT_STREAM_TABLE} WHERE st.pgt_id = $1 FOR UPDATE OF st");
+    lock_maintenance(pgt_id)?;
     as_extension_owner(|| {
         query_map(&sql, &[pgt_id.into()], stream_table_from_row)?
             .into_iter()
@@ -444,8 +478,8 @@ impl InitiatedBy {
 pub struct RefreshRecord {
     /// The stream table refreshed.
     pub pgt_id: i64,
-    /// `clock_timestamp()` text when the refresh started.
-    pub start_time: String,
+    /// When the refresh started, in seconds since the Unix epoch.
+    pub start_time: f64,
     /// FULL / DIFFERENTIAL / IMMEDIATE / SKIP.
     pub action: &'static str,
     /// Rows written into the storage table.
@@ -469,11 +503,11 @@ pub fn insert_refresh_history(r: &RefreshRecord) -> PgtResult<()> {
             "INSERT INTO pgtrickle.pgt_refresh_history \
                (pgt_id, start_time, end_time, action, rows_inserted, rows_deleted, status, \
                 error_message, initiated_by, frontier) \
-             VALUES ($1, $2::timestamptz, pg_catalog.clock_timestamp(), $3, $4, $5, $6, $7, $8, \
+             VALUES ($1, pg_catalog.to_timestamp($2), pg_catalog.clock_timestamp(), $3, $4, $5, $6, $7, $8, \
                      $9::pg_catalog.pg_snapshot)",
             &[
                 r.pgt_id.into(),
-                r.start_time.as_str().into(),
+                r.start_time.into(),
                 r.action.into(),
                 r.rows_inserted.into(),
                 r.rows_deleted.into(),

@@ -13,7 +13,7 @@ use crate::guc;
 use crate::parse::{self, AnalyzedQuery, SourceKind};
 use crate::privilege::{as_owner_restricted, current_user, current_user_owns};
 use crate::refresh;
-use crate::spi::{exec, query_one};
+use crate::spi::exec;
 use crate::storage;
 use crate::translate;
 use pgt_delta::Plan;
@@ -32,10 +32,18 @@ pub const DEFAULT_SCHEMA: &str = "public";
 /// # Errors
 /// 22023 for text that is not an identifier; 42602 for more than two parts.
 pub fn parse_name(text: &str) -> PgtResult<QualifiedName> {
-    // ::name[] truncates each part to NAMEDATALEN - 1 bytes, as PostgreSQL does
-    // for identifiers, so that a long name finds the table CREATE TABLE made.
-    let parts = query_one::<Vec<String>>("SELECT pg_catalog.parse_ident($1)::pg_catalog.name[]::text[]", &[text.into()])?
-        .unwrap_or_default();
+    // stringToQualifiedNameList reads identifiers exactly as the parser does:
+    // quotes, case folding, and truncation to NAMEDATALEN - 1 bytes, so a long
+    // name finds the table CREATE TABLE made.
+    let ctext = std::ffi::CString::new(text)
+        .map_err(|_| PgtError::new(PgSqlErrorCode::ERRCODE_INVALID_NAME, "name contains a NUL byte"))?;
+    let parts: Vec<String> = unsafe {
+        let list = pg_sys::stringToQualifiedNameList(ctext.as_ptr(), std::ptr::null_mut());
+        pgrx::PgList::<pg_sys::String>::from_pg(list)
+            .iter_ptr()
+            .map(|s| std::ffi::CStr::from_ptr((*s).sval).to_string_lossy().into_owned())
+            .collect()
+    };
     match parts.as_slice() {
         [name] => Ok(QualifiedName::new(DEFAULT_SCHEMA, name.clone())),
         [schema, name] => Ok(QualifiedName::new(schema.clone(), name.clone())),
@@ -47,13 +55,20 @@ pub fn parse_name(text: &str) -> PgtResult<QualifiedName> {
     }
 }
 
-/// OID of relation `name`, if it exists.
+/// OID of relation `name`, if it exists (syscache lookups, no SQL).
 fn relation_oid(name: &QualifiedName) -> PgtResult<Option<pg_sys::Oid>> {
-    query_one::<pg_sys::Oid>(
-        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = $2",
-        &[name.schema.as_str().into(), name.name.as_str().into()],
-    )
+    let cstr = |s: &str| {
+        std::ffi::CString::new(s).map_err(|_| PgtError::new(PgSqlErrorCode::ERRCODE_INVALID_NAME, "name contains a NUL byte"))
+    };
+    let (schema, relname) = (cstr(&name.schema)?, cstr(&name.name)?);
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return Ok(None);
+        }
+        let relid = pg_sys::get_relname_relid(relname.as_ptr(), nsp);
+        Ok((relid != pg_sys::InvalidOid).then_some(relid))
+    }
 }
 
 /// The stream table called `text`.
@@ -611,8 +626,23 @@ pub fn explain_stream_table(st: &StreamTable) -> PgtResult<String> {
 }
 
 /// `refresh_stream_table`: a manual refresh, recorded with initiated_by MANUAL.
-pub fn refresh_stream_table(st: StreamTable) -> PgtResult<()> {
-    check_owner(&st)?;
-    refresh::refresh_stream_table(st.pgt_id, InitiatedBy::Manual)?;
+/// Resolves the name without reading the catalog; the refresh reads (and locks)
+/// the stream table's row once.
+pub fn refresh_stream_table_named(text: Option<&str>) -> PgtResult<()> {
+    let name = parse_name(text.ok_or_else(|| null_error("name"))?)?;
+    let relid = relation_oid(&name)?.ok_or_else(|| {
+        PgtError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("stream table {name} does not exist"))
+    })?;
+    let Some(pgt_id) = catalog::pgt_id_by_relid(relid)? else {
+        return Err(PgtError::new(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("{name} is not a stream table"))
+            .hint("Stream tables are listed in pgtrickle.pgt_stream_tables."));
+    };
+    if !current_user_owns(relid) {
+        return Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of stream table {name}"),
+        ));
+    }
+    refresh::refresh_stream_table(pgt_id, InitiatedBy::Manual)?;
     Ok(())
 }

@@ -80,10 +80,24 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> PgtResult<R>) -> PgtResult<R> {
     f()
 }
 
-/// The OID of the role that owns the `pg_trickle` extension.
+thread_local! {
+    /// (extension OID, owner OID) of this backend's database, looked up once.
+    static EXTENSION_OWNER: std::cell::Cell<Option<(pg_sys::Oid, pg_sys::Oid)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The OID of the role that owns the `pg_trickle` extension. Cached per backend,
+/// keyed by the extension's OID (a re-created extension is looked up again).
 pub fn extension_owner() -> PgtResult<pg_sys::Oid> {
-    Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_trickle'")?
-        .ok_or_else(|| PgtError::internal("extension \"pg_trickle\" is not installed in this database"))
+    let extension = extension_oid()?;
+    if let Some((ext, owner)) = EXTENSION_OWNER.with(|c| c.get()) {
+        if ext == extension {
+            return Ok(owner);
+        }
+    }
+    let owner = Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_trickle'")?
+        .ok_or_else(|| PgtError::internal("extension \"pg_trickle\" is not installed in this database"))?;
+    EXTENSION_OWNER.with(|c| c.set(Some((extension, owner))));
+    Ok(owner)
 }
 
 /// The OID of the `pg_trickle` extension in this database.

@@ -107,8 +107,7 @@ mod pgtrickle {
     /// Refreshes a stream table now, in the caller's transaction.
     #[pg_extern]
     fn refresh_stream_table(name: Option<&str>) {
-        let st = lifecycle::resolve_stream_table_arg(name).or_raise();
-        lifecycle::refresh_stream_table(st).or_raise()
+        lifecycle::refresh_stream_table_named(name).or_raise()
     }
 
     /// How a stream table is maintained: modes, operator tree with strategies, SQL.

@@ -33,37 +33,36 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     };
     let frontier = Frontier { snapshot: frontier_snapshot, xid: st.frontier_xid.clone(), cid: st.frontier_cid };
 
-    // The owner reads the change buffers; it must still be allowed to read the
-    // sources themselves (a FULL refresh would fail the same way).
-    for relation in plan.relations() {
-        let allowed = snapshot
-            .query_text(&format!("SELECT pg_catalog.has_table_privilege({}::pg_catalog.oid, 'SELECT')", relation.relid))?;
-        if allowed.as_deref() != Some("t") {
-            return Err(PgtError::new(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!("permission denied for table {}", relation.table_sql),
-            )
-            .detail(format!("The owner of stream table {} can no longer read it.", st.name)));
-        }
-    }
-
-    // TRUNCATE in a window: the images cannot express it.
-    for relation in plan.relations() {
-        if snapshot.query_text(&scan::truncate_in_window_sql(relation, &frontier))?.as_deref() == Some("t") {
+    // All change windows in one query; nothing to do when they are empty.
+    let relations = plan.relations();
+    let Some(windows) = snapshot.query_text(&scan::windows_sql(&relations, &frontier))? else {
+        return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
+    };
+    let mut window_rows = 0f64;
+    let mut changed = pgt_delta::Changed::new();
+    for part in windows.split(';') {
+        let mut fields = part.split(':');
+        let relid: u32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        let images: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        if fields.next() == Some("true") {
+            // TRUNCATE in a window: the images cannot express it.
             return refresh_full_with_plan(st, &plan, snapshot);
         }
+        window_rows += images;
+        changed.insert(relid);
     }
 
-    // Which inputs changed, and how much.
-    let mut window_rows = 0f64;
-    let mut relation_changed = std::collections::HashMap::new();
-    for relation in plan.relations() {
-        let n: f64 = snapshot.query_text(&scan::window_size_sql(relation, &frontier))?.and_then(|t| t.parse().ok()).unwrap_or(0.0);
-        window_rows += n;
-        relation_changed.insert(relation.relid, n > 0.0);
+    // The owner reads the change buffers; it must still be allowed to read the
+    // sources themselves (a FULL refresh would fail the same way).
+    let oids = relations.iter().map(|r| r.relid.to_string()).collect::<Vec<_>>().join(",");
+    let denied = snapshot.query_text(&format!(
+        "SELECT pg_catalog.string_agg(r::pg_catalog.regclass::text, ', ') FROM pg_catalog.unnest(ARRAY[{oids}]::pg_catalog.oid[]) r \
+         WHERE NOT pg_catalog.has_table_privilege(r, 'SELECT')"
+    ))?;
+    if let Some(denied) = denied {
+        return Err(PgtError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for table {denied}"))
+            .detail(format!("The owner of stream table {} can no longer read it.", st.name)));
     }
-    let changed: pgt_delta::Changed =
-        relation_changed.iter().filter(|(_, changed)| **changed).map(|(relid, _)| *relid).collect();
     let max_ratio = guc::DIFFERENTIAL_MAX_CHANGE_RATIO.get();
     let source_rows = source_rows(&plan, snapshot, (window_rows / max_ratio.max(1e-9)).ceil())?;
     let ratio = window_rows / source_rows.max(1.0);
@@ -79,7 +78,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     }
 
     let Some(merge) = plan.merge_sql(&st.name.to_sql(), &frontier, &changed) else {
-        return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0 });
+        return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
     };
     let counts = snapshot
         .query_text(&format!(
@@ -91,7 +90,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     let mut parts = counts.split(',').map(|p| p.parse::<u64>().unwrap_or(0));
     let inserted = parts.next().unwrap_or(0);
     let deleted = parts.next().unwrap_or(0);
-    Ok(Applied { action: "DIFFERENTIAL", inserted, deleted })
+    Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false })
 }
 
 /// The sources' row count: `pg_class.reltuples` where the planner has an estimate;

@@ -41,7 +41,7 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
         row_id = quote_ident(ROW_ID_COLUMN),
         query = st.defining_query,
     ))?;
-    Ok(Applied { action: "FULL", inserted, deleted })
+    Ok(Applied { action: "FULL", inserted, deleted, unchanged: false })
 }
 
 /// Recomputes `st` with the full query of its DIFFERENTIAL plan.
@@ -50,17 +50,25 @@ pub fn refresh_full_with_plan(st: &StreamTable, plan: &Plan, snapshot: &Statemen
     let columns: Vec<String> = plan.stored_columns().iter().map(|c| quote_ident(c)).collect();
     let deleted = snapshot.exec(&format!("DELETE FROM {table}"))?;
     let inserted = snapshot.exec(&format!("INSERT INTO {table} ({}) {}", columns.join(", "), plan.full_sql()))?;
-    Ok(Applied { action: "FULL", inserted, deleted })
+    Ok(Applied { action: "FULL", inserted, deleted, unchanged: false })
 }
 
-/// The frontier of statements just run in `snapshot`: the snapshot itself, plus the
+/// The frontier of statements just run in `snapshot` — the snapshot itself, plus the
 /// current transaction's xid (if it has one) and current command id, which cover the
-/// transaction's own earlier writes (`pgt_core::frontier`).
-pub fn frontier_now(snapshot: &StatementSnapshot) -> PgtResult<Frontier> {
+/// transaction's own earlier writes (`pgt_core::frontier`) — and the clock time as
+/// text.
+pub fn frontier_now(snapshot: &StatementSnapshot) -> PgtResult<(Frontier, String)> {
     let text = snapshot
-        .query_text("SELECT pg_catalog.pg_current_snapshot()::text")?
+        .query_text(
+            "SELECT pg_catalog.pg_current_snapshot()::text || '|' || \
+                    coalesce(pg_catalog.pg_current_xact_id_if_assigned()::text, '') || '|' || \
+                    pg_catalog.clock_timestamp()::text",
+        )?
         .ok_or_else(|| PgtError::internal("pg_current_snapshot() returned nothing"))?;
-    let xid = snapshot.query_text("SELECT pg_catalog.pg_current_xact_id_if_assigned()::text")?;
+    let mut parts = text.splitn(3, '|');
+    let snapshot_text = parts.next().unwrap_or_default().to_string();
+    let xid = parts.next().filter(|x| !x.is_empty()).map(str::to_string);
+    let now = parts.next().unwrap_or_default().to_string();
     let cid = unsafe { pg_sys::GetCurrentCommandId(false) } as i64;
-    Ok(Frontier { snapshot: text, xid, cid })
+    Ok((Frontier { snapshot: snapshot_text, xid, cid }, now))
 }

@@ -2,8 +2,9 @@
 //! and record what happened.
 //!
 //! [`refresh_stream_table`] reads as the sequence of steps it performs:
-//! 1. lock the stream table's catalog row (`FOR UPDATE`): concurrent refreshes and
-//!    alters of the same stream table serialize here, and the frontier read is the
+//! 1. take the stream table's maintenance lock (an advisory lock; plus `FOR UPDATE`
+//!    on its catalog row under snapshot isolation): concurrent refreshes, alters and
+//!    drops of the same stream table serialize here, and the frontier read is the
 //!    latest committed one;
 //! 2. lock the storage table in EXCLUSIVE mode: readers go on reading the old
 //!    contents, writers wait;
@@ -11,7 +12,9 @@
 //!    snapshot and run the executor of the effective mode in it — [`full`]
 //!    recomputes, [`differential`] applies the changes since the frontier (or
 //!    recomputes when it must) — then read the new frontier in that snapshot;
-//! 4. record the frontier and a `pgt_refresh_history` row;
+//! 4. record the frontier and a `pgt_refresh_history` row — unless a DIFFERENTIAL
+//!    refresh found no change at all: then it writes nothing, and the transaction
+//!    stays read-only;
 //! 5. trim the change buffers of the stream table's sources to what some consumer
 //!    still needs.
 //!
@@ -23,10 +26,10 @@ pub mod full;
 
 use crate::catalog::{self, Frontier, InitiatedBy, RefreshRecord};
 use crate::cdc;
-use crate::error::{PgtError, PgtResult};
+use crate::error::PgtResult;
 use crate::parse::SourceKind;
 use crate::privilege::as_owner_restricted;
-use crate::spi::{query_one, StatementSnapshot};
+use crate::spi::StatementSnapshot;
 use pgrx::pg_sys;
 use pgt_core::options::RefreshMode;
 
@@ -53,27 +56,40 @@ pub struct Applied {
     pub inserted: u64,
     /// Rows deleted (updates included).
     pub deleted: u64,
+    /// Nothing changed since the frontier: no buffer row was consumed.
+    pub unchanged: bool,
 }
 
 /// Refreshes stream table `pgt_id` (see the module doc for the steps).
 pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult<RefreshOutcome> {
-    let st = catalog::lock_stream_table(pgt_id)?;
+    let st = catalog::lock_stream_table_for_refresh(pgt_id)?;
     unsafe { pg_sys::LockRelationOid(st.relid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
-    let start_time = query_one::<String>("SELECT pg_catalog.clock_timestamp()::text", &[])?.unwrap_or_default();
+    let start_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
 
     let (applied, frontier, data_timestamp) = as_owner_restricted(st.owner, || -> PgtResult<_> {
         let snapshot = StatementSnapshot::take();
-        let data_timestamp = snapshot
-            .query_text("SELECT pg_catalog.clock_timestamp()::text")?
-            .ok_or_else(|| PgtError::internal("clock_timestamp() returned nothing"))?;
         let applied = match st.effective_refresh_mode {
             RefreshMode::Differential => differential::refresh(&st, &snapshot)?,
             _ => full::refresh_full(&st, &snapshot)?,
         };
-        let frontier = full::frontier_now(&snapshot)?;
-        Ok((applied, frontier, data_timestamp))
+        let (frontier, now) = full::frontier_now(&snapshot)?;
+        Ok((applied, frontier, now))
     })?;
 
+    let outcome = RefreshOutcome {
+        action: applied.action,
+        rows_inserted: applied.inserted as i64,
+        rows_deleted: applied.deleted as i64,
+        frontier: frontier.clone(),
+    };
+    if applied.unchanged {
+        // Nothing changed since the frontier: the contents are current and the
+        // frontier equivalent to a new one. Write nothing (no history row).
+        return Ok(outcome);
+    }
     catalog::mark_refreshed(pgt_id, &frontier, &data_timestamp)?;
     let outcome = RefreshOutcome {
         action: applied.action,
@@ -92,9 +108,11 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
         initiated_by,
         frontier: Some(outcome.frontier.snapshot.clone()),
     })?;
-    for dep in catalog::dependencies(pgt_id)? {
-        if dep.kind != SourceKind::View.as_str() {
-            cdc::trim_buffer(dep.source_relid)?;
+    if !applied.unchanged {
+        for dep in catalog::dependencies(pgt_id)? {
+            if dep.kind != SourceKind::View.as_str() {
+                cdc::trim_buffer(dep.source_relid)?;
+            }
         }
     }
     Ok(outcome)

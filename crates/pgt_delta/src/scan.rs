@@ -124,6 +124,28 @@ pub fn window_size_sql(relation: &Relation, frontier: &Frontier) -> String {
     format!("SELECT count(*) FROM {} b WHERE {}", relation.buffer_sql, frontier.pending_predicate("b"))
 }
 
+/// One query describing the windows of all `relations`: one text value
+/// `relid:images:truncated` per relation with a non-empty window, joined by `;`
+/// (NULL when every window is empty).
+pub fn windows_sql(relations: &[&Relation], frontier: &Frontier) -> String {
+    let parts: Vec<String> = relations
+        .iter()
+        .map(|r| {
+            format!(
+                "SELECT {relid} AS relid, b.__pgt_action AS action FROM {buffer} b WHERE {pending}",
+                relid = r.relid,
+                buffer = r.buffer_sql,
+                pending = frontier.pending_predicate("b")
+            )
+        })
+        .collect();
+    format!(
+        "SELECT pg_catalog.string_agg(w.relid || ':' || w.images || ':' || w.truncated, ';') FROM ( \
+           SELECT u.relid, count(*) AS images, bool_or(u.action = 'T') AS truncated FROM ({}) u GROUP BY u.relid) w",
+        parts.join(" UNION ALL ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

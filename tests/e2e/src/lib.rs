@@ -174,8 +174,19 @@ pub fn run_property_suite(test: &str, queries: &[(&str, &str, Expect)], cycles: 
             let sql = random_dml(&mut rng, &mut next_id);
             db.exec(&sql);
         }
+        if rng.random_range(0..2) == 0 {
+            // The keyless table: duplicates added and removed.
+            db.exec(&format!(
+                "INSERT INTO events SELECT kind, n FROM events WHERE n = {} LIMIT 2",
+                rng.random_range(0..4)
+            ));
+            db.exec(&format!(
+                "DELETE FROM events WHERE ctid IN (SELECT ctid FROM events WHERE n = {} LIMIT 1)",
+                rng.random_range(0..4)
+            ));
+        }
         if rng.random_range(0..15) == 0 {
-            db.exec("TRUNCATE events; INSERT INTO events VALUES ('a', 1), ('a', 1), (NULL, 2)");
+            db.exec("TRUNCATE events; INSERT INTO events VALUES ('a', 1), ('a', 1), (NULL, 2), ('b', 3)");
         }
         for (name, query, _) in queries {
             db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}'); SELECT pgtrickle.refresh_stream_table('{name}_full')"));

@@ -1,0 +1,299 @@
+//! `make bench`: refresh cost of DIFFERENTIAL vs FULL vs native `REFRESH
+//! MATERIALIZED VIEW`, side by side in one run against one server.
+//!
+//! For each source size (`PGT_BENCH_ROWS`, default `100000,1000000`), scenario and
+//! change rate (0.1 %, 1 %, 10 % of the rows: 70 % updates, 15 % deletes, 15 %
+//! inserts), it applies the changes in one transaction, then times refreshing a
+//! DIFFERENTIAL stream table, a FULL stream table and a materialized view of the
+//! same query; `PGT_BENCH_REPS` (default 5) repetitions, medians reported. It also
+//! times refreshes with no change. Results go to docs/BENCHMARK.md and
+//! docs/benchmark.json (machine-readable, to compare runs).
+
+use pgt_testkit::postgres::Client;
+use pgt_testkit::{Cluster, ClusterOptions, Paths};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+const SCENARIOS: &[(&str, &str)] = &[
+    ("scan", "SELECT id, val, amt FROM src"),
+    ("filter", "SELECT id, val FROM src WHERE val % 10 = 0"),
+    ("aggregate, high cardinality", "SELECT grp_hi, count(*) AS n, sum(amt) AS total FROM src GROUP BY grp_hi"),
+    ("aggregate, low cardinality", "SELECT grp_lo, count(*) AS n, sum(amt) AS total, avg(val) AS mean FROM src GROUP BY grp_lo"),
+    ("join", "SELECT s.id, s.val, d.name FROM src s JOIN dim d ON d.id = s.dim_id"),
+    ("join + aggregate", "SELECT d.region, count(*) AS n, sum(s.amt) AS total FROM src s JOIN dim d ON d.id = s.dim_id GROUP BY d.region"),
+];
+
+const RATES: &[f64] = &[0.001, 0.01, 0.1];
+
+#[derive(Serialize)]
+struct Row {
+    rows: u64,
+    scenario: String,
+    change_rate: f64,
+    changes: u64,
+    differential_ms: f64,
+    full_ms: f64,
+    matview_ms: f64,
+    speedup_vs_full: f64,
+    speedup_vs_matview: f64,
+}
+
+#[derive(Serialize)]
+struct ZeroChange {
+    rows: u64,
+    scenario: String,
+    median_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    command: String,
+    date: String,
+    machine: String,
+    postgres: String,
+    repetitions: usize,
+    results: Vec<Row>,
+    zero_change: Vec<ZeroChange>,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench failed: {e:?}");
+        std::process::exit(1);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn timed(db: &mut Client, sql: &str) -> Result<f64, Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    db.batch_execute(sql)?;
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let sizes: Vec<u64> = std::env::var("PGT_BENCH_ROWS")
+        .unwrap_or_else(|_| "100000,1000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let reps: usize = std::env::var("PGT_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let paths = Paths::from_env()?;
+    let dir = paths.home.join("bench");
+    let cluster = Cluster::ensure_started(
+        paths,
+        &dir,
+        &ClusterOptions {
+            durable: true,
+            extra_conf: vec![
+                "shared_buffers = 1GB".into(),
+                "work_mem = 64MB".into(),
+                "maintenance_work_mem = 256MB".into(),
+                "max_wal_size = 4GB".into(),
+                "autovacuum = on".into(),
+            ],
+        },
+    )?;
+    let mut admin = cluster.connect("postgres")?;
+    admin.batch_execute("DROP DATABASE IF EXISTS pgtrickle_bench WITH (FORCE)")?;
+    admin.batch_execute("CREATE DATABASE pgtrickle_bench")?;
+    let mut db = cluster.connect("pgtrickle_bench")?;
+    db.batch_execute("CREATE EXTENSION pg_trickle; SET client_min_messages = warning;")?;
+    let postgres: String = db.query_one("SELECT version()", &[])?.get(0);
+
+    let mut results = Vec::new();
+    let mut zero = Vec::new();
+    for &rows in &sizes {
+        println!("==> {rows} source rows: loading");
+        load(&mut db, rows)?;
+        for (si, (scenario, query)) in SCENARIOS.iter().enumerate() {
+            let (st_diff, st_full, mv) = (format!("b{si}_diff"), format!("b{si}_full"), format!("b{si}_mv"));
+            db.batch_execute(&format!(
+                "SELECT pgtrickle.create_stream_table('{st_diff}', $q${query}$q$, refresh_mode => 'DIFFERENTIAL');
+                 SELECT pgtrickle.create_stream_table('{st_full}', $q${query}$q$, refresh_mode => 'FULL');
+                 CREATE MATERIALIZED VIEW {mv} AS {query};
+                 ANALYZE {st_diff}; ANALYZE {st_full}; ANALYZE {mv};"
+            ))?;
+            let mut zeros = Vec::new();
+            for _ in 0..20 {
+                zeros.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_diff}')"))?);
+            }
+            let zero_ms = median(zeros);
+            zero.push(ZeroChange { rows, scenario: scenario.to_string(), median_ms: zero_ms });
+            for &rate in RATES {
+                let changes = ((rows as f64) * rate).round() as u64;
+                let (mut d, mut f, mut m) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..reps {
+                    apply_changes(&mut db, changes)?;
+                    d.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_diff}')"))?);
+                    f.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_full}')"))?);
+                    m.push(timed(&mut db, &format!("REFRESH MATERIALIZED VIEW {mv}"))?);
+                }
+                let (d, f, m) = (median(d), median(f), median(m));
+                println!(
+                    "    {scenario:<28} {:>6.1}%  DIFFERENTIAL {d:>9.1} ms  FULL {f:>9.1} ms  MATVIEW {m:>9.1} ms  ({:.1}x vs matview)",
+                    rate * 100.0,
+                    m / d
+                );
+                results.push(Row {
+                    rows,
+                    scenario: scenario.to_string(),
+                    change_rate: rate,
+                    changes,
+                    differential_ms: d,
+                    full_ms: f,
+                    matview_ms: m,
+                    speedup_vs_full: f / d,
+                    speedup_vs_matview: m / d,
+                });
+            }
+            // Correctness check while we are here.
+            let cols = visible_columns(&mut db, &st_diff)?;
+            let diff: i64 = db
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM ((SELECT * FROM {mv} EXCEPT ALL SELECT {cols} FROM {st_diff}) \
+                         UNION ALL (SELECT {cols} FROM {st_diff} EXCEPT ALL SELECT * FROM {mv})) x"
+                    ),
+                    &[],
+                )?
+                .get(0);
+            if diff != 0 {
+                return Err(format!("{scenario}: the DIFFERENTIAL stream table differs from the materialized view by {diff} rows").into());
+            }
+            db.batch_execute(&format!(
+                "SELECT pgtrickle.drop_stream_table('{st_diff}'); SELECT pgtrickle.drop_stream_table('{st_full}'); DROP MATERIALIZED VIEW {mv};"
+            ))?;
+        }
+    }
+    let machine = machine();
+    let command = "make bench".to_string();
+    let date = String::from_utf8_lossy(&std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()?.stdout)
+        .trim()
+        .to_string();
+    let report = Report { command, date, machine, postgres, repetitions: reps, results, zero_change: zero };
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::write(repo.join("docs/benchmark.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
+    println!("==> wrote docs/BENCHMARK.md and docs/benchmark.json");
+    Ok(())
+}
+
+fn visible_columns(db: &mut Client, table: &str) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(db
+        .query(
+            "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 \
+             AND NOT attisdropped AND attname NOT LIKE '\\_\\_pgt\\_%' ORDER BY attnum",
+            &[&table],
+        )?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// `src` with `rows` rows (grp_hi: ~10 rows per group, grp_lo: 10 groups) and
+/// `dim` with 1,000 rows.
+fn load(db: &mut Client, rows: u64) -> Result<(), Box<dyn std::error::Error>> {
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS src CASCADE; DROP TABLE IF EXISTS dim CASCADE;
+         CREATE TABLE dim (id int PRIMARY KEY, name text NOT NULL, region int NOT NULL);
+         INSERT INTO dim SELECT g, 'dim ' || g, g % 20 FROM generate_series(1, 1000) g;
+         CREATE TABLE src (id bigint PRIMARY KEY, grp_hi int NOT NULL, grp_lo int NOT NULL, dim_id int NOT NULL,
+                           val int NOT NULL, amt numeric(12,2) NOT NULL, payload text);
+         INSERT INTO src SELECT g, g % {hi}, g % 10, 1 + g % 1000, g % 997, (g % 10007) / 100.0, 'row ' || g
+         FROM generate_series(1, {rows}) g;
+         CREATE INDEX ON src (grp_hi); CREATE INDEX ON src (grp_lo); CREATE INDEX ON src (dim_id);",
+        hi = (rows / 10).max(1)
+    ))?;
+    db.batch_execute("VACUUM ANALYZE src")?;
+    db.batch_execute("VACUUM ANALYZE dim")?;
+    Ok(())
+}
+
+/// `changes` changes in one transaction: 70 % updates, 15 % deletes, 15 % inserts.
+fn apply_changes(db: &mut Client, changes: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let updates = changes * 70 / 100;
+    let deletes = changes * 15 / 100;
+    let inserts = changes - updates - deletes;
+    db.batch_execute(&format!(
+        "BEGIN;
+         UPDATE src SET val = val + 1, amt = amt + 0.5 WHERE id IN
+           (SELECT 1 + (random() * (SELECT max(id) FROM src))::bigint FROM generate_series(1, {updates}));
+         DELETE FROM src WHERE id IN
+           (SELECT 1 + (random() * (SELECT max(id) FROM src))::bigint FROM generate_series(1, {deletes}));
+         INSERT INTO src SELECT m + g, (m + g) % 1000, (m + g) % 10, 1 + (m + g) % 1000, g % 997, g / 7.0, 'new'
+           FROM (SELECT max(id) AS m FROM src) x, generate_series(1, {inserts}) g;
+         COMMIT;"
+    ))?;
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    format!("{cores} cores ({cpu}), {:.0} GiB memory", mem as f64 / 1024.0 / 1024.0)
+}
+
+fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmark\n");
+    let _ = writeln!(
+        s,
+        "Refresh cost of a DIFFERENTIAL stream table, a FULL stream table and a native materialized view of the \
+         same query, measured side by side in one run. Written by `{}` (`bench/src/main.rs`); the same figures are in \
+         [benchmark.json](benchmark.json).\n",
+        r.command
+    );
+    let _ = writeln!(s, "- Date: {}", r.date);
+    let _ = writeln!(s, "- Machine: {}", r.machine);
+    let _ = writeln!(s, "- Server: {} (fsync on; shared_buffers 1GB, work_mem 64MB)", r.postgres);
+    let _ = writeln!(
+        s,
+        "- Method: per size, scenario and change rate, {} repetitions of: apply the changes in one transaction \
+         (70 % updates, 15 % deletes, 15 % inserts), then time `refresh_stream_table` of the DIFFERENTIAL and FULL \
+         stream tables and `REFRESH MATERIALIZED VIEW` (each including its commit). Medians in milliseconds. \
+         The ratio columns are matview ÷ DIFFERENTIAL and FULL ÷ DIFFERENTIAL.\n",
+        r.repetitions
+    );
+    let mut sizes: Vec<u64> = r.results.iter().map(|x| x.rows).collect();
+    sizes.dedup();
+    for rows in sizes {
+        let _ = writeln!(s, "## {rows} source rows\n");
+        let _ = writeln!(s, "| scenario | change rate | changes | DIFFERENTIAL ms | FULL ms | matview ms | vs matview | vs FULL |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for x in r.results.iter().filter(|x| x.rows == rows) {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} % | {} | {:.1} | {:.1} | {:.1} | {:.1}× | {:.1}× |",
+                x.scenario,
+                x.change_rate * 100.0,
+                x.changes,
+                x.differential_ms,
+                x.full_ms,
+                x.matview_ms,
+                x.speedup_vs_matview,
+                x.speedup_vs_full
+            );
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s, "## Refresh with no change (DIFFERENTIAL), median of 20\n");
+    let _ = writeln!(s, "| source rows | scenario | ms |");
+    let _ = writeln!(s, "|---:|---|---:|");
+    for z in &r.zero_change {
+        let _ = writeln!(s, "| {} | {} | {:.2} |", z.rows, z.scenario, z.median_ms);
+    }
+    s
+}
