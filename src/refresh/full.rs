@@ -49,7 +49,13 @@ pub fn refresh_full_with_plan(st: &StreamTable, plan: &Plan, snapshot: &Statemen
     let table = st.name.to_sql();
     let columns: Vec<String> = plan.stored_columns().iter().map(|c| quote_ident(c)).collect();
     let deleted = snapshot.exec(&format!("DELETE FROM {table}"))?;
-    let inserted = snapshot.exec(&format!("INSERT INTO {table} ({}) {}", columns.join(", "), plan.full_sql()))?;
+    // In row-id order, so the unique index on __pgt_row_id grows at its end
+    // instead of at a random place per row.
+    let inserted = snapshot.exec(&format!(
+        "INSERT INTO {table} ({}) SELECT * FROM ({}) f ORDER BY f.__pgt_row_id",
+        columns.join(", "),
+        plan.full_sql()
+    ))?;
     Ok(Applied { action: "FULL", inserted, deleted, unchanged: false })
 }
 

@@ -125,8 +125,9 @@ pub fn window_size_sql(relation: &Relation, frontier: &Frontier) -> String {
 }
 
 /// One query describing the windows of all `relations`: one text value
-/// `relid:images:truncated` per relation with a non-empty window, joined by `;`
-/// (NULL when every window is empty).
+/// `relid:rows:truncated` per relation with a non-empty window, joined by `;`
+/// (NULL when every window is empty). `rows` estimates the changed rows as the
+/// larger of the new and the old images (an UPDATE writes one of each).
 pub fn windows_sql(relations: &[&Relation], frontier: &Frontier) -> String {
     let parts: Vec<String> = relations
         .iter()
@@ -141,7 +142,8 @@ pub fn windows_sql(relations: &[&Relation], frontier: &Frontier) -> String {
         .collect();
     format!(
         "SELECT pg_catalog.string_agg(w.relid || ':' || w.images || ':' || w.truncated, ';') FROM ( \
-           SELECT u.relid, count(*) AS images, bool_or(u.action = 'T') AS truncated FROM ({}) u GROUP BY u.relid) w",
+           SELECT u.relid, greatest(count(*) FILTER (WHERE u.action = 'I'), count(*) FILTER (WHERE u.action = 'D')) AS images, \
+                  bool_or(u.action = 'T') AS truncated FROM ({}) u GROUP BY u.relid) w",
         parts.join(" UNION ALL ")
     )
 }

@@ -24,7 +24,8 @@ fn create_populates_and_refresh_follows_dml() {
     assert_eq!(count(&mut db, "totals"), 8);
     assert_st_matches_query(&mut db.client, "totals", TOTALS);
 
-    // History: the initial population and the manual refresh.
+    // History: the initial population (always a full computation) and the manual
+    // refresh, differential under AUTO for this query.
     let history: Vec<(String, String, String)> = db
         .client
         .query("SELECT action, status, initiated_by FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id", &[])
@@ -36,7 +37,7 @@ fn create_populates_and_refresh_follows_dml() {
         history,
         vec![
             ("FULL".into(), "SUCCESS".into(), "INITIAL".into()),
-            ("FULL".into(), "SUCCESS".into(), "MANUAL".into())
+            ("DIFFERENTIAL".into(), "SUCCESS".into(), "MANUAL".into())
         ]
     );
 }
