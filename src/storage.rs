@@ -21,9 +21,12 @@ pub const ROW_ID_COLUMN: &str = "__pgt_row_id";
 /// with the hidden state columns `plan` needs, and records its dependencies on the
 /// query's sources. Returns its OID.
 pub fn create_storage(name: &QualifiedName, query: &AnalyzedQuery, plan: Option<&Plan>) -> PgtResult<pg_sys::Oid> {
+    // A DIFFERENTIAL stream table is updated in place row by row; leaving room
+    // on each page lets those updates be HOT (no new index entry).
+    let storage_options = if plan.is_some() { " WITH (fillfactor = 90)" } else { "" };
     exec(
         &format!(
-            "CREATE TABLE {} AS SELECT * FROM ({}) __pgt_q WITH NO DATA",
+            "CREATE TABLE {}{storage_options} AS SELECT * FROM ({}) __pgt_q WITH NO DATA",
             name.to_sql(),
             query.normalized_sql
         ),

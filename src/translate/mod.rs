@@ -353,14 +353,12 @@ fn key_attnums(relid: pg_sys::Oid) -> PgtResult<Vec<i16>> {
 
 /// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
 unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> PgtResult<Result<Plan, Unsupported>> {
-    if let Some(input) = prepared.inputs.iter().find(|i| i.relation.key.is_empty()) {
-        let name = &input.relation.table_sql;
-        unsupported!("a source without a primary key or unique NOT NULL key ({name}) outside aggregates");
-    }
+    // With a keyless input, rows are identified by content and multiplicity.
+    let keyless = prepared.inputs.iter().any(|i| i.relation.key.is_empty());
     let visible = surgery::visible_names(q);
     let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
     let mut identity = Vec::new();
-    for (k, keys) in prepared.keys.iter().enumerate() {
+    for (k, keys) in prepared.keys.iter().enumerate().filter(|_| !keyless) {
         for (j, key) in keys.iter().enumerate() {
             let name = format!("__pgt_k{}_{}", k + 1, j + 1);
             extra.push((name.clone(), *key));
@@ -410,14 +408,11 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
             let extra = leaf_targets.iter().enumerate().map(|(i, e)| (format!("__pgt_g{}", i + 1), *e)).collect();
             blocks.push(surgery::finish(prepared, surgery::Targets::Replace(extra))?);
         } else {
-            if let Some(input) = prepared.inputs.iter().find(|i| i.relation.key.is_empty()) {
-                let name = &input.relation.table_sql;
-                unsupported!("a source without a primary key or unique NOT NULL key ({name}) outside aggregates");
-            }
+            let keyless = prepared.inputs.iter().any(|i| i.relation.key.is_empty());
             let mut extra: Vec<(String, *mut pg_sys::Node)> =
                 visible.iter().cloned().zip(leaf_targets.iter().copied()).collect();
             let mut identity = Vec::new();
-            for (k, keys) in prepared.keys.iter().enumerate() {
+            for (k, keys) in prepared.keys.iter().enumerate().filter(|_| !keyless) {
                 for (j, key) in keys.iter().enumerate() {
                     let name = format!("__pgt_k{}_{}", k + 1, j + 1);
                     extra.push((name.clone(), *key));

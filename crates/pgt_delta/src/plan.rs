@@ -77,8 +77,17 @@ pub struct RowsBranch {
     /// The block; its columns are the visible columns (under the plan's names)
     /// followed by the identity columns `__pgt_k<i>_<j>` (input `i`'s key column `j`).
     pub block: Block,
-    /// Names of the identity columns in the block's output.
+    /// Names of the identity columns in the block's output; empty when some input
+    /// has no key, and rows are identified by content and multiplicity instead.
     pub identity: Vec<String>,
+}
+
+impl RowsBranch {
+    /// Whether rows are identified by content and multiplicity (some input has
+    /// no key).
+    pub fn keyless(&self) -> bool {
+        self.identity.is_empty()
+    }
 }
 
 /// `SELECT <outputs> FROM ... GROUP BY <keys> [HAVING ...]`, or DISTINCT (no
@@ -306,7 +315,11 @@ impl Plan {
                 }
                 for (i, b) in r.branches.iter().enumerate() {
                     let prefix = if r.branches.len() > 1 { format!("branch {}, ", i + 1) } else { String::new() };
-                    out.push_str(&format!("  Rows — MERGE by row identity hash({prefix}{})\n", b.identity.join(", ")));
+                    if b.keyless() {
+                        out.push_str(&format!("  Rows — keyless: MERGE by hash({prefix}content, copy number)\n"));
+                    } else {
+                        out.push_str(&format!("  Rows — MERGE by row identity hash({prefix}{})\n", b.identity.join(", ")));
+                    }
                     scans(&b.block, "    ", &mut out);
                 }
             }

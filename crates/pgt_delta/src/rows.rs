@@ -13,6 +13,15 @@
 //!    if any, else the negative one (the row is gone);
 //! 3. one MERGE: matched and gone → DELETE; matched with a new version → UPDATE;
 //!    not matched with a new version → INSERT.
+//!
+//! **Keyless rows.** When an input has no key, output rows have no identity of
+//! their own; equal rows are interchangeable. The `j`-th copy of content `c` (its
+//! record text) is identified by `hash(branch, c, j)`, and the copies of `c` are
+//! always numbered `1..k` without gaps: a FULL refresh numbers them so
+//! (`row_number()` per content), and a refresh that changes `c`'s multiplicity by
+//! `n` finds `k` by probing `hash(c, 1), hash(c, 2), ...` in the unique index
+//! (`k` index lookups), then inserts copies `k+1..k+n` or deletes copies
+//! `k+n+1..k`.
 
 use crate::join;
 use crate::plan::{Changed, RowsBranch, RowsPlan};
@@ -20,7 +29,14 @@ use crate::scan::Frontier;
 use crate::sql::{qualified, quoted};
 use pgt_core::ident::quote_ident;
 
-/// The row identity of a branch's output row `alias`.
+/// The row identity of copy `copy` (SQL) of content `content` (SQL text) in a
+/// keyless branch.
+fn keyless_row_id(plan: &RowsPlan, index: usize, content: &str, copy: &str) -> String {
+    let branch = if plan.branches.len() > 1 { format!("{}, ", index + 1) } else { String::new() };
+    format!("pg_catalog.hashtextextended(ROW({branch}{content}, {copy})::text, 0)")
+}
+
+/// The row identity of a branch's output row `alias` (keyed branches).
 fn row_id(plan: &RowsPlan, index: usize, branch: &RowsBranch, alias: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
     if plan.branches.len() > 1 {
@@ -36,12 +52,22 @@ pub fn full_sql(plan: &RowsPlan) -> String {
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            format!(
-                "SELECT {}, {} AS __pgt_row_id FROM ({}) f",
-                qualified("f", &plan.visible),
-                row_id(plan, i, b, "f"),
-                join::full_sql(&b.block)
-            )
+            if b.keyless() {
+                let content = format!("ROW({})::text", qualified("f", &plan.visible));
+                format!(
+                    "SELECT {vis}, {id} AS __pgt_row_id FROM ({block}) f",
+                    vis = qualified("f", &plan.visible),
+                    id = keyless_row_id(plan, i, &content, &format!("pg_catalog.row_number() OVER (PARTITION BY {content})")),
+                    block = join::full_sql(&b.block)
+                )
+            } else {
+                format!(
+                    "SELECT {}, {} AS __pgt_row_id FROM ({}) f",
+                    qualified("f", &plan.visible),
+                    row_id(plan, i, b, "f"),
+                    join::full_sql(&b.block)
+                )
+            }
         })
         .collect::<Vec<_>>()
         .join(" UNION ALL ")
@@ -51,29 +77,30 @@ pub fn full_sql(plan: &RowsPlan) -> String {
 /// when no input changed. It returns one row per action taken (`merge_action()`).
 pub fn merge_sql(plan: &RowsPlan, st: &str, frontier: &Frontier, changed: &Changed) -> Option<String> {
     let v = &plan.visible;
+    let mut keyless_sources = Vec::new();
     let deltas: Vec<String> = plan
         .branches
         .iter()
         .enumerate()
         .filter_map(|(i, b)| {
-            join::delta_sql(&b.block, frontier, changed).map(|delta| {
-                format!("SELECT {} AS __pgt_row_id, {}, d.__pgt_w FROM ({delta}) d", row_id(plan, i, b, "d"), qualified("d", v))
-            })
+            let delta = join::delta_sql(&b.block, frontier, changed)?;
+            if b.keyless() {
+                keyless_sources.push(keyless_source(plan, i, st, &delta));
+                return None;
+            }
+            Some(format!("SELECT {} AS __pgt_row_id, {}, d.__pgt_w FROM ({delta}) d", row_id(plan, i, b, "d"), qualified("d", v)))
         })
         .collect();
-    if deltas.is_empty() {
+    if deltas.is_empty() && keyless_sources.is_empty() {
         return None;
     }
-    let any_values =
-        v.iter().map(|c| format!("any_value(c.{q}) AS {q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
-    let source = format!(
-        "SELECT DISTINCT ON (s.__pgt_row_id) s.* FROM ( \
-           SELECT c.__pgt_row_id, {any_values}, sum(c.__pgt_w) AS __pgt_w FROM ({union}) c \
-           GROUP BY c.__pgt_row_id, ROW({cvis})::text HAVING sum(c.__pgt_w) <> 0) s \
-         ORDER BY s.__pgt_row_id, s.__pgt_w DESC",
-        union = deltas.into_iter().map(|d| format!("({d})")).collect::<Vec<_>>().join(" UNION ALL "),
-        cvis = qualified("c", v),
-    );
+    let keyed_source = (!deltas.is_empty()).then(|| keyed_source(v, deltas));
+    let source = keyed_source
+        .into_iter()
+        .chain(keyless_sources)
+        .map(|s| format!("({s})"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
     let set = v.iter().map(|c| format!("{q} = d.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
     Some(format!(
         "MERGE INTO {st} t USING ({source}) d ON t.__pgt_row_id = d.__pgt_row_id \
@@ -84,6 +111,48 @@ pub fn merge_sql(plan: &RowsPlan, st: &str, frontier: &Frontier, changed: &Chang
         cols = quoted(v),
         dvals = qualified("d", v),
     ))
+}
+
+/// MERGE source rows of a keyless branch: one row per copy to insert (weight +1)
+/// or delete (weight −1), see the module doc.
+fn keyless_source(plan: &RowsPlan, index: usize, st: &str, delta: &str) -> String {
+    let v = &plan.visible;
+    let any_values = v.iter().map(|c| format!("any_value(d.{q}) AS {q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let probe_id = keyless_row_id(plan, index, "p.__pgt_content", "p.__pgt_copy + 1");
+    let id = keyless_row_id(plan, index, "c.__pgt_content", "g");
+    format!(
+        "WITH RECURSIVE __pgt_c AS MATERIALIZED ( \
+           SELECT ROW({dvis})::text AS __pgt_content, {any_values}, sum(d.__pgt_w) AS __pgt_n FROM ({delta}) d \
+           GROUP BY ROW({dvis})::text HAVING sum(d.__pgt_w) <> 0), \
+         __pgt_probe AS ( \
+           SELECT c.__pgt_content, 0::bigint AS __pgt_copy FROM __pgt_c c \
+           UNION ALL \
+           SELECT p.__pgt_content, p.__pgt_copy + 1 FROM __pgt_probe p \
+           WHERE EXISTS (SELECT 1 FROM {st} t WHERE t.__pgt_row_id = {probe_id})), \
+         __pgt_k AS (SELECT __pgt_content, max(__pgt_copy) AS __pgt_k FROM __pgt_probe GROUP BY __pgt_content) \
+         SELECT {id} AS __pgt_row_id, {cvis}, CASE WHEN c.__pgt_n > 0 THEN 1 ELSE -1 END::bigint AS __pgt_w \
+         FROM __pgt_c c JOIN __pgt_k k USING (__pgt_content), \
+              LATERAL pg_catalog.generate_series( \
+                  CASE WHEN c.__pgt_n > 0 THEN k.__pgt_k + 1 ELSE greatest(k.__pgt_k + c.__pgt_n + 1, 1) END, \
+                  CASE WHEN c.__pgt_n > 0 THEN k.__pgt_k + c.__pgt_n ELSE k.__pgt_k END) g",
+        dvis = qualified("d", v),
+        cvis = qualified("c", v),
+    )
+}
+
+/// MERGE source rows of the keyed branches: consolidated images, per row id the
+/// new version if any.
+fn keyed_source(v: &[String], deltas: Vec<String>) -> String {
+    let any_values =
+        v.iter().map(|c| format!("any_value(c.{q}) AS {q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT DISTINCT ON (s.__pgt_row_id) s.* FROM ( \
+           SELECT c.__pgt_row_id, {any_values}, sum(c.__pgt_w) AS __pgt_w FROM ({union}) c \
+           GROUP BY c.__pgt_row_id, ROW({cvis})::text HAVING sum(c.__pgt_w) <> 0) s \
+         ORDER BY s.__pgt_row_id, s.__pgt_w DESC",
+        union = deltas.into_iter().map(|d| format!("({d})")).collect::<Vec<_>>().join(" UNION ALL "),
+        cvis = qualified("c", v),
+    )
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ fn scans_filters_projections() {
                 Differential,
             ),
             ("q_items", "SELECT order_id, line, price * 2 AS dbl FROM items WHERE sku <> 's3'", Differential),
+            ("k_keyless", "SELECT kind, n FROM events WHERE n > 0", Differential),
+            ("k_keyless_dups", "SELECT kind FROM events", Differential),
+            ("k_keyless_join", "SELECT e.kind, o.status FROM events e JOIN orders o ON o.amount = e.n * 10", Differential),
         ],
         CYCLES,
     );
@@ -165,6 +168,7 @@ fn unions() {
             ("u_distinct", "SELECT cust FROM orders UNION SELECT id FROM customers WHERE vip", Differential),
             ("u_distinct_keyless", "SELECT kind FROM events UNION SELECT status FROM orders", Differential),
             ("u_mixed", "SELECT status FROM orders UNION ALL SELECT region FROM customers UNION SELECT name FROM regions", Differential),
+            ("u_all_keyless", "SELECT kind AS k FROM events UNION ALL SELECT status FROM orders WHERE amount > 40", Differential),
         ],
         CYCLES,
     );
@@ -180,9 +184,38 @@ fn auto_falls_back_to_full() {
             ("f_left", "SELECT c.id, o.id AS oid FROM customers c LEFT JOIN orders o ON o.cust = c.id", Full),
             ("f_union_agg", "SELECT x, count(*) AS n FROM (SELECT cust AS x FROM orders UNION ALL SELECT id FROM customers) s GROUP BY x", Full),
             ("f_intersect", "SELECT cust FROM orders INTERSECT SELECT id FROM customers", Full),
-            ("f_keyless", "SELECT kind, n FROM events WHERE n > 0", Full),
             ("f_subquery", "SELECT id FROM orders WHERE cust IN (SELECT id FROM customers WHERE vip)", Full),
         ],
         8,
     );
+}
+
+/// Above pg_trickle.differential_max_change_ratio a refresh recomputes in full
+/// (NOTICE) and the next one is differential again; both stay correct.
+#[test]
+fn adaptive_fallback_to_full_and_back() {
+    let mut db = pg_trickle_e2e::TestDb::new("adaptive");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, g int, v int);
+         INSERT INTO t SELECT x, x % 10, x FROM generate_series(1, 1000) x;
+         ANALYZE t;
+         SELECT pgtrickle.create_stream_table('s', 'SELECT g, count(*) AS n, sum(v) AS total FROM t GROUP BY g');",
+    );
+    let q = "SELECT g, count(*) AS n, sum(v) AS total FROM t GROUP BY g";
+    let last_action = |db: &mut pg_trickle_e2e::TestDb| -> String {
+        db.scalar("SELECT action FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id DESC LIMIT 1", &[])
+    };
+    // 30 % of the rows change: above the default 0.15.
+    db.exec("UPDATE t SET v = v + 1 WHERE id % 10 < 3");
+    db.exec("SELECT pgtrickle.refresh_stream_table('s')");
+    assert_eq!(last_action(&mut db), "FULL");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", q);
+    // 1 %: differential again.
+    db.exec("UPDATE t SET v = v - 1 WHERE id % 100 = 7; SELECT pgtrickle.refresh_stream_table('s')");
+    assert_eq!(last_action(&mut db), "DIFFERENTIAL");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", q);
+    // The threshold is a setting.
+    db.exec("SET pg_trickle.differential_max_change_ratio = 0.5; UPDATE t SET v = 0 WHERE id % 10 < 3; SELECT pgtrickle.refresh_stream_table('s')");
+    assert_eq!(last_action(&mut db), "DIFFERENTIAL");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", q);
 }
