@@ -59,6 +59,21 @@ impl TestDb {
         self.cluster.connect(&self.name).expect("connect to the test database")
     }
 
+    /// Another superuser connection whose NOTICE/WARNING messages are collected,
+    /// as `(severity, message)` pairs in arrival order, into the returned list.
+    pub fn connect_collecting_notices(&self) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+        let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let mut config: postgres::Config = self.cluster.conninfo(&self.name).parse().expect("parse conninfo");
+        config.notice_callback(move |n| {
+            if let Ok(mut list) = sink.lock() {
+                list.push((n.severity().to_string(), n.message().to_string()));
+            }
+        });
+        let client = config.connect(postgres::NoTls).expect("connect to the test database");
+        (client, notices)
+    }
+
     /// A connection to this database as `role` (which must have LOGIN).
     pub fn connect_as(&self, role: &str) -> Client {
         self.cluster.connect_as(&self.name, role).unwrap_or_else(|e| panic!("connect as {role}: {e}"))

@@ -219,3 +219,47 @@ fn adaptive_fallback_to_full_and_back() {
     assert_eq!(last_action(&mut db), "DIFFERENTIAL");
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", q);
 }
+
+/// A volatile function cannot be maintained differentially: an explicit
+/// DIFFERENTIAL is an error naming it, AUTO refreshes in FULL with a WARNING. A
+/// stable function is accepted with a WARNING that names it.
+#[test]
+fn function_volatility() {
+    let mut db = pg_trickle_e2e::TestDb::new("volatility");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v int, at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO t (id, v) SELECT x, x FROM generate_series(1, 50) x;",
+    );
+    let message = db.expect_error(
+        "SELECT pgtrickle.create_stream_table('s_volatile', 'SELECT id, v * random() AS r FROM t', refresh_mode => 'DIFFERENTIAL')",
+        "0A000",
+    );
+    assert!(message.contains("random()"), "the error names the volatile function: {message}");
+    assert_eq!(pg_trickle_e2e::stream_table_count(&mut db), 0);
+
+    let (mut client, notices) = db.connect_collecting_notices();
+    client
+        .batch_execute("SELECT pgtrickle.create_stream_table('s_auto', 'SELECT id, v * random() AS r FROM t WHERE v > 10')")
+        .expect("AUTO accepts a volatile function");
+    let mode: String = client
+        .query_one("SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 's_auto'::regclass", &[])
+        .expect("catalog row")
+        .get(0);
+    assert_eq!(mode, "FULL");
+    let warned = |needle: &str| {
+        notices.lock().expect("notice list").iter().any(|(severity, message)| severity == "WARNING" && message.contains(needle))
+    };
+    assert!(warned("random()"), "AUTO warns naming the volatile function: {:?}", notices.lock().expect("notice list"));
+
+    client
+        .batch_execute(
+            "SELECT pgtrickle.create_stream_table('s_stable', \
+             'SELECT id, v FROM t WHERE at <= now()', refresh_mode => 'DIFFERENTIAL')",
+        )
+        .expect("DIFFERENTIAL accepts a stable function");
+    assert!(warned("now()"), "a stable function draws a WARNING naming it: {:?}", notices.lock().expect("notice list"));
+    client
+        .batch_execute("UPDATE t SET v = v + 1 WHERE id % 7 = 0; INSERT INTO t (id, v) VALUES (100, 100); SELECT pgtrickle.refresh_stream_table('s_stable')")
+        .expect("refresh");
+    pg_trickle_e2e::assert_st_matches_query(&mut client, "s_stable", "SELECT id, v FROM t WHERE at <= now()");
+}
