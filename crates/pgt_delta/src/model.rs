@@ -146,8 +146,11 @@ mod tests {
         z
     }
 
+    /// A relation of `(key, value)` pairs and a change to it, as Z-sets.
+    type RelationAndChange = (ZSet<(i8, i8)>, ZSet<(i8, i8)>);
+
     /// A relation and a valid change to it: deletes of existing rows, inserts.
-    fn relation_and_change() -> impl Strategy<Value = (ZSet<(i8, i8)>, ZSet<(i8, i8)>)> {
+    fn relation_and_change() -> impl Strategy<Value = RelationAndChange> {
         (
             proptest::collection::vec((0i8..4, 0i8..5), 0..12),
             proptest::collection::vec(any::<proptest::sample::Index>(), 0..5),
@@ -161,9 +164,9 @@ mod tests {
                     if remaining.is_empty() {
                         break;
                     }
-                    let keys: Vec<_> = remaining.keys().cloned().collect();
-                    let row = keys[d.index(keys.len())].clone();
-                    add(&mut remaining, row.clone(), -1);
+                    let keys: Vec<_> = remaining.keys().copied().collect();
+                    let row = keys[d.index(keys.len())];
+                    add(&mut remaining, row, -1);
                     add(&mut delta, row, -1);
                 }
                 for r in ins {
