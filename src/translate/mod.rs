@@ -352,9 +352,50 @@ fn key_attnums(relid: pg_sys::Oid) -> PgtResult<Vec<i16>> {
 }
 
 /// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
+/// Whether `hash_record_extended` can hash values of type `typ`: the type (or, for
+/// a domain, its base type) has an extended hash support function, which for
+/// arrays and composites means their elements and fields have one. Row
+/// identities are such hashes (`pgt_delta::sql::record_hash`).
+unsafe fn hashable(typ: pg_sys::Oid) -> bool {
+    let base = pg_sys::getBaseType(typ);
+    let entry = pg_sys::lookup_type_cache(base, pg_sys::TYPECACHE_HASH_EXTENDED_PROC as i32);
+    !entry.is_null() && (*entry).hash_extended_proc != pg_sys::InvalidOid
+}
+
+/// The first of `exprs` whose type cannot be hashed into a row identity, as an
+/// unsupported construct naming `what` and the type.
+unsafe fn unhashable(exprs: &[*mut pg_sys::Node], what: &str) -> Option<Unsupported> {
+    exprs.iter().map(|e| pg_sys::exprType(*e)).find(|t| !hashable(*t)).map(|t| {
+        let name = std::ffi::CStr::from_ptr(pg_sys::format_type_be(t)).to_string_lossy().into_owned();
+        Unsupported(format!("{what} of type {name} (no hash operator class to derive a row identity)"))
+    })
+}
+
+/// The non-junk target expressions of `q`, in order.
+unsafe fn visible_exprs(q: *mut pg_sys::Query) -> Vec<*mut pg_sys::Node> {
+    PgList::<pg_sys::TargetEntry>::from_pg((*q).targetList)
+        .iter_ptr()
+        .filter(|te| !(**te).resjunk)
+        .map(|te| (*te).expr as *mut pg_sys::Node)
+        .collect()
+}
+
+/// The identity hash's inputs for a row block: the output columns when an input
+/// is keyless (rows are identified by content), else the inputs' keys.
+unsafe fn identity_exprs(q: *mut pg_sys::Query, prepared: &surgery::Prepared, visible: Option<&[*mut pg_sys::Node]>) -> Vec<*mut pg_sys::Node> {
+    if prepared.inputs.iter().any(|i| i.relation.key.is_empty()) {
+        visible.map(|v| v.to_vec()).unwrap_or_else(|| visible_exprs(q))
+    } else {
+        prepared.keys.iter().flatten().copied().collect()
+    }
+}
+
 unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> PgtResult<Result<Plan, Unsupported>> {
     // With a keyless input, rows are identified by content and multiplicity.
     let keyless = prepared.inputs.iter().any(|i| i.relation.key.is_empty());
+    if let Some(u) = unhashable(&identity_exprs(q, &prepared, None), if keyless { "an output column" } else { "a source key" }) {
+        return Ok(Err(u));
+    }
     let visible = surgery::visible_names(q);
     let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
     let mut identity = Vec::new();
@@ -387,6 +428,11 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     }
     let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg(query.rtable);
     let visible = surgery::visible_names(q);
+    // Each branch keeps its own column types (the planner coerces them later);
+    // the group keys of UNION must have the union's types so that a value hashes
+    // the same whichever branch produced it.
+    let column_types = oid_list((*top).colTypes);
+    let column_typmods = int_list((*top).colTypmods);
     let mut branches = Vec::new();
     let mut blocks = Vec::new();
     for rtindex in leaves {
@@ -405,10 +451,37 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
             Err(u) => return Ok(Err(u)),
         };
         if distinct {
-            let extra = leaf_targets.iter().enumerate().map(|(i, e)| (format!("__pgt_g{}", i + 1), *e)).collect();
+            let mut keys = Vec::new();
+            for (i, e) in leaf_targets.iter().enumerate() {
+                let (Some(typ), Some(typmod)) = (column_types.get(i), column_typmods.get(i)) else {
+                    return Err(crate::error::PgtError::internal("UNION column types do not match its branches"));
+                };
+                let coerced = pg_sys::coerce_to_target_type(
+                    std::ptr::null_mut(),
+                    *e,
+                    pg_sys::exprType(*e),
+                    *typ,
+                    *typmod,
+                    pg_sys::CoercionContext::COERCION_IMPLICIT,
+                    pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
+                    -1,
+                );
+                if coerced.is_null() {
+                    return Err(crate::error::PgtError::internal("a UNION branch column cannot be coerced to the union's type"));
+                }
+                keys.push(coerced);
+            }
+            if let Some(u) = unhashable(&keys, "a UNION column") {
+                return Ok(Err(u));
+            }
+            let extra = keys.iter().enumerate().map(|(i, e)| (format!("__pgt_g{}", i + 1), *e)).collect();
             blocks.push(surgery::finish(prepared, surgery::Targets::Replace(extra))?);
         } else {
             let keyless = prepared.inputs.iter().any(|i| i.relation.key.is_empty());
+            let what = if keyless { "an output column" } else { "a source key" };
+            if let Some(u) = unhashable(&identity_exprs(leaf, &prepared, Some(&leaf_targets)), what) {
+                return Ok(Err(u));
+            }
             let mut extra: Vec<(String, *mut pg_sys::Node)> =
                 visible.iter().cloned().zip(leaf_targets.iter().copied()).collect();
             let mut identity = Vec::new();
@@ -479,6 +552,9 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
     } else {
         surgery::distinct_expressions(q)
     };
+    if let Some(u) = unhashable(&groups, "a group key") {
+        return Ok(Err(u));
+    }
     // Aggregate calls, each once.
     let aggrefs = surgery::aggrefs(q);
     let mut aggregates = Vec::new();
@@ -627,4 +703,20 @@ unsafe fn deparse(query: *mut pg_sys::Query) -> String {
         let text = pg_sys::pg_get_querydef(query, false);
         CStr::from_ptr(text).to_string_lossy().into_owned()
     })
+}
+
+/// The OIDs of PostgreSQL `OidList` `list` (NIL is empty).
+unsafe fn oid_list(list: *mut pg_sys::List) -> Vec<pg_sys::Oid> {
+    if list.is_null() {
+        return Vec::new();
+    }
+    (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).oid_value).collect()
+}
+
+/// The integers of PostgreSQL `IntList` `list` (NIL is empty).
+unsafe fn int_list(list: *mut pg_sys::List) -> Vec<i32> {
+    if list.is_null() {
+        return Vec::new();
+    }
+    (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).int_value).collect()
 }

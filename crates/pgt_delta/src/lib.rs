@@ -25,7 +25,7 @@
 //! the identities on random data.
 //!
 //! Weights are `bigint`; row identities are 64-bit hashes
-//! (`hashtextextended(ROW(key...)::text, 0)`) of the identity columns.
+//! (`hash_record_extended(ROW(key...), 0)`, see `sql::record_hash`) of the identity columns.
 
 pub mod aggregate;
 pub mod join;

@@ -7,7 +7,7 @@
 //! built from), prefixed by the branch number under UNION ALL. Given `ΔB`:
 //!
 //! 1. consolidate: sum the weights of equal images (same row id and same record
-//!    text); images whose weights cancel — an UPDATE that wrote the same values, a
+//!    text — exact, and consistent within the one refresh that computes it); images whose weights cancel — an UPDATE that wrote the same values, a
 //!    row inserted and deleted in one cycle — vanish and cause no write;
 //! 2. per row id keep the surviving image with positive weight (the new version)
 //!    if any, else the negative one (the row is gone);
@@ -15,8 +15,8 @@
 //!    not matched with a new version → INSERT.
 //!
 //! **Keyless rows.** When an input has no key, output rows have no identity of
-//! their own; equal rows are interchangeable. The `j`-th copy of content `c` (its
-//! record text) is identified by `hash(branch, c, j)`, and the copies of `c` are
+//! their own; equal rows are interchangeable. The `j`-th copy of content `c` (the
+//! hash of its values, `sql::record_hash`) is identified by `hash(branch, c, j)`, and the copies of `c` are
 //! always numbered `1..k` without gaps: a FULL refresh numbers them so
 //! (`row_number()` per content), and a refresh that changes `c`'s multiplicity by
 //! `n` finds `k` by probing `hash(c, 1), hash(c, 2), ...` in the unique index
@@ -26,14 +26,21 @@
 use crate::join;
 use crate::plan::{Changed, RowsBranch, RowsPlan};
 use crate::scan::Frontier;
-use crate::sql::{qualified, quoted};
+use crate::sql::{qualified, quoted, record_hash};
 use pgt_core::ident::quote_ident;
 
-/// The row identity of copy `copy` (SQL) of content `content` (SQL text) in a
-/// keyless branch.
+/// The row identity of copy `copy` (SQL, a bigint: the hash depends on the type,
+/// so every caller passes bigints) of content `content` (SQL: the content hash)
+/// in a keyless branch.
 fn keyless_row_id(plan: &RowsPlan, index: usize, content: &str, copy: &str) -> String {
     let branch = if plan.branches.len() > 1 { format!("{}, ", index + 1) } else { String::new() };
-    format!("pg_catalog.hashtextextended(ROW({branch}{content}, {copy})::text, 0)")
+    record_hash(&format!("{branch}{content}, {copy}"))
+}
+
+/// The content of a keyless output row `alias`: the hash of its visible values.
+/// Rows equal under their types' equality have one content (see [`record_hash`]).
+fn keyless_content(plan: &RowsPlan, alias: &str) -> String {
+    record_hash(&qualified(alias, &plan.visible))
 }
 
 /// The row identity of a branch's output row `alias` (keyed branches).
@@ -43,7 +50,7 @@ fn row_id(plan: &RowsPlan, index: usize, branch: &RowsBranch, alias: &str) -> St
         parts.push(format!("{}", index + 1));
     }
     parts.extend(branch.identity.iter().map(|c| format!("{alias}.{}", quote_ident(c))));
-    format!("pg_catalog.hashtextextended(ROW({})::text, 0)", parts.join(", "))
+    record_hash(&parts.join(", "))
 }
 
 /// `SELECT <visible>, __pgt_row_id` over the full result: what a FULL refresh inserts.
@@ -53,7 +60,7 @@ pub fn full_sql(plan: &RowsPlan) -> String {
         .enumerate()
         .map(|(i, b)| {
             if b.keyless() {
-                let content = format!("ROW({})::text", qualified("f", &plan.visible));
+                let content = keyless_content(plan, "f");
                 format!(
                     "SELECT {vis}, {id} AS __pgt_row_id FROM ({block}) f",
                     vis = qualified("f", &plan.visible),
@@ -122,8 +129,8 @@ fn keyless_source(plan: &RowsPlan, index: usize, st: &str, delta: &str) -> Strin
     let id = keyless_row_id(plan, index, "c.__pgt_content", "g");
     format!(
         "WITH RECURSIVE __pgt_c AS MATERIALIZED ( \
-           SELECT ROW({dvis})::text AS __pgt_content, {any_values}, sum(d.__pgt_w) AS __pgt_n FROM ({delta}) d \
-           GROUP BY ROW({dvis})::text HAVING sum(d.__pgt_w) <> 0), \
+           SELECT {content} AS __pgt_content, {any_values}, sum(d.__pgt_w)::bigint AS __pgt_n FROM ({delta}) d \
+           GROUP BY 1 HAVING sum(d.__pgt_w) <> 0), \
          __pgt_probe AS ( \
            SELECT c.__pgt_content, 0::bigint AS __pgt_copy FROM __pgt_c c \
            UNION ALL \
@@ -135,7 +142,7 @@ fn keyless_source(plan: &RowsPlan, index: usize, st: &str, delta: &str) -> Strin
               LATERAL pg_catalog.generate_series( \
                   CASE WHEN c.__pgt_n > 0 THEN k.__pgt_k + 1 ELSE greatest(k.__pgt_k + c.__pgt_n + 1, 1) END, \
                   CASE WHEN c.__pgt_n > 0 THEN k.__pgt_k + c.__pgt_n ELSE k.__pgt_k END) g",
-        dvis = qualified("d", v),
+        content = keyless_content(plan, "d"),
         cvis = qualified("c", v),
     )
 }
@@ -188,7 +195,7 @@ mod tests {
     #[test]
     fn full_sql_hashes_identity_columns_and_branch_numbers() {
         let s = full_sql(&plan(1));
-        assert!(s.starts_with("SELECT f.\"amount\", pg_catalog.hashtextextended(ROW(f.\"__pgt_k1_1\")::text, 0) AS __pgt_row_id"));
+        assert!(s.starts_with("SELECT f.\"amount\", pg_catalog.hash_record_extended(ROW(f.\"__pgt_k1_1\"), 0) AS __pgt_row_id"));
         let u = full_sql(&plan(2));
         assert!(u.contains("ROW(1, f.\"__pgt_k1_1\")") && u.contains("ROW(2, f.\"__pgt_k1_1\")") && u.contains(" UNION ALL "));
     }

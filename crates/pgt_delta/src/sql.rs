@@ -14,11 +14,24 @@ pub fn quoted(columns: &[String]) -> String {
 }
 
 /// The row identity of a row given by identity columns `columns` of `alias`: a
-/// 64-bit hash of their record text. Zero columns (a scalar aggregate) give 0.
+/// 64-bit hash of their values ([`record_hash`]). Zero columns (a scalar
+/// aggregate) give 0.
 pub fn row_id(alias: &str, columns: &[String]) -> String {
     if columns.is_empty() {
         "0::bigint".to_string()
     } else {
-        format!("pg_catalog.hashtextextended(ROW({})::text, 0)", qualified(alias, columns))
+        record_hash(&qualified(alias, columns))
     }
+}
+
+/// A 64-bit hash (bigint) of the record of the SQL expressions `fields`
+/// (comma-separated), by `hash_record_extended`: each field is hashed with its
+/// type's hash operator class, so values equal under the type's equality hash
+/// equally (`1.0` and `1.00`, `'ab'::char(4)` and `'ab'::text`, citext case), as
+/// `GROUP BY` and unique indexes compare them; and the hash does not depend on
+/// session settings (TimeZone, DateStyle, extra_float_digits, ...) the way a
+/// value's text does. Every field's type needs a hash operator class (the
+/// translator checks).
+pub fn record_hash(fields: &str) -> String {
+    format!("pg_catalog.hash_record_extended(ROW({fields}), 0)")
 }

@@ -263,3 +263,91 @@ fn function_volatility() {
         .expect("refresh");
     pg_trickle_e2e::assert_st_matches_query(&mut client, "s_stable", "SELECT id, v FROM t WHERE at <= now()");
 }
+
+/// Row identities follow the types' equality and not the values' text: equal
+/// group keys spelled differently (`1.0`, `1.00`) are one group, UNION branches
+/// of different types meet in one row, and a refresh from a session with other
+/// TimeZone / DateStyle / extra_float_digits settings finds the rows an earlier
+/// refresh wrote.
+#[test]
+fn row_identity_is_independent_of_spelling_and_settings() {
+    let mut db = pg_trickle_e2e::TestDb::new("identity_settings");
+    db.exec(
+        "SET TimeZone = 'UTC';
+         SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE t (id int PRIMARY KEY, k numeric, v int);
+         CREATE TABLE ev (ts timestamptz PRIMARY KEY, n int, f float8);
+         CREATE TABLE bag (ts timestamptz, f float8);
+         CREATE TABLE a (id int PRIMARY KEY, x int, c char(4));
+         CREATE TABLE b (id int PRIMARY KEY, x numeric, c text);
+         INSERT INTO t VALUES (1, 1.0, 5), (2, 1.00, 3), (3, 2, 1);
+         INSERT INTO ev VALUES ('2026-01-01 23:30+00', 1, 0.1), ('2026-01-02 00:30+00', 2, 1e-7);
+         INSERT INTO bag VALUES ('2026-01-01 23:30+00', 0.1), ('2026-01-01 23:30+00', 0.1), ('2026-01-02 00:30+00', 0.30000000000000004);
+         INSERT INTO a VALUES (1, 1, 'ab'); INSERT INTO b VALUES (1, 2.0, 'cd');",
+    );
+    let queries = [
+        ("s_numeric_groups", "SELECT k, max(v) AS m, count(*) AS n FROM t GROUP BY k"),
+        ("s_ts_rows", "SELECT ts, n, f FROM ev"),
+        ("s_ts_groups", "SELECT (ts AT TIME ZONE 'UTC')::date AS d, count(*) AS n, sum(n) AS total FROM ev GROUP BY 1"),
+        ("s_keyless", "SELECT ts, f FROM bag"),
+        ("s_union_types", "SELECT x FROM a UNION SELECT x FROM b"),
+        ("s_union_chars", "SELECT c FROM a UNION SELECT c FROM b"),
+    ];
+    for (name, query) in queries {
+        db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}', $q${query}$q$, refresh_mode => 'DIFFERENTIAL')"));
+    }
+    // Which spelling of equal values GROUP BY or UNION outputs (2 or 2.00, 'ab' or 'ab  ') is
+    // arbitrary, so those stream tables are compared through numeric values.
+    db.exec(
+        "CREATE VIEW s_numeric_value AS SELECT k::float8 AS k, m, n FROM s_numeric_groups;
+         CREATE VIEW s_union_value AS SELECT x::float8 AS x FROM s_union_types;
+         CREATE VIEW s_chars_value AS SELECT c::text AS c FROM s_union_chars;",
+    );
+    let refresh_and_check = |client: &mut pgt_testkit::postgres::Client| {
+        for (name, query) in queries {
+            client.batch_execute(&format!("SELECT pgtrickle.refresh_stream_table('{name}')")).expect("refresh");
+            match name {
+                "s_numeric_groups" => pg_trickle_e2e::assert_st_matches_query(
+                    client,
+                    "s_numeric_value",
+                    "SELECT k::float8 AS k, max(v) AS m, count(*) AS n FROM t GROUP BY k",
+                ),
+                "s_union_types" => pg_trickle_e2e::assert_st_matches_query(
+                    client,
+                    "s_union_value",
+                    "SELECT x::float8 AS x FROM (SELECT x FROM a UNION SELECT x FROM b) u",
+                ),
+                // char(n) pads, text does not; equal under bpchar's comparison.
+                "s_union_chars" => pg_trickle_e2e::assert_st_matches_query(
+                    client,
+                    "s_chars_value",
+                    "SELECT c::text AS c FROM (SELECT c FROM a UNION SELECT c FROM b) u",
+                ),
+                _ => pg_trickle_e2e::assert_st_matches_query(client, name, query),
+            }
+        }
+    };
+    // The current maximum of group 1.0 leaves: the rescan finds the group, spelled 1.00.
+    db.exec("DELETE FROM t WHERE id = 1; INSERT INTO t VALUES (4, 1.000, 2), (5, 2.00, 7)");
+    refresh_and_check(&mut db.client);
+    // Another session, other settings: updates and deletes must find the rows.
+    let mut other = db.connect();
+    other
+        .batch_execute(
+            "SET pg_trickle.differential_max_change_ratio = 1000;
+             SET TimeZone = 'Pacific/Kiritimati'; SET DateStyle = 'SQL, DMY'; SET extra_float_digits = 0;
+             UPDATE ev SET n = n + 10; DELETE FROM ev WHERE n = 12;
+             DELETE FROM bag WHERE ctid IN (SELECT ctid FROM bag WHERE f = 0.1 LIMIT 1);
+             UPDATE t SET v = v + 1 WHERE k = 2;
+             INSERT INTO a VALUES (2, 2, 'cd  '); INSERT INTO b VALUES (2, 1.0, 'ab');",
+        )
+        .expect("changes under other settings");
+    refresh_and_check(&mut other);
+    // Back in the first session: a branch's rows leave while the other keeps the value.
+    db.exec("DELETE FROM a WHERE id = 1; DELETE FROM b WHERE id = 1; INSERT INTO ev VALUES ('2026-01-01 22:00+00', 5, 0.5)");
+    refresh_and_check(&mut db.client);
+    let full_refreshes: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE action <> 'DIFFERENTIAL' AND refresh_id > 6", &[]);
+    assert_eq!(full_refreshes, 0, "every refresh after the first is differential");
+    let union_rows: i64 = db.scalar("SELECT count(*) FROM s_union_types", &[]);
+    assert_eq!(union_rows, 2, "1 and 2 once each, whichever branch holds them");
+}
