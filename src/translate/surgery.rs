@@ -190,6 +190,13 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtRe
         let varno = (i + 1) as i32;
         match (*rte).rtekind {
             pg_sys::RTEKind::RTE_RELATION => {
+                if !(*rte).tablesample.is_null() {
+                    return Ok(Err(Unsupported("TABLESAMPLE".into())));
+                }
+                if !(*rte).inh && (*rte).relkind as u8 == pg_sys::RELKIND_PARTITIONED_TABLE {
+                    // Its change buffer holds every partition's changes.
+                    return Ok(Err(Unsupported("FROM ONLY on a partitioned table".into())));
+                }
                 let (reason, info) = super::relation_info((*rte).relid)?;
                 if let Some(reason) = reason {
                     return Ok(Err(Unsupported(reason)));
@@ -218,15 +225,34 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtRe
                 if let Some(construct) = super::unsupported_in_subquery(&*sub) {
                     return Ok(Err(Unsupported(construct)));
                 }
+                // A view whose columns were renamed, or a WITH query with a
+                // column list (`WITH c(a, b) AS ...`), names its columns in eref
+                // only; as an alias they are printed when deparsed.
+                let eref = (*rte).eref;
+                if (*rte).alias.is_null() || (*(*rte).alias).colnames.is_null() {
+                    let colnames = pg_sys::copyObjectImpl((*eref).colnames as *const c_void) as *mut pg_sys::List;
+                    (*rte).alias = pg_sys::makeAlias((*eref).aliasname, colnames);
+                }
                 let inner = match prepare_level(sub, inputs)? {
                     Ok(s) => s,
                     Err(u) => return Ok(Err(u)),
                 };
                 // Pass each inner input's weight and keys up through the
-                // subquery's target list.
-                let mut tlist = (*sub).targetList;
+                // subquery's target list. The new entries go after the visible
+                // ones and before the junk ones (ORDER BY / GROUP BY expressions
+                // not selected), which are renumbered: the range-table entry's
+                // column names cover only the visible entries.
+                let entries = PgList::<pg_sys::TargetEntry>::from_pg((*sub).targetList);
+                let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
+                let mut junk = Vec::new();
+                for te in entries.iter_ptr() {
+                    if (*te).resjunk {
+                        junk.push(te);
+                    } else {
+                        tlist = pg_sys::lappend(tlist, te as *mut c_void);
+                    }
+                }
                 let mut next_resno = PgList::<pg_sys::TargetEntry>::from_pg(tlist).len() as i16;
-                let eref = (*rte).eref;
                 let mut lift = |expr: *mut pg_sys::Node, name: &str, tlist: &mut *mut pg_sys::List| -> *mut pg_sys::Node {
                     next_resno += 1;
                     let te = pg_sys::makeTargetEntry(expr as *mut pg_sys::Expr, next_resno, cstring(name), false);
@@ -244,6 +270,11 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtRe
                         .map(|(j, k)| lift(*k, &format!("__pgt_k{}_{}", s.index + 1, j + 1), &mut tlist))
                         .collect();
                     surfaced.push(Surfaced { index: s.index, weight, keys });
+                }
+                for te in junk {
+                    next_resno += 1;
+                    (*te).resno = next_resno;
+                    tlist = pg_sys::lappend(tlist, te as *mut c_void);
                 }
                 (*sub).targetList = tlist;
                 (*sub).rteperminfos = std::ptr::null_mut();

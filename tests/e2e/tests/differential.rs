@@ -351,3 +351,62 @@ fn row_identity_is_independent_of_spelling_and_settings() {
     let union_rows: i64 = db.scalar("SELECT count(*) FROM s_union_types", &[]);
     assert_eq!(union_rows, 2, "1 and 2 once each, whichever branch holds them");
 }
+
+/// FROM items whose deparsed form needs care: a view sorted by a column it does
+/// not select, a WITH query with a column list, a view whose columns were
+/// renamed. TABLESAMPLE and FROM ONLY on a partitioned table are not
+/// differentiable and are named.
+#[test]
+fn views_ctes_and_from_items_that_need_care() {
+    let mut db = pg_trickle_e2e::TestDb::new("from_items");
+    db.exec(
+        "SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE t (id int PRIMARY KEY, amount int, created int);
+         INSERT INTO t SELECT x, x * 10, 100 - x FROM generate_series(1, 30) x;
+         CREATE VIEW v_sorted AS SELECT id, amount FROM t ORDER BY created;
+         CREATE VIEW v_renamed AS SELECT id, amount AS amt FROM t WHERE amount > 50;
+         ALTER VIEW v_renamed RENAME COLUMN amt TO amount_renamed;
+         CREATE TABLE parted (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000);",
+    );
+    let queries = [
+        ("s_sorted_view", "SELECT id, amount FROM v_sorted"),
+        ("s_cte_columns", "WITH c(cid, total) AS (SELECT id, amount FROM t) SELECT cid, total FROM c WHERE total > 100"),
+        ("s_renamed_view", "SELECT id, amount_renamed FROM v_renamed"),
+        ("s_renamed_agg", "SELECT amount_renamed % 3 AS r, count(*) AS n FROM v_renamed GROUP BY 1"),
+    ];
+    for (name, query) in queries {
+        db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}', $q${query}$q$, refresh_mode => 'DIFFERENTIAL')"));
+    }
+    for round in 0..3 {
+        db.exec(&format!(
+            "UPDATE t SET amount = amount + 7 WHERE id % 4 = {round};
+             DELETE FROM t WHERE id % 9 = {round};
+             INSERT INTO t VALUES ({a}, {a}, 0), ({b}, 5, 1);",
+            a = 100 + round,
+            b = 200 + round
+        ));
+        for (name, query) in queries {
+            db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}')"));
+            pg_trickle_e2e::assert_st_matches_query(&mut db.client, name, query);
+        }
+    }
+    let full_refreshes: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE action <> 'DIFFERENTIAL' AND refresh_id > 4", &[]);
+    assert_eq!(full_refreshes, 0, "every refresh after the first is differential");
+
+    for (query, construct) in [
+        ("SELECT id, amount FROM t TABLESAMPLE BERNOULLI (50) REPEATABLE (1)", "TABLESAMPLE"),
+        ("SELECT id, v FROM ONLY parted", "FROM ONLY on a partitioned table"),
+    ] {
+        let message = db.expect_error(
+            &format!("SELECT pgtrickle.create_stream_table('s_rejected', $q${query}$q$, refresh_mode => 'DIFFERENTIAL')"),
+            "0A000",
+        );
+        assert!(message.contains(construct), "the error names {construct}: {message}");
+    }
+    db.exec("SELECT pgtrickle.create_stream_table('s_sampled', 'SELECT id, amount FROM t TABLESAMPLE BERNOULLI (50) REPEATABLE (1)')");
+    let mode: String = db.scalar("SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 's_sampled'::regclass", &[]);
+    assert_eq!(mode, "FULL");
+    let (st_rows, all_rows): (i64, i64) = (pg_trickle_e2e::count(&mut db, "s_sampled"), pg_trickle_e2e::count(&mut db, "t"));
+    assert!(st_rows < all_rows, "the sample is a sample: {st_rows} of {all_rows}");
+}
