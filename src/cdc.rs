@@ -128,7 +128,8 @@ pub fn internal_ddl_in_progress() -> bool {
     INTERNAL_DDL_DEPTH.with(|d| d.get() > 0)
 }
 
-/// A captured column of a source: name and SQL type text.
+/// A captured column of a source: name and SQL type text (with a COLLATE clause
+/// when the column's collation is not its type's default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CapturedColumn {
     name: String,
@@ -140,11 +141,20 @@ struct CapturedColumn {
 /// Call with `search_path` pinned (inside [`as_extension_owner`]), so that
 /// `format_type` schema-qualifies every type not in `pg_catalog`.
 fn captured_columns(relid: pg_sys::Oid) -> PgtResult<Vec<CapturedColumn>> {
+    // A column's collation, when not its type's default, goes with its type: the
+    // delta queries compare and sort buffer values (WHERE name > 'a', min/max) as
+    // the source's column would.
     query_map(
-        "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) \
-         FROM pg_catalog.pg_attribute \
-         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated <> 'v' \
-         ORDER BY attnum",
+        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) || \
+                CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation \
+                     THEN ' COLLATE ' || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(co.collname) \
+                     ELSE '' END \
+         FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+         LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+         LEFT JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace \
+         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> 'v' \
+         ORDER BY a.attnum",
         &[relid.into()],
         |row| Ok(CapturedColumn { name: col(row, 1)?, sql_type: col(row, 2)? }),
     )
@@ -252,7 +262,8 @@ pub fn forget_pending_changes(source_relid: pg_sys::Oid) -> PgtResult<()> {
     })
 }
 
-/// The column signature capture is built for: names and types, in order.
+/// The column signature capture is built for: names and types (with non-default
+/// collations), in order.
 fn signature(columns: &[CapturedColumn]) -> String {
     columns.iter().map(|c| format!("{}:{}", quote_ident(&c.name), c.sql_type)).collect::<Vec<_>>().join(",")
 }

@@ -410,3 +410,41 @@ fn views_ctes_and_from_items_that_need_care() {
     let (st_rows, all_rows): (i64, i64) = (pg_trickle_e2e::count(&mut db, "s_sampled"), pg_trickle_e2e::count(&mut db, "t"));
     assert!(st_rows < all_rows, "the sample is a sample: {st_rows} of {all_rows}");
 }
+
+/// Change buffers keep the source columns' collations, so the delta evaluates
+/// collation-dependent expressions (here `lower` under pg_c_utf8 versus the
+/// database's C) as the defining query does; a collation change rebuilds the
+/// buffer.
+#[test]
+fn collations_of_source_columns() {
+    let mut db = pg_trickle_e2e::TestDb::new("collations");
+    db.exec(
+        "SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE t (id int PRIMARY KEY, name text COLLATE pg_c_utf8, tag text);
+         INSERT INTO t VALUES (1, 'élan', 'x'), (2, 'other', 'y');",
+    );
+    let queries = [
+        ("s_lower", "SELECT id, name FROM t WHERE lower(name) = 'élan'"),
+        ("s_grouped", "SELECT lower(name) AS l, count(*) AS n, max(name) AS top FROM t GROUP BY 1"),
+    ];
+    for (name, query) in queries {
+        db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}', $q${query}$q$, refresh_mode => 'DIFFERENTIAL')"));
+    }
+    let check = |db: &mut pg_trickle_e2e::TestDb| {
+        for (name, query) in queries {
+            db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}')"));
+            pg_trickle_e2e::assert_st_matches_query(&mut db.client, name, query);
+        }
+    };
+    db.exec("INSERT INTO t VALUES (3, 'ÉLAN', 'z'), (4, 'Élan', 'z'); UPDATE t SET name = 'ÉLAN' WHERE id = 2");
+    check(&mut db);
+    db.exec("ALTER TABLE t ALTER COLUMN tag TYPE text COLLATE pg_c_utf8; INSERT INTO t VALUES (5, 'éLAN', 'w'); DELETE FROM t WHERE id = 1");
+    check(&mut db);
+    let buffer_collation: String = db.scalar(
+        "SELECT coalesce(c.collname::text, '') FROM pgtrickle.pgt_change_tracking ct \
+         JOIN pg_attribute a ON a.attrelid = ct.buffer_relid AND a.attname = 'tag' \
+         LEFT JOIN pg_collation c ON c.oid = a.attcollation WHERE ct.source_relid = 't'::regclass",
+        &[],
+    );
+    assert_eq!(buffer_collation, "pg_c_utf8", "the buffer follows a collation change");
+}
