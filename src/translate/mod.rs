@@ -583,7 +583,10 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
             (true, "count", true, _) => AggregateKind::CountStar,
             (true, "count", false, 1) => AggregateKind::Count,
             (true, "sum", false, 1) if exact_sum => AggregateKind::Sum,
-            (true, "avg", false, 1) if exact_sum => AggregateKind::Avg,
+            // avg over numeric rounds to a scale that follows the largest scale
+            // among the group's current rows, which a running sum cannot know
+            // once that row leaves: rescanned. Over integers the sum has scale 0.
+            (true, "avg", false, 1) if exact_sum && arg_type != pg_sys::NUMERICOID => AggregateKind::Avg,
             (true, "min", false, 1) => AggregateKind::Min,
             (true, "max", false, 1) => AggregateKind::Max,
             _ => AggregateKind::Rescan,

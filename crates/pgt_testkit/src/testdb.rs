@@ -3,6 +3,9 @@ use postgres::types::{FromSqlOwned, ToSql};
 use postgres::Client;
 use std::sync::OnceLock;
 
+/// NOTICE/WARNING messages a connection received: `(severity, message)` pairs.
+pub type Notices = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// A fresh database on the shared test cluster with `CREATE EXTENSION pg_trickle`
 /// done, and a superuser connection to it.
 ///
@@ -61,7 +64,7 @@ impl TestDb {
 
     /// Another superuser connection whose NOTICE/WARNING messages are collected,
     /// as `(severity, message)` pairs in arrival order, into the returned list.
-    pub fn connect_collecting_notices(&self) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    pub fn connect_collecting_notices(&self) -> (Client, Notices) {
         let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = notices.clone();
         let mut config: postgres::Config = self.cluster.conninfo(&self.name).parse().expect("parse conninfo");

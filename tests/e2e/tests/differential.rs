@@ -448,3 +448,45 @@ fn collations_of_source_columns() {
     );
     assert_eq!(buffer_collation, "pg_c_utf8", "the buffer follows a collation change");
 }
+
+/// `avg(numeric)` rounds to a scale that follows the group's current rows: when
+/// the row with the most fractional digits leaves, the result changes digits.
+#[test]
+fn numeric_avg_follows_the_current_rows() {
+    let mut db = pg_trickle_e2e::TestDb::new("numeric_avg");
+    db.exec(
+        "SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE t (id int PRIMARY KEY, g int, v numeric);
+         INSERT INTO t VALUES (1, 1, 1), (2, 1, 1), (3, 1, 2), (4, 1, 1.00000000000000000001), (5, 2, 7.5);",
+    );
+    let query = "SELECT g, avg(v) AS a, sum(v) AS s, count(*) AS n FROM t GROUP BY g";
+    let scalar = "SELECT avg(v) AS a FROM t";
+    db.exec(&format!(
+        "SELECT pgtrickle.create_stream_table('s_avg', '{query}', refresh_mode => 'DIFFERENTIAL');
+         SELECT pgtrickle.create_stream_table('s_avg_all', '{scalar}', refresh_mode => 'DIFFERENTIAL');"
+    ));
+    db.exec("DELETE FROM t WHERE id = 4; SELECT pgtrickle.refresh_stream_table('s_avg'); SELECT pgtrickle.refresh_stream_table('s_avg_all')");
+    let check = |db: &mut pg_trickle_e2e::TestDb| {
+        let by_avg = "SELECT g, a, n FROM s_avg";
+        let (a, b) = pgt_testkit::multiset_difference(&mut db.client, "s_avg_all", scalar);
+        assert!(a.is_empty() && b.is_empty(), "scalar avg differs: {a:?} / {b:?}");
+        let expected: Vec<String> = db
+            .client
+            .query("SELECT ROW(g, avg(v), count(*))::text FROM t GROUP BY g ORDER BY 1", &[])
+            .expect("query")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let actual: Vec<String> = db
+            .client
+            .query(&format!("SELECT ROW(g, a, n)::text FROM ({by_avg}) s ORDER BY 1"), &[])
+            .expect("stream table")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(actual, expected, "avg must print as the query prints it");
+    };
+    check(&mut db);
+    db.exec("INSERT INTO t VALUES (6, 2, 0.125); UPDATE t SET v = 3 WHERE id = 3; SELECT pgtrickle.refresh_stream_table('s_avg'); SELECT pgtrickle.refresh_stream_table('s_avg_all')");
+    check(&mut db);
+}
