@@ -201,7 +201,7 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
                 source_relid,
                 buffer_relid,
                 capture_function: function_oid,
-                column_signature: signature(&columns),
+                column_signature: signature(source_relid, &columns)?,
             },
             &source,
         )
@@ -234,12 +234,12 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
         let tree_changed = sync_triggers(source_relid, tracking.capture_function, extension)?;
         // Compare with what capture was built for, not with the buffer: a cascade
         // (DROP TYPE ... CASCADE) drops a column from source and buffer alike.
-        let columns_changed = tracking.column_signature != signature(&columns);
+        let columns_changed = tracking.column_signature != signature(source_relid, &columns)?;
         if columns_changed {
             exec(&format!("DROP TABLE IF EXISTS {}", buffer_name(source_relid).to_sql()), &[])?;
             let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
             write_capture_function(source_relid, &columns)?;
-            catalog::update_change_tracking_buffer(source_relid, buffer_relid, &signature(&columns))?;
+            catalog::update_change_tracking_buffer(source_relid, buffer_relid, &signature(source_relid, &columns)?)?;
             sync_buffer_grants(source_relid)?;
         }
         if columns_changed || tree_changed {
@@ -262,10 +262,15 @@ pub fn forget_pending_changes(source_relid: pg_sys::Oid) -> PgtResult<()> {
     })
 }
 
-/// The column signature capture is built for: names and types (with non-default
-/// collations), in order.
-fn signature(columns: &[CapturedColumn]) -> String {
-    columns.iter().map(|c| format!("{}:{}", quote_ident(&c.name), c.sql_type)).collect::<Vec<_>>().join(",")
+/// The signature capture is built for: column names and types (with non-default
+/// collations), in order, and the source's row identity (the key columns the
+/// differential plans rely on). When it changes — a column added or retyped, the
+/// primary key dropped, a key column made nullable — the buffer is rebuilt and
+/// the stream tables reading the source recompute, with a new plan.
+fn signature(source_relid: pg_sys::Oid, columns: &[CapturedColumn]) -> PgtResult<String> {
+    let columns = columns.iter().map(|c| format!("{}:{}", quote_ident(&c.name), c.sql_type)).collect::<Vec<_>>().join(",");
+    let key = crate::translate::key_attnums(source_relid)?.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    Ok(format!("{columns};key:{key}"))
 }
 
 /// Makes exactly the owners of the DIFFERENTIAL stream tables reading

@@ -112,6 +112,34 @@ pub fn plan_hidden_columns(plan: Option<&Plan>) -> Vec<StorageColumn> {
         .collect()
 }
 
+/// Makes the hidden state columns of storage table `name` (OID `relid`) those
+/// `plan` needs: a plan rebuilt after source DDL can keep state of another type
+/// (a sum over a column retyped to float8 becomes a rescan with no state, a min
+/// over text keeps a text extremum). Drops the columns it no longer needs or
+/// needs with another type, then adds the missing ones; the caller recomputes
+/// every row afterwards.
+pub fn sync_hidden_columns(relid: pg_sys::Oid, name: &QualifiedName, plan: &Plan) -> PgtResult<()> {
+    let have = hidden_columns(relid)?;
+    let want = plan_hidden_columns(Some(plan));
+    if have == want {
+        return Ok(());
+    }
+    let drops: Vec<String> =
+        have.iter().filter(|h| !want.contains(h)).map(|h| format!("DROP COLUMN {}", quote_ident(&h.name))).collect();
+    if !drops.is_empty() {
+        exec(&format!("ALTER TABLE {} {}", name.to_sql(), drops.join(", ")), &[])?;
+    }
+    let adds: Vec<String> = want
+        .iter()
+        .filter(|w| !have.contains(w))
+        .map(|w| format!("ADD COLUMN {} {}", quote_ident(&w.name), w.sql_type))
+        .collect();
+    if !adds.is_empty() {
+        exec(&format!("ALTER TABLE {} {}", name.to_sql(), adds.join(", ")), &[])?;
+    }
+    Ok(())
+}
+
 /// The columns a storage table for `query` would have.
 pub fn columns_for(query: &AnalyzedQuery) -> PgtResult<Vec<StorageColumn>> {
     query

@@ -128,6 +128,7 @@ fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applie
     match translate::translate(&st.defining_query)? {
         Ok(plan) => {
             catalog::set_plan(st.pgt_id, RefreshMode::Differential, Some(&plan.to_json()))?;
+            crate::storage::sync_hidden_columns(st.relid, &st.name, &plan)?;
             for relation in plan.relations() {
                 crate::cdc::sync_buffer_grants(pgrx::pg_sys::Oid::from(relation.relid))?;
             }

@@ -338,7 +338,7 @@ pub(crate) fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, Re
 /// Attribute numbers of the relation's identity: its primary key, else a unique,
 /// immediate, non-partial index over plain NOT NULL columns, else (for a stream
 /// table) `__pgt_row_id`; empty when there is none.
-fn key_attnums(relid: pg_sys::Oid) -> PgtResult<Vec<i16>> {
+pub(crate) fn key_attnums(relid: pg_sys::Oid) -> PgtResult<Vec<i16>> {
     let key = query_one::<Vec<i16>>(
         "SELECT i.indkey::int2[] FROM pg_catalog.pg_index i \
          WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid \
@@ -351,7 +351,6 @@ fn key_attnums(relid: pg_sys::Oid) -> PgtResult<Vec<i16>> {
     Ok(key.unwrap_or_default())
 }
 
-/// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
 /// Whether `hash_record_extended` can hash values of type `typ`: the type (or, for
 /// a domain, its base type) has an extended hash support function, which for
 /// arrays and composites means their elements and fields have one. Row
@@ -390,6 +389,7 @@ unsafe fn identity_exprs(q: *mut pg_sys::Query, prepared: &surgery::Prepared, vi
     }
 }
 
+/// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
 unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> PgtResult<Result<Plan, Unsupported>> {
     // With a keyless input, rows are identified by content and multiplicity.
     let keyless = prepared.inputs.iter().any(|i| i.relation.key.is_empty());

@@ -126,7 +126,7 @@ fn keyless_source(plan: &RowsPlan, index: usize, st: &str, delta: &str) -> Strin
     let v = &plan.visible;
     let any_values = v.iter().map(|c| format!("any_value(d.{q}) AS {q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
     let probe_id = keyless_row_id(plan, index, "p.__pgt_content", "p.__pgt_copy + 1");
-    let id = keyless_row_id(plan, index, "c.__pgt_content", "g");
+    let id = keyless_row_id(plan, index, "c.__pgt_content", "s.__pgt_copy_no");
     format!(
         "WITH RECURSIVE __pgt_c AS MATERIALIZED ( \
            SELECT {content} AS __pgt_content, {any_values}, sum(d.__pgt_w)::bigint AS __pgt_n FROM ({delta}) d \
@@ -141,7 +141,7 @@ fn keyless_source(plan: &RowsPlan, index: usize, st: &str, delta: &str) -> Strin
          FROM __pgt_c c JOIN __pgt_k k USING (__pgt_content), \
               LATERAL pg_catalog.generate_series( \
                   CASE WHEN c.__pgt_n > 0 THEN k.__pgt_k + 1 ELSE greatest(k.__pgt_k + c.__pgt_n + 1, 1) END, \
-                  CASE WHEN c.__pgt_n > 0 THEN k.__pgt_k + c.__pgt_n ELSE k.__pgt_k END) g",
+                  CASE WHEN c.__pgt_n > 0 THEN k.__pgt_k + c.__pgt_n ELSE k.__pgt_k END) AS s(__pgt_copy_no)",
         content = keyless_content(plan, "d"),
         cvis = qualified("c", v),
     )
