@@ -511,9 +511,14 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
         Ok(t) => t,
         Err(u) => return Ok(Err(u)),
     };
+    let group_equality = match group_equality(&groups)? {
+        Ok(ops) => ops,
+        Err(u) => return Ok(Err(u)),
+    };
     Ok(Ok(Plan::Aggregate(AggregatePlan {
         inputs: blocks,
         groups: (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect(),
+        group_equality,
         aggregates: Vec::new(),
         output_template: output,
         visible,
@@ -652,15 +657,48 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
         Ok(t) => t,
         Err(u) => return Ok(Err(u)),
     };
+    let group_equality = match group_equality(&groups)? {
+        Ok(ops) => ops,
+        Err(u) => return Ok(Err(u)),
+    };
     Ok(Ok(Plan::Aggregate(AggregatePlan {
         inputs: input,
         groups: group_names,
+        group_equality,
         aggregates,
         output_template: output,
         visible,
         having: !query.havingQual.is_null(),
         passthrough,
     })))
+}
+
+/// The schema-qualified default equality operator of each group key's type (the
+/// one GROUP BY, DISTINCT and UNION compare with), as `OPERATOR(schema.=)`.
+unsafe fn group_equality(groups: &[*mut pg_sys::Node]) -> PgtResult<Result<Vec<String>, Unsupported>> {
+    let mut operators = Vec::new();
+    for g in groups {
+        let typ = pg_sys::exprType(*g);
+        let entry = pg_sys::lookup_type_cache(typ, pg_sys::TYPECACHE_EQ_OPR as i32);
+        let eq = if entry.is_null() { pg_sys::InvalidOid } else { (*entry).eq_opr };
+        let operator = if eq == pg_sys::InvalidOid {
+            None
+        } else {
+            query_one::<String>(
+                "SELECT 'OPERATOR(' || pg_catalog.quote_ident(n.nspname) || '.' || o.oprname || ')' \
+                 FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE o.oid = $1",
+                &[eq.into()],
+            )?
+        };
+        match operator {
+            Some(op) => operators.push(op),
+            None => {
+                let name = std::ffi::CStr::from_ptr(pg_sys::format_type_be(typ)).to_string_lossy().into_owned();
+                return Ok(Err(Unsupported(format!("a group key of type {name} (no default equality operator)"))));
+            }
+        }
+    }
+    Ok(Ok(operators))
 }
 
 /// Types of the pass-through columns (row id, then state), aligned with

@@ -299,11 +299,19 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
     let restricted = if plan.groups.is_empty() {
         format!("(SELECT b.* FROM ({block_new}) b WHERE EXISTS (SELECT 1 FROM __pgt_keys)) i")
     } else {
-        let eq = plan.groups.iter().map(|g| format!("b.{q} = k.{q}", q = quote_ident(g))).collect::<Vec<_>>().join(" AND ");
+        let equality = |i: usize| plan.group_equality.get(i).map(String::as_str).unwrap_or("=");
+        let eq = plan
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| format!("b.{q} {op} k.{q}", q = quote_ident(g), op = equality(i)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let nd = plan
             .groups
             .iter()
-            .map(|g| format!("b.{q} IS NOT DISTINCT FROM k.{q}", q = quote_ident(g)))
+            .enumerate()
+            .map(|(i, g)| format!("(b.{q} {op} k.{q} OR (b.{q} IS NULL AND k.{q} IS NULL))", q = quote_ident(g), op = equality(i)))
             .collect::<Vec<_>>()
             .join(" AND ");
         let has_null = plan.groups.iter().map(|g| format!("k.{} IS NULL", quote_ident(g))).collect::<Vec<_>>().join(" OR ");
@@ -397,6 +405,7 @@ mod tests {
     fn plan(groups: usize, having: bool) -> AggregatePlan {
         let aggregates = vec![agg(AggregateKind::CountStar, 1), agg(AggregateKind::Sum, 2), agg(AggregateKind::Min, 3)];
         AggregatePlan {
+            group_equality: Vec::new(),
             inputs: vec![Block {
                 template: "SELECT ... FROM p1 x".into(),
                 inputs: vec![Input {

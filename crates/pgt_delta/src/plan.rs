@@ -101,6 +101,11 @@ pub struct AggregatePlan {
     /// Names of the group-key columns in the input (`__pgt_g1`, ...); empty for a
     /// scalar aggregate, which has exactly one row even over empty input.
     pub groups: Vec<String>,
+    /// Per group key, its type's equality operator as SQL (`OPERATOR(pg_catalog.=)`),
+    /// schema-qualified so that it is the operator GROUP BY uses whatever the
+    /// search path (a citext key must not compare as text). Empty: `=`.
+    #[serde(default)]
+    pub group_equality: Vec<String>,
     /// The aggregate calls, in order (`j` is the position + 1).
     pub aggregates: Vec<Aggregate>,
     /// Template computing the visible columns (and `__pgt_having` if `having`)
