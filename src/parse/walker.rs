@@ -26,6 +26,9 @@ pub struct QueryFacts {
     pub functions: Vec<pg_sys::Oid>,
     /// OIDs of operators used.
     pub operators: Vec<pg_sys::Oid>,
+    /// SQL value functions used (`CURRENT_DATE`, `CURRENT_USER`, ...): stable,
+    /// like the functions they stand for.
+    pub value_functions: Vec<String>,
     /// Whether some (sub)query outside views has FOR UPDATE / FOR SHARE.
     pub has_locking_clause: bool,
 }
@@ -95,6 +98,34 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
         }
         pg_sys::NodeTag::T_ScalarArrayOpExpr => {
             state.facts.operators.push((*(node as *mut pg_sys::ScalarArrayOpExpr)).opno)
+        }
+        pg_sys::NodeTag::T_SQLValueFunction => {
+            use pg_sys::SQLValueFunctionOp::*;
+            let name = match (*(node as *mut pg_sys::SQLValueFunction)).op {
+                SVFOP_CURRENT_DATE => "CURRENT_DATE",
+                SVFOP_CURRENT_TIME | SVFOP_CURRENT_TIME_N => "CURRENT_TIME",
+                SVFOP_CURRENT_TIMESTAMP | SVFOP_CURRENT_TIMESTAMP_N => "CURRENT_TIMESTAMP",
+                SVFOP_LOCALTIME | SVFOP_LOCALTIME_N => "LOCALTIME",
+                SVFOP_LOCALTIMESTAMP | SVFOP_LOCALTIMESTAMP_N => "LOCALTIMESTAMP",
+                SVFOP_CURRENT_ROLE | SVFOP_CURRENT_USER | SVFOP_USER => "CURRENT_USER",
+                SVFOP_SESSION_USER => "SESSION_USER",
+                SVFOP_CURRENT_CATALOG => "CURRENT_CATALOG",
+                _ => "CURRENT_SCHEMA",
+            };
+            if !state.facts.value_functions.iter().any(|n| n == name) {
+                state.facts.value_functions.push(name.to_string());
+            }
+        }
+        // A cast through text calls the types' output and input functions
+        // (timestamptz::text depends on TimeZone and DateStyle).
+        pg_sys::NodeTag::T_CoerceViaIO => {
+            let coerce = node as *mut pg_sys::CoerceViaIO;
+            let (mut output, mut is_varlena) = (pg_sys::InvalidOid, false);
+            pg_sys::getTypeOutputInfo(pg_sys::exprType((*coerce).arg as *mut pg_sys::Node), &mut output, &mut is_varlena);
+            let (mut input, mut io_param) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+            pg_sys::getTypeInputInfo((*coerce).resulttype, &mut input, &mut io_param);
+            state.facts.functions.push(output);
+            state.facts.functions.push(input);
         }
         _ => {}
     }

@@ -258,13 +258,15 @@ fn volatile_functions(facts: &walker::QueryFacts) -> PgtResult<Option<String>> {
 pub fn stable_functions(sql: &str) -> PgtResult<Option<String>> {
     let csql = CString::new(sql).map_err(|_| crate::error::PgtError::internal("defining query contains a NUL byte"))?;
     let facts = unsafe { walker::collect(crate::parse::parse_single_select(&csql)?) };
-    query_one::<String>(
+    let functions = query_one::<String>(
         "SELECT pg_catalog.string_agg(DISTINCT p.oid::pg_catalog.regprocedure::text, ', ') \
          FROM pg_catalog.pg_proc p \
          WHERE p.provolatile = 's' AND (p.oid = ANY ($1) OR p.oid IN \
                (SELECT o.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator o WHERE o.oid = ANY ($2)))",
         &[facts.functions.clone().into(), facts.operators.clone().into()],
-    )
+    )?;
+    let names: Vec<String> = facts.value_functions.iter().cloned().chain(functions).collect();
+    Ok((!names.is_empty()).then(|| names.join(", ")))
 }
 
 /// Columns, key and types of relation `relid`; the first field names a reason the

@@ -262,6 +262,19 @@ fn function_volatility() {
         .batch_execute("UPDATE t SET v = v + 1 WHERE id % 7 = 0; INSERT INTO t (id, v) VALUES (100, 100); SELECT pgtrickle.refresh_stream_table('s_stable')")
         .expect("refresh");
     pg_trickle_e2e::assert_st_matches_query(&mut client, "s_stable", "SELECT id, v FROM t WHERE at <= now()");
+    // SQL value functions and casts through text are stable too.
+    for (query, needle) in [
+        ("SELECT id, v FROM t WHERE at::date >= CURRENT_DATE - 7", "CURRENT_DATE"),
+        ("SELECT id, at::text AS shown FROM t", "timestamptz_out"),
+    ] {
+        client
+            .batch_execute(&format!(
+                "SELECT pgtrickle.create_stream_table('s_value_fn', $q${query}$q$, refresh_mode => 'DIFFERENTIAL'); \
+                 SELECT pgtrickle.drop_stream_table('s_value_fn')"
+            ))
+            .expect("DIFFERENTIAL accepts stable expressions");
+        assert!(warned(needle), "{needle} draws a WARNING: {:?}", notices.lock().expect("notice list"));
+    }
 }
 
 /// Row identities follow the types' equality and not the values' text: equal
