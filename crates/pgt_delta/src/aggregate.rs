@@ -226,7 +226,10 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
         dcols.push(format!("coalesce(sum(d.__pgt_w) FILTER (WHERE {c}), 0) AS __pgt_dc{j}"));
         match agg.kind {
             AggregateKind::Sum | AggregateKind::Avg => {
-                dcols.push(format!("sum(d.__pgt_w * {a}) FILTER (WHERE {c}) AS __pgt_ds{j}", a = arg(agg, "d")))
+                // bigint × bigint can overflow where PostgreSQL's sum(bigint),
+                // computed in numeric, does not.
+                let weight = if agg.arg_type == "bigint" { "d.__pgt_w::numeric" } else { "d.__pgt_w" };
+                dcols.push(format!("sum({weight} * {a}) FILTER (WHERE {c}) AS __pgt_ds{j}", a = arg(agg, "d")))
             }
             AggregateKind::Min => {
                 dcols.push(format!("min({a}) FILTER (WHERE {c} AND d.__pgt_w > 0) AS __pgt_dins{j}", a = arg(agg, "d")));

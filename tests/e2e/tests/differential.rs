@@ -589,3 +589,25 @@ fn group_keys_of_extension_types() {
     db.exec("DELETE FROM t WHERE id = 5; UPDATE t SET email = 'A@x' WHERE id = 2");
     check(&mut db);
 }
+
+/// sum(bigint) is numeric in PostgreSQL: extreme values enter and leave a group
+/// without overflowing the delta.
+#[test]
+fn bigint_sums_at_the_extremes() {
+    let mut db = pg_trickle_e2e::TestDb::new("bigint_sum");
+    db.exec(
+        "SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE t (id int PRIMARY KEY, g int, v bigint);
+         INSERT INTO t VALUES (1, 1, -9223372036854775808), (2, 1, 9223372036854775807), (3, 2, 1);",
+    );
+    let query = "SELECT g, sum(v) AS s, avg(v) AS a, count(*) AS n FROM t GROUP BY g";
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('s', '{query}', refresh_mode => 'DIFFERENTIAL')"));
+    for change in [
+        "DELETE FROM t WHERE id = 1",
+        "INSERT INTO t VALUES (4, 1, 9223372036854775807), (5, 2, -9223372036854775808)",
+        "UPDATE t SET v = -9223372036854775808 WHERE id = 2",
+    ] {
+        db.exec(&format!("{change}; SELECT pgtrickle.refresh_stream_table('s')"));
+        pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", query);
+    }
+}
