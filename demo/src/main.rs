@@ -67,9 +67,23 @@ const STREAM_TABLES: &[(&str, &str)] = &[
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("demo failed: {e}");
+        match e.downcast_ref::<pgt_testkit::postgres::Error>().and_then(|e| e.as_db_error()) {
+            Some(db) => eprintln!(
+                "demo failed: {} {}: {}{}",
+                db.severity(),
+                db.code().code(),
+                db.message(),
+                db.detail().map(|d| format!("\nDETAIL: {d}")).unwrap_or_default()
+            ),
+            None => eprintln!("demo failed: {e}"),
+        }
         std::process::exit(1);
     }
+}
+
+/// `s` as an SQL string literal.
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -78,6 +92,7 @@ fn run() -> DemoResult<()> {
     let scale: f64 = std::env::var("PGT_DEMO_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(0.01);
     let rounds: usize = std::env::var("PGT_DEMO_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let paths = Paths::from_env()?;
+    let build = format!("pg_trickle build {}", paths.extension_stamp());
     let dir = paths.home.join("demo");
     step(&format!("starting the demo cluster in {}", dir.display()));
     let cluster = Cluster::ensure_started(
@@ -86,9 +101,22 @@ fn run() -> DemoResult<()> {
         &ClusterOptions { durable: true, extra_conf: vec!["shared_buffers = 256MB".into(), "work_mem = 32MB".into()] },
     )?;
     let mut admin = cluster.connect("postgres")?;
+    // Stream tables, their plans and row identities belong to the build that
+    // created them (the extension stays 0.1.0 during development, without
+    // upgrade scripts): after a rebuild, the demo database starts afresh.
+    let recorded: Option<Option<String>> = admin
+        .query_opt("SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", &[&DATABASE])?
+        .map(|row| row.get(0));
+    if let Some(recorded) = &recorded {
+        if recorded.as_deref() != Some(build.as_str()) {
+            step("the extension was rebuilt: recreating the demo database");
+            admin.batch_execute(&format!("DROP DATABASE {DATABASE} WITH (FORCE)"))?;
+        }
+    }
     let exists = admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])?.is_some();
     if !exists {
         admin.batch_execute(&format!("CREATE DATABASE {DATABASE}"))?;
+        admin.execute(&format!("COMMENT ON DATABASE {DATABASE} IS {}", quote_literal(&build)), &[])?;
     }
     let mut db = cluster.connect(DATABASE)?;
     db.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trickle; SET client_min_messages = warning;")?;

@@ -585,6 +585,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
         let arg_expr = plain_args.first().map(|te| (**te).expr as *mut pg_sys::Node);
         let arg_type = arg_expr.map(|e| pg_sys::exprType(e)).unwrap_or(pg_sys::InvalidOid);
         let exact_sum = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::NUMERICOID].contains(&arg_type);
+        let fixed_scale = arg_expr.map(|e| pg_sys::exprTypmod(e) >= 0).unwrap_or(false);
         let simple = nsp == "pg_catalog" && a.aggdistinct.is_null() && a.aggorder.is_null();
         let kind = match (simple, proname.as_str(), a.aggstar, plain_args.len()) {
             (true, "count", true, _) => AggregateKind::CountStar,
@@ -592,8 +593,9 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
             (true, "sum", false, 1) if exact_sum => AggregateKind::Sum,
             // avg over numeric rounds to a scale that follows the largest scale
             // among the group's current rows, which a running sum cannot know
-            // once that row leaves: rescanned. Over integers the sum has scale 0.
-            (true, "avg", false, 1) if exact_sum && arg_type != pg_sys::NUMERICOID => AggregateKind::Avg,
+            // once that row leaves: rescanned — unless the argument has a fixed
+            // scale (numeric(p,s)), like the integers' 0.
+            (true, "avg", false, 1) if exact_sum && (arg_type != pg_sys::NUMERICOID || fixed_scale) => AggregateKind::Avg,
             (true, "min", false, 1) => AggregateKind::Min,
             (true, "max", false, 1) => AggregateKind::Max,
             _ => AggregateKind::Rescan,

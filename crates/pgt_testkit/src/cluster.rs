@@ -71,7 +71,7 @@ impl Paths {
 
     /// Identifies the installed extension build: size and mtime of the library and
     /// of the install script. A running cluster started from another build restarts.
-    fn extension_stamp(&self) -> String {
+    pub fn extension_stamp(&self) -> String {
         let mut stamp = String::new();
         for f in [self.pkglib_dir.join("pg_trickle.so"), self.share_dir.join("extension/pg_trickle.control")] {
             match fs::metadata(&f) {

@@ -502,6 +502,22 @@ fn numeric_avg_follows_the_current_rows() {
     check(&mut db);
     db.exec("INSERT INTO t VALUES (6, 2, 0.125); UPDATE t SET v = 3 WHERE id = 3; SELECT pgtrickle.refresh_stream_table('s_avg'); SELECT pgtrickle.refresh_stream_table('s_avg_all')");
     check(&mut db);
+
+    // A fixed scale (numeric(p,s)) keeps avg algebraic, and exact.
+    let fixed = "SELECT g, avg(w) AS a, sum(w) AS s FROM t GROUP BY g";
+    db.exec(&format!(
+        "ALTER TABLE t ADD COLUMN w numeric(10,3) DEFAULT 1.5;
+         SELECT pgtrickle.create_stream_table('s_fixed', '{fixed}', refresh_mode => 'DIFFERENTIAL');"
+    ));
+    let algebraic: bool = db.scalar(
+        "SELECT delta_plan::text LIKE '%\"Avg\"%' FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 's_fixed'::regclass",
+        &[],
+    );
+    assert!(algebraic, "avg over numeric(10,3) is maintained algebraically");
+    for change in ["UPDATE t SET w = 2.25 WHERE id = 2", "INSERT INTO t VALUES (7, 1, 1, 0.001)", "DELETE FROM t WHERE id IN (2, 7)"] {
+        db.exec(&format!("{change}; SELECT pgtrickle.refresh_stream_table('s_fixed')"));
+        pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s_fixed", fixed);
+    }
 }
 
 /// After source DDL the plan is rebuilt, with the state columns it needs: a
