@@ -123,6 +123,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     dropped oid[];
     lost_columns oid[];
+    changed oid[];
 BEGIN
     SELECT pg_catalog.array_agg(d.objid) FILTER (WHERE d.objsubid = 0),
            pg_catalog.array_agg(DISTINCT d.objid) FILTER (WHERE d.objsubid <> 0)
@@ -145,6 +146,18 @@ BEGIN
                                              FROM pg_catalog.unnest(lost_columns) r(relid),
                                                   pg_catalog.pg_partition_ancestors(r.relid) a)) THEN
             PERFORM pgtrickle._on_relations_changed(lost_columns);
+        END IF;
+    END IF;
+    -- DROP INDEX alone (its table is no longer known here) may remove the key a
+    -- differential plan identifies rows by: re-check every captured source.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_dropped_objects() d WHERE d.object_type = 'index')
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_dropped_objects() d
+                       WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                         AND d.objsubid = 0 AND d.object_type <> 'index') THEN
+        changed := ARRAY(SELECT ct.source_relid FROM pgtrickle.pgt_change_tracking ct
+                         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = ct.source_relid));
+        IF pg_catalog.cardinality(changed) > 0 THEN
+            PERFORM pgtrickle._on_relations_changed(changed);
         END IF;
     END IF;
 END

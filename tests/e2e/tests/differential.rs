@@ -627,3 +627,31 @@ fn bigint_sums_at_the_extremes() {
         pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", query);
     }
 }
+
+/// A plan keyed by a unique index replans to keyless rows when the index is
+/// dropped (DROP INDEX, not only DROP CONSTRAINT).
+#[test]
+fn dropping_the_key_index_replans() {
+    let mut db = pg_trickle_e2e::TestDb::new("drop_key_index");
+    db.exec(
+        "SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE u (id int NOT NULL, v text);
+         CREATE UNIQUE INDEX u_id ON u (id);
+         CREATE INDEX u_v ON u (v);
+         INSERT INTO u SELECT x, 'v' || x FROM generate_series(1, 20) x;",
+    );
+    let query = "SELECT id, v FROM u WHERE id > 2";
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('s', '{query}', refresh_mode => 'DIFFERENTIAL')"));
+    let keyed = |db: &mut pg_trickle_e2e::TestDb| -> bool {
+        db.scalar("SELECT delta_plan::text NOT LIKE '%\"key\":[]%' FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 's'::regclass", &[])
+    };
+    assert!(keyed(&mut db), "keyed by u_id at first");
+    // Dropping an unrelated index changes nothing.
+    db.exec("DROP INDEX u_v; UPDATE u SET v = 'w' WHERE id = 5; SELECT pgtrickle.refresh_stream_table('s')");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", query);
+    db.exec("DROP INDEX u_id; INSERT INTO u VALUES (7, 'dup'), (7, 'dup'); SELECT pgtrickle.refresh_stream_table('s')");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", query);
+    assert!(!keyed(&mut db), "keyless after the key index is gone");
+    db.exec("DELETE FROM u WHERE ctid IN (SELECT ctid FROM u WHERE v = 'dup' LIMIT 1); UPDATE u SET v = 'x' WHERE id = 7; SELECT pgtrickle.refresh_stream_table('s')");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", query);
+}
