@@ -469,7 +469,7 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
                     -1,
                 );
                 if coerced.is_null() {
-                    return Err(crate::error::PgtError::internal("a UNION branch column cannot be coerced to the union's type"));
+                    unsupported!("a UNION column whose branch type cannot be coerced to the union's type");
                 }
                 keys.push(coerced);
             }

@@ -166,6 +166,8 @@ fn unions() {
                 Differential,
             ),
             ("u_distinct", "SELECT cust FROM orders UNION SELECT id FROM customers WHERE vip", Differential),
+            ("u_literal", "SELECT 'open' AS s UNION SELECT status FROM orders WHERE amount > 20", Differential),
+            ("u_widened", "SELECT cust FROM orders UNION SELECT id::bigint FROM customers WHERE score > 20", Differential),
             ("u_distinct_keyless", "SELECT kind FROM events UNION SELECT status FROM orders", Differential),
             ("u_mixed", "SELECT status FROM orders UNION ALL SELECT region FROM customers UNION SELECT name FROM regions", Differential),
             ("u_all_keyless", "SELECT kind AS k FROM events UNION ALL SELECT status FROM orders WHERE amount > 40", Differential),
