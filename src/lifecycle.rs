@@ -146,14 +146,14 @@ fn resolve_mode(requested: RefreshMode, sql: &str, name: &QualifiedName) -> PgtR
         return Ok((RefreshMode::Full, None));
     }
     match translate::translate(sql)? {
-        Ok(plan) => {
-            if let Some(stable) = translate::stable_functions(sql)? {
+        Ok(translation) => {
+            if let Some(stable) = translation.stable_functions()? {
                 pgrx::warning!(
                     "stream table {name} calls stable functions ({stable}); DIFFERENTIAL refresh assumes their results \
                      do not change between refreshes"
                 );
             }
-            Ok((RefreshMode::Differential, Some(plan)))
+            Ok((RefreshMode::Differential, Some(translation.plan)))
         }
         Err(translate::Unsupported(construct)) if requested == RefreshMode::Auto => {
             pgrx::warning!("stream table {name} will refresh in FULL mode: DIFFERENTIAL refresh does not support {construct}");

@@ -126,7 +126,7 @@ fn source_rows(plan: &Plan, snapshot: &StatementSnapshot, enough: f64) -> PgtRes
 /// stream tables continue in FULL mode (WARNING); DIFFERENTIAL ones fail.
 fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
     match translate::translate(&st.defining_query)? {
-        Ok(plan) => {
+        Ok(translate::Translation { plan, .. }) => {
             catalog::set_plan(st.pgt_id, RefreshMode::Differential, Some(&plan.to_json()))?;
             crate::storage::sync_hidden_columns(st.relid, &st.name, &plan)?;
             for relation in plan.relations() {

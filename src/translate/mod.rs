@@ -45,11 +45,30 @@ macro_rules! unsupported {
 /// # Errors
 /// PostgreSQL's own errors if the query no longer analyses; internal errors if
 /// deparsing fails.
-pub fn translate(sql: &str) -> PgtResult<Result<Plan, Unsupported>> {
+pub fn translate(sql: &str) -> PgtResult<Result<Translation, Unsupported>> {
     let csql = CString::new(sql).map_err(|_| crate::error::PgtError::internal("defining query contains a NUL byte"))?;
     unsafe {
         let query = crate::parse::parse_single_select(&csql)?;
         translate_query(query)
+    }
+}
+
+/// A translated defining query: its plan, and what the walk of its tree found
+/// (for the stable-function WARNING, without parsing the query again).
+pub struct Translation {
+    /// The DIFFERENTIAL plan.
+    pub plan: Plan,
+    facts: walker::QueryFacts,
+}
+
+impl Translation {
+    /// Names of the stable functions (and SQL value functions such as
+    /// CURRENT_DATE) the query calls, if any: DIFFERENTIAL warns about them, as
+    /// their results may change between refreshes without any source changing.
+    pub fn stable_functions(&self) -> PgtResult<Option<String>> {
+        let functions = functions_of_volatility(&self.facts, 's')?;
+        let names: Vec<String> = self.facts.value_functions.iter().cloned().chain(functions).collect();
+        Ok((!names.is_empty()).then(|| names.join(", ")))
     }
 }
 
@@ -62,7 +81,7 @@ pub(crate) struct RelationInfo {
     pub(crate) key_attnums: Vec<i16>,
 }
 
-unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
+unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Translation, Unsupported>> {
     if (*parsed).hasRecursive {
         unsupported!("WITH RECURSIVE");
     }
@@ -72,6 +91,15 @@ unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Plan, 
     if let Err(construct) = inline_ctes(q) {
         unsupported!("{construct}");
     }
+    let facts = walker::collect(q);
+    if let Some(volatile) = functions_of_volatility(&facts, 'v')? {
+        unsupported!("volatile functions ({volatile})");
+    }
+    Ok(translate_tree(q)?.map(|plan| Translation { plan, facts }))
+}
+
+/// The plan of rewritten query `q` (views expanded, CTEs inlined).
+unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
     let query = &*q;
     if !query.setOperations.is_null() {
         return translate_union(q);
@@ -103,10 +131,6 @@ unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Plan, 
     }
     if surgery::has_whole_row_reference(q) {
         unsupported!("whole-row references (table.* as a value)");
-    }
-    let facts = walker::collect(q);
-    if let Some(volatile) = volatile_functions(&facts)? {
-        unsupported!("volatile functions ({volatile})");
     }
     let prepared = match surgery::prepare(q)? {
         Ok(p) => p,
@@ -242,31 +266,17 @@ unsafe fn unsupported_from_item(query: &pg_sys::Query) -> Option<String> {
     None
 }
 
-/// Names of volatile functions the query calls, if any.
-fn volatile_functions(facts: &walker::QueryFacts) -> PgtResult<Option<String>> {
+/// Names (`regprocedure`) of the functions the query calls, directly or as
+/// operators, whose volatility class is `class` (`'v'` volatile, `'s'` stable),
+/// if any.
+fn functions_of_volatility(facts: &walker::QueryFacts, class: char) -> PgtResult<Option<String>> {
     query_one::<String>(
         "SELECT pg_catalog.string_agg(DISTINCT p.oid::pg_catalog.regprocedure::text, ', ') \
          FROM pg_catalog.pg_proc p \
-         WHERE p.provolatile = 'v' AND (p.oid = ANY ($1) OR p.oid IN \
+         WHERE p.provolatile = $3 AND (p.oid = ANY ($1) OR p.oid IN \
                (SELECT o.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator o WHERE o.oid = ANY ($2)))",
-        &[facts.functions.clone().into(), facts.operators.clone().into()],
+        &[facts.functions.clone().into(), facts.operators.clone().into(), class.to_string().into()],
     )
-}
-
-/// Names of stable functions the query calls, if any (DIFFERENTIAL warns: their
-/// result may change between refreshes without any source changing).
-pub fn stable_functions(sql: &str) -> PgtResult<Option<String>> {
-    let csql = CString::new(sql).map_err(|_| crate::error::PgtError::internal("defining query contains a NUL byte"))?;
-    let facts = unsafe { walker::collect(crate::parse::parse_single_select(&csql)?) };
-    let functions = query_one::<String>(
-        "SELECT pg_catalog.string_agg(DISTINCT p.oid::pg_catalog.regprocedure::text, ', ') \
-         FROM pg_catalog.pg_proc p \
-         WHERE p.provolatile = 's' AND (p.oid = ANY ($1) OR p.oid IN \
-               (SELECT o.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator o WHERE o.oid = ANY ($2)))",
-        &[facts.functions.clone().into(), facts.operators.clone().into()],
-    )?;
-    let names: Vec<String> = facts.value_functions.iter().cloned().chain(functions).collect();
-    Ok((!names.is_empty()).then(|| names.join(", ")))
 }
 
 /// Columns, key and types of relation `relid`; the first field names a reason the
@@ -365,11 +375,14 @@ unsafe fn hashable(typ: pg_sys::Oid) -> bool {
 
 /// The first of `exprs` whose type cannot be hashed into a row identity, as an
 /// unsupported construct naming `what` and the type.
-unsafe fn unhashable(exprs: &[*mut pg_sys::Node], what: &str) -> Option<Unsupported> {
-    exprs.iter().map(|e| pg_sys::exprType(*e)).find(|t| !hashable(*t)).map(|t| {
-        let name = std::ffi::CStr::from_ptr(pg_sys::format_type_be(t)).to_string_lossy().into_owned();
-        Unsupported(format!("{what} of type {name} (no hash operator class to derive a row identity)"))
-    })
+unsafe fn unhashable(exprs: &[*mut pg_sys::Node], what: &str) -> PgtResult<Option<Unsupported>> {
+    match exprs.iter().map(|e| pg_sys::exprType(*e)).find(|t| !hashable(*t)) {
+        Some(t) => Ok(Some(Unsupported(format!(
+            "{what} of type {} (no hash operator class to derive a row identity)",
+            format_type(t, -1)?
+        )))),
+        None => Ok(None),
+    }
 }
 
 /// The non-junk target expressions of `q`, in order.
@@ -381,33 +394,45 @@ unsafe fn visible_exprs(q: *mut pg_sys::Query) -> Vec<*mut pg_sys::Node> {
         .collect()
 }
 
-/// The identity hash's inputs for a row block: the output columns when an input
-/// is keyless (rows are identified by content), else the inputs' keys.
-unsafe fn identity_exprs(q: *mut pg_sys::Query, prepared: &surgery::Prepared, visible: Option<&[*mut pg_sys::Node]>) -> Vec<*mut pg_sys::Node> {
+/// The identity columns of a row block whose visible outputs are `visible`: each
+/// input's key columns, appended to `extra` as `__pgt_k<input>_<n>`; none when an
+/// input is keyless (rows are then identified by content and multiplicity). The
+/// hashed values' types must have hash operator classes.
+unsafe fn identity_columns(
+    prepared: &surgery::Prepared,
+    visible: &[*mut pg_sys::Node],
+    extra: &mut Vec<(String, *mut pg_sys::Node)>,
+) -> PgtResult<Result<Vec<String>, Unsupported>> {
     if prepared.inputs.iter().any(|i| i.relation.key.is_empty()) {
-        visible.map(|v| v.to_vec()).unwrap_or_else(|| visible_exprs(q))
-    } else {
-        prepared.keys.iter().flatten().copied().collect()
+        return Ok(match unhashable(visible, "an output column")? {
+            Some(u) => Err(u),
+            None => Ok(Vec::new()),
+        });
     }
-}
-
-/// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
-unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> PgtResult<Result<Plan, Unsupported>> {
-    // With a keyless input, rows are identified by content and multiplicity.
-    let keyless = prepared.inputs.iter().any(|i| i.relation.key.is_empty());
-    if let Some(u) = unhashable(&identity_exprs(q, &prepared, None), if keyless { "an output column" } else { "a source key" }) {
+    let keys: Vec<*mut pg_sys::Node> = prepared.keys.iter().flatten().copied().collect();
+    if let Some(u) = unhashable(&keys, "a source key")? {
         return Ok(Err(u));
     }
-    let visible = surgery::visible_names(q);
-    let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
     let mut identity = Vec::new();
-    for (k, keys) in prepared.keys.iter().enumerate().filter(|_| !keyless) {
-        for (j, key) in keys.iter().enumerate() {
+    for (k, input_keys) in prepared.keys.iter().enumerate() {
+        for (j, key) in input_keys.iter().enumerate() {
             let name = format!("__pgt_k{}_{}", k + 1, j + 1);
             extra.push((name.clone(), *key));
             identity.push(name);
         }
     }
+    Ok(Ok(identity))
+}
+
+/// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
+unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> PgtResult<Result<Plan, Unsupported>> {
+    let visible_exprs = visible_exprs(q);
+    let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
+    let identity = match identity_columns(&prepared, &visible_exprs, &mut extra)? {
+        Ok(identity) => identity,
+        Err(u) => return Ok(Err(u)),
+    };
+    let visible = surgery::visible_names(q);
     let block = surgery::finish(prepared, surgery::Targets::KeepVisible(extra))?;
     Ok(Ok(Plan::Rows(RowsPlan { branches: vec![RowsBranch { block, identity }], visible })))
 }
@@ -473,27 +498,18 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
                 }
                 keys.push(coerced);
             }
-            if let Some(u) = unhashable(&keys, "a UNION column") {
+            if let Some(u) = unhashable(&keys, "a UNION column")? {
                 return Ok(Err(u));
             }
             let extra = keys.iter().enumerate().map(|(i, e)| (format!("__pgt_g{}", i + 1), *e)).collect();
             blocks.push(surgery::finish(prepared, surgery::Targets::Replace(extra))?);
         } else {
-            let keyless = prepared.inputs.iter().any(|i| i.relation.key.is_empty());
-            let what = if keyless { "an output column" } else { "a source key" };
-            if let Some(u) = unhashable(&identity_exprs(leaf, &prepared, Some(&leaf_targets)), what) {
-                return Ok(Err(u));
-            }
             let mut extra: Vec<(String, *mut pg_sys::Node)> =
                 visible.iter().cloned().zip(leaf_targets.iter().copied()).collect();
-            let mut identity = Vec::new();
-            for (k, keys) in prepared.keys.iter().enumerate().filter(|_| !keyless) {
-                for (j, key) in keys.iter().enumerate() {
-                    let name = format!("__pgt_k{}_{}", k + 1, j + 1);
-                    extra.push((name.clone(), *key));
-                    identity.push(name);
-                }
-            }
+            let identity = match identity_columns(&prepared, &leaf_targets, &mut extra)? {
+                Ok(identity) => identity,
+                Err(u) => return Ok(Err(u)),
+            };
             let block = surgery::finish(prepared, surgery::Targets::Replace(extra))?;
             branches.push(RowsBranch { block, identity });
         }
@@ -502,11 +518,7 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
         return Ok(Ok(Plan::Rows(RowsPlan { branches, visible })));
     }
     // UNION: DISTINCT over the union; the group keys are the output columns.
-    let groups: Vec<*mut pg_sys::Node> = PgList::<pg_sys::TargetEntry>::from_pg(query.targetList)
-        .iter_ptr()
-        .filter(|te| !(**te).resjunk)
-        .map(|te| (*te).expr as *mut pg_sys::Node)
-        .collect();
+    let groups = visible_exprs(q);
     let passthrough = pgt_delta::aggregate::passthrough_columns(&[]);
     let passthrough_types = passthrough_types(&[], &[]);
     let output = match surgery::output_template(q, &groups, &[], &passthrough, &passthrough_types)? {
@@ -559,7 +571,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
     } else {
         surgery::distinct_expressions(q)
     };
-    if let Some(u) = unhashable(&groups, "a group key") {
+    if let Some(u) = unhashable(&groups, "a group key")? {
         return Ok(Err(u));
     }
     // Aggregate calls, each once.
@@ -619,12 +631,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
                 let Some((name, _)) = columns.iter().find(|(_, te)| (**te).ressortgroupref == (*sgc).tleSortGroupRef) else {
                     unsupported!("an ORDER BY inside {proname}(...) that cannot be resolved");
                 };
-                let operator = query_one::<String>(
-                    "SELECT 'OPERATOR(' || pg_catalog.quote_ident(n.nspname) || '.' || o.oprname || ')' \
-                     FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE o.oid = $1",
-                    &[(*sgc).sortop.into()],
-                )?
-                .unwrap_or_default();
+                let operator = qualified_operator((*sgc).sortop)?.unwrap_or_default();
                 let nulls = if (*sgc).nulls_first { "NULLS FIRST" } else { "NULLS LAST" };
                 order_by.push((name.clone(), format!("USING {operator} {nulls}")));
             }
@@ -685,24 +692,25 @@ unsafe fn group_equality(groups: &[*mut pg_sys::Node]) -> PgtResult<Result<Vec<S
         let typ = pg_sys::exprType(*g);
         let entry = pg_sys::lookup_type_cache(typ, pg_sys::TYPECACHE_EQ_OPR as i32);
         let eq = if entry.is_null() { pg_sys::InvalidOid } else { (*entry).eq_opr };
-        let operator = if eq == pg_sys::InvalidOid {
-            None
-        } else {
-            query_one::<String>(
-                "SELECT 'OPERATOR(' || pg_catalog.quote_ident(n.nspname) || '.' || o.oprname || ')' \
-                 FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE o.oid = $1",
-                &[eq.into()],
-            )?
-        };
-        match operator {
+        match qualified_operator(eq)? {
             Some(op) => operators.push(op),
-            None => {
-                let name = std::ffi::CStr::from_ptr(pg_sys::format_type_be(typ)).to_string_lossy().into_owned();
-                return Ok(Err(Unsupported(format!("a group key of type {name} (no default equality operator)"))));
-            }
+            None => unsupported!("a group key of type {} (no default equality operator)", format_type(typ, -1)?),
         }
     }
     Ok(Ok(operators))
+}
+
+/// Operator `oid` as `OPERATOR(schema.name)`, which resolves to exactly it
+/// whatever the search path; `None` for `InvalidOid` or an unknown operator.
+fn qualified_operator(oid: pg_sys::Oid) -> PgtResult<Option<String>> {
+    if oid == pg_sys::InvalidOid {
+        return Ok(None);
+    }
+    query_one::<String>(
+        "SELECT 'OPERATOR(' || pg_catalog.quote_ident(n.nspname) || '.' || o.oprname || ')' \
+         FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE o.oid = $1",
+        &[oid.into()],
+    )
 }
 
 /// Types of the pass-through columns (row id, then state), aligned with

@@ -237,6 +237,12 @@ fn function_volatility() {
         "0A000",
     );
     assert!(message.contains("random()"), "the error names the volatile function: {message}");
+    let message = db.expect_error(
+        "SELECT pgtrickle.create_stream_table('s_volatile', 'SELECT id FROM t UNION ALL SELECT (random() * 10)::int FROM t', \
+         refresh_mode => 'DIFFERENTIAL')",
+        "0A000",
+    );
+    assert!(message.contains("random()"), "a UNION branch's volatile function is named too: {message}");
     assert_eq!(pg_trickle_e2e::stream_table_count(&mut db), 0);
 
     let (mut client, notices) = db.connect_collecting_notices();
