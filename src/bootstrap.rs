@@ -112,6 +112,18 @@ REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_table_rewrite(oid) FROM PUBLIC;
 
+-- Whether any of relations `relids`, or a partitioned table one of them is a
+-- partition of, is a captured source: the event triggers call into Rust only then.
+CREATE FUNCTION pgtrickle._any_captured(relids oid[]) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking ct
+                   WHERE ct.source_relid = ANY (relids)
+                      OR ct.source_relid IN (SELECT a.relid
+                                             FROM pg_catalog.unnest(relids) r(relid),
+                                                  pg_catalog.pg_partition_ancestors(r.relid) a))
+$$;
+REVOKE ALL ON FUNCTION pgtrickle._any_captured(oid[]) FROM PUBLIC;
+
 -- Keeps the catalog true when relations are dropped behind pg_trickle's back
 -- (DROP TABLE of a stream table, DROP ... CASCADE, DROP SCHEMA ... CASCADE,
 -- DROP OWNED). Runs for every role's DROP, so it must never fail for anyone:
@@ -140,11 +152,7 @@ BEGIN
     IF lost_columns IS NOT NULL THEN
         lost_columns := ARRAY(SELECT c FROM pg_catalog.unnest(lost_columns) c
                               WHERE dropped IS NULL OR c <> ALL (dropped));
-        IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking ct
-                   WHERE ct.source_relid = ANY (lost_columns)
-                      OR ct.source_relid IN (SELECT a.relid
-                                             FROM pg_catalog.unnest(lost_columns) r(relid),
-                                                  pg_catalog.pg_partition_ancestors(r.relid) a)) THEN
+        IF pgtrickle._any_captured(lost_columns) THEN
             PERFORM pgtrickle._on_relations_changed(lost_columns);
         END IF;
     END IF;
@@ -187,11 +195,7 @@ BEGIN
     IF changed IS NULL THEN
         RETURN;
     END IF;
-    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking ct
-               WHERE ct.source_relid = ANY (changed)
-                  OR ct.source_relid IN (SELECT a.relid
-                                         FROM pg_catalog.unnest(changed) r(relid),
-                                              pg_catalog.pg_partition_ancestors(r.relid) a)) THEN
+    IF pgtrickle._any_captured(changed) THEN
         PERFORM pgtrickle._on_relations_changed(changed);
     END IF;
 END
@@ -208,9 +212,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rewritten oid := pg_catalog.pg_event_trigger_table_rewrite_oid();
 BEGIN
-    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking ct
-               WHERE ct.source_relid = rewritten
-                  OR ct.source_relid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(rewritten) a)) THEN
+    IF pgtrickle._any_captured(ARRAY[rewritten]) THEN
         PERFORM pgtrickle._on_table_rewrite(rewritten);
     END IF;
 END

@@ -30,22 +30,18 @@ pub unsafe fn visible_names(q: *mut pg_sys::Query) -> Vec<String> {
 
 /// The GROUP BY expressions, in clause order.
 pub unsafe fn group_expressions(q: *mut pg_sys::Query) -> Vec<*mut pg_sys::Node> {
-    let tlist = PgList::<pg_sys::TargetEntry>::from_pg((*q).targetList);
-    PgList::<pg_sys::SortGroupClause>::from_pg((*q).groupClause)
-        .iter_ptr()
-        .filter_map(|sgc| {
-            tlist
-                .iter_ptr()
-                .find(|te| (**te).ressortgroupref == (*sgc).tleSortGroupRef)
-                .map(|te| (*te).expr as *mut pg_sys::Node)
-        })
-        .collect()
+    clause_expressions(q, (*q).groupClause)
 }
 
 /// The DISTINCT expressions, in clause order.
 pub unsafe fn distinct_expressions(q: *mut pg_sys::Query) -> Vec<*mut pg_sys::Node> {
+    clause_expressions(q, (*q).distinctClause)
+}
+
+/// The target expressions a list of `SortGroupClause`s of `q` refers to, in order.
+unsafe fn clause_expressions(q: *mut pg_sys::Query, clauses: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
     let tlist = PgList::<pg_sys::TargetEntry>::from_pg((*q).targetList);
-    PgList::<pg_sys::SortGroupClause>::from_pg((*q).distinctClause)
+    PgList::<pg_sys::SortGroupClause>::from_pg(clauses)
         .iter_ptr()
         .filter_map(|sgc| {
             tlist

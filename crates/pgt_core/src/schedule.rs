@@ -31,10 +31,24 @@ pub enum ScheduleError {
     Empty,
     /// Neither `calculated`, a duration, nor a cron expression; carries both parsers'
     /// complaints for the error's DETAIL.
-    Unparsable { value: String, duration_error: String, cron_error: String },
+    Unparsable {
+        /// The text as given.
+        value: String,
+        /// Why it is not a duration (humantime's message).
+        duration_error: String,
+        /// Why it is not a cron expression (croner's message).
+        cron_error: String,
+    },
     /// A duration shorter than the configured floor
     /// (`pg_trickle.min_schedule_seconds`).
-    BelowFloor { value: String, duration: Duration, floor: Duration },
+    BelowFloor {
+        /// The text as given.
+        value: String,
+        /// The duration it parses to.
+        duration: Duration,
+        /// The floor it is below.
+        floor: Duration,
+    },
 }
 
 impl fmt::Display for ScheduleError {

@@ -302,21 +302,20 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
     let restricted = if plan.groups.is_empty() {
         format!("(SELECT b.* FROM ({block_new}) b WHERE EXISTS (SELECT 1 FROM __pgt_keys)) i")
     } else {
-        let equality = |i: usize| plan.group_equality.get(i).map(String::as_str).unwrap_or("=");
-        let eq = plan
+        // Per key `b.g = k.g` with the key type's own operator; the NULL branch
+        // also matches NULL to NULL.
+        let (eq, nd): (Vec<String>, Vec<String>) = plan
             .groups
             .iter()
             .enumerate()
-            .map(|(i, g)| format!("b.{q} {op} k.{q}", q = quote_ident(g), op = equality(i)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let nd = plan
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| format!("(b.{q} {op} k.{q} OR (b.{q} IS NULL AND k.{q} IS NULL))", q = quote_ident(g), op = equality(i)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+            .map(|(i, g)| {
+                let (q, op) = (quote_ident(g), plan.group_equality.get(i).map(String::as_str).unwrap_or("="));
+                let equal = format!("b.{q} {op} k.{q}");
+                let both_null = format!("(b.{q} IS NULL AND k.{q} IS NULL)");
+                (equal.clone(), format!("({equal} OR {both_null})"))
+            })
+            .unzip();
+        let (eq, nd) = (eq.join(" AND "), nd.join(" AND "));
         let has_null = plan.groups.iter().map(|g| format!("k.{} IS NULL", quote_ident(g))).collect::<Vec<_>>().join(" OR ");
         format!(
             "(SELECT b.* FROM ({block_new}) b JOIN __pgt_keys k ON {eq} \
@@ -460,5 +459,20 @@ mod tests {
         assert!(m.contains("LEAST(a.__pgt_old_aux_min_3, a.__pgt_dins3)"));
         assert!(m.contains("__pgt_dg AS MATERIALIZED"), "the delta is computed once");
         assert!(m.contains("IS DISTINCT FROM"), "unchanged groups are not rewritten");
+    }
+
+    #[test]
+    fn rescans_match_keys_with_the_plans_equality_operator() {
+        let f = Frontier { snapshot: "1:1:".into(), xid: None, cid: None };
+        let mut p = plan(1, true);
+        p.group_equality = vec!["OPERATOR(public.=)".into()];
+        let m = merge_sql(&p, "st", &f, &[1].into()).unwrap();
+        assert!(m.contains("ON b.\"__pgt_g1\" OPERATOR(public.=) k.\"__pgt_g1\" "));
+        assert!(m.contains(
+            "ON (b.\"__pgt_g1\" OPERATOR(public.=) k.\"__pgt_g1\" OR (b.\"__pgt_g1\" IS NULL AND k.\"__pgt_g1\" IS NULL))"
+        ));
+        // Plans stored before the field existed compare with `=`.
+        let m = merge_sql(&plan(1, true), "st", &f, &[1].into()).unwrap();
+        assert!(m.contains("ON b.\"__pgt_g1\" = k.\"__pgt_g1\" "));
     }
 }

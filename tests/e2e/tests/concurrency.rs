@@ -13,6 +13,24 @@ fn setup(db: &mut TestDb) {
     );
 }
 
+/// Starts `count` writer threads, each with its own connection to `db`, running
+/// `work(connection, writer number)`; join the handles to wait for them.
+fn spawn_writers<F>(db: &TestDb, count: i32, work: F) -> Vec<thread::JoinHandle<()>>
+where
+    F: Fn(&mut pgt_testkit::postgres::Client, i32) + Send + Sync + 'static,
+{
+    let work = std::sync::Arc::new(work);
+    (0..count)
+        .map(|w| {
+            let (cluster, name, work) = (db.cluster.clone(), db.name.clone(), work.clone());
+            thread::spawn(move || {
+                let mut connection = cluster.connect(&name).expect("writer connects");
+                work(&mut connection, w);
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn readers_see_the_old_contents_until_the_refresh_commits_and_are_not_blocked() {
     let mut db = TestDb::new("readers");
@@ -67,30 +85,21 @@ fn concurrent_refreshes_of_one_stream_table_serialize() {
 fn writers_keep_writing_while_refreshes_loop() {
     let mut db = TestDb::new("writers");
     setup(&mut db);
-    let cluster = db.cluster.clone();
-    let name = db.name.clone();
-    let writers: Vec<_> = (0..3)
-        .map(|w| {
-            let cluster = cluster.clone();
-            let name = name.clone();
-            thread::spawn(move || {
-                let mut c = cluster.connect(&name).unwrap();
-                for i in 0..60 {
-                    // Transfers keep the total constant; inserts and deletes change the count.
-                    let a = 1 + (i * 7 + w * 13) % 1000;
-                    let b = 1 + (i * 11 + w * 17) % 1000;
-                    c.batch_execute(&format!(
-                        "BEGIN; UPDATE acc SET bal = bal - 1 WHERE id = {a}; SELECT pg_sleep(0.002); UPDATE acc SET bal = bal + 1 WHERE id = {b}; COMMIT;"
-                    ))
-                    .unwrap();
-                    if i % 10 == 0 {
-                        let id = 10_000 + w * 1000 + i;
-                        c.batch_execute(&format!("INSERT INTO acc VALUES ({id}, 5)")).unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_writers(&db, 3, |c, w| {
+        for i in 0..60 {
+            // Transfers keep the total constant; inserts and deletes change the count.
+            let a = 1 + (i * 7 + w * 13) % 1000;
+            let b = 1 + (i * 11 + w * 17) % 1000;
+            c.batch_execute(&format!(
+                "BEGIN; UPDATE acc SET bal = bal - 1 WHERE id = {a}; SELECT pg_sleep(0.002); UPDATE acc SET bal = bal + 1 WHERE id = {b}; COMMIT;"
+            ))
+            .unwrap();
+            if i % 10 == 0 {
+                let id = 10_000 + w * 1000 + i;
+                c.batch_execute(&format!("INSERT INTO acc VALUES ({id}, 5)")).unwrap();
+            }
+        }
+    });
     let mut refresher = db.connect();
     for _ in 0..20 {
         refresher.batch_execute("SELECT pgtrickle.refresh_stream_table('totals')").unwrap();
@@ -131,36 +140,27 @@ fn differential_refreshes_with_out_of_order_commits() {
     let agg_q = "SELECT d.name, count(*) AS n, sum(e.pay) AS payroll, max(e.pay) AS top FROM emp e JOIN dept d ON d.id = e.dept GROUP BY d.name";
     db.exec(&format!("SELECT pgtrickle.create_stream_table('j', '{join_q}', refresh_mode => 'DIFFERENTIAL')"));
     db.exec(&format!("SELECT pgtrickle.create_stream_table('a', '{agg_q}', refresh_mode => 'DIFFERENTIAL')"));
-    let cluster = db.cluster.clone();
-    let name = db.name.clone();
-    let writers: Vec<_> = (0..3)
-        .map(|w| {
-            let cluster = cluster.clone();
-            let name = name.clone();
-            thread::spawn(move || {
-                let mut c = cluster.connect(&name).unwrap();
-                for i in 0..25 {
-                    let id = 1 + (i * 37 + w * 101) % 500;
-                    // Long transactions (held across refreshes) interleave with short ones.
-                    let hold = if (i + w) % 4 == 0 { 0.15 } else { 0.005 };
-                    c.batch_execute(&format!(
-                        "BEGIN; UPDATE emp SET pay = pay + 1, dept = 1 + (dept % 10) WHERE id = {id};
-                         SELECT pg_sleep({hold});
-                         INSERT INTO emp VALUES ({new}, {dept}, 50);
-                         DELETE FROM emp WHERE id = {del};
-                         COMMIT;",
-                        new = 10_000 + w * 100 + i,
-                        dept = 1 + i % 10,
-                        del = 1 + (i * 53 + w * 7) % 500,
-                    ))
-                    .unwrap();
-                    if i % 8 == 0 {
-                        c.batch_execute(&format!("UPDATE dept SET name = 'd{}' || '_{w}_{i}' WHERE id = {}", 1 + i % 10, 1 + i % 10)).unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_writers(&db, 3, |c, w| {
+        for i in 0..25 {
+            let id = 1 + (i * 37 + w * 101) % 500;
+            // Long transactions (held across refreshes) interleave with short ones.
+            let hold = if (i + w) % 4 == 0 { 0.15 } else { 0.005 };
+            c.batch_execute(&format!(
+                "BEGIN; UPDATE emp SET pay = pay + 1, dept = 1 + (dept % 10) WHERE id = {id};
+                 SELECT pg_sleep({hold});
+                 INSERT INTO emp VALUES ({new}, {dept}, 50);
+                 DELETE FROM emp WHERE id = {del};
+                 COMMIT;",
+                new = 10_000 + w * 100 + i,
+                dept = 1 + i % 10,
+                del = 1 + (i * 53 + w * 7) % 500,
+            ))
+            .unwrap();
+            if i % 8 == 0 {
+                c.batch_execute(&format!("UPDATE dept SET name = 'd{}' || '_{w}_{i}' WHERE id = {}", 1 + i % 10, 1 + i % 10)).unwrap();
+            }
+        }
+    });
     let mut refresher = db.connect();
     for _ in 0..30 {
         refresher.batch_execute("SELECT pgtrickle.refresh_stream_table('j'); SELECT pgtrickle.refresh_stream_table('a')").unwrap();

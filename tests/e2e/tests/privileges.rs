@@ -188,4 +188,6 @@ fn internals_are_not_writable_by_users() {
     assert_eq!(n, 1);
     drop(m);
     assert_eq!(footprint(&mut db), before);
+    db.exec("INSERT INTO t VALUES (2); SELECT pgtrickle.refresh_stream_table('st')");
+    assert_st_matches_query(&mut db.client, "st", "SELECT x FROM t");
 }
