@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: pgt_core's unit tests (plain cargo test, seconds) and the E2E
+# Runs every test: the unit and property tests of the pure crates pgt_core and
+# pgt_delta (plain cargo test, seconds) and the E2E
 # suite against a PostgreSQL 18 cluster that the harness starts in a fresh folder
 # and that this script stops afterwards. Exits non-zero on any failure.
 set -euo pipefail
@@ -16,8 +17,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-pgt_step "unit tests (pgt_core)"
-cargo test --release -p pgt_core --quiet
+pgt_step "unit and property tests of the pure crates (pgt_core, pgt_delta)"
+cargo test --release -p pgt_core -p pgt_delta --quiet
 
 pgt_step "end-to-end tests against PostgreSQL 18 (pg_trickle_e2e)"
 if cargo nextest --version >/dev/null 2>&1; then

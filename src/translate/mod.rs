@@ -16,7 +16,8 @@
 //!
 //! What is translated (SPEC §4, wave 1 so far): scans of tables, partitioned
 //! tables and stream tables; WHERE; projections; inner joins of any arity and
-//! condition; GROUP BY with COUNT(*), COUNT, SUM and AVG over integers and
+//! condition; LEFT / RIGHT joins at a block's top level whose nullable side is a
+//! keyed table; GROUP BY with COUNT(*), COUNT, SUM and AVG over integers and
 //! numerics, MIN and MAX, FILTER and HAVING; scalar aggregates. Everything else is
 //! reported by name ([`Unsupported`]), and AUTO falls back to FULL.
 
@@ -126,7 +127,7 @@ unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupp
     if !query.groupingSets.is_null() {
         unsupported!("GROUPING SETS / CUBE / ROLLUP");
     }
-    if let Some(kind) = unsupported_from_item(query) {
+    if let Some(kind) = unsupported_from_item(query, OuterJoins::Allowed) {
         unsupported!("{kind}");
     }
     if surgery::has_whole_row_reference(q) {
@@ -210,8 +211,18 @@ unsafe fn inline_references(q: *mut pg_sys::Query, stack: &mut Vec<*mut pg_sys::
     Ok(())
 }
 
-/// Why a subquery in FROM cannot be inlined into the select-project-join block.
-pub(crate) unsafe fn unsupported_in_subquery(sub: &pg_sys::Query) -> Option<String> {
+/// Whether a query level may hold LEFT / RIGHT joins: the top level of a block
+/// may; a subquery or view inside it may not (the outer-join rule binds the
+/// nullable side as a base relation of the block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OuterJoins {
+    Allowed,
+    Rejected,
+}
+
+/// Why a subquery in FROM (`Rejected`) or a UNION branch (`Allowed`) cannot be
+/// a select-project-join block.
+pub(crate) unsafe fn unsupported_in_subquery(sub: &pg_sys::Query, outer_joins: OuterJoins) -> Option<String> {
     if sub.hasAggs || !sub.groupClause.is_null() || !sub.havingQual.is_null() {
         return Some("aggregates in a subquery (aggregate at the top level instead)".into());
     }
@@ -230,11 +241,11 @@ pub(crate) unsafe fn unsupported_in_subquery(sub: &pg_sys::Query) -> Option<Stri
     if sub.hasWindowFuncs || sub.hasTargetSRFs {
         return Some("window functions or set-returning functions in a subquery".into());
     }
-    unsupported_from_item(sub)
+    unsupported_from_item(sub, outer_joins)
 }
 
 /// The first FROM item the engine cannot handle, by name.
-unsafe fn unsupported_from_item(query: &pg_sys::Query) -> Option<String> {
+unsafe fn unsupported_from_item(query: &pg_sys::Query, outer_joins: OuterJoins) -> Option<String> {
     let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg(query.rtable);
     for rte in rtable.iter_ptr() {
         match (*rte).rtekind {
@@ -245,8 +256,9 @@ unsafe fn unsupported_from_item(query: &pg_sys::Query) -> Option<String> {
             pg_sys::RTEKind::RTE_JOIN => {
                 let name = match (*rte).jointype {
                     pg_sys::JoinType::JOIN_INNER => continue,
-                    pg_sys::JoinType::JOIN_LEFT => "LEFT JOIN",
-                    pg_sys::JoinType::JOIN_RIGHT => "RIGHT JOIN",
+                    pg_sys::JoinType::JOIN_LEFT | pg_sys::JoinType::JOIN_RIGHT if outer_joins == OuterJoins::Allowed => continue,
+                    pg_sys::JoinType::JOIN_LEFT => "LEFT JOIN inside a subquery or view",
+                    pg_sys::JoinType::JOIN_RIGHT => "RIGHT JOIN inside a subquery or view",
                     pg_sys::JoinType::JOIN_FULL => "FULL JOIN",
                     _ => "this kind of join",
                 };
@@ -465,7 +477,7 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     for rtindex in leaves {
         let rte = rtable.get_ptr(rtindex - 1).ok_or_else(|| crate::error::PgtError::internal("UNION branch not found"))?;
         let leaf = (*rte).subquery;
-        if let Some(construct) = unsupported_in_subquery(&*leaf) {
+        if let Some(construct) = unsupported_in_subquery(&*leaf, OuterJoins::Allowed) {
             unsupported!("{construct} (in a UNION branch)");
         }
         let leaf_targets: Vec<*mut pg_sys::Node> = PgList::<pg_sys::TargetEntry>::from_pg((*leaf).targetList)

@@ -152,13 +152,30 @@ pub struct Prepared {
     weights: Vec<*mut pg_sys::Node>,
     /// Per input, its key columns at the top level.
     pub keys: Vec<Vec<*mut pg_sys::Node>>,
+    /// The LEFT / RIGHT joins of the top level.
+    outer_joins: Vec<OuterJoin>,
 }
 
 /// One input surfaced at some query level.
 struct Surfaced {
     index: usize,
+    /// The range-table index at that level it comes from (a base relation, or
+    /// the subquery that passed it up).
+    rtindex: i32,
     weight: *mut pg_sys::Node,
     keys: Vec<*mut pg_sys::Node>,
+}
+
+/// A LEFT or RIGHT join of the block's top level (in the prepared copy).
+struct OuterJoin {
+    join: *mut pg_sys::JoinExpr,
+    /// Its preserved side (a jointree node).
+    preserved: *mut pg_sys::Node,
+    /// The input that is its nullable side.
+    nullable: usize,
+    /// The keyed inputs of its preserved side that are not themselves the
+    /// nullable side of a join (see `pgt_delta::NullableSide::restricted`).
+    restricted: Vec<usize>,
 }
 
 /// Copies `q` and turns every base relation into a placeholder (see [`Prepared`]).
@@ -170,13 +187,187 @@ pub unsafe fn prepare(q: *mut pg_sys::Query) -> PgtResult<Result<Prepared, Unsup
         Ok(s) => s,
         Err(u) => return Ok(Err(u)),
     };
+    let outer_joins = match outer_joins(copy, &surfaced, &inputs)? {
+        Ok(o) => o,
+        Err(u) => return Ok(Err(u)),
+    };
     let mut weights = vec![std::ptr::null_mut(); inputs.len()];
     let mut keys = vec![Vec::new(); inputs.len()];
     for s in surfaced {
         weights[s.index] = s.weight;
         keys[s.index] = s.keys;
     }
-    Ok(Ok(Prepared { copy, inputs, weights, keys }))
+    Ok(Ok(Prepared { copy, inputs, weights, keys, outer_joins }))
+}
+
+/// The LEFT / RIGHT joins in the jointree under `node`, outermost first.
+unsafe fn collect_outer_joins(node: *mut pg_sys::Node, out: &mut Vec<*mut pg_sys::JoinExpr>) {
+    if node.is_null() {
+        return;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
+        for item in PgList::<pg_sys::Node>::from_pg((*(node as *mut pg_sys::FromExpr)).fromlist).iter_ptr() {
+            collect_outer_joins(item, out);
+        }
+    } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
+        let j = node as *mut pg_sys::JoinExpr;
+        if matches!((*j).jointype, pg_sys::JoinType::JOIN_LEFT | pg_sys::JoinType::JOIN_RIGHT) {
+            out.push(j);
+        }
+        collect_outer_joins((*j).larg, out);
+        collect_outer_joins((*j).rarg, out);
+    }
+}
+
+/// The range-table indexes of the FROM items (not joins) under jointree `node`.
+unsafe fn items_under(node: *mut pg_sys::Node, out: &mut Vec<i32>) {
+    if node.is_null() {
+        return;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_RangeTblRef) {
+        out.push((*(node as *mut pg_sys::RangeTblRef)).rtindex);
+    } else if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
+        for item in PgList::<pg_sys::Node>::from_pg((*(node as *mut pg_sys::FromExpr)).fromlist).iter_ptr() {
+            items_under(item, out);
+        }
+    } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
+        let j = node as *mut pg_sys::JoinExpr;
+        items_under((*j).larg, out);
+        items_under((*j).rarg, out);
+    }
+}
+
+/// `ROW(x.*, y.*, …)::text` over the FROM items under jointree node `preserved`
+/// of `q`: the content of a preserved row of an outer join, as the identity
+/// the outer-join rule groups by (`pgt_delta::join`). Text identifies a row
+/// image exactly within one statement, whatever its column types.
+unsafe fn preserved_content(q: *mut pg_sys::Query, preserved: *mut pg_sys::Node) -> PgtResult<*mut pg_sys::Node> {
+    let mut items = Vec::new();
+    items_under(preserved, &mut items);
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+    let mut args: *mut pg_sys::List = std::ptr::null_mut();
+    for rtindex in items {
+        let rte = rtable.get_ptr((rtindex - 1) as usize).ok_or_else(|| PgtError::internal("FROM item not in the range table"))?;
+        let var = pg_sys::makeWholeRowVar(rte, rtindex, 0, false);
+        args = pg_sys::lappend(args, var as *mut c_void);
+    }
+    let row = pg_sys::palloc0(std::mem::size_of::<pg_sys::RowExpr>()) as *mut pg_sys::RowExpr;
+    (*row).xpr.type_ = pg_sys::NodeTag::T_RowExpr;
+    (*row).args = args;
+    (*row).row_typeid = pg_sys::RECORDOID;
+    (*row).row_format = pg_sys::CoercionForm::COERCE_EXPLICIT_CALL;
+    (*row).location = -1;
+    let text = pg_sys::palloc0(std::mem::size_of::<pg_sys::CoerceViaIO>()) as *mut pg_sys::CoerceViaIO;
+    (*text).xpr.type_ = pg_sys::NodeTag::T_CoerceViaIO;
+    (*text).arg = row as *mut pg_sys::Expr;
+    (*text).resulttype = pg_sys::TEXTOID;
+    (*text).resultcollid = pg_sys::DEFAULT_COLLATION_OID;
+    (*text).coerceformat = pg_sys::CoercionForm::COERCE_EXPLICIT_CAST;
+    (*text).location = -1;
+    Ok(text as *mut pg_sys::Node)
+}
+
+/// The range-table indexes of the joins in jointree `node`, itself included.
+unsafe fn joins_under(node: *mut pg_sys::Node, out: &mut Vec<i32>) {
+    if node.is_null() {
+        return;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
+        for item in PgList::<pg_sys::Node>::from_pg((*(node as *mut pg_sys::FromExpr)).fromlist).iter_ptr() {
+            joins_under(item, out);
+        }
+    } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
+        let j = node as *mut pg_sys::JoinExpr;
+        out.push((*j).rtindex);
+        joins_under((*j).larg, out);
+        joins_under((*j).rarg, out);
+    }
+}
+
+/// The inputs read under jointree `node` (of the top level).
+unsafe fn inputs_under(node: *mut pg_sys::Node, surfaced: &[Surfaced], out: &mut Vec<usize>) {
+    if node.is_null() {
+        return;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_RangeTblRef) {
+        let rtindex = (*(node as *mut pg_sys::RangeTblRef)).rtindex;
+        out.extend(surfaced.iter().filter(|s| s.rtindex == rtindex).map(|s| s.index));
+    } else if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
+        for item in PgList::<pg_sys::Node>::from_pg((*(node as *mut pg_sys::FromExpr)).fromlist).iter_ptr() {
+            inputs_under(item, surfaced, out);
+        }
+    } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
+        let j = node as *mut pg_sys::JoinExpr;
+        inputs_under((*j).larg, surfaced, out);
+        inputs_under((*j).rarg, surfaced, out);
+    }
+}
+
+/// The top level's outer joins, each with its nullable input. The nullable side
+/// must be one base relation with a key (its old state is bound as a set, by
+/// key), and its join condition gains `AND <its weight> <> 0`, so that a row
+/// the old state lacks (weight 0, see `pgt_delta::scan::old_present_sql`) is
+/// no match.
+unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[Input]) -> PgtResult<Result<Vec<OuterJoin>, Unsupported>> {
+    let mut joins = Vec::new();
+    collect_outer_joins((*q).jointree as *mut pg_sys::Node, &mut joins);
+    if joins.is_empty() {
+        return Ok(Ok(Vec::new()));
+    }
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+    let mut found = Vec::new();
+    for j in joins {
+        let (nullable_node, preserved_node) = match (*j).jointype {
+            pg_sys::JoinType::JOIN_LEFT => ((*j).rarg, (*j).larg),
+            _ => ((*j).larg, (*j).rarg),
+        };
+        let side = if (*j).jointype == pg_sys::JoinType::JOIN_LEFT { "LEFT JOIN" } else { "RIGHT JOIN" };
+        let base = pgrx::is_a(nullable_node, pg_sys::NodeTag::T_RangeTblRef)
+            && rtable
+                .get_ptr(((*(nullable_node as *mut pg_sys::RangeTblRef)).rtindex - 1) as usize)
+                .is_some_and(|rte| (*rte).rtekind == pg_sys::RTEKind::RTE_CTE);
+        if !base {
+            return Ok(Err(Unsupported(format!("{side} whose nullable side is a join, subquery or view (join a table directly)"))));
+        }
+        let rtindex = (*(nullable_node as *mut pg_sys::RangeTblRef)).rtindex;
+        let Some(r) = surfaced.iter().find(|s| s.rtindex == rtindex) else {
+            return Err(PgtError::internal("the nullable side of an outer join is not an input"));
+        };
+        let relation = &inputs[r.index].relation;
+        if relation.key.is_empty() {
+            return Ok(Err(Unsupported(format!(
+                "{side} whose nullable side has no primary key or unique key over NOT NULL columns ({})",
+                relation.table_sql
+            ))));
+        }
+        let mut preserved = Vec::new();
+        inputs_under(preserved_node, surfaced, &mut preserved);
+        let nonzero = pg_sys::make_opclause(
+            int8_not_equal()?,
+            pg_sys::BOOLOID,
+            false,
+            pg_sys::copyObjectImpl(r.weight as *const c_void) as *mut pg_sys::Expr,
+            pg_sys::makeConst(pg_sys::INT8OID, -1, pg_sys::InvalidOid, 8, pg_sys::Datum::from(0i64), false, true) as *mut pg_sys::Expr,
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+        );
+        (*j).quals = pg_sys::make_and_qual((*j).quals, nonzero as *mut pg_sys::Node);
+        found.push(OuterJoin { join: j, preserved: preserved_node, nullable: r.index, restricted: preserved });
+    }
+    let nullable: Vec<usize> = found.iter().map(|o| o.nullable).collect();
+    for o in &mut found {
+        o.restricted.retain(|q| !nullable.contains(q) && !inputs[*q].relation.key.is_empty());
+    }
+    Ok(Ok(found))
+}
+
+/// `OPERATOR(pg_catalog.<>)` for `bigint`.
+fn int8_not_equal() -> PgtResult<pg_sys::Oid> {
+    crate::spi::query_one::<pg_sys::Oid>(
+        "SELECT 'pg_catalog.<>(pg_catalog.int8, pg_catalog.int8)'::pg_catalog.regoperator::pg_catalog.oid",
+        &[],
+    )?
+    .ok_or_else(|| PgtError::internal("operator <> for bigint not found"))
 }
 
 unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtResult<Result<Vec<Surfaced>, Unsupported>> {
@@ -210,15 +401,15 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtRe
                     })
                     .collect();
                 to_placeholder(rte, &placeholder, &info);
-                inputs.push(Input { placeholder, relation: info.relation, only });
-                surfaced.push(Surfaced { index, weight: weight as *mut pg_sys::Node, keys });
+                inputs.push(Input { placeholder, relation: info.relation, only, nullable: None });
+                surfaced.push(Surfaced { index, rtindex: varno, weight: weight as *mut pg_sys::Node, keys });
             }
             pg_sys::RTEKind::RTE_SUBQUERY => {
                 let sub = (*rte).subquery;
                 if (*rte).lateral {
                     return Ok(Err(Unsupported("LATERAL subqueries".into())));
                 }
-                if let Some(construct) = super::unsupported_in_subquery(&*sub) {
+                if let Some(construct) = super::unsupported_in_subquery(&*sub, super::OuterJoins::Rejected) {
                     return Ok(Err(Unsupported(construct)));
                 }
                 // A view whose columns were renamed, or a WITH query with a
@@ -265,7 +456,7 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtRe
                         .enumerate()
                         .map(|(j, k)| lift(*k, &format!("__pgt_k{}_{}", s.index + 1, j + 1), &mut tlist))
                         .collect();
-                    surfaced.push(Surfaced { index: s.index, weight, keys });
+                    surfaced.push(Surfaced { index: s.index, rtindex: varno, weight, keys });
                 }
                 for te in junk {
                     next_resno += 1;
@@ -324,7 +515,68 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
     }
     (*copy).targetList = tlist;
     clear_aggregation(copy);
-    Ok(Block { template: deparse(copy), inputs: prepared.inputs, columns })
+    let template = deparse(copy);
+    let mut inputs = prepared.inputs;
+    for outer in &prepared.outer_joins {
+        let j = outer.join;
+        let content = preserved_content(copy, outer.preserved)?;
+        let named = |name: &str, expr: *mut pg_sys::Node, resno: &mut i16| {
+            *resno += 1;
+            pg_sys::makeTargetEntry(expr as *mut pg_sys::Expr, *resno, cstring(name), false) as *mut c_void
+        };
+        // The template plus the preserved row's content.
+        let mut resno = PgList::<pg_sys::TargetEntry>::from_pg(tlist).len() as i16;
+        let with_content = pg_sys::lappend(pg_sys::list_copy(tlist), named("__pgt_pc", content, &mut resno));
+        (*copy).targetList = with_content;
+        let null_template = deparse(copy);
+        (*copy).targetList = tlist;
+        let jointype = (*j).jointype;
+        (*j).jointype = pg_sys::JoinType::JOIN_INNER;
+        let inner_template = deparse(copy);
+        // The join alone, inner: the restricted inputs' keys, the preserved
+        // row's content and the nullable side's weight.
+        let jointree = (*copy).jointree;
+        let mut targets: *mut pg_sys::List = std::ptr::null_mut();
+        let mut resno: i16 = 0;
+        for &q in &outer.restricted {
+            for (n, key) in prepared.keys[q].iter().enumerate() {
+                targets = pg_sys::lappend(targets, named(&format!("__pgt_p{}_{}", q + 1, n + 1), *key, &mut resno));
+            }
+        }
+        targets = pg_sys::lappend(targets, named("__pgt_pc", content, &mut resno));
+        let weight = pg_sys::copyObjectImpl(prepared.weights[outer.nullable] as *const c_void) as *mut pg_sys::Node;
+        targets = pg_sys::lappend(targets, named("__pgt_pw", weight, &mut resno));
+        (*copy).targetList = targets;
+        (*copy).jointree = pg_sys::makeFromExpr(pg_sys::lappend(std::ptr::null_mut(), j as *mut c_void), std::ptr::null_mut());
+        // The deparser names the columns of every join in the range table from
+        // the join's place in the jointree; joins above `j` are no longer in it,
+        // so they are hidden as plain entries meanwhile.
+        let mut inside = Vec::new();
+        joins_under(j as *mut pg_sys::Node, &mut inside);
+        let hidden: Vec<*mut pg_sys::RangeTblEntry> = PgList::<pg_sys::RangeTblEntry>::from_pg((*copy).rtable)
+            .iter_ptr()
+            .enumerate()
+            .filter(|(i, rte)| (**rte).rtekind == pg_sys::RTEKind::RTE_JOIN && !inside.contains(&((*i + 1) as i32)))
+            .map(|(_, rte)| rte)
+            .collect();
+        for rte in &hidden {
+            (**rte).rtekind = pg_sys::RTEKind::RTE_RESULT;
+        }
+        let affected_template = deparse(copy);
+        for rte in &hidden {
+            (**rte).rtekind = pg_sys::RTEKind::RTE_JOIN;
+        }
+        (*copy).jointree = jointree;
+        (*copy).targetList = tlist;
+        (*j).jointype = jointype;
+        inputs[outer.nullable].nullable = Some(pgt_delta::NullableSide {
+            inner_template,
+            affected_template,
+            null_template,
+            restricted: outer.restricted.clone(),
+        });
+    }
+    Ok(Block { template, inputs, columns })
 }
 
 /// Turns base-relation entry `rte` into a reference to CTE `placeholder` whose

@@ -420,6 +420,7 @@ mod tests {
                         key: vec![],
                     },
                     only: false,
+                    nullable: None,
                 }],
                 columns: vec!["__pgt_g1".into(), "__pgt_a2".into(), "__pgt_a3".into()],
             }],

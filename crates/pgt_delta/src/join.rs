@@ -1,10 +1,10 @@
 //! A select-project-join block `B(R₁, …, Rₙ)`: filters, projections with any
-//! immutable expressions, and inner joins of any arity and condition (equi,
-//! non-equi, self-joins).
+//! immutable expressions, inner joins of any arity and condition (equi,
+//! non-equi, self-joins), and LEFT / RIGHT outer joins.
 //!
 //! Identity (telescoping rule). Selection and projection are linear and an inner
 //! join is bilinear, so `B` is linear in each input separately. With
-//! `Rᵢ_new = Rᵢ_old + ΔRᵢ`:
+//! `Rᵢ_new = Rᵢ_old + ΔRᵢ`, and the inputs numbered in any order:
 //!
 //! ```text
 //! B(new…new) − B(old…old)
@@ -21,10 +21,49 @@
 //! Each term is the block's template with its placeholders bound by a `WITH`
 //! clause; the template outputs each input's weight as `__pgt_w_<i>`, and the term
 //! multiplies them.
+//!
+//! Outer joins. A LEFT JOIN `J = P ⟕_θ R` (a RIGHT JOIN is the mirror image) is
+//! `(P ⋈_θ R) + (P ▷_θ R) × NULL`: the inner join plus each preserved row with no
+//! match, NULL-extended. The block stays linear in every input of `P` (each
+//! preserved row produces its output independently), but not in `R`: whether a
+//! row has a match is a question of presence, not of weight. The translation
+//! restricts `R` to one base relation with a key.
+//!
+//! The term of `R`, `T_R = B(…, R_new, …) − B(…, R_old, …)`, is split by whether
+//! `R`'s row is real:
+//!
+//! - rows with a real `R` row: `B_inner(…, ΔR, …)`, where `B_inner` is the
+//!   template with `J` made inner, linear in `R`;
+//! - NULL-extended rows: a preserved row `p` is NULL-extended in the new state
+//!   iff `cnt_new(p) = 0` (its θ-matches in `R_new`) and in the old state iff
+//!   `cnt_old(p) = cnt_new(p) − δ(p) = 0`, where `δ(p)` sums the weights of its
+//!   matches in `ΔR`. So `T_R` gains `s(p) · B_null(p)` with
+//!   `s(p) = [cnt_new(p) = 0] − [cnt_old(p) = 0]`, and `B_null(p)` the block's
+//!   rows for `p` with `R` bound to the empty relation. Only rows with
+//!   `δ(p) ≠ 0` can have `s(p) ≠ 0`: they match some row of `ΔR`.
+//!
+//! `cnt_new` and `δ` come from `J` alone made inner (not from the whole block,
+//! whose WHERE may reject a matched pair while keeping the NULL-extended row it
+//! replaces), grouped by the preserved row's content; both scale with the number
+//! of copies of a content, and `s(p)` does not, so duplicates and signed
+//! (Z-set) preserved inputs need no care. `R_old` is never read. The preserved
+//! inputs are restricted to the keys of the rows matching `ΔR`, which turns the
+//! counting into index lookups.
+//!
+//! Order. Preserved inputs come first and nullable ones last. A preserved
+//! input's term `B(…, ΔPᵢ, …, R_old)` would read `R_old`; it is rewritten as
+//! `B(…, ΔPᵢ, …, R_new) − T_R(…, ΔPᵢ, …)`, with `T_R` computed as above with the
+//! preserved side bound to `ΔPᵢ` (for several changed nullable inputs
+//! `R₁…Rₙ`, `B(X, R_old…) = B(X, R_new…) − Σₖ T_{Rₖ}(X; R<ₖ old, R>ₖ new)`).
+//! A nullable input is read in its old state only when two of them changed
+//! ([`scan::old_present_sql`]).
+//!
+//! `model::tests::outer_join_rule` checks this decomposition on random data.
 
-use crate::plan::{Block, Changed};
+use crate::plan::{Block, Changed, Input};
 use crate::scan::{self, Frontier};
 use crate::sql::quoted;
+use pgt_core::ident::quote_ident;
 
 /// How a placeholder is bound in one evaluation of a template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,34 +72,74 @@ pub enum Binding {
     New,
     /// `Δ(R)`.
     Delta,
-    /// `old(R)`.
+    /// `old(R)` (as a set for the nullable side of an outer join).
     Old,
+}
+
+/// The SQL a placeholder for `input` is bound to.
+fn input_sql(input: &Input, binding: Binding, frontier: Option<&Frontier>) -> String {
+    match (binding, frontier) {
+        (Binding::Delta, Some(f)) => scan::delta_sql(&input.relation, f),
+        (Binding::Old, Some(f)) if input.nullable.is_some() => scan::old_present_sql(&input.relation, input.only, f),
+        (Binding::Old, Some(f)) => scan::old_state_sql(&input.relation, input.only, f),
+        _ => scan::new_state_sql(&input.relation, input.only),
+    }
+}
+
+/// `WITH <placeholder> AS (<sql>), …` for the given bindings (empty for none).
+fn with_clause(block: &Block, bound: &[String]) -> String {
+    let ctes = block
+        .inputs
+        .iter()
+        .zip(bound)
+        .map(|(input, sql)| format!("{} AS ({sql})", input.placeholder))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ctes.is_empty() {
+        String::new()
+    } else {
+        format!("WITH {ctes} ")
+    }
+}
+
+/// `template` evaluated with its placeholders bound to `bound`, as the block's
+/// data columns and the product weight `__pgt_w` (negated if `negate`). A
+/// NULL-extended input's weight counts as 1.
+fn evaluate(block: &Block, template: &str, bound: &[String], negate: bool) -> String {
+    evaluate_with(block, template, bound, &[], negate)
+}
+
+/// [`evaluate`] passing `extra` template output columns through after the data
+/// columns.
+fn evaluate_with(block: &Block, template: &str, bound: &[String], extra: &[&str], negate: bool) -> String {
+    let factors: Vec<String> = block
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| match input.nullable {
+            Some(_) => format!("COALESCE(t.__pgt_w_{}, 1)", i + 1),
+            None => format!("t.__pgt_w_{}", i + 1),
+        })
+        .collect();
+    let mut weight = if factors.is_empty() { "1::bigint".to_string() } else { factors.join(" * ") };
+    if negate {
+        weight = format!("-({weight})");
+    }
+    let cols: Vec<String> = block
+        .columns
+        .iter()
+        .map(|c| format!("t.{}", quote_ident(c)))
+        .chain(extra.iter().map(|c| format!("t.{c}")))
+        .collect();
+    let sep = if cols.is_empty() { "" } else { ", " };
+    format!("SELECT {}{sep}{weight} AS __pgt_w FROM ({}{template}) t", cols.join(", "), with_clause(block, bound))
 }
 
 /// The block's template with its placeholders bound as given, wrapped so that it
 /// outputs the data columns and the product weight `__pgt_w`.
 pub fn bind(block: &Block, bindings: &[Binding], frontier: Option<&Frontier>) -> String {
-    let ctes = block
-        .inputs
-        .iter()
-        .zip(bindings)
-        .map(|(input, binding)| {
-            let sql = match (binding, frontier) {
-                (Binding::New, _) => scan::new_state_sql(&input.relation, input.only),
-                (Binding::Delta, Some(f)) => scan::delta_sql(&input.relation, f),
-                (Binding::Old, Some(f)) => scan::old_state_sql(&input.relation, input.only, f),
-                (_, None) => scan::new_state_sql(&input.relation, input.only),
-            };
-            format!("{} AS ({sql})", input.placeholder)
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let weight = (1..=block.inputs.len()).map(|i| format!("t.__pgt_w_{i}")).collect::<Vec<_>>().join(" * ");
-    let weight = if weight.is_empty() { "1::bigint".to_string() } else { weight };
-    let cols = block.columns.iter().map(|c| format!("t.{}", pgt_core::ident::quote_ident(c))).collect::<Vec<_>>();
-    let sep = if cols.is_empty() { "" } else { ", " };
-    let with = if ctes.is_empty() { String::new() } else { format!("WITH {ctes} ") };
-    format!("SELECT {}{sep}{weight} AS __pgt_w FROM ({with}{}) t", cols.join(", "), block.template)
+    let bound: Vec<String> = block.inputs.iter().zip(bindings).map(|(i, b)| input_sql(i, *b, frontier)).collect();
+    evaluate(block, &block.template, &bound, false)
 }
 
 /// The block over the new state of every input: its full current result, weight 1.
@@ -68,36 +147,109 @@ pub fn full_sql(block: &Block) -> String {
     bind(block, &vec![Binding::New; block.inputs.len()], None)
 }
 
+/// `T_R` for the nullable input at `position` (see the module doc), negated if
+/// `negate`, with every input bound as in `bindings` (`Delta` at `position`).
+fn nullable_term(block: &Block, position: usize, bindings: &[Binding], frontier: &Frontier, negate: bool) -> Vec<String> {
+    let input = &block.inputs[position];
+    let bound: Vec<String> = block.inputs.iter().zip(bindings).map(|(i, b)| input_sql(i, *b, Some(frontier))).collect();
+    let Some(side) = &input.nullable else {
+        return vec![evaluate(block, &block.template, &bound, negate)];
+    };
+    let inner = evaluate(block, &side.inner_template, &bound, negate);
+    // Pairs of preserved rows and ΔR rows.
+    let matched = format!("{}{}", with_clause(block, &bound), side.affected_template);
+    let mut restricted = bound;
+    for &q in &side.restricted {
+        let Some(preserved) = block.inputs.get(q) else { continue };
+        let keys = preserved.relation.key.iter().map(|k| format!("x.{}", quote_ident(k))).collect::<Vec<_>>().join(", ");
+        let affected_keys =
+            (1..=preserved.relation.key.len()).map(|j| format!("a.__pgt_p{}_{j}", q + 1)).collect::<Vec<_>>().join(", ");
+        restricted[q] = format!("SELECT x.* FROM ({}) x WHERE ({keys}) IN (SELECT {affected_keys} FROM ({matched}) a)", restricted[q]);
+    }
+    restricted[position] = input_sql(input, Binding::New, Some(frontier));
+    let matched_new = format!("{}{}", with_clause(block, &restricted), side.affected_template);
+    // s(p) per preserved content with δ(p) ≠ 0.
+    let signs = format!(
+        "SELECT u.__pgt_pc, (CASE WHEN sum(u.n) = 0 THEN 1 ELSE 0 END) - (CASE WHEN sum(u.n) - sum(u.d) = 0 THEN 1 ELSE 0 END) AS __pgt_s \
+         FROM (SELECT a.__pgt_pc, a.__pgt_pw AS d, 0::bigint AS n FROM ({matched}) a \
+               UNION ALL SELECT a.__pgt_pc, 0::bigint, 1::bigint FROM ({matched_new}) a) u \
+         GROUP BY u.__pgt_pc HAVING sum(u.d) <> 0"
+    );
+    restricted[position] = scan::empty_sql(&input.relation, input.only);
+    let null_extended = evaluate_signed(block, &side.null_template, &restricted, &signs, negate);
+    vec![inner, null_extended]
+}
+
+/// The rows of `template` (which outputs the preserved row's content as
+/// `__pgt_pc`) whose preserved row has a non-zero sign in `signs`, weighted by
+/// it (negated if `negate`).
+fn evaluate_signed(block: &Block, template: &str, bound: &[String], signs: &str, negate: bool) -> String {
+    let rows = evaluate_with(block, template, bound, &["__pgt_pc"], negate);
+    let cols = block.columns.iter().map(|c| format!("t.{}", quote_ident(c))).collect::<Vec<_>>();
+    let sep = if cols.is_empty() { "" } else { ", " };
+    format!(
+        "SELECT {}{sep}t.__pgt_w * s.__pgt_s AS __pgt_w FROM ({rows}) t JOIN ({signs}) s ON s.__pgt_pc = t.__pgt_pc WHERE s.__pgt_s <> 0",
+        cols.join(", ")
+    )
+}
+
+/// The term of a preserved input (`Delta` in `bindings`): `B` with the changed nullable
+/// inputs read new, minus their terms over the same bindings (module doc).
+fn preserved_term(block: &Block, bindings: &[Binding], nullable_changed: &[usize], frontier: &Frontier) -> Vec<String> {
+    let mut now = bindings.to_vec();
+    for &r in nullable_changed {
+        now[r] = Binding::New;
+    }
+    let mut terms = vec![bind(block, &now, Some(frontier))];
+    for (k, &r) in nullable_changed.iter().enumerate() {
+        let mut correction = now.clone();
+        for &earlier in &nullable_changed[..k] {
+            correction[earlier] = Binding::Old;
+        }
+        correction[r] = Binding::Delta;
+        terms.extend(nullable_term(block, r, &correction, frontier, true));
+    }
+    terms
+}
+
 /// `ΔB` given the OIDs of the relations whose change windows are not empty, by
-/// the telescoping rule. Returns `None` when no input changed.
+/// the telescoping rule (and the outer-join rule for nullable inputs). Returns
+/// `None` when no input changed.
 pub fn delta_sql(block: &Block, frontier: &Frontier, changed: &Changed) -> Option<String> {
     let changed: Vec<bool> = block.inputs.iter().map(|i| changed.contains(&i.relation.relid)).collect();
-    let changed_positions: Vec<usize> = (0..block.inputs.len()).filter(|i| changed[*i]).collect();
-    if changed_positions.is_empty() {
+    // Preserved (and inner-joined) inputs first, nullable ones last.
+    let mut order: Vec<usize> = (0..block.inputs.len()).filter(|i| changed[*i]).collect();
+    if order.is_empty() {
         return None;
     }
-    let terms: Vec<String> = changed_positions
+    order.sort_by_key(|i| block.inputs[*i].nullable.is_some());
+    let nullable_changed: Vec<usize> = order.iter().copied().filter(|i| block.inputs[*i].nullable.is_some()).collect();
+    let terms: Vec<String> = order
         .iter()
         .enumerate()
-        .map(|(k, &i)| {
+        .flat_map(|(k, &i)| {
             let bindings: Vec<Binding> = (0..block.inputs.len())
                 .map(|j| {
                     if j == i {
                         Binding::Delta
-                    } else if changed[j] && changed_positions[k + 1..].contains(&j) {
+                    } else if order[k + 1..].contains(&j) {
                         Binding::Old
                     } else {
                         Binding::New
                     }
                 })
                 .collect();
-            bind(block, &bindings, Some(frontier))
+            if block.inputs[i].nullable.is_some() {
+                nullable_term(block, i, &bindings, frontier, false)
+            } else {
+                preserved_term(block, &bindings, &nullable_changed, frontier)
+            }
         })
         .collect();
     let cols = quoted(&block.columns);
     let sep = if cols.is_empty() { "" } else { ", " };
     Some(format!(
-        "SELECT {cols}{sep}__pgt_w FROM ({}) d",
+        "SELECT {cols}{sep}__pgt_w FROM ({}) d WHERE d.__pgt_w <> 0",
         terms.into_iter().map(|t| format!("({t})")).collect::<Vec<_>>().join(" UNION ALL ")
     ))
 }
@@ -121,6 +273,7 @@ mod tests {
                         key: vec!["id".into()],
                     },
                     only: false,
+                    nullable: None,
                 })
                 .collect(),
             columns: vec!["v".into()],
@@ -149,6 +302,40 @@ mod tests {
         let d = delta_sql(&b, &f(), &[2].into()).unwrap();
         assert!(!d.contains("UNION ALL (SELECT"), "one term");
         assert!(delta_sql(&b, &f(), &Changed::new()).is_none());
+    }
+
+    fn outer_block() -> Block {
+        let mut b = block(2);
+        b.template = "SELECT a.x AS v, __pgt_w_1, __pgt_w_2 FROM p1 a LEFT JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into();
+        b.inputs[1].nullable = Some(crate::plan::NullableSide {
+            inner_template: "SELECT a.x AS v, __pgt_w_1, __pgt_w_2 FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
+            affected_template: "SELECT a.id AS __pgt_p1_1, ROW(a.*)::text AS __pgt_pc, b.__pgt_w AS __pgt_pw FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
+            null_template: "SELECT a.x AS v, __pgt_w_1, __pgt_w_2, ROW(a.*)::text AS __pgt_pc FROM p1 a LEFT JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
+            restricted: vec![0],
+        });
+        b
+    }
+
+    #[test]
+    fn nullable_input_term_is_inner_part_plus_signed_null_extensions() {
+        let d = delta_sql(&outer_block(), &f(), &[2].into()).unwrap();
+        assert!(d.contains("FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0) t"), "inner part");
+        assert!(d.contains("HAVING sum(u.d) <> 0"), "only preserved rows matching ΔR");
+        assert!(d.contains("(CASE WHEN sum(u.n) = 0 THEN 1 ELSE 0 END) - (CASE WHEN sum(u.n) - sum(u.d) = 0 THEN 1 ELSE 0 END)"));
+        assert!(d.contains("t.__pgt_w * s.__pgt_s AS __pgt_w"), "NULL extensions weighted by their sign");
+        assert!(d.contains("p2 AS (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t2 r WHERE false)"), "R bound empty");
+        assert!(d.matches("WHERE (x.\"id\") IN (SELECT a.__pgt_p1_1 FROM (WITH").count() >= 2, "preserved input restricted");
+        assert!(!d.contains("CASE WHEN (r.\"id\") IN"), "R_old is never read");
+    }
+
+    #[test]
+    fn preserved_term_reads_nullable_inputs_new_and_subtracts_their_terms() {
+        let d = delta_sql(&outer_block(), &f(), &[1, 2].into()).unwrap();
+        // Preserved term: B(Δ₁, new₂) − T₂(Δ₁), then T₂(new₁).
+        assert!(!d.contains("CASE WHEN (r.\"id\") IN"), "R_old is never read with one nullable input");
+        assert_eq!(d.matches("HAVING sum(u.d) <> 0").count(), 2, "T₂ twice: correction and own term");
+        assert!(d.contains("-(t.__pgt_w_1 * COALESCE(t.__pgt_w_2, 1))"), "the correction is subtracted");
+        assert!(d.ends_with(") d WHERE d.__pgt_w <> 0"));
     }
 
     #[test]

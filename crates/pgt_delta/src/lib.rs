@@ -14,7 +14,8 @@
 //! - [`scan`]: a captured base relation — its delta from the change buffer window,
 //!   its new and old states;
 //! - [`join`]: a select-project-join block (filters, projections, inner joins of
-//!   any arity and condition), by the telescoping rule;
+//!   any arity and condition), by the telescoping rule, and LEFT / RIGHT joins,
+//!   whose NULL-extended rows follow their preserved rows' match counts;
 //! - [`union`]: UNION ALL of blocks;
 //! - [`aggregate`]: GROUP BY with COUNT / SUM / AVG maintained algebraically, MIN /
 //!   MAX merged and rescanned only when an extremum leaves, FILTER and HAVING;

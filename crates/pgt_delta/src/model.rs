@@ -5,6 +5,10 @@
 //! - scan: `old = new − Δ`;
 //! - join (telescoping): `Σᵢ B(new<ᵢ, Δᵢ, old>ᵢ) = B(new…) − B(old…)` for a
 //!   three-way inner join with arbitrary changes to every input;
+//! - outer join: the terms of `join`'s outer-join rule (the inner-join part
+//!   plus signed NULL extensions from match counts, and the preserved input's
+//!   term rewritten to read the nullable inputs' new states) sum to the change
+//!   of a block with two chained LEFT JOINs and a WHERE over the nullable sides;
 //! - aggregate: the algebraic updates of COUNT / SUM / AVG and the merge of MIN
 //!   with its rescan condition agree with recomputation (so HAVING, evaluated on
 //!   the new state, crosses correctly in both directions).
@@ -54,6 +58,98 @@ pub fn join3(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>, c: &ZSet<(i8, i8)>) -> ZSet
                 if kb == kc {
                     add(&mut out, (*ka, *va, *vb, *vc), wa * wb * wc);
                 }
+            }
+        }
+    }
+    out
+}
+
+/// How one outer join of [`left_join_block`] is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    /// LEFT JOIN: a preserved row without a match is NULL-extended.
+    Left,
+    /// The join made inner (the rows in which the nullable side is real).
+    Inner,
+}
+
+/// A row of [`left_join_block`]: the preserved row and the two nullable ones.
+pub type OuterRow = ((i8, i8), Option<(i8, i8)>, Option<(i8, i8)>);
+
+/// The rows of `z` that `matches`, or one NULL extension (weight 1) when none
+/// does and the join is a LEFT JOIN.
+fn extend(z: &ZSet<(i8, i8)>, matches: impl Fn(&(i8, i8)) -> bool, kind: JoinKind) -> Vec<(Option<(i8, i8)>, i64)> {
+    let found: Vec<_> = z.iter().filter(|(row, _)| matches(row)).map(|(row, w)| (Some(*row), *w)).collect();
+    if found.is_empty() && kind == JoinKind::Left {
+        vec![(None, 1)]
+    } else {
+        found
+    }
+}
+
+/// The WHERE clause of [`left_join_block`].
+fn block_filter(r: Option<(i8, i8)>, s: Option<(i8, i8)>) -> bool {
+    r.is_none_or(|x| x.1 != 1) && s.is_none_or(|x| x.1 != 0)
+}
+
+/// `SELECT … FROM a LEFT JOIN r ON a.0 = r.0 LEFT JOIN s ON r.1 = s.0
+/// WHERE (r IS NULL OR r.1 <> 1) AND (s IS NULL OR s.1 <> 0)`, with each join
+/// made inner on request. A row is a match when its weight is non-zero (rows
+/// absent from a Z-set); weights multiply, a NULL extension weighs 1.
+pub fn left_join_block(a: &ZSet<(i8, i8)>, r: &ZSet<(i8, i8)>, s: &ZSet<(i8, i8)>, r_kind: JoinKind, s_kind: JoinKind) -> ZSet<OuterRow> {
+    let mut out = ZSet::new();
+    for (ar, wa) in a {
+        for (rr, wr) in extend(r, |x| x.0 == ar.0, r_kind) {
+            let s_rows = match rr {
+                Some(rr) => extend(s, |x| x.0 == rr.1, s_kind),
+                None if s_kind == JoinKind::Left => vec![(None, 1)],
+                None => Vec::new(),
+            };
+            for (sr, ws) in s_rows {
+                if block_filter(rr, sr) {
+                    add(&mut out, (*ar, rr, sr), wa * wr * ws);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The sign of a preserved row's NULL extension in `B(…, R_new) − B(…, R_old)`:
+/// `[cnt_new = 0] − [cnt_old = 0]` with `cnt_old = cnt_new − δ`, where `cnt_new`
+/// counts its matches in `R_new` and `δ` sums the weights of its matches in `ΔR`.
+pub fn null_extension_sign(cnt_new: i64, delta: i64) -> i64 {
+    i64::from(cnt_new == 0) - i64::from(cnt_new - delta == 0)
+}
+
+/// The term of `r` in [`left_join_block`], `B(a, r_new, s) − B(a, r_old, s)`,
+/// computed without `r_old` as `join.rs` does: the inner-join part over `Δr`,
+/// plus each preserved row NULL-extended with its [`null_extension_sign`].
+pub fn nullable_r_term(a: &ZSet<(i8, i8)>, r_new: &ZSet<(i8, i8)>, dr: &ZSet<(i8, i8)>, s: &ZSet<(i8, i8)>) -> ZSet<OuterRow> {
+    let mut out = left_join_block(a, dr, s, JoinKind::Inner, JoinKind::Left);
+    for (ar, wa) in a {
+        let cnt_new: i64 = r_new.iter().filter(|(x, _)| x.0 == ar.0).map(|(_, w)| w).sum();
+        let delta: i64 = dr.iter().filter(|(x, _)| x.0 == ar.0).map(|(_, w)| w).sum();
+        let sign = null_extension_sign(cnt_new, delta);
+        if sign != 0 && block_filter(None, None) {
+            add(&mut out, (*ar, None, None), wa * sign);
+        }
+    }
+    out
+}
+
+/// The term of `s` in [`left_join_block`], `B(a, r, s_new) − B(a, r, s_old)`:
+/// the preserved rows are the rows `(a, r?)` of `a ⟕ r`.
+pub fn nullable_s_term(a: &ZSet<(i8, i8)>, r: &ZSet<(i8, i8)>, s_new: &ZSet<(i8, i8)>, ds: &ZSet<(i8, i8)>) -> ZSet<OuterRow> {
+    let mut out = left_join_block(a, r, ds, JoinKind::Left, JoinKind::Inner);
+    for (ar, wa) in a {
+        for (rr, wr) in extend(r, |x| x.0 == ar.0, JoinKind::Left) {
+            let matches = |x: &(i8, i8)| rr.is_some_and(|r| r.1 == x.0);
+            let cnt_new: i64 = s_new.iter().filter(|(x, _)| matches(x)).map(|(_, w)| w).sum();
+            let delta: i64 = ds.iter().filter(|(x, _)| matches(x)).map(|(_, w)| w).sum();
+            let sign = null_extension_sign(cnt_new, delta);
+            if sign != 0 && block_filter(rr, None) {
+                add(&mut out, (*ar, rr, None), wa * wr * sign);
             }
         }
     }
@@ -195,6 +291,27 @@ mod tests {
             let t3 = join3(&a_new, &b_new, &dc);
             let delta = plus(&plus(&t1, &t2), &t3);
             let expected = minus(&join3(&a_new, &b_new, &c_new), &join3(&a_old, &b_old, &c_old));
+            prop_assert_eq!(delta, expected);
+        }
+
+        #[test]
+        fn outer_join_rule(a in relation_and_change(), r in relation_and_change(), s in relation_and_change()) {
+            use JoinKind::Left;
+            let (a_old, da) = a;
+            let (r_old, dr) = r;
+            let (s_old, ds) = s;
+            let (a_new, r_new, s_new) = (plus(&a_old, &da), plus(&r_old, &dr), plus(&s_old, &ds));
+            // Order: the preserved input, then the nullable ones (r, s).
+            // Preserved term: B(Δa, r_old, s_old), rewritten to read the
+            // nullable inputs new: B(Δa, r_new, s_new) − T_r(Δa; s new) − T_s(Δa; r old).
+            let term_a = minus(
+                &minus(&left_join_block(&da, &r_new, &s_new, Left, Left), &nullable_r_term(&da, &r_new, &dr, &s_new)),
+                &nullable_s_term(&da, &r_old, &s_new, &ds),
+            );
+            let term_r = nullable_r_term(&a_new, &r_new, &dr, &s_old);
+            let term_s = nullable_s_term(&a_new, &r_new, &s_new, &ds);
+            let delta = plus(&plus(&term_a, &term_r), &term_s);
+            let expected = minus(&left_join_block(&a_new, &r_new, &s_new, Left, Left), &left_join_block(&a_old, &r_old, &s_old, Left, Left));
             prop_assert_eq!(delta, expected);
         }
 

@@ -34,6 +34,33 @@ pub struct Input {
     pub relation: Relation,
     /// Read without partitions or inheritance children (`FROM ONLY`).
     pub only: bool,
+    /// Set when the input is the nullable side of a LEFT or RIGHT JOIN: its
+    /// changes are applied by the outer-join rule of [`crate::join`].
+    #[serde(default)]
+    pub nullable: Option<NullableSide>,
+}
+
+/// What the outer-join delta rule needs about an input `R` that is the nullable
+/// side of a LEFT or RIGHT JOIN `J = P ⟕ R` (see [`crate::join`]). Every template
+/// here reads the same placeholders as the block's template.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NullableSide {
+    /// The block's template with `J` made an inner join: the block's rows in
+    /// which `R`'s row is real (not NULL-extended). Same output columns.
+    pub inner_template: String,
+    /// A query over `J` alone, made an inner join, without the block's WHERE:
+    /// one row per pair of a preserved row and a matching `R` row, with the
+    /// keys of the restricted inputs (`__pgt_p<input>_<n>`, 1-based), the
+    /// preserved row's content as text (`__pgt_pc`) and `R`'s weight
+    /// (`__pgt_pw`).
+    pub affected_template: String,
+    /// The block's template with one more output column, `__pgt_pc`: the
+    /// content of the preserved row each output row comes from.
+    pub null_template: String,
+    /// The preserved inputs whose rows are restricted to the affected keys:
+    /// positions (0-based) in the block's inputs. Each is keyed and is not itself
+    /// the nullable side of a join.
+    pub restricted: Vec<usize>,
 }
 
 /// A select-project-join block as a template (see the module doc). Its output
@@ -61,8 +88,8 @@ pub enum Plan {
     Aggregate(AggregatePlan),
 }
 
-/// `SELECT <visible> FROM ... WHERE ...` with inner joins only, or a UNION ALL of
-/// such blocks.
+/// `SELECT <visible> FROM ... WHERE ...` (inner and outer joins), or a UNION ALL
+/// of such blocks.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RowsPlan {
     /// The branches (one unless UNION ALL).
@@ -300,12 +327,17 @@ impl Plan {
     pub fn explain(&self, st: &str, frontier: &crate::scan::Frontier) -> String {
         let mut out = String::from("operator tree:\n");
         let scans = |block: &Block, indent: &str, out: &mut String| {
-            out.push_str(&format!("{indent}Join block ({} input{}; inner joins, filters, projections) — telescoping delta rule\n",
-                block.inputs.len(), if block.inputs.len() == 1 { "" } else { "s" }));
+            let outer = block.inputs.iter().any(|i| i.nullable.is_some());
+            out.push_str(&format!("{indent}Join block ({} input{}; {}joins, filters, projections) — telescoping delta rule\n",
+                block.inputs.len(), if block.inputs.len() == 1 { "" } else { "s" }, if outer { "inner and outer " } else { "inner " }));
             for input in &block.inputs {
                 let key = if input.relation.key.is_empty() { "no key".to_string() } else { format!("key ({})", input.relation.key.join(", ")) };
+                let side = match &input.nullable {
+                    Some(_) => " — nullable side of an outer join: inner part + NULL-extended rows of the preserved rows its changes match",
+                    None => "",
+                };
                 out.push_str(&format!(
-                    "{indent}  Scan {}{} [{}] — change buffer {}\n",
+                    "{indent}  Scan {}{} [{}] — change buffer {}{side}\n",
                     if input.only { "ONLY " } else { "" },
                     input.relation.table_sql,
                     key,

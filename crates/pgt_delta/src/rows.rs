@@ -181,6 +181,7 @@ mod tests {
                         key: vec!["id".into()],
                     },
                     only: false,
+                    nullable: None,
                 }],
                 columns: vec!["amount".into(), "__pgt_k1_1".into()],
             },

@@ -85,6 +85,12 @@ pub fn new_state_sql(relation: &Relation, only: bool) -> String {
     format!("SELECT {cols}{sep}1::bigint AS __pgt_w FROM {} r", from_relation(relation, only))
 }
 
+/// The empty relation with `R`'s columns: binding the nullable side of an outer
+/// join to it NULL-extends every preserved row.
+pub fn empty_sql(relation: &Relation, only: bool) -> String {
+    format!("{} WHERE false", new_state_sql(relation, only))
+}
+
 /// `Δ(R)`: the change-buffer window after `frontier`, one row per image.
 pub fn delta_sql(relation: &Relation, frontier: &Frontier) -> String {
     let cols = select_list(relation, "b");
@@ -98,14 +104,68 @@ pub fn delta_sql(relation: &Relation, frontier: &Frontier) -> String {
 }
 
 /// `old(R) = new(R) − Δ(R)`.
+///
+/// The window's images are read as every row of the buffer, each weighted by its
+/// negated window weight, or 0 outside the window: neither branch of the UNION
+/// ALL has a WHERE clause, so PostgreSQL keeps it as one append relation and can
+/// push a join condition into both branches (an index scan of `R` per outer row)
+/// instead of scanning all of `R`. Rows of weight 0 contribute nothing; the block
+/// drops them ([`crate::join::delta_sql`]).
 pub fn old_state_sql(relation: &Relation, only: bool, frontier: &Frontier) -> String {
-    let names: Vec<String> = (0..relation.columns.len()).map(|i| quote_ident(&placeholder_column(relation, i))).collect();
-    let cols = names.iter().map(|n| format!("d.{n}")).collect::<Vec<_>>().join(", ");
+    let cols = select_list(relation, "b");
     let sep = if cols.is_empty() { "" } else { ", " };
     format!(
-        "{} UNION ALL SELECT {cols}{sep}-d.__pgt_w FROM ({}) d",
+        "{} UNION ALL SELECT {cols}{sep}(CASE WHEN b.__pgt_action <> 'T' AND {} \
+         THEN (CASE b.__pgt_action WHEN 'I' THEN -1 ELSE 1 END) ELSE 0 END)::bigint AS __pgt_w FROM {} b",
         new_state_sql(relation, only),
-        delta_sql(relation, frontier)
+        frontier.pending_predicate("b"),
+        relation.buffer_sql
+    )
+}
+
+/// `old(R)` as a set, for the nullable side of an outer join, where a row's
+/// presence matters and not only its weight: every row of the old state appears
+/// once with weight 1, and other rows appear with weight 0 (the outer join's
+/// condition requires a non-zero weight).
+///
+/// Derivation, for a keyed `R` (`key` not empty; the translation ensures it).
+/// Let `net(x)` be the window's net weight of content `x` (images of one tuple
+/// version written and removed in the window cancel). A key none of whose
+/// contents has a non-zero net is unchanged, so its row in `R_new` is its old
+/// row. A key with some non-zero content changed; its old row, if any, is the
+/// content with net −1 (a key has at most one row in each state, so `net` is
+/// −1, 0 or +1). Hence
+/// `old = {r ∈ R_new : key(r) ∉ changed keys} ∪ {x : net(x) = −1}`, the second
+/// part taken as one `D` image per such content (the one with the lowest ctid).
+///
+/// Both parts are weights over whole scans — of `R`, and of the change buffer —
+/// computed with uncorrelated (hashed) subqueries over the window, never
+/// filters: a UNION ALL of branches without WHERE stays one append relation, so
+/// the planner can push the join condition into both scans (an index scan of `R`
+/// per outer row).
+pub fn old_present_sql(relation: &Relation, only: bool, frontier: &Frontier) -> String {
+    let names: Vec<String> = (0..relation.columns.len()).map(|i| quote_ident(&placeholder_column(relation, i))).collect();
+    let content = format!("ROW({})::text", names.iter().map(|n| format!("i.{n}")).collect::<Vec<_>>().join(", "));
+    let keys = |alias: &str| relation.key.iter().map(|k| format!("{alias}.{}", quote_ident(k))).collect::<Vec<_>>().join(", ");
+    // The window's images with their weights and buffer positions.
+    let window = format!(
+        "SELECT b.ctid AS __pgt_ctid, {}, (CASE b.__pgt_action WHEN 'I' THEN 1 ELSE -1 END) AS __pgt_w, b.__pgt_action AS __pgt_action \
+         FROM {} b WHERE b.__pgt_action <> 'T' AND {}",
+        select_list(relation, "b"),
+        relation.buffer_sql,
+        frontier.pending_predicate("b")
+    );
+    format!(
+        "SELECT {r_cols}, (CASE WHEN ({r_keys}) IN (SELECT {i_keys} FROM ({window}) i GROUP BY {content}, {i_keys} HAVING sum(i.__pgt_w) <> 0) \
+         THEN 0 ELSE 1 END)::bigint AS __pgt_w FROM {table} r \
+         UNION ALL SELECT {b_cols}, (CASE WHEN b.ctid IN (SELECT min(i.__pgt_ctid) FILTER (WHERE i.__pgt_action = 'D') FROM ({window}) i \
+         GROUP BY {content} HAVING sum(i.__pgt_w) < 0) THEN 1 ELSE 0 END)::bigint AS __pgt_w FROM {buffer} b",
+        r_cols = select_list(relation, "r"),
+        r_keys = keys("r"),
+        i_keys = keys("i"),
+        table = from_relation(relation, only),
+        b_cols = select_list(relation, "b"),
+        buffer = relation.buffer_sql,
     )
 }
 
@@ -189,7 +249,23 @@ mod tests {
     fn old_state_is_new_minus_delta() {
         let o = old_state_sql(&rel(), false, &frontier());
         assert!(o.starts_with(&new_state_sql(&rel(), false)));
-        assert!(o.contains("UNION ALL SELECT d.\"id\", d.\"__pgt_dropped_2\", d.\"v\", -d.__pgt_w FROM ("));
+        assert!(o.contains("UNION ALL SELECT b.\"id\", NULL::integer AS \"__pgt_dropped_2\", b.\"v\", (CASE WHEN b.__pgt_action <> 'T' AND NOT COALESCE("));
+        assert!(o.contains("THEN (CASE b.__pgt_action WHEN 'I' THEN -1 ELSE 1 END) ELSE 0 END)::bigint AS __pgt_w FROM \"pgtrickle_changes\".\"changes_1\" b"));
+        assert!(!o.contains("WHERE"), "no branch filters, so join conditions reach both");
+    }
+
+    #[test]
+    fn old_present_weights_changed_keys_zero_and_adds_removed_rows() {
+        let o = old_present_sql(&rel(), false, &frontier());
+        assert!(o.starts_with("SELECT r.\"id\", NULL::integer AS \"__pgt_dropped_2\", r.\"v\", (CASE WHEN (r.\"id\") IN (SELECT i.\"id\" FROM"));
+        assert!(o.contains("GROUP BY ROW(i.\"id\", i.\"__pgt_dropped_2\", i.\"v\")::text, i.\"id\" HAVING sum(i.__pgt_w) <> 0"), "keys with a net change");
+        assert!(o.contains("min(i.__pgt_ctid) FILTER (WHERE i.__pgt_action = 'D')"), "one image per removed content");
+        assert!(o.contains("HAVING sum(i.__pgt_w) < 0) THEN 1 ELSE 0 END)::bigint AS __pgt_w FROM \"pgtrickle_changes\".\"changes_1\" b"));
+        // Neither branch filters its scan, so join conditions reach both.
+        for branch in o.split(" UNION ALL ") {
+            assert!(branch.ends_with(" r") || branch.ends_with(" b"), "{branch}");
+            assert!(!branch.contains(") WHERE") && !branch.ends_with(")"));
+        }
     }
 
     #[test]
