@@ -22,6 +22,9 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("aggregate, low cardinality", "SELECT grp_lo, count(*) AS n, sum(amt) AS total, avg(val) AS mean FROM src GROUP BY grp_lo"),
     ("join", "SELECT s.id, s.val, d.name FROM src s JOIN dim d ON d.id = s.dim_id"),
     ("join + aggregate", "SELECT d.region, count(*) AS n, sum(s.amt) AS total FROM src s JOIN dim d ON d.id = s.dim_id GROUP BY d.region"),
+    // The changing table is the nullable side: NULL extensions are re-tested for
+    // the dimension rows its changes touch.
+    ("left join", "SELECT d.id AS did, d.name, s.id, s.val FROM dim d LEFT JOIN src s ON s.dim_id = d.id AND s.val < 500"),
 ];
 
 const RATES: &[f64] = &[0.001, 0.01, 0.1];

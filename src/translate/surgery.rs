@@ -563,6 +563,15 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
             (**rte).rtekind = pg_sys::RTEKind::RTE_RESULT;
         }
         let affected_template = deparse(copy);
+        // The join alone as written: a preserved row without a match comes out
+        // with a NULL weight.
+        (*j).jointype = jointype;
+        let mut resno: i16 = 0;
+        let mut targets: *mut pg_sys::List = std::ptr::null_mut();
+        targets = pg_sys::lappend(targets, named("__pgt_pc", content, &mut resno));
+        targets = pg_sys::lappend(targets, named("__pgt_pw", weight, &mut resno));
+        (*copy).targetList = targets;
+        let presence_template = deparse(copy);
         for rte in &hidden {
             (**rte).rtekind = pg_sys::RTEKind::RTE_JOIN;
         }
@@ -572,6 +581,7 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
         inputs[outer.nullable].nullable = Some(pgt_delta::NullableSide {
             inner_template,
             affected_template,
+            presence_template,
             null_template,
             restricted: outer.restricted.clone(),
         });

@@ -36,19 +36,25 @@
 //!   template with `J` made inner, linear in `R`;
 //! - NULL-extended rows: a preserved row `p` is NULL-extended in the new state
 //!   iff `cnt_new(p) = 0` (its θ-matches in `R_new`) and in the old state iff
-//!   `cnt_old(p) = cnt_new(p) − δ(p) = 0`, where `δ(p)` sums the weights of its
-//!   matches in `ΔR`. So `T_R` gains `s(p) · B_null(p)` with
+//!   `cnt_old(p) = 0`. So `T_R` gains `s(p) · B_null(p)` with
 //!   `s(p) = [cnt_new(p) = 0] − [cnt_old(p) = 0]`, and `B_null(p)` the block's
-//!   rows for `p` with `R` bound to the empty relation. Only rows with
-//!   `δ(p) ≠ 0` can have `s(p) ≠ 0`: they match some row of `ΔR`.
+//!   rows for `p` with `R` bound to the empty relation. Only rows whose match
+//!   set changed — that match a content of `R` whose net weight in the window
+//!   is not zero — can have `s(p) ≠ 0`.
 //!
-//! `cnt_new` and `δ` come from `J` alone made inner (not from the whole block,
-//! whose WHERE may reject a matched pair while keeping the NULL-extended row it
-//! replaces), grouped by the preserved row's content; both scale with the number
-//! of copies of a content, and `s(p)` does not, so duplicates and signed
-//! (Z-set) preserved inputs need no care. `R_old` is never read. The preserved
-//! inputs are restricted to the keys of the rows matching `ΔR`, which turns the
-//! counting into index lookups.
+//! Both tests are existence tests on `J` alone (not the whole block, whose WHERE
+//! may reject a matched pair while keeping the NULL-extended row it replaces):
+//! `p` has no match in `R_new` (an anti-join, which stops at the first match),
+//! and no match in `R_old`. For a keyed `R`, `R_old` is the rows of `R_new`
+//! whose key the window did not change plus the window's contents of net weight
+//! −1 ([`scan::old_present_sql`]); so `p` has none iff the anti-join against
+//! the kept rows finds none and `p` pairs with no net −1 content. The rows `p`
+//! to test are those pairing with a content of non-zero net weight
+//! (`__pgt_matched`); `R_old` itself is never read. Rows are identified by
+//! their content (text), so duplicates and signed (Z-set) preserved inputs need
+//! no care: `s(p)` depends on the content only, and each copy carries its own
+//! weight. The preserved inputs are restricted to the keys in `__pgt_matched`,
+//! which turns the tests into index lookups.
 //!
 //! Order. Preserved inputs come first and nullable ones last. A preserved
 //! input's term `B(…, ΔPᵢ, …, R_old)` would read `R_old`; it is rewritten as
@@ -151,33 +157,43 @@ pub fn full_sql(block: &Block) -> String {
 /// `negate`, with every input bound as in `bindings` (`Delta` at `position`).
 fn nullable_term(block: &Block, position: usize, bindings: &[Binding], frontier: &Frontier, negate: bool) -> Vec<String> {
     let input = &block.inputs[position];
-    let bound: Vec<String> = block.inputs.iter().zip(bindings).map(|(i, b)| input_sql(i, *b, Some(frontier))).collect();
+    let mut bound: Vec<String> = block.inputs.iter().zip(bindings).map(|(i, b)| input_sql(i, *b, Some(frontier))).collect();
     let Some(side) = &input.nullable else {
         return vec![evaluate(block, &block.template, &bound, negate)];
     };
     let inner = evaluate(block, &side.inner_template, &bound, negate);
-    // Pairs of preserved rows and ΔR rows.
+    // Pairs of preserved rows and contents of R whose net weight changed
+    // (weight −1: a row of the old state that is gone).
+    bound[position] = scan::consolidated_delta_sql(&input.relation, frontier);
     let matched = format!("{}{}", with_clause(block, &bound), side.affected_template);
     let mut restricted = bound;
     for &q in &side.restricted {
         let Some(preserved) = block.inputs.get(q) else { continue };
         let keys = preserved.relation.key.iter().map(|k| format!("x.{}", quote_ident(k))).collect::<Vec<_>>().join(", ");
         let affected_keys =
-            (1..=preserved.relation.key.len()).map(|j| format!("a.__pgt_p{}_{j}", q + 1)).collect::<Vec<_>>().join(", ");
-        restricted[q] = format!("SELECT x.* FROM ({}) x WHERE ({keys}) IN (SELECT {affected_keys} FROM ({matched}) a)", restricted[q]);
+            (1..=preserved.relation.key.len()).map(|j| format!("m.__pgt_p{}_{j}", q + 1)).collect::<Vec<_>>().join(", ");
+        restricted[q] = format!("SELECT x.* FROM ({}) x WHERE ({keys}) IN (SELECT {affected_keys} FROM __pgt_matched m)", restricted[q]);
     }
-    restricted[position] = input_sql(input, Binding::New, Some(frontier));
-    let matched_new = format!("{}{}", with_clause(block, &restricted), side.affected_template);
-    // s(p) per preserved content with δ(p) ≠ 0.
+    // Preserved rows without a match in R_new, and without one among the rows
+    // of R_old that are still there (the rows that left are in __pgt_matched).
+    let unmatched = |r_sql: String, restricted: &mut Vec<String>| {
+        restricted[position] = r_sql;
+        format!(
+            "SELECT p.__pgt_pc FROM ({}{}) p WHERE p.__pgt_pw IS NULL",
+            with_clause(block, restricted),
+            side.presence_template
+        )
+    };
+    let unmatched_now = unmatched(input_sql(input, Binding::New, Some(frontier)), &mut restricted);
+    let unmatched_kept = unmatched(scan::kept_sql(&input.relation, input.only, frontier), &mut restricted);
     let signs = format!(
-        "SELECT u.__pgt_pc, (CASE WHEN sum(u.n) = 0 THEN 1 ELSE 0 END) - (CASE WHEN sum(u.n) - sum(u.d) = 0 THEN 1 ELSE 0 END) AS __pgt_s \
-         FROM (SELECT a.__pgt_pc, a.__pgt_pw AS d, 0::bigint AS n FROM ({matched}) a \
-               UNION ALL SELECT a.__pgt_pc, 0::bigint, 1::bigint FROM ({matched_new}) a) u \
-         GROUP BY u.__pgt_pc HAVING sum(u.d) <> 0"
+        "SELECT a.__pgt_pc, (CASE WHEN a.__pgt_pc IN ({unmatched_now}) THEN 1 ELSE 0 END) \
+         - (CASE WHEN a.__pgt_pc IN ({unmatched_kept}) AND a.__pgt_pc NOT IN (SELECT m.__pgt_pc FROM __pgt_matched m WHERE m.__pgt_pw < 0) \
+         THEN 1 ELSE 0 END) AS __pgt_s FROM (SELECT DISTINCT m.__pgt_pc FROM __pgt_matched m) a"
     );
     restricted[position] = scan::empty_sql(&input.relation, input.only);
     let null_extended = evaluate_signed(block, &side.null_template, &restricted, &signs, negate);
-    vec![inner, null_extended]
+    vec![inner, format!("WITH __pgt_matched AS ({matched}) {null_extended}")]
 }
 
 /// The rows of `template` (which outputs the preserved row's content as
@@ -310,6 +326,7 @@ mod tests {
         b.inputs[1].nullable = Some(crate::plan::NullableSide {
             inner_template: "SELECT a.x AS v, __pgt_w_1, __pgt_w_2 FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
             affected_template: "SELECT a.id AS __pgt_p1_1, ROW(a.*)::text AS __pgt_pc, b.__pgt_w AS __pgt_pw FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
+            presence_template: "SELECT ROW(a.*)::text AS __pgt_pc, b.__pgt_w AS __pgt_pw FROM p1 a LEFT JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
             null_template: "SELECT a.x AS v, __pgt_w_1, __pgt_w_2, ROW(a.*)::text AS __pgt_pc FROM p1 a LEFT JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
             restricted: vec![0],
         });
@@ -320,20 +337,22 @@ mod tests {
     fn nullable_input_term_is_inner_part_plus_signed_null_extensions() {
         let d = delta_sql(&outer_block(), &f(), &[2].into()).unwrap();
         assert!(d.contains("FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0) t"), "inner part");
-        assert!(d.contains("HAVING sum(u.d) <> 0"), "only preserved rows matching ΔR");
-        assert!(d.contains("(CASE WHEN sum(u.n) = 0 THEN 1 ELSE 0 END) - (CASE WHEN sum(u.n) - sum(u.d) = 0 THEN 1 ELSE 0 END)"));
+        assert!(d.contains("WITH __pgt_matched AS (WITH p1 AS"), "pairs with changed contents");
+        assert!(d.contains("PARTITION BY ROW(i.\"id\", i.\"x\")::text"), "R consolidated by content");
+        assert!(d.contains("p.__pgt_pw IS NULL"), "anti-joins");
+        assert!(d.contains("NOT IN (SELECT m.__pgt_pc FROM __pgt_matched m WHERE m.__pgt_pw < 0)"), "rows that left count as old matches");
         assert!(d.contains("t.__pgt_w * s.__pgt_s AS __pgt_w"), "NULL extensions weighted by their sign");
         assert!(d.contains("p2 AS (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t2 r WHERE false)"), "R bound empty");
-        assert!(d.matches("WHERE (x.\"id\") IN (SELECT a.__pgt_p1_1 FROM (WITH").count() >= 2, "preserved input restricted");
-        assert!(!d.contains("CASE WHEN (r.\"id\") IN"), "R_old is never read");
+        assert!(d.contains("WHERE (x.\"id\") IN (SELECT m.__pgt_p1_1 FROM __pgt_matched m)"), "preserved input restricted");
+        assert!(!d.contains("min(i.__pgt_ctid)"), "R_old is never read");
     }
 
     #[test]
     fn preserved_term_reads_nullable_inputs_new_and_subtracts_their_terms() {
         let d = delta_sql(&outer_block(), &f(), &[1, 2].into()).unwrap();
         // Preserved term: B(Δ₁, new₂) − T₂(Δ₁), then T₂(new₁).
-        assert!(!d.contains("CASE WHEN (r.\"id\") IN"), "R_old is never read with one nullable input");
-        assert_eq!(d.matches("HAVING sum(u.d) <> 0").count(), 2, "T₂ twice: correction and own term");
+        assert!(!d.contains("min(i.__pgt_ctid)"), "R_old is never read with one nullable input");
+        assert_eq!(d.matches("WITH __pgt_matched AS").count(), 2, "T₂ twice: correction and own term");
         assert!(d.contains("-(t.__pgt_w_1 * COALESCE(t.__pgt_w_2, 1))"), "the correction is subtracted");
         assert!(d.ends_with(") d WHERE d.__pgt_w <> 0"));
     }

@@ -54,6 +54,10 @@ pub struct NullableSide {
     /// preserved row's content as text (`__pgt_pc`) and `R`'s weight
     /// (`__pgt_pw`).
     pub affected_template: String,
+    /// `J` alone as written (outer), without the block's WHERE: the preserved
+    /// row's content (`__pgt_pc`) and `R`'s weight (`__pgt_pw`), NULL for a
+    /// preserved row without a match.
+    pub presence_template: String,
     /// The block's template with one more output column, `__pgt_pc`: the
     /// content of the preserved row each output row comes from.
     pub null_template: String,

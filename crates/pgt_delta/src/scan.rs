@@ -123,49 +123,90 @@ pub fn old_state_sql(relation: &Relation, only: bool, frontier: &Frontier) -> St
     )
 }
 
+/// The window's images with their weights and buffer positions (`__pgt_ctid`).
+fn window_images_sql(relation: &Relation, frontier: &Frontier) -> String {
+    format!(
+        "SELECT b.ctid AS __pgt_ctid, {}, (CASE b.__pgt_action WHEN 'I' THEN 1 ELSE -1 END) AS __pgt_w, b.__pgt_action AS __pgt_action \
+         FROM {} b WHERE b.__pgt_action <> 'T' AND {}",
+        select_list(relation, "b"),
+        relation.buffer_sql,
+        frontier.pending_predicate("b")
+    )
+}
+
+/// `ROW(i.<every column>)::text`: a row image's content, as the identity under
+/// which images of one tuple version cancel (both are rendered by the same
+/// statement, so equal images have equal text).
+fn content_text(relation: &Relation, alias: &str) -> String {
+    let cols = (0..relation.columns.len())
+        .map(|i| format!("{alias}.{}", quote_ident(&placeholder_column(relation, i))))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("ROW({cols})::text")
+}
+
+fn key_list(relation: &Relation, alias: &str) -> String {
+    relation.key.iter().map(|k| format!("{alias}.{}", quote_ident(k))).collect::<Vec<_>>().join(", ")
+}
+
+/// `Δc(R)`: the window consolidated by content — each content whose net weight
+/// (inserted minus removed images) is not zero, once, weighted by that net.
+/// Images of one tuple version written and removed in the same window cancel.
+pub fn consolidated_delta_sql(relation: &Relation, frontier: &Frontier) -> String {
+    let names: Vec<String> = (0..relation.columns.len()).map(|i| quote_ident(&placeholder_column(relation, i))).collect();
+    let outer = names.iter().map(|n| format!("c.{n}")).collect::<Vec<_>>().join(", ");
+    let inner = names.iter().map(|n| format!("i.{n}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT {outer}, c.__pgt_net::bigint AS __pgt_w FROM (SELECT {inner}, sum(i.__pgt_w) OVER w AS __pgt_net, \
+         row_number() OVER w AS __pgt_rn FROM ({}) i WINDOW w AS (PARTITION BY {})) c WHERE c.__pgt_rn = 1 AND c.__pgt_net <> 0",
+        window_images_sql(relation, frontier),
+        content_text(relation, "i")
+    )
+}
+
+/// The rows of `R_new` whose key the window did not change, weight 1; every
+/// other row of `R` weight 0. For a keyed `R`, these are the rows of the old
+/// state that are also in the new state (see [`old_present_sql`]).
+pub fn kept_sql(relation: &Relation, only: bool, frontier: &Frontier) -> String {
+    format!(
+        "SELECT {}, (CASE WHEN ({}) IN (SELECT {keys} FROM ({}) i GROUP BY {}, {keys} HAVING sum(i.__pgt_w) <> 0) \
+         THEN 0 ELSE 1 END)::bigint AS __pgt_w FROM {} r",
+        select_list(relation, "r"),
+        key_list(relation, "r"),
+        window_images_sql(relation, frontier),
+        content_text(relation, "i"),
+        from_relation(relation, only),
+        keys = key_list(relation, "i"),
+    )
+}
+
 /// `old(R)` as a set, for the nullable side of an outer join, where a row's
 /// presence matters and not only its weight: every row of the old state appears
 /// once with weight 1, and other rows appear with weight 0 (the outer join's
 /// condition requires a non-zero weight).
 ///
 /// Derivation, for a keyed `R` (`key` not empty; the translation ensures it).
-/// Let `net(x)` be the window's net weight of content `x` (images of one tuple
-/// version written and removed in the window cancel). A key none of whose
+/// Let `net(x)` be the window's net weight of content `x`. A key none of whose
 /// contents has a non-zero net is unchanged, so its row in `R_new` is its old
 /// row. A key with some non-zero content changed; its old row, if any, is the
 /// content with net −1 (a key has at most one row in each state, so `net` is
-/// −1, 0 or +1). Hence
-/// `old = {r ∈ R_new : key(r) ∉ changed keys} ∪ {x : net(x) = −1}`, the second
-/// part taken as one `D` image per such content (the one with the lowest ctid).
+/// −1, 0 or +1). Hence `old = kept ∪ {x : net(x) = −1}` ([`kept_sql`]), the
+/// second part taken as one `D` image per such content (the one with the lowest
+/// ctid).
 ///
 /// Both parts are weights over whole scans — of `R`, and of the change buffer —
 /// computed with uncorrelated (hashed) subqueries over the window, never
 /// filters: a UNION ALL of branches without WHERE stays one append relation, so
-/// the planner can push the join condition into both scans (an index scan of `R`
-/// per outer row).
+/// the planner can push the join condition into both scans.
 pub fn old_present_sql(relation: &Relation, only: bool, frontier: &Frontier) -> String {
-    let names: Vec<String> = (0..relation.columns.len()).map(|i| quote_ident(&placeholder_column(relation, i))).collect();
-    let content = format!("ROW({})::text", names.iter().map(|n| format!("i.{n}")).collect::<Vec<_>>().join(", "));
-    let keys = |alias: &str| relation.key.iter().map(|k| format!("{alias}.{}", quote_ident(k))).collect::<Vec<_>>().join(", ");
-    // The window's images with their weights and buffer positions.
-    let window = format!(
-        "SELECT b.ctid AS __pgt_ctid, {}, (CASE b.__pgt_action WHEN 'I' THEN 1 ELSE -1 END) AS __pgt_w, b.__pgt_action AS __pgt_action \
-         FROM {} b WHERE b.__pgt_action <> 'T' AND {}",
-        select_list(relation, "b"),
-        relation.buffer_sql,
-        frontier.pending_predicate("b")
-    );
     format!(
-        "SELECT {r_cols}, (CASE WHEN ({r_keys}) IN (SELECT {i_keys} FROM ({window}) i GROUP BY {content}, {i_keys} HAVING sum(i.__pgt_w) <> 0) \
-         THEN 0 ELSE 1 END)::bigint AS __pgt_w FROM {table} r \
-         UNION ALL SELECT {b_cols}, (CASE WHEN b.ctid IN (SELECT min(i.__pgt_ctid) FILTER (WHERE i.__pgt_action = 'D') FROM ({window}) i \
-         GROUP BY {content} HAVING sum(i.__pgt_w) < 0) THEN 1 ELSE 0 END)::bigint AS __pgt_w FROM {buffer} b",
-        r_cols = select_list(relation, "r"),
-        r_keys = keys("r"),
-        i_keys = keys("i"),
-        table = from_relation(relation, only),
-        b_cols = select_list(relation, "b"),
-        buffer = relation.buffer_sql,
+        "{} UNION ALL SELECT {}, (CASE WHEN b.ctid IN (SELECT min(i.__pgt_ctid) FILTER (WHERE i.__pgt_action = 'D') FROM ({}) i \
+         GROUP BY {} HAVING sum(i.__pgt_w) < 0) THEN 1 ELSE 0 END)::bigint AS __pgt_w FROM {} b",
+        kept_sql(relation, only, frontier),
+        select_list(relation, "b"),
+        window_images_sql(relation, frontier),
+        content_text(relation, "i"),
+        relation.buffer_sql,
     )
 }
 
@@ -257,15 +298,23 @@ mod tests {
     #[test]
     fn old_present_weights_changed_keys_zero_and_adds_removed_rows() {
         let o = old_present_sql(&rel(), false, &frontier());
-        assert!(o.starts_with("SELECT r.\"id\", NULL::integer AS \"__pgt_dropped_2\", r.\"v\", (CASE WHEN (r.\"id\") IN (SELECT i.\"id\" FROM"));
-        assert!(o.contains("GROUP BY ROW(i.\"id\", i.\"__pgt_dropped_2\", i.\"v\")::text, i.\"id\" HAVING sum(i.__pgt_w) <> 0"), "keys with a net change");
+        assert!(o.starts_with(&kept_sql(&rel(), false, &frontier())));
+        let k = kept_sql(&rel(), false, &frontier());
+        assert!(k.starts_with("SELECT r.\"id\", NULL::integer AS \"__pgt_dropped_2\", r.\"v\", (CASE WHEN (r.\"id\") IN (SELECT i.\"id\" FROM"));
+        assert!(k.contains("GROUP BY ROW(i.\"id\", i.\"__pgt_dropped_2\", i.\"v\")::text, i.\"id\" HAVING sum(i.__pgt_w) <> 0"), "keys with a net change");
         assert!(o.contains("min(i.__pgt_ctid) FILTER (WHERE i.__pgt_action = 'D')"), "one image per removed content");
         assert!(o.contains("HAVING sum(i.__pgt_w) < 0) THEN 1 ELSE 0 END)::bigint AS __pgt_w FROM \"pgtrickle_changes\".\"changes_1\" b"));
         // Neither branch filters its scan, so join conditions reach both.
         for branch in o.split(" UNION ALL ") {
             assert!(branch.ends_with(" r") || branch.ends_with(" b"), "{branch}");
-            assert!(!branch.contains(") WHERE") && !branch.ends_with(")"));
         }
+    }
+
+    #[test]
+    fn consolidated_delta_keeps_contents_with_a_net_change() {
+        let c = consolidated_delta_sql(&rel(), &frontier());
+        assert!(c.starts_with("SELECT c.\"id\", c.\"__pgt_dropped_2\", c.\"v\", c.__pgt_net::bigint AS __pgt_w"));
+        assert!(c.ends_with("WHERE c.__pgt_rn = 1 AND c.__pgt_net <> 0"));
     }
 
     #[test]
