@@ -353,18 +353,15 @@ pub fn downstream_stream_tables(relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
     )
 }
 
-/// Every stream table downstream of `relid`, transitively (for cycle checks).
-pub fn transitive_downstream(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> {
+/// The edges of the stream-table graph: `(upstream, downstream)` relation OIDs
+/// for every stream table that reads another stream table (directly or through
+/// a view).
+pub fn stream_table_edges() -> PgtResult<Vec<(u32, u32)>> {
     query_map(
-        "WITH RECURSIVE down(relid) AS ( \
-             SELECT st.pgt_relid FROM pgtrickle.pgt_dependencies d \
-             JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) WHERE d.source_relid = $1 \
-           UNION \
-             SELECT st.pgt_relid FROM down JOIN pgtrickle.pgt_dependencies d ON d.source_relid = down.relid \
-             JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)) \
-         SELECT relid FROM down",
-        &[relid.into()],
-        |row| col(row, 1),
+        "SELECT d.source_relid, st.pgt_relid FROM pgtrickle.pgt_dependencies d \
+         JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) WHERE d.source_kind = 'STREAM_TABLE'",
+        &[],
+        |row| Ok((col::<pg_sys::Oid>(row, 1)?.to_u32(), col::<pg_sys::Oid>(row, 2)?.to_u32())),
     )
 }
 

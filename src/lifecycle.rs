@@ -484,17 +484,27 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
 
 /// Rejects a new query that reads the stream table itself or one downstream of it.
 fn check_no_cycle(st: &StreamTable, query: &AnalyzedQuery) -> PgtResult<()> {
-    let downstream = catalog::transitive_downstream(st.relid)?;
-    for source in query.sources.iter().filter(|s| s.kind == SourceKind::StreamTable) {
-        if source.relid == st.relid || downstream.contains(&source.relid) {
-            return Err(PgtError::new(
-                PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
-                format!("circular dependency: stream table {} would read {}, which depends on it", st.name, source.name),
-            )
-            .hint("Stream tables must form a DAG; pg_trickle.allow_circular is off."));
-        }
+    let upstreams = query.sources.iter().filter(|s| s.kind == SourceKind::StreamTable).map(|s| s.relid.to_u32()).collect();
+    let edges = pgt_core::dag::edges(catalog::stream_table_edges()?);
+    let Some(cycle) = pgt_core::dag::cycle_if_reads(&edges, st.relid.to_u32(), &upstreams) else {
+        return Ok(());
+    };
+    // Name the cycle starting from the stream table being changed.
+    let mut path = cycle.0;
+    if let Some(at) = path.iter().position(|r| *r == st.relid.to_u32()) {
+        path.rotate_left(at);
     }
-    Ok(())
+    path.push(st.relid.to_u32());
+    let names = path
+        .iter()
+        .map(|r| parse::relation_name(pg_sys::Oid::from(*r)).map(|n| n.to_string()))
+        .collect::<PgtResult<Vec<_>>>()?;
+    Err(PgtError::new(
+        PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
+        format!("circular dependency: stream table {} would depend on itself", st.name),
+    )
+    .detail(format!("Cycle: {} (each reads the one before it).", names.join(" → ")))
+    .hint("Stream tables must form a DAG; pg_trickle.allow_circular is off."))
 }
 
 /// Replaces the storage table of `st` by one shaped for `query`: the old table is

@@ -352,6 +352,20 @@ unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[In
             pg_sys::InvalidOid,
         );
         (*j).quals = pg_sys::make_and_qual((*j).quals, nonzero as *mut pg_sys::Node);
+        // `AND <first key column> IS NOT NULL` (always true): it makes the
+        // condition strict in that column, so that the planner turns the
+        // presence test `LEFT JOIN … WHERE <key> IS NULL` into an anti-join,
+        // which stops at the first match.
+        let Some(key) = r.keys.first() else {
+            return Err(PgtError::internal("the nullable side of an outer join has no key column"));
+        };
+        let not_null = pg_sys::palloc0(std::mem::size_of::<pg_sys::NullTest>()) as *mut pg_sys::NullTest;
+        (*not_null).xpr.type_ = pg_sys::NodeTag::T_NullTest;
+        (*not_null).arg = pg_sys::copyObjectImpl(*key as *const c_void) as *mut pg_sys::Expr;
+        (*not_null).nulltesttype = pg_sys::NullTestType::IS_NOT_NULL;
+        (*not_null).argisrow = false;
+        (*not_null).location = -1;
+        (*j).quals = pg_sys::make_and_qual((*j).quals, not_null as *mut pg_sys::Node);
         found.push(OuterJoin { join: j, preserved: preserved_node, nullable: r.index, restricted: preserved });
     }
     let nullable: Vec<usize> = found.iter().map(|o| o.nullable).collect();
@@ -564,12 +578,16 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
         }
         let affected_template = deparse(copy);
         // The join alone as written: a preserved row without a match comes out
-        // with a NULL weight.
+        // with a NULL key.
         (*j).jointype = jointype;
         let mut resno: i16 = 0;
         let mut targets: *mut pg_sys::List = std::ptr::null_mut();
         targets = pg_sys::lappend(targets, named("__pgt_pc", content, &mut resno));
-        targets = pg_sys::lappend(targets, named("__pgt_pw", weight, &mut resno));
+        let key = prepared.keys[outer.nullable]
+            .first()
+            .copied()
+            .ok_or_else(|| PgtError::internal("the nullable side of an outer join has no key column"))?;
+        targets = pg_sys::lappend(targets, named("__pgt_pk", key, &mut resno));
         (*copy).targetList = targets;
         let presence_template = deparse(copy);
         for rte in &hidden {

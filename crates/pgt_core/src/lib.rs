@@ -4,11 +4,14 @@
 //! seconds. The extension crate (`pg_trickle`) and the tools (`pgt_testkit`, the
 //! demo) sit on top of it; nothing here depends on them.
 //!
+//! - [`dag`]: the dependency graph of stream tables — topological order, cycles.
 //! - [`ident`]: the one quoting helper for identifiers and literals in generated SQL.
 //! - [`schedule`]: parsing and validating a stream table's `schedule`.
 //! - [`frontier`]: which captured changes a refresh has applied.
 //! - [`options`]: the closed sets of option values (`refresh_mode`, `cdc_mode`, ...).
 
+/// The dependency graph of stream tables.
+pub mod dag;
 /// Which captured changes a refresh has applied.
 pub mod frontier;
 /// Quoting of identifiers and literals.

@@ -179,7 +179,7 @@ fn nullable_term(block: &Block, position: usize, bindings: &[Binding], frontier:
     let unmatched = |r_sql: String, restricted: &mut Vec<String>| {
         restricted[position] = r_sql;
         format!(
-            "SELECT p.__pgt_pc FROM ({}{}) p WHERE p.__pgt_pw IS NULL",
+            "SELECT p.__pgt_pc FROM ({}{}) p WHERE p.__pgt_pk IS NULL",
             with_clause(block, restricted),
             side.presence_template
         )
@@ -326,7 +326,7 @@ mod tests {
         b.inputs[1].nullable = Some(crate::plan::NullableSide {
             inner_template: "SELECT a.x AS v, __pgt_w_1, __pgt_w_2 FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
             affected_template: "SELECT a.id AS __pgt_p1_1, ROW(a.*)::text AS __pgt_pc, b.__pgt_w AS __pgt_pw FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
-            presence_template: "SELECT ROW(a.*)::text AS __pgt_pc, b.__pgt_w AS __pgt_pw FROM p1 a LEFT JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
+            presence_template: "SELECT ROW(a.*)::text AS __pgt_pc, b.id AS __pgt_pk FROM p1 a LEFT JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
             null_template: "SELECT a.x AS v, __pgt_w_1, __pgt_w_2, ROW(a.*)::text AS __pgt_pc FROM p1 a LEFT JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
             restricted: vec![0],
         });
@@ -339,7 +339,7 @@ mod tests {
         assert!(d.contains("FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0) t"), "inner part");
         assert!(d.contains("WITH __pgt_matched AS (WITH p1 AS"), "pairs with changed contents");
         assert!(d.contains("PARTITION BY ROW(i.\"id\", i.\"x\")::text"), "R consolidated by content");
-        assert!(d.contains("p.__pgt_pw IS NULL"), "anti-joins");
+        assert!(d.contains("p.__pgt_pk IS NULL"), "anti-joins");
         assert!(d.contains("NOT IN (SELECT m.__pgt_pc FROM __pgt_matched m WHERE m.__pgt_pw < 0)"), "rows that left count as old matches");
         assert!(d.contains("t.__pgt_w * s.__pgt_s AS __pgt_w"), "NULL extensions weighted by their sign");
         assert!(d.contains("p2 AS (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t2 r WHERE false)"), "R bound empty");

@@ -123,7 +123,8 @@ pub fn null_extension_sign(cnt_new: i64, delta: i64) -> i64 {
 }
 
 /// The term of `r` in [`left_join_block`], `B(a, r_new, s) − B(a, r_old, s)`,
-/// computed without `r_old` as `join.rs` does: the inner-join part over `Δr`,
+/// computed without `r_old` by the decomposition `join.rs` uses (which tests the
+/// two zero conditions by existence): the inner-join part over `Δr`,
 /// plus each preserved row NULL-extended with its [`null_extension_sign`].
 pub fn nullable_r_term(a: &ZSet<(i8, i8)>, r_new: &ZSet<(i8, i8)>, dr: &ZSet<(i8, i8)>, s: &ZSet<(i8, i8)>) -> ZSet<OuterRow> {
     let mut out = left_join_block(a, dr, s, JoinKind::Inner, JoinKind::Left);

@@ -55,8 +55,9 @@ pub struct NullableSide {
     /// (`__pgt_pw`).
     pub affected_template: String,
     /// `J` alone as written (outer), without the block's WHERE: the preserved
-    /// row's content (`__pgt_pc`) and `R`'s weight (`__pgt_pw`), NULL for a
-    /// preserved row without a match.
+    /// row's content (`__pgt_pc`) and `R`'s first key column (`__pgt_pk`),
+    /// NULL for a preserved row without a match. `J`'s condition includes
+    /// `<that column> IS NOT NULL`, so testing it for NULL is an anti-join.
     pub presence_template: String,
     /// The block's template with one more output column, `__pgt_pc`: the
     /// content of the preserved row each output row comes from.

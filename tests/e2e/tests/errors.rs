@@ -130,6 +130,13 @@ fn bad_alter_arguments() {
     // A cycle through a second stream table.
     db.exec("SELECT pgtrickle.create_stream_table('downstream', 'SELECT id FROM existing')");
     rejects(&mut db, "SELECT pgtrickle.alter_stream_table('existing', query => 'SELECT id, id AS v FROM downstream')", "42P17", "circular");
+    // The error names the whole cycle, starting from the stream table altered.
+    db.exec("SELECT pgtrickle.create_stream_table('third', 'SELECT id FROM downstream')");
+    let err = db.expect_error("SELECT pgtrickle.alter_stream_table('existing', query => 'SELECT id, id AS v FROM third')", "42P17");
+    assert!(err.contains("Cycle: public.existing → public.downstream → public.third → public.existing"), "{err}");
+    let err = db.expect_error("SELECT pgtrickle.alter_stream_table('third', query => 'SELECT id FROM third')", "42P17");
+    assert!(err.contains("Cycle: public.third → public.third"), "{err}");
+    db.exec("SELECT pgtrickle.drop_stream_table('third')");
     // Changing the columns of a stream table another one reads.
     rejects(&mut db, "SELECT pgtrickle.alter_stream_table('existing', query => 'SELECT v FROM t')", "2BP01", "downstream");
     rejects(&mut db, "SELECT pgtrickle.drop_stream_table('existing')", "2BP01", "downstream");
