@@ -100,6 +100,35 @@ CREATE INDEX ON pgtrickle.pgt_refresh_history (pgt_id, start_time);
 
 GRANT SELECT ON pgtrickle.pgt_stream_tables, pgtrickle.pgt_dependencies,
                 pgtrickle.pgt_change_tracking, pgtrickle.pgt_refresh_history TO PUBLIC;
+
+-- One row per stream table: how it is maintained and how it has been doing.
+CREATE VIEW pgtrickle.pg_stat_stream_tables AS
+SELECT st.pgt_id,
+       st.pgt_relid::pg_catalog.regclass AS stream_table,
+       st.refresh_mode,
+       st.effective_refresh_mode,
+       st.schedule,
+       st.status,
+       st.is_populated,
+       st.data_timestamp,
+       pg_catalog.now() - st.data_timestamp AS staleness,
+       st.last_refresh_at,
+       h.refreshes,
+       h.scheduled_refreshes,
+       h.manual_refreshes,
+       h.failed_refreshes,
+       st.consecutive_errors,
+       h.last_error
+FROM pgtrickle.pgt_stream_tables st
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.count(*) FILTER (WHERE r.status = 'SUCCESS') AS refreshes,
+           pg_catalog.count(*) FILTER (WHERE r.status = 'SUCCESS' AND r.initiated_by = 'SCHEDULER') AS scheduled_refreshes,
+           pg_catalog.count(*) FILTER (WHERE r.status = 'SUCCESS' AND r.initiated_by = 'MANUAL') AS manual_refreshes,
+           pg_catalog.count(*) FILTER (WHERE r.status = 'FAILED') AS failed_refreshes,
+           (SELECT f.error_message FROM pgtrickle.pgt_refresh_history f
+             WHERE f.pgt_id = st.pgt_id AND f.status = 'FAILED' ORDER BY f.refresh_id DESC LIMIT 1) AS last_error
+    FROM pgtrickle.pgt_refresh_history r WHERE r.pgt_id = st.pgt_id) h ON true;
+GRANT SELECT ON pgtrickle.pg_stat_stream_tables TO PUBLIC;
 "#,
     name = "catalog",
     bootstrap

@@ -458,6 +458,8 @@ pub enum InitiatedBy {
     /// The initial population by `create_stream_table(..., initialize => true)` or a
     /// rebuild by `alter_stream_table(..., query => ...)`.
     Initial,
+    /// The background scheduler.
+    Scheduler,
 }
 
 impl InitiatedBy {
@@ -466,6 +468,7 @@ impl InitiatedBy {
         match self {
             InitiatedBy::Manual => "MANUAL",
             InitiatedBy::Initial => "INITIAL",
+            InitiatedBy::Scheduler => "SCHEDULER",
         }
     }
 }

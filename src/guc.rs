@@ -24,6 +24,14 @@ pub static CDC_MODE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 /// instead (recomputing is then cheaper).
 pub static DIFFERENTIAL_MAX_CHANGE_RATIO: GucSetting<f64> = GucSetting::<f64>::new(0.15);
 
+/// `pg_trickle.scheduler_interval_ms`: the longest a scheduler worker sleeps
+/// between two looks at its stream tables, in milliseconds.
+pub static SCHEDULER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// `pg_trickle.max_consecutive_errors`: scheduled refreshes of one stream table
+/// that may fail in a row before it is suspended (0: never suspend).
+pub static MAX_CONSECUTIVE_ERRORS: GucSetting<i32> = GucSetting::<i32>::new(3);
+
 /// Registers every `pg_trickle.*` parameter. Called once from `_PG_init`.
 pub fn register() {
     GucRegistry::define_float_guc(
@@ -63,6 +71,26 @@ pub fn register() {
         86_400 * 7,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.scheduler_interval_ms",
+        c"Longest pause of a scheduler worker between two looks at its stream tables, in milliseconds.",
+        c"A worker also wakes when the next stream table falls due.",
+        &SCHEDULER_INTERVAL_MS,
+        10,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.max_consecutive_errors",
+        c"Failed scheduled refreshes in a row after which a stream table is suspended (0: never).",
+        c"Resume a suspended stream table with pgtrickle.alter_stream_table(name, status => 'ACTIVE').",
+        &MAX_CONSECUTIVE_ERRORS,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"pg_trickle.cdc_mode",

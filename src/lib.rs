@@ -6,6 +6,7 @@
 //!
 //! Layers, top to bottom (dependencies point down only):
 //! - [`api`]: `#[pg_extern]` SQL functions, thin;
+//! - [`scheduler`]: the background workers that refresh on schedule;
 //! - [`lifecycle`] (create / alter / drop) and [`refresh`] (executors);
 //! - [`parse`] (PostgreSQL parse analysis), [`cdc`] (change capture), [`storage`]
 //!   (storage tables), [`catalog`] (the `pgtrickle.*` tables);
@@ -25,13 +26,16 @@ mod lifecycle;
 mod parse;
 mod privilege;
 mod refresh;
+mod scheduler;
 mod spi;
 mod translate;
 mod storage;
 
 ::pgrx::pg_module_magic!(name, version);
 
-/// Library load: registers the `pg_trickle.*` parameters.
+/// Library load: registers the `pg_trickle.*` parameters and, when preloaded
+/// (`shared_preload_libraries`), the scheduler's shared memory, launcher and
+/// utility hook.
 ///
 /// Also turns off Rust backtrace capture (`RUST_LIB_BACKTRACE=0`) unless the server's
 /// environment asks for it explicitly: pgrx appends a captured backtrace to an
@@ -44,4 +48,5 @@ pub extern "C-unwind" fn _PG_init() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     guc::register();
+    scheduler::init_at_load();
 }

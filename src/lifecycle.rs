@@ -347,6 +347,15 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
     if initialize {
         refresh::refresh_stream_table(pgt_id, InitiatedBy::Initial)?;
     }
+    if crate::scheduler::available() {
+        crate::scheduler::request_worker();
+    } else {
+        pgrx::warning!(
+            "automatic refresh is off: pg_trickle is not in shared_preload_libraries, so stream table {name} \
+             is refreshed only by pgtrickle.refresh_stream_table(); add pg_trickle to shared_preload_libraries \
+             and restart the server to enable the scheduler"
+        );
+    }
     Ok(())
 }
 
@@ -401,6 +410,8 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
     }
     if let Some(s) = args.status {
         st.status = StreamTableStatus::parse(s)?.as_str().to_string();
+        // Resuming starts the count of failed refreshes afresh.
+        exec("UPDATE pgtrickle.pgt_stream_tables SET consecutive_errors = 0 WHERE pgt_id = $1", &[st.pgt_id.into()])?;
     }
     if let Some(d) = args.diamond_consistency {
         st.diamond_consistency = DiamondConsistency::parse(d)?;

@@ -117,6 +117,33 @@ mod pgtrickle {
         lifecycle::explain_stream_table(&st).or_raise()
     }
 
+    /// The background scheduler of this database: whether automatic refresh is
+    /// available (pg_trickle preloaded) and enabled, the launcher's and this
+    /// database's worker's process ids, and when the worker last finished a
+    /// scheduling cycle.
+    #[pg_extern]
+    #[allow(clippy::type_complexity)] // the SQL result's columns, spelled out by name!
+    fn scheduler_status() -> TableIterator<
+        'static,
+        (
+            name!(available, bool),
+            name!(enabled, bool),
+            name!(launcher_pid, Option<i32>),
+            name!(worker_pid, Option<i32>),
+            name!(last_cycle, Option<TimestampWithTimeZone>),
+        ),
+    > {
+        let status = crate::scheduler::status();
+        TableIterator::once((
+            status.available,
+            crate::guc::ENABLED.get(),
+            status.launcher_pid,
+            status.worker_pid,
+            // Unix milliseconds to PostgreSQL's microseconds since 2000-01-01.
+            status.last_cycle_ms.and_then(|ms| TimestampWithTimeZone::try_from(ms * 1000 - 946_684_800_000_000).ok()),
+        ))
+    }
+
     /// Internal: called by the `sql_drop` event trigger with the OIDs of dropped
     /// relations. Not granted to PUBLIC.
     #[pg_extern(name = "_on_relations_dropped")]

@@ -11,7 +11,7 @@
 //!   6 fields (leading seconds), or a nickname such as `@hourly` / `@daily`.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A parsed, validated schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,11 +117,115 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// When a stream table with this schedule, last checked at `last` (`None`:
+    /// never since the scheduler started), is next due; `calculated` is what a
+    /// [`Schedule::Calculated`] schedule resolves to ([`resolve_calculated`]).
+    ///
+    /// A duration `d` is a staleness bound: due `d` after the last check. A cron
+    /// expression is due at its first instant after the last check (UTC). With
+    /// no last check, every schedule is due at once.
+    pub fn next_due(&self, last: Option<SystemTime>, calculated: Duration) -> SystemTime {
+        let Some(last) = last else {
+            return UNIX_EPOCH;
+        };
+        match self {
+            Schedule::Every(d) => last + *d,
+            Schedule::Calculated => last + calculated,
+            Schedule::Cron(expr) => cron_after(expr, last).unwrap_or(last + Duration::from_secs(60)),
+        }
+    }
+
+    /// The interval this schedule asks of the stream tables it reads, for the
+    /// `calculated` schedules upstream: a duration itself; for a cron
+    /// expression the gap between its next two instants after `now`; `None`
+    /// for `calculated` (it imposes what it inherits).
+    pub fn interval(&self, now: SystemTime) -> Option<Duration> {
+        match self {
+            Schedule::Every(d) => Some(*d),
+            Schedule::Calculated => None,
+            Schedule::Cron(expr) => {
+                let first = cron_after(expr, now)?;
+                let second = cron_after(expr, first)?;
+                second.duration_since(first).ok()
+            }
+        }
+    }
+}
+
+/// The first instant of cron expression `expr` strictly after `t`, in UTC.
+fn cron_after(expr: &str, t: SystemTime) -> Option<SystemTime> {
+    let cron = croner::Cron::new(expr).with_seconds_optional().parse().ok()?;
+    let start: chrono::DateTime<chrono::Utc> = t.into();
+    let next = cron.find_next_occurrence(&start, false).ok()?;
+    Some(next.into())
+}
+
+/// The interval each `calculated` schedule resolves to: the tightest interval
+/// among the stream tables downstream of it (transitively, through other
+/// `calculated` ones), else `default`. `order` lists the nodes upstream first
+/// ([`crate::dag::topological_order`]); `own` gives each node's own interval
+/// ([`Schedule::interval`]; `None` for `calculated`). Returns every node's
+/// effective interval.
+pub fn resolve_calculated<N: Ord + Copy>(
+    order: &[N],
+    edges: &crate::dag::Edges<N>,
+    own: impl Fn(N) -> Option<Duration>,
+    default: Duration,
+) -> std::collections::BTreeMap<N, Duration> {
+    let mut effective = std::collections::BTreeMap::new();
+    // Downstream first, so that each node sees its readers resolved.
+    for &n in order.iter().rev() {
+        let interval = own(n).unwrap_or_else(|| {
+            edges
+                .get(&n)
+                .into_iter()
+                .flatten()
+                .filter_map(|down| effective.get(down).copied())
+                .min()
+                .unwrap_or(default)
+        });
+        effective.insert(n, interval);
+    }
+    effective
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const FLOOR: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn due_times_per_form() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000); // 2023-11-14 22:13:20 UTC
+        let calc = Duration::from_secs(60);
+        assert_eq!(Schedule::Every(Duration::from_secs(30)).next_due(Some(t), calc), t + Duration::from_secs(30));
+        assert_eq!(Schedule::Calculated.next_due(Some(t), calc), t + calc);
+        assert_eq!(Schedule::Every(Duration::from_secs(30)).next_due(None, calc), UNIX_EPOCH, "never checked: due now");
+        // Every 5 minutes: the next multiple of 5 minutes after 22:13:20 is 22:15:00.
+        assert_eq!(Schedule::Cron("*/5 * * * *".into()).next_due(Some(t), calc), t + Duration::from_secs(100));
+        // 6 fields: every 10 seconds.
+        assert_eq!(Schedule::Cron("*/10 * * * * *".into()).next_due(Some(t), calc), t + Duration::from_secs(10));
+        assert_eq!(Schedule::Cron("@hourly".into()).interval(t), Some(Duration::from_secs(3600)));
+        assert_eq!(Schedule::Every(Duration::from_secs(7)).interval(t), Some(Duration::from_secs(7)));
+        assert_eq!(Schedule::Calculated.interval(t), None);
+    }
+
+    #[test]
+    fn calculated_inherits_the_tightest_downstream() {
+        // 1 → 2 → 3, 1 → 4; 2 and 1 calculated; 3 every 10 s, 4 every 5 s; 5 isolated.
+        let edges = crate::dag::edges([(1, 2), (2, 3), (1, 4)]);
+        let own = |n: i32| match n {
+            3 => Some(Duration::from_secs(10)),
+            4 => Some(Duration::from_secs(5)),
+            _ => None,
+        };
+        let r = resolve_calculated(&[1, 2, 3, 4, 5], &edges, own, Duration::from_secs(60));
+        assert_eq!(r[&2], Duration::from_secs(10));
+        assert_eq!(r[&1], Duration::from_secs(5));
+        assert_eq!(r[&5], Duration::from_secs(60), "no downstream: the default");
+    }
 
     #[test]
     fn durations_of_every_documented_form() {

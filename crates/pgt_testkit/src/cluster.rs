@@ -115,7 +115,15 @@ impl Cluster {
             .unwrap_or_else(|| paths.home.join("e2e-dev"));
         let opts = ClusterOptions {
             durable: false,
-            extra_conf: vec!["max_connections = 300".into(), "shared_buffers = 128MB".into()],
+            extra_conf: vec![
+                "max_connections = 300".into(),
+                "shared_buffers = 128MB".into(),
+                // One scheduler worker per test database with pg_trickle.
+                "max_worker_processes = 64".into(),
+                // Only stream tables with an explicit schedule refresh on their
+                // own during a test; the others wait an hour.
+                "pg_trickle.default_schedule_seconds = 3600".into(),
+            ],
         };
         Cluster::ensure_started(paths, &dir, &opts).unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"))
     }

@@ -1,0 +1,167 @@
+//! Automatic refresh: a launcher background worker, and one scheduler worker per
+//! database that has pg_trickle ([`launcher`], [`worker`]), coordinated through
+//! a small shared-memory registry ([`registry`]).
+//!
+//! All of it exists only when pg_trickle is in `shared_preload_libraries`
+//! ([`available`]); without it, stream tables are refreshed by
+//! `pgtrickle.refresh_stream_table()` only, and `create_stream_table` says so.
+//!
+//! A scheduler worker keeps a connection to its database, which would make
+//! `DROP DATABASE` (and `ALTER DATABASE ... RENAME`/`SET TABLESPACE`, `CREATE
+//! DATABASE ... TEMPLATE`) fail with "being accessed by other users". A
+//! `ProcessUtility` hook ([`vacate_database`]) stops the worker first and keeps
+//! the launcher from restarting it while the statement runs.
+
+pub mod launcher;
+pub mod registry;
+pub mod worker;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+use std::time::Duration;
+
+pub use registry::available;
+
+/// Sets up automatic refresh when the library is being preloaded: shared
+/// memory, the launcher, the utility hook. Called from `_PG_init`.
+pub fn init_at_load() {
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    use registry::REGISTRY;
+    pgrx::pg_shmem_init!(REGISTRY);
+    registry::set_available();
+    launcher::register();
+    unsafe {
+        PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    if let Some(name) = database_needed_alone((*pstmt).utilityStmt) {
+        vacate_database(&name);
+    }
+    match PREVIOUS_PROCESS_UTILITY {
+        Some(previous) => previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+    }
+}
+
+/// The database a utility statement needs without other connections, if any:
+/// DROP DATABASE, ALTER DATABASE ... RENAME TO / SET TABLESPACE, CREATE
+/// DATABASE ... TEMPLATE.
+unsafe fn database_needed_alone(stmt: *mut pg_sys::Node) -> Option<String> {
+    if stmt.is_null() {
+        return None;
+    }
+    let text = |p: *const std::ffi::c_char| (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned());
+    let option = |options: *mut pg_sys::List, wanted: &str| -> Option<*mut pg_sys::DefElem> {
+        pgrx::PgList::<pg_sys::DefElem>::from_pg(options)
+            .iter_ptr()
+            .find(|d| !(**d).defname.is_null() && CStr::from_ptr((**d).defname).to_bytes() == wanted.as_bytes())
+    };
+    if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
+        return text((*(stmt as *mut pg_sys::DropdbStmt)).dbname);
+    }
+    if pgrx::is_a(stmt, pg_sys::NodeTag::T_RenameStmt) {
+        let r = stmt as *mut pg_sys::RenameStmt;
+        return ((*r).renameType == pg_sys::ObjectType::OBJECT_DATABASE).then(|| text((*r).subname)).flatten();
+    }
+    if pgrx::is_a(stmt, pg_sys::NodeTag::T_AlterDatabaseStmt) {
+        let a = stmt as *mut pg_sys::AlterDatabaseStmt;
+        return option((*a).options, "tablespace").and_then(|_| text((*a).dbname));
+    }
+    if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreatedbStmt) {
+        let c = stmt as *mut pg_sys::CreatedbStmt;
+        return option((*c).options, "template").and_then(|d| text(pg_sys::defGetString(d)));
+    }
+    None
+}
+
+/// Stops the scheduler worker of database `name`, if one runs, and keeps the
+/// launcher from starting another for a while (PostgreSQL itself waits up to 5
+/// seconds for other connections to leave).
+fn vacate_database(name: &str) {
+    let Ok(cname) = std::ffi::CString::new(name) else { return };
+    let dboid = unsafe { pg_sys::get_database_oid(cname.as_ptr(), true) };
+    if dboid == pg_sys::InvalidOid {
+        return;
+    }
+    registry::stop_worker(dboid.to_u32(), Duration::from_secs(15), Duration::from_secs(5));
+}
+
+/// Asks the launcher to start this database's scheduler when the current
+/// transaction commits (a new stream table should not wait for the launcher's
+/// next probe of a database that had no pg_trickle; before the commit, the
+/// worker would not see the stream table).
+pub fn request_worker() {
+    if !available() {
+        return;
+    }
+    unsafe {
+        if !CALLBACK_REGISTERED {
+            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+            CALLBACK_REGISTERED = true;
+        }
+        WORKER_REQUESTED = true;
+    }
+}
+
+static mut CALLBACK_REGISTERED: bool = false;
+static mut WORKER_REQUESTED: bool = false;
+
+#[pg_guard]
+unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT if WORKER_REQUESTED => {
+            WORKER_REQUESTED = false;
+            let dboid = pg_sys::MyDatabaseId.to_u32();
+            registry::clear_retry(dboid);
+            registry::wake(dboid);
+            registry::wake_launcher();
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => WORKER_REQUESTED = false,
+        _ => {}
+    }
+}
+
+/// What `pgtrickle.scheduler_status()` shows.
+pub struct Status {
+    /// pg_trickle was preloaded: the launcher and workers can run.
+    pub available: bool,
+    /// The launcher's process id, if it runs.
+    pub launcher_pid: Option<i32>,
+    /// This database's worker's process id, if one runs.
+    pub worker_pid: Option<i32>,
+    /// When that worker last finished a cycle (Unix ms).
+    pub last_cycle_ms: Option<i64>,
+}
+
+/// The scheduler's state for the current database.
+pub fn status() -> Status {
+    if !available() {
+        return Status { available: false, launcher_pid: None, worker_pid: None, last_cycle_ms: None };
+    }
+    let (launcher, slot) = registry::snapshot(unsafe { pg_sys::MyDatabaseId.to_u32() });
+    Status {
+        available: true,
+        launcher_pid: (launcher != 0).then_some(launcher),
+        worker_pid: slot.filter(|s| s.pid != 0).map(|s| s.pid),
+        last_cycle_ms: slot.filter(|s| s.last_cycle_ms != 0).map(|s| s.last_cycle_ms),
+    }
+}

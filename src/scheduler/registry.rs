@@ -1,0 +1,230 @@
+//! The scheduler's shared memory: which database has a scheduler worker, its
+//! latch (to wake it), and when the launcher may start one again.
+//!
+//! One fixed-size array of slots under one LWLock, sized by
+//! [`MAX_DATABASES`]. It exists only when the library was loaded through
+//! `shared_preload_libraries` ([`available`]).
+
+use pgrx::{pg_sys, PGRXSharedMemory, PgLwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How many databases can have a scheduler worker at once.
+pub const MAX_DATABASES: usize = 256;
+
+/// One database's scheduler.
+#[derive(Copy, Clone, Default, Debug)]
+pub struct Slot {
+    /// The database (0: free slot).
+    pub dboid: u32,
+    /// The worker's process id, 0 when none runs.
+    pub pid: i32,
+    /// The worker's latch (an address in shared memory), 0 when none runs.
+    pub latch: usize,
+    /// The launcher does not start a worker before this time (Unix ms): set
+    /// when the database has no pg_trickle, and while a statement that needs
+    /// the database to itself (DROP DATABASE, ...) runs.
+    pub retry_after_ms: i64,
+    /// The worker has been asked to exit.
+    pub stop_requested: bool,
+    /// When the worker last finished a scheduling cycle (Unix ms).
+    pub last_cycle_ms: i64,
+}
+
+/// Every slot, plus the launcher's process id.
+#[derive(Copy, Clone, Debug)]
+pub struct Registry {
+    /// The launcher's process id, 0 when it is not running.
+    pub launcher_pid: i32,
+    /// The launcher's latch (an address in shared memory), 0 when it is not running.
+    pub launcher_latch: usize,
+    /// Per-database slots.
+    pub slots: [Slot; MAX_DATABASES],
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { launcher_pid: 0, launcher_latch: 0, slots: [Slot::default(); MAX_DATABASES] }
+    }
+}
+
+// Plain data (no pointers into process memory; the latch address is in shared
+// memory, mapped at the same address in every backend).
+unsafe impl PGRXSharedMemory for Registry {}
+
+/// The registry. Initialized by `pg_shmem_init!` in `_PG_init` when preloading.
+pub static REGISTRY: PgLwLock<Registry> = unsafe { PgLwLock::new(c"pg_trickle_scheduler") };
+
+static AVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Marks the registry as initialized (called from `_PG_init` when preloading;
+/// forked backends inherit the flag).
+pub fn set_available() {
+    AVAILABLE.store(true, Ordering::SeqCst);
+}
+
+/// Whether automatic refresh can run: the library was preloaded, so the
+/// registry and the launcher exist.
+pub fn available() -> bool {
+    AVAILABLE.load(Ordering::SeqCst)
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn slot_of(registry: &Registry, dboid: u32) -> Option<usize> {
+    registry.slots.iter().position(|s| s.dboid == dboid)
+}
+
+/// The slot of `dboid`, created if needed; `None` when every slot is taken.
+fn slot_for(registry: &mut Registry, dboid: u32) -> Option<usize> {
+    slot_of(registry, dboid).or_else(|| {
+        let free = registry.slots.iter().position(|s| s.dboid == 0)?;
+        registry.slots[free] = Slot { dboid, ..Slot::default() };
+        Some(free)
+    })
+}
+
+/// Records the running worker of `dboid` (the calling process).
+pub fn register_worker(dboid: u32) -> bool {
+    let mut r = REGISTRY.exclusive();
+    let Some(i) = slot_for(&mut r, dboid) else { return false };
+    let slot = &mut r.slots[i];
+    unsafe {
+        slot.pid = pg_sys::MyProcPid;
+        slot.latch = &raw mut (*pg_sys::MyProc).procLatch as usize;
+    }
+    slot.stop_requested = false;
+    true
+}
+
+/// Forgets the worker of `dboid` (it is exiting); the launcher may start a new
+/// one after `retry_after`.
+pub fn unregister_worker(dboid: u32, retry_after: Duration) {
+    let mut r = REGISTRY.exclusive();
+    let Some(i) = slot_for(&mut r, dboid) else { return };
+    let slot = &mut r.slots[i];
+    if unsafe { slot.pid == pg_sys::MyProcPid } {
+        slot.pid = 0;
+        slot.latch = 0;
+    }
+    slot.retry_after_ms = slot.retry_after_ms.max(now_ms() + retry_after.as_millis() as i64);
+}
+
+/// Keeps the launcher from starting a worker for `dboid` for `pause`.
+pub fn defer(dboid: u32, pause: Duration) {
+    let mut r = REGISTRY.exclusive();
+    if let Some(i) = slot_for(&mut r, dboid) {
+        let slot = &mut r.slots[i];
+        slot.retry_after_ms = slot.retry_after_ms.max(now_ms() + pause.as_millis() as i64);
+    }
+}
+
+/// Whether the worker of `dboid` has been asked to exit.
+pub fn stop_requested(dboid: u32) -> bool {
+    let r = REGISTRY.share();
+    slot_of(&r, dboid).is_some_and(|i| r.slots[i].stop_requested)
+}
+
+/// Notes that the worker of `dboid` finished a scheduling cycle.
+pub fn cycle_done(dboid: u32) {
+    let mut r = REGISTRY.exclusive();
+    if let Some(i) = slot_of(&r, dboid) {
+        r.slots[i].last_cycle_ms = now_ms();
+    }
+}
+
+/// Whether the launcher may start a worker for `dboid` now.
+pub fn may_start(dboid: u32) -> bool {
+    let r = REGISTRY.share();
+    match slot_of(&r, dboid) {
+        Some(i) => r.slots[i].pid == 0 && r.slots[i].retry_after_ms <= now_ms(),
+        // A worker needs a slot to register in.
+        None => r.slots.iter().any(|s| s.dboid == 0),
+    }
+}
+
+/// Drops the slots of databases not in `existing`.
+pub fn forget_other_databases(existing: &[u32]) {
+    let mut r = REGISTRY.exclusive();
+    for slot in r.slots.iter_mut() {
+        if slot.dboid != 0 && slot.pid == 0 && !existing.contains(&slot.dboid) {
+            *slot = Slot::default();
+        }
+    }
+}
+
+/// Asks the worker of `dboid` to exit, keeps the launcher from starting another
+/// for `pause`, and waits up to `wait` for it to be gone. Returns whether no
+/// worker runs there any more.
+pub fn stop_worker(dboid: u32, pause: Duration, wait: Duration) -> bool {
+    let latch = {
+        let mut r = REGISTRY.exclusive();
+        let Some(i) = slot_for(&mut r, dboid) else { return true };
+        let slot = &mut r.slots[i];
+        slot.retry_after_ms = slot.retry_after_ms.max(now_ms() + pause.as_millis() as i64);
+        if slot.pid == 0 {
+            return true;
+        }
+        slot.stop_requested = true;
+        slot.latch
+    };
+    if latch != 0 {
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        {
+            let r = REGISTRY.share();
+            if slot_of(&r, dboid).is_none_or(|i| r.slots[i].pid == 0) {
+                return true;
+            }
+        }
+        unsafe { pg_sys::pg_usleep(10_000) };
+    }
+    false
+}
+
+/// Wakes the worker of `dboid`, if one runs.
+pub fn wake(dboid: u32) {
+    let latch = {
+        let r = REGISTRY.share();
+        slot_of(&r, dboid).map(|i| r.slots[i].latch).unwrap_or(0)
+    };
+    if latch != 0 {
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+/// A copy of the slot of `dboid`, and the launcher's pid.
+pub fn snapshot(dboid: u32) -> (i32, Option<Slot>) {
+    let r = REGISTRY.share();
+    (r.launcher_pid, slot_of(&r, dboid).map(|i| r.slots[i]))
+}
+
+/// Records the launcher (the calling process), or that it is gone.
+pub fn set_launcher(running: bool) {
+    let mut r = REGISTRY.exclusive();
+    unsafe {
+        r.launcher_pid = if running { pg_sys::MyProcPid } else { 0 };
+        r.launcher_latch = if running { &raw mut (*pg_sys::MyProc).procLatch as usize } else { 0 };
+    }
+}
+
+/// Lets the launcher start a worker for `dboid` at its next look.
+pub fn clear_retry(dboid: u32) {
+    let mut r = REGISTRY.exclusive();
+    if let Some(i) = slot_of(&r, dboid) {
+        r.slots[i].retry_after_ms = 0;
+    }
+}
+
+/// Sets the launcher's latch (its next look at the databases is now).
+pub fn wake_launcher() {
+    let latch = REGISTRY.share().launcher_latch;
+    if latch != 0 {
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}

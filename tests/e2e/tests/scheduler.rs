@@ -1,0 +1,181 @@
+//! The background scheduler: stream tables refresh on their own, upstream first;
+//! a failing stream table is suspended while the others go on; the worker comes
+//! back after being killed; DROP DATABASE is not blocked by it.
+//!
+//! Waits poll the catalog (every 100 ms, up to a generous timeout) instead of
+//! sleeping for a fixed time.
+
+use pg_trickle_e2e::*;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Polls boolean query `condition` until it is true; panics after `TIMEOUT`.
+fn wait_until(client: &mut pgt_testkit::postgres::Client, condition: &str, what: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let holds: bool = client.query_one(condition, &[]).map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false)).unwrap_or(false);
+        if holds {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {TIMEOUT:?} waiting for {what}: {condition}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The query comparing columns `cols` of a stream table with `query` (true when
+/// equal as multisets).
+fn equal(st: &str, cols: &str, query: &str) -> String {
+    format!(
+        "SELECT NOT EXISTS ((SELECT {cols} FROM {st} EXCEPT ALL {query}) UNION ALL ({query} EXCEPT ALL SELECT {cols} FROM {st}))"
+    )
+}
+
+#[test]
+fn schedules_of_each_kind_refresh_without_a_call_upstream_first() {
+    let mut db = TestDb::new("sched_kinds");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t SELECT g, g FROM generate_series(1, 10) g;
+         -- A duration, a 6-field cron (every second), and a calculated schedule
+         -- that inherits the 1 s of the stream table reading it (the test cluster's
+         -- default for calculated schedules is an hour).
+         SELECT pgtrickle.create_stream_table('doubled', 'SELECT id, v * 2 AS v2 FROM t', schedule => '1s');
+         SELECT pgtrickle.create_stream_table('by_cron', 'SELECT id, v FROM t WHERE v % 2 = 0', schedule => '* * * * * *');
+         SELECT pgtrickle.create_stream_table('calc', 'SELECT id, v FROM t WHERE v > 3');
+         SELECT pgtrickle.create_stream_table('calc_reader', 'SELECT count(*) AS n FROM calc', schedule => '1s');
+         -- A stream table over a stream table: refreshed after it in the same cycle.
+         SELECT pgtrickle.create_stream_table('total', 'SELECT sum(v2) AS s, count(*) AS n FROM doubled', schedule => '1s');",
+    );
+    wait_until(&mut db.client, "SELECT worker_pid IS NOT NULL FROM pgtrickle.scheduler_status()", "the scheduler worker");
+    db.exec("INSERT INTO t VALUES (11, 11), (12, 12); UPDATE t SET v = v + 1 WHERE id <= 3; DELETE FROM t WHERE id = 10");
+    let checks = [
+        ("doubled", "id, v2", "SELECT id, v * 2 AS v2 FROM t"),
+        ("by_cron", "id, v", "SELECT id, v FROM t WHERE v % 2 = 0"),
+        ("calc", "id, v", "SELECT id, v FROM t WHERE v > 3"),
+        ("calc_reader", "n", "SELECT count(*) AS n FROM t WHERE v > 3"),
+        ("total", "s, n", "SELECT sum(v * 2) AS s, count(*) AS n FROM t"),
+    ];
+    for (st, cols, query) in checks {
+        wait_until(&mut db.client, &equal(st, cols, query), st);
+    }
+    for (st, _, query) in checks {
+        let q = if st == "calc_reader" { "SELECT count(*) AS n FROM calc".to_string() } else { query.to_string() };
+        let q = if st == "total" { "SELECT sum(v2) AS s, count(*) AS n FROM doubled".to_string() } else { q };
+        assert_st_matches_query(&mut db.client, st, &q);
+        let scheduled: i64 = db.scalar(
+            "SELECT count(*) FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
+             WHERE s.pgt_relid = $1::text::regclass AND h.initiated_by = 'SCHEDULER' AND h.status = 'SUCCESS'",
+            &[&st],
+        );
+        assert!(scheduled >= 1, "{st} was not refreshed by the scheduler");
+    }
+    // The monitoring view counts them.
+    let (scheduled, manual): (i64, i64) = {
+        let row = db
+            .client
+            .query_one(
+                "SELECT scheduled_refreshes, manual_refreshes FROM pgtrickle.pg_stat_stream_tables WHERE stream_table = 'doubled'::regclass",
+                &[],
+            )
+            .expect("pg_stat_stream_tables");
+        (row.get(0), row.get(1))
+    };
+    assert!(scheduled >= 1 && manual == 0, "scheduled {scheduled}, manual {manual}");
+    // Nothing to do: a cycle writes nothing (no new history row) while nothing changes.
+    let before: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let after: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]);
+    assert_eq!(before, after, "refreshes without changes must not write");
+}
+
+#[test]
+fn a_failing_stream_table_is_suspended_while_others_keep_refreshing() {
+    let mut db = TestDb::new("sched_failure");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t VALUES (1, 1), (2, 2);
+         SELECT pgtrickle.create_stream_table('fragile', 'SELECT id, 10 / v AS q FROM t', schedule => '1s', refresh_mode => 'FULL');
+         SELECT pgtrickle.create_stream_table('sturdy', 'SELECT id, v FROM t', schedule => '1s');",
+    );
+    db.exec("UPDATE t SET v = 0 WHERE id = 1");
+    wait_until(
+        &mut db.client,
+        "SELECT status = 'SUSPENDED' FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 'fragile'::regclass",
+        "fragile to be suspended",
+    );
+    let (failures, errors, last_error): (i64, i32, Option<String>) = {
+        let row = db
+            .client
+            .query_one(
+                "SELECT failed_refreshes, consecutive_errors, last_error FROM pgtrickle.pg_stat_stream_tables \
+                 WHERE stream_table = 'fragile'::regclass",
+                &[],
+            )
+            .expect("pg_stat_stream_tables");
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(errors, 3, "suspended after pg_trickle.max_consecutive_errors (3) failures");
+    assert_eq!(failures, 3);
+    assert!(last_error.as_deref().is_some_and(|e| e.contains("division by zero")), "{last_error:?}");
+    let by_scheduler: i64 = db.scalar(
+        "SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE status = 'FAILED' AND initiated_by = 'SCHEDULER' AND end_time IS NOT NULL",
+        &[],
+    );
+    assert_eq!(by_scheduler, 3);
+    // The failed refreshes left the previous contents in place.
+    assert_st_matches_query(&mut db.client, "fragile", "SELECT id, 10 / v AS q FROM (VALUES (1, 1), (2, 2)) t(id, v)");
+    // The other stream table kept refreshing.
+    db.exec("INSERT INTO t VALUES (3, 3)");
+    wait_until(&mut db.client, &equal("sturdy", "id, v", "SELECT id, v FROM t"), "sturdy to catch up");
+    // Suspended: no more attempts.
+    std::thread::sleep(Duration::from_millis(2500));
+    let attempts: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE status = 'FAILED'", &[]);
+    assert_eq!(attempts, 3);
+    // Fixed and resumed: refreshed again, the error count starts afresh.
+    db.exec("UPDATE t SET v = 5 WHERE id = 1; SELECT pgtrickle.alter_stream_table('fragile', status => 'ACTIVE')");
+    wait_until(&mut db.client, &equal("fragile", "id, q", "SELECT id, 10 / v AS q FROM t"), "fragile to refresh after resuming");
+    let errors: i32 = db.scalar("SELECT consecutive_errors FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 'fragile'::regclass", &[]);
+    assert_eq!(errors, 0);
+}
+
+#[test]
+fn the_worker_comes_back_after_being_killed() {
+    let mut db = TestDb::new("sched_restart");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         SELECT pgtrickle.create_stream_table('mirror', 'SELECT id, v FROM t', schedule => '1s');",
+    );
+    wait_until(&mut db.client, "SELECT worker_pid IS NOT NULL FROM pgtrickle.scheduler_status()", "the scheduler worker");
+    let pid: i32 = db.scalar("SELECT worker_pid FROM pgtrickle.scheduler_status()", &[]);
+    let backend_type: String = db.scalar("SELECT backend_type FROM pg_stat_activity WHERE pid = $1", &[&pid]);
+    assert_eq!(backend_type, "pg_trickle scheduler");
+    db.exec(&format!("SELECT pg_terminate_backend({pid})"));
+    wait_until(
+        &mut db.client,
+        &format!("SELECT worker_pid IS NOT NULL AND worker_pid <> {pid} FROM pgtrickle.scheduler_status()"),
+        "a new scheduler worker",
+    );
+    db.exec("INSERT INTO t SELECT g, g FROM generate_series(1, 20) g");
+    wait_until(&mut db.client, &equal("mirror", "id, v", "SELECT id, v FROM t"), "mirror after the restart");
+}
+
+#[test]
+fn drop_database_is_not_blocked_by_the_scheduler() {
+    let db = TestDb::new("sched_drop_host");
+    let name = format!("{}_victim", db.name);
+    let mut admin = db.cluster.connect("postgres").expect("connect to postgres");
+    admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).expect("create database");
+    {
+        let mut victim = db.cluster.connect(&name).expect("connect");
+        victim
+            .batch_execute(
+                "CREATE EXTENSION pg_trickle; CREATE TABLE t (id int PRIMARY KEY);
+                 SELECT pgtrickle.create_stream_table('s', 'SELECT id FROM t', schedule => '1s');",
+            )
+            .expect("set up");
+        wait_until(&mut victim, "SELECT worker_pid IS NOT NULL FROM pgtrickle.scheduler_status()", "the scheduler worker");
+    }
+    // Without FORCE: PostgreSQL refuses while other sessions are connected.
+    admin.batch_execute(&format!("DROP DATABASE \"{name}\"")).expect("DROP DATABASE while its scheduler runs");
+}
