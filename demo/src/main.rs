@@ -13,6 +13,9 @@
 //!    prints its row count, its refresh time next to what a FULL refresh of the
 //!    same data costs, and whether it equals its defining query (multiset
 //!    comparison). Exits non-zero if any does not.
+//! 5. Hands the AUTO stream tables to the background scheduler (schedule `1s`),
+//!    applies one more round of changes without any refresh call, and shows each
+//!    stream table catching up on its own.
 
 use pgt_testkit::postgres::Client;
 use pgt_testkit::{multiset_difference, Cluster, ClusterOptions, Paths};
@@ -125,9 +128,11 @@ fn run() -> DemoResult<()> {
 
     step("creating stream tables, refresh_mode AUTO, each with a FULL twin (unchanged ones are kept)");
     for (name, query) in STREAM_TABLES {
-        db.execute("SELECT pgtrickle.create_or_replace_stream_table($1, $2, schedule => '1m', refresh_mode => 'AUTO')", &[name, query])?;
+        // A week: during the timed rounds only the demo refreshes; the last part
+        // hands the AUTO ones to the scheduler.
+        db.execute("SELECT pgtrickle.create_or_replace_stream_table($1, $2, schedule => '1w', refresh_mode => 'AUTO')", &[name, query])?;
         let twin = format!("full_{name}");
-        db.execute("SELECT pgtrickle.create_or_replace_stream_table($1, $2, schedule => '1m', refresh_mode => 'FULL')", &[&twin, query])?;
+        db.execute("SELECT pgtrickle.create_or_replace_stream_table($1, $2, schedule => '1w', refresh_mode => 'FULL')", &[&twin, query])?;
         let rows: i64 = db.query_one(&format!("SELECT count(*) FROM {name}"), &[])?.get(0);
         let mode: String = db
             .query_one("SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1::text::regclass", &[name])?
@@ -165,7 +170,9 @@ fn run() -> DemoResult<()> {
         }
     }
 
-    step("the demo server keeps running");
+    all_equal &= scheduled_round(&mut db, &mut rng)?;
+
+    step("the demo server keeps running; the scheduler refreshes the AUTO stream tables every second");
     println!("    connect:  {}", cluster.psql_command(DATABASE));
     println!("    try:      SELECT * FROM revenue_by_nation_year ORDER BY revenue DESC LIMIT 5;");
     println!("              SELECT * FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id DESC LIMIT 5;");
@@ -174,6 +181,51 @@ fn run() -> DemoResult<()> {
         return Err("a stream table differs from its defining query".into());
     }
     Ok(())
+}
+
+/// The AUTO stream tables get schedule '1s'; after a round of changes, waits
+/// (without calling refresh) until the scheduler has brought every one up to
+/// date, and prints how long each took. Returns whether all became equal to
+/// their queries within a minute.
+fn scheduled_round(db: &mut Client, rng: &mut StdRng) -> DemoResult<bool> {
+    step("automatic refresh: schedule '1s', changes, and no refresh calls");
+    let row = db.query_one("SELECT available, worker_pid FROM pgtrickle.scheduler_status()", &[])?;
+    let (available, worker): (bool, Option<i32>) = (row.get(0), row.get(1));
+    if !available {
+        println!("    pg_trickle is not preloaded here: no scheduler");
+        return Ok(true);
+    }
+    for (name, _) in STREAM_TABLES {
+        db.execute("SELECT pgtrickle.alter_stream_table($1, schedule => '1s')", &[name])?;
+    }
+    println!("    scheduler worker pid {}", worker.map_or("(starting)".to_string(), |p| p.to_string()));
+    let summary = apply_round(db, rng)?;
+    println!("    {summary}");
+    let start = Instant::now();
+    let mut fresh_after: Vec<Option<f64>> = vec![None; STREAM_TABLES.len()];
+    while fresh_after.iter().any(Option::is_none) && start.elapsed().as_secs() < 60 {
+        for (i, (name, query)) in STREAM_TABLES.iter().enumerate() {
+            if fresh_after[i].is_none() {
+                let (only_st, only_query) = multiset_difference(db, name, query);
+                if only_st.is_empty() && only_query.is_empty() {
+                    fresh_after[i] = Some(start.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!("    {:<26} {:>20} {:>22}", "stream table", "equal to its query", "scheduled refreshes");
+    for ((name, _), fresh) in STREAM_TABLES.iter().zip(&fresh_after) {
+        let scheduled: i64 = db
+            .query_one(
+                "SELECT scheduled_refreshes FROM pgtrickle.pg_stat_stream_tables WHERE stream_table = $1::text::regclass",
+                &[name],
+            )?
+            .get(0);
+        let when = fresh.map_or("NOT within 60 s".to_string(), |ms| format!("after {ms:.0} ms"));
+        println!("    {name:<26} {when:>20} {scheduled:>22}");
+    }
+    Ok(fresh_after.iter().all(Option::is_some))
 }
 
 fn step(message: &str) {
