@@ -140,6 +140,7 @@ pgrx::extension_sql!(
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_table_rewrite(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle._wake_scheduler() FROM PUBLIC;
 
 -- Whether any of relations `relids`, or a partitioned table one of them is a
 -- partition of, is a captured source: the event triggers call into Rust only then.

@@ -365,6 +365,7 @@ fn capture_function_body(buffer: &QualifiedName, columns: &[CapturedColumn]) -> 
            ELSE\n\
              INSERT INTO {buffer} (__pgt_action) VALUES ('T');\n\
            END IF;\n\
+           PERFORM pgtrickle._wake_scheduler();\n\
            RETURN NULL;\n\
          END\n",
         ins = images("I", "__pgt_new"),

@@ -58,6 +58,25 @@ struct Report {
     repetitions: usize,
     results: Vec<Row>,
     zero_change: Vec<ZeroChange>,
+    /// The background scheduler's figures (absent in reports of older runs).
+    #[serde(default)]
+    scheduler: Option<SchedulerFigures>,
+}
+
+/// Commit → visible latencies through the scheduler, and its idle cost.
+#[derive(Serialize, serde::Deserialize)]
+struct SchedulerFigures {
+    /// Samples per measurement.
+    samples: usize,
+    /// One stream table over the changed table: median and p95, ms.
+    single_median_ms: f64,
+    single_p95_ms: f64,
+    /// Until the last of a chain of 10 stream tables shows the change: median and p95, ms.
+    chain_median_ms: f64,
+    chain_p95_ms: f64,
+    /// CPU time of the scheduler worker per second of wall time, in ms, with
+    /// 100 stream tables due every second and no changes.
+    idle_cpu_ms_per_s: f64,
 }
 
 fn main() {
@@ -184,16 +203,121 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             ))?;
         }
     }
+    println!("==> scheduler: commit -> visible latency, chain propagation, idle cost");
+    let scheduler = scheduler_figures(&mut db)?;
+    println!(
+        "    single: median {:.1} ms, p95 {:.1} ms; chain of 10: median {:.1} ms, p95 {:.1} ms; idle with 100 stream tables: {:.1} ms CPU per s",
+        scheduler.single_median_ms, scheduler.single_p95_ms, scheduler.chain_median_ms, scheduler.chain_p95_ms, scheduler.idle_cpu_ms_per_s
+    );
     let machine = machine();
     let command = "make bench".to_string();
     let date = String::from_utf8_lossy(&std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()?.stdout)
         .trim()
         .to_string();
-    let report = Report { command, date, machine, postgres, repetitions: reps, results, zero_change: zero };
+    let report = Report { command, date, machine, postgres, repetitions: reps, results, zero_change: zero, scheduler: Some(scheduler) };
     std::fs::write(repo.join("docs/benchmark.json"), serde_json::to_string_pretty(&report)?)?;
     std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
     println!("==> wrote docs/BENCHMARK.md and docs/benchmark.json");
     Ok(())
+}
+
+/// Measures the background scheduler (module doc of `pg_trickle::scheduler`):
+/// - one transaction every 100 ms inserts a row into a table read by a stream
+///   table with schedule `0s`; the time from the commit until a query sees the
+///   row in the stream table (polled every millisecond);
+/// - the same for the last of a chain of 10 stream tables (each reads the
+///   previous one);
+/// - the worker's CPU time over 10 s with 100 stream tables due every second and
+///   nothing changing (from /proc/<pid>/stat).
+fn scheduler_figures(db: &mut Client) -> Result<SchedulerFigures, Box<dyn std::error::Error>> {
+    const SAMPLES: usize = 50;
+    let mut setup = String::from(
+        "SET pg_trickle.min_schedule_seconds = 0;
+         CREATE TABLE lat_src (id bigint PRIMARY KEY, v int);
+         SELECT pgtrickle.create_stream_table('lat_0', 'SELECT id, v FROM lat_src', schedule => '0s');",
+    );
+    for i in 1..10 {
+        setup.push_str(&format!(
+            "SELECT pgtrickle.create_stream_table('lat_{i}', 'SELECT id, v FROM lat_{}', schedule => '0s');",
+            i - 1
+        ));
+    }
+    db.batch_execute(&setup)?;
+    let started = Instant::now();
+    while db.query_one("SELECT worker_pid FROM pgtrickle.scheduler_status()", &[])?.get::<_, Option<i32>>(0).is_none() {
+        if started.elapsed().as_secs() > 60 {
+            return Err("the scheduler worker did not start (is pg_trickle preloaded?)".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut measure = |target: &str, first_id: i64| -> Result<(f64, f64), Box<dyn std::error::Error>> {
+        let probe = format!("SELECT EXISTS (SELECT 1 FROM {target} WHERE id = $1)");
+        let mut samples = Vec::with_capacity(SAMPLES);
+        for k in 0..SAMPLES as i64 {
+            let id = first_id + k;
+            let t0 = Instant::now();
+            db.execute("INSERT INTO lat_src VALUES ($1, 1)", &[&id])?;
+            let committed = Instant::now();
+            loop {
+                if db.query_one(&probe, &[&id])?.get::<_, bool>(0) {
+                    break;
+                }
+                if committed.elapsed().as_secs() > 30 {
+                    return Err(format!("row {id} did not reach {target} within 30 s").into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            samples.push(committed.elapsed().as_secs_f64() * 1000.0);
+            let next = t0 + std::time::Duration::from_millis(100);
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        samples.sort_by(|a, b| a.total_cmp(b));
+        Ok((samples[samples.len() / 2], samples[(samples.len() * 95).div_ceil(100) - 1]))
+    };
+    let (single_median_ms, single_p95_ms) = measure("lat_0", 1)?;
+    let (chain_median_ms, chain_p95_ms) = measure("lat_9", 1_000_000)?;
+    let mut drop = String::new();
+    for i in (0..10).rev() {
+        drop.push_str(&format!("SELECT pgtrickle.drop_stream_table('lat_{i}');"));
+    }
+    db.batch_execute(&drop)?;
+    // Idle: 100 stream tables due every second, nothing changing.
+    let mut create = String::from("CREATE TABLE idle_src (id int PRIMARY KEY, v int); INSERT INTO idle_src SELECT g, g FROM generate_series(1, 100) g;");
+    for i in 0..100 {
+        create.push_str(&format!(
+            "SELECT pgtrickle.create_stream_table('idle_{i}', 'SELECT id, v FROM idle_src WHERE v % 100 = {i}', schedule => '1s');"
+        ));
+    }
+    db.batch_execute(&create)?;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pid: i32 = db
+        .query_one("SELECT worker_pid FROM pgtrickle.scheduler_status()", &[])?
+        .get::<_, Option<i32>>(0)
+        .ok_or("no scheduler worker")?;
+    let cpu_ticks = |pid: i32| -> Result<f64, Box<dyn std::error::Error>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        Ok(utime + stime)
+    };
+    let (before, t0) = (cpu_ticks(pid)?, Instant::now());
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let (after, wall) = (cpu_ticks(pid)?, t0.elapsed().as_secs_f64());
+    // Clock ticks are 1/100 s on Linux.
+    let idle_cpu_ms_per_s = (after - before) * 10.0 / wall;
+    Ok(SchedulerFigures {
+        samples: SAMPLES,
+        single_median_ms,
+        single_p95_ms,
+        chain_median_ms,
+        chain_p95_ms,
+        idle_cpu_ms_per_s,
+    })
 }
 
 fn visible_columns(db: &mut Client, table: &str) -> Result<String, Box<dyn std::error::Error>> {
@@ -332,6 +456,38 @@ fn markdown(r: &Report) -> String {
         "\nNo-change refresh: at most {worst_zero:.2} ms ({}).\n",
         if worst_zero < 1.0 { "met" } else { "**missed**" }
     );
+    if let Some(sch) = &r.scheduler {
+        let _ = writeln!(s, "## Automatic refresh (background scheduler)\n");
+        let _ = writeln!(
+            s,
+            "One transaction every 100 ms inserts a row; the time from its commit until a query sees the row in a \
+             stream table with schedule `0s` (the scheduler is woken by the commit), {} samples. Then the same for \
+             the last of a chain of 10 stream tables, each reading the previous one. Then the scheduler worker's CPU \
+             time while 100 stream tables are due every second and nothing changes.\n",
+            sch.samples
+        );
+        let _ = writeln!(s, "| measurement | median | p95 | target |");
+        let _ = writeln!(s, "|---|---:|---:|---|");
+        let _ = writeln!(
+            s,
+            "| commit → visible, one stream table | {:.1} ms | {:.1} ms | median < 50 ms: {} |",
+            sch.single_median_ms,
+            sch.single_p95_ms,
+            if sch.single_median_ms < 50.0 { "met" } else { "**missed**" }
+        );
+        let _ = writeln!(
+            s,
+            "| commit → visible, end of a chain of 10 | {:.1} ms | {:.1} ms | below 410 ms (half of the seeds' 820 ms): {} |",
+            sch.chain_median_ms,
+            sch.chain_p95_ms,
+            if sch.chain_median_ms < 410.0 { "met" } else { "**missed**" }
+        );
+        let _ = writeln!(
+            s,
+            "\nIdle with 100 stream tables due every second (each check a refresh that finds no change): {:.1} ms of CPU per second.\n",
+            sch.idle_cpu_ms_per_s
+        );
+    }
     let _ = writeln!(s, "## Refresh with no change (DIFFERENTIAL), median of 20\n");
     let _ = writeln!(s, "| source rows | scenario | ms |");
     let _ = writeln!(s, "|---:|---|---:|");

@@ -144,6 +144,13 @@ mod pgtrickle {
         ))
     }
 
+    /// Internal: called by the capture triggers; wakes this database's scheduler
+    /// when the transaction commits. Not granted to PUBLIC.
+    #[pg_extern(name = "_wake_scheduler")]
+    fn wake_scheduler() {
+        crate::scheduler::wake_at_commit()
+    }
+
     /// Internal: called by the `sql_drop` event trigger with the OIDs of dropped
     /// relations. Not granted to PUBLIC.
     #[pg_extern(name = "_on_relations_dropped")]

@@ -90,6 +90,24 @@ fn schedules_of_each_kind_refresh_without_a_call_upstream_first() {
 }
 
 #[test]
+fn a_zero_schedule_refreshes_when_changes_commit() {
+    let mut db = TestDb::new("sched_zero");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         SET pg_trickle.min_schedule_seconds = 0;
+         SELECT pgtrickle.create_stream_table('eager', 'SELECT v, count(*) AS n FROM t GROUP BY v', schedule => '0s');",
+    );
+    wait_until(&mut db.client, "SELECT worker_pid IS NOT NULL FROM pgtrickle.scheduler_status()", "the scheduler worker");
+    for round in 0..5 {
+        db.exec(&format!("INSERT INTO t SELECT g + {round} * 100, g % 3 FROM generate_series(1, 10) g; DELETE FROM t WHERE id % 7 = {round}"));
+        wait_until(&mut db.client, &equal("eager", "v, n", "SELECT v, count(*) AS n FROM t GROUP BY v"), "eager to catch up");
+    }
+    // Without '0s' allowed, the floor applies.
+    db.exec("RESET pg_trickle.min_schedule_seconds");
+    db.expect_error("SELECT pgtrickle.alter_stream_table('eager', schedule => '0s')", "22023");
+}
+
+#[test]
 fn a_failing_stream_table_is_suspended_while_others_keep_refreshing() {
     let mut db = TestDb::new("sched_failure");
     db.exec(
@@ -178,4 +196,42 @@ fn drop_database_is_not_blocked_by_the_scheduler() {
     }
     // Without FORCE: PostgreSQL refuses while other sessions are connected.
     admin.batch_execute(&format!("DROP DATABASE \"{name}\"")).expect("DROP DATABASE while its scheduler runs");
+}
+
+#[test]
+fn scheduled_refreshes_run_as_the_owner_never_as_the_worker() {
+    let mut db = TestDb::new("sched_owner");
+    let alice = db.create_role("alice", "NOSUPERUSER");
+    db.exec(&format!("GRANT CREATE ON SCHEMA public TO \"{alice}\""));
+    let mut a = db.connect_as(&alice);
+    // The function records who runs it and tries to make its caller superuser:
+    // run with the worker's rights, it would succeed.
+    a.batch_execute(&format!(
+        "CREATE TABLE src (id int PRIMARY KEY);
+         CREATE TABLE seen (who text, escalated boolean);
+         CREATE FUNCTION who_runs_me() RETURNS text LANGUAGE plpgsql AS $$
+         DECLARE ok boolean := true;
+         BEGIN
+           BEGIN
+             EXECUTE 'ALTER ROLE \"{alice}\" SUPERUSER';
+           EXCEPTION WHEN OTHERS THEN ok := false;
+           END;
+           INSERT INTO public.seen VALUES (current_user, ok);
+           RETURN current_user;
+         END $$;
+         SELECT pgtrickle.create_stream_table('probe', 'SELECT id, public.who_runs_me() AS who FROM src', schedule => '1s');"
+    ))
+    .unwrap();
+    a.batch_execute("TRUNCATE seen; INSERT INTO src VALUES (1), (2)").unwrap();
+    wait_until(
+        &mut db.client,
+        "SELECT EXISTS (SELECT 1 FROM pgtrickle.pgt_refresh_history WHERE initiated_by = 'SCHEDULER' AND status = 'SUCCESS')",
+        "a scheduled refresh of probe",
+    );
+    let rows = db.client.query("SELECT DISTINCT who, escalated FROM seen", &[]).unwrap();
+    let seen: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(seen, vec![(alice.clone(), false)], "the query ran as {seen:?}");
+    let superuser: bool = db.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&alice]);
+    assert!(!superuser, "the function escalated its owner");
+    assert_st_matches_query(&mut db.client, "probe", &format!("SELECT id, '{alice}'::text AS who FROM src"));
 }
