@@ -254,3 +254,89 @@ CREATE EVENT TRIGGER pgtrickle_table_rewrite ON table_rewrite
     name = "event_triggers",
     finalize
 );
+
+pgrx::extension_sql!(
+    r#"
+-- Monitoring (docs/SQL_REFERENCE.md, Monitoring). Readable by every role, like
+-- the catalog.
+
+CREATE FUNCTION pgtrickle.stream_table_status()
+RETURNS SETOF pgtrickle.pg_stat_stream_tables
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM pgtrickle.pg_stat_stream_tables ORDER BY stream_table::text
+$$;
+
+CREATE FUNCTION pgtrickle.refresh_history(name text, max_rows integer DEFAULT 20)
+RETURNS TABLE (refresh_id bigint, start_time timestamptz, end_time timestamptz, action text, status text,
+               rows_inserted bigint, rows_deleted bigint, initiated_by text, error_message text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT h.refresh_id, h.start_time, h.end_time, h.action, h.status, h.rows_inserted, h.rows_deleted,
+           h.initiated_by, h.error_message
+    FROM pgtrickle.pgt_refresh_history h
+    JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)
+    WHERE st.pgt_relid = pgtrickle._stream_table_oid(name)
+    ORDER BY h.refresh_id DESC
+    LIMIT max_rows
+$$;
+
+-- Every stream table with what it reads, recursively through stream tables:
+-- depth 1 is a direct source; a stream-table source's own sources follow at
+-- depth 2, and so on.
+CREATE FUNCTION pgtrickle.dependency_tree()
+RETURNS TABLE (stream_table regclass, source regclass, source_kind text, depth integer, path text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tree AS (
+        SELECT st.pgt_relid AS root, d.source_relid, d.source_kind, 1 AS depth,
+               st.pgt_relid::regclass::text || ' <- ' || d.source_relid::regclass::text AS path
+        FROM pgtrickle.pgt_stream_tables st JOIN pgtrickle.pgt_dependencies d USING (pgt_id)
+      UNION ALL
+        SELECT t.root, d.source_relid, d.source_kind, t.depth + 1,
+               t.path || ' <- ' || d.source_relid::regclass::text
+        FROM tree t
+        JOIN pgtrickle.pgt_stream_tables up ON up.pgt_relid = t.source_relid
+        JOIN pgtrickle.pgt_dependencies d ON d.pgt_id = up.pgt_id
+        WHERE t.source_kind = 'STREAM_TABLE' AND t.depth < 100
+    )
+    SELECT root::regclass, source_relid::regclass, source_kind, depth, path
+    FROM tree ORDER BY root::regclass::text, path
+$$;
+
+-- Per captured source: its change buffer, the captured images not yet trimmed
+-- (changes some stream table has still to apply), and the buffer's size.
+CREATE FUNCTION pgtrickle.change_buffer_stats()
+RETURNS TABLE (source regclass, buffer regclass, pending_images bigint, buffer_bytes bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ct record;
+BEGIN
+    FOR ct IN SELECT c.source_relid, c.buffer_relid FROM pgtrickle.pgt_change_tracking c ORDER BY c.source_relid::regclass::text LOOP
+        source := ct.source_relid::regclass;
+        buffer := ct.buffer_relid::regclass;
+        EXECUTE format('SELECT count(*) FROM %s', buffer) INTO pending_images;
+        buffer_bytes := pg_total_relation_size(ct.buffer_relid);
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION pgtrickle.change_buffer_stats() FROM PUBLIC;
+
+-- One row: how the stream tables of this database are doing.
+CREATE VIEW pgtrickle.quick_health AS
+SELECT pg_catalog.count(*) AS total,
+       pg_catalog.count(*) FILTER (WHERE st.status = 'ACTIVE') AS active,
+       pg_catalog.count(*) FILTER (WHERE st.status = 'SUSPENDED') AS suspended,
+       pg_catalog.count(*) FILTER (WHERE st.consecutive_errors > 0) AS failing,
+       pg_catalog.count(*) FILTER (WHERE NOT st.is_populated) AS unpopulated,
+       s.worker_pid IS NOT NULL AS scheduler_running,
+       CASE WHEN pg_catalog.count(*) FILTER (WHERE st.status = 'SUSPENDED') > 0 THEN 'ERROR'
+            WHEN pg_catalog.count(*) FILTER (WHERE st.consecutive_errors > 0) > 0 THEN 'WARNING'
+            WHEN pg_catalog.count(*) > 0 AND s.worker_pid IS NULL THEN 'SCHEDULER NOT RUNNING'
+            ELSE 'OK' END AS status
+FROM pgtrickle.pgt_stream_tables st
+RIGHT JOIN pgtrickle.scheduler_status() s ON true
+GROUP BY s.worker_pid;
+GRANT SELECT ON pgtrickle.quick_health TO PUBLIC;
+"#,
+    name = "monitoring",
+    requires = ["catalog", api::pgtrickle::scheduler_status, api::pgtrickle::stream_table_oid]
+);

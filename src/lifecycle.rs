@@ -349,6 +349,14 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
     }
     if crate::scheduler::available() {
         crate::scheduler::request_worker();
+        if schedule == Schedule::Calculated {
+            // Nothing reads a new stream table yet, so nothing tightens it.
+            pgrx::notice!(
+                "stream table {name} has a calculated schedule and no stream table reads it: it is refreshed every \
+                 {} s (pg_trickle.default_schedule_seconds) until one with a schedule of its own does",
+                crate::guc::DEFAULT_SCHEDULE_SECONDS.get()
+            );
+        }
     } else {
         pgrx::warning!(
             "automatic refresh is off: pg_trickle is not in shared_preload_libraries, so stream table {name} \

@@ -144,6 +144,15 @@ mod pgtrickle {
         ))
     }
 
+    /// The storage table of stream table `name` (resolved as every `name`
+    /// argument is: unqualified means schema `public`). Errors name what is
+    /// wrong (no such relation, not a stream table). Used by the monitoring
+    /// functions.
+    #[pg_extern(name = "_stream_table_oid", stable)]
+    fn stream_table_oid(name: Option<&str>) -> pg_sys::Oid {
+        lifecycle::resolve_stream_table_arg(name).or_raise().relid
+    }
+
     /// Internal: called by the capture triggers; wakes this database's scheduler
     /// when the transaction commits. Not granted to PUBLIC.
     #[pg_extern(name = "_wake_scheduler")]

@@ -235,3 +235,111 @@ fn scheduled_refreshes_run_as_the_owner_never_as_the_worker() {
     assert!(!superuser, "the function escalated its owner");
     assert_st_matches_query(&mut db.client, "probe", &format!("SELECT id, '{alice}'::text AS who FROM src"));
 }
+
+#[test]
+fn monitoring_functions_report_what_happened() {
+    let mut db = TestDb::new("sched_monitoring");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t VALUES (1, 1), (2, 2);
+         SELECT pgtrickle.create_stream_table('base', 'SELECT id, v FROM t');
+         SELECT pgtrickle.create_stream_table('upper_st', 'SELECT count(*) AS n FROM base');
+         INSERT INTO t VALUES (3, 3);
+         SET pg_trickle.differential_max_change_ratio = 1000;
+         SELECT pgtrickle.refresh_stream_table('base');",
+    );
+    // refresh_history: newest first, with who started it.
+    let rows = db.client.query("SELECT action, status, initiated_by FROM pgtrickle.refresh_history('base')", &[]).unwrap();
+    let history: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(
+        history,
+        vec![
+            ("DIFFERENTIAL".to_string(), "SUCCESS".to_string(), "MANUAL".to_string()),
+            ("FULL".to_string(), "SUCCESS".to_string(), "INITIAL".to_string())
+        ]
+    );
+    db.expect_error("SELECT * FROM pgtrickle.refresh_history('t')", "42809");
+    // dependency_tree: upper_st reads base, which reads t.
+    let paths: Vec<String> = db
+        .client
+        .query("SELECT path FROM pgtrickle.dependency_tree() WHERE stream_table = 'upper_st'::regclass ORDER BY depth", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(paths, vec!["public.upper_st <- public.base".to_string(), "public.upper_st <- public.base <- public.t".to_string()]);
+    // change_buffer_stats: t's buffer is trimmed; base's holds what upper_st has not applied yet.
+    let pending: Vec<(String, i64)> = db
+        .client
+        .query("SELECT source::text, pending_images FROM pgtrickle.change_buffer_stats()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(pending, vec![("base".to_string(), 1), ("t".to_string(), 0)]);
+    // quick_health and stream_table_status.
+    wait_until(&mut db.client, "SELECT worker_pid IS NOT NULL FROM pgtrickle.scheduler_status()", "the scheduler worker");
+    let (total, status, running): (i64, String, bool) = {
+        let r = db.client.query_one("SELECT total, status, scheduler_running FROM pgtrickle.quick_health", &[]).unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((total, status.as_str(), running), (2, "OK", true));
+    let n: i64 = db.scalar("SELECT count(*) FROM pgtrickle.stream_table_status()", &[]);
+    assert_eq!(n, 2);
+    db.exec("SELECT pgtrickle.alter_stream_table('base', status => 'SUSPENDED')");
+    let status: String = db.scalar("SELECT status FROM pgtrickle.quick_health", &[]);
+    assert_eq!(status, "ERROR");
+}
+
+#[test]
+fn manual_and_scheduled_refreshes_of_one_stream_table_never_apply_a_change_twice() {
+    let mut db = TestDb::new("sched_manual");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, g int, v int);
+         INSERT INTO t SELECT x, x % 5, x FROM generate_series(1, 200) x;
+         SET pg_trickle.min_schedule_seconds = 0;
+         SELECT pgtrickle.create_stream_table('sums', 'SELECT g, sum(v) AS s, count(*) AS n FROM t GROUP BY g', schedule => '0s');",
+    );
+    wait_until(&mut db.client, "SELECT worker_pid IS NOT NULL FROM pgtrickle.scheduler_status()", "the scheduler worker");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let manual = {
+        let mut c = db.connect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            c.batch_execute("SET pg_trickle.differential_max_change_ratio = 1000").unwrap();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.batch_execute("SELECT pgtrickle.refresh_stream_table('sums')").unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut writer = db.connect();
+    for round in 0..60 {
+        writer
+            .batch_execute(&format!(
+                "UPDATE t SET v = v + 1, g = (g + {round}) % 5 WHERE id % 9 = {m}; \
+                 INSERT INTO t VALUES ({id}, {round} % 5, {round}); DELETE FROM t WHERE id = {del}",
+                m = round % 9,
+                id = 1000 + round,
+                del = 1 + round * 3
+            ))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let manual_refreshes = manual.join().unwrap();
+    assert!(manual_refreshes > 0);
+    wait_until(&mut db.client, &equal("sums", "g, s, n", "SELECT g, sum(v) AS s, count(*) AS n FROM t GROUP BY g"), "sums to settle");
+    assert_st_matches_query(&mut db.client, "sums", "SELECT g, sum(v) AS s, count(*) AS n FROM t GROUP BY g");
+    let by_kind: Vec<(String, i64)> = db
+        .client
+        .query("SELECT initiated_by, count(*) FROM pgtrickle.pgt_refresh_history GROUP BY 1 ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(by_kind.iter().any(|(k, n)| k == "SCHEDULER" && *n > 0), "{by_kind:?}");
+    assert!(by_kind.iter().any(|(k, n)| k == "MANUAL" && *n > 0), "{by_kind:?}");
+}
