@@ -32,6 +32,11 @@ pub static SCHEDULER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000)
 /// that may fail in a row before it is suspended (0: never suspend).
 pub static MAX_CONSECUTIVE_ERRORS: GucSetting<i32> = GucSetting::<i32>::new(3);
 
+/// `pg_trickle.auto_backoff`: a stream table whose refreshes take longer than its
+/// interval is refreshed less often (the interval doubles, up to 16 times) until
+/// a refresh fits in its interval again.
+pub static AUTO_BACKOFF: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Registers every `pg_trickle.*` parameter. Called once from `_PG_init`.
 pub fn register() {
     GucRegistry::define_float_guc(
@@ -89,6 +94,14 @@ pub fn register() {
         &MAX_CONSECUTIVE_ERRORS,
         0,
         1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_trickle.auto_backoff",
+        c"Refreshes a stream table less often while its refreshes take longer than its schedule's interval.",
+        c"The interval doubles after each refresh longer than it, up to 16 times, and is restored by a refresh that fits.",
+        &AUTO_BACKOFF,
         GucContext::Sighup,
         GucFlags::default(),
     );

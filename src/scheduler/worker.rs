@@ -15,7 +15,10 @@
 //!    the stream table is SUSPENDED (WARNING) until
 //!    `alter_stream_table(..., status => 'ACTIVE')`.
 //!
-//! When a stream table was last checked is kept in memory: a stream table is
+//! With `pg_trickle.auto_backoff`, a stream table whose refresh took longer than
+//! its interval is due after twice the interval, and so on up to 16 times
+//! ([`pgt_core::schedule::backoff_factor`]); a refresh that fits its interval
+//! restores it. When a stream table was last checked is kept in memory: a stream table is
 //! first checked one interval after the worker first sees it (after a restart of
 //! the worker, one interval after the restart).
 
@@ -46,7 +49,7 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
         pgrx::log!("pg_trickle scheduler: no free registry slot for this database");
         return;
     }
-    let mut scheduler = Scheduler { last_checked: BTreeMap::new() };
+    let mut scheduler = Scheduler { last_checked: BTreeMap::new(), backoff: BTreeMap::new() };
     loop {
         if registry::stop_requested(dboid) {
             break;
@@ -95,6 +98,8 @@ struct Entry {
 
 struct Scheduler {
     last_checked: BTreeMap<i64, SystemTime>,
+    /// `pg_trickle.auto_backoff` factors of stream tables running behind.
+    backoff: BTreeMap<i64, u32>,
 }
 
 impl Scheduler {
@@ -125,6 +130,7 @@ impl Scheduler {
         let mut next_due = now + Duration::from_secs(3600);
         let known: BTreeSet<i64> = entries.iter().map(|e| e.pgt_id).collect();
         self.last_checked.retain(|id, _| known.contains(id));
+        self.backoff.retain(|id, _| known.contains(id));
         for relid in order {
             let Some(entry) = by_relid.get(&relid) else { continue };
             if !entry.active {
@@ -132,15 +138,32 @@ impl Scheduler {
             }
             let calculated = intervals.get(&relid).copied().unwrap_or(default);
             let last = *self.last_checked.entry(entry.pgt_id).or_insert(now);
-            let due = entry.schedule.next_due(Some(last), calculated);
+            let factor = if guc::AUTO_BACKOFF.get() { self.backoff.get(&entry.pgt_id).copied().unwrap_or(1) } else { 1 };
+            let due = entry.schedule.next_due_backed_off(Some(last), calculated, factor);
             if due > SystemTime::now() {
                 next_due = next_due.min(due);
                 continue;
             }
             let checked_at = SystemTime::now();
             refresh(entry);
+            let took = checked_at.elapsed().unwrap_or_default();
+            let interval = entry.schedule.next_due(Some(checked_at), calculated).duration_since(checked_at).unwrap_or_default();
+            let factor = pgt_core::schedule::backoff_factor(factor, took, interval);
+            if factor > 1 && matches!(entry.schedule, Schedule::Every(_) | Schedule::Calculated) {
+                if self.backoff.get(&entry.pgt_id).copied().unwrap_or(1) < factor {
+                    pgrx::log!(
+                        "pg_trickle: refreshing {} took {} ms, longer than its interval: backing off to every {} ms",
+                        entry.name,
+                        took.as_millis(),
+                        (interval * factor).as_millis()
+                    );
+                }
+                self.backoff.insert(entry.pgt_id, factor);
+            } else {
+                self.backoff.remove(&entry.pgt_id);
+            }
             self.last_checked.insert(entry.pgt_id, checked_at);
-            next_due = next_due.min(entry.schedule.next_due(Some(checked_at), calculated));
+            next_due = next_due.min(entry.schedule.next_due_backed_off(Some(checked_at), calculated, self.backoff.get(&entry.pgt_id).copied().unwrap_or(1)));
         }
         Cycle::NextDue(next_due)
     }

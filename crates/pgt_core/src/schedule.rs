@@ -153,6 +153,38 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// [`Schedule::next_due`] with the interval of a duration or `calculated`
+    /// schedule multiplied by `factor` ([`backoff_factor`]); cron schedules keep
+    /// their instants.
+    pub fn next_due_backed_off(&self, last: Option<SystemTime>, calculated: Duration, factor: u32) -> SystemTime {
+        let due = self.next_due(last, calculated);
+        match (self, last) {
+            (Schedule::Cron(_), _) | (_, None) => due,
+            (_, Some(last)) => last + due.duration_since(last).unwrap_or_default() * factor.max(1),
+        }
+    }
+}
+
+/// The longest back-off: a stream table that keeps running behind is refreshed
+/// at most this many intervals apart.
+pub const MAX_BACKOFF: u32 = 16;
+
+/// `pg_trickle.auto_backoff`: the factor applied to a stream table's interval
+/// after a refresh that took `took`. A refresh longer than the (backed-off)
+/// interval doubles the factor, up to [`MAX_BACKOFF`]; one that fits in the
+/// plain interval resets it to 1; otherwise it stays.
+pub fn backoff_factor(previous: u32, took: Duration, interval: Duration) -> u32 {
+    let previous = previous.max(1);
+    if took > interval * previous {
+        (previous * 2).min(MAX_BACKOFF)
+    } else if took <= interval {
+        1
+    } else {
+        previous
+    }
+}
+
 /// The first instant of cron expression `expr` strictly after `t`, in UTC.
 fn cron_after(expr: &str, t: SystemTime) -> Option<SystemTime> {
     let cron = croner::Cron::new(expr).with_seconds_optional().parse().ok()?;
@@ -210,6 +242,22 @@ mod tests {
         assert_eq!(Schedule::Cron("@hourly".into()).interval(t), Some(Duration::from_secs(3600)));
         assert_eq!(Schedule::Every(Duration::from_secs(7)).interval(t), Some(Duration::from_secs(7)));
         assert_eq!(Schedule::Calculated.interval(t), None);
+    }
+
+    #[test]
+    fn back_off_doubles_while_behind_and_resets_on_time() {
+        let second = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(backoff_factor(1, ms(1500), second), 2);
+        assert_eq!(backoff_factor(2, ms(2500), second), 4);
+        assert_eq!(backoff_factor(4, ms(1500), second), 4, "behind the plain interval, within the backed-off one");
+        assert_eq!(backoff_factor(16, ms(60_000), second), MAX_BACKOFF);
+        assert_eq!(backoff_factor(8, ms(900), second), 1);
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let every = Schedule::Every(Duration::from_secs(10));
+        assert_eq!(every.next_due_backed_off(Some(t), second, 4), t + Duration::from_secs(40));
+        let cron = Schedule::Cron("*/10 * * * * *".into());
+        assert_eq!(cron.next_due_backed_off(Some(t), second, 4), cron.next_due(Some(t), second), "cron keeps its instants");
     }
 
     #[test]

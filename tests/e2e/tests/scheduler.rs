@@ -343,3 +343,30 @@ fn manual_and_scheduled_refreshes_of_one_stream_table_never_apply_a_change_twice
     assert!(by_kind.iter().any(|(k, n)| k == "SCHEDULER" && *n > 0), "{by_kind:?}");
     assert!(by_kind.iter().any(|(k, n)| k == "MANUAL" && *n > 0), "{by_kind:?}");
 }
+
+#[test]
+fn a_stream_table_running_behind_backs_off() {
+    let mut db = TestDb::new("sched_backoff");
+    // Each refresh takes 2.5 s against a 1 s schedule. Back-to-back refreshes
+    // would start every 2.5 s; backed off (factor 4 once a refresh outlasts two
+    // intervals), they start 4 s apart.
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);
+         CREATE FUNCTION slow() RETURNS int LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(2.5); RETURN 1; END $$;
+         SELECT pgtrickle.create_stream_table('sluggish', 'SELECT id FROM t WHERE public.slow() = 1', schedule => '1s');",
+    );
+    let scheduled = "SELECT count(*) >= 4 FROM pgtrickle.pgt_refresh_history WHERE initiated_by = 'SCHEDULER'";
+    wait_until(&mut db.client, scheduled, "four scheduled refreshes");
+    let gaps: Vec<f64> = db
+        .client
+        .query(
+            "SELECT extract(epoch FROM start_time - lag(start_time) OVER (ORDER BY start_time))::float8 \
+             FROM pgtrickle.pgt_refresh_history WHERE initiated_by = 'SCHEDULER' ORDER BY start_time",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.get::<_, Option<f64>>(0))
+        .collect();
+    assert!(gaps.iter().any(|g| *g >= 3.5), "refreshes were not spaced out: gaps {gaps:?} s");
+}
