@@ -80,16 +80,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     let Some(merge) = plan.merge_sql(&st.name.to_sql(), &frontier, &changed) else {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
     };
-    let counts = snapshot
-        .query_text(&format!(
-            "WITH __pgt_m AS ({merge}) \
-             SELECT (count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')))::text || ',' || \
-                    (count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')))::text FROM __pgt_m"
-        ))?
-        .unwrap_or_default();
-    let mut parts = counts.split(',').map(|p| p.parse::<u64>().unwrap_or(0));
-    let inserted = parts.next().unwrap_or(0);
-    let deleted = parts.next().unwrap_or(0);
+    let (inserted, deleted) = super::merge_counts(&merge, snapshot)?;
     Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false })
 }
 

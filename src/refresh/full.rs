@@ -1,23 +1,27 @@
-//! FULL refresh: recompute the defining query and replace the storage contents.
-//!
-//! Both statements run in the refresh's registered snapshot (see
-//! [`crate::spi::StatementSnapshot`]), as the stream table's owner inside a
-//! security-restricted operation:
+//! FULL refresh: recompute the defining query and make the storage contents equal
+//! to it, writing only the rows that differ (`pgt_delta::replace`):
 //!
 //! ```sql
-//! DELETE FROM st;
-//! INSERT INTO st (c1, ..., cn, __pgt_row_id) SELECT ... FROM (<defining query>) q;
+//! MERGE INTO st t USING (<result with row identities>) s ON t.__pgt_row_id = s.__pgt_row_id
+//! WHEN MATCHED AND <the row changed> THEN UPDATE ...
+//! WHEN NOT MATCHED BY TARGET THEN INSERT ...
+//! WHEN NOT MATCHED BY SOURCE THEN DELETE
 //! ```
 //!
-//! DELETE + INSERT rather than TRUNCATE or a relfilenode swap: under MVCC,
-//! concurrent readers keep seeing the old rows until the refreshing transaction
-//! commits, and are never blocked (TRUNCATE would take an ACCESS EXCLUSIVE lock and
-//! show an empty table to REPEATABLE READ readers).
+//! It runs in the refresh's registered snapshot (see
+//! [`crate::spi::StatementSnapshot`]), as the stream table's owner inside a
+//! security-restricted operation. Under MVCC, concurrent readers keep seeing the
+//! old rows until the refreshing transaction commits, and are never blocked
+//! (TRUNCATE would take an ACCESS EXCLUSIVE lock and show an empty table to
+//! REPEATABLE READ readers). Writing only differences keeps a stream table that
+//! reads this one differential: its change buffer receives what changed, not the
+//! whole table deleted and inserted.
 //!
-//! A stream table refreshed in FULL mode numbers its rows (`row_number()`): unique,
-//! which is all FULL needs. One with a DIFFERENTIAL plan is recomputed by the
-//! plan's own full query ([`refresh_full_with_plan`]), so row identities and the
-//! hidden aggregate state are exactly what the differential engine maintains.
+//! A stream table refreshed in FULL mode identifies its rows by content and copy
+//! number (`pgt_delta::replace::content_row_id`), so a row that stays keeps its
+//! identity. One with a DIFFERENTIAL plan is recomputed by the plan's own full
+//! query ([`refresh_full_with_plan`]), so row identities and the hidden aggregate
+//! state are exactly what the differential engine maintains.
 
 use super::Applied;
 use crate::catalog::{Frontier, StreamTable};
@@ -25,37 +29,29 @@ use crate::error::{PgtError, PgtResult};
 use crate::spi::StatementSnapshot;
 use crate::storage::{self, ROW_ID_COLUMN};
 use pgrx::pg_sys;
-use pgt_core::ident::quote_ident;
 use pgt_delta::Plan;
 
-/// Recomputes `st` from its defining query, numbering rows. The caller holds the
-/// locks and runs this as the owner.
+/// Recomputes `st` from its defining query. The caller holds the locks and runs
+/// this as the owner.
 pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
-    let columns: Vec<String> = storage::visible_columns(st.relid)?.into_iter().map(|c| quote_ident(&c.name)).collect();
-    let column_list = columns.join(", ");
-    let table = st.name.to_sql();
-    let deleted = snapshot.exec(&format!("DELETE FROM {table}"))?;
-    let inserted = snapshot.exec(&format!(
-        "INSERT INTO {table} ({column_list}, {row_id}) \
-         SELECT {column_list}, pg_catalog.row_number() OVER () FROM ({query}) __pgt_q",
-        row_id = quote_ident(ROW_ID_COLUMN),
-        query = st.defining_query,
-    ))?;
-    Ok(Applied { action: "FULL", inserted, deleted, unchanged: false })
+    let visible: Vec<String> = storage::visible_columns(st.relid)?.into_iter().map(|c| c.name).collect();
+    let source = pgt_delta::replace::content_row_id(&st.defining_query, &visible);
+    let mut columns = visible;
+    columns.push(ROW_ID_COLUMN.to_string());
+    apply(st, &columns, &source, snapshot)
 }
 
 /// Recomputes `st` with the full query of its DIFFERENTIAL plan.
 pub fn refresh_full_with_plan(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
-    let table = st.name.to_sql();
-    let columns: Vec<String> = plan.stored_columns().iter().map(|c| quote_ident(c)).collect();
-    let deleted = snapshot.exec(&format!("DELETE FROM {table}"))?;
-    // In row-id order, so the unique index on __pgt_row_id grows at its end
-    // instead of at a random place per row.
-    let inserted = snapshot.exec(&format!(
-        "INSERT INTO {table} ({}) SELECT * FROM ({}) f ORDER BY f.__pgt_row_id",
-        columns.join(", "),
-        plan.full_sql()
-    ))?;
+    apply(st, &plan.stored_columns(), &plan.full_sql(), snapshot)
+}
+
+/// Makes the contents of `st` equal to `source` (a query returning `columns`),
+/// and counts the rows written as inserted (insert, update) and deleted
+/// (delete, update).
+fn apply(st: &StreamTable, columns: &[String], source: &str, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
+    let merge = pgt_delta::replace::replace_sql(&st.name.to_sql(), columns, source);
+    let (inserted, deleted) = super::merge_counts(&merge, snapshot)?;
     Ok(Applied { action: "FULL", inserted, deleted, unchanged: false })
 }
 

@@ -117,3 +117,17 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
     }
     Ok(outcome)
 }
+
+/// Runs `merge` (a MERGE ... RETURNING merge_action()) in `snapshot` and counts
+/// the rows it wrote: (inserted or updated, deleted or updated).
+fn merge_counts(merge: &str, snapshot: &StatementSnapshot) -> PgtResult<(u64, u64)> {
+    let counts = snapshot
+        .query_text(&format!(
+            "WITH __pgt_m AS ({merge}) \
+             SELECT (count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')))::text || ',' || \
+                    (count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')))::text FROM __pgt_m"
+        ))?
+        .unwrap_or_default();
+    let mut parts = counts.split(',').map(|p| p.parse::<u64>().unwrap_or(0));
+    Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
+}

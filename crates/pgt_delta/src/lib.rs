@@ -20,7 +20,8 @@
 //! - [`aggregate`]: GROUP BY with COUNT / SUM / AVG maintained algebraically, MIN /
 //!   MAX merged and rescanned only when an extremum leaves, FILTER and HAVING;
 //!   DISTINCT and UNION as grouping with a multiplicity count;
-//! - [`rows`]: applying a block's delta to a stream table keyed by row identity.
+//! - [`rows`]: applying a block's delta to a stream table keyed by row identity;
+//! - [`replace`]: applying a full recomputation, writing only the rows that differ.
 //!
 //! [`model`] re-states the rules over in-memory Z-sets; its property tests check
 //! the identities on random data.
@@ -32,6 +33,7 @@ pub mod aggregate;
 pub mod join;
 pub mod model;
 pub mod plan;
+pub mod replace;
 pub mod rows;
 pub mod scan;
 mod sql;

@@ -1,0 +1,81 @@
+//! Replacing a stream table's contents by a full recomputation, writing only
+//! what differs.
+//!
+//! A FULL refresh used to delete every row and insert the new result. Besides
+//! writing the whole table twice, that made every FULL refresh look like a total
+//! change to whatever captures the stream table's changes — a stream table
+//! reading it would see all its rows deleted and inserted, and recompute in turn.
+//! Instead, one MERGE matches the stored rows with the new result by row identity
+//! (`__pgt_row_id`): identities gone are deleted, new ones inserted, and a row
+//! whose other stored columns changed is updated; identical rows are not touched.
+//! The new result's identities must be unique and deterministic — the plan's
+//! row identities for a DIFFERENTIAL stream table, and content plus copy number
+//! ([`content_row_id`]) for one refreshed in FULL mode.
+
+use crate::sql::{qualified, quoted};
+use pgt_core::ident::quote_ident;
+
+/// The MERGE that makes `table` (quoted) hold exactly the rows of `source`, a
+/// query returning `columns` — the stored columns, `__pgt_row_id` among them.
+/// Returns one row per row written (`RETURNING merge_action()`).
+///
+/// "Changed" compares the rows' text (`ROW(...)::text`): a value rewritten in
+/// another spelling (1.0 → 1.00) is written, as the stream table's contents do
+/// change.
+pub fn replace_sql(table: &str, columns: &[String], source: &str) -> String {
+    let data: Vec<String> = columns.iter().filter(|c| c.as_str() != "__pgt_row_id").cloned().collect();
+    let text = |alias: &str| format!("ROW({})::text", qualified(alias, &data));
+    let set = data.iter().map(|c| format!("{q} = s.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let update = if data.is_empty() {
+        String::new()
+    } else {
+        format!("WHEN MATCHED AND {} IS DISTINCT FROM {} THEN UPDATE SET {set} ", text("t"), text("s"))
+    };
+    format!(
+        "MERGE INTO {table} t USING ({source}) s ON t.__pgt_row_id = s.__pgt_row_id \
+         {update}WHEN NOT MATCHED BY TARGET THEN INSERT ({cols}) VALUES ({values}) \
+         WHEN NOT MATCHED BY SOURCE THEN DELETE RETURNING merge_action()",
+        cols = quoted(columns),
+        values = qualified("s", columns),
+    )
+}
+
+/// The rows of `query` (whose output columns are `columns`) with a row identity
+/// made of their content and copy number: `hash(ROW(text of the row, n))`,
+/// where the `n`-th copy of a row gets `n`. Deterministic, so a row that stays
+/// keeps its identity from one recomputation to the next.
+pub fn content_row_id(query: &str, columns: &[String]) -> String {
+    let content = format!("ROW({})::text", qualified("q", columns));
+    format!(
+        "SELECT {cols}{sep}{hash} AS __pgt_row_id FROM ({query}) q",
+        cols = qualified("q", columns),
+        sep = if columns.is_empty() { "" } else { ", " },
+        hash = crate::sql::record_hash(&format!("{content}, pg_catalog.row_number() OVER (PARTITION BY {content})")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_writes_only_differences() {
+        let cols = vec!["a".to_string(), "b".to_string(), "__pgt_row_id".to_string()];
+        let m = replace_sql("\"public\".\"st\"", &cols, "SELECT 1");
+        assert!(m.starts_with("MERGE INTO \"public\".\"st\" t USING (SELECT 1) s ON t.__pgt_row_id = s.__pgt_row_id"));
+        assert!(m.contains("WHEN MATCHED AND ROW(t.\"a\", t.\"b\")::text IS DISTINCT FROM ROW(s.\"a\", s.\"b\")::text THEN UPDATE SET \"a\" = s.\"a\", \"b\" = s.\"b\""));
+        assert!(m.contains("WHEN NOT MATCHED BY TARGET THEN INSERT (\"a\", \"b\", \"__pgt_row_id\") VALUES (s.\"a\", s.\"b\", s.\"__pgt_row_id\")"));
+        assert!(m.ends_with("WHEN NOT MATCHED BY SOURCE THEN DELETE RETURNING merge_action()"));
+        // Identical rows match and meet no WHEN clause: nothing is written for them.
+        assert!(!m.contains("WHEN MATCHED THEN"));
+    }
+
+    #[test]
+    fn content_identity_numbers_copies() {
+        let q = content_row_id("SELECT x FROM t", &["x".to_string()]);
+        assert_eq!(
+            q,
+            "SELECT q.\"x\", pg_catalog.hash_record_extended(ROW(ROW(q.\"x\")::text, pg_catalog.row_number() OVER (PARTITION BY ROW(q.\"x\")::text)), 0) AS __pgt_row_id FROM (SELECT x FROM t) q"
+        );
+    }
+}
