@@ -114,10 +114,7 @@ pub fn request_worker() {
         return;
     }
     unsafe {
-        if !CALLBACK_REGISTERED {
-            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
-            CALLBACK_REGISTERED = true;
-        }
+        ensure_transaction_callback();
         WORKER_REQUESTED = true;
     }
 }
@@ -131,11 +128,16 @@ pub fn wake_at_commit() {
         return;
     }
     unsafe {
-        if !CALLBACK_REGISTERED {
-            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
-            CALLBACK_REGISTERED = true;
-        }
+        ensure_transaction_callback();
         WAKE_REQUESTED = true;
+    }
+}
+
+/// Registers [`at_transaction_end`] once per backend.
+unsafe fn ensure_transaction_callback() {
+    if !CALLBACK_REGISTERED {
+        pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+        CALLBACK_REGISTERED = true;
     }
 }
 

@@ -120,18 +120,7 @@ pub unsafe fn has_whole_row_reference(q: *mut pg_sys::Query) -> bool {
 /// Whether the join tree under `node` has a NATURAL join (whose re-parse over the
 /// placeholders would also join on the weight columns).
 pub unsafe fn has_natural_join(node: *mut pg_sys::Node) -> bool {
-    if node.is_null() {
-        return false;
-    }
-    if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
-        let from = node as *mut pg_sys::FromExpr;
-        return PgList::<pg_sys::Node>::from_pg((*from).fromlist).iter_ptr().any(|n| has_natural_join(n));
-    }
-    if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
-        let j = node as *mut pg_sys::JoinExpr;
-        return (*j).isNatural || has_natural_join((*j).larg) || has_natural_join((*j).rarg);
-    }
-    false
+    joins_in(node).iter().any(|j| (**j).isNatural)
 }
 
 /// What the input template outputs besides the inputs' weights.
@@ -200,41 +189,52 @@ pub unsafe fn prepare(q: *mut pg_sys::Query) -> PgtResult<Result<Prepared, Unsup
     Ok(Ok(Prepared { copy, inputs, weights, keys, outer_joins }))
 }
 
-/// The LEFT / RIGHT joins in the jointree under `node`, outermost first.
-unsafe fn collect_outer_joins(node: *mut pg_sys::Node, out: &mut Vec<*mut pg_sys::JoinExpr>) {
+/// Calls `visit` on every node of jointree `node` (FromExpr, JoinExpr,
+/// RangeTblRef), depth first: a join before its two sides.
+unsafe fn walk_jointree(node: *mut pg_sys::Node, visit: &mut dyn FnMut(*mut pg_sys::Node)) {
     if node.is_null() {
         return;
     }
+    visit(node);
     if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
         for item in PgList::<pg_sys::Node>::from_pg((*(node as *mut pg_sys::FromExpr)).fromlist).iter_ptr() {
-            collect_outer_joins(item, out);
+            walk_jointree(item, visit);
         }
     } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
         let j = node as *mut pg_sys::JoinExpr;
-        if matches!((*j).jointype, pg_sys::JoinType::JOIN_LEFT | pg_sys::JoinType::JOIN_RIGHT) {
-            out.push(j);
-        }
-        collect_outer_joins((*j).larg, out);
-        collect_outer_joins((*j).rarg, out);
+        walk_jointree((*j).larg, visit);
+        walk_jointree((*j).rarg, visit);
     }
 }
 
-/// The range-table indexes of the FROM items (not joins) under jointree `node`.
-unsafe fn items_under(node: *mut pg_sys::Node, out: &mut Vec<i32>) {
-    if node.is_null() {
-        return;
-    }
-    if pgrx::is_a(node, pg_sys::NodeTag::T_RangeTblRef) {
-        out.push((*(node as *mut pg_sys::RangeTblRef)).rtindex);
-    } else if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
-        for item in PgList::<pg_sys::Node>::from_pg((*(node as *mut pg_sys::FromExpr)).fromlist).iter_ptr() {
-            items_under(item, out);
+/// The JoinExprs under jointree `node` (itself included), outermost first.
+unsafe fn joins_in(node: *mut pg_sys::Node) -> Vec<*mut pg_sys::JoinExpr> {
+    let mut out = Vec::new();
+    walk_jointree(node, &mut |n| {
+        if pgrx::is_a(n, pg_sys::NodeTag::T_JoinExpr) {
+            out.push(n as *mut pg_sys::JoinExpr);
         }
-    } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
-        let j = node as *mut pg_sys::JoinExpr;
-        items_under((*j).larg, out);
-        items_under((*j).rarg, out);
-    }
+    });
+    out
+}
+
+/// The range-table indexes of the FROM items (not joins) under jointree `node`.
+unsafe fn items_under(node: *mut pg_sys::Node) -> Vec<i32> {
+    let mut out = Vec::new();
+    walk_jointree(node, &mut |n| {
+        if pgrx::is_a(n, pg_sys::NodeTag::T_RangeTblRef) {
+            out.push((*(n as *mut pg_sys::RangeTblRef)).rtindex);
+        }
+    });
+    out
+}
+
+/// The inputs read under jointree `node` (of the top level).
+unsafe fn inputs_under(node: *mut pg_sys::Node, surfaced: &[Surfaced]) -> Vec<usize> {
+    items_under(node)
+        .into_iter()
+        .flat_map(|rtindex| surfaced.iter().filter(move |s| s.rtindex == rtindex).map(|s| s.index))
+        .collect()
 }
 
 /// `ROW(x.*, y.*, …)::text` over the FROM items under jointree node `preserved`
@@ -242,8 +242,7 @@ unsafe fn items_under(node: *mut pg_sys::Node, out: &mut Vec<i32>) {
 /// the outer-join rule groups by (`pgt_delta::join`). Text identifies a row
 /// image exactly within one statement, whatever its column types.
 unsafe fn preserved_content(q: *mut pg_sys::Query, preserved: *mut pg_sys::Node) -> PgtResult<*mut pg_sys::Node> {
-    let mut items = Vec::new();
-    items_under(preserved, &mut items);
+    let items = items_under(preserved);
     let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
     let mut args: *mut pg_sys::List = std::ptr::null_mut();
     for rtindex in items {
@@ -267,50 +266,16 @@ unsafe fn preserved_content(q: *mut pg_sys::Query, preserved: *mut pg_sys::Node)
     Ok(text as *mut pg_sys::Node)
 }
 
-/// The range-table indexes of the joins in jointree `node`, itself included.
-unsafe fn joins_under(node: *mut pg_sys::Node, out: &mut Vec<i32>) {
-    if node.is_null() {
-        return;
-    }
-    if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
-        for item in PgList::<pg_sys::Node>::from_pg((*(node as *mut pg_sys::FromExpr)).fromlist).iter_ptr() {
-            joins_under(item, out);
-        }
-    } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
-        let j = node as *mut pg_sys::JoinExpr;
-        out.push((*j).rtindex);
-        joins_under((*j).larg, out);
-        joins_under((*j).rarg, out);
-    }
-}
-
-/// The inputs read under jointree `node` (of the top level).
-unsafe fn inputs_under(node: *mut pg_sys::Node, surfaced: &[Surfaced], out: &mut Vec<usize>) {
-    if node.is_null() {
-        return;
-    }
-    if pgrx::is_a(node, pg_sys::NodeTag::T_RangeTblRef) {
-        let rtindex = (*(node as *mut pg_sys::RangeTblRef)).rtindex;
-        out.extend(surfaced.iter().filter(|s| s.rtindex == rtindex).map(|s| s.index));
-    } else if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
-        for item in PgList::<pg_sys::Node>::from_pg((*(node as *mut pg_sys::FromExpr)).fromlist).iter_ptr() {
-            inputs_under(item, surfaced, out);
-        }
-    } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
-        let j = node as *mut pg_sys::JoinExpr;
-        inputs_under((*j).larg, surfaced, out);
-        inputs_under((*j).rarg, surfaced, out);
-    }
-}
-
 /// The top level's outer joins, each with its nullable input. The nullable side
 /// must be one base relation with a key (its old state is bound as a set, by
 /// key), and its join condition gains `AND <its weight> <> 0`, so that a row
 /// the old state lacks (weight 0, see `pgt_delta::scan::old_present_sql`) is
 /// no match.
 unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[Input]) -> PgtResult<Result<Vec<OuterJoin>, Unsupported>> {
-    let mut joins = Vec::new();
-    collect_outer_joins((*q).jointree as *mut pg_sys::Node, &mut joins);
+    let joins: Vec<*mut pg_sys::JoinExpr> = joins_in((*q).jointree as *mut pg_sys::Node)
+        .into_iter()
+        .filter(|j| matches!((**j).jointype, pg_sys::JoinType::JOIN_LEFT | pg_sys::JoinType::JOIN_RIGHT))
+        .collect();
     if joins.is_empty() {
         return Ok(Ok(Vec::new()));
     }
@@ -340,8 +305,7 @@ unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[In
                 relation.table_sql
             ))));
         }
-        let mut preserved = Vec::new();
-        inputs_under(preserved_node, surfaced, &mut preserved);
+        let preserved = inputs_under(preserved_node, surfaced);
         let nonzero = pg_sys::make_opclause(
             int8_not_equal()?,
             pg_sys::BOOLOID,
@@ -565,8 +529,7 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
         // The deparser names the columns of every join in the range table from
         // the join's place in the jointree; joins above `j` are no longer in it,
         // so they are hidden as plain entries meanwhile.
-        let mut inside = Vec::new();
-        joins_under(j as *mut pg_sys::Node, &mut inside);
+        let inside: Vec<i32> = joins_in(j as *mut pg_sys::Node).iter().map(|inner| (**inner).rtindex).collect();
         let hidden: Vec<*mut pg_sys::RangeTblEntry> = PgList::<pg_sys::RangeTblEntry>::from_pg((*copy).rtable)
             .iter_ptr()
             .enumerate()
