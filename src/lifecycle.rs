@@ -120,6 +120,7 @@ pub fn validate_schedule(text: &str) -> PgtResult<Schedule> {
             ScheduleError::BelowFloor { .. } => {
                 err.hint("Use a longer schedule, or lower pg_trickle.min_schedule_seconds.")
             }
+            ScheduleError::TooLong { .. } => err.hint("Use a cron expression for rarer refreshes, e.g. '0 0 1 1 *' (yearly)."),
         }
     })
 }

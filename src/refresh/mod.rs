@@ -97,17 +97,22 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
         rows_deleted: applied.deleted as i64,
         frontier,
     };
-    catalog::insert_refresh_history(&RefreshRecord {
-        pgt_id,
-        start_time,
-        action: outcome.action,
-        rows_inserted: outcome.rows_inserted,
-        rows_deleted: outcome.rows_deleted,
-        status: "SUCCESS",
-        error_message: None,
-        initiated_by,
-        frontier: Some(outcome.frontier.snapshot.clone()),
-    })?;
+    // A scheduled FULL refresh that changed nothing (a '0s' schedule polling a
+    // FULL stream table) advances the frontier but adds no history row.
+    let wrote_nothing = outcome.rows_inserted == 0 && outcome.rows_deleted == 0;
+    if !(initiated_by == InitiatedBy::Scheduler && outcome.action == "FULL" && wrote_nothing) {
+        catalog::insert_refresh_history(&RefreshRecord {
+            pgt_id,
+            start_time,
+            action: outcome.action,
+            rows_inserted: outcome.rows_inserted,
+            rows_deleted: outcome.rows_deleted,
+            status: "SUCCESS",
+            error_message: None,
+            initiated_by,
+            frontier: Some(outcome.frontier.snapshot.clone()),
+        })?;
+    }
     if !applied.unchanged {
         for dep in catalog::dependencies(pgt_id)? {
             if dep.kind != SourceKind::View.as_str() {

@@ -5,7 +5,9 @@
 //! not tried again there for a while ([`NO_EXTENSION_RETRY`]).
 
 use super::registry;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::collections::BTreeMap;
@@ -47,7 +49,9 @@ pub extern "C-unwind" fn pg_trickle_launcher_main(_arg: pg_sys::Datum) {
         }
         let databases = unsafe { databases() };
         registry::forget_other_databases(&databases.iter().map(|(oid, _)| *oid).collect::<Vec<_>>());
-        workers.retain(|_, w| w.pid().is_ok());
+        // Keep a handle until its worker has stopped (one that has not started
+        // yet must not be started twice).
+        workers.retain(|_, w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)));
         for (dboid, name) in &databases {
             if workers.contains_key(dboid) || !registry::may_start(*dboid) {
                 continue;

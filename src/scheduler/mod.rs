@@ -88,18 +88,24 @@ unsafe fn database_needed_alone(stmt: *mut pg_sys::Node) -> Option<String> {
     }
     if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreatedbStmt) {
         let c = stmt as *mut pg_sys::CreatedbStmt;
-        return option((*c).options, "template").and_then(|d| text(pg_sys::defGetString(d)));
+        // `TEMPLATE DEFAULT` has no argument.
+        return option((*c).options, "template").filter(|d| !(**d).arg.is_null()).and_then(|d| text(pg_sys::defGetString(d)));
     }
     None
 }
 
 /// Stops the scheduler worker of database `name`, if one runs, and keeps the
 /// launcher from starting another for a while (PostgreSQL itself waits up to 5
-/// seconds for other connections to leave).
+/// seconds for other connections to leave). Only for the database's owner (or a
+/// superuser): the statement will fail for anyone else, and must not stop the
+/// scheduler on the way.
 fn vacate_database(name: &str) {
     let Ok(cname) = std::ffi::CString::new(name) else { return };
     let dboid = unsafe { pg_sys::get_database_oid(cname.as_ptr(), true) };
     if dboid == pg_sys::InvalidOid {
+        return;
+    }
+    if !unsafe { pg_sys::object_ownercheck(pg_sys::DatabaseRelationId, dboid, pg_sys::GetUserId()) } {
         return;
     }
     registry::stop_worker(dboid.to_u32(), Duration::from_secs(15), Duration::from_secs(5));
@@ -160,7 +166,11 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             WORKER_REQUESTED = false;
             WAKE_REQUESTED = false;
         }
-        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+        pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+        // A prepared transaction commits later, elsewhere: its changes are seen
+        // at the next poll.
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             WORKER_REQUESTED = false;
             WAKE_REQUESTED = false;
         }

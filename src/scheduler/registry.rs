@@ -87,11 +87,16 @@ fn slot_for(registry: &mut Registry, dboid: u32) -> Option<usize> {
     })
 }
 
-/// Records the running worker of `dboid` (the calling process).
+/// Records the running worker of `dboid` (the calling process). Refused
+/// (false) when no slot is free, when another worker runs there, or while a
+/// statement that needs the database alone keeps workers away.
 pub fn register_worker(dboid: u32) -> bool {
     let mut r = REGISTRY.exclusive();
     let Some(i) = slot_for(&mut r, dboid) else { return false };
     let slot = &mut r.slots[i];
+    if slot.pid != 0 || slot.stop_requested || slot.retry_after_ms > now_ms() {
+        return false;
+    }
     unsafe {
         slot.pid = pg_sys::MyProcPid;
         slot.latch = &raw mut (*pg_sys::MyProc).procLatch as usize;
@@ -109,6 +114,7 @@ pub fn unregister_worker(dboid: u32, retry_after: Duration) {
     if unsafe { slot.pid == pg_sys::MyProcPid } {
         slot.pid = 0;
         slot.latch = 0;
+        slot.stop_requested = false;
     }
     slot.retry_after_ms = slot.retry_after_ms.max(now_ms() + retry_after.as_millis() as i64);
 }
@@ -146,11 +152,14 @@ pub fn may_start(dboid: u32) -> bool {
     }
 }
 
-/// Drops the slots of databases not in `existing`.
+/// Frees the slots no worker uses: of databases not in `existing`, and of
+/// those whose pause is over (a database without pg_trickle takes a slot again
+/// at its next probe), so that slots are not used up by databases probed once.
 pub fn forget_other_databases(existing: &[u32]) {
     let mut r = REGISTRY.exclusive();
+    let now = now_ms();
     for slot in r.slots.iter_mut() {
-        if slot.dboid != 0 && slot.pid == 0 && !existing.contains(&slot.dboid) {
+        if slot.dboid != 0 && slot.pid == 0 && !slot.stop_requested && (!existing.contains(&slot.dboid) || slot.retry_after_ms <= now) {
             *slot = Slot::default();
         }
     }
@@ -182,7 +191,16 @@ pub fn stop_worker(dboid: u32, pause: Duration, wait: Duration) -> bool {
                 return true;
             }
         }
-        unsafe { pg_sys::pg_usleep(10_000) };
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                10,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+            pg_sys::check_for_interrupts!();
+        }
     }
     false
 }

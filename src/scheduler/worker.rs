@@ -35,21 +35,31 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 /// The worker's main loop (started by the launcher with the database OID).
+///
+/// SIGTERM (shutdown, `pg_terminate_backend`, `DROP DATABASE ... WITH (FORCE)`)
+/// uses PostgreSQL's own handler: a refresh in progress is aborted at its next
+/// interrupt check and the process exits. However the process ends, a
+/// `before_shmem_exit` callback frees its registry slot, so the launcher starts
+/// a new worker.
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
     let dboid = arg.value() as u32;
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    unsafe { pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
     if !matches!(in_transaction(has_extension), Ok(true)) {
         registry::unregister_worker(dboid, super::launcher::NO_EXTENSION_RETRY);
         return;
     }
     if !registry::register_worker(dboid) {
-        pgrx::log!("pg_trickle scheduler: no free registry slot for this database");
+        // No free slot, or a statement that needs the database alone (DROP
+        // DATABASE, ...) is running: leave.
         return;
     }
-    let mut scheduler = Scheduler { last_checked: BTreeMap::new(), backoff: BTreeMap::new() };
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(dboid)) };
+    let mut scheduler = Scheduler { last_checked: BTreeMap::new(), backoff: BTreeMap::new(), dboid };
+    let mut woken = false;
     loop {
         if registry::stop_requested(dboid) {
             break;
@@ -60,11 +70,12 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
         let interval = Duration::from_millis(guc::SCHEDULER_INTERVAL_MS.get().max(1) as u64);
         let mut wait = interval;
         if guc::ENABLED.get() {
-            match scheduler.cycle() {
+            match scheduler.cycle(woken, interval) {
                 Cycle::ExtensionGone => {
                     registry::unregister_worker(dboid, super::launcher::NO_EXTENSION_RETRY);
                     return;
                 }
+                Cycle::Stop => break,
                 Cycle::NextDue(next) => {
                     let until = next.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
                     wait = until.clamp(Duration::from_millis(10), interval);
@@ -72,17 +83,52 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
             }
         }
         registry::cycle_done(dboid);
-        if !BackgroundWorker::wait_latch(Some(wait)) {
-            break;
-        }
+        woken = wait_for_latch(wait);
     }
     registry::unregister_worker(dboid, Duration::ZERO);
+}
+
+/// SIGTERM: what PostgreSQL's `die()` does — ask for process termination at the
+/// next interrupt check (which aborts a refresh in progress) and wake the latch.
+unsafe extern "C-unwind" fn on_sigterm(_signal: std::ffi::c_int) {
+    if !pg_sys::proc_exit_inprogress {
+        (&raw mut pg_sys::InterruptPending).write_volatile(1);
+        (&raw mut pg_sys::ProcDiePending).write_volatile(1);
+    }
+    pg_sys::SetLatch(pg_sys::MyLatch);
+}
+
+/// Frees the registry slot of the exiting worker (any exit, FATAL included).
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
+    registry::unregister_worker(arg.value() as u32, Duration::ZERO);
+}
+
+/// Sleeps until the latch is set or `timeout` passes; returns whether the latch
+/// was set (a commit that changed a source, among other reasons). A query
+/// cancel (`pg_cancel_backend`) while idle is ignored; SIGTERM ends the process
+/// at the interrupt check; so does the postmaster's death.
+fn wait_for_latch(timeout: Duration) -> bool {
+    unsafe {
+        let events = pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout.as_millis().min(i64::MAX as u128) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        (&raw mut pg_sys::QueryCancelPending).write_volatile(0);
+        pg_sys::check_for_interrupts!();
+        events & pg_sys::WL_LATCH_SET as i32 != 0
+    }
 }
 
 /// What a cycle found.
 enum Cycle {
     /// pg_trickle was dropped from the database.
     ExtensionGone,
+    /// The worker was asked to exit (SIGTERM or a stop request) mid-cycle.
+    Stop,
     /// The earliest time a stream table falls due.
     NextDue(SystemTime),
 }
@@ -97,13 +143,17 @@ struct Entry {
 }
 
 struct Scheduler {
+    dboid: u32,
     last_checked: BTreeMap<i64, SystemTime>,
     /// `pg_trickle.auto_backoff` factors of stream tables running behind.
     backoff: BTreeMap<i64, u32>,
 }
 
 impl Scheduler {
-    fn cycle(&mut self) -> Cycle {
+    /// One pass over the stream tables. `woken`: the latch was set since the
+    /// last pass (a source changed, probably); stream tables whose interval is
+    /// shorter than `poll` (`0s`) are refreshed only then, or once per `poll`.
+    fn cycle(&mut self, woken: bool, poll: Duration) -> Cycle {
         let read = in_transaction(|| {
             if !has_extension()? {
                 return Ok(None);
@@ -136,10 +186,18 @@ impl Scheduler {
             if !entry.active {
                 continue;
             }
+            if registry::stop_requested(self.dboid) {
+                return Cycle::Stop;
+            }
             let calculated = intervals.get(&relid).copied().unwrap_or(default);
             let last = *self.last_checked.entry(entry.pgt_id).or_insert(now);
             let factor = if guc::AUTO_BACKOFF.get() { self.backoff.get(&entry.pgt_id).copied().unwrap_or(1) } else { 1 };
-            let due = entry.schedule.next_due_backed_off(Some(last), calculated, factor);
+            let mut due = entry.schedule.next_due_backed_off(Some(last), calculated, factor);
+            // Shorter than the poll interval (`0s`): right after a wake, else
+            // once per poll interval.
+            if due.duration_since(last).unwrap_or_default() < poll && !woken {
+                due = due.max(last.checked_add(poll).unwrap_or(due));
+            }
             if due > SystemTime::now() {
                 next_due = next_due.min(due);
                 continue;
@@ -155,7 +213,7 @@ impl Scheduler {
                         "pg_trickle: refreshing {} took {} ms, longer than its interval: backing off to every {} ms",
                         entry.name,
                         took.as_millis(),
-                        (interval * factor).as_millis()
+                        interval.saturating_mul(factor).as_millis()
                     );
                 }
                 self.backoff.insert(entry.pgt_id, factor);
@@ -163,7 +221,8 @@ impl Scheduler {
                 self.backoff.remove(&entry.pgt_id);
             }
             self.last_checked.insert(entry.pgt_id, checked_at);
-            next_due = next_due.min(entry.schedule.next_due_backed_off(Some(checked_at), calculated, self.backoff.get(&entry.pgt_id).copied().unwrap_or(1)));
+            let next = entry.schedule.next_due_backed_off(Some(checked_at), calculated, self.backoff.get(&entry.pgt_id).copied().unwrap_or(1));
+            next_due = next_due.min(next.max(checked_at.checked_add(Duration::from_millis(10)).unwrap_or(next)));
         }
         Cycle::NextDue(next_due)
     }
@@ -175,6 +234,9 @@ fn refresh(entry: &Entry) {
     let pgt_id = entry.pgt_id;
     let started = SystemTime::now();
     let outcome = in_transaction(|| {
+        // A stream table another session holds (a manual refresh left open,
+        // an ALTER) is skipped this time rather than stalling the others.
+        exec("SET LOCAL lock_timeout = '500ms'", &[])?;
         crate::refresh::refresh_stream_table(pgt_id, InitiatedBy::Scheduler)?;
         exec(
             "UPDATE pgtrickle.pgt_stream_tables SET consecutive_errors = 0 WHERE pgt_id = $1 AND consecutive_errors <> 0",
@@ -182,7 +244,12 @@ fn refresh(entry: &Entry) {
         )?;
         Ok(())
     });
-    let Err(message) = outcome else { return };
+    let Err(failure) = outcome else { return };
+    if failure.code == Some(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE) {
+        pgrx::log!("pg_trickle: {} is busy (locked by another session); refreshing it later", entry.name);
+        return;
+    }
+    let message = failure.message;
     let start_time = started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
     let recorded = in_transaction(|| {
         exec(
@@ -240,31 +307,46 @@ fn stream_tables() -> PgtResult<Vec<Entry>> {
     )
 }
 
+/// Why a transaction of the worker failed.
+struct Failure {
+    /// SQLSTATE, when PostgreSQL raised the error.
+    code: Option<PgSqlErrorCode>,
+    message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Runs `f` in a transaction of its own, committed when it succeeds and rolled
-/// back when it fails (a PostgreSQL error or an `Err`); the error's message is
-/// returned. The worker goes on either way.
-fn in_transaction<T>(f: impl FnOnce() -> PgtResult<T> + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> Result<T, String> {
+/// back when it fails (a PostgreSQL error, in `f` or at commit, or an `Err`).
+/// The worker goes on either way.
+fn in_transaction<T>(f: impl FnOnce() -> PgtResult<T> + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> Result<T, Failure> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let result = PgTryBuilder::new(|| f().map_err(|e| e.to_string()))
-        .catch_others(|caught| {
-            Err(match caught {
-                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-            })
-        })
-        .execute();
-    unsafe {
-        match &result {
-            Ok(_) => {
-                pg_sys::PopActiveSnapshot();
-                pg_sys::CommitTransactionCommand();
-            }
-            Err(_) => pg_sys::AbortCurrentTransaction(),
+    let result = PgTryBuilder::new(|| {
+        let value = f().map_err(|e| Failure { code: None, message: e.to_string() })?;
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
         }
+        Ok(value)
+    })
+    .catch_others(|caught| {
+        let report = match &caught {
+            pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r,
+            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport,
+        };
+        Err(Failure { code: Some(report.sql_error_code()), message: report.message().to_string() })
+    })
+    .execute();
+    if result.is_err() {
+        unsafe { pg_sys::AbortCurrentTransaction() };
     }
     result
 }

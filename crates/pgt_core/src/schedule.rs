@@ -13,6 +13,10 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The longest duration schedule accepted: 366 days (longer ones are better
+/// written as cron expressions, and keep time arithmetic far from overflow).
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+
 /// A parsed, validated schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Schedule {
@@ -39,6 +43,11 @@ pub enum ScheduleError {
         /// Why it is not a cron expression (croner's message).
         cron_error: String,
     },
+    /// A duration longer than [`MAX_DURATION`].
+    TooLong {
+        /// The text as given.
+        value: String,
+    },
     /// A duration shorter than the configured floor
     /// (`pg_trickle.min_schedule_seconds`).
     BelowFloor {
@@ -56,6 +65,7 @@ impl fmt::Display for ScheduleError {
         match self {
             ScheduleError::Empty => write!(f, "schedule must not be empty"),
             ScheduleError::Unparsable { value, .. } => write!(f, "invalid schedule \"{value}\""),
+            ScheduleError::TooLong { value } => write!(f, "schedule \"{value}\" is longer than the maximum of 366 days"),
             ScheduleError::BelowFloor { value, duration, floor } => write!(
                 f,
                 "schedule \"{value}\" ({} s) is below the minimum of {} s",
@@ -87,6 +97,7 @@ impl Schedule {
             // humantime reads "1h30m" and "1h 30m" alike; we also accept "90" only
             // with a unit, so that a bare number is never silently read as seconds.
             return match humantime::parse_duration(t) {
+                Ok(d) if d > MAX_DURATION => Err(ScheduleError::TooLong { value: t.to_string() }),
                 Ok(d) if d < floor => Err(ScheduleError::BelowFloor { value: t.to_string(), duration: d, floor }),
                 Ok(d) => Ok(Schedule::Every(d)),
                 Err(e) => Err(ScheduleError::Unparsable {
@@ -129,10 +140,11 @@ impl Schedule {
         let Some(last) = last else {
             return UNIX_EPOCH;
         };
+        let later = |d: Duration| last.checked_add(d).unwrap_or(last + MAX_DURATION);
         match self {
-            Schedule::Every(d) => last + *d,
-            Schedule::Calculated => last + calculated,
-            Schedule::Cron(expr) => cron_after(expr, last).unwrap_or(last + Duration::from_secs(60)),
+            Schedule::Every(d) => later(*d),
+            Schedule::Calculated => later(calculated),
+            Schedule::Cron(expr) => cron_after(expr, last).unwrap_or_else(|| later(Duration::from_secs(60))),
         }
     }
 
@@ -161,7 +173,10 @@ impl Schedule {
         let due = self.next_due(last, calculated);
         match (self, last) {
             (Schedule::Cron(_), _) | (_, None) => due,
-            (_, Some(last)) => last + due.duration_since(last).unwrap_or_default() * factor.max(1),
+            (_, Some(last)) => {
+                let interval = due.duration_since(last).unwrap_or_default();
+                last.checked_add(interval.saturating_mul(factor.max(1))).unwrap_or(due)
+            }
         }
     }
 }
@@ -176,7 +191,7 @@ pub const MAX_BACKOFF: u32 = 16;
 /// plain interval resets it to 1; otherwise it stays.
 pub fn backoff_factor(previous: u32, took: Duration, interval: Duration) -> u32 {
     let previous = previous.max(1);
-    if took > interval * previous {
+    if took > interval.saturating_mul(previous) {
         (previous * 2).min(MAX_BACKOFF)
     } else if took <= interval {
         1
@@ -281,6 +296,18 @@ mod tests {
             assert_eq!(Schedule::parse(text, FLOOR).unwrap(), Schedule::Every(Duration::from_secs(secs)), "{text}");
         }
         assert_eq!(Schedule::parse("1h30m", FLOOR).unwrap().canonical(), "1h 30m");
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_and_arithmetic_never_overflows() {
+        assert!(matches!(Schedule::parse("300000000000y", FLOOR), Err(ScheduleError::TooLong { .. })));
+        assert!(matches!(Schedule::parse("367d", FLOOR), Err(ScheduleError::TooLong { .. })));
+        assert!(Schedule::parse("366d", FLOOR).is_ok());
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let huge = Duration::from_secs(u64::MAX / 2);
+        assert!(Schedule::Calculated.next_due(Some(t), huge) > t);
+        assert!(Schedule::Every(MAX_DURATION).next_due_backed_off(Some(t), huge, MAX_BACKOFF) > t);
+        assert_eq!(backoff_factor(16, huge, huge), 1);
     }
 
     #[test]

@@ -207,6 +207,13 @@ fn outer_joins() {
             ("o_self", "SELECT a.id, b.id AS next_id FROM orders a LEFT JOIN orders b ON b.cust = a.cust AND b.id = a.id + 1", Differential),
             ("o_nonequi", "SELECT c.id, o.id AS oid FROM customers c LEFT JOIN orders o ON o.amount BETWEEN c.score AND c.score + 1", Differential),
             ("o_keyless_preserved", "SELECT e.kind, e.n, o.id FROM events e LEFT JOIN orders o ON o.id = e.n * 50", Differential),
+            ("o_view_preserved", "SELECT v.id, v.amount, c.score FROM open_orders v LEFT JOIN customers c ON c.id = v.cust", Differential),
+            ("o_composite_key", "SELECT o.id, i.line, i.price FROM orders o LEFT JOIN items i ON i.order_id = o.id AND i.price > 3", Differential),
+            (
+                "o_nested_under_inner",
+                "SELECT o.id, c.region, i.line FROM (orders o LEFT JOIN customers c ON c.id = o.cust) JOIN items i ON i.order_id = o.id WHERE i.line % 2 = 0",
+                Differential,
+            ),
             (
                 "o_agg",
                 "SELECT c.region, count(o.id) AS n, sum(o.amount) AS total, min(o.amount) AS lo FROM customers c LEFT JOIN orders o ON o.cust = c.id GROUP BY c.region",

@@ -42,6 +42,7 @@ fn bad_create_arguments() {
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, schedule => '61 * * * *')"), "22023", "invalid schedule"),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, schedule => '30')"), "22023", "invalid schedule"),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, schedule => '500ms')"), "22023", "below the minimum"),
+        (format!("SELECT pgtrickle.create_stream_table('x', {q}, schedule => '300000000000y')"), "22023", "longer than the maximum"),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, refresh_mode => 'sometimes')"), "22023", "refresh_mode"),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, refresh_mode => 'IMMEDIATE')"), "0A000", "IMMEDIATE"),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, diamond_consistency => 'eventual')"), "22023", "diamond_consistency"),

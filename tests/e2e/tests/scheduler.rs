@@ -102,6 +102,15 @@ fn a_zero_schedule_refreshes_when_changes_commit() {
         db.exec(&format!("INSERT INTO t SELECT g + {round} * 100, g % 3 FROM generate_series(1, 10) g; DELETE FROM t WHERE id % 7 = {round}"));
         wait_until(&mut db.client, &equal("eager", "v, n", "SELECT v, count(*) AS n FROM t GROUP BY v"), "eager to catch up");
     }
+    // Nothing changing: a '0s' FULL stream table is checked once per
+    // pg_trickle.scheduler_interval_ms, and a check that writes nothing leaves
+    // no history row.
+    db.exec("SELECT pgtrickle.create_stream_table('eager_full', 'SELECT v FROM t ORDER BY v LIMIT 3', schedule => '0s')");
+    std::thread::sleep(Duration::from_millis(1500));
+    let before: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let after: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]);
+    assert_eq!(before, after, "idle '0s' stream tables must not write");
     // Without '0s' allowed, the floor applies.
     db.exec("RESET pg_trickle.min_schedule_seconds");
     db.expect_error("SELECT pgtrickle.alter_stream_table('eager', schedule => '0s')", "22023");
@@ -347,13 +356,14 @@ fn manual_and_scheduled_refreshes_of_one_stream_table_never_apply_a_change_twice
 #[test]
 fn a_stream_table_running_behind_backs_off() {
     let mut db = TestDb::new("sched_backoff");
-    // Each refresh takes 2.5 s against a 1 s schedule. Back-to-back refreshes
+    // Each refresh takes 2.5 s against a 1 s schedule (and changes the row, so
+    // that each is recorded). Back-to-back refreshes
     // would start every 2.5 s; backed off (factor 4 once a refresh outlasts two
     // intervals), they start 4 s apart.
     db.exec(
         "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);
          CREATE FUNCTION slow() RETURNS int LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(2.5); RETURN 1; END $$;
-         SELECT pgtrickle.create_stream_table('sluggish', 'SELECT id FROM t WHERE public.slow() = 1', schedule => '1s');",
+         SELECT pgtrickle.create_stream_table('sluggish', 'SELECT id, clock_timestamp() AS at FROM t WHERE public.slow() = 1', schedule => '1s');",
     );
     let scheduled = "SELECT count(*) >= 4 FROM pgtrickle.pgt_refresh_history WHERE initiated_by = 'SCHEDULER'";
     wait_until(&mut db.client, scheduled, "four scheduled refreshes");
@@ -369,4 +379,58 @@ fn a_stream_table_running_behind_backs_off() {
         .filter_map(|r| r.get::<_, Option<f64>>(0))
         .collect();
     assert!(gaps.iter().any(|g| *g >= 3.5), "refreshes were not spaced out: gaps {gaps:?} s");
+}
+
+#[test]
+fn a_busy_stream_table_is_skipped_not_failed_and_others_go_on() {
+    let mut db = TestDb::new("sched_busy");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         SELECT pgtrickle.create_stream_table('held', 'SELECT id, v FROM t', schedule => '1s');
+         SELECT pgtrickle.create_stream_table('free', 'SELECT id, v * 2 AS v2 FROM t', schedule => '1s');",
+    );
+    // Another session refreshes 'held' and leaves its transaction open.
+    let mut holder = db.connect();
+    holder.batch_execute("BEGIN; SELECT pgtrickle.refresh_stream_table('held')").unwrap();
+    db.exec("INSERT INTO t SELECT g, g FROM generate_series(1, 10) g");
+    wait_until(&mut db.client, &equal("free", "id, v2", "SELECT id, v * 2 AS v2 FROM t"), "free to refresh while held is locked");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (errors, failed): (i32, i64) = {
+        let r = db
+            .client
+            .query_one("SELECT consecutive_errors, failed_refreshes FROM pgtrickle.pg_stat_stream_tables WHERE stream_table = 'held'::regclass", &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((errors, failed), (0, 0), "a locked stream table is not a failing one");
+    holder.batch_execute("COMMIT").unwrap();
+    wait_until(&mut db.client, &equal("held", "id, v", "SELECT id, v FROM t"), "held once released");
+}
+
+#[test]
+fn statements_on_databases_by_others_leave_the_scheduler_alone() {
+    let mut db = TestDb::new("sched_hook_roles");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY);
+         SELECT pgtrickle.create_stream_table('s', 'SELECT id FROM t', schedule => '1s');",
+    );
+    wait_until(&mut db.client, "SELECT worker_pid IS NOT NULL FROM pgtrickle.scheduler_status()", "the scheduler worker");
+    let pid: i32 = db.scalar("SELECT worker_pid FROM pgtrickle.scheduler_status()", &[]);
+    // A role that does not own the database: DROP DATABASE fails, and must not
+    // have stopped the scheduler on the way.
+    let mallory = db.create_role("mallory", "NOSUPERUSER CREATEDB");
+    let mut m = db.cluster.connect_as("postgres", &mallory).expect("connect as mallory");
+    let err = m.batch_execute(&format!("DROP DATABASE \"{}\"", db.name)).expect_err("not the owner");
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"));
+    let now: Option<i32> = db.scalar("SELECT worker_pid FROM pgtrickle.scheduler_status()", &[]);
+    assert_eq!(now, Some(pid), "the scheduler kept running");
+    // A cancel while the worker is idle does not stop it either.
+    db.exec(&format!("SELECT pg_cancel_backend({pid})"));
+    std::thread::sleep(Duration::from_millis(500));
+    let after_cancel: Option<i32> = db.scalar("SELECT worker_pid FROM pgtrickle.scheduler_status()", &[]);
+    assert_eq!(after_cancel, Some(pid));
+    // TEMPLATE DEFAULT (an option without an argument) still works.
+    let copy = format!("{}_copy", db.name);
+    m.batch_execute(&format!("CREATE DATABASE \"{copy}\" TEMPLATE DEFAULT")).expect("TEMPLATE DEFAULT");
+    m.batch_execute(&format!("DROP DATABASE \"{copy}\"")).expect("drop the copy");
 }
