@@ -17,9 +17,10 @@
 //! reads this one differential: its change buffer receives what changed, not the
 //! whole table deleted and inserted.
 //!
-//! A stream table refreshed in FULL mode identifies its rows by content and copy
-//! number (`pgt_delta::replace::content_row_id`), so a row that stays keeps its
-//! identity. One with a DIFFERENTIAL plan is recomputed by the plan's own full
+//! A stream table refreshed in FULL mode identifies its rows by content (a hash
+//! of the typed values where every column type has a hash operator class, else
+//! the row's text) and copy number (`pgt_delta::replace::content_row_id`), so a
+//! row that stays keeps its identity. One with a DIFFERENTIAL plan is recomputed by the plan's own full
 //! query ([`refresh_full_with_plan`]), so row identities and the hidden aggregate
 //! state are exactly what the differential engine maintains.
 
@@ -35,7 +36,14 @@ use pgt_delta::Plan;
 /// this as the owner.
 pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
     let visible: Vec<String> = storage::visible_columns(st.relid)?.into_iter().map(|c| c.name).collect();
-    let source = pgt_delta::replace::content_row_id(&st.defining_query, &visible);
+    let types = crate::spi::query_map(
+        "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped \
+         AND attname::text NOT LIKE '\\_\\_pgt\\_%'",
+        &[st.relid.into()],
+        |row| crate::spi::col::<pg_sys::Oid>(row, 1),
+    )?;
+    let typed = types.iter().all(|t| unsafe { crate::translate::hashable(*t) });
+    let source = pgt_delta::replace::content_row_id(&st.defining_query, &visible, typed);
     let mut columns = visible;
     columns.push(ROW_ID_COLUMN.to_string());
     apply(st, &columns, &source, snapshot)

@@ -379,7 +379,7 @@ pub(crate) fn key_attnums(relid: pg_sys::Oid) -> PgtResult<Vec<i16>> {
 /// a domain, its base type) has an extended hash support function, which for
 /// arrays and composites means their elements and fields have one. Row
 /// identities are such hashes (`pgt_delta::sql::record_hash`).
-unsafe fn hashable(typ: pg_sys::Oid) -> bool {
+pub(crate) unsafe fn hashable(typ: pg_sys::Oid) -> bool {
     let base = pg_sys::getBaseType(typ);
     let entry = pg_sys::lookup_type_cache(base, pg_sys::TYPECACHE_HASH_EXTENDED_PROC as i32);
     !entry.is_null() && (*entry).hash_extended_proc != pg_sys::InvalidOid

@@ -41,11 +41,22 @@ pub fn replace_sql(table: &str, columns: &[String], source: &str) -> String {
 }
 
 /// The rows of `query` (whose output columns are `columns`) with a row identity
-/// made of their content and copy number: `hash(ROW(text of the row, n))`,
-/// where the `n`-th copy of a row gets `n`. Deterministic, so a row that stays
+/// made of their content and copy number, deterministic, so a row that stays
 /// keeps its identity from one recomputation to the next.
-pub fn content_row_id(query: &str, columns: &[String]) -> String {
-    let content = format!("ROW({})::text", qualified("q", columns));
+///
+/// With `typed` (every column's type has a hash operator class), the content is
+/// `hash_record_extended` of the typed values, which no session setting
+/// (TimeZone, DateStyle, extra_float_digits) changes, and which is equal for
+/// values their type calls equal (`1.0`, `1.00`: one identity, the MERGE then
+/// rewrites the spelling). Otherwise it is the row's text, which is exact but
+/// depends on those settings: a refresh from a session with other settings
+/// rewrites the rows whose text changes.
+pub fn content_row_id(query: &str, columns: &[String], typed: bool) -> String {
+    let content = if typed {
+        crate::sql::record_hash(&qualified("q", columns))
+    } else {
+        format!("ROW({})::text", qualified("q", columns))
+    };
     format!(
         "SELECT {cols}{sep}{hash} AS __pgt_row_id FROM ({query}) q",
         cols = qualified("q", columns),
@@ -72,10 +83,12 @@ mod tests {
 
     #[test]
     fn content_identity_numbers_copies() {
-        let q = content_row_id("SELECT x FROM t", &["x".to_string()]);
+        let q = content_row_id("SELECT x FROM t", &["x".to_string()], false);
         assert_eq!(
             q,
             "SELECT q.\"x\", pg_catalog.hash_record_extended(ROW(ROW(q.\"x\")::text, pg_catalog.row_number() OVER (PARTITION BY ROW(q.\"x\")::text)), 0) AS __pgt_row_id FROM (SELECT x FROM t) q"
         );
+        let typed = content_row_id("SELECT x FROM t", &["x".to_string()], true);
+        assert!(typed.contains("PARTITION BY pg_catalog.hash_record_extended(ROW(q.\"x\"), 0)"), "{typed}");
     }
 }

@@ -431,3 +431,33 @@ fn random_dml_cycles_keep_every_stream_table_equal_to_its_query() {
         }
     }
 }
+
+/// A FULL refresh from a session with other TimeZone/DateStyle/float settings
+/// finds the same rows: row identities come from the typed values, not their
+/// text, so an unchanged result writes nothing.
+#[test]
+fn full_row_identities_do_not_depend_on_session_settings() {
+    let mut db = TestDb::new("full_identity_settings");
+    db.exec(
+        "CREATE TABLE e (id int PRIMARY KEY, at timestamptz, x float8);
+         INSERT INTO e SELECT g, '2026-01-01 12:00+00'::timestamptz + g * interval '1 hour', g / 3.0 FROM generate_series(1, 50) g;
+         SELECT pgtrickle.create_stream_table('ev', 'SELECT id, at, x FROM e ORDER BY id LIMIT 1000');",
+    );
+    db.exec(
+        "SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'German'; SET extra_float_digits = 0;
+         SELECT pgtrickle.refresh_stream_table('ev');",
+    );
+    let (inserted, deleted): (i64, i64) = {
+        let r = db.client.query_one("SELECT rows_inserted, rows_deleted FROM pgtrickle.refresh_history('ev', 1)", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((inserted, deleted), (0, 0), "nothing changed, nothing written");
+    db.exec("RESET TimeZone; RESET DateStyle; RESET extra_float_digits; UPDATE e SET x = x + 1 WHERE id = 1");
+    db.exec("SELECT pgtrickle.refresh_stream_table('ev')");
+    let (inserted, deleted): (i64, i64) = {
+        let r = db.client.query_one("SELECT rows_inserted, rows_deleted FROM pgtrickle.refresh_history('ev', 1)", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((inserted, deleted), (1, 1), "one row changed");
+    assert_st_matches_query(&mut db.client, "ev", "SELECT id, at, x FROM e");
+}
