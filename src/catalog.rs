@@ -365,6 +365,16 @@ pub fn stream_table_edges() -> PgtResult<Vec<(u32, u32)>> {
     )
 }
 
+/// Every `(source, stream table)` dependency as relation OIDs: tables, views and
+/// stream tables each stream table reads (for diamond detection).
+pub fn source_edges() -> PgtResult<Vec<(u32, u32)>> {
+    query_map(
+        "SELECT d.source_relid, st.pgt_relid FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)",
+        &[],
+        |row| Ok((col::<pg_sys::Oid>(row, 1)?.to_u32(), col::<pg_sys::Oid>(row, 2)?.to_u32())),
+    )
+}
+
 /// The change-capture record of a source: its change buffer and capture function.
 #[derive(Debug, Clone)]
 pub struct ChangeTracking {

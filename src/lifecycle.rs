@@ -348,6 +348,18 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
     if initialize {
         refresh::refresh_stream_table(pgt_id, InitiatedBy::Initial)?;
     }
+    if let Some((_, _, _)) = crate::scheduler::diamond_groups()?.into_iter().find(|(_, m, sink)| *sink && *m == relid.to_u32()) {
+        pgrx::notice!(
+            "stream table {name} closes a diamond: two of the relations it reads share a source; with diamond_consistency \
+             '{}' the scheduler refreshes {}",
+            diamond_consistency.as_str(),
+            if diamond_consistency == DiamondConsistency::Atomic {
+                "the diamond's stream tables together, in one transaction"
+            } else {
+                "each of them on its own"
+            }
+        );
+    }
     if crate::scheduler::available() {
         crate::scheduler::request_worker();
         if schedule == Schedule::Calculated {

@@ -153,6 +153,19 @@ mod pgtrickle {
         lifecycle::resolve_stream_table_arg(name).or_raise().relid
     }
 
+    /// The diamonds among the stream tables (a stream table reading two that
+    /// share a source): one row per member, numbered by group, with whether it
+    /// is where the branches meet and its `diamond_consistency`.
+    #[pg_extern]
+    #[allow(clippy::type_complexity)] // the SQL result's columns, spelled out by name!
+    fn diamond_groups() -> TableIterator<
+        'static,
+        (name!(group_id, i32), name!(stream_table, pg_sys::Oid), name!(is_convergence, bool)),
+    > {
+        let rows = crate::scheduler::diamond_groups().or_raise();
+        TableIterator::new(rows.into_iter().map(|(g, m, c)| (g, pg_sys::Oid::from(m), c)))
+    }
+
     /// Internal: called by the capture triggers; wakes this database's scheduler
     /// when the transaction commits. Not granted to PUBLIC.
     #[pg_extern(name = "_wake_scheduler")]

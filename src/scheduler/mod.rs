@@ -203,3 +203,21 @@ pub fn status() -> Status {
         last_cycle_ms: slot.filter(|s| s.last_cycle_ms != 0).map(|s| s.last_cycle_ms),
     }
 }
+
+/// The diamonds among the stream tables of this database
+/// (`pgt_core::dag::diamond_groups`, every convergence node counted whatever
+/// its `diamond_consistency`): `(group number, member, is a convergence node)`.
+pub fn diamond_groups() -> crate::error::PgtResult<Vec<(i32, u32, bool)>> {
+    let edges = pgt_core::dag::edges(crate::catalog::source_edges()?);
+    let members: std::collections::BTreeSet<u32> = crate::catalog::stream_table_edges()?
+        .into_iter()
+        .flat_map(|(a, b)| [a, b])
+        .chain(crate::catalog::source_edges()?.into_iter().map(|(_, st)| st))
+        .collect();
+    let groups = pgt_core::dag::diamond_groups(&edges, &members, |_| true);
+    Ok(groups
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (group, sinks))| group.iter().map(move |m| ((i + 1) as i32, *m, sinks.contains(m))))
+        .collect())
+}

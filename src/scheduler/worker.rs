@@ -140,6 +140,10 @@ struct Entry {
     name: String,
     schedule: Schedule,
     active: bool,
+    /// `diamond_consistency = 'atomic'`.
+    atomic: bool,
+    /// `diamond_schedule_policy = 'slowest'`.
+    slowest: bool,
 }
 
 struct Scheduler {
@@ -158,9 +162,9 @@ impl Scheduler {
             if !has_extension()? {
                 return Ok(None);
             }
-            Ok(Some((stream_tables()?, crate::catalog::stream_table_edges()?)))
+            Ok(Some((stream_tables()?, crate::catalog::stream_table_edges()?, crate::catalog::source_edges()?)))
         });
-        let (entries, edge_pairs) = match read {
+        let (entries, edge_pairs, source_pairs) = match read {
             Ok(Some(x)) => x,
             Ok(None) => return Cycle::ExtensionGone,
             Err(e) => {
@@ -181,13 +185,56 @@ impl Scheduler {
         let known: BTreeSet<i64> = entries.iter().map(|e| e.pgt_id).collect();
         self.last_checked.retain(|id, _| known.contains(id));
         self.backoff.retain(|id, _| known.contains(id));
-        for relid in order {
-            let Some(entry) = by_relid.get(&relid) else { continue };
-            if !entry.active {
+        // Diamonds whose convergence stream table wants them atomic are
+        // refreshed as one unit, in one REPEATABLE READ transaction.
+        let groups = pgt_core::dag::diamond_groups(&pgt_core::dag::edges(source_pairs), &nodes, |r| {
+            by_relid.get(&r).is_some_and(|e| e.atomic)
+        });
+        let mut done: BTreeSet<u32> = BTreeSet::new();
+        for &relid in &order {
+            if done.contains(&relid) {
                 continue;
             }
             if registry::stop_requested(self.dboid) {
                 return Cycle::Stop;
+            }
+            if let Some((members, sinks)) = groups.iter().find(|(m, _)| m.contains(&relid)) {
+                done.extend(members.iter().copied());
+                let group: Vec<&Entry> =
+                    order.iter().filter(|r| members.contains(r)).filter_map(|r| by_relid.get(r).copied()).filter(|e| e.active).collect();
+                let slowest = sinks.iter().any(|s| by_relid.get(s).is_some_and(|e| e.slowest));
+                let dues: Vec<SystemTime> = group
+                    .iter()
+                    .map(|e| {
+                        let calculated = intervals.get(&e.relid).copied().unwrap_or(default);
+                        let last = *self.last_checked.entry(e.pgt_id).or_insert(now);
+                        let due = e.schedule.next_due(Some(last), calculated);
+                        if due.duration_since(last).unwrap_or_default() < poll && !woken {
+                            due.max(last.checked_add(poll).unwrap_or(due))
+                        } else {
+                            due
+                        }
+                    })
+                    .collect();
+                let group_due = if slowest { dues.iter().max() } else { dues.iter().min() }.copied();
+                let Some(group_due) = group_due else { continue };
+                if group_due > SystemTime::now() {
+                    next_due = next_due.min(group_due);
+                    continue;
+                }
+                let checked_at = SystemTime::now();
+                refresh_group(&group);
+                for e in &group {
+                    self.last_checked.insert(e.pgt_id, checked_at);
+                    let calculated = intervals.get(&e.relid).copied().unwrap_or(default);
+                    let next = e.schedule.next_due(Some(checked_at), calculated);
+                    next_due = next_due.min(next.max(checked_at.checked_add(Duration::from_millis(10)).unwrap_or(next)));
+                }
+                continue;
+            }
+            let Some(entry) = by_relid.get(&relid) else { continue };
+            if !entry.active {
+                continue;
             }
             let calculated = intervals.get(&relid).copied().unwrap_or(default);
             let last = *self.last_checked.entry(entry.pgt_id).or_insert(now);
@@ -245,6 +292,44 @@ fn refresh(entry: &Entry) {
         Ok(())
     });
     let Err(failure) = outcome else { return };
+    record_failure(entry, started, failure);
+}
+
+/// Refreshes the members of a diamond group (upstream first) in one REPEATABLE
+/// READ transaction: every member reads the sources in one snapshot, and
+/// readers see all of them change at once. A failure rolls all of them back and
+/// is recorded against the member that failed.
+fn refresh_group(group: &[&Entry]) {
+    let started = SystemTime::now();
+    let failed_at = std::sync::atomic::AtomicUsize::new(0);
+    let ids: Vec<i64> = group.iter().map(|e| e.pgt_id).collect();
+    let outcome = in_transaction_at(pg_sys::XACT_REPEATABLE_READ as i32, || {
+        exec("SET LOCAL lock_timeout = '500ms'", &[])?;
+        for (i, id) in ids.iter().enumerate() {
+            failed_at.store(i, std::sync::atomic::Ordering::Relaxed);
+            crate::refresh::refresh_stream_table(*id, InitiatedBy::Scheduler)?;
+        }
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET consecutive_errors = 0 WHERE pgt_id = ANY ($1) AND consecutive_errors <> 0",
+            &[ids.clone().into()],
+        )?;
+        Ok(())
+    });
+    let Err(failure) = outcome else { return };
+    if failure.code == Some(PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE) {
+        pgrx::log!("pg_trickle: a diamond group was changed concurrently; refreshing it later");
+        return;
+    }
+    if let Some(entry) = group.get(failed_at.load(std::sync::atomic::Ordering::Relaxed)) {
+        record_failure(entry, started, failure);
+    }
+}
+
+/// Records a failed scheduled refresh of `entry` and counts it; suspends the
+/// stream table after `pg_trickle.max_consecutive_errors`. A stream table
+/// another session holds is only logged (skipped until the next check).
+fn record_failure(entry: &Entry, started: SystemTime, failure: Failure) {
+    let pgt_id = entry.pgt_id;
     if failure.code == Some(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE) {
         pgrx::log!("pg_trickle: {} is busy (locked by another session); refreshing it later", entry.name);
         return;
@@ -289,7 +374,8 @@ fn has_extension() -> PgtResult<bool> {
 
 fn stream_tables() -> PgtResult<Vec<Entry>> {
     query_map(
-        "SELECT st.pgt_id, st.pgt_relid, st.pgt_relid::pg_catalog.regclass::text, st.schedule, st.status = 'ACTIVE' \
+        "SELECT st.pgt_id, st.pgt_relid, st.pgt_relid::pg_catalog.regclass::text, st.schedule, st.status = 'ACTIVE', \
+                st.diamond_consistency = 'atomic', st.diamond_schedule_policy = 'slowest' \
          FROM pgtrickle.pgt_stream_tables st ORDER BY st.pgt_id",
         &[],
         |row| {
@@ -302,6 +388,8 @@ fn stream_tables() -> PgtResult<Vec<Entry>> {
                 // accepted under an older, lower minimum.
                 schedule: Schedule::parse(&schedule_text, Duration::ZERO).unwrap_or(Schedule::Calculated),
                 active: col(row, 5)?,
+                atomic: col(row, 6)?,
+                slowest: col(row, 7)?,
             })
         },
     )
@@ -324,9 +412,20 @@ impl std::fmt::Display for Failure {
 /// back when it fails (a PostgreSQL error, in `f` or at commit, or an `Err`).
 /// The worker goes on either way.
 fn in_transaction<T>(f: impl FnOnce() -> PgtResult<T> + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> Result<T, Failure> {
+    in_transaction_at(pg_sys::XACT_READ_COMMITTED as i32, f)
+}
+
+/// [`in_transaction`] at isolation level `isolation` (`XACT_*`).
+fn in_transaction_at<T>(
+    isolation: i32,
+    f: impl FnOnce() -> PgtResult<T> + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+) -> Result<T, Failure> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
+        let default = pg_sys::DefaultXactIsoLevel;
+        pg_sys::DefaultXactIsoLevel = isolation;
         pg_sys::StartTransactionCommand();
+        pg_sys::DefaultXactIsoLevel = default;
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     let result = PgTryBuilder::new(|| {

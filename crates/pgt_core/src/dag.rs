@@ -127,6 +127,79 @@ pub fn cycle_if_reads<N: Ord + Copy>(edges: &Edges<N>, node: N, upstreams: &BTre
     find_cycle(&next).filter(|c| c.0.contains(&node))
 }
 
+/// The nodes upstream of `n` (transitively), `n` excluded.
+pub fn ancestors<N: Ord + Copy>(edges: &Edges<N>, n: N) -> BTreeSet<N> {
+    let mut reverse: BTreeMap<N, Vec<N>> = BTreeMap::new();
+    for (up, downs) in edges {
+        for d in downs {
+            reverse.entry(*d).or_default().push(*up);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<N> = reverse.get(&n).cloned().unwrap_or_default();
+    while let Some(u) = stack.pop() {
+        if seen.insert(u) {
+            stack.extend(reverse.get(&u).into_iter().flatten().copied());
+        }
+    }
+    seen
+}
+
+/// Diamonds: a node `d` two of whose direct upstreams share an ancestor (or one
+/// is upstream of the other), so that `d` could combine one branch's new state
+/// with another's old one. `edges` covers every source (tables too); `members`
+/// are the nodes that can be refreshed (stream tables), `grouped` says which
+/// convergence nodes want their diamond refreshed as one unit.
+///
+/// Returns the groups to refresh as one unit, as `(members, convergence
+/// nodes)`: each such `d` with every member upstream of it, groups that
+/// overlap merged.
+pub fn diamond_groups<N: Ord + Copy>(
+    edges: &Edges<N>,
+    members: &BTreeSet<N>,
+    grouped: impl Fn(N) -> bool,
+) -> Vec<(BTreeSet<N>, BTreeSet<N>)> {
+    let mut reverse: BTreeMap<N, BTreeSet<N>> = BTreeMap::new();
+    for (up, downs) in edges {
+        for d in downs {
+            reverse.entry(*d).or_default().insert(*up);
+        }
+    }
+    let mut groups: Vec<(BTreeSet<N>, BTreeSet<N>)> = Vec::new();
+    for &d in members {
+        let ups: Vec<N> = reverse.get(&d).into_iter().flatten().copied().collect();
+        let reach: Vec<BTreeSet<N>> = ups
+            .iter()
+            .map(|u| {
+                let mut a = ancestors(edges, *u);
+                a.insert(*u);
+                a
+            })
+            .collect();
+        let diamond = (0..reach.len()).any(|i| (i + 1..reach.len()).any(|j| !reach[i].is_disjoint(&reach[j])));
+        if !diamond || !grouped(d) {
+            continue;
+        }
+        let mut group: BTreeSet<N> = ancestors(edges, d).into_iter().filter(|a| members.contains(a)).collect();
+        group.insert(d);
+        let mut sinks = BTreeSet::from([d]);
+        // Merge with every group it overlaps.
+        let mut i = 0;
+        while i < groups.len() {
+            if groups[i].0.is_disjoint(&group) {
+                i += 1;
+            } else {
+                let (g, s) = groups.swap_remove(i);
+                group.extend(g);
+                sinks.extend(s);
+            }
+        }
+        groups.push((group, sinks));
+    }
+    groups.sort();
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +231,22 @@ mod tests {
         let e = edges([(3, 1), (1, 2)]);
         assert_eq!(cycle_if_reads(&e, 1, &[].into()), None);
         assert_eq!(cycle_if_reads(&e, 3, &[2].into()), Some(Cycle(vec![1, 2, 3])));
+    }
+
+    #[test]
+    fn diamonds_are_found_and_grouped() {
+        // t → b, t → c, b → d, c → d: a diamond at d. x → y: a chain, no diamond.
+        let e = edges([(0, 1), (0, 2), (1, 3), (2, 3), (10, 11)]);
+        let members: BTreeSet<i32> = [1, 2, 3, 11].into();
+        assert_eq!(diamond_groups(&e, &members, |_| true), vec![([1, 2, 3].into(), [3].into())]);
+        assert!(diamond_groups(&e, &members, |_| false).is_empty(), "'none' groups nothing");
+        // b reads t and c reads b and t: c's upstreams share t.
+        let e = edges([(0, 1), (1, 2), (0, 2)]);
+        assert_eq!(diamond_groups(&e, &[1, 2].into(), |_| true), vec![([1, 2].into(), [2].into())]);
+        // Two diamonds sharing a member merge.
+        let e = edges([(0, 1), (0, 2), (1, 3), (2, 3), (2, 4), (0, 4)]);
+        assert_eq!(diamond_groups(&e, &[1, 2, 3, 4].into(), |_| true), vec![([1, 2, 3, 4].into(), [3, 4].into())]);
+        assert_eq!(ancestors(&e, 3), [0, 1, 2].into());
     }
 
     proptest! {

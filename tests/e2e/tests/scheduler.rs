@@ -434,3 +434,63 @@ fn statements_on_databases_by_others_leave_the_scheduler_alone() {
     m.batch_execute(&format!("CREATE DATABASE \"{copy}\" TEMPLATE DEFAULT")).expect("TEMPLATE DEFAULT");
     m.batch_execute(&format!("DROP DATABASE \"{copy}\"")).expect("drop the copy");
 }
+
+#[test]
+fn an_atomic_diamond_is_never_seen_half_refreshed() {
+    let mut db = TestDb::new("sched_diamond");
+    // Every transaction keeps sum(v) = 10 * count(*). b and c read t; d reads b
+    // and c: a diamond. Refreshed as one unit, b and c always come from the same
+    // snapshot of t, and so does d.
+    db.exec(
+        "CREATE TABLE t (id serial PRIMARY KEY, v int NOT NULL);
+         INSERT INTO t (v) SELECT 10 FROM generate_series(1, 20);
+         SET pg_trickle.min_schedule_seconds = 0;
+         SELECT pgtrickle.create_stream_table('b', 'SELECT sum(v) AS s FROM t', schedule => '0s');
+         SELECT pgtrickle.create_stream_table('c', 'SELECT count(*) AS n FROM t', schedule => '0s');
+         SELECT pgtrickle.create_stream_table('d', 'SELECT b.s, c.n FROM b CROSS JOIN c', schedule => '0s');",
+    );
+    let members: Vec<(String, bool)> = db
+        .client
+        .query("SELECT stream_table::regclass::text, is_convergence FROM pgtrickle.diamond_groups() ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(members, vec![("b".to_string(), false), ("c".to_string(), false), ("d".to_string(), true)]);
+    wait_until(&mut db.client, "SELECT worker_pid IS NOT NULL FROM pgtrickle.scheduler_status()", "the scheduler worker");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let mut w = db.connect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let sql = if i % 3 == 2 { "DELETE FROM t WHERE id = (SELECT min(id) FROM t)" } else { "INSERT INTO t (v) VALUES (10)" };
+                w.batch_execute(sql).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    let mut checks = 0;
+    let mut torn = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        let row = db
+            .client
+            .query_one("SELECT (SELECT s FROM b), (SELECT n FROM c), (SELECT s FROM d), (SELECT n FROM d)", &[])
+            .unwrap();
+        let (bs, cn, ds, dn): (Option<i64>, i64, Option<i64>, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        if bs != Some(cn * 10) || ds != Some(dn * 10) {
+            torn.push((bs, cn, ds, dn));
+        }
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(torn.is_empty(), "{} of {checks} reads saw b and c (or d) from different states: {:?}", torn.len(), &torn[..torn.len().min(5)]);
+    let scheduled: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE initiated_by = 'SCHEDULER'", &[]);
+    assert!(scheduled > 10, "the diamond was refreshed {scheduled} times");
+    wait_until(&mut db.client, &equal("d", "s, n", "SELECT sum(v) AS s, count(*) AS n FROM t"), "d to settle");
+}
