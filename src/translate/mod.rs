@@ -429,11 +429,36 @@ unsafe fn identity_columns(
     for (k, input_keys) in prepared.keys.iter().enumerate() {
         for (j, key) in input_keys.iter().enumerate() {
             let name = format!("__pgt_k{}_{}", k + 1, j + 1);
-            extra.push((name.clone(), *key));
+            extra.push((name.clone(), unfolded_key(*key)));
             identity.push(name);
         }
     }
     Ok(Ok(identity))
+}
+
+/// A key value as it enters a row identity hash. PostgreSQL's hashes of 64-bit
+/// integer types (bigint, timestamp[tz], time) fold the value to 32 bits
+/// first (so that equal int4 and int8 values hash alike); keys such as
+/// snowflake ids, timestamps or an upstream stream table's `__pgt_row_id` would
+/// then collide after some 10^5 rows. Their binary form (`int8send`, ...) is
+/// exact and hashed whole; other types are hashed as they are.
+unsafe fn unfolded_key(key: *mut pg_sys::Node) -> *mut pg_sys::Node {
+    let send = match pg_sys::exprType(key) {
+        pg_sys::INT8OID => pg_sys::F_INT8SEND,
+        pg_sys::TIMESTAMPOID => pg_sys::F_TIMESTAMP_SEND,
+        pg_sys::TIMESTAMPTZOID => pg_sys::F_TIMESTAMPTZ_SEND,
+        pg_sys::TIMEOID => pg_sys::F_TIME_SEND,
+        _ => return key,
+    };
+    let args = pg_sys::lappend(std::ptr::null_mut(), key as *mut std::ffi::c_void);
+    pg_sys::makeFuncExpr(
+        pg_sys::Oid::from(send),
+        pg_sys::BYTEAOID,
+        args,
+        pg_sys::InvalidOid,
+        pg_sys::InvalidOid,
+        pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+    ) as *mut pg_sys::Node
 }
 
 /// A block of rows: `SELECT <visible> FROM ... WHERE ...`.

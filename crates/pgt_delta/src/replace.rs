@@ -61,7 +61,10 @@ pub fn content_row_id(query: &str, columns: &[String], typed: bool) -> String {
         "SELECT {cols}{sep}{hash} AS __pgt_row_id FROM ({query}) q",
         cols = qualified("q", columns),
         sep = if columns.is_empty() { "" } else { ", " },
-        hash = crate::sql::record_hash(&format!("{content}, pg_catalog.row_number() OVER (PARTITION BY {content})")),
+        hash = crate::sql::record_hash(&format!(
+            "{}, pg_catalog.row_number() OVER (PARTITION BY {content})",
+            if typed { crate::sql::unfolded(&content) } else { content.clone() }
+        )),
     )
 }
 

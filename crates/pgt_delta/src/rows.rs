@@ -34,7 +34,7 @@ use pgt_core::ident::quote_ident;
 /// in a keyless branch.
 fn keyless_row_id(plan: &RowsPlan, index: usize, content: &str, copy: &str) -> String {
     let branch = if plan.branches.len() > 1 { format!("{}, ", index + 1) } else { String::new() };
-    record_hash(&format!("{branch}{content}, {copy}"))
+    record_hash(&format!("{branch}{}, {copy}", crate::sql::unfolded(content)))
 }
 
 /// The content of a keyless output row `alias`: the hash of its visible values.
