@@ -471,7 +471,8 @@ unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> 
     };
     let visible = surgery::visible_names(q);
     let block = surgery::finish(prepared, surgery::Targets::KeepVisible(extra))?;
-    Ok(Ok(Plan::Rows(RowsPlan { branches: vec![RowsBranch { block, identity }], visible })))
+    let content_hash = group_hash(&visible_exprs);
+    Ok(Ok(Plan::Rows(RowsPlan { branches: vec![RowsBranch { block, identity }], visible, content_hash })))
 }
 
 /// `A UNION ALL B ...` (a union of row blocks) or `A UNION B ...` (DISTINCT over
@@ -552,7 +553,8 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
         }
     }
     if !distinct {
-        return Ok(Ok(Plan::Rows(RowsPlan { branches, visible })));
+        let content_hash = group_hash(&visible_exprs(q));
+        return Ok(Ok(Plan::Rows(RowsPlan { branches, visible, content_hash })));
     }
     // UNION: DISTINCT over the union; the group keys are the output columns.
     let groups = visible_exprs(q);
@@ -569,6 +571,7 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     Ok(Ok(Plan::Aggregate(AggregatePlan {
         inputs: blocks,
         groups: (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect(),
+        group_hash: group_hash(&groups),
         group_equality,
         aggregates: Vec::new(),
         output_template: output,
@@ -712,6 +715,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
     Ok(Ok(Plan::Aggregate(AggregatePlan {
         inputs: input,
         groups: group_names,
+        group_hash: group_hash(&groups),
         group_equality,
         aggregates,
         output_template: output,
@@ -735,6 +739,26 @@ unsafe fn group_equality(groups: &[*mut pg_sys::Node]) -> PgtResult<Result<Vec<S
         }
     }
     Ok(Ok(operators))
+}
+
+/// Per expression (group key, or visible column of a keyless row), the function
+/// its value goes through before it is hashed into a row identity: the binary
+/// send function of the 64-bit integer types, whose hash folds to 32 bits (see
+/// [`unfolded_key`]); empty for the others.
+unsafe fn group_hash(groups: &[*mut pg_sys::Node]) -> Vec<String> {
+    groups
+        .iter()
+        .map(|g| {
+            match pg_sys::exprType(*g) {
+                pg_sys::INT8OID => "pg_catalog.int8send",
+                pg_sys::TIMESTAMPOID => "pg_catalog.timestamp_send",
+                pg_sys::TIMESTAMPTZOID => "pg_catalog.timestamptz_send",
+                pg_sys::TIMEOID => "pg_catalog.time_send",
+                _ => "",
+            }
+            .to_string()
+        })
+        .collect()
 }
 
 /// Operator `oid` as `OPERATOR(schema.name)`, which resolves to exactly it

@@ -117,13 +117,32 @@ fn group_by(plan: &AggregatePlan, alias: &str) -> String {
     }
 }
 
+/// The row identity of the group of input row `alias`: a hash of its group
+/// keys, each through its [`AggregatePlan::group_hash`] function if any; 0 for
+/// a scalar aggregate.
+fn group_row_id(plan: &AggregatePlan, alias: &str) -> String {
+    if plan.groups.is_empty() {
+        return row_id(alias, &plan.groups);
+    }
+    let fields: Vec<String> = plan
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| match plan.group_hash.get(i).filter(|f| !f.is_empty()) {
+            Some(f) => format!("{f}({alias}.{})", quote_ident(g)),
+            None => format!("{alias}.{}", quote_ident(g)),
+        })
+        .collect();
+    crate::sql::record_hash(&fields.join(", "))
+}
+
 fn groups_select(plan: &AggregatePlan, alias: &str) -> String {
     plan.groups.iter().map(|g| format!("{alias}.{q} AS {q}, ", q = quote_ident(g))).collect()
 }
 
 /// State of every group computed from scratch over input rows `i` of weight 1.
 fn full_state_select(plan: &AggregatePlan, from: &str) -> String {
-    let mut cols = vec![format!("{} AS __pgt_row_id", row_id("i", &plan.groups)), "count(*) AS __pgt_count".to_string()];
+    let mut cols = vec![format!("{} AS __pgt_row_id", group_row_id(plan, "i")), "count(*) AS __pgt_count".to_string()];
     for (k, agg) in plan.aggregates.iter().enumerate() {
         let j = k + 1;
         let c = contributes(agg, "i");
@@ -219,7 +238,7 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
     let state_names: Vec<String> = passthrough_columns(&plan.aggregates).into_iter().skip(1).collect();
 
     // Per affected group: the delta's contribution.
-    let mut dcols = vec![format!("{} AS __pgt_row_id", row_id("d", &plan.groups)), "sum(d.__pgt_w) AS __pgt_dcount".to_string()];
+    let mut dcols = vec![format!("{} AS __pgt_row_id", group_row_id(plan, "d")), "sum(d.__pgt_w) AS __pgt_dcount".to_string()];
     for (k, agg) in plan.aggregates.iter().enumerate() {
         let j = k + 1;
         let c = contributes(agg, "d");
@@ -408,6 +427,7 @@ mod tests {
         let aggregates = vec![agg(AggregateKind::CountStar, 1), agg(AggregateKind::Sum, 2), agg(AggregateKind::Min, 3)];
         AggregatePlan {
             group_equality: Vec::new(),
+            group_hash: Vec::new(),
             inputs: vec![Block {
                 template: "SELECT ... FROM p1 x".into(),
                 inputs: vec![Input {

@@ -101,6 +101,10 @@ pub struct RowsPlan {
     pub branches: Vec<RowsBranch>,
     /// Names of the visible columns (the stream table's user columns).
     pub visible: Vec<String>,
+    /// Per visible column, a function applied to it before a keyless row's
+    /// content is hashed (as [`AggregatePlan::group_hash`]), or empty.
+    #[serde(default)]
+    pub content_hash: Vec<String>,
 }
 
 /// One branch of a [`RowsPlan`].
@@ -138,6 +142,11 @@ pub struct AggregatePlan {
     /// search path (a citext key must not compare as text). Empty: `=`.
     #[serde(default)]
     pub group_equality: Vec<String>,
+    /// Per group key, a function applied to it before it is hashed into the row
+    /// identity (`pg_catalog.int8send` for a bigint: PostgreSQL's hash of a
+    /// 64-bit integer type folds it to 32 bits), or empty for the value itself.
+    #[serde(default)]
+    pub group_hash: Vec<String>,
     /// The aggregate calls, in order (`j` is the position + 1).
     pub aggregates: Vec<Aggregate>,
     /// Template computing the visible columns (and `__pgt_having` if `having`)

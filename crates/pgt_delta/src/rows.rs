@@ -37,10 +37,20 @@ fn keyless_row_id(plan: &RowsPlan, index: usize, content: &str, copy: &str) -> S
     record_hash(&format!("{branch}{}, {copy}", crate::sql::unfolded(content)))
 }
 
-/// The content of a keyless output row `alias`: the hash of its visible values.
-/// Rows equal under their types' equality have one content (see [`record_hash`]).
+/// The content of a keyless output row `alias`: the hash of its visible values
+/// (each through its [`RowsPlan::content_hash`] function, if any). Rows equal
+/// under their types' equality have one content (see [`record_hash`]).
 fn keyless_content(plan: &RowsPlan, alias: &str) -> String {
-    record_hash(&qualified(alias, &plan.visible))
+    let fields: Vec<String> = plan
+        .visible
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match plan.content_hash.get(i).filter(|f| !f.is_empty()) {
+            Some(f) => format!("{f}({alias}.{})", quote_ident(c)),
+            None => format!("{alias}.{}", quote_ident(c)),
+        })
+        .collect();
+    record_hash(&fields.join(", "))
 }
 
 /// The row identity of a branch's output row `alias` (keyed branches).
@@ -190,7 +200,7 @@ mod tests {
     }
 
     fn plan(branches: u32) -> RowsPlan {
-        RowsPlan { branches: (1..=branches).map(branch).collect(), visible: vec!["amount".into()] }
+        RowsPlan { branches: (1..=branches).map(branch).collect(), visible: vec!["amount".into()], content_hash: Vec::new() }
     }
 
     #[test]

@@ -779,10 +779,11 @@ fn dropping_the_key_index_replans() {
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", query);
 }
 
-/// Row identities keep their 64 bits: keys beyond 2^32 (snowflake-like ids),
-/// keyless rows (a hash of the content, hashed again with a copy number), FULL
-/// stream tables and stream tables keyed by another's `__pgt_row_id` do not
-/// collide at 200K rows (folded to 32 bits, they would, with near certainty).
+/// Row identities keep their 64 bits: keys and group keys beyond 2^32
+/// (snowflake-like ids), keyless rows (a hash of the content, hashed again with
+/// a copy number), FULL stream tables and stream tables keyed by another's
+/// `__pgt_row_id` do not collide at 200K rows (folded to 32 bits, they would,
+/// with near certainty).
 #[test]
 fn row_identities_do_not_collide_at_scale() {
     let mut db = pg_trickle_e2e::TestDb::new("identity_scale");
@@ -795,13 +796,16 @@ fn row_identities_do_not_collide_at_scale() {
          SELECT pgtrickle.create_stream_table('bag_diff', 'SELECT a, b FROM bag', refresh_mode => 'DIFFERENTIAL');
          SELECT pgtrickle.create_stream_table('big_full', 'SELECT id, v FROM big', refresh_mode => 'FULL');
          SELECT pgtrickle.create_stream_table('over_st', 'SELECT id, v FROM big_diff', refresh_mode => 'DIFFERENTIAL');
+         SELECT pgtrickle.create_stream_table('big_groups', 'SELECT id, count(*) AS n, sum(v) AS s FROM big GROUP BY id', refresh_mode => 'DIFFERENTIAL');
          UPDATE big SET v = v + 1 WHERE id % 7 = 0; DELETE FROM bag WHERE b % 11 = 0;
          SET pg_trickle.differential_max_change_ratio = 1000;
          SELECT pgtrickle.refresh_stream_table('big_diff'); SELECT pgtrickle.refresh_stream_table('bag_diff');
-         SELECT pgtrickle.refresh_stream_table('big_full'); SELECT pgtrickle.refresh_stream_table('over_st');",
+         SELECT pgtrickle.refresh_stream_table('big_full'); SELECT pgtrickle.refresh_stream_table('over_st');
+         SELECT pgtrickle.refresh_stream_table('big_groups');",
     );
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "big_diff", "SELECT id, v FROM big");
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "bag_diff", "SELECT a, b FROM bag");
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "big_full", "SELECT id, v FROM big");
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "over_st", "SELECT id, v FROM big");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "big_groups", "SELECT id, count(*) AS n, sum(v) AS s FROM big GROUP BY id");
 }
