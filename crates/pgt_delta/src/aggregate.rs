@@ -16,8 +16,8 @@
 //! count'ⱼ  = countⱼ  + Σ_{c} w
 //! sum'ⱼ    = sumⱼ    + Σ_{c} w·a            (NULL when count'ⱼ = 0)      SUM, AVG
 //! avg'ⱼ    = sum'ⱼ / count'ⱼ
-//! min'ⱼ    = LEAST(minⱼ, min_{c, w>0} a)   valid unless some deleted a ≤ minⱼ   MIN
-//! max'ⱼ    = GREATEST(maxⱼ, max_{c, w>0} a) valid unless some deleted a ≥ maxⱼ  MAX
+//! min'ⱼ    = LEAST(minⱼ, min_{c, w>0} a)   valid unless some deleted a ≤ min'ⱼ  MIN
+//! max'ⱼ    = GREATEST(maxⱼ, max_{c, w>0} a) valid unless some deleted a ≥ max'ⱼ MAX
 //! ```
 //!
 //! COUNT / SUM / AVG are exact over integers and numerics (sums of integers and of
@@ -124,16 +124,7 @@ fn group_row_id(plan: &AggregatePlan, alias: &str) -> String {
     if plan.groups.is_empty() {
         return row_id(alias, &plan.groups);
     }
-    let fields: Vec<String> = plan
-        .groups
-        .iter()
-        .enumerate()
-        .map(|(i, g)| match plan.group_hash.get(i).filter(|f| !f.is_empty()) {
-            Some(f) => format!("{f}({alias}.{})", quote_ident(g)),
-            None => format!("{alias}.{}", quote_ident(g)),
-        })
-        .collect();
-    crate::sql::record_hash(&fields.join(", "))
+    crate::sql::hash_through(alias, &plan.groups, &plan.group_hash)
 }
 
 fn groups_select(plan: &AggregatePlan, alias: &str) -> String {
@@ -278,8 +269,12 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
             AggregateKind::Max => ">=",
             _ => continue,
         };
+        // Compare with the merged candidate, not only the old extremum: a value
+        // inserted and deleted in the same window is among both the inserted and
+        // the deleted values, and must not survive as the extremum.
+        let merge = if agg.kind == AggregateKind::Min { "LEAST" } else { "GREATEST" };
         rescan.push(format!(
-            "(g.__pgt_ddel{j} IS NOT NULL AND o.{cnt} > 0 AND g.__pgt_ddel{j} {cmp} o.{st})",
+            "(g.__pgt_ddel{j} IS NOT NULL AND g.__pgt_ddel{j} {cmp} {merge}(CASE WHEN o.{cnt} > 0 THEN o.{st} END, g.__pgt_dins{j}))",
             cnt = count_col(j),
             st = value_state_col(agg, j).unwrap_or_default()
         ));
@@ -476,7 +471,9 @@ mod tests {
         let f = Frontier { snapshot: "1:1:".into(), xid: None, cid: None };
         let m = merge_sql(&plan(1, true), "st", &f, &[1].into()).unwrap();
         assert!(m.contains("o.__pgt_row_id IS NULL"));
-        assert!(m.contains("g.__pgt_ddel3 IS NOT NULL AND o.__pgt_aux_count_3 > 0 AND g.__pgt_ddel3 <= o.__pgt_aux_min_3"));
+        assert!(m.contains(
+            "g.__pgt_ddel3 IS NOT NULL AND g.__pgt_ddel3 <= LEAST(CASE WHEN o.__pgt_aux_count_3 > 0 THEN o.__pgt_aux_min_3 END, g.__pgt_dins3)"
+        ), "rescan when a deleted value may be the merged minimum, transient inserts included");
         assert!(m.contains("LEAST(a.__pgt_old_aux_min_3, a.__pgt_dins3)"));
         assert!(m.contains("__pgt_dg AS MATERIALIZED"), "the delta is computed once");
         assert!(m.contains("IS DISTINCT FROM"), "unchanged groups are not rewritten");

@@ -41,16 +41,7 @@ fn keyless_row_id(plan: &RowsPlan, index: usize, content: &str, copy: &str) -> S
 /// (each through its [`RowsPlan::content_hash`] function, if any). Rows equal
 /// under their types' equality have one content (see [`record_hash`]).
 fn keyless_content(plan: &RowsPlan, alias: &str) -> String {
-    let fields: Vec<String> = plan
-        .visible
-        .iter()
-        .enumerate()
-        .map(|(i, c)| match plan.content_hash.get(i).filter(|f| !f.is_empty()) {
-            Some(f) => format!("{f}({alias}.{})", quote_ident(c)),
-            None => format!("{alias}.{}", quote_ident(c)),
-        })
-        .collect();
-    record_hash(&fields.join(", "))
+    crate::sql::hash_through(alias, &plan.visible, &plan.content_hash)
 }
 
 /// The row identity of a branch's output row `alias` (keyed branches).

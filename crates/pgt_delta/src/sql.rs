@@ -43,3 +43,18 @@ pub fn record_hash(fields: &str) -> String {
 pub fn unfolded(hash: &str) -> String {
     format!("({hash})::text")
 }
+
+/// The hash ([`record_hash`]) of columns `columns` of `alias`, each first passed
+/// through its function in `functions` (same position; empty or missing: the
+/// value itself). Used to keep 64-bit integer values whole (`int8send`).
+pub fn hash_through(alias: &str, columns: &[String], functions: &[String]) -> String {
+    let fields: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match functions.get(i).filter(|f| !f.is_empty()) {
+            Some(f) => format!("{f}({alias}.{})", quote_ident(c)),
+            None => format!("{alias}.{}", quote_ident(c)),
+        })
+        .collect();
+    record_hash(&fields.join(", "))
+}
