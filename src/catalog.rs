@@ -357,21 +357,18 @@ pub fn downstream_stream_tables(relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
 /// for every stream table that reads another stream table (directly or through
 /// a view).
 pub fn stream_table_edges() -> PgtResult<Vec<(u32, u32)>> {
-    query_map(
-        "SELECT d.source_relid, st.pgt_relid FROM pgtrickle.pgt_dependencies d \
-         JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) WHERE d.source_kind = 'STREAM_TABLE'",
-        &[],
-        |row| Ok((col::<pg_sys::Oid>(row, 1)?.to_u32(), col::<pg_sys::Oid>(row, 2)?.to_u32())),
-    )
+    Ok(source_edges()?.into_iter().filter(|(_, _, st)| *st).map(|(up, down, _)| (up, down)).collect())
 }
 
-/// Every `(source, stream table)` dependency as relation OIDs: tables, views and
-/// stream tables each stream table reads (for diamond detection).
-pub fn source_edges() -> PgtResult<Vec<(u32, u32)>> {
+/// Every `(source, stream table, source is a stream table)` dependency as
+/// relation OIDs: tables, views and stream tables each stream table reads (for
+/// diamond detection; the stream-table ones are [`stream_table_edges`]).
+pub fn source_edges() -> PgtResult<Vec<(u32, u32, bool)>> {
     query_map(
-        "SELECT d.source_relid, st.pgt_relid FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)",
+        "SELECT d.source_relid, st.pgt_relid, d.source_kind = 'STREAM_TABLE' \
+         FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)",
         &[],
-        |row| Ok((col::<pg_sys::Oid>(row, 1)?.to_u32(), col::<pg_sys::Oid>(row, 2)?.to_u32())),
+        |row| Ok((col::<pg_sys::Oid>(row, 1)?.to_u32(), col::<pg_sys::Oid>(row, 2)?.to_u32(), col::<bool>(row, 3)?)),
     )
 }
 

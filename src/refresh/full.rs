@@ -28,21 +28,22 @@ use super::Applied;
 use crate::catalog::{Frontier, StreamTable};
 use crate::error::{PgtError, PgtResult};
 use crate::spi::StatementSnapshot;
-use crate::storage::{self, ROW_ID_COLUMN};
+use crate::storage::ROW_ID_COLUMN;
 use pgrx::pg_sys;
 use pgt_delta::Plan;
 
 /// Recomputes `st` from its defining query. The caller holds the locks and runs
 /// this as the owner.
 pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
-    let visible: Vec<String> = storage::visible_columns(st.relid)?.into_iter().map(|c| c.name).collect();
-    let types = crate::spi::query_map(
-        "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped \
-         AND attname::text NOT LIKE '\\_\\_pgt\\_%'",
+    // The visible columns with their types, in one catalog read.
+    let columns = crate::spi::query_map(
+        "SELECT attname::text, atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 \
+         AND NOT attisdropped AND attname::text NOT LIKE '\\_\\_pgt\\_%' ORDER BY attnum",
         &[st.relid.into()],
-        |row| crate::spi::col::<pg_sys::Oid>(row, 1),
+        |row| Ok((crate::spi::col::<String>(row, 1)?, crate::spi::col::<pg_sys::Oid>(row, 2)?)),
     )?;
-    let typed = types.iter().all(|t| unsafe { crate::translate::hashable(*t) });
+    let typed = columns.iter().all(|(_, t)| unsafe { crate::translate::hashable(*t) });
+    let visible: Vec<String> = columns.into_iter().map(|(name, _)| name).collect();
     let source = pgt_delta::replace::content_row_id(&st.defining_query, &visible, typed);
     let mut columns = visible;
     columns.push(ROW_ID_COLUMN.to_string());

@@ -116,13 +116,7 @@ fn vacate_database(name: &str) {
 /// next probe of a database that had no pg_trickle; before the commit, the
 /// worker would not see the stream table).
 pub fn request_worker() {
-    if !available() {
-        return;
-    }
-    unsafe {
-        ensure_transaction_callback();
-        WORKER_REQUESTED = true;
-    }
+    set_at_commit(&raw mut WORKER_REQUESTED);
 }
 
 /// Wakes this database's scheduler when the current transaction commits: called
@@ -130,20 +124,21 @@ pub fn request_worker() {
 /// refreshed right after a change to its sources commits. Cheap: one flag per
 /// transaction; the wake itself is one latch.
 pub fn wake_at_commit() {
+    set_at_commit(&raw mut WAKE_REQUESTED);
+}
+
+/// Raises `flag` for [`at_transaction_end`] (registered once per backend), when
+/// automatic refresh is available.
+fn set_at_commit(flag: *mut bool) {
     if !available() {
         return;
     }
     unsafe {
-        ensure_transaction_callback();
-        WAKE_REQUESTED = true;
-    }
-}
-
-/// Registers [`at_transaction_end`] once per backend.
-unsafe fn ensure_transaction_callback() {
-    if !CALLBACK_REGISTERED {
-        pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
-        CALLBACK_REGISTERED = true;
+        if !CALLBACK_REGISTERED {
+            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+            CALLBACK_REGISTERED = true;
+        }
+        *flag = true;
     }
 }
 
@@ -208,12 +203,9 @@ pub fn status() -> Status {
 /// (`pgt_core::dag::diamond_groups`, every convergence node counted whatever
 /// its `diamond_consistency`): `(group number, member, is a convergence node)`.
 pub fn diamond_groups() -> crate::error::PgtResult<Vec<(i32, u32, bool)>> {
-    let edges = pgt_core::dag::edges(crate::catalog::source_edges()?);
-    let members: std::collections::BTreeSet<u32> = crate::catalog::stream_table_edges()?
-        .into_iter()
-        .flat_map(|(a, b)| [a, b])
-        .chain(crate::catalog::source_edges()?.into_iter().map(|(_, st)| st))
-        .collect();
+    let all = crate::catalog::source_edges()?;
+    let members: std::collections::BTreeSet<u32> = all.iter().map(|(_, st, _)| *st).collect();
+    let edges = pgt_core::dag::edges(all.into_iter().map(|(up, down, _)| (up, down)));
     let groups = pgt_core::dag::diamond_groups(&edges, &members, |_| true);
     Ok(groups
         .iter()

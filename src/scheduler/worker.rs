@@ -162,9 +162,9 @@ impl Scheduler {
             if !has_extension()? {
                 return Ok(None);
             }
-            Ok(Some((stream_tables()?, crate::catalog::stream_table_edges()?, crate::catalog::source_edges()?)))
+            Ok(Some((stream_tables()?, crate::catalog::source_edges()?)))
         });
-        let (entries, edge_pairs, source_pairs) = match read {
+        let (entries, all_edges) = match read {
             Ok(Some(x)) => x,
             Ok(None) => return Cycle::ExtensionGone,
             Err(e) => {
@@ -173,7 +173,8 @@ impl Scheduler {
             }
         };
         let now = SystemTime::now();
-        let edges = pgt_core::dag::edges(edge_pairs);
+        let edges = pgt_core::dag::edges(all_edges.iter().filter(|(_, _, st)| *st).map(|(up, down, _)| (*up, *down)));
+        let source_pairs = all_edges.iter().map(|(up, down, _)| (*up, *down));
         let nodes: BTreeSet<u32> = entries.iter().map(|e| e.relid).collect();
         // A cycle cannot be created (create/alter reject it); if the catalog
         // somehow holds one, refresh in catalog order rather than not at all.

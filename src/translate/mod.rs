@@ -443,13 +443,7 @@ unsafe fn identity_columns(
 /// then collide after some 10^5 rows. Their binary form (`int8send`, ...) is
 /// exact and hashed whole; other types are hashed as they are.
 unsafe fn unfolded_key(key: *mut pg_sys::Node) -> *mut pg_sys::Node {
-    let send = match pg_sys::exprType(key) {
-        pg_sys::INT8OID => pg_sys::F_INT8SEND,
-        pg_sys::TIMESTAMPOID => pg_sys::F_TIMESTAMP_SEND,
-        pg_sys::TIMESTAMPTZOID => pg_sys::F_TIMESTAMPTZ_SEND,
-        pg_sys::TIMEOID => pg_sys::F_TIME_SEND,
-        _ => return key,
-    };
+    let Some((send, _)) = send_function(pg_sys::exprType(key)) else { return key };
     let args = pg_sys::lappend(std::ptr::null_mut(), key as *mut std::ffi::c_void);
     pg_sys::makeFuncExpr(
         pg_sys::Oid::from(send),
@@ -459,6 +453,18 @@ unsafe fn unfolded_key(key: *mut pg_sys::Node) -> *mut pg_sys::Node {
         pg_sys::InvalidOid,
         pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
     ) as *mut pg_sys::Node
+}
+
+/// The binary send function (OID and qualified name) of the 64-bit integer
+/// types whose hash folds to 32 bits; `None` for every other type.
+fn send_function(typ: pg_sys::Oid) -> Option<(u32, &'static str)> {
+    match typ {
+        pg_sys::INT8OID => Some((pg_sys::F_INT8SEND, "pg_catalog.int8send")),
+        pg_sys::TIMESTAMPOID => Some((pg_sys::F_TIMESTAMP_SEND, "pg_catalog.timestamp_send")),
+        pg_sys::TIMESTAMPTZOID => Some((pg_sys::F_TIMESTAMPTZ_SEND, "pg_catalog.timestamptz_send")),
+        pg_sys::TIMEOID => Some((pg_sys::F_TIME_SEND, "pg_catalog.time_send")),
+        _ => None,
+    }
 }
 
 /// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
@@ -557,26 +563,39 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
         return Ok(Ok(Plan::Rows(RowsPlan { branches, visible, content_hash })));
     }
     // UNION: DISTINCT over the union; the group keys are the output columns.
-    let groups = visible_exprs(q);
-    let passthrough = pgt_delta::aggregate::passthrough_columns(&[]);
-    let passthrough_types = passthrough_types(&[], &[]);
-    let output = match surgery::output_template(q, &groups, &[], &passthrough, &passthrough_types)? {
+    aggregate_plan(q, &visible_exprs(q), blocks, &[], Vec::new(), visible)
+}
+
+/// The [`AggregatePlan`] over `inputs` of query `q` grouped by `groups`, with
+/// `aggregates` (one per `aggrefs` entry): the output template, the group keys'
+/// equality operators and hash functions, the pass-through columns.
+unsafe fn aggregate_plan(
+    q: *mut pg_sys::Query,
+    groups: &[*mut pg_sys::Node],
+    inputs: Vec<pgt_delta::Block>,
+    aggrefs: &[*mut pg_sys::Aggref],
+    aggregates: Vec<Aggregate>,
+    visible: Vec<String>,
+) -> PgtResult<Result<Plan, Unsupported>> {
+    let passthrough = pgt_delta::aggregate::passthrough_columns(&aggregates);
+    let passthrough_types = passthrough_types(&aggregates, aggrefs);
+    let output = match surgery::output_template(q, groups, aggrefs, &passthrough, &passthrough_types)? {
         Ok(t) => t,
         Err(u) => return Ok(Err(u)),
     };
-    let group_equality = match group_equality(&groups)? {
+    let group_equality = match group_equality(groups)? {
         Ok(ops) => ops,
         Err(u) => return Ok(Err(u)),
     };
     Ok(Ok(Plan::Aggregate(AggregatePlan {
-        inputs: blocks,
+        inputs,
         groups: (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect(),
-        group_hash: group_hash(&groups),
+        group_hash: group_hash(groups),
         group_equality,
-        aggregates: Vec::new(),
+        aggregates,
         output_template: output,
         visible,
-        having: false,
+        having: !(*q).havingQual.is_null(),
         passthrough,
     })))
 }
@@ -699,30 +718,8 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
             call,
         });
     }
-    let group_names: Vec<String> = (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect();
     let input = vec![surgery::finish(prepared, surgery::Targets::Replace(extra))?];
-    let passthrough = pgt_delta::aggregate::passthrough_columns(&aggregates);
-    let passthrough_types = passthrough_types(&aggregates, &aggrefs);
-    let visible = surgery::visible_names(q);
-    let output = match surgery::output_template(q, &groups, &aggrefs, &passthrough, &passthrough_types)? {
-        Ok(t) => t,
-        Err(u) => return Ok(Err(u)),
-    };
-    let group_equality = match group_equality(&groups)? {
-        Ok(ops) => ops,
-        Err(u) => return Ok(Err(u)),
-    };
-    Ok(Ok(Plan::Aggregate(AggregatePlan {
-        inputs: input,
-        groups: group_names,
-        group_hash: group_hash(&groups),
-        group_equality,
-        aggregates,
-        output_template: output,
-        visible,
-        having: !query.havingQual.is_null(),
-        passthrough,
-    })))
+    aggregate_plan(q, &groups, input, &aggrefs, aggregates, surgery::visible_names(q))
 }
 
 /// The schema-qualified default equality operator of each group key's type (the
@@ -746,19 +743,7 @@ unsafe fn group_equality(groups: &[*mut pg_sys::Node]) -> PgtResult<Result<Vec<S
 /// send function of the 64-bit integer types, whose hash folds to 32 bits (see
 /// [`unfolded_key`]); empty for the others.
 unsafe fn group_hash(groups: &[*mut pg_sys::Node]) -> Vec<String> {
-    groups
-        .iter()
-        .map(|g| {
-            match pg_sys::exprType(*g) {
-                pg_sys::INT8OID => "pg_catalog.int8send",
-                pg_sys::TIMESTAMPOID => "pg_catalog.timestamp_send",
-                pg_sys::TIMESTAMPTZOID => "pg_catalog.timestamptz_send",
-                pg_sys::TIMEOID => "pg_catalog.time_send",
-                _ => "",
-            }
-            .to_string()
-        })
-        .collect()
+    groups.iter().map(|g| send_function(pg_sys::exprType(*g)).map(|(_, name)| name.to_string()).unwrap_or_default()).collect()
 }
 
 /// Operator `oid` as `OPERATOR(schema.name)`, which resolves to exactly it

@@ -114,6 +114,8 @@ fn a_zero_schedule_refreshes_when_changes_commit() {
     // Without '0s' allowed, the floor applies.
     db.exec("RESET pg_trickle.min_schedule_seconds");
     db.expect_error("SELECT pgtrickle.alter_stream_table('eager', schedule => '0s')", "22023");
+    assert_st_matches_query(&mut db.client, "eager", "SELECT v, count(*) AS n FROM t GROUP BY v");
+    assert_st_matches_query(&mut db.client, "eager_full", "SELECT v FROM t ORDER BY v LIMIT 3");
 }
 
 #[test]
@@ -298,6 +300,9 @@ fn monitoring_functions_report_what_happened() {
     db.exec("SELECT pgtrickle.alter_stream_table('base', status => 'SUSPENDED')");
     let status: String = db.scalar("SELECT status FROM pgtrickle.quick_health", &[]);
     assert_eq!(status, "ERROR");
+    db.exec("SELECT pgtrickle.refresh_stream_table('upper_st')");
+    assert_st_matches_query(&mut db.client, "base", "SELECT id, v FROM t");
+    assert_st_matches_query(&mut db.client, "upper_st", "SELECT count(*) AS n FROM t");
 }
 
 #[test]
@@ -493,4 +498,7 @@ fn an_atomic_diamond_is_never_seen_half_refreshed() {
     let scheduled: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE initiated_by = 'SCHEDULER'", &[]);
     assert!(scheduled > 10, "the diamond was refreshed {scheduled} times");
     wait_until(&mut db.client, &equal("d", "s, n", "SELECT sum(v) AS s, count(*) AS n FROM t"), "d to settle");
+    assert_st_matches_query(&mut db.client, "b", "SELECT sum(v) AS s FROM t");
+    assert_st_matches_query(&mut db.client, "c", "SELECT count(*) AS n FROM t");
+    assert_st_matches_query(&mut db.client, "d", "SELECT b.s, c.n FROM b CROSS JOIN c");
 }
