@@ -44,6 +44,8 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
     append_only               boolean NOT NULL DEFAULT false,
     pooler_compatibility_mode boolean NOT NULL DEFAULT false,
     delta_plan                text,
+    query_tree                text,
+    needs_reinit              boolean NOT NULL DEFAULT false,
     frontier                  pg_catalog.pg_snapshot,
     frontier_xid              pg_catalog.xid8,
     frontier_cid              bigint,
@@ -56,6 +58,10 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
 COMMENT ON TABLE pgtrickle.pgt_stream_tables IS 'pg_trickle: one row per stream table';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.delta_plan IS
     'The DIFFERENTIAL operator tree (JSON), rebuilt with every full recomputation';
+COMMENT ON COLUMN pgtrickle.pgt_stream_tables.query_tree IS
+    'The analysed defining query (nodeToString): deparsed again after a source is renamed';
+COMMENT ON COLUMN pgtrickle.pgt_stream_tables.needs_reinit IS
+    'DDL changed something the query reads: the next refresh re-derives the query, plan and storage types and recomputes';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.frontier IS
     'Snapshot the contents reflect: changes by transactions visible in it are applied';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.frontier_xid IS
@@ -68,8 +74,14 @@ CREATE TABLE pgtrickle.pgt_dependencies (
     source_kind  text NOT NULL
         CHECK (source_kind IN ('TABLE', 'PARTITIONED_TABLE', 'VIEW', 'STREAM_TABLE')),
     is_direct    boolean NOT NULL,
+    columns_read smallint[],
+    source_signature text,
     PRIMARY KEY (pgt_id, source_relid)
 );
+COMMENT ON COLUMN pgtrickle.pgt_dependencies.columns_read IS
+    'Attribute numbers of the columns the stream table relies on (read by the query, or its key); NULL: the whole row';
+COMMENT ON COLUMN pgtrickle.pgt_dependencies.source_signature IS
+    'pgtrickle._source_signature(source_relid, columns_read) when recorded: DDL that changes it concerns the stream table';
 CREATE INDEX ON pgtrickle.pgt_dependencies (source_relid);
 
 -- Sources whose changes are captured, with their change buffer.
@@ -79,6 +91,7 @@ CREATE TABLE pgtrickle.pgt_change_tracking (
     buffer_relid     oid NOT NULL,
     capture_function oid NOT NULL,
     column_signature text NOT NULL,
+    captured_attnums smallint[],
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
@@ -97,6 +110,26 @@ CREATE TABLE pgtrickle.pgt_refresh_history (
     frontier      pg_catalog.pg_snapshot
 );
 CREATE INDEX ON pgtrickle.pgt_refresh_history (pgt_id, start_time);
+
+-- What a stream table relies on in relation `relid` when it reads `columns`
+-- (attribute numbers; NULL: every column): the relation's name, and each of
+-- those columns' number, name, type and collation; for a view, its definition.
+-- A stream table is concerned by DDL on a source exactly when this changes
+-- (docs/SQL_REFERENCE.md, "Source DDL"). Names are quoted and schema-qualified
+-- under a pinned search_path, so the text is stable.
+CREATE FUNCTION pgtrickle._source_signature(relid oid, columns smallint[]) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+        || coalesce((SELECT pg_catalog.string_agg('|' || a.attnum || ':' || pg_catalog.quote_ident(a.attname) || ':'
+                                                  || pg_catalog.format_type(a.atttypid, a.atttypmod) || ':' || a.attcollation,
+                                                  '' ORDER BY a.attnum)
+                     FROM pg_catalog.pg_attribute a
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                       AND (columns IS NULL OR a.attnum = ANY (columns))), '')
+        || CASE WHEN c.relkind = 'v' THEN '|view:' || pg_catalog.pg_get_viewdef(c.oid) ELSE '' END
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = relid
+$$;
 
 GRANT SELECT ON pgtrickle.pgt_stream_tables, pgtrickle.pgt_dependencies,
                 pgtrickle.pgt_change_tracking, pgtrickle.pgt_refresh_history TO PUBLIC;
@@ -138,8 +171,7 @@ pgrx::extension_sql!(
     r#"
 -- Internal entry points: not for PUBLIC.
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pgtrickle._on_table_rewrite(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._wake_scheduler() FROM PUBLIC;
 
 -- Whether any of relations `relids`, or a partitioned table one of them is a
@@ -178,12 +210,13 @@ BEGIN
         PERFORM pgtrickle._on_relations_dropped(dropped);
     END IF;
     -- Columns dropped by a cascade (DROP TYPE ... CASCADE, DROP EXTENSION ...
-    -- CASCADE) from tables that survive: capture must follow.
-    IF lost_columns IS NOT NULL THEN
+    -- CASCADE) from tables that survive: capture must follow. (ALTER TABLE ...
+    -- DROP COLUMN is handled at ddl_command_end.)
+    IF lost_columns IS NOT NULL AND TG_TAG NOT IN ('ALTER TABLE', 'ALTER TYPE') THEN
         lost_columns := ARRAY(SELECT c FROM pg_catalog.unnest(lost_columns) c
                               WHERE dropped IS NULL OR c <> ALL (dropped));
         IF pgtrickle._any_captured(lost_columns) THEN
-            PERFORM pgtrickle._on_relations_changed(lost_columns);
+            PERFORM pgtrickle._on_relations_changed(lost_columns, false);
         END IF;
     END IF;
     -- DROP INDEX alone (its table is no longer known here) may remove the key a
@@ -195,7 +228,7 @@ BEGIN
         changed := ARRAY(SELECT ct.source_relid FROM pgtrickle.pgt_change_tracking ct
                          WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = ct.source_relid));
         IF pg_catalog.cardinality(changed) > 0 THEN
-            PERFORM pgtrickle._on_relations_changed(changed);
+            PERFORM pgtrickle._on_relations_changed(changed, false);
         END IF;
     END IF;
 END
@@ -203,11 +236,15 @@ $$;
 REVOKE ALL ON FUNCTION pgtrickle._on_sql_drop() FROM PUBLIC;
 CREATE EVENT TRIGGER pgtrickle_sql_drop ON sql_drop EXECUTE FUNCTION pgtrickle._on_sql_drop();
 
--- Keeps change capture working after DDL on a captured source: ALTER TABLE that
--- adds, drops, renames or retypes columns (the capture function names columns),
--- ALTER TYPE on the type of a typed table, and partitions created, attached or
--- detached later. Same safety rules as above: it calls into Rust only when a
--- captured source or one of its partitions changed.
+-- Source DDL (src/ddl.rs): keeps change capture working after DDL on a captured
+-- source (ALTER TABLE that adds, drops, renames or retypes columns: the capture
+-- function names columns; ALTER TYPE on the type of a typed table; partitions
+-- created, attached or detached later), and blocks or schedules the
+-- reinitialization of the stream tables the DDL concerns: those reading a
+-- changed column, a renamed relation or a redefined view (ALTER VIEW, CREATE OR
+-- REPLACE VIEW). Same safety rules as above: it calls into Rust only when a
+-- captured source, one of its partitions, or a relation some stream table
+-- reads changed.
 CREATE FUNCTION pgtrickle._on_ddl_command_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -221,35 +258,28 @@ BEGIN
           SELECT t.oid
           FROM pg_catalog.pg_event_trigger_ddl_commands() c
           JOIN pg_catalog.pg_class t ON t.reloftype = c.objid
-          WHERE c.classid = 'pg_catalog.pg_type'::pg_catalog.regclass) r;
+          WHERE c.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+          UNION
+          -- ALTER TYPE ... RENAME ATTRIBUTE reports the composite type's relation.
+          SELECT t.oid
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          JOIN pg_catalog.pg_class ct ON ct.oid = c.objid AND ct.relkind = 'c'
+          JOIN pg_catalog.pg_class t ON t.reloftype = ct.reltype
+          WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass) r;
     IF changed IS NULL THEN
         RETURN;
     END IF;
-    IF pgtrickle._any_captured(changed) THEN
-        PERFORM pgtrickle._on_relations_changed(changed);
+    IF pgtrickle._any_captured(changed)
+       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies WHERE source_relid = ANY (changed)) THEN
+        PERFORM pgtrickle._on_relations_changed(changed, true);
     END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION pgtrickle._on_ddl_command_end() FROM PUBLIC;
 CREATE EVENT TRIGGER pgtrickle_ddl_command_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TYPE')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TYPE', 'ALTER VIEW', 'CREATE VIEW')
     EXECUTE FUNCTION pgtrickle._on_ddl_command_end();
 
--- A table rewrite (ALTER TABLE ... TYPE ... USING) changes rows without passing
--- through capture: the stream tables reading the table recompute next time.
-CREATE FUNCTION pgtrickle._on_table_rewrite() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    rewritten oid := pg_catalog.pg_event_trigger_table_rewrite_oid();
-BEGIN
-    IF pgtrickle._any_captured(ARRAY[rewritten]) THEN
-        PERFORM pgtrickle._on_table_rewrite(rewritten);
-    END IF;
-END
-$$;
-REVOKE ALL ON FUNCTION pgtrickle._on_table_rewrite() FROM PUBLIC;
-CREATE EVENT TRIGGER pgtrickle_table_rewrite ON table_rewrite
-    EXECUTE FUNCTION pgtrickle._on_table_rewrite();
 "#,
     name = "event_triggers",
     finalize

@@ -58,6 +58,9 @@ pub struct StreamTable {
     pub frontier_cid: Option<i64>,
     /// The DIFFERENTIAL plan (JSON) when the effective mode is DIFFERENTIAL.
     pub delta_plan: Option<String>,
+    /// DDL on a source concerned it: the next refresh re-derives it first
+    /// (`crate::lifecycle::reinitialize`).
+    pub needs_reinit: bool,
 }
 
 const SELECT_STREAM_TABLE: &str = "\
@@ -66,7 +69,7 @@ SELECT st.pgt_id, st.pgt_relid, n.nspname::text, c.relname::text, c.relowner, \
        st.effective_refresh_mode, st.status, st.is_populated, st.diamond_consistency, \
        st.diamond_schedule_policy, st.cdc_mode, st.append_only, \
        st.pooler_compatibility_mode, st.frontier::text, st.frontier_xid::text, st.frontier_cid, \
-       st.delta_plan \
+       st.delta_plan, st.needs_reinit \
 FROM pgtrickle.pgt_stream_tables st \
 JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
@@ -93,6 +96,7 @@ fn stream_table_from_row(row: &pgrx::spi::SpiHeapTupleData) -> PgtResult<StreamT
         frontier_xid: row.get::<String>(19)?,
         frontier_cid: row.get::<i64>(20)?,
         delta_plan: row.get::<String>(21)?,
+        needs_reinit: col(row, 22)?,
     })
 }
 
@@ -292,17 +296,119 @@ pub struct Dependency {
     pub kind: String,
 }
 
-/// Replaces the recorded sources of stream table `pgt_id` with `sources`.
+/// Replaces the recorded sources of stream table `pgt_id` with `sources`, each with
+/// the columns the stream table relies on — those the query reads, plus a table's
+/// row-identity key, which DIFFERENTIAL plans read — and their signature
+/// (`pgtrickle._source_signature`).
 pub fn replace_dependencies(pgt_id: i64, sources: &[SourceRelation]) -> PgtResult<()> {
     as_extension_owner(|| {
         exec("DELETE FROM pgtrickle.pgt_dependencies WHERE pgt_id = $1", &[pgt_id.into()])?;
         for s in sources {
+            let columns = match &s.columns_read {
+                Some(read) if s.kind != SourceKind::View => {
+                    let mut columns = read.clone();
+                    columns.extend(crate::translate::key_attnums(s.relid)?);
+                    columns.sort_unstable();
+                    columns.dedup();
+                    Some(columns)
+                }
+                other => other.clone(),
+            };
             exec(
-                "INSERT INTO pgtrickle.pgt_dependencies (pgt_id, source_relid, source_kind, is_direct) \
-                 VALUES ($1, $2, $3, $4)",
-                &[pgt_id.into(), s.relid.into(), s.kind.as_str().into(), s.direct.into()],
+                "INSERT INTO pgtrickle.pgt_dependencies \
+                   (pgt_id, source_relid, source_kind, is_direct, columns_read, source_signature) \
+                 VALUES ($1, $2, $3, $4, $5, pgtrickle._source_signature($2, $5))",
+                &[pgt_id.into(), s.relid.into(), s.kind.as_str().into(), s.direct.into(), columns.into()],
             )?;
         }
+        Ok(())
+    })
+}
+
+/// A stream table reading a relation, with what it relies on there
+/// ([`replace_dependencies`]).
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    /// The stream table.
+    pub pgt_id: i64,
+    /// Its current name.
+    pub name: QualifiedName,
+    /// Columns it relies on (attribute numbers); `None`: the whole row.
+    pub columns_read: Option<Vec<i16>>,
+    /// The signature recorded with the dependency (None for dependencies
+    /// recorded by builds that did not keep one).
+    pub recorded_signature: Option<String>,
+    /// The signature now.
+    pub current_signature: Option<String>,
+    /// Its DIFFERENTIAL plan, if any.
+    pub delta_plan: Option<String>,
+}
+
+/// The stream tables reading relation `relid`, with the recorded and the current
+/// signature of what each relies on.
+pub fn consumers(relid: pg_sys::Oid) -> PgtResult<Vec<Consumer>> {
+    query_map(
+        "SELECT d.pgt_id, n.nspname::text, c.relname::text, d.columns_read, d.source_signature, \
+                pgtrickle._source_signature(d.source_relid, d.columns_read), st.delta_plan \
+         FROM pgtrickle.pgt_dependencies d \
+         JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+         JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE d.source_relid = $1 ORDER BY d.pgt_id",
+        &[relid.into()],
+        |row| {
+            Ok(Consumer {
+                pgt_id: col(row, 1)?,
+                name: QualifiedName::new(col::<String>(row, 2)?, col::<String>(row, 3)?),
+                columns_read: row.get::<Vec<i16>>(4)?,
+                recorded_signature: row.get::<String>(5)?,
+                current_signature: row.get::<String>(6)?,
+                delta_plan: row.get::<String>(7)?,
+            })
+        },
+    )
+}
+
+/// Marks stream table `pgt_id` for reinitialization at its next refresh
+/// (`needs_reinit`), clearing its frontier: it will not read the change buffers'
+/// pending rows.
+pub fn mark_needs_reinit(pgt_id: i64) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET needs_reinit = true, frontier = NULL, frontier_xid = NULL, \
+               frontier_cid = NULL WHERE pgt_id = $1",
+            &[pgt_id.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Records the stored query tree of `pgt_id` and whether it still needs
+/// reinitialization.
+pub fn set_query_tree(pgt_id: i64, tree: Option<&str>, needs_reinit: bool) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET query_tree = $2, needs_reinit = $3 WHERE pgt_id = $1",
+            &[pgt_id.into(), tree.into(), needs_reinit.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// The stored query tree of `pgt_id` and whether it needs reinitialization.
+pub fn query_tree(pgt_id: i64) -> PgtResult<(Option<String>, bool)> {
+    let row = query_map(
+        "SELECT query_tree, needs_reinit FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1",
+        &[pgt_id.into()],
+        |row| Ok((row.get::<String>(1)?, col::<bool>(row, 2)?)),
+    )?;
+    Ok(row.into_iter().next().unwrap_or((None, false)))
+}
+
+/// Stores a patched DIFFERENTIAL plan of `pgt_id` (the mode is unchanged).
+pub fn update_plan_text(pgt_id: i64, plan: &str) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec("UPDATE pgtrickle.pgt_stream_tables SET delta_plan = $2 WHERE pgt_id = $1", &[pgt_id.into(), plan.into()])?;
         Ok(())
     })
 }
@@ -383,12 +489,16 @@ pub struct ChangeTracking {
     pub capture_function: pg_sys::Oid,
     /// The source's columns (name and type) when capture was last built.
     pub column_signature: String,
+    /// The source column (attribute number) each user column of the buffer holds,
+    /// in the buffer's order; `None` for buffers of builds that did not record it.
+    pub captured_attnums: Option<Vec<i16>>,
 }
 
 /// The change-capture record of `source_relid`, if it is captured.
 pub fn change_tracking(source_relid: pg_sys::Oid) -> PgtResult<Option<ChangeTracking>> {
     Ok(query_map(
-        "SELECT source_relid, buffer_relid, capture_function, column_signature FROM pgtrickle.pgt_change_tracking \
+        "SELECT source_relid, buffer_relid, capture_function, column_signature, captured_attnums \
+         FROM pgtrickle.pgt_change_tracking \
          WHERE source_relid = $1",
         &[source_relid.into()],
         |row| {
@@ -397,6 +507,7 @@ pub fn change_tracking(source_relid: pg_sys::Oid) -> PgtResult<Option<ChangeTrac
                 buffer_relid: col(row, 2)?,
                 capture_function: col(row, 3)?,
                 column_signature: col(row, 4)?,
+                captured_attnums: row.get::<Vec<i16>>(5)?,
             })
         },
     )?
@@ -409,14 +520,15 @@ pub fn insert_change_tracking(t: &ChangeTracking, source_name: &QualifiedName) -
     as_extension_owner(|| {
         exec(
             "INSERT INTO pgtrickle.pgt_change_tracking \
-               (source_relid, source_name, buffer_relid, capture_function, column_signature) \
-             VALUES ($1, $2, $3, $4, $5)",
+               (source_relid, source_name, buffer_relid, capture_function, column_signature, captured_attnums) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
             &[
                 t.source_relid.into(),
                 source_name.to_string().into(),
                 t.buffer_relid.into(),
                 t.capture_function.into(),
                 t.column_signature.as_str().into(),
+                t.captured_attnums.clone().into(),
             ],
         )?;
         Ok(())
@@ -424,26 +536,46 @@ pub fn insert_change_tracking(t: &ChangeTracking, source_name: &QualifiedName) -
 }
 
 /// Points the change-capture record of `source_relid` at its (possibly new)
-/// buffer and the column signature capture was rebuilt for.
-pub fn update_change_tracking_buffer(source_relid: pg_sys::Oid, buffer_relid: pg_sys::Oid, signature: &str) -> PgtResult<()> {
+/// buffer, the column signature capture was rebuilt for and the source columns
+/// the buffer's columns hold, in order.
+pub fn update_change_tracking_buffer(
+    source_relid: pg_sys::Oid,
+    buffer_relid: pg_sys::Oid,
+    signature: &str,
+    captured_attnums: &[i16],
+) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
-            "UPDATE pgtrickle.pgt_change_tracking SET buffer_relid = $2, column_signature = $3 WHERE source_relid = $1",
-            &[source_relid.into(), buffer_relid.into(), signature.into()],
+            "UPDATE pgtrickle.pgt_change_tracking SET buffer_relid = $2, column_signature = $3, captured_attnums = $4 \
+             WHERE source_relid = $1",
+            &[source_relid.into(), buffer_relid.into(), signature.into(), captured_attnums.to_vec().into()],
         )?;
         Ok(())
     })
 }
 
-/// Clears the frontier of every stream table reading `source_relid`: their
-/// contents stay, but the changes since are no longer known, so their next refresh
-/// recomputes in full.
-pub fn clear_frontiers_of_consumers(source_relid: pg_sys::Oid) -> PgtResult<()> {
+/// Columns stream table `pgt_id` relies on that no longer exist: (source name,
+/// recorded signature, attribute number).
+pub fn dropped_columns_read(pgt_id: i64) -> PgtResult<Vec<(String, String, i16)>> {
+    query_map(
+        "SELECT coalesce(pg_catalog.split_part(d.source_signature, '|', 1), d.source_relid::pg_catalog.regclass::text), \
+                coalesce(d.source_signature, ''), c.attnum \
+         FROM pgtrickle.pgt_dependencies d, pg_catalog.unnest(d.columns_read) c(attnum) \
+         WHERE d.pgt_id = $1 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+               WHERE a.attrelid = d.source_relid AND a.attnum = c.attnum AND NOT a.attisdropped) \
+         ORDER BY 1, 3",
+        &[pgt_id.into()],
+        |row| Ok((col(row, 1)?, col(row, 2)?, col(row, 3)?)),
+    )
+}
+
+/// Clears the frontier of stream table `pgt_id`: its next refresh recomputes.
+pub fn clear_frontier(pgt_id: i64) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
             "UPDATE pgtrickle.pgt_stream_tables SET frontier = NULL, frontier_xid = NULL, frontier_cid = NULL \
-             WHERE pgt_id IN (SELECT pgt_id FROM pgtrickle.pgt_dependencies WHERE source_relid = $1)",
-            &[source_relid.into()],
+             WHERE pgt_id = $1",
+            &[pgt_id.into()],
         )?;
         Ok(())
     })

@@ -132,6 +132,7 @@ pub fn internal_ddl_in_progress() -> bool {
 /// when the column's collation is not its type's default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CapturedColumn {
+    attnum: i16,
     name: String,
     sql_type: String,
 }
@@ -145,7 +146,7 @@ fn captured_columns(relid: pg_sys::Oid) -> PgtResult<Vec<CapturedColumn>> {
     // delta queries compare and sort buffer values (WHERE name > 'a', min/max) as
     // the source's column would.
     query_map(
-        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) || \
+        "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) || \
                 CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation \
                      THEN ' COLLATE ' || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(co.collname) \
                      ELSE '' END \
@@ -156,7 +157,7 @@ fn captured_columns(relid: pg_sys::Oid) -> PgtResult<Vec<CapturedColumn>> {
          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> 'v' \
          ORDER BY a.attnum",
         &[relid.into()],
-        |row| Ok(CapturedColumn { name: col(row, 1)?, sql_type: col(row, 2)? }),
+        |row| Ok(CapturedColumn { attnum: col(row, 1)?, name: col(row, 2)?, sql_type: col(row, 3)? }),
     )
 }
 
@@ -202,10 +203,26 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
                 buffer_relid,
                 capture_function: function_oid,
                 column_signature: signature(source_relid, &columns)?,
+                captured_attnums: Some(columns.iter().map(|c| c.attnum).collect()),
             },
             &source,
         )
     })
+}
+
+/// What [`sync_capture`] found and did.
+#[derive(Debug, Default)]
+pub struct CaptureSync {
+    /// Attribute numbers of source columns whose captured form changed: dropped,
+    /// renamed or retyped. The buffer's pending values of such a column are gone
+    /// or no longer comparable with the table's.
+    pub changed_columns: Vec<i16>,
+    /// The source's row-identity key changed (DIFFERENTIAL plans rely on it).
+    pub key_changed: bool,
+    /// Rows entered or left the source without passing through capture
+    /// (partitions attached or detached), or the buffer had to be rebuilt: no
+    /// stream table reading the source can trust its pending changes.
+    pub pending_changes_lost: bool,
 }
 
 /// Brings the capture of `source_relid` in line with the source after DDL (called
@@ -213,20 +230,21 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
 /// column of it was dropped by a cascade):
 /// - capture triggers on exactly the relations of its partition tree (a partition
 ///   created or attached later gets them, a detached one loses them);
-/// - if its columns changed (added, dropped, renamed, retyped), a new change buffer
-///   and capture function with the new columns, so that writes to the source keep
-///   working.
+/// - if its columns changed, the change buffer is altered to match, keeping its
+///   pending rows: a dropped column is dropped, a renamed one renamed, a retyped
+///   one retyped (its pending values become NULL), a new one added (NULL in
+///   pending rows); the capture function is rewritten for the new columns, so
+///   writes to the source keep working.
 ///
-/// Either way, rows entered or left the source without passing through capture
-/// (attach, detach) or the pending rows no longer match it (new columns): the
-/// frontier of every stream table reading it is cleared, so their next refresh
-/// recomputes in full.
-pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
+/// The caller decides what that means for the stream tables reading the source
+/// (`crate::ddl`). A buffer whose columns do not look as recorded is rebuilt
+/// instead, losing its pending rows.
+pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<CaptureSync> {
     let _internal = InternalDdl::begin();
     as_extension_owner(|| {
         lock_source(source_relid, false)?;
         let Some(tracking) = catalog::change_tracking(source_relid)? else {
-            return Ok(());
+            return Ok(CaptureSync::default());
         };
         let source = relation_name(source_relid)?;
         let columns = checked_columns(source_relid, &source)?;
@@ -234,32 +252,102 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
         let tree_changed = sync_triggers(source_relid, tracking.capture_function, extension)?;
         // Compare with what capture was built for, not with the buffer: a cascade
         // (DROP TYPE ... CASCADE) drops a column from source and buffer alike.
-        let columns_changed = tracking.column_signature != signature(source_relid, &columns)?;
-        if columns_changed {
-            exec(&format!("DROP TABLE IF EXISTS {}", buffer_name(source_relid).to_sql()), &[])?;
-            let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
-            write_capture_function(source_relid, &columns)?;
-            catalog::update_change_tracking_buffer(source_relid, buffer_relid, &signature(source_relid, &columns)?)?;
-            sync_buffer_grants(source_relid)?;
+        let new_signature = signature(source_relid, &columns)?;
+        let mut sync = CaptureSync {
+            key_changed: key_part(&tracking.column_signature) != key_part(&new_signature),
+            pending_changes_lost: tree_changed,
+            ..CaptureSync::default()
+        };
+        if tracking.column_signature == new_signature {
+            return Ok(sync);
         }
-        if columns_changed || tree_changed {
-            catalog::clear_frontiers_of_consumers(source_relid)?;
-        }
-        Ok(())
+        let altered = match &tracking.captured_attnums {
+            Some(attnums) => alter_buffer(source_relid, attnums, &columns, &mut sync.changed_columns)?,
+            None => None,
+        };
+        let buffer_columns = match altered {
+            Some(buffer_columns) => buffer_columns,
+            None => {
+                exec(&format!("DROP TABLE IF EXISTS {}", buffer_name(source_relid).to_sql()), &[])?;
+                create_buffer(source_relid, &source, &columns, extension)?;
+                sync.pending_changes_lost = true;
+                sync.changed_columns = columns.iter().map(|c| c.attnum).collect();
+                columns
+            }
+        };
+        write_capture_function(source_relid, &buffer_columns)?;
+        let buffer_relid = query_one::<pg_sys::Oid>(
+            "SELECT $1::pg_catalog.regclass::oid",
+            &[buffer_name(source_relid).to_sql().as_str().into()],
+        )?
+        .ok_or_else(|| PgtError::internal(format!("change buffer of {source} is missing")))?;
+        let attnums: Vec<i16> = buffer_columns.iter().map(|c| c.attnum).collect();
+        catalog::update_change_tracking_buffer(source_relid, buffer_relid, &new_signature, &attnums)?;
+        sync_buffer_grants(source_relid)?;
+        Ok(sync)
     })
 }
 
-/// Called when the rows of `source_relid` change without passing through capture
-/// (a table rewrite by ALTER TABLE ... TYPE ... USING): clears the frontiers of the
-/// stream tables reading it, so their next refresh recomputes in full.
-pub fn forget_pending_changes(source_relid: pg_sys::Oid) -> PgtResult<()> {
-    as_extension_owner(|| {
-        lock_source(source_relid, false)?;
-        if catalog::change_tracking(source_relid)?.is_some() {
-            catalog::clear_frontiers_of_consumers(source_relid)?;
-        }
-        Ok(())
-    })
+/// The row-identity part of a capture signature ([`signature`]).
+fn key_part(signature: &str) -> &str {
+    signature.rsplit_once(";key:").map(|(_, key)| key).unwrap_or("")
+}
+
+/// Alters the change buffer of `source_relid`, whose user columns hold source
+/// columns `old_attnums` in order, to hold `columns`, and adds to `changed` the
+/// columns it dropped, renamed or retyped. Returns the buffer's columns in their
+/// new order, or `None` when the buffer does not look as recorded (the caller
+/// then rebuilds it).
+fn alter_buffer(
+    source_relid: pg_sys::Oid,
+    old_attnums: &[i16],
+    columns: &[CapturedColumn],
+    changed: &mut Vec<i16>,
+) -> PgtResult<Option<Vec<CapturedColumn>>> {
+    let buffer = buffer_name(source_relid);
+    let Some(buffer_relid) =
+        query_one::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[buffer.to_sql().as_str().into()])?
+    else {
+        return Ok(None);
+    };
+    let stored: Vec<CapturedColumn> = captured_columns(buffer_relid)?
+        .into_iter()
+        .filter(|c| !BUFFER_META_COLUMNS.contains(&c.name.as_str()))
+        .collect();
+    if stored.len() != old_attnums.len() {
+        return Ok(None);
+    }
+    let old: Vec<CapturedColumn> =
+        stored.into_iter().zip(old_attnums).map(|(c, attnum)| CapturedColumn { attnum: *attnum, ..c }).collect();
+    let alter = |action: String| exec(&format!("ALTER TABLE {} {action}", buffer.to_sql()), &[]);
+    let now = |attnum: i16| columns.iter().find(|c| c.attnum == attnum);
+    let kept: Vec<(&CapturedColumn, &CapturedColumn)> = old.iter().filter_map(|o| now(o.attnum).map(|n| (o, n))).collect();
+    for gone in old.iter().filter(|o| now(o.attnum).is_none()) {
+        alter(format!("DROP COLUMN {}", quote_ident(&gone.name)))?;
+        changed.push(gone.attnum);
+    }
+    // Renames go through temporary names, so that swapped names never collide.
+    let renamed: Vec<&(&CapturedColumn, &CapturedColumn)> = kept.iter().filter(|(o, n)| o.name != n.name).collect();
+    let temporary = |attnum: i16| quote_ident(&format!("__pgt_renaming_{attnum}"));
+    for (o, _) in &renamed {
+        alter(format!("RENAME COLUMN {} TO {}", quote_ident(&o.name), temporary(o.attnum)))?;
+    }
+    for (o, n) in &renamed {
+        alter(format!("RENAME COLUMN {} TO {}", temporary(o.attnum), quote_ident(&n.name)))?;
+        changed.push(o.attnum);
+    }
+    for (o, n) in kept.iter().filter(|(o, n)| o.sql_type != n.sql_type) {
+        alter(format!("ALTER COLUMN {} TYPE {} USING NULL", quote_ident(&n.name), n.sql_type))?;
+        changed.push(o.attnum);
+    }
+    let mut order: Vec<CapturedColumn> = kept.iter().map(|(_, n)| (*n).clone()).collect();
+    for added in columns.iter().filter(|c| !old.iter().any(|o| o.attnum == c.attnum)) {
+        alter(format!("ADD COLUMN {} {}", quote_ident(&added.name), added.sql_type))?;
+        order.push(added.clone());
+    }
+    changed.sort_unstable();
+    changed.dedup();
+    Ok(Some(order))
 }
 
 /// The signature capture is built for: column names and types (with non-default

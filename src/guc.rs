@@ -37,6 +37,14 @@ pub static MAX_CONSECUTIVE_ERRORS: GucSetting<i32> = GucSetting::<i32>::new(3);
 /// a refresh fits in its interval again.
 pub static AUTO_BACKOFF: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `pg_trickle.block_source_ddl`: DDL on a source that changes something a
+/// stream table relies on (a column it reads renamed, retyped, dropped or
+/// rewritten; the source renamed; its key changed; a view it reads redefined)
+/// fails with an error naming the stream tables. Off: the DDL goes through and
+/// those stream tables reinitialize at their next refresh. DDL on columns no
+/// stream table reads is never blocked.
+pub static BLOCK_SOURCE_DDL: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Registers every `pg_trickle.*` parameter. Called once from `_PG_init`.
 pub fn register() {
     GucRegistry::define_float_guc(
@@ -103,6 +111,14 @@ pub fn register() {
         c"The interval doubles after each refresh longer than it, up to 16 times, and is restored by a refresh that fits.",
         &AUTO_BACKOFF,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_trickle.block_source_ddl",
+        c"Blocks DDL on a source that changes what a stream table reads.",
+        c"When off, such DDL goes through and the stream tables concerned reinitialize at their next refresh.",
+        &BLOCK_SOURCE_DDL,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

@@ -20,6 +20,7 @@ mod api;
 mod bootstrap;
 mod catalog;
 mod cdc;
+mod ddl;
 mod error;
 mod guc;
 mod lifecycle;

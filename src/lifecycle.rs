@@ -341,6 +341,7 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
         delta_plan: plan.as_ref().map(Plan::to_json),
     })?;
     catalog::replace_dependencies(pgt_id, &analyzed.sources)?;
+    catalog::set_query_tree(pgt_id, Some(&analyzed.tree), false)?;
     for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
         cdc::ensure_capture(source.relid)?;
         cdc::sync_buffer_grants(source.relid)?;
@@ -501,7 +502,17 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
     st.is_populated = false;
     st.frontier = None;
     catalog::update_stream_table(&st)?;
+    replace_sources(&st, &analyzed, old_dependencies)?;
+    refresh::refresh_stream_table(st.pgt_id, InitiatedBy::Initial)?;
+    Ok(())
+}
+
+/// Records the sources and query tree of a new definition of `st`: dependencies,
+/// change capture of new sources, and release of capture no stream table needs
+/// any more.
+fn replace_sources(st: &StreamTable, analyzed: &AnalyzedQuery, old_dependencies: Vec<catalog::Dependency>) -> PgtResult<()> {
     catalog::replace_dependencies(st.pgt_id, &analyzed.sources)?;
+    catalog::set_query_tree(st.pgt_id, Some(&analyzed.tree), false)?;
     for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
         cdc::ensure_capture(source.relid)?;
         cdc::sync_buffer_grants(source.relid)?;
@@ -510,8 +521,88 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
         cdc::release_capture_if_unused(old.source_relid)?;
         cdc::sync_buffer_grants(old.source_relid)?;
     }
-    refresh::refresh_stream_table(st.pgt_id, InitiatedBy::Initial)?;
     Ok(())
+}
+
+/// Re-derives stream table `st` after DDL on a source concerned it
+/// ([`crate::ddl`]); called by the refresh that finds it marked `needs_reinit`,
+/// which then recomputes it (its frontier was cleared). Steps:
+/// - every column it relies on must still exist;
+/// - the query is deparsed again from the stored query tree, which names
+///   relations and columns by OID and number: renamed sources and columns are
+///   followed, and the output column names stay;
+/// - it is analysed again (a redefined view brings its new base tables) and its
+///   DIFFERENTIAL plan rebuilt;
+/// - storage columns whose type changed are retyped in place (grants and indexes
+///   stay), unless other stream tables read this one;
+/// - dependencies and change capture are recorded anew.
+///
+/// # Errors
+/// - 42703 (undefined_column) when a column it reads was dropped;
+/// - 2BP01 (dependent_objects_still_exist) when its output types changed and
+///   other stream tables read it;
+/// - 0A000 when its output columns changed otherwise;
+/// - PostgreSQL's analysis errors for the re-derived query.
+///
+/// In every case the stream table keeps its contents and the refresh fails
+/// (recorded, and counted towards suspension when scheduled).
+pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
+    let name = &st.name;
+    for (source, signature, attnum) in catalog::dropped_columns_read(st.pgt_id)? {
+        let column = crate::ddl::column_name(&signature, attnum).unwrap_or_else(|| format!("number {attnum}"));
+        return Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("stream table {name} reads column {column} of {source}, which was dropped"),
+        )
+        .hint("Give the stream table a new defining query with alter_stream_table(name, query => ...), or drop it."));
+    }
+    let (tree, _) = catalog::query_tree(st.pgt_id)?;
+    let text = match tree {
+        Some(tree) => parse::deparse_stored_tree(&tree)?,
+        None => st.defining_query.clone(),
+    };
+    let analyzed = parse::analyze_defining_query(&text, catalog::is_stream_table)?;
+    let (effective, plan) = resolve_mode(st.refresh_mode, &analyzed.normalized_sql, name)?;
+    let have = storage::visible_columns(st.relid)?;
+    let want = storage::columns_for(&analyzed)?;
+    if have != want {
+        let same_names = have.len() == want.len() && have.iter().zip(&want).all(|(h, w)| h.name == w.name);
+        if !same_names {
+            return Err(PgtError::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("the output columns of stream table {name} changed after DDL on a source"),
+            )
+            .hint("Give the stream table a new defining query with alter_stream_table(name, query => ...)."));
+        }
+        let downstream = catalog::downstream_stream_tables(st.relid)?;
+        if !downstream.is_empty() {
+            return Err(PgtError::new(
+                PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+                format!("cannot change the column types of stream table {name} because other stream tables depend on it"),
+            )
+            .detail(format!("Stream tables reading it: {}.", downstream.join(", ")))
+            .hint("Drop or alter the dependent stream tables first."));
+        }
+        for (h, w) in have.iter().zip(&want).filter(|(h, w)| h != w) {
+            exec(
+                &format!("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING NULL", name.to_sql(), quote_ident(&h.name), w.sql_type),
+                &[],
+            )?;
+        }
+    }
+    if let Some(plan) = &plan {
+        storage::sync_hidden_columns(st.relid, name, plan)?;
+    }
+    storage::remove_source_dependencies(st.relid);
+    storage::record_source_dependencies(st.relid, &analyzed.sources);
+    let old_dependencies = catalog::dependencies(st.pgt_id)?;
+    let mut st = st.clone();
+    st.defining_query = analyzed.normalized_sql.clone();
+    st.effective_refresh_mode = effective;
+    st.delta_plan = plan.as_ref().map(Plan::to_json);
+    st.frontier = None;
+    catalog::update_stream_table(&st)?;
+    replace_sources(&st, &analyzed, old_dependencies)
 }
 
 /// Rejects a new query that reads the stream table itself or one downstream of it.
@@ -600,40 +691,6 @@ pub fn on_relations_dropped(relids: &[pg_sys::Oid]) -> PgtResult<()> {
     }
     for relid in relids {
         cdc::release_capture_if_unused(*relid)?;
-    }
-    Ok(())
-}
-
-/// Called by the `ddl_command_end` event trigger with the OIDs of relations an
-/// ALTER TABLE or CREATE TABLE touched: re-syncs the change capture of every
-/// captured source they belong to ([`cdc::sync_capture`]).
-pub fn on_relations_changed(relids: &[pg_sys::Oid]) -> PgtResult<()> {
-    if cdc::internal_ddl_in_progress() {
-        return Ok(());
-    }
-    let mut sources: Vec<pg_sys::Oid> = Vec::new();
-    for relid in relids {
-        for source in cdc::captured_sources_affected_by(*relid)? {
-            if !sources.contains(&source) {
-                sources.push(source);
-            }
-        }
-    }
-    for source in sources {
-        cdc::sync_capture(source)?;
-    }
-    Ok(())
-}
-
-/// Called by the `table_rewrite` event trigger: the rows of `relid` are about to
-/// be rewritten without passing through capture (ALTER TABLE ... TYPE ... USING),
-/// so the stream tables reading it must recompute on their next refresh.
-pub fn on_table_rewrite(relid: pg_sys::Oid) -> PgtResult<()> {
-    if cdc::internal_ddl_in_progress() {
-        return Ok(());
-    }
-    for source in cdc::captured_sources_affected_by(relid)? {
-        cdc::forget_pending_changes(source)?;
     }
     Ok(())
 }

@@ -180,16 +180,12 @@ mod pgtrickle {
         lifecycle::on_relations_dropped(&relids).or_raise()
     }
 
-    /// Internal: called by the `table_rewrite` event trigger. Not granted to PUBLIC.
-    #[pg_extern(name = "_on_table_rewrite")]
-    fn on_table_rewrite(relid: pg_sys::Oid) {
-        lifecycle::on_table_rewrite(relid).or_raise()
-    }
-
     /// Internal: called by the `ddl_command_end` event trigger with the OIDs of
-    /// relations an ALTER TABLE or CREATE TABLE touched. Not granted to PUBLIC.
+    /// relations an ALTER TABLE, ALTER VIEW, CREATE TABLE, CREATE VIEW or ALTER
+    /// TYPE touched (`crate::ddl`); `in_ddl_command_end` when called from that
+    /// event (the commands collected there are read). Not granted to PUBLIC.
     #[pg_extern(name = "_on_relations_changed")]
-    fn on_relations_changed(relids: Vec<pg_sys::Oid>) {
-        lifecycle::on_relations_changed(&relids).or_raise()
+    fn on_relations_changed(relids: Vec<pg_sys::Oid>, in_ddl_command_end: bool) {
+        crate::ddl::on_relations_changed(&relids, in_ddl_command_end).or_raise()
     }
 }

@@ -82,6 +82,10 @@ pub struct SourceRelation {
     pub kind: SourceKind,
     /// True when the query names it itself; false when only reached through a view.
     pub direct: bool,
+    /// Attribute numbers of the columns the query (or a view it reads) uses,
+    /// ascending; `None` when it reads the whole row. DDL on other columns does
+    /// not concern the stream table (docs/SQL_REFERENCE.md, "Source DDL").
+    pub columns_read: Option<Vec<i16>>,
 }
 
 /// A validated defining query.
@@ -93,6 +97,11 @@ pub struct AnalyzedQuery {
     pub sources: Vec<SourceRelation>,
     /// The query deparsed with every user object schema-qualified.
     pub normalized_sql: String,
+    /// The analysed query tree (`nodeToString`), which names relations and columns
+    /// by OID and number as a view's stored rule does: deparsed again after a
+    /// source or column is renamed, it gives the query under the new names
+    /// ([`deparse_stored_tree`]).
+    pub tree: String,
 }
 
 /// Parses, analyses, validates and normalizes `sql` (see the module doc).
@@ -126,9 +135,14 @@ pub fn analyze_defining_query(
             ));
         }
         check_no_temporary_objects(&facts)?;
-        let sources = classify_sources(&facts.relations, &is_stream_table)?;
+        let mut sources = classify_sources(&facts.relations, &is_stream_table)?;
+        for source in &mut sources {
+            source.columns_read = columns_read(&facts.columns_read, source.relid);
+        }
         let normalized_sql = normalize(query)?;
-        Ok(AnalyzedQuery { columns, sources, normalized_sql })
+        let tree_ptr = pg_sys::nodeToString(query as *const std::ffi::c_void);
+        let tree = CStr::from_ptr(tree_ptr).to_string_lossy().into_owned();
+        Ok(AnalyzedQuery { columns, sources, normalized_sql, tree })
     }
 }
 
@@ -167,6 +181,35 @@ pub(crate) unsafe fn parse_single_select(csql: &CStr) -> PgtResult<*mut pg_sys::
     }
     let query = pg_sys::parse_analyze_fixedparams(raw, csql.as_ptr(), std::ptr::null(), 0, std::ptr::null_mut());
     Ok(query)
+}
+
+/// The union of the columns read of `relid` over all its occurrences; `None` if
+/// any occurrence reads the whole row.
+fn columns_read(found: &[(pg_sys::Oid, Option<Vec<i16>>)], relid: pg_sys::Oid) -> Option<Vec<i16>> {
+    let mut union: Vec<i16> = Vec::new();
+    for (_, columns) in found.iter().filter(|(r, _)| *r == relid) {
+        union.extend(columns.as_ref()?);
+    }
+    union.sort_unstable();
+    union.dedup();
+    Some(union)
+}
+
+/// Deparses a stored query tree ([`AnalyzedQuery::tree`]) under today's names,
+/// normalized as [`analyze_defining_query`] does.
+///
+/// # Errors
+/// PostgreSQL's, if the tree names an object that no longer exists; callers
+/// check first that the columns it reads are still there.
+pub fn deparse_stored_tree(tree: &str) -> PgtResult<String> {
+    let ctree = CString::new(tree).map_err(|_| PgtError::internal("stored query tree contains a NUL byte"))?;
+    unsafe {
+        let node = pg_sys::stringToNode(ctree.as_ptr()) as *mut pg_sys::Node;
+        if node.is_null() || !pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
+            return Err(PgtError::internal("stored query tree is not a query"));
+        }
+        normalize(node as *mut pg_sys::Query)
+    }
 }
 
 /// Rejects query shapes a defining query may not have.
@@ -337,7 +380,7 @@ unsafe fn classify_sources(
             }
             _ => return Err(unsupported("relation", "Read tables, partitioned tables, views or stream tables.")),
         };
-        out.push(SourceRelation { relid, name, kind, direct: found.direct });
+        out.push(SourceRelation { relid, name, kind, direct: found.direct, columns_read: None });
     }
     Ok(out)
 }

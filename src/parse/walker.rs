@@ -1,8 +1,10 @@
 //! Walks an analysed query with `query_tree_walker` / `expression_tree_walker`
 //! (PostgreSQL's `nodes/nodeFuncs.c`) — the query, its subqueries and CTEs, the
 //! sublinks in any expression, and, following `get_view_query`, the views it
-//! reads — and collects what validation needs: every relation read, the functions
-//! and operators called, and whether any (sub)query has a locking clause.
+//! reads — and collects what validation needs: every relation read, the columns
+//! read of each (from the permission infos parse analysis fills in, as
+//! `ExecCheckPermissions` uses them), the functions and operators called, and
+//! whether any (sub)query has a locking clause.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -31,6 +33,10 @@ pub struct QueryFacts {
     pub value_functions: Vec<String>,
     /// Whether some (sub)query outside views has FOR UPDATE / FOR SHARE.
     pub has_locking_clause: bool,
+    /// Columns read per relation, from every (sub)query's `RTEPermissionInfo`
+    /// `selectedCols` (with repeats): attribute numbers > 0, or `None` when the
+    /// whole row is read (`t.*` as a value, a whole-row Var).
+    pub columns_read: Vec<(pg_sys::Oid, Option<Vec<i16>>)>,
 }
 
 struct WalkState {
@@ -51,6 +57,25 @@ pub unsafe fn collect(query: *mut pg_sys::Query) -> QueryFacts {
     state.facts
 }
 
+/// The user columns in a `selectedCols` set (members are attribute numbers offset
+/// by `FirstLowInvalidHeapAttributeNumber`); `None` if it holds the whole row
+/// (attribute 0). System columns are left out.
+unsafe fn selected_columns(set: *const pg_sys::Bitmapset) -> Option<Vec<i16>> {
+    let mut columns = Vec::new();
+    let mut member = pg_sys::bms_next_member(set, -1);
+    while member >= 0 {
+        let attnum = member + pg_sys::FirstLowInvalidHeapAttributeNumber;
+        if attnum == 0 {
+            return None;
+        }
+        if attnum > 0 {
+            columns.push(attnum as i16);
+        }
+        member = pg_sys::bms_next_member(set, member);
+    }
+    Some(columns)
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
     if node.is_null() {
@@ -60,6 +85,10 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
     if pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
         if state.view_depth == 0 && !(*(node as *mut pg_sys::Query)).rowMarks.is_null() {
             state.facts.has_locking_clause = true;
+        }
+        let perminfos = pgrx::PgList::<pg_sys::RTEPermissionInfo>::from_pg((*(node as *mut pg_sys::Query)).rteperminfos);
+        for info in perminfos.iter_ptr() {
+            state.facts.columns_read.push(((*info).relid, selected_columns((*info).selectedCols)));
         }
         return pg_sys::query_tree_walker(
             node as *mut pg_sys::Query,

@@ -7,7 +7,10 @@
 //!    drops of the same stream table serialize here, and the frontier read is the
 //!    latest committed one;
 //! 2. lock the storage table in EXCLUSIVE mode: readers go on reading the old
-//!    contents, writers wait;
+//!    contents, writers wait; if DDL on a source marked the stream table
+//!    `needs_reinit`, re-derive its query, plan and storage types first
+//!    ([`crate::lifecycle::reinitialize`]; its frontier is cleared, so step 3
+//!    recomputes);
 //! 3. as the owner, inside a security-restricted operation, take one registered
 //!    snapshot and run the executor of the effective mode in it — [`full`]
 //!    recomputes, [`differential`] applies the changes since the frontier (or
@@ -62,8 +65,13 @@ pub struct Applied {
 
 /// Refreshes stream table `pgt_id` (see the module doc for the steps).
 pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult<RefreshOutcome> {
-    let st = catalog::lock_stream_table_for_refresh(pgt_id)?;
+    let mut st = catalog::lock_stream_table_for_refresh(pgt_id)?;
     unsafe { pg_sys::LockRelationOid(st.relid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+    if st.needs_reinit {
+        // DDL on a source concerned it (crate::ddl): re-derive, then recompute.
+        crate::lifecycle::reinitialize(&st)?;
+        st = catalog::lock_stream_table_for_refresh(pgt_id)?;
+    }
     let start_time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

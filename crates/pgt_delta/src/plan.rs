@@ -276,6 +276,38 @@ impl Plan {
         }
     }
 
+    /// The blocks, to patch in place.
+    fn blocks_mut(&mut self) -> Vec<&mut Block> {
+        match self {
+            Plan::Rows(r) => r.branches.iter_mut().map(|b| &mut b.block).collect(),
+            Plan::Aggregate(a) => a.inputs.iter_mut().collect(),
+        }
+    }
+
+    /// Stops reading columns `attnums` (1-based) of relation `relid`: they become
+    /// NULL placeholders, as dropped columns are, in the relation's new state and
+    /// in its change buffer alike. For columns the defining query does not use,
+    /// after DDL renamed, retyped or dropped them (the buffer's pending values of
+    /// such a column are no longer comparable with the table's). Returns whether
+    /// the plan changed.
+    pub fn forget_columns(&mut self, relid: u32, attnums: &[i16]) -> bool {
+        let mut changed = false;
+        for block in self.blocks_mut() {
+            for input in block.inputs.iter_mut().filter(|i| i.relation.relid == relid) {
+                for attnum in attnums {
+                    let Some(slot) = usize::try_from(*attnum - 1).ok().and_then(|i| input.relation.columns.get_mut(i)) else {
+                        continue;
+                    };
+                    if slot.is_some() {
+                        *slot = None;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        changed
+    }
+
     /// Hidden state columns the stream table must have for this plan.
     pub fn hidden_columns(&self) -> Vec<HiddenColumn> {
         match self {
@@ -402,5 +434,43 @@ impl Plan {
         out.push_str(&self.merge_sql(st, frontier, &all_changed).unwrap_or_default());
         out.push('\n');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(relid: u32) -> Input {
+        Input {
+            placeholder: format!("__pgt_in_{relid}"),
+            relation: Relation {
+                relid,
+                table_sql: format!("\"public\".\"t{relid}\""),
+                buffer_sql: format!("\"pgtrickle_changes\".\"changes_{relid}\""),
+                columns: vec![Some("id".into()), Some("unused".into()), Some("v".into())],
+                key: vec!["id".into()],
+            },
+            only: false,
+            nullable: None,
+        }
+    }
+
+    #[test]
+    fn forget_columns_turns_them_into_placeholders_in_every_input_of_the_relation() {
+        let block = Block { template: String::new(), inputs: vec![input(1), input(2), input(1)], columns: vec![] };
+        let mut plan = Plan::Rows(RowsPlan {
+            branches: vec![RowsBranch { block, identity: vec![] }],
+            visible: vec![],
+            content_hash: vec![],
+        });
+        assert!(plan.forget_columns(1, &[2, 7]), "attnum 7 is past the plan's columns and ignored");
+        for input in &plan.blocks()[0].inputs {
+            let expected = if input.relation.relid == 1 { None } else { Some("unused".to_string()) };
+            assert_eq!(input.relation.columns[1], expected);
+            assert_eq!(input.relation.columns[2].as_deref(), Some("v"));
+        }
+        assert!(!plan.forget_columns(1, &[2]), "already forgotten");
+        assert!(!plan.forget_columns(3, &[1]), "not an input");
     }
 }

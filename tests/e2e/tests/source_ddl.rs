@@ -1,5 +1,7 @@
 //! DDL on a captured source never breaks writes to it; change capture follows the
-//! source's columns and partitions.
+//! source's columns and partitions; DDL on what a stream table reads is blocked
+//! (pg_trickle.block_source_ddl) or followed by a reinitialization; DDL on other
+//! columns concerns nobody.
 
 use pg_trickle_e2e::*;
 
@@ -16,65 +18,200 @@ fn buffer_columns(db: &mut TestDb, source: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn column_changes_keep_writes_working_and_capture_in_step() {
-    let mut db = TestDb::new("column_ddl");
-    db.exec(
-        "CREATE TABLE src (id int PRIMARY KEY, v int, w text, unused int);
-         INSERT INTO src SELECT g, g, 'w' || g, 0 FROM generate_series(1, 20) g;",
-    );
-    let q = "SELECT id, v FROM src";
-    db.exec(&format!("SELECT pgtrickle.create_stream_table('st', '{q}')"));
-    let steps = [
-        ("ALTER TABLE src RENAME COLUMN w TO w2", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "unused"]),
-        ("ALTER TABLE src ADD COLUMN extra numeric DEFAULT 1", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "unused", "extra"]),
-        ("ALTER TABLE src DROP COLUMN unused", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "extra"]),
-        ("ALTER TABLE src ALTER COLUMN extra TYPE bigint", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "extra"]),
-    ];
-    let table = "src";
-    let mut next = 100;
-    for (ddl, expected) in steps {
-        db.exec(ddl);
-        assert_eq!(buffer_columns(&mut db, table), expected, "after {ddl}");
-        // Writes to the source work, as they would without pg_trickle.
-        next += 1;
-        db.exec(&format!("INSERT INTO {table} (id, v) VALUES ({next}, {next})"));
-        db.exec(&format!("UPDATE {table} SET v = v + 1 WHERE id % 3 = 0"));
-        db.exec(&format!("DELETE FROM {table} WHERE id = {}", next - 90));
-        let buffer: String = db.scalar("SELECT 'pgtrickle_changes.changes_' || $1::text::regclass::oid::text", &[&table]);
-        assert!(count(&mut db, &buffer) >= 2, "writes after {ddl} are captured");
-    }
-    // Schema changes clear the frontier (pending changes were discarded); the stream
-    // table's query reads only id and v, so refreshing works and is correct.
-    let frontier_cleared: bool = db.scalar("SELECT frontier IS NULL FROM pgtrickle.pgt_stream_tables", &[]);
-    assert!(frontier_cleared);
-    db.exec("SELECT pgtrickle.refresh_stream_table('st')");
-    assert_st_matches_query(&mut db.client, "st", q);
+fn last_action(db: &mut TestDb, st: &str) -> String {
+    db.scalar(
+        "SELECT action FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
+         WHERE s.pgt_relid = $1::text::regclass ORDER BY refresh_id DESC LIMIT 1",
+        &[&st],
+    )
 }
 
-/// The defining query is stored as text: renaming what it names makes the next
-/// refresh fail with PostgreSQL's own error (the contents stay) until
-/// alter_stream_table is given the updated query. Writes to the source never fail.
+fn frontier_kept(db: &mut TestDb, st: &str) -> bool {
+    db.scalar("SELECT frontier IS NOT NULL FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1::text::regclass", &[&st])
+}
+
+/// DDL on columns no stream table reads is never blocked and concerns nobody:
+/// the buffer follows the source in place, pending changes stay, and the next
+/// refresh is DIFFERENTIAL. Writes work after every step.
 #[test]
-fn renaming_what_the_query_names_fails_the_refresh_clearly_until_the_query_is_updated() {
+fn ddl_on_unused_columns_keeps_pending_changes_and_differential_refresh() {
+    let mut db = TestDb::new("column_ddl");
+    db.exec(
+        "SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE src (id int PRIMARY KEY, v int, w text, unused int, g int);
+         INSERT INTO src SELECT g, g, 'w' || g, 0, g % 3 FROM generate_series(1, 20) g;
+         CREATE TABLE bag (k int, x int, note text);
+         INSERT INTO bag SELECT g % 4, g, 'n' FROM generate_series(1, 12) g;",
+    );
+    let queries = [
+        ("st", "SELECT id, v FROM src"),
+        ("by_g", "SELECT g, sum(v) AS s, count(*) AS n FROM src GROUP BY g"),
+        ("joined", "SELECT s.id, s.v, b.x FROM src s JOIN bag b ON b.k = s.id % 4"),
+        ("bag_rows", "SELECT k, x FROM bag"),
+    ];
+    for (name, q) in queries {
+        db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}', '{q}', refresh_mode => 'DIFFERENTIAL')"));
+    }
+    let steps = [
+        ("ALTER TABLE src RENAME COLUMN w TO w2", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "unused", "g"]),
+        ("ALTER TABLE src ADD COLUMN extra numeric DEFAULT 1", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "unused", "g", "extra"]),
+        ("ALTER TABLE src DROP COLUMN unused", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "g", "extra"]),
+        ("ALTER TABLE src ALTER COLUMN extra TYPE bigint", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "g", "extra"]),
+        ("ALTER TABLE src ALTER COLUMN w2 TYPE varchar(40) USING upper(w2)", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "g", "extra"]),
+        ("ALTER TABLE bag ALTER COLUMN note TYPE text USING note || '!'", vec![]),
+        ("ALTER TABLE bag RENAME COLUMN note TO remark", vec![]),
+        ("ALTER TABLE src ADD COLUMN later int GENERATED ALWAYS AS (v * 2) STORED", vec!["__pgt_txid", "__pgt_action", "id", "v", "w2", "g", "extra", "later"]),
+    ];
+    let mut next = 100;
+    for (i, (ddl, expected)) in steps.into_iter().enumerate() {
+        // Changes pending across the DDL, and after it.
+        next += 1;
+        db.exec(&format!("INSERT INTO src (id, v, g) VALUES ({next}, {next}, {next} % 3); UPDATE bag SET x = x + 1 WHERE k = {}", i % 4));
+        db.exec(ddl);
+        if !expected.is_empty() {
+            assert_eq!(buffer_columns(&mut db, "src"), expected, "after {ddl}");
+        }
+        db.exec(&format!("UPDATE src SET v = v + 1 WHERE id % 3 = {}", i % 3));
+        db.exec(&format!("DELETE FROM src WHERE id = {}", i + 1));
+        db.exec(&format!("INSERT INTO bag (k, x) VALUES ({}, {next})", i % 5));
+        for (name, q) in queries {
+            assert!(frontier_kept(&mut db, name), "{name} keeps its frontier after {ddl}");
+            db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}')"));
+            assert_eq!(last_action(&mut db, name), "DIFFERENTIAL", "{name} after {ddl}");
+            assert_st_matches_query(&mut db.client, name, q);
+        }
+    }
+    let reinit: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_stream_tables WHERE needs_reinit", &[]);
+    assert_eq!(reinit, 0);
+}
+
+/// With pg_trickle.block_source_ddl on (the default), DDL that changes what a
+/// stream table reads fails naming it and the escape hatch; nothing changes.
+#[test]
+fn ddl_on_columns_a_stream_table_reads_is_blocked_by_default() {
+    let mut db = TestDb::new("block_ddl");
+    db.exec(
+        "SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE src (id int PRIMARY KEY, v int, other int);
+         INSERT INTO src SELECT g, g, g FROM generate_series(1, 10) g;
+         CREATE TABLE t2 (id int PRIMARY KEY, x int);
+         INSERT INTO t2 SELECT g, g FROM generate_series(1, 10) g;
+         CREATE VIEW vt2 AS SELECT id, x FROM t2 WHERE x > 2;
+         SELECT pgtrickle.create_stream_table('reader', 'SELECT id, v FROM src');
+         SELECT pgtrickle.create_stream_table('totals', 'SELECT sum(v) AS s FROM src');
+         SELECT pgtrickle.create_stream_table('via_view', 'SELECT id, x FROM vt2');",
+    );
+    for ddl in [
+        "ALTER TABLE src ALTER COLUMN v TYPE bigint",
+        "ALTER TABLE src RENAME COLUMN v TO value",
+        "ALTER TABLE src DROP COLUMN v",
+        "ALTER TABLE src ALTER COLUMN v TYPE int USING v * 10",
+        "ALTER TABLE src RENAME TO src2",
+        "ALTER TABLE src DROP CONSTRAINT src_pkey",
+        "CREATE OR REPLACE VIEW vt2 AS SELECT id, x FROM t2 WHERE x > 5",
+        "ALTER VIEW vt2 RENAME COLUMN x TO y",
+    ] {
+        let err = db.expect_error(ddl, "2BP01");
+        assert!(err.contains("public.reader") || err.contains("public.via_view"), "{ddl}: {err}");
+        assert!(err.contains("pg_trickle.block_source_ddl = off"), "{ddl}: {err}");
+    }
+    let err = db.expect_error("ALTER TABLE src RENAME COLUMN v TO value", "2BP01");
+    assert!(err.contains("public.reader") && err.contains("public.totals"), "{err}");
+    assert!(err.contains("column v was renamed to value"), "{err}");
+    // Columns nobody reads are free to change.
+    db.exec("ALTER TABLE src ALTER COLUMN other TYPE text; ALTER TABLE src RENAME COLUMN other TO note; ALTER TABLE src ADD COLUMN z int");
+    db.exec("UPDATE src SET v = v + 1 WHERE id < 4");
+    db.exec("UPDATE t2 SET x = x + 1 WHERE id = 2");
+    for (name, q) in [("reader", "SELECT id, v FROM src"), ("totals", "SELECT sum(v) AS s FROM src"), ("via_view", "SELECT id, x FROM vt2")] {
+        db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}')"));
+        assert_eq!(last_action(&mut db, name), "DIFFERENTIAL");
+        assert_st_matches_query(&mut db.client, name, q);
+    }
+    // The escape hatch: the stream tables reinitialize at their next refresh.
+    db.exec(
+        "BEGIN; SET LOCAL pg_trickle.block_source_ddl = off;
+         ALTER TABLE src ALTER COLUMN v TYPE bigint; COMMIT;",
+    );
+    let flagged: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_stream_tables WHERE needs_reinit", &[]);
+    assert_eq!(flagged, 2);
+    db.exec("INSERT INTO src (id, v) VALUES (50, 5000000000)");
+    for (name, q) in [("reader", "SELECT id, v FROM src"), ("totals", "SELECT sum(v) AS s FROM src")] {
+        db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}')"));
+        assert_eq!(last_action(&mut db, name), "FULL", "{name} reinitialized");
+        assert_st_matches_query(&mut db.client, name, q);
+    }
+    let v_type: String = db.scalar("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'reader'::regclass AND attname = 'v'", &[]);
+    assert_eq!(v_type, "bigint", "the storage column follows the source's type");
+    db.exec("UPDATE src SET v = v * 2 WHERE id % 2 = 0");
+    for (name, q) in [("reader", "SELECT id, v FROM src"), ("totals", "SELECT sum(v) AS s FROM src")] {
+        db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}')"));
+        assert_eq!(last_action(&mut db, name), "DIFFERENTIAL", "{name} is differential again");
+        assert_st_matches_query(&mut db.client, name, q);
+    }
+}
+
+/// With blocking off, renames of what a query reads are followed: the stored query
+/// tree is deparsed under the new names, and the output columns keep theirs.
+#[test]
+fn renames_are_followed_when_blocking_is_off() {
     let mut db = TestDb::new("rename_used");
-    db.exec("CREATE TABLE src (id int PRIMARY KEY, v int); INSERT INTO src VALUES (1, 1), (2, 2);");
-    db.exec("SELECT pgtrickle.create_stream_table('st', 'SELECT id, v FROM src')");
+    db.exec(
+        "SET pg_trickle.block_source_ddl = off; SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE src (id int PRIMARY KEY, v int); INSERT INTO src VALUES (1, 1), (2, 2);
+         CREATE VIEW big AS SELECT id, v FROM src WHERE v > 1;
+         SELECT pgtrickle.create_stream_table('st', 'SELECT id, v FROM src');
+         SELECT pgtrickle.create_stream_table('via_view', 'SELECT id, v * 2 AS twice FROM big');",
+    );
     db.exec("ALTER TABLE src RENAME COLUMN v TO value");
     db.exec("INSERT INTO src VALUES (3, 3)");
-    let err = db.expect_error("SELECT pgtrickle.refresh_stream_table('st')", "42703");
-    assert!(err.contains("\"v\""), "{err}");
-    assert_eq!(count(&mut db, "st"), 2);
-    db.exec("SELECT pgtrickle.alter_stream_table('st', query => 'SELECT id, value AS v FROM src')");
+    db.exec("SELECT pgtrickle.refresh_stream_table('st')");
     assert_st_matches_query(&mut db.client, "st", "SELECT id, value AS v FROM src");
+    let stored: String = db.scalar("SELECT defining_query FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 'st'::regclass", &[]);
+    assert!(stored.contains("value AS v"), "{stored}");
 
-    db.exec("ALTER TABLE src RENAME TO source_renamed");
-    db.exec("UPDATE source_renamed SET value = 0 WHERE id = 1");
-    let err = db.expect_error("SELECT pgtrickle.refresh_stream_table('st')", "42P01");
-    assert!(err.contains("public.src"), "{err}");
-    db.exec("SELECT pgtrickle.alter_stream_table('st', query => 'SELECT id, value AS v FROM source_renamed')");
-    db.exec("DELETE FROM source_renamed WHERE id = 2; SELECT pgtrickle.refresh_stream_table('st')");
+    db.exec("ALTER TABLE src RENAME TO source_renamed; ALTER VIEW big RENAME TO bigger; ALTER VIEW bigger RENAME COLUMN v TO val");
+    db.exec("UPDATE source_renamed SET value = 0 WHERE id = 1; DELETE FROM source_renamed WHERE id = 2");
+    db.exec("SELECT pgtrickle.refresh_stream_table('st'); SELECT pgtrickle.refresh_stream_table('via_view')");
     assert_st_matches_query(&mut db.client, "st", "SELECT id, value AS v FROM source_renamed");
+    assert_st_matches_query(&mut db.client, "via_view", "SELECT id, val * 2 AS twice FROM bigger");
+    db.exec("INSERT INTO source_renamed VALUES (7, 7); SELECT pgtrickle.refresh_stream_table('st'); SELECT pgtrickle.refresh_stream_table('via_view')");
+    assert_eq!(last_action(&mut db, "st"), "DIFFERENTIAL");
+    assert_st_matches_query(&mut db.client, "st", "SELECT id, value AS v FROM source_renamed");
+    assert_st_matches_query(&mut db.client, "via_view", "SELECT id, val * 2 AS twice FROM bigger");
+}
+
+/// A dropped column the query reads: the refresh fails saying so (contents stay)
+/// until alter_stream_table gives a new query. A redefined view is picked up.
+#[test]
+fn a_dropped_column_fails_clearly_and_a_redefined_view_is_picked_up() {
+    let mut db = TestDb::new("drop_used");
+    db.exec(
+        "SET pg_trickle.block_source_ddl = off; SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE src (id int PRIMARY KEY, v int, w int); INSERT INTO src SELECT g, g, g FROM generate_series(1, 9) g;
+         CREATE TABLE other (id int PRIMARY KEY, v int); INSERT INTO other SELECT g, -g FROM generate_series(1, 5) g;
+         CREATE VIEW pick AS SELECT id, v FROM src WHERE v % 2 = 0;
+         SELECT pgtrickle.create_stream_table('st', 'SELECT id, w FROM src');
+         SELECT pgtrickle.create_stream_table('picked', 'SELECT id, v FROM pick', refresh_mode => 'DIFFERENTIAL');",
+    );
+    db.exec("ALTER TABLE src DROP COLUMN w");
+    let err = db.expect_error("SELECT pgtrickle.refresh_stream_table('st')", "42703");
+    assert!(err.contains("reads column w of public.src, which was dropped") && err.contains("alter_stream_table"), "{err}");
+    assert_eq!(count(&mut db, "st"), 9);
+    db.exec("SELECT pgtrickle.alter_stream_table('st', query => 'SELECT id, v AS w FROM src')");
+    assert_st_matches_query(&mut db.client, "st", "SELECT id, v AS w FROM src");
+
+    // The view now reads another table: the stream table follows, differential.
+    db.exec("CREATE OR REPLACE VIEW pick AS SELECT id, v FROM other WHERE v < -1");
+    db.exec("SELECT pgtrickle.refresh_stream_table('picked')");
+    assert_st_matches_query(&mut db.client, "picked", "SELECT id, v FROM pick");
+    let reads_other: bool = db.scalar(
+        "SELECT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies WHERE source_relid = 'other'::regclass)",
+        &[],
+    );
+    assert!(reads_other);
+    db.exec("UPDATE other SET v = v - 10 WHERE id = 1; UPDATE src SET v = 100; SELECT pgtrickle.refresh_stream_table('picked')");
+    assert_eq!(last_action(&mut db, "picked"), "DIFFERENTIAL");
+    assert_st_matches_query(&mut db.client, "picked", "SELECT id, v FROM pick");
 }
 
 #[test]

@@ -1,0 +1,235 @@
+//! Source DDL: what `ALTER TABLE` (and `ALTER VIEW`, `CREATE OR REPLACE VIEW`,
+//! `ALTER TYPE` on a typed table's type, renames) on a relation means for the
+//! stream tables reading it.
+//!
+//! Every dependency of a stream table records the columns it relies on — those
+//! its defining query reads (the parser's `selectedCols`, as privilege checks use
+//! them) plus a table's row-identity key — and their *signature*
+//! (`pgtrickle._source_signature`: the relation's name, each such column's
+//! number, name, type and collation, a view's definition). After DDL on a source
+//! the `ddl_command_end` event trigger calls [`on_relations_changed`], which for
+//! each stream table reading it decides:
+//!
+//! - **concerned** when the signature changed (a column it reads renamed,
+//!   retyped or dropped; the source renamed or moved; a view it reads redefined),
+//!   when a column it reads was rewritten in place (`ALTER COLUMN ... TYPE ...
+//!   USING` to the same type, `SET EXPRESSION`: found in the collected commands),
+//!   or, for a DIFFERENTIAL plan, when the source's row-identity key changed.
+//!   With `pg_trickle.block_source_ddl` (on by default) the DDL then fails with
+//!   an error naming the stream tables; otherwise they are marked
+//!   `needs_reinit` and their next refresh re-derives the query from the stored
+//!   query tree (following renames), the plan and the storage column types, and
+//!   recomputes ([`crate::refresh`]).
+//! - **not concerned** otherwise — DDL on columns it does not read. The change
+//!   buffer is altered in place ([`cdc::sync_capture`]) and its pending rows stay
+//!   valid for it; its DIFFERENTIAL plan stops reading the columns whose captured
+//!   form changed ([`pgt_delta::Plan::forget_columns`]). Nothing is recomputed.
+//!
+//! Rows that entered or left a source without passing through capture (a
+//! partition attached or detached) clear every reader's frontier, so each
+//! recomputes once; that is never blocked.
+
+use crate::catalog::{self, Consumer};
+use crate::cdc;
+use crate::error::{PgtError, PgtResult};
+use crate::guc;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use pgt_core::ident::QualifiedName;
+use pgt_delta::Plan;
+
+/// Why a stream table is concerned by DDL on one of its sources.
+struct Concerned {
+    stream_table: QualifiedName,
+    pgt_id: i64,
+    reason: String,
+}
+
+/// Called by the `ddl_command_end` event trigger with the OIDs of relations the
+/// command touched (see the module doc), and by `sql_drop` after a cascade
+/// dropped columns or an index (`in_ddl_command_end` false: no collected commands
+/// to read).
+///
+/// # Errors
+/// 2BP01 (dependent_objects_still_exist) when `pg_trickle.block_source_ddl` is on
+/// and a stream table is concerned; the DDL is rolled back.
+pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) -> PgtResult<()> {
+    if cdc::internal_ddl_in_progress() {
+        return Ok(());
+    }
+    let rewritten = if in_ddl_command_end { rewritten_columns()? } else { Vec::new() };
+    let mut sources: Vec<pg_sys::Oid> = Vec::new();
+    for relid in relids {
+        let mut affected = cdc::captured_sources_affected_by(*relid)?;
+        if !catalog::consumers(*relid)?.is_empty() {
+            affected.push(*relid);
+        }
+        for source in affected {
+            if !sources.contains(&source) {
+                sources.push(source);
+            }
+        }
+    }
+    let mut concerned: Vec<Concerned> = Vec::new();
+    for source in sources {
+        let consumers = catalog::consumers(source)?;
+        let sync = cdc::sync_capture(source)?;
+        let source_name = crate::parse::relation_name(source)?;
+        for consumer in consumers {
+            let rewritten_here: Vec<i16> =
+                rewritten.iter().filter(|(r, _)| *r == source).map(|(_, a)| *a).collect();
+            match why_concerned(&consumer, &sync, &rewritten_here, &source_name) {
+                Some(reason) => {
+                    concerned.push(Concerned { stream_table: consumer.name.clone(), pgt_id: consumer.pgt_id, reason })
+                }
+                None => keep_differential(&consumer, source, &sync)?,
+            }
+        }
+    }
+    if concerned.is_empty() {
+        return Ok(());
+    }
+    if guc::BLOCK_SOURCE_DDL.get() {
+        let mut names: Vec<String> = concerned.iter().map(|c| c.stream_table.to_string()).collect();
+        names.dedup();
+        return Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("cannot change a source of stream table{} {}", if names.len() == 1 { "" } else { "s" }, names.join(", ")),
+        )
+        .detail(concerned.iter().map(|c| format!("{}: {}.", c.stream_table, c.reason)).collect::<Vec<_>>().join("\n"))
+        .hint(
+            "Run the DDL after SET LOCAL pg_trickle.block_source_ddl = off; the stream tables then reinitialize \
+             at their next refresh. Or drop them, or give them a new query with alter_stream_table first.",
+        ));
+    }
+    for c in &concerned {
+        catalog::mark_needs_reinit(c.pgt_id)?;
+        pgrx::notice!("stream table {} will reinitialize at its next refresh: {}", c.stream_table, c.reason);
+    }
+    Ok(())
+}
+
+/// Why `consumer` is concerned by the DDL just run on its source, or `None`.
+fn why_concerned(consumer: &Consumer, sync: &cdc::CaptureSync, rewritten: &[i16], source: &QualifiedName) -> Option<String> {
+    let (Some(recorded), Some(current)) = (&consumer.recorded_signature, &consumer.current_signature) else {
+        // A dependency recorded without a signature: anything changed concerns it.
+        let anything = !sync.changed_columns.is_empty() || sync.key_changed || !rewritten.is_empty();
+        return anything.then(|| format!("{source} changed"));
+    };
+    if recorded != current {
+        return Some(describe_signature_change(recorded, current, source));
+    }
+    let reads = |attnum: &i16| consumer.columns_read.as_ref().is_none_or(|read| read.contains(attnum));
+    if let Some(attnum) = rewritten.iter().find(|a| reads(a)) {
+        let name = column_name(current, *attnum).unwrap_or_else(|| format!("number {attnum}"));
+        return Some(format!("column {name} of {source}, which it reads, was rewritten"));
+    }
+    if sync.key_changed && consumer.delta_plan.is_some() {
+        return Some(format!("the row-identity key of {source}, which its DIFFERENTIAL plan uses, changed"));
+    }
+    None
+}
+
+/// Says what differs between two signatures (`name|attnum:column:type:collation|...`).
+fn describe_signature_change(recorded: &str, current: &str, source: &QualifiedName) -> String {
+    let mut old = recorded.split('|');
+    let mut new = current.split('|');
+    let (old_name, new_name) = (old.next().unwrap_or_default(), new.next().unwrap_or_default());
+    if old_name != new_name {
+        return format!("{old_name}, which it reads, was renamed to {new_name}");
+    }
+    let new: Vec<&str> = new.collect();
+    let mut changes = Vec::new();
+    for element in old {
+        if new.contains(&element) {
+            continue;
+        }
+        if element.starts_with("view:") {
+            changes.push("its definition was replaced".to_string());
+            continue;
+        }
+        let mut parts = element.splitn(3, ':');
+        let (attnum, name) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let now = new.iter().find(|e| e.split(':').next() == Some(attnum));
+        changes.push(match now {
+            None => format!("column {name} was dropped"),
+            Some(now) if now.split(':').nth(1) != Some(name) => {
+                format!("column {name} was renamed to {}", now.split(':').nth(1).unwrap_or_default())
+            }
+            Some(_) => format!("column {name} changed type or collation"),
+        });
+    }
+    if changes.is_empty() {
+        changes.push("the columns it reads changed".to_string());
+    }
+    format!("it reads {source}, where {}", changes.join(", "))
+}
+
+/// The name of column `attnum` in a signature, if listed.
+pub(crate) fn column_name(signature: &str, attnum: i16) -> Option<String> {
+    let prefix = format!("{attnum}:");
+    signature.split('|').skip(1).find_map(|e| e.strip_prefix(&prefix).and_then(|rest| rest.split(':').next()).map(str::to_string))
+}
+
+/// A stream table not concerned by the DDL keeps its frontier: its plan stops
+/// reading the source columns whose captured form changed (none of which it
+/// reads). If rows bypassed capture, it recomputes once instead.
+fn keep_differential(consumer: &Consumer, source: pg_sys::Oid, sync: &cdc::CaptureSync) -> PgtResult<()> {
+    if sync.pending_changes_lost {
+        return catalog::clear_frontier(consumer.pgt_id);
+    }
+    if sync.changed_columns.is_empty() {
+        return Ok(());
+    }
+    let Some(Ok(mut plan)) = consumer.delta_plan.as_deref().map(Plan::from_json) else {
+        return Ok(());
+    };
+    if plan.forget_columns(source.to_u32(), &sync.changed_columns) {
+        catalog::update_plan_text(consumer.pgt_id, &plan.to_json())?;
+    }
+    Ok(())
+}
+
+/// Columns whose values the commands being reported rewrote in place, as
+/// (relation, attribute number): `ALTER COLUMN ... TYPE` (also to the same type
+/// with USING) and `ALTER COLUMN ... SET EXPRESSION`. Read from the collected
+/// commands of `pg_event_trigger_ddl_commands()` (`tcop/deparse_utility.h`):
+/// each ALTER TABLE subcommand carries the address of the column it changed.
+fn rewritten_columns() -> PgtResult<Vec<(pg_sys::Oid, i16)>> {
+    Spi::connect_mut(|client| {
+        let mut table = client.update(
+            "SELECT command FROM pg_catalog.pg_event_trigger_ddl_commands() \
+             WHERE command_tag IN ('ALTER TABLE', 'ALTER TYPE', 'ALTER FOREIGN TABLE')",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        // pg_ddl_command has no SQL representation: read the raw pointer datum
+        // of each row in turn.
+        while table.next().is_some() {
+            let Some(datum) = table.get_datum_by_ordinal(1)? else { continue };
+            let command = datum.cast_mut_ptr::<pg_sys::CollectedCommand>();
+            unsafe {
+                if command.is_null() || (*command).type_ != pg_sys::CollectedCommandType::SCT_AlterTable {
+                    continue;
+                }
+                let subcommands = pgrx::PgList::<pg_sys::CollectedATSubcmd>::from_pg((*command).d.alterTable.subcmds);
+                for sub in subcommands.iter_ptr() {
+                    let parsetree = (*sub).parsetree;
+                    if parsetree.is_null() || !pgrx::is_a(parsetree, pg_sys::NodeTag::T_AlterTableCmd) {
+                        continue;
+                    }
+                    let subtype = (*(parsetree as *mut pg_sys::AlterTableCmd)).subtype;
+                    let rewrites = subtype == pg_sys::AlterTableType::AT_AlterColumnType
+                        || subtype == pg_sys::AlterTableType::AT_SetExpression;
+                    let address = (*sub).address;
+                    if rewrites && address.classId == pg_sys::RelationRelationId && address.objectSubId > 0 {
+                        out.push((address.objectId, address.objectSubId as i16));
+                    }
+                }
+            }
+        }
+        Ok::<_, PgtError>(out)
+    })
+}
