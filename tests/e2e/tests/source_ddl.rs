@@ -265,3 +265,141 @@ fn a_non_superuser_alters_a_table_someone_elses_stream_table_reads() {
     db.exec("SELECT pgtrickle.refresh_stream_table('watch')");
     assert_st_matches_query(&mut db.client, "watch", "SELECT id, v FROM carols");
 }
+
+/// Property: random DDL on columns no stream table reads (add, drop, rename,
+/// retype, rewrite in place), interleaved with random DML on everything, never
+/// forces a recomputation, and every stream table — keyed and keyless, joins,
+/// outer joins, aggregates, DISTINCT — stays equal to its query after every
+/// refresh. Seeded: PGT_SEED replays.
+#[test]
+fn random_ddl_on_unread_columns_never_disturbs_differential_refresh() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("seed: {seed} (replay with PGT_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut db = TestDb::new("random_unread_ddl");
+    db.exec(
+        "SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE TABLE p (id int PRIMARY KEY, k int, v int, pad_p1 text, pad_p2 int);
+         CREATE TABLE c (pid int PRIMARY KEY, w int, pad_c1 text);
+         CREATE TABLE e (k int, n int, pad_e1 int);
+         INSERT INTO p SELECT g, g % 5, g, 'x', g FROM generate_series(1, 30) g;
+         INSERT INTO c SELECT g, g * 10, 'y' FROM generate_series(1, 30, 2) g;
+         INSERT INTO e SELECT g % 4, g % 3, g FROM generate_series(1, 20) g;",
+    );
+    let queries = [
+        ("rows_p", "SELECT id, v FROM p WHERE k <> 2"),
+        ("joined", "SELECT p.id, p.v, c.w FROM p JOIN c ON c.pid = p.id"),
+        ("left_joined", "SELECT p.id, c.w FROM p LEFT JOIN c ON c.pid = p.id"),
+        ("by_k", "SELECT k, sum(v) AS s, count(*) AS n, max(v) AS hi FROM p GROUP BY k"),
+        ("bag", "SELECT k, n FROM e WHERE n > 0"),
+        ("bag_distinct", "SELECT DISTINCT k FROM e"),
+    ];
+    for (name, q) in queries {
+        db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}', '{q}', refresh_mode => 'DIFFERENTIAL')"));
+    }
+    // Unread columns per table: (name, type).
+    let mut pads: Vec<(&str, Vec<(String, &str)>)> = vec![
+        ("p", vec![("pad_p1".into(), "text"), ("pad_p2".into(), "int")]),
+        ("c", vec![("pad_c1".into(), "text")]),
+        ("e", vec![("pad_e1".into(), "int")]),
+    ];
+    let mut serial = 0;
+    let mut next_id = 100;
+    for cycle in 0..30 {
+        let t = rng.random_range(0..pads.len());
+        let (table, columns) = &mut pads[t];
+        serial += 1;
+        let ddl = match rng.random_range(0..6) {
+            0 => {
+                let name = format!("pad_{table}_new{serial}");
+                let ddl = format!("ALTER TABLE {table} ADD COLUMN {name} int DEFAULT {serial}");
+                columns.push((name, "int"));
+                ddl
+            }
+            1 if !columns.is_empty() => {
+                let (name, _) = columns.remove(rng.random_range(0..columns.len()));
+                format!("ALTER TABLE {table} DROP COLUMN {name}")
+            }
+            2 if !columns.is_empty() => {
+                let i = rng.random_range(0..columns.len());
+                let new_name = format!("pad_{table}_ren{serial}");
+                let ddl = format!("ALTER TABLE {table} RENAME COLUMN {} TO {new_name}", columns[i].0);
+                columns[i].0 = new_name;
+                ddl
+            }
+            3 if !columns.is_empty() => {
+                let i = rng.random_range(0..columns.len());
+                let (ddl, new_type) = if columns[i].1 == "text" {
+                    (format!("ALTER TABLE {table} ALTER COLUMN {0} TYPE int USING length({0})", columns[i].0), "int")
+                } else {
+                    (format!("ALTER TABLE {table} ALTER COLUMN {0} TYPE text USING {0}::text", columns[i].0), "text")
+                };
+                columns[i].1 = new_type;
+                ddl
+            }
+            4 if !columns.is_empty() => {
+                let i = rng.random_range(0..columns.len());
+                let (name, ty) = &columns[i];
+                format!("ALTER TABLE {table} ALTER COLUMN {name} TYPE {ty} USING {name}")
+            }
+            _ => String::new(),
+        };
+        let table = *table;
+        let pad_update = columns.first().map(|(name, ty)| {
+            let value = if *ty == "text" { "'z'" } else { "7" };
+            format!("UPDATE {table} SET {name} = {value} WHERE random() < 0.3")
+        });
+        // DML pending across the DDL and after it.
+        let dml = |rng: &mut rand::rngs::StdRng, next_id: &mut i32| -> String {
+            *next_id += 1;
+            match rng.random_range(0..6) {
+                0 => format!("INSERT INTO p (id, k, v) VALUES ({0}, {0} % 5, {1})", next_id, rng.random_range(0..100)),
+                1 => format!("UPDATE p SET v = v + 1, k = (k + 1) % 5 WHERE id % 7 = {}", rng.random_range(0..7)),
+                2 => format!("DELETE FROM p WHERE id % 11 = {}", rng.random_range(0..11)),
+                3 => format!(
+                    "INSERT INTO c (pid, w) SELECT id, {} FROM p WHERE id % 4 = {} ON CONFLICT (pid) DO UPDATE SET w = excluded.w",
+                    rng.random_range(0..50),
+                    rng.random_range(0..4)
+                ),
+                4 => format!("DELETE FROM c WHERE pid % 5 = {}", rng.random_range(0..5)),
+                _ => format!(
+                    "INSERT INTO e (k, n) VALUES ({0}, {1}), ({0}, {1}); DELETE FROM e WHERE ctid IN (SELECT ctid FROM e WHERE k = {2} LIMIT 1)",
+                    rng.random_range(0..4),
+                    rng.random_range(0..3),
+                    rng.random_range(0..4)
+                ),
+            }
+        };
+        let before = dml(&mut rng, &mut next_id);
+        db.exec(&before);
+        if !ddl.is_empty() {
+            db.exec(&ddl);
+        }
+        if let Some(u) = pad_update {
+            db.exec(&u);
+        }
+        let after = dml(&mut rng, &mut next_id);
+        db.exec(&after);
+        for (name, q) in queries {
+            db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}')"));
+            let (only_st, only_q) = pgt_testkit::multiset_difference(&mut db.client, name, q);
+            assert!(
+                only_st.is_empty() && only_q.is_empty(),
+                "seed {seed}, cycle {cycle} ({before}; {ddl}; {after}): {name} differs\n  only in stream table: {only_st:?}\n  only in query: {only_q:?}"
+            );
+        }
+    }
+    let full: Vec<String> = db
+        .client
+        .query(
+            "SELECT s.pgt_relid::regclass::text FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
+             WHERE h.action <> 'DIFFERENTIAL' AND h.initiated_by <> 'INITIAL'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(full.is_empty(), "seed {seed}: recomputed after DDL on unread columns: {full:?}");
+}
