@@ -713,15 +713,38 @@ pub fn explain_stream_table(st: &StreamTable) -> PgtResult<String> {
         }
         Some(Err(e)) => out.push_str(&format!("stored plan unreadable: {e}\n")),
         None => {
-            let why = match translate::translate(&st.defining_query)? {
-                Ok(_) if st.refresh_mode == RefreshMode::Full => "FULL was requested".to_string(),
-                Ok(_) => "the query would be differentiable now; alter_stream_table(name, refresh_mode => 'AUTO') rebuilds it".to_string(),
-                Err(translate::Unsupported(construct)) => format!("DIFFERENTIAL refresh does not support {construct}"),
-            };
+            let why = refresh_mode_reason(st)?;
             out.push_str(&format!("every refresh recomputes the query: {why}\nfull SQL:\n  {}\n", st.defining_query));
         }
     }
     Ok(out)
+}
+
+/// Why `st` refreshes in its effective mode, in one sentence: FULL requested, the
+/// construct that keeps it from DIFFERENTIAL, or that it is differentiable; and
+/// whether DDL on a source marked it for reinitialization.
+pub fn refresh_mode_reason(st: &StreamTable) -> PgtResult<String> {
+    let mut why = if st.delta_plan.is_some() {
+        "the defining query is maintained differentially: a refresh applies the captured changes (explain_st shows \
+         the operator tree); it recomputes in full only after a TRUNCATE of a source, when the changes exceed \
+         pg_trickle.differential_max_change_ratio, or after DDL on a source"
+            .to_string()
+    } else if st.refresh_mode == RefreshMode::Full {
+        "FULL was requested".to_string()
+    } else if st.needs_reinit {
+        // The stored text may name what DDL renamed: do not analyse it now.
+        return Ok("DDL on a source concerned it, so its next refresh reinitializes it and decides its mode again".into());
+    } else {
+        match translate::translate(&st.defining_query)? {
+            Ok(_) => "the query would be differentiable now; alter_stream_table(name, refresh_mode => 'AUTO') rebuilds it"
+                .to_string(),
+            Err(translate::Unsupported(construct)) => format!("DIFFERENTIAL refresh does not support {construct}"),
+        }
+    };
+    if st.needs_reinit {
+        why.push_str("; DDL on a source concerned it, so its next refresh reinitializes it");
+    }
+    Ok(why)
 }
 
 /// `refresh_stream_table`: a manual refresh, recorded with initiated_by MANUAL.

@@ -117,6 +117,17 @@ mod pgtrickle {
         lifecycle::explain_stream_table(&st).or_raise()
     }
 
+    /// Why a stream table refreshes as it does: requested mode, effective mode,
+    /// and the reason in one sentence.
+    #[pg_extern]
+    fn explain_refresh_mode(
+        name: Option<&str>,
+    ) -> TableIterator<'static, (name!(requested_mode, String), name!(effective_mode, String), name!(reason, String))> {
+        let st = lifecycle::resolve_stream_table_arg(name).or_raise();
+        let reason = lifecycle::refresh_mode_reason(&st).or_raise();
+        TableIterator::once((st.refresh_mode.as_str().to_string(), st.effective_refresh_mode.as_str().to_string(), reason))
+    }
+
     /// The background scheduler of this database: whether automatic refresh is
     /// available (pg_trickle preloaded) and enabled, the launcher's and this
     /// database's worker's process ids, and when the worker last finished a

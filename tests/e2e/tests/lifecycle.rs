@@ -261,4 +261,22 @@ fn explain_st_shows_tree_strategies_and_sql() {
     let text: String = db.scalar("SELECT pgtrickle.explain_st('f')", &[]);
     assert!(text.contains("effective: FULL") && text.contains("DIFFERENTIAL refresh does not support DISTINCT ON"), "{text}");
     db.expect_error("SELECT pgtrickle.explain_st('nope')", "42P01");
+
+    // explain_refresh_mode: the same facts as one row.
+    let row = db.client.query_one("SELECT * FROM pgtrickle.explain_refresh_mode('f')", &[]).unwrap();
+    let (requested, effective, reason): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((requested.as_str(), effective.as_str()), ("AUTO", "FULL"));
+    assert!(reason.contains("does not support DISTINCT ON"), "{reason}");
+    let reason: String = db.scalar("SELECT reason FROM pgtrickle.explain_refresh_mode('t')", &[]);
+    assert!(reason.starts_with("the defining query is maintained differentially"), "{reason}");
+    db.exec(
+        "SELECT pgtrickle.alter_stream_table('t', refresh_mode => 'FULL');
+         SET pg_trickle.block_source_ddl = off; ALTER TABLE customers RENAME COLUMN tier TO level;",
+    );
+    let reason: String = db.scalar("SELECT reason FROM pgtrickle.explain_refresh_mode('t')", &[]);
+    assert!(reason.starts_with("FULL was requested") && reason.contains("next refresh reinitializes it"), "{reason}");
+    db.exec("SELECT pgtrickle.refresh_stream_table('t')");
+    let reason: String = db.scalar("SELECT reason FROM pgtrickle.explain_refresh_mode('t')", &[]);
+    assert_eq!(reason, "FULL was requested");
+    db.expect_error("SELECT * FROM pgtrickle.explain_refresh_mode('nope')", "42P01");
 }
