@@ -130,8 +130,9 @@ mod pgtrickle {
 
     /// The background scheduler of this database: whether automatic refresh is
     /// available (pg_trickle preloaded) and enabled, the launcher's and this
-    /// database's worker's process ids, and when the worker last finished a
-    /// scheduling cycle.
+    /// database's worker's process ids, when the worker last finished a
+    /// scheduling cycle, and how many due checks it ran and skipped (nothing
+    /// committed since) since it started.
     #[pg_extern]
     #[allow(clippy::type_complexity)] // the SQL result's columns, spelled out by name!
     fn scheduler_status() -> TableIterator<
@@ -142,6 +143,8 @@ mod pgtrickle {
             name!(launcher_pid, Option<i32>),
             name!(worker_pid, Option<i32>),
             name!(last_cycle, Option<TimestampWithTimeZone>),
+            name!(checks, i64),
+            name!(skipped_checks, i64),
         ),
     > {
         let status = crate::scheduler::status();
@@ -152,6 +155,8 @@ mod pgtrickle {
             status.worker_pid,
             // Unix milliseconds to PostgreSQL's microseconds since 2000-01-01.
             status.last_cycle_ms.and_then(|ms| TimestampWithTimeZone::try_from(ms * 1000 - 946_684_800_000_000).ok()),
+            i64::try_from(status.checks.0).unwrap_or(i64::MAX),
+            i64::try_from(status.checks.1).unwrap_or(i64::MAX),
         ))
     }
 

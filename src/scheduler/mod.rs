@@ -155,7 +155,9 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
                 registry::clear_retry(dboid);
                 registry::wake_launcher();
             }
-            if WORKER_REQUESTED || WAKE_REQUESTED {
+            if WAKE_REQUESTED {
+                registry::note_change(dboid);
+            } else if WORKER_REQUESTED {
                 registry::wake(dboid);
             }
             WORKER_REQUESTED = false;
@@ -183,12 +185,14 @@ pub struct Status {
     pub worker_pid: Option<i32>,
     /// When that worker last finished a cycle (Unix ms).
     pub last_cycle_ms: Option<i64>,
+    /// Due checks that worker ran, and skipped, since it started.
+    pub checks: (u64, u64),
 }
 
 /// The scheduler's state for the current database.
 pub fn status() -> Status {
     if !available() {
-        return Status { available: false, launcher_pid: None, worker_pid: None, last_cycle_ms: None };
+        return Status { available: false, launcher_pid: None, worker_pid: None, last_cycle_ms: None, checks: (0, 0) };
     }
     let (launcher, slot) = registry::snapshot(unsafe { pg_sys::MyDatabaseId.to_u32() });
     Status {
@@ -196,6 +200,7 @@ pub fn status() -> Status {
         launcher_pid: (launcher != 0).then_some(launcher),
         worker_pid: slot.filter(|s| s.pid != 0).map(|s| s.pid),
         last_cycle_ms: slot.filter(|s| s.last_cycle_ms != 0).map(|s| s.last_cycle_ms),
+        checks: slot.filter(|s| s.pid != 0).map(|s| (s.checks, s.skipped_checks)).unwrap_or((0, 0)),
     }
 }
 

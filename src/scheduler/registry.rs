@@ -27,8 +27,17 @@ pub struct Slot {
     pub retry_after_ms: i64,
     /// The worker has been asked to exit.
     pub stop_requested: bool,
+    /// Incremented at the commit of every transaction of this database that
+    /// captured a change ([`note_change`]): a DIFFERENTIAL stream table checked
+    /// at generation `g` has nothing new to apply while the generation is `g`.
+    pub change_generation: u64,
     /// When the worker last finished a scheduling cycle (Unix ms).
     pub last_cycle_ms: i64,
+    /// Due checks the worker ran (a refresh transaction each), since it started.
+    pub checks: u64,
+    /// Due checks it skipped because nothing was committed since (see
+    /// `worker::Scheduler::unchanged_since`), since it started.
+    pub skipped_checks: u64,
 }
 
 /// Every slot, plus the launcher's process id.
@@ -134,11 +143,14 @@ pub fn stop_requested(dboid: u32) -> bool {
     slot_of(&r, dboid).is_some_and(|i| r.slots[i].stop_requested)
 }
 
-/// Notes that the worker of `dboid` finished a scheduling cycle.
-pub fn cycle_done(dboid: u32) {
+/// Notes that the worker of `dboid` finished a scheduling cycle, with its
+/// totals of due checks run and skipped.
+pub fn cycle_done(dboid: u32, checks: u64, skipped_checks: u64) {
     let mut r = REGISTRY.exclusive();
     if let Some(i) = slot_of(&r, dboid) {
         r.slots[i].last_cycle_ms = now_ms();
+        r.slots[i].checks = checks;
+        r.slots[i].skipped_checks = skipped_checks;
     }
 }
 
@@ -203,6 +215,31 @@ pub fn stop_worker(dboid: u32, pause: Duration, wait: Duration) -> bool {
         }
     }
     false
+}
+
+/// Records that a transaction of `dboid` that captured changes committed (it is
+/// visible to snapshots taken from now on: transaction callbacks run after the
+/// commit is in the proc array), and wakes the database's worker.
+pub fn note_change(dboid: u32) {
+    let latch = {
+        let mut r = REGISTRY.exclusive();
+        match slot_of(&r, dboid) {
+            Some(i) => {
+                r.slots[i].change_generation = r.slots[i].change_generation.wrapping_add(1);
+                r.slots[i].latch
+            }
+            None => 0,
+        }
+    };
+    if latch != 0 {
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+/// The change generation of `dboid` ([`Slot::change_generation`]).
+pub fn change_generation(dboid: u32) -> u64 {
+    let r = REGISTRY.share();
+    slot_of(&r, dboid).map(|i| r.slots[i].change_generation).unwrap_or(0)
 }
 
 /// Wakes the worker of `dboid`, if one runs.

@@ -10,7 +10,9 @@
 //! 3. refresh each ACTIVE one whose schedule says it is due
 //!    ([`pgt_core::schedule::Schedule::next_due`]), as its owner, recorded with
 //!    `initiated_by = 'SCHEDULER'`. A refresh that finds no change writes
-//!    nothing. A failure is rolled back, recorded in `pgt_refresh_history` with
+//!    nothing; a DIFFERENTIAL one is not even started while no transaction that
+//!    captured a change has committed since its last check
+//!    ([`Scheduler::unchanged_since`]). A failure is rolled back, recorded in `pgt_refresh_history` with
 //!    its error, and counted; after `pg_trickle.max_consecutive_errors` in a row
 //!    the stream table is SUSPENDED (WARNING) until
 //!    `alter_stream_table(..., status => 'ACTIVE')`.
@@ -58,7 +60,14 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
         return;
     }
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(dboid)) };
-    let mut scheduler = Scheduler { last_checked: BTreeMap::new(), backoff: BTreeMap::new(), dboid };
+    let mut scheduler = Scheduler {
+        last_checked: BTreeMap::new(),
+        last_real_check: BTreeMap::new(),
+        backoff: BTreeMap::new(),
+        dboid,
+        checks: 0,
+        skipped_checks: 0,
+    };
     let mut woken = false;
     loop {
         if registry::stop_requested(dboid) {
@@ -82,7 +91,7 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
                 }
             }
         }
-        registry::cycle_done(dboid);
+        registry::cycle_done(dboid, scheduler.checks, scheduler.skipped_checks);
         woken = wait_for_latch(wait);
     }
     registry::unregister_worker(dboid, Duration::ZERO);
@@ -144,16 +153,53 @@ struct Entry {
     atomic: bool,
     /// `diamond_schedule_policy = 'slowest'`.
     slowest: bool,
+    /// A DIFFERENTIAL stream table whose frontier is set and that needs no
+    /// reinitialization: a check of it can only apply captured changes, so it
+    /// may be skipped while none were committed ([`Scheduler::unchanged_since`]).
+    change_driven: bool,
 }
 
 struct Scheduler {
     dboid: u32,
     last_checked: BTreeMap<i64, SystemTime>,
+    /// Per stream table, the change generation read just before its last real
+    /// check, and when that check ran.
+    last_real_check: BTreeMap<i64, (u64, SystemTime)>,
     /// `pg_trickle.auto_backoff` factors of stream tables running behind.
     backoff: BTreeMap<i64, u32>,
+    /// Due checks run (refresh transactions; a diamond group counts once).
+    checks: u64,
+    /// Due checks skipped because nothing was committed since.
+    skipped_checks: u64,
 }
 
+/// Stream tables due within this time of a cycle are checked in that cycle (at
+/// most this early), so that stream tables with equal intervals stay aligned and
+/// share cycles, and each cycle's catalog read, instead of drifting apart by
+/// microseconds into a cycle each. It equals the shortest wait between cycles.
+const COALESCE: Duration = Duration::from_millis(10);
+
+/// The longest a due, change-driven stream table goes without a real check: a
+/// transaction committed by two-phase commit (`COMMIT PREPARED`) does not
+/// advance the change generation, so its changes are applied within this time.
+const MAX_SKIPPED_CHECKS: Duration = Duration::from_secs(60);
+
 impl Scheduler {
+    /// Whether the due check of `entry` can be skipped at `now`: it is
+    /// change-driven, and no transaction that captured a change has committed
+    /// in this database since its last real check (the generation read before
+    /// that check is still `generation`), which ran less than
+    /// [`MAX_SKIPPED_CHECKS`] ago. The generation is read before the refresh's
+    /// snapshot, and a commit advances it only once visible, so a change is
+    /// never missed: at worst a check finds nothing. This is what keeps an idle
+    /// scheduler from querying anything for stream tables due every second.
+    fn unchanged_since(&self, entry: &Entry, generation: u64, now: SystemTime) -> bool {
+        entry.change_driven
+            && self.last_real_check.get(&entry.pgt_id).is_some_and(|(seen, at)| {
+                *seen == generation && now.duration_since(*at).unwrap_or_default() < MAX_SKIPPED_CHECKS
+            })
+    }
+
     /// One pass over the stream tables. `woken`: the latch was set since the
     /// last pass (a source changed, probably); stream tables whose interval is
     /// shorter than `poll` (`0s`) are refreshed only then, or once per `poll`.
@@ -185,6 +231,7 @@ impl Scheduler {
         let mut next_due = now + Duration::from_secs(3600);
         let known: BTreeSet<i64> = entries.iter().map(|e| e.pgt_id).collect();
         self.last_checked.retain(|id, _| known.contains(id));
+        self.last_real_check.retain(|id, _| known.contains(id));
         self.backoff.retain(|id, _| known.contains(id));
         // Diamonds whose convergence stream table wants them atomic are
         // refreshed as one unit, in one REPEATABLE READ transaction.
@@ -219,11 +266,12 @@ impl Scheduler {
                     .collect();
                 let group_due = if slowest { dues.iter().max() } else { dues.iter().min() }.copied();
                 let Some(group_due) = group_due else { continue };
-                if group_due > SystemTime::now() {
+                if group_due > SystemTime::now() + COALESCE {
                     next_due = next_due.min(group_due);
                     continue;
                 }
                 let checked_at = SystemTime::now();
+                self.checks += 1;
                 refresh_group(&group);
                 for e in &group {
                     self.last_checked.insert(e.pgt_id, checked_at);
@@ -246,12 +294,28 @@ impl Scheduler {
             if due.duration_since(last).unwrap_or_default() < poll && !woken {
                 due = due.max(last.checked_add(poll).unwrap_or(due));
             }
-            if due > SystemTime::now() {
+            if due > SystemTime::now() + COALESCE {
                 next_due = next_due.min(due);
                 continue;
             }
             let checked_at = SystemTime::now();
-            refresh(entry);
+            let generation = registry::change_generation(self.dboid);
+            if self.unchanged_since(entry, generation, checked_at) {
+                // Nothing committed since its last check could concern it.
+                self.skipped_checks += 1;
+                self.last_checked.insert(entry.pgt_id, checked_at);
+                let next = entry.schedule.next_due_backed_off(Some(checked_at), calculated, factor);
+                next_due = next_due.min(next.max(checked_at.checked_add(Duration::from_millis(10)).unwrap_or(next)));
+                continue;
+            }
+            // Only a successful check vouches for the generation (a skipped busy
+            // or failed one must be retried when due).
+            self.checks += 1;
+            if refresh(entry) {
+                self.last_real_check.insert(entry.pgt_id, (generation, checked_at));
+            } else {
+                self.last_real_check.remove(&entry.pgt_id);
+            }
             let took = checked_at.elapsed().unwrap_or_default();
             let interval = entry.schedule.next_due(Some(checked_at), calculated).duration_since(checked_at).unwrap_or_default();
             let factor = pgt_core::schedule::backoff_factor(factor, took, interval);
@@ -277,8 +341,8 @@ impl Scheduler {
 }
 
 /// Refreshes one stream table in its own transaction; on failure records it
-/// and counts it.
-fn refresh(entry: &Entry) {
+/// and counts it. Returns whether it succeeded.
+fn refresh(entry: &Entry) -> bool {
     let pgt_id = entry.pgt_id;
     let started = SystemTime::now();
     let outcome = in_transaction(|| {
@@ -292,8 +356,9 @@ fn refresh(entry: &Entry) {
         )?;
         Ok(())
     });
-    let Err(failure) = outcome else { return };
+    let Err(failure) = outcome else { return true };
     record_failure(entry, started, failure);
+    false
 }
 
 /// Refreshes the members of a diamond group (upstream first) in one REPEATABLE
@@ -376,7 +441,9 @@ fn has_extension() -> PgtResult<bool> {
 fn stream_tables() -> PgtResult<Vec<Entry>> {
     query_map(
         "SELECT st.pgt_id, st.pgt_relid, st.pgt_relid::pg_catalog.regclass::text, st.schedule, st.status = 'ACTIVE', \
-                st.diamond_consistency = 'atomic', st.diamond_schedule_policy = 'slowest' \
+                st.diamond_consistency = 'atomic', st.diamond_schedule_policy = 'slowest', \
+                st.effective_refresh_mode = 'DIFFERENTIAL' AND st.frontier IS NOT NULL AND st.is_populated \
+                  AND NOT st.needs_reinit \
          FROM pgtrickle.pgt_stream_tables st ORDER BY st.pgt_id",
         &[],
         |row| {
@@ -391,6 +458,7 @@ fn stream_tables() -> PgtResult<Vec<Entry>> {
                 active: col(row, 5)?,
                 atomic: col(row, 6)?,
                 slowest: col(row, 7)?,
+                change_driven: col(row, 8)?,
             })
         },
     )

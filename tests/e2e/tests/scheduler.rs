@@ -502,3 +502,50 @@ fn an_atomic_diamond_is_never_seen_half_refreshed() {
     assert_st_matches_query(&mut db.client, "c", "SELECT count(*) AS n FROM t");
     assert_st_matches_query(&mut db.client, "d", "SELECT b.s, c.n FROM b CROSS JOIN c");
 }
+
+/// An idle scheduler does not check DIFFERENTIAL stream tables nothing changed
+/// for: due checks are skipped while no transaction that captured a change has
+/// committed. A change, or DDL that marks one for reinitialization, is still
+/// picked up at once; FULL stream tables are checked as scheduled.
+#[test]
+fn an_idle_scheduler_skips_checks_of_unchanged_differential_stream_tables() {
+    let mut db = TestDb::new("sched_idle");
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, g int, v int); INSERT INTO t SELECT x, x % 5, x FROM generate_series(1, 50) x;");
+    let queries: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("d{i}"), format!("SELECT g, sum(v) AS s FROM t WHERE v % 10 <> {i} GROUP BY g")))
+        .collect();
+    for (name, q) in &queries {
+        db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}', '{q}', schedule => '1s', refresh_mode => 'DIFFERENTIAL')"));
+    }
+    db.exec("SELECT pgtrickle.create_stream_table('f', 'SELECT g, max(v) AS hi FROM t GROUP BY g', schedule => '1s', refresh_mode => 'FULL')");
+    wait_until(&mut db.client, "SELECT worker_pid IS NOT NULL FROM pgtrickle.scheduler_status()", "the scheduler worker");
+    // Each stream table gets its first real check one interval after first sight.
+    wait_until(&mut db.client, "SELECT checks >= 11 FROM pgtrickle.scheduler_status()", "first checks");
+    let counts = |db: &mut TestDb| -> (i64, i64) {
+        let row = db.client.query_one("SELECT checks, skipped_checks FROM pgtrickle.scheduler_status()", &[]).unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (checks_before, skipped_before) = counts(&mut db);
+    std::thread::sleep(Duration::from_millis(3500));
+    let (checks_after, skipped_after) = counts(&mut db);
+    // About 3 checks of f, and 30 skipped checks of the d's: allow slack for timing.
+    assert!(checks_after - checks_before <= 8, "idle checks ran: {checks_before} -> {checks_after}");
+    assert!(skipped_after - skipped_before >= 15, "idle checks skipped: {skipped_before} -> {skipped_after}");
+
+    // A change reaches every stream table.
+    db.exec("UPDATE t SET v = v + 1000 WHERE id % 3 = 0; DELETE FROM t WHERE id = 7");
+    for (name, q) in &queries {
+        wait_until(&mut db.client, &equal(name, "g, s", q), "a stream table to catch up after idling");
+    }
+    wait_until(&mut db.client, &equal("f", "g, hi", "SELECT g, max(v) AS hi FROM t GROUP BY g"), "f to catch up");
+
+    // DDL that marks them for reinitialization captures no change, yet they are refreshed.
+    db.exec("SET pg_trickle.block_source_ddl = off; ALTER TABLE t RENAME COLUMN v TO value");
+    wait_until(&mut db.client, "SELECT NOT bool_or(needs_reinit) FROM pgtrickle.pgt_stream_tables", "reinitialization by the scheduler");
+    db.exec("INSERT INTO t VALUES (1000, 1, 5)");
+    for (name, q) in &queries {
+        let q = q.replace("v", "value");
+        wait_until(&mut db.client, &equal(name, "g, s", &q), "a stream table to catch up after the rename");
+        assert_st_matches_query(&mut db.client, name, &q);
+    }
+}
