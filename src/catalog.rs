@@ -342,6 +342,8 @@ pub struct Consumer {
     pub current_signature: Option<String>,
     /// Its DIFFERENTIAL plan, if any.
     pub delta_plan: Option<String>,
+    /// Already marked for reinitialization by earlier DDL.
+    pub needs_reinit: bool,
 }
 
 /// The stream tables reading relation `relid`, with the recorded and the current
@@ -349,7 +351,7 @@ pub struct Consumer {
 pub fn consumers(relid: pg_sys::Oid) -> PgtResult<Vec<Consumer>> {
     query_map(
         "SELECT d.pgt_id, n.nspname::text, c.relname::text, d.columns_read, d.source_signature, \
-                pgtrickle._source_signature(d.source_relid, d.columns_read), st.delta_plan \
+                pgtrickle._source_signature(d.source_relid, d.columns_read), st.delta_plan, st.needs_reinit \
          FROM pgtrickle.pgt_dependencies d \
          JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
          JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
@@ -364,6 +366,7 @@ pub fn consumers(relid: pg_sys::Oid) -> PgtResult<Vec<Consumer>> {
                 recorded_signature: row.get::<String>(5)?,
                 current_signature: row.get::<String>(6)?,
                 delta_plan: row.get::<String>(7)?,
+                needs_reinit: col(row, 8)?,
             })
         },
     )

@@ -77,6 +77,12 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
         let sync = cdc::sync_capture(source)?;
         let source_name = crate::parse::relation_name(source)?;
         for consumer in consumers {
+            if consumer.needs_reinit {
+                // Earlier DDL (run with blocking off) already concerned it: it
+                // re-derives everything at its next refresh and reads no
+                // pending changes, so later DDL changes nothing for it.
+                continue;
+            }
             let rewritten_here: Vec<i16> =
                 rewritten.iter().filter(|(r, _)| *r == source).map(|(_, a)| *a).collect();
             match why_concerned(&consumer, &sync, &rewritten_here, &source_name) {

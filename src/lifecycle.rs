@@ -548,7 +548,7 @@ fn replace_sources(st: &StreamTable, analyzed: &AnalyzedQuery, old_dependencies:
 /// (recorded, and counted towards suspension when scheduled).
 pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
     let name = &st.name;
-    for (source, signature, attnum) in catalog::dropped_columns_read(st.pgt_id)? {
+    if let Some((source, signature, attnum)) = catalog::dropped_columns_read(st.pgt_id)?.into_iter().next() {
         let column = crate::ddl::column_name(&signature, attnum).unwrap_or_else(|| format!("number {attnum}"));
         return Err(PgtError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
