@@ -113,7 +113,8 @@ CREATE INDEX ON pgtrickle.pgt_refresh_history (pgt_id, start_time);
 
 -- What a stream table relies on in relation `relid` when it reads `columns`
 -- (attribute numbers; NULL: every column): the relation's name, and each of
--- those columns' number, name, type and collation; for a view, its definition.
+-- those columns' number, name, type (OID and modifier: renaming a type changes
+-- nothing) and collation; for a view, its definition.
 -- A stream table is concerned by DDL on a source exactly when this changes
 -- (docs/SQL_REFERENCE.md, "Source DDL"). Names are quoted and schema-qualified
 -- under a pinned search_path, so the text is stable.
@@ -121,7 +122,7 @@ CREATE FUNCTION pgtrickle._source_signature(relid oid, columns smallint[]) RETUR
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
         || coalesce((SELECT pg_catalog.string_agg('|' || a.attnum || ':' || pg_catalog.quote_ident(a.attname) || ':'
-                                                  || pg_catalog.format_type(a.atttypid, a.atttypmod) || ':' || a.attcollation,
+                                                  || a.atttypid || ':' || a.atttypmod || ':' || a.attcollation,
                                                   '' ORDER BY a.attnum)
                      FROM pg_catalog.pg_attribute a
                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -221,7 +222,8 @@ BEGIN
     END IF;
     -- DROP INDEX alone (its table is no longer known here) may remove the key a
     -- differential plan identifies rows by: re-check every captured source.
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_dropped_objects() d WHERE d.object_type = 'index')
+    -- (ALTER TABLE ... DROP CONSTRAINT is checked at ddl_command_end.)
+    IF TG_TAG = 'DROP INDEX' AND EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_dropped_objects() d WHERE d.object_type = 'index')
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_dropped_objects() d
                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
                          AND d.objsubid = 0 AND d.object_type <> 'index') THEN
@@ -270,7 +272,12 @@ BEGIN
         RETURN;
     END IF;
     IF pgtrickle._any_captured(changed)
-       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies WHERE source_relid = ANY (changed)) THEN
+       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d
+                  WHERE d.source_relid = ANY (changed)
+                     OR d.source_relid IN (SELECT t.relid FROM pg_catalog.unnest(changed) r(relid),
+                                                  pg_catalog.pg_partition_tree(r.relid) t)
+                     OR d.source_relid IN (SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = ANY (changed))
+                     OR d.source_relid IN (SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = ANY (changed))) THEN
         PERFORM pgtrickle._on_relations_changed(changed, true);
     END IF;
 END

@@ -138,7 +138,10 @@ struct CapturedColumn {
 }
 
 /// Columns of `relid` as the buffer stores them: every live, non-virtual column in
-/// attribute order (virtual generated columns have no stored value to capture).
+/// attribute order (virtual generated columns have no stored value to capture),
+/// a domain column as its base type: the buffer holds TRUNCATE markers with NULL
+/// images and gains columns with pending rows, which a domain's NOT NULL or
+/// CHECK would refuse; values were checked when written to the source.
 /// Call with `search_path` pinned (inside [`as_extension_owner`]), so that
 /// `format_type` schema-qualifies every type not in `pg_catalog`.
 fn captured_columns(relid: pg_sys::Oid) -> PgtResult<Vec<CapturedColumn>> {
@@ -146,12 +149,19 @@ fn captured_columns(relid: pg_sys::Oid) -> PgtResult<Vec<CapturedColumn>> {
     // delta queries compare and sort buffer values (WHERE name > 'a', min/max) as
     // the source's column would.
     query_map(
-        "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) || \
+        "SELECT a.attnum, a.attname::text, pg_catalog.format_type(b.typid, b.typmod) || \
                 CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation \
                      THEN ' COLLATE ' || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(co.collname) \
                      ELSE '' END \
          FROM pg_catalog.pg_attribute a \
-         JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+         CROSS JOIN LATERAL ( \
+           WITH RECURSIVE d(typid, typmod, depth) AS ( \
+             SELECT a.atttypid, a.atttypmod, 0 \
+             UNION ALL \
+             SELECT dt.typbasetype, CASE WHEN d.typmod >= 0 THEN d.typmod ELSE dt.typtypmod END, d.depth + 1 \
+             FROM d JOIN pg_catalog.pg_type dt ON dt.oid = d.typid WHERE dt.typtype = 'd') \
+           SELECT d.typid, d.typmod FROM d ORDER BY d.depth DESC LIMIT 1) b \
+         JOIN pg_catalog.pg_type t ON t.oid = b.typid \
          LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
          LEFT JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace \
          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> 'v' \
@@ -217,8 +227,6 @@ pub struct CaptureSync {
     /// renamed or retyped. The buffer's pending values of such a column are gone
     /// or no longer comparable with the table's.
     pub changed_columns: Vec<i16>,
-    /// The source's row-identity key changed (DIFFERENTIAL plans rely on it).
-    pub key_changed: bool,
     /// Rows entered or left the source without passing through capture
     /// (partitions attached or detached), or the buffer had to be rebuilt: no
     /// stream table reading the source can trust its pending changes.
@@ -253,11 +261,7 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<CaptureSync> {
         // Compare with what capture was built for, not with the buffer: a cascade
         // (DROP TYPE ... CASCADE) drops a column from source and buffer alike.
         let new_signature = signature(source_relid, &columns)?;
-        let mut sync = CaptureSync {
-            key_changed: key_part(&tracking.column_signature) != key_part(&new_signature),
-            pending_changes_lost: tree_changed,
-            ..CaptureSync::default()
-        };
+        let mut sync = CaptureSync { pending_changes_lost: tree_changed, ..CaptureSync::default() };
         if tracking.column_signature == new_signature {
             return Ok(sync);
         }
@@ -286,11 +290,6 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<CaptureSync> {
         sync_buffer_grants(source_relid)?;
         Ok(sync)
     })
-}
-
-/// The row-identity part of a capture signature ([`signature`]).
-fn key_part(signature: &str) -> &str {
-    signature.rsplit_once(";key:").map(|(_, key)| key).unwrap_or("")
 }
 
 /// Alters the change buffer of `source_relid`, whose user columns hold source

@@ -62,9 +62,10 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
     let mut sources: Vec<pg_sys::Oid> = Vec::new();
     for relid in relids {
         let mut affected = cdc::captured_sources_affected_by(*relid)?;
-        if !catalog::consumers(*relid)?.is_empty() {
-            affected.push(*relid);
-        }
+        // Read relations the command touched, and those it made a partition or
+        // an inheritance parent or child of them (ATTACH PARTITION reports the
+        // parent, CREATE TABLE ... INHERITS the child).
+        affected.extend(read_relations_related_to(*relid)?);
         for source in affected {
             if !sources.contains(&source) {
                 sources.push(source);
@@ -76,6 +77,8 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
         let consumers = catalog::consumers(source)?;
         let sync = cdc::sync_capture(source)?;
         let source_name = crate::parse::relation_name(source)?;
+        let key = current_key(source)?;
+        let membership = membership_problem(source)?;
         for consumer in consumers {
             if consumer.needs_reinit {
                 // Earlier DDL (run with blocking off) already concerned it: it
@@ -85,7 +88,8 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
             }
             let rewritten_here: Vec<i16> =
                 rewritten.iter().filter(|(r, _)| *r == source).map(|(_, a)| *a).collect();
-            match why_concerned(&consumer, &sync, &rewritten_here, &source_name) {
+            let why = membership.clone().or_else(|| why_concerned(&consumer, source, &key, &rewritten_here, &source_name));
+            match why {
                 Some(reason) => {
                     concerned.push(Concerned { stream_table: consumer.name.clone(), pgt_id: consumer.pgt_id, reason })
                 }
@@ -96,7 +100,10 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
     if concerned.is_empty() {
         return Ok(());
     }
-    if guc::BLOCK_SOURCE_DDL.get() {
+    // Only the command being reported is blocked; a cascade or DROP INDEX seen
+    // at sql_drop may reveal drift it did not cause, so there the stream tables
+    // concerned reinitialize instead.
+    if guc::BLOCK_SOURCE_DDL.get() && in_ddl_command_end {
         let mut names: Vec<String> = concerned.iter().map(|c| c.stream_table.to_string()).collect();
         names.dedup();
         return Err(PgtError::new(
@@ -116,12 +123,17 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
     Ok(())
 }
 
-/// Why `consumer` is concerned by the DDL just run on its source, or `None`.
-fn why_concerned(consumer: &Consumer, sync: &cdc::CaptureSync, rewritten: &[i16], source: &QualifiedName) -> Option<String> {
+/// Why `consumer` is concerned by the DDL just run on its source `relid`, or
+/// `None`. `key` is the source's row-identity key now (column names).
+fn why_concerned(
+    consumer: &Consumer,
+    relid: pg_sys::Oid,
+    key: &[String],
+    rewritten: &[i16],
+    source: &QualifiedName,
+) -> Option<String> {
     let (Some(recorded), Some(current)) = (&consumer.recorded_signature, &consumer.current_signature) else {
-        // A dependency recorded without a signature: anything changed concerns it.
-        let anything = !sync.changed_columns.is_empty() || sync.key_changed || !rewritten.is_empty();
-        return anything.then(|| format!("{source} changed"));
+        return Some(format!("{source} changed"));
     };
     if recorded != current {
         return Some(describe_signature_change(recorded, current, source));
@@ -131,14 +143,71 @@ fn why_concerned(consumer: &Consumer, sync: &cdc::CaptureSync, rewritten: &[i16]
         let name = column_name(current, *attnum).unwrap_or_else(|| format!("number {attnum}"));
         return Some(format!("column {name} of {source}, which it reads, was rewritten"));
     }
-    if sync.key_changed && consumer.delta_plan.is_some() {
-        return Some(format!("the row-identity key of {source}, which its DIFFERENTIAL plan uses, changed"));
+    // A keyed DIFFERENTIAL plan relies on exactly the key it was built with (a
+    // keyless one on none: a new key changes nothing for it).
+    let plan = consumer.delta_plan.as_deref().and_then(|p| Plan::from_json(p).ok())?;
+    let relation = plan.relations().into_iter().find(|r| r.relid == relid.to_u32())?;
+    if !relation.key.is_empty() && relation.key != key {
+        return Some(format!(
+            "its DIFFERENTIAL plan identifies rows of {source} by ({}), which is no longer its key",
+            relation.key.join(", ")
+        ));
     }
     None
 }
 
-/// Says what differs between two signatures (`name|attnum:column:type:collation|...`).
+/// The row-identity key of `relid` now (column names, in key order), as the
+/// translation chooses it; empty when it has none.
+fn current_key(relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
+    let attnums = crate::translate::key_attnums(relid)?;
+    crate::spi::query_map(
+        "SELECT a.attname::text FROM pg_catalog.unnest($2::int2[]) WITH ORDINALITY k(attnum, n) \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum ORDER BY k.n",
+        &[relid.into(), attnums.into()],
+        |row| crate::spi::col(row, 1),
+    )
+}
+
+/// Whether source `relid` became a partition, or joined an inheritance tree,
+/// since it was read: statements on the parent would then change its rows
+/// without firing its own statement triggers, so its changes would be missed.
+fn membership_problem(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
+    let problem = crate::spi::query_one::<String>(
+        "SELECT CASE WHEN c.relispartition THEN 'it became a partition of ' || i.inhparent::pg_catalog.regclass::text \
+                     WHEN i.inhparent IS NOT NULL THEN 'it inherits from ' || i.inhparent::pg_catalog.regclass::text \
+                     WHEN c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits x WHERE x.inhparent = c.oid) \
+                          THEN 'another table inherits from it' END \
+         FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_inherits i ON i.inhrelid = c.oid \
+         WHERE c.oid = $1 AND c.relkind IN ('r', 'p') LIMIT 1",
+        &[relid.into()],
+    )?;
+    let name = crate::parse::relation_name(relid)?;
+    Ok(problem.map(|p| {
+        format!("it reads {name}, and {p}: statements on the parent change its rows without firing its own capture triggers")
+    }))
+}
+
+/// Relations some stream table reads among `relid`, the partitions and
+/// inheritance children below it, and its inheritance parents.
+fn read_relations_related_to(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> {
+    crate::spi::query_map(
+        "SELECT DISTINCT d.source_relid FROM pgtrickle.pgt_dependencies d \
+         WHERE d.source_relid = $1 \
+            OR d.source_relid IN (SELECT t.relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree($1::pg_catalog.regclass) t) \
+            OR d.source_relid IN (SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1) \
+            OR d.source_relid IN (SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1) \
+         ORDER BY 1",
+        &[relid.into()],
+        |row| crate::spi::col(row, 1),
+    )
+}
+
+/// Says what differs between two signatures
+/// (`name|attnum:column:type:typmod:collation|...[|view:definition]`).
 fn describe_signature_change(recorded: &str, current: &str, source: &QualifiedName) -> String {
+    // A view's definition comes last and may itself contain `|`.
+    let (recorded, old_view) = recorded.split_once("|view:").unwrap_or((recorded, ""));
+    let (current, new_view) = current.split_once("|view:").unwrap_or((current, ""));
     let mut old = recorded.split('|');
     let mut new = current.split('|');
     let (old_name, new_name) = (old.next().unwrap_or_default(), new.next().unwrap_or_default());
@@ -151,10 +220,6 @@ fn describe_signature_change(recorded: &str, current: &str, source: &QualifiedNa
         if new.contains(&element) {
             continue;
         }
-        if element.starts_with("view:") {
-            changes.push("its definition was replaced".to_string());
-            continue;
-        }
         let mut parts = element.splitn(3, ':');
         let (attnum, name) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
         let now = new.iter().find(|e| e.split(':').next() == Some(attnum));
@@ -165,6 +230,9 @@ fn describe_signature_change(recorded: &str, current: &str, source: &QualifiedNa
             }
             Some(_) => format!("column {name} changed type or collation"),
         });
+    }
+    if old_view != new_view {
+        changes.push("its definition was replaced".to_string());
     }
     if changes.is_empty() {
         changes.push("the columns it reads changed".to_string());

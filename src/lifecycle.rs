@@ -539,6 +539,10 @@ fn replace_sources(st: &StreamTable, analyzed: &AnalyzedQuery, old_dependencies:
 ///
 /// # Errors
 /// - 42703 (undefined_column) when a column it reads was dropped;
+/// - 42P17 when it would now read itself (a view redefined to read a stream
+///   table downstream of it), 42501 when the owner may not read a new source;
+/// - 25001 in a REPEATABLE READ or SERIALIZABLE transaction when it now reads a
+///   table no stream table read before (capture starts in this transaction);
 /// - 2BP01 (dependent_objects_still_exist) when its output types changed and
 ///   other stream tables read it;
 /// - 0A000 when its output columns changed otherwise;
@@ -562,6 +566,20 @@ pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
         None => st.defining_query.clone(),
     };
     let analyzed = parse::analyze_defining_query(&text, catalog::is_stream_table)?;
+    // The checks create and alter make: a redefined view may now read a stream
+    // table downstream of this one, or something the owner may not read.
+    check_no_cycle(st, &analyzed)?;
+    check_can_run(&analyzed, st.owner)?;
+    let old_dependencies = catalog::dependencies(st.pgt_id)?;
+    let new_captured = analyzed
+        .sources
+        .iter()
+        .any(|s| s.kind.is_captured() && !old_dependencies.iter().any(|d| d.source_relid == s.relid));
+    if new_captured {
+        // Capture of a new source starts now; a snapshot taken before (REPEATABLE
+        // READ) could miss changes committed in between.
+        require_read_committed("refresh_stream_table (reinitializing a stream table that now reads a new table)")?;
+    }
     let (effective, plan) = resolve_mode(st.refresh_mode, &analyzed.normalized_sql, name)?;
     let have = storage::visible_columns(st.relid)?;
     let want = storage::columns_for(&analyzed)?;
@@ -595,7 +613,6 @@ pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
     }
     storage::remove_source_dependencies(st.relid);
     storage::record_source_dependencies(st.relid, &analyzed.sources);
-    let old_dependencies = catalog::dependencies(st.pgt_id)?;
     let mut st = st.clone();
     st.defining_query = analyzed.normalized_sql.clone();
     st.effective_refresh_mode = effective;

@@ -157,6 +157,8 @@ struct Entry {
     /// reinitialization: a check of it can only apply captured changes, so it
     /// may be skipped while none were committed ([`Scheduler::unchanged_since`]).
     change_driven: bool,
+    /// DDL on a source marked it for reinitialization.
+    needs_reinit: bool,
 }
 
 struct Scheduler {
@@ -173,8 +175,9 @@ struct Scheduler {
     skipped_checks: u64,
 }
 
-/// Stream tables due within this time of a cycle are checked in that cycle (at
-/// most this early), so that stream tables with equal intervals stay aligned and
+/// Stream tables with a duration or calculated schedule due within this time of
+/// a cycle are checked in that cycle (at most this early), so that stream tables
+/// with equal intervals stay aligned and
 /// share cycles, and each cycle's catalog read, instead of drifting apart by
 /// microseconds into a cycle each. It equals the shortest wait between cycles.
 const COALESCE: Duration = Duration::from_millis(10);
@@ -266,13 +269,22 @@ impl Scheduler {
                     .collect();
                 let group_due = if slowest { dues.iter().max() } else { dues.iter().min() }.copied();
                 let Some(group_due) = group_due else { continue };
-                if group_due > SystemTime::now() + COALESCE {
+                if group_due > SystemTime::now() {
                     next_due = next_due.min(group_due);
                     continue;
                 }
                 let checked_at = SystemTime::now();
                 self.checks += 1;
-                refresh_group(&group);
+                if group.iter().any(|e| e.needs_reinit) {
+                    // A reinitialization may start capturing a new table, which
+                    // a REPEATABLE READ snapshot taken before could miss: this
+                    // once, refresh the members one by one, upstream first.
+                    for e in &group {
+                        refresh(e);
+                    }
+                } else {
+                    refresh_group(&group);
+                }
                 for e in &group {
                     self.last_checked.insert(e.pgt_id, checked_at);
                     let calculated = intervals.get(&e.relid).copied().unwrap_or(default);
@@ -294,7 +306,9 @@ impl Scheduler {
             if due.duration_since(last).unwrap_or_default() < poll && !woken {
                 due = due.max(last.checked_add(poll).unwrap_or(due));
             }
-            if due > SystemTime::now() + COALESCE {
+            // Cron instants are exact: coalescing would run one twice.
+            let coalesce = if matches!(entry.schedule, Schedule::Cron(_)) { Duration::ZERO } else { COALESCE };
+            if due > SystemTime::now() + coalesce {
                 next_due = next_due.min(due);
                 continue;
             }
@@ -443,7 +457,7 @@ fn stream_tables() -> PgtResult<Vec<Entry>> {
         "SELECT st.pgt_id, st.pgt_relid, st.pgt_relid::pg_catalog.regclass::text, st.schedule, st.status = 'ACTIVE', \
                 st.diamond_consistency = 'atomic', st.diamond_schedule_policy = 'slowest', \
                 st.effective_refresh_mode = 'DIFFERENTIAL' AND st.frontier IS NOT NULL AND st.is_populated \
-                  AND NOT st.needs_reinit \
+                  AND NOT st.needs_reinit, st.needs_reinit \
          FROM pgtrickle.pgt_stream_tables st ORDER BY st.pgt_id",
         &[],
         |row| {
@@ -459,6 +473,7 @@ fn stream_tables() -> PgtResult<Vec<Entry>> {
                 atomic: col(row, 6)?,
                 slowest: col(row, 7)?,
                 change_driven: col(row, 8)?,
+                needs_reinit: col(row, 9)?,
             })
         },
     )

@@ -84,7 +84,9 @@ fn sources_with_user_defined_types() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(buffer_types, vec!["integer", "public.mood", "public.positive", "public.pair", "ext.citext"]);
+    // A domain is captured as its base type: the buffer's TRUNCATE markers and
+    // pending rows must not trip its constraints.
+    assert_eq!(buffer_types, vec!["integer", "public.mood", "integer", "public.pair", "ext.citext"]);
     db.exec("SET search_path = public, ext");
     assert_st_matches_query(&mut db.client, "by_mood", "SELECT m, count(*) AS n, sum(p) AS total, max(email) AS e FROM people GROUP BY m");
 }

@@ -405,3 +405,68 @@ fn random_ddl_on_unread_columns_never_disturbs_differential_refresh() {
         .collect();
     assert!(full.is_empty(), "seed {seed}: recomputed after DDL on unread columns: {full:?}");
 }
+
+/// Found by review: DDL that changes how a source's rows reach capture, or
+/// drift no command reported, is handled without blocking unrelated DDL.
+#[test]
+fn membership_keys_domains_and_cycles_after_ddl() {
+    let mut db = TestDb::new("ddl_edges");
+    db.exec(
+        "SET pg_trickle.differential_max_change_ratio = 1000;
+         CREATE DOMAIN posint AS int NOT NULL CHECK (VALUE > 0);
+         CREATE TABLE src (id int PRIMARY KEY, v int, p posint DEFAULT 1);
+         INSERT INTO src SELECT g, g FROM generate_series(1, 10) g;
+         CREATE TABLE bag (k int NOT NULL, v int);
+         INSERT INTO bag SELECT g, g FROM generate_series(1, 10) g;
+         SELECT pgtrickle.create_stream_table('reads_src', 'SELECT id, v FROM src', refresh_mode => 'DIFFERENTIAL');
+         SELECT pgtrickle.create_stream_table('reads_bag', 'SELECT k, v FROM bag', refresh_mode => 'DIFFERENTIAL');",
+    );
+    // Domains with NOT NULL: TRUNCATE markers and new columns with pending rows.
+    db.exec("UPDATE src SET v = v + 1 WHERE id < 3; ALTER TABLE src ADD COLUMN q posint DEFAULT 5");
+    db.exec("TRUNCATE src; INSERT INTO src (id, v) SELECT g, g * 2 FROM generate_series(1, 4) g");
+    db.exec("SELECT pgtrickle.refresh_stream_table('reads_src')");
+    assert_st_matches_query(&mut db.client, "reads_src", "SELECT id, v FROM src");
+
+    // A key appearing on a keyless source (CREATE INDEX reports nothing) changes
+    // nothing for its keyless plan, and unrelated DDL is not blocked afterwards.
+    db.exec("CREATE UNIQUE INDEX bag_k ON bag (k)");
+    db.exec("CREATE TABLE other (i int); CREATE INDEX other_i ON other (i); DROP INDEX other_i; ALTER TABLE bag ADD COLUMN z int");
+    db.exec("ALTER TABLE bag ADD PRIMARY KEY USING INDEX bag_k");
+    db.exec("UPDATE bag SET v = -v WHERE k % 2 = 0; SELECT pgtrickle.refresh_stream_table('reads_bag')");
+    assert_st_matches_query(&mut db.client, "reads_bag", "SELECT k, v FROM bag");
+
+    // A source that joins an inheritance tree or becomes a partition would have
+    // rows changed without its triggers firing: blocked, in every direction.
+    db.exec("CREATE TABLE parent (id int, v int, p posint, q posint)");
+    let err = db.expect_error("ALTER TABLE src INHERIT parent", "2BP01");
+    assert!(err.contains("it inherits from public.parent"), "{err}");
+    db.expect_error("CREATE TABLE child () INHERITS (src)", "2BP01");
+    db.exec(
+        "CREATE TABLE loose (id int, v int); INSERT INTO loose VALUES (1, 1);
+         SELECT pgtrickle.create_stream_table('reads_loose', 'SELECT id, v FROM loose');
+         CREATE TABLE root (id int, v int) PARTITION BY RANGE (id);",
+    );
+    let err = db.expect_error("ALTER TABLE root ATTACH PARTITION loose FOR VALUES FROM (0) TO (100)", "2BP01");
+    assert!(err.contains("became a partition of public.root"), "{err}");
+
+    // A view redefined to read a stream table downstream of its reader: the
+    // reinitialization refuses the cycle, and the contents stay.
+    db.exec(
+        "SET pg_trickle.block_source_ddl = off;
+         CREATE TABLE base (id int PRIMARY KEY, v int); INSERT INTO base VALUES (1, 1), (2, 2);
+         CREATE VIEW vw AS SELECT id, v FROM base;
+         SELECT pgtrickle.create_stream_table('a', 'SELECT id, v FROM vw');
+         SELECT pgtrickle.create_stream_table('b', 'SELECT id, v + 1 AS v FROM a');
+         CREATE OR REPLACE VIEW vw AS SELECT id, v FROM b;",
+    );
+    db.expect_error("SELECT pgtrickle.refresh_stream_table('a')", "42P17");
+    assert_eq!(count(&mut db, "a"), 2);
+    db.exec("CREATE OR REPLACE VIEW vw AS SELECT id, v * 10 AS v FROM base; SELECT pgtrickle.refresh_stream_table('a')");
+    assert_st_matches_query(&mut db.client, "a", "SELECT id, v FROM vw");
+    // Reinitializing into a new source inside REPEATABLE READ is refused.
+    db.exec("CREATE TABLE base2 (id int PRIMARY KEY, v int); INSERT INTO base2 VALUES (5, 5); CREATE OR REPLACE VIEW vw AS SELECT id, v FROM base2");
+    db.exec("BEGIN ISOLATION LEVEL REPEATABLE READ");
+    db.expect_error("SELECT pgtrickle.refresh_stream_table('a')", "25001");
+    db.exec("ROLLBACK; SELECT pgtrickle.refresh_stream_table('a')");
+    assert_st_matches_query(&mut db.client, "a", "SELECT id, v FROM vw");
+}
