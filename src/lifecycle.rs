@@ -561,8 +561,10 @@ pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
         .hint("Give the stream table a new defining query with alter_stream_table(name, query => ...), or drop it."));
     }
     let (tree, _) = catalog::query_tree(st.pgt_id)?;
+    // Without a usable tree (written by another PostgreSQL major version), the
+    // stored text is all there is: renames are not followed then.
     let text = match tree {
-        Some(tree) => parse::deparse_stored_tree(&tree)?,
+        Some(tree) => parse::deparse_stored_tree(&tree)?.unwrap_or_else(|| st.defining_query.clone()),
         None => st.defining_query.clone(),
     };
     let analyzed = parse::analyze_defining_query(&text, catalog::is_stream_table)?;

@@ -141,7 +141,7 @@ pub fn analyze_defining_query(
         }
         let normalized_sql = normalize(query)?;
         let tree_ptr = pg_sys::nodeToString(query as *const std::ffi::c_void);
-        let tree = CStr::from_ptr(tree_ptr).to_string_lossy().into_owned();
+        let tree = format!("{}{}", tree_version_prefix(), CStr::from_ptr(tree_ptr).to_string_lossy());
         Ok(AnalyzedQuery { columns, sources, normalized_sql, tree })
     }
 }
@@ -195,20 +195,30 @@ fn columns_read(found: &[(pg_sys::Oid, Option<Vec<i16>>)], relid: pg_sys::Oid) -
     Some(union)
 }
 
+/// Stored query trees start with the PostgreSQL major version that wrote them:
+/// the `nodeToString` format changes between major versions (`pg_upgrade`).
+fn tree_version_prefix() -> String {
+    format!("pg{}:", pg_sys::PG_VERSION_NUM / 10000)
+}
+
 /// Deparses a stored query tree ([`AnalyzedQuery::tree`]) under today's names,
-/// normalized as [`analyze_defining_query`] does.
+/// normalized as [`analyze_defining_query`] does; `None` when it was written by
+/// another major version of PostgreSQL.
 ///
 /// # Errors
 /// PostgreSQL's, if the tree names an object that no longer exists; callers
 /// check first that the columns it reads are still there.
-pub fn deparse_stored_tree(tree: &str) -> PgtResult<String> {
+pub fn deparse_stored_tree(tree: &str) -> PgtResult<Option<String>> {
+    let Some(tree) = tree.strip_prefix(&tree_version_prefix()) else {
+        return Ok(None);
+    };
     let ctree = CString::new(tree).map_err(|_| PgtError::internal("stored query tree contains a NUL byte"))?;
     unsafe {
         let node = pg_sys::stringToNode(ctree.as_ptr()) as *mut pg_sys::Node;
         if node.is_null() || !pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
             return Err(PgtError::internal("stored query tree is not a query"));
         }
-        normalize(node as *mut pg_sys::Query)
+        normalize(node as *mut pg_sys::Query).map(Some)
     }
 }
 
