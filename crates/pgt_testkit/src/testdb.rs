@@ -97,6 +97,14 @@ impl TestDb {
         }
     }
 
+    /// Runs a one-column query with parameters; returns its values in row order.
+    pub fn column<T: FromSqlOwned>(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<T> {
+        match self.client.query(sql, params) {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(e) => panic!("query failed: {}\n--- SQL ---\n{sql}", describe(&e)),
+        }
+    }
+
     /// Runs `sql`, which must fail with SQLSTATE `code`; returns the error text
     /// (message, detail, hint) for further assertions.
     pub fn expect_error(&mut self, sql: &str, code: &str) -> String {

@@ -76,7 +76,7 @@ fn concurrent_refreshes_of_one_stream_table_serialize() {
     // The initial population and the first refresh; the second one, serialized
     // after it, found nothing left to apply and wrote nothing.
     let statuses: Vec<String> =
-        db.client.query("SELECT status FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        db.column("SELECT status FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id", &[]);
     assert_eq!(statuses, vec!["SUCCESS"; 2]);
     assert_st_matches_query(&mut db.client, "totals", "SELECT count(*) AS n, sum(bal) AS total FROM acc");
 }

@@ -606,20 +606,8 @@ fn numeric_avg_follows_the_current_rows() {
         let by_avg = "SELECT g, a, n FROM s_avg";
         let (a, b) = pgt_testkit::multiset_difference(&mut db.client, "s_avg_all", scalar);
         assert!(a.is_empty() && b.is_empty(), "scalar avg differs: {a:?} / {b:?}");
-        let expected: Vec<String> = db
-            .client
-            .query("SELECT ROW(g, avg(v), count(*))::text FROM t GROUP BY g ORDER BY 1", &[])
-            .expect("query")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let actual: Vec<String> = db
-            .client
-            .query(&format!("SELECT ROW(g, a, n)::text FROM ({by_avg}) s ORDER BY 1"), &[])
-            .expect("stream table")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let expected: Vec<String> = db.column("SELECT ROW(g, avg(v), count(*))::text FROM t GROUP BY g ORDER BY 1", &[]);
+        let actual: Vec<String> = db.column(&format!("SELECT ROW(g, a, n)::text FROM ({by_avg}) s ORDER BY 1"), &[]);
         assert_eq!(actual, expected, "avg must print as the query prints it");
     };
     check(&mut db);

@@ -160,12 +160,12 @@ fn a_failed_refresh_keeps_the_previous_contents() {
     db.exec("CREATE TABLE d (id int PRIMARY KEY, num int, den int); INSERT INTO d SELECT g, g, 1 + g % 3 FROM generate_series(1, 20) g;");
     let q = "SELECT id, num / den AS ratio FROM d";
     db.exec(&format!("SELECT pgtrickle.create_stream_table('ratios', '{q}')"));
-    let before: Vec<String> = db.client.query("SELECT ROW(id, ratio)::text FROM ratios ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let before: Vec<String> = db.column("SELECT ROW(id, ratio)::text FROM ratios ORDER BY id", &[]);
     let history_before: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]);
     let frontier_before: String = db.scalar("SELECT frontier::text FROM pgtrickle.pgt_stream_tables", &[]);
     db.exec("UPDATE d SET num = num + 100 WHERE id < 5; UPDATE d SET den = 0 WHERE id = 7");
     db.expect_error("SELECT pgtrickle.refresh_stream_table('ratios')", "22012");
-    let after: Vec<String> = db.client.query("SELECT ROW(id, ratio)::text FROM ratios ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let after: Vec<String> = db.column("SELECT ROW(id, ratio)::text FROM ratios ORDER BY id", &[]);
     assert_eq!(before, after, "the failed refresh left the previous contents");
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]), history_before);
     assert_eq!(db.scalar::<String>("SELECT frontier::text FROM pgtrickle.pgt_stream_tables", &[]), frontier_before);

@@ -42,17 +42,11 @@ fn drop_extension_removes_machinery_and_keeps_tables() {
 fn create_extension_twice_and_catalog_shape() {
     let mut db = TestDb::new("catalog_shape");
     db.expect_error("CREATE EXTENSION pg_trickle", "42710");
-    let tables: Vec<String> = db
-        .client
-        .query(
-            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = 'pgtrickle' AND c.relkind = 'r' ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tables: Vec<String> = db.column(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'pgtrickle' AND c.relkind = 'r' ORDER BY 1",
+        &[],
+    );
     assert_eq!(tables, vec!["pgt_change_tracking", "pgt_dependencies", "pgt_refresh_history", "pgt_stream_tables"]);
     let version: String = db.scalar("SELECT extversion FROM pg_extension WHERE extname = 'pg_trickle'", &[]);
     assert_eq!(version, "0.1.0");

@@ -130,16 +130,10 @@ fn own_transaction_writes_before_and_after_a_refresh() {
     let own: bool = db.scalar("SELECT frontier_xid = pg_current_xact_id() FROM pgtrickle.pgt_stream_tables", &[]);
     assert!(own, "the frontier names the refreshing transaction");
     db.exec("COMMIT");
-    let unconsumed: Vec<i32> = db
-        .client
-        .query(
-            &format!("SELECT b.id FROM {buffer} b, pgtrickle.pgt_stream_tables st WHERE NOT COALESCE({consumed}, false) ORDER BY 1"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unconsumed: Vec<i32> = db.column(
+        &format!("SELECT b.id FROM {buffer} b, pgtrickle.pgt_stream_tables st WHERE NOT COALESCE({consumed}, false) ORDER BY 1"),
+        &[],
+    );
     assert_eq!(unconsumed, vec![602], "only the write after the refresh is pending");
     db.exec("SELECT pgtrickle.refresh_stream_table('all_items')");
     assert_eq!(count(&mut db, &buffer), 0);

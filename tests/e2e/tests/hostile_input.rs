@@ -73,17 +73,11 @@ fn sources_with_user_defined_types() {
          SELECT pgtrickle.refresh_stream_table('by_mood');",
     );
     db.exec("SET search_path = pg_catalog, pg_temp");
-    let buffer_types: Vec<String> = db
-        .client
-        .query(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute a JOIN pgtrickle.pgt_change_tracking ct \
-             ON a.attrelid = ct.buffer_relid WHERE attnum > 2 ORDER BY attnum",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let buffer_types: Vec<String> = db.column(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute a JOIN pgtrickle.pgt_change_tracking ct \
+         ON a.attrelid = ct.buffer_relid WHERE attnum > 2 ORDER BY attnum",
+        &[],
+    );
     // A domain is captured as its base type: the buffer's TRUNCATE markers and
     // pending rows must not trip its constraints.
     assert_eq!(buffer_types, vec!["integer", "public.mood", "integer", "public.pair", "ext.citext"]);
@@ -129,13 +123,7 @@ fn same_type_rewrites_concern_exactly_the_readers_of_the_column() {
     );
     db.exec("UPDATE r SET w = w + 1");
     db.exec("ALTER TABLE r ALTER COLUMN v TYPE int USING v * 10");
-    let flagged: Vec<String> = db
-        .client
-        .query("SELECT pgt_relid::regclass::text FROM pgtrickle.pgt_stream_tables WHERE needs_reinit ORDER BY 1", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let flagged: Vec<String> = db.column("SELECT pgt_relid::regclass::text FROM pgtrickle.pgt_stream_tables WHERE needs_reinit ORDER BY 1", &[]);
     assert_eq!(flagged, vec!["reads_v".to_string()]);
     db.exec("SELECT pgtrickle.refresh_stream_table('reads_v'); SELECT pgtrickle.refresh_stream_table('reads_w')");
     assert_st_matches_query(&mut db.client, "reads_v", "SELECT id, v FROM r");

@@ -160,13 +160,7 @@ fn alter_query_with_same_columns_keeps_the_table() {
     assert!(db.scalar::<bool>("SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'totals_customer')", &[]));
     assert_st_matches_query(&mut db.client, "totals", new_query);
     // The old source is no longer captured; the new one is.
-    let sources: Vec<String> = db
-        .client
-        .query("SELECT source_relid::regclass::text FROM pgtrickle.pgt_dependencies", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let sources: Vec<String> = db.column("SELECT source_relid::regclass::text FROM pgtrickle.pgt_dependencies", &[]);
     assert_eq!(sources, vec!["refunds".to_string()]);
     assert_eq!(buffer_count(&mut db), 1);
     // orders is no longer a dependency: it can be dropped.

@@ -133,7 +133,7 @@ fn refresh_runs_the_query_as_the_owner_in_a_security_restricted_operation() {
     .unwrap();
     // A superuser refreshes alice's stream table: the query still runs as alice.
     db.exec("TRUNCATE seen; SELECT pgtrickle.refresh_stream_table('probe')");
-    let runners: Vec<String> = db.client.query("SELECT DISTINCT who FROM seen", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let runners: Vec<String> = db.column("SELECT DISTINCT who FROM seen", &[]);
     assert_eq!(runners, vec![alice.clone()]);
     assert_st_matches_query(&mut db.client, "probe", &format!("SELECT id, '{alice}'::text AS who FROM src"));
 

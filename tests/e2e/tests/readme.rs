@@ -13,12 +13,7 @@ fn readme_first_stream_table() {
              'SELECT customer, sum(amount) AS total, count(*) AS orders FROM orders GROUP BY customer');",
     );
     let rows = |db: &mut TestDb| -> Vec<String> {
-        db.client
-            .query("SELECT format('%s %s %s', customer, total, orders) FROM customer_totals ORDER BY customer", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+        db.column("SELECT format('%s %s %s', customer, total, orders) FROM customer_totals ORDER BY customer", &[])
     };
     assert_eq!(rows(&mut db), vec!["ada 15 2", "bob 7 1"]);
     db.exec("INSERT INTO orders VALUES (4, 'cyd', 1)");

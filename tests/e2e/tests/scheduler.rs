@@ -271,13 +271,7 @@ fn monitoring_functions_report_what_happened() {
     );
     db.expect_error("SELECT * FROM pgtrickle.refresh_history('t')", "42809");
     // dependency_tree: upper_st reads base, which reads t.
-    let paths: Vec<String> = db
-        .client
-        .query("SELECT path FROM pgtrickle.dependency_tree() WHERE stream_table = 'upper_st'::regclass ORDER BY depth", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let paths: Vec<String> = db.column("SELECT path FROM pgtrickle.dependency_tree() WHERE stream_table = 'upper_st'::regclass ORDER BY depth", &[]);
     assert_eq!(paths, vec!["public.upper_st <- public.base".to_string(), "public.upper_st <- public.base <- public.t".to_string()]);
     // change_buffer_stats: t's buffer is trimmed; base's holds what upper_st has not applied yet.
     let pending: Vec<(String, i64)> = db

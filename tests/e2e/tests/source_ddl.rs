@@ -6,16 +6,11 @@
 use pg_trickle_e2e::*;
 
 fn buffer_columns(db: &mut TestDb, source: &str) -> Vec<String> {
-    db.client
-        .query(
-            "SELECT attname::text FROM pg_attribute a JOIN pgtrickle.pgt_change_tracking ct ON a.attrelid = ct.buffer_relid \
-             WHERE ct.source_relid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&source],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    db.column(
+        "SELECT attname::text FROM pg_attribute a JOIN pgtrickle.pgt_change_tracking ct ON a.attrelid = ct.buffer_relid \
+         WHERE ct.source_relid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        &[&source],
+    )
 }
 
 fn last_action(db: &mut TestDb, st: &str) -> String {
@@ -392,17 +387,11 @@ fn random_ddl_on_unread_columns_never_disturbs_differential_refresh() {
             );
         }
     }
-    let full: Vec<String> = db
-        .client
-        .query(
-            "SELECT s.pgt_relid::regclass::text FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
-             WHERE h.action <> 'DIFFERENTIAL' AND h.initiated_by <> 'INITIAL'",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let full: Vec<String> = db.column(
+        "SELECT s.pgt_relid::regclass::text FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
+         WHERE h.action <> 'DIFFERENTIAL' AND h.initiated_by <> 'INITIAL'",
+        &[],
+    );
     assert!(full.is_empty(), "seed {seed}: recomputed after DDL on unread columns: {full:?}");
 }
 
