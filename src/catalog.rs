@@ -386,26 +386,23 @@ pub fn mark_needs_reinit(pgt_id: i64) -> PgtResult<()> {
     })
 }
 
-/// Records the stored query tree of `pgt_id` and whether it still needs
+/// Records the query tree of the (new) definition of `pgt_id`
+/// (`AnalyzedQuery::tree`); the definition is current, so it no longer needs
 /// reinitialization.
-pub fn set_query_tree(pgt_id: i64, tree: Option<&str>, needs_reinit: bool) -> PgtResult<()> {
+pub fn set_query_tree(pgt_id: i64, tree: &str) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
-            "UPDATE pgtrickle.pgt_stream_tables SET query_tree = $2, needs_reinit = $3 WHERE pgt_id = $1",
-            &[pgt_id.into(), tree.into(), needs_reinit.into()],
+            "UPDATE pgtrickle.pgt_stream_tables SET query_tree = $2, needs_reinit = false WHERE pgt_id = $1",
+            &[pgt_id.into(), tree.into()],
         )?;
         Ok(())
     })
 }
 
-/// The stored query tree of `pgt_id` and whether it needs reinitialization.
-pub fn query_tree(pgt_id: i64) -> PgtResult<(Option<String>, bool)> {
-    let row = query_map(
-        "SELECT query_tree, needs_reinit FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1",
-        &[pgt_id.into()],
-        |row| Ok((row.get::<String>(1)?, col::<bool>(row, 2)?)),
-    )?;
-    Ok(row.into_iter().next().unwrap_or((None, false)))
+/// The stored query tree of `pgt_id` (None for stream tables created by builds
+/// that did not store one).
+pub fn query_tree(pgt_id: i64) -> PgtResult<Option<String>> {
+    query_one::<String>("SELECT query_tree FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1", &[pgt_id.into()])
 }
 
 /// Stores a patched DIFFERENTIAL plan of `pgt_id` (the mode is unchanged).

@@ -266,25 +266,22 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<CaptureSync> {
             return Ok(sync);
         }
         let altered = match &tracking.captured_attnums {
-            Some(attnums) => alter_buffer(source_relid, attnums, &columns, &mut sync.changed_columns)?,
+            Some(attnums) => {
+                alter_buffer(source_relid, tracking.buffer_relid, attnums, &columns, &mut sync.changed_columns)?
+            }
             None => None,
         };
-        let buffer_columns = match altered {
-            Some(buffer_columns) => buffer_columns,
+        let (buffer_columns, buffer_relid) = match altered {
+            Some(buffer_columns) => (buffer_columns, tracking.buffer_relid),
             None => {
                 exec(&format!("DROP TABLE IF EXISTS {}", buffer_name(source_relid).to_sql()), &[])?;
-                create_buffer(source_relid, &source, &columns, extension)?;
+                let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
                 sync.pending_changes_lost = true;
                 sync.changed_columns = columns.iter().map(|c| c.attnum).collect();
-                columns
+                (columns, buffer_relid)
             }
         };
         write_capture_function(source_relid, &buffer_columns)?;
-        let buffer_relid = query_one::<pg_sys::Oid>(
-            "SELECT $1::pg_catalog.regclass::oid",
-            &[buffer_name(source_relid).to_sql().as_str().into()],
-        )?
-        .ok_or_else(|| PgtError::internal(format!("change buffer of {source} is missing")))?;
         let attnums: Vec<i16> = buffer_columns.iter().map(|c| c.attnum).collect();
         catalog::update_change_tracking_buffer(source_relid, buffer_relid, &new_signature, &attnums)?;
         sync_buffer_grants(source_relid)?;
@@ -292,23 +289,19 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<CaptureSync> {
     })
 }
 
-/// Alters the change buffer of `source_relid`, whose user columns hold source
+/// Alters the change buffer `buffer_relid` of `source_relid`, whose user columns hold source
 /// columns `old_attnums` in order, to hold `columns`, and adds to `changed` the
 /// columns it dropped, renamed or retyped. Returns the buffer's columns in their
 /// new order, or `None` when the buffer does not look as recorded (the caller
 /// then rebuilds it).
 fn alter_buffer(
     source_relid: pg_sys::Oid,
+    buffer_relid: pg_sys::Oid,
     old_attnums: &[i16],
     columns: &[CapturedColumn],
     changed: &mut Vec<i16>,
 ) -> PgtResult<Option<Vec<CapturedColumn>>> {
     let buffer = buffer_name(source_relid);
-    let Some(buffer_relid) =
-        query_one::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[buffer.to_sql().as_str().into()])?
-    else {
-        return Ok(None);
-    };
     let stored: Vec<CapturedColumn> = captured_columns(buffer_relid)?
         .into_iter()
         .filter(|c| !BUFFER_META_COLUMNS.contains(&c.name.as_str()))

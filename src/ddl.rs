@@ -79,6 +79,7 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
         let source_name = crate::parse::relation_name(source)?;
         let key = current_key(source)?;
         let membership = membership_problem(source)?;
+        let rewritten_here: Vec<i16> = rewritten.iter().filter(|(r, _)| *r == source).map(|(_, a)| *a).collect();
         for consumer in consumers {
             if consumer.needs_reinit {
                 // Earlier DDL (run with blocking off) already concerned it: it
@@ -86,14 +87,15 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
                 // pending changes, so later DDL changes nothing for it.
                 continue;
             }
-            let rewritten_here: Vec<i16> =
-                rewritten.iter().filter(|(r, _)| *r == source).map(|(_, a)| *a).collect();
-            let why = membership.clone().or_else(|| why_concerned(&consumer, source, &key, &rewritten_here, &source_name));
+            let plan = consumer.delta_plan.as_deref().and_then(|p| Plan::from_json(p).ok());
+            let why = membership
+                .clone()
+                .or_else(|| why_concerned(&consumer, plan.as_ref(), source, &key, &rewritten_here, &source_name));
             match why {
                 Some(reason) => {
                     concerned.push(Concerned { stream_table: consumer.name.clone(), pgt_id: consumer.pgt_id, reason })
                 }
-                None => keep_differential(&consumer, source, &sync)?,
+                None => keep_differential(consumer.pgt_id, plan, source, &sync)?,
             }
         }
     }
@@ -123,10 +125,12 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
     Ok(())
 }
 
-/// Why `consumer` is concerned by the DDL just run on its source `relid`, or
-/// `None`. `key` is the source's row-identity key now (column names).
+/// Why `consumer` (with its DIFFERENTIAL `plan`, if any) is concerned by the DDL
+/// just run on its source `relid`, or `None`. `key` is the source's row-identity
+/// key now (column names).
 fn why_concerned(
     consumer: &Consumer,
+    plan: Option<&Plan>,
     relid: pg_sys::Oid,
     key: &[String],
     rewritten: &[i16],
@@ -145,8 +149,7 @@ fn why_concerned(
     }
     // A keyed DIFFERENTIAL plan relies on exactly the key it was built with (a
     // keyless one on none: a new key changes nothing for it).
-    let plan = consumer.delta_plan.as_deref().and_then(|p| Plan::from_json(p).ok())?;
-    let relation = plan.relations().into_iter().find(|r| r.relid == relid.to_u32())?;
+    let relation = plan?.relations().into_iter().find(|r| r.relid == relid.to_u32())?;
     if !relation.key.is_empty() && relation.key != key {
         return Some(format!(
             "its DIFFERENTIAL plan identifies rows of {source} by ({}), which is no longer its key",
@@ -249,18 +252,13 @@ pub(crate) fn column_name(signature: &str, attnum: i16) -> Option<String> {
 /// A stream table not concerned by the DDL keeps its frontier: its plan stops
 /// reading the source columns whose captured form changed (none of which it
 /// reads). If rows bypassed capture, it recomputes once instead.
-fn keep_differential(consumer: &Consumer, source: pg_sys::Oid, sync: &cdc::CaptureSync) -> PgtResult<()> {
+fn keep_differential(pgt_id: i64, plan: Option<Plan>, source: pg_sys::Oid, sync: &cdc::CaptureSync) -> PgtResult<()> {
     if sync.pending_changes_lost {
-        return catalog::clear_frontier(consumer.pgt_id);
+        return catalog::clear_frontier(pgt_id);
     }
-    if sync.changed_columns.is_empty() {
-        return Ok(());
-    }
-    let Some(Ok(mut plan)) = consumer.delta_plan.as_deref().map(Plan::from_json) else {
-        return Ok(());
-    };
-    if plan.forget_columns(source.to_u32(), &sync.changed_columns) {
-        catalog::update_plan_text(consumer.pgt_id, &plan.to_json())?;
+    let Some(mut plan) = plan else { return Ok(()) };
+    if !sync.changed_columns.is_empty() && plan.forget_columns(source.to_u32(), &sync.changed_columns) {
+        catalog::update_plan_text(pgt_id, &plan.to_json())?;
     }
     Ok(())
 }

@@ -341,7 +341,7 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
         delta_plan: plan.as_ref().map(Plan::to_json),
     })?;
     catalog::replace_dependencies(pgt_id, &analyzed.sources)?;
-    catalog::set_query_tree(pgt_id, Some(&analyzed.tree), false)?;
+    catalog::set_query_tree(pgt_id, &analyzed.tree)?;
     for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
         cdc::ensure_capture(source.relid)?;
         cdc::sync_buffer_grants(source.relid)?;
@@ -484,15 +484,11 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
         storage::remove_source_dependencies(st.relid);
         storage::record_source_dependencies(st.relid, &analyzed.sources);
     } else {
-        let downstream = catalog::downstream_stream_tables(st.relid)?;
-        if !downstream.is_empty() {
-            return Err(PgtError::new(
-                PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-                format!("cannot change the columns of stream table {name} because other stream tables depend on it"),
-            )
-            .detail(format!("Stream tables reading it: {}.", downstream.join(", ")))
-            .hint("Drop or alter the dependent stream tables first, or keep the output columns unchanged."));
-        }
+        refuse_if_read_downstream(
+            &st,
+            "change the columns of",
+            "Drop or alter the dependent stream tables first, or keep the output columns unchanged.",
+        )?;
         st.relid = rebuild_storage(&st, &analyzed, plan.as_ref())?;
     }
     st.defining_query = analyzed.normalized_sql.clone();
@@ -512,7 +508,7 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
 /// any more.
 fn replace_sources(st: &StreamTable, analyzed: &AnalyzedQuery, old_dependencies: Vec<catalog::Dependency>) -> PgtResult<()> {
     catalog::replace_dependencies(st.pgt_id, &analyzed.sources)?;
-    catalog::set_query_tree(st.pgt_id, Some(&analyzed.tree), false)?;
+    catalog::set_query_tree(st.pgt_id, &analyzed.tree)?;
     for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
         cdc::ensure_capture(source.relid)?;
         cdc::sync_buffer_grants(source.relid)?;
@@ -560,7 +556,7 @@ pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
         )
         .hint("Give the stream table a new defining query with alter_stream_table(name, query => ...), or drop it."));
     }
-    let (tree, _) = catalog::query_tree(st.pgt_id)?;
+    let tree = catalog::query_tree(st.pgt_id)?;
     // Without a usable tree (written by another PostgreSQL major version), the
     // stored text is all there is: renames are not followed then.
     let text = match tree {
@@ -594,15 +590,7 @@ pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
             )
             .hint("Give the stream table a new defining query with alter_stream_table(name, query => ...)."));
         }
-        let downstream = catalog::downstream_stream_tables(st.relid)?;
-        if !downstream.is_empty() {
-            return Err(PgtError::new(
-                PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-                format!("cannot change the column types of stream table {name} because other stream tables depend on it"),
-            )
-            .detail(format!("Stream tables reading it: {}.", downstream.join(", ")))
-            .hint("Drop or alter the dependent stream tables first."));
-        }
+        refuse_if_read_downstream(st, "change the column types of", "Drop or alter the dependent stream tables first.")?;
         for (h, w) in have.iter().zip(&want).filter(|(h, w)| h != w) {
             exec(
                 &format!("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING NULL", name.to_sql(), quote_ident(&h.name), w.sql_type),
@@ -622,6 +610,21 @@ pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
     st.frontier = None;
     catalog::update_stream_table(&st)?;
     replace_sources(&st, &analyzed, old_dependencies)
+}
+
+/// Fails with 2BP01 ("cannot `action` stream table X because other stream tables
+/// depend on it", naming them) when other stream tables read `st`.
+fn refuse_if_read_downstream(st: &StreamTable, action: &str, hint: &str) -> PgtResult<()> {
+    let downstream = catalog::downstream_stream_tables(st.relid)?;
+    if downstream.is_empty() {
+        return Ok(());
+    }
+    Err(PgtError::new(
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        format!("cannot {action} stream table {} because other stream tables depend on it", st.name),
+    )
+    .detail(format!("Stream tables reading it: {}.", downstream.join(", ")))
+    .hint(hint.to_string()))
 }
 
 /// Rejects a new query that reads the stream table itself or one downstream of it.
@@ -670,15 +673,7 @@ fn rebuild_storage(st: &StreamTable, query: &AnalyzedQuery, plan: Option<&Plan>)
 pub fn drop_stream_table(st: StreamTable) -> PgtResult<()> {
     check_owner(&st)?;
     require_read_committed("drop_stream_table")?;
-    let downstream = catalog::downstream_stream_tables(st.relid)?;
-    if !downstream.is_empty() {
-        return Err(PgtError::new(
-            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-            format!("cannot drop stream table {} because other stream tables depend on it", st.name),
-        )
-        .detail(format!("Stream tables reading it: {}.", downstream.join(", ")))
-        .hint("Drop the dependent stream tables first."));
-    }
+    refuse_if_read_downstream(&st, "drop", "Drop the dependent stream tables first.")?;
     let st = catalog::lock_stream_table(st.pgt_id)?;
     forget_stream_table(st.pgt_id, st.relid)?;
     exec(&format!("DROP TABLE {}", st.name.to_sql()), &[])?;

@@ -272,5 +272,11 @@ fn explain_st_shows_tree_strategies_and_sql() {
     db.exec("SELECT pgtrickle.refresh_stream_table('t')");
     let reason: String = db.scalar("SELECT reason FROM pgtrickle.explain_refresh_mode('t')", &[]);
     assert_eq!(reason, "FULL was requested");
+    assert_st_matches_query(
+        &mut db.client,
+        "t",
+        "SELECT c.level AS tier, count(*) AS n, sum(o.amount) AS total, min(o.amount) AS lo \
+         FROM orders o JOIN customers c ON c.name = o.customer GROUP BY c.level HAVING count(*) > 1",
+    );
     db.expect_error("SELECT * FROM pgtrickle.explain_refresh_mode('nope')", "42P01");
 }

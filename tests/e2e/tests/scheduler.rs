@@ -542,4 +542,7 @@ fn an_idle_scheduler_skips_checks_of_unchanged_differential_stream_tables() {
         wait_until(&mut db.client, &equal(name, "g, s", &q), "a stream table to catch up after the rename");
         assert_st_matches_query(&mut db.client, name, &q);
     }
+    let f_query = "SELECT g, max(value) AS hi FROM t GROUP BY g";
+    wait_until(&mut db.client, &equal("f", "g, hi", f_query), "f to catch up after the rename");
+    assert_st_matches_query(&mut db.client, "f", f_query);
 }
