@@ -46,6 +46,7 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
     delta_plan                text,
     query_tree                text,
     needs_reinit              boolean NOT NULL DEFAULT false,
+    differential_blocker      text,
     frontier                  pg_catalog.pg_snapshot,
     frontier_xid              pg_catalog.xid8,
     frontier_cid              bigint,
@@ -62,6 +63,8 @@ COMMENT ON COLUMN pgtrickle.pgt_stream_tables.query_tree IS
     'The analysed defining query (nodeToString): deparsed again after a source is renamed';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.needs_reinit IS
     'DDL changed something the query reads: the next refresh re-derives the query, plan and storage types and recomputes';
+COMMENT ON COLUMN pgtrickle.pgt_stream_tables.differential_blocker IS
+    'Why AUTO refreshes FULL although the query is differentiable: what the owner may not do (read a source in full, bypass its row-level security, start capture); checked again at every refresh';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.frontier IS
     'Snapshot the contents reflect: changes by transactions visible in it are applied';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.frontier_xid IS
@@ -132,37 +135,63 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE c.oid = relid
 $$;
 
-GRANT SELECT ON pgtrickle.pgt_stream_tables, pgtrickle.pgt_dependencies,
-                pgtrickle.pgt_change_tracking, pgtrickle.pgt_refresh_history TO PUBLIC;
+CREATE INDEX ON pgtrickle.pgt_refresh_history (pgt_id, refresh_id);
 
--- One row per stream table: how it is maintained and how it has been doing.
-CREATE VIEW pgtrickle.pg_stat_stream_tables AS
-SELECT st.pgt_id,
-       st.pgt_relid::pg_catalog.regclass AS stream_table,
-       st.refresh_mode,
-       st.effective_refresh_mode,
-       st.schedule,
-       st.status,
-       st.is_populated,
-       st.data_timestamp,
-       pg_catalog.now() - st.data_timestamp AS staleness,
-       st.last_refresh_at,
-       h.refreshes,
-       h.scheduled_refreshes,
-       h.manual_refreshes,
-       h.failed_refreshes,
-       st.consecutive_errors,
-       h.last_error
-FROM pgtrickle.pgt_stream_tables st
-LEFT JOIN LATERAL (
-    SELECT pg_catalog.count(*) FILTER (WHERE r.status = 'SUCCESS') AS refreshes,
-           pg_catalog.count(*) FILTER (WHERE r.status = 'SUCCESS' AND r.initiated_by = 'SCHEDULER') AS scheduled_refreshes,
-           pg_catalog.count(*) FILTER (WHERE r.status = 'SUCCESS' AND r.initiated_by = 'MANUAL') AS manual_refreshes,
-           pg_catalog.count(*) FILTER (WHERE r.status = 'FAILED') AS failed_refreshes,
-           (SELECT f.error_message FROM pgtrickle.pgt_refresh_history f
-             WHERE f.pgt_id = st.pgt_id AND f.status = 'FAILED' ORDER BY f.refresh_id DESC LIMIT 1) AS last_error
-    FROM pgtrickle.pgt_refresh_history r WHERE r.pgt_id = st.pgt_id) h ON true;
-GRANT SELECT ON pgtrickle.pg_stat_stream_tables TO PUBLIC;
+-- Everyone may read the catalog, except what may hold another role's data: the
+-- query as its owner typed it (comments included; defining_query is the
+-- normalized text, like pg_matviews.definition) and the error text of failed
+-- refreshes, which can quote source values (a bad cast). Those are shown, by
+-- pg_stat_stream_tables and refresh_history(), only to roles that may read
+-- every source or that have the owner's privileges (_may_see_refresh_errors).
+GRANT SELECT ON pgtrickle.pgt_dependencies, pgtrickle.pgt_change_tracking TO PUBLIC;
+GRANT SELECT (pgt_id, pgt_relid, defining_query, schedule, refresh_mode, effective_refresh_mode, status,
+              is_populated, diamond_consistency, diamond_schedule_policy, cdc_mode, append_only,
+              pooler_compatibility_mode, delta_plan, query_tree, needs_reinit, differential_blocker, frontier, frontier_xid,
+              frontier_cid, data_timestamp, last_refresh_at, consecutive_errors, created_at, updated_at)
+    ON pgtrickle.pgt_stream_tables TO PUBLIC;
+GRANT SELECT (refresh_id, pgt_id, start_time, end_time, action, rows_inserted, rows_deleted, status,
+              initiated_by, frontier)
+    ON pgtrickle.pgt_refresh_history TO PUBLIC;
+
+-- Whether the current role may see the error text of stream table `st`'s
+-- refreshes: it has the privileges of the stream table's owner (or is a
+-- superuser), or it may read every relation the stream table reads, without
+-- row-level security hiding rows from it.
+CREATE FUNCTION pgtrickle._may_see_refresh_errors(st oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+        OR NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d
+                       JOIN pgtrickle.pgt_stream_tables s USING (pgt_id)
+                       WHERE s.pgt_relid = st
+                         AND (NOT pg_catalog.has_table_privilege(d.source_relid, 'SELECT')
+                              OR pg_catalog.row_security_active(d.source_relid)))
+    FROM pg_catalog.pg_class c WHERE c.oid = st
+$$;
+
+-- The row-level security policy of every change buffer (cdc.rs): a buffer
+-- holds every row and column its source had, so reading it requires, at the
+-- moment of reading, exactly what reading all of the source requires: SELECT
+-- on the table, and no row-level security applying. The grants on buffers only
+-- name who needs them; this decides. It raises an error rather than hide rows,
+-- so a refresh can never mistake a denied read for an empty change window.
+CREATE FUNCTION pgtrickle._may_read_changes(source oid) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT pg_catalog.has_table_privilege(source, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for the change buffer of %', source::pg_catalog.regclass
+            USING ERRCODE = '42501',
+                  DETAIL = 'A change buffer holds the rows of its table; reading it requires SELECT on the table.';
+    END IF;
+    IF pg_catalog.row_security_active(source) THEN
+        RAISE EXCEPTION 'permission denied for the change buffer of %', source::pg_catalog.regclass
+            USING ERRCODE = '42501',
+                  DETAIL = 'Row-level security on the table applies to role ' || current_user
+                           || '; its change buffer holds every row.';
+    END IF;
+    RETURN true;
+END
+$$;
+
 "#,
     name = "catalog",
     bootstrap
@@ -174,6 +203,25 @@ pgrx::extension_sql!(
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._wake_scheduler() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle._on_privileges_changed() FROM PUBLIC;
+
+-- The guard trigger of every stream table (storage.rs): only a refresh writes
+-- a stream table, as only REFRESH writes a materialized view. Runs as whoever
+-- writes, so it is executable by everyone; what it checks cannot be set from
+-- SQL.
+CREATE FUNCTION pgtrickle._guard_stream_table() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT pgtrickle._stream_table_write_in_progress() THEN
+        RAISE EXCEPTION 'cannot change stream table %.%', pg_catalog.quote_ident(TG_TABLE_SCHEMA),
+                        pg_catalog.quote_ident(TG_TABLE_NAME)
+            USING ERRCODE = '42809',
+                  DETAIL = 'Its contents are the result of its defining query; pg_trickle''s refreshes write them.',
+                  HINT = 'Change its sources, or its query with pgtrickle.alter_stream_table().';
+    END IF;
+    RETURN NULL;
+END
+$$;
 
 -- Whether any of relations `relids`, or a partitioned table one of them is a
 -- partition of, is a captured source: the event triggers call into Rust only then.
@@ -233,12 +281,30 @@ BEGIN
             PERFORM pgtrickle._on_relations_changed(changed, false);
         END IF;
     END IF;
+    -- A capture trigger or a stream table's guard trigger dropped by the owner
+    -- of its table (DROP TRIGGER): put back before the statement returns, so no
+    -- write goes uncaptured and no stream table becomes writable. (A trigger
+    -- dropped with its table has no table left to put it on.)
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_dropped_objects() d WHERE d.object_type = 'trigger') THEN
+        changed := ARRAY(SELECT DISTINCT t.relid FROM (
+                           SELECT pg_catalog.to_regclass(pg_catalog.quote_ident(d.address_names[1]) || '.'
+                                                         || pg_catalog.quote_ident(d.address_names[2]))::pg_catalog.oid AS relid
+                           FROM pg_catalog.pg_event_trigger_dropped_objects() d
+                           WHERE d.object_type = 'trigger'
+                             AND (d.address_names[3] LIKE 'pgt\_cdc\_%' OR d.address_names[3] = 'pgt_stream_table_guard')) t
+                         WHERE t.relid IS NOT NULL);
+        IF pg_catalog.cardinality(changed) > 0
+           AND (pgtrickle._any_captured(changed)
+                OR EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ANY (changed))) THEN
+            PERFORM pgtrickle._on_relations_changed(changed, false);
+        END IF;
+    END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION pgtrickle._on_sql_drop() FROM PUBLIC;
 CREATE EVENT TRIGGER pgtrickle_sql_drop ON sql_drop EXECUTE FUNCTION pgtrickle._on_sql_drop();
 
--- Source DDL (src/ddl.rs): keeps change capture working after DDL on a captured
+-- Source DDL (src/ddl.rs), and DDL on stream tables: keeps change capture working after DDL on a captured
 -- source (ALTER TABLE that adds, drops, renames or retypes columns: the capture
 -- function names columns; ALTER TYPE on the type of a typed table; partitions
 -- created, attached or detached later), and blocks or schedules the
@@ -252,6 +318,13 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     changed oid[];
 BEGIN
+    -- Privileges changed: who needs, and may have, a change buffer follows.
+    IF TG_TAG IN ('GRANT', 'REVOKE') THEN
+        IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking) THEN
+            PERFORM pgtrickle._on_privileges_changed();
+        END IF;
+        RETURN;
+    END IF;
     SELECT pg_catalog.array_agg(DISTINCT r.relid) INTO changed
     FROM (SELECT c.objid AS relid
           FROM pg_catalog.pg_event_trigger_ddl_commands() c
@@ -267,7 +340,13 @@ BEGIN
           FROM pg_catalog.pg_event_trigger_ddl_commands() c
           JOIN pg_catalog.pg_class ct ON ct.oid = c.objid AND ct.relkind = 'c'
           JOIN pg_catalog.pg_class t ON t.reloftype = ct.reltype
-          WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass) r;
+          WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+          UNION
+          -- ALTER TRIGGER (a rename) and CREATE [OR REPLACE] TRIGGER report the trigger.
+          SELECT t.tgrelid
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          JOIN pg_catalog.pg_trigger t ON t.oid = c.objid
+          WHERE c.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass) r;
     IF changed IS NULL THEN
         RETURN;
     END IF;
@@ -277,14 +356,16 @@ BEGIN
                      OR d.source_relid IN (SELECT t.relid FROM pg_catalog.unnest(changed) r(relid),
                                                   pg_catalog.pg_partition_tree(r.relid) t)
                      OR d.source_relid IN (SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = ANY (changed))
-                     OR d.source_relid IN (SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = ANY (changed))) THEN
+                     OR d.source_relid IN (SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = ANY (changed)))
+       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ANY (changed)) THEN
         PERFORM pgtrickle._on_relations_changed(changed, true);
     END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION pgtrickle._on_ddl_command_end() FROM PUBLIC;
 CREATE EVENT TRIGGER pgtrickle_ddl_command_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TYPE', 'ALTER VIEW', 'CREATE VIEW')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TYPE', 'ALTER VIEW', 'CREATE VIEW', 'ALTER TRIGGER', 'CREATE TRIGGER',
+                 'GRANT', 'REVOKE')
     EXECUTE FUNCTION pgtrickle._on_ddl_command_end();
 
 "#,
@@ -295,7 +376,38 @@ CREATE EVENT TRIGGER pgtrickle_ddl_command_end ON ddl_command_end
 pgrx::extension_sql!(
     r#"
 -- Monitoring (docs/SQL_REFERENCE.md, Monitoring). Readable by every role, like
--- the catalog.
+-- the catalog; error text only for who may see it (_may_see_refresh_errors).
+
+-- One row per stream table: how it is maintained and how it has been doing.
+CREATE VIEW pgtrickle.pg_stat_stream_tables AS
+SELECT st.pgt_id,
+       st.pgt_relid::pg_catalog.regclass AS stream_table,
+       st.refresh_mode,
+       st.effective_refresh_mode,
+       st.schedule,
+       st.status,
+       st.is_populated,
+       st.data_timestamp,
+       pg_catalog.now() - st.data_timestamp AS staleness,
+       st.last_refresh_at,
+       h.refreshes,
+       h.scheduled_refreshes,
+       h.manual_refreshes,
+       h.failed_refreshes,
+       st.consecutive_errors,
+       CASE WHEN pgtrickle._may_see_refresh_errors(st.pgt_relid) THEN h.last_error END AS last_error,
+       s.state AS scheduler_state
+FROM pgtrickle.pgt_stream_tables st
+CROSS JOIN pgtrickle.scheduler_status() s
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.count(*) FILTER (WHERE r.status = 'SUCCESS') AS refreshes,
+           pg_catalog.count(*) FILTER (WHERE r.status = 'SUCCESS' AND r.initiated_by = 'SCHEDULER') AS scheduled_refreshes,
+           pg_catalog.count(*) FILTER (WHERE r.status = 'SUCCESS' AND r.initiated_by = 'MANUAL') AS manual_refreshes,
+           pg_catalog.count(*) FILTER (WHERE r.status = 'FAILED') AS failed_refreshes,
+           (SELECT f.error_message FROM pgtrickle.pgt_refresh_history f
+             WHERE f.pgt_id = st.pgt_id AND f.status = 'FAILED' ORDER BY f.refresh_id DESC LIMIT 1) AS last_error
+    FROM pgtrickle.pgt_refresh_history r WHERE r.pgt_id = st.pgt_id) h ON true;
+GRANT SELECT ON pgtrickle.pg_stat_stream_tables TO PUBLIC;
 
 CREATE FUNCTION pgtrickle.stream_table_status()
 RETURNS SETOF pgtrickle.pg_stat_stream_tables
@@ -303,15 +415,25 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT * FROM pgtrickle.pg_stat_stream_tables ORDER BY stream_table::text
 $$;
 
+-- The refresh history with the error text shown only to who may see it: the
+-- view reads error_message with its owner's rights, and the condition is
+-- evaluated for the role reading the view.
+CREATE VIEW pgtrickle._refresh_history_shown AS
+SELECT h.refresh_id, h.pgt_id, st.pgt_relid, h.start_time, h.end_time, h.action, h.status,
+       h.rows_inserted, h.rows_deleted, h.initiated_by, h.frontier,
+       CASE WHEN pgtrickle._may_see_refresh_errors(st.pgt_relid) THEN h.error_message END AS error_message
+FROM pgtrickle.pgt_refresh_history h
+JOIN pgtrickle.pgt_stream_tables st USING (pgt_id);
+GRANT SELECT ON pgtrickle._refresh_history_shown TO PUBLIC;
+
 CREATE FUNCTION pgtrickle.refresh_history(name text, max_rows integer DEFAULT 20)
 RETURNS TABLE (refresh_id bigint, start_time timestamptz, end_time timestamptz, action text, status text,
                rows_inserted bigint, rows_deleted bigint, initiated_by text, error_message text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT h.refresh_id, h.start_time, h.end_time, h.action, h.status, h.rows_inserted, h.rows_deleted,
            h.initiated_by, h.error_message
-    FROM pgtrickle.pgt_refresh_history h
-    JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)
-    WHERE st.pgt_relid = pgtrickle._stream_table_oid(name)
+    FROM pgtrickle._refresh_history_shown h
+    WHERE h.pgt_relid = pgtrickle._stream_table_oid(name)
     ORDER BY h.refresh_id DESC
     LIMIT max_rows
 $$;
@@ -339,9 +461,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Per captured source: its change buffer, the captured images not yet trimmed
--- (changes some stream table has still to apply), and the buffer's size.
+-- (changes some stream table has still to apply), the buffer's size, whether
+-- it is past pg_trickle.change_buffer_alert_kb, and the DIFFERENTIAL stream
+-- table that has applied the least of it.
 CREATE FUNCTION pgtrickle.change_buffer_stats()
-RETURNS TABLE (source regclass, buffer regclass, pending_images bigint, buffer_bytes bigint)
+RETURNS TABLE (source regclass, buffer regclass, pending_images bigint, buffer_bytes bigint,
+               over_alert_size boolean, slowest_reader regclass)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ct record;
@@ -351,6 +476,13 @@ BEGIN
         buffer := ct.buffer_relid::regclass;
         EXECUTE format('SELECT count(*) FROM %s', buffer) INTO pending_images;
         buffer_bytes := pg_total_relation_size(ct.buffer_relid);
+        over_alert_size := pgtrickle._change_buffer_alert_bytes() > 0
+                           AND buffer_bytes > pgtrickle._change_buffer_alert_bytes();
+        slowest_reader := (SELECT st.pgt_relid::regclass FROM pgtrickle.pgt_dependencies d
+                           JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)
+                           WHERE d.source_relid = ct.source_relid AND st.effective_refresh_mode = 'DIFFERENTIAL'
+                             AND st.frontier IS NOT NULL
+                           ORDER BY st.data_timestamp NULLS FIRST LIMIT 1);
         RETURN NEXT;
     END LOOP;
 END
@@ -365,15 +497,27 @@ SELECT pg_catalog.count(*) AS total,
        pg_catalog.count(*) FILTER (WHERE st.consecutive_errors > 0) AS failing,
        pg_catalog.count(*) FILTER (WHERE NOT st.is_populated) AS unpopulated,
        s.worker_pid IS NOT NULL AS scheduler_running,
+       s.state AS scheduler_state,
+       b.over AS buffers_over_alert_size,
        CASE WHEN pg_catalog.count(*) FILTER (WHERE st.status = 'SUSPENDED') > 0 THEN 'ERROR'
-            WHEN pg_catalog.count(*) FILTER (WHERE st.consecutive_errors > 0) > 0 THEN 'WARNING'
+            WHEN pg_catalog.count(*) FILTER (WHERE st.consecutive_errors > 0) > 0 OR b.over > 0 THEN 'WARNING'
+            WHEN pg_catalog.count(*) > 0 AND s.state = 'waiting for a background worker' THEN 'SCHEDULER WAITING'
             WHEN pg_catalog.count(*) > 0 AND s.worker_pid IS NULL THEN 'SCHEDULER NOT RUNNING'
             ELSE 'OK' END AS status
 FROM pgtrickle.pgt_stream_tables st
 RIGHT JOIN pgtrickle.scheduler_status() s ON true
-GROUP BY s.worker_pid;
+CROSS JOIN (SELECT pg_catalog.count(*) FILTER (
+                       WHERE pgtrickle._change_buffer_alert_bytes() > 0
+                         AND pg_catalog.pg_total_relation_size(c.buffer_relid) > pgtrickle._change_buffer_alert_bytes()) AS over
+            FROM pgtrickle.pgt_change_tracking c) b
+GROUP BY s.worker_pid, s.state, b.over;
 GRANT SELECT ON pgtrickle.quick_health TO PUBLIC;
 "#,
     name = "monitoring",
-    requires = ["catalog", api::pgtrickle::scheduler_status, api::pgtrickle::stream_table_oid]
+    requires = [
+        "catalog",
+        api::pgtrickle::scheduler_status,
+        api::pgtrickle::stream_table_oid,
+        api::pgtrickle::change_buffer_alert_bytes
+    ]
 );

@@ -61,6 +61,9 @@ pub struct StreamTable {
     /// DDL on a source concerned it: the next refresh re-derives it first
     /// (`crate::lifecycle::reinitialize`).
     pub needs_reinit: bool,
+    /// Why an AUTO stream table whose query is differentiable refreshes FULL:
+    /// what its owner may not do (`crate::cdc::differential_blocker`).
+    pub differential_blocker: Option<String>,
 }
 
 const SELECT_STREAM_TABLE: &str = "\
@@ -69,7 +72,7 @@ SELECT st.pgt_id, st.pgt_relid, n.nspname::text, c.relname::text, c.relowner, \
        st.effective_refresh_mode, st.status, st.is_populated, st.diamond_consistency, \
        st.diamond_schedule_policy, st.cdc_mode, st.append_only, \
        st.pooler_compatibility_mode, st.frontier::text, st.frontier_xid::text, st.frontier_cid, \
-       st.delta_plan, st.needs_reinit \
+       st.delta_plan, st.needs_reinit, st.differential_blocker \
 FROM pgtrickle.pgt_stream_tables st \
 JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
@@ -97,13 +100,15 @@ fn stream_table_from_row(row: &pgrx::spi::SpiHeapTupleData) -> PgtResult<StreamT
         frontier_cid: row.get::<i64>(20)?,
         delta_plan: row.get::<String>(21)?,
         needs_reinit: col(row, 22)?,
+        differential_blocker: row.get::<String>(23)?,
     })
 }
 
-/// The stream table stored in relation `relid`, if it is one.
+/// The stream table stored in relation `relid`, if it is one. (Read as the
+/// extension owner: PUBLIC may not read every column.)
 pub fn stream_table_by_relid(relid: pg_sys::Oid) -> PgtResult<Option<StreamTable>> {
     let sql = format!("{SELECT_STREAM_TABLE} WHERE st.pgt_relid = $1");
-    Ok(query_map(&sql, &[relid.into()], stream_table_from_row)?.into_iter().next())
+    as_extension_owner(|| Ok(query_map(&sql, &[relid.into()], stream_table_from_row)?.into_iter().next()))
 }
 
 /// The `pgt_id` recorded for storage relation `relid`, whether or not the relation
@@ -201,6 +206,8 @@ pub struct NewStreamTable<'a> {
     pub pooler_compatibility_mode: bool,
     /// The DIFFERENTIAL plan (JSON), if the effective mode is DIFFERENTIAL.
     pub delta_plan: Option<String>,
+    /// Why AUTO chose FULL for a differentiable query (the owner's rights).
+    pub differential_blocker: Option<String>,
 }
 
 /// Inserts a stream table's catalog row; returns its `pgt_id`.
@@ -210,8 +217,8 @@ pub fn insert_stream_table(st: &NewStreamTable) -> PgtResult<i64> {
             "INSERT INTO pgtrickle.pgt_stream_tables \
                (pgt_relid, defining_query, original_query, schedule, refresh_mode, \
                 effective_refresh_mode, diamond_consistency, diamond_schedule_policy, \
-                cdc_mode, append_only, pooler_compatibility_mode, delta_plan) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING pgt_id",
+                cdc_mode, append_only, pooler_compatibility_mode, delta_plan, differential_blocker) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING pgt_id",
             &[
                 st.relid.into(),
                 st.defining_query.into(),
@@ -225,6 +232,7 @@ pub fn insert_stream_table(st: &NewStreamTable) -> PgtResult<i64> {
                 st.append_only.into(),
                 st.pooler_compatibility_mode.into(),
                 st.delta_plan.as_deref().into(),
+                st.differential_blocker.as_deref().into(),
             ],
         )?
         .ok_or_else(|| PgtError::internal("INSERT ... RETURNING pgt_id returned nothing"))
@@ -243,7 +251,7 @@ pub fn update_stream_table(st: &StreamTable) -> PgtResult<()> {
                frontier = $15::pg_catalog.pg_snapshot, \
                frontier_xid = CASE WHEN $15 IS NULL THEN NULL ELSE frontier_xid END, \
                frontier_cid = CASE WHEN $15 IS NULL THEN NULL ELSE frontier_cid END, \
-               delta_plan = $16, updated_at = pg_catalog.now() \
+               delta_plan = $16, differential_blocker = $17, needs_reinit = $18, updated_at = pg_catalog.now() \
              WHERE pgt_id = $1",
             &[
                 st.pgt_id.into(),
@@ -262,18 +270,82 @@ pub fn update_stream_table(st: &StreamTable) -> PgtResult<()> {
                 st.is_populated.into(),
                 st.frontier.as_deref().into(),
                 st.delta_plan.as_deref().into(),
+                st.differential_blocker.as_deref().into(),
+                st.needs_reinit.into(),
             ],
         )?;
         Ok(())
     })
 }
 
-/// Records a rebuilt DIFFERENTIAL plan (or none, with the effective mode).
-pub fn set_plan(pgt_id: i64, effective_mode: RefreshMode, plan: Option<&str>) -> PgtResult<()> {
+/// Records a rebuilt DIFFERENTIAL plan (or none, with the effective mode, and
+/// for an AUTO stream table that falls back to FULL because of its owner's
+/// rights, why).
+pub fn set_plan(pgt_id: i64, effective_mode: RefreshMode, plan: Option<&str>, blocker: Option<&str>) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
-            "UPDATE pgtrickle.pgt_stream_tables SET delta_plan = $2, effective_refresh_mode = $3 WHERE pgt_id = $1",
-            &[pgt_id.into(), plan.into(), effective_mode.as_str().into()],
+            "UPDATE pgtrickle.pgt_stream_tables SET delta_plan = $2, effective_refresh_mode = $3, \
+               differential_blocker = $4 WHERE pgt_id = $1",
+            &[pgt_id.into(), plan.into(), effective_mode.as_str().into(), blocker.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Sets the status of stream table `pgt_id` (ACTIVE or SUSPENDED); resuming
+/// starts its count of failed refreshes afresh. A suspended stream table is not
+/// refreshed by the scheduler, so it must not hold back the change buffers of
+/// its sources: suspending clears its frontier, and its first refresh after
+/// resuming recomputes it.
+pub fn set_status(pgt_id: i64, status: &str) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET status = $2, updated_at = pg_catalog.now(), \
+               consecutive_errors = CASE WHEN $2 = 'ACTIVE' THEN 0 ELSE consecutive_errors END, \
+               frontier = CASE WHEN $2 = 'SUSPENDED' THEN NULL ELSE frontier END, \
+               frontier_xid = CASE WHEN $2 = 'SUSPENDED' THEN NULL ELSE frontier_xid END, \
+               frontier_cid = CASE WHEN $2 = 'SUSPENDED' THEN NULL ELSE frontier_cid END \
+             WHERE pgt_id = $1",
+            &[pgt_id.into(), status.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Counts a failed scheduled refresh of `pgt_id`; returns the count of failures
+/// in a row.
+pub fn count_failure(pgt_id: i64) -> PgtResult<i32> {
+    as_extension_owner(|| {
+        Ok(query_one::<i32>(
+            "UPDATE pgtrickle.pgt_stream_tables SET consecutive_errors = consecutive_errors + 1, updated_at = pg_catalog.now() \
+             WHERE pgt_id = $1 RETURNING consecutive_errors",
+            &[pgt_id.into()],
+        )?
+        .unwrap_or(0))
+    })
+}
+
+/// Resets the count of failed refreshes of the stream tables `pgt_ids` that
+/// have one (after a successful scheduled refresh).
+pub fn reset_failures(pgt_ids: &[i64]) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET consecutive_errors = 0 WHERE pgt_id = ANY ($1) AND consecutive_errors <> 0",
+            &[pgt_ids.to_vec().into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Clears the frontier of every stream table reading `source_relid`: changes
+/// to it may have gone uncaptured, so none of them can trust its pending
+/// changes; each recomputes at its next refresh.
+pub fn clear_frontiers_of_readers(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET frontier = NULL, frontier_xid = NULL, frontier_cid = NULL \
+             WHERE pgt_id IN (SELECT pgt_id FROM pgtrickle.pgt_dependencies WHERE source_relid = $1)",
+            &[source_relid.into()],
         )?;
         Ok(())
     })
@@ -333,6 +405,8 @@ pub struct Consumer {
     pub pgt_id: i64,
     /// Its current name.
     pub name: QualifiedName,
+    /// Its owner.
+    pub owner: pg_sys::Oid,
     /// Columns it relies on (attribute numbers); `None`: the whole row.
     pub columns_read: Option<Vec<i16>>,
     /// The signature recorded with the dependency (None for dependencies
@@ -351,7 +425,7 @@ pub struct Consumer {
 pub fn consumers(relid: pg_sys::Oid) -> PgtResult<Vec<Consumer>> {
     query_map(
         "SELECT d.pgt_id, n.nspname::text, c.relname::text, d.columns_read, d.source_signature, \
-                pgtrickle._source_signature(d.source_relid, d.columns_read), st.delta_plan, st.needs_reinit \
+                pgtrickle._source_signature(d.source_relid, d.columns_read), st.delta_plan, st.needs_reinit, c.relowner \
          FROM pgtrickle.pgt_dependencies d \
          JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
          JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
@@ -367,6 +441,7 @@ pub fn consumers(relid: pg_sys::Oid) -> PgtResult<Vec<Consumer>> {
                 current_signature: row.get::<String>(6)?,
                 delta_plan: row.get::<String>(7)?,
                 needs_reinit: col(row, 8)?,
+                owner: col(row, 9)?,
             })
         },
     )
@@ -422,26 +497,34 @@ pub fn dependencies(pgt_id: i64) -> PgtResult<Vec<Dependency>> {
     )
 }
 
-/// Whether any stream table still reads `source_relid` through a captured kind of
-/// dependency (so its change buffer is still needed).
+/// Whether any DIFFERENTIAL stream table still reads `source_relid` through a
+/// captured kind of dependency (so its change buffer is still needed; FULL
+/// refreshes never read buffers).
 pub fn source_has_consumers(source_relid: pg_sys::Oid) -> PgtResult<bool> {
     Ok(query_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies \
-                        WHERE source_relid = $1 AND source_kind <> $2)",
+        "SELECT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+                        WHERE d.source_relid = $1 AND d.source_kind <> $2 \
+                          AND st.effective_refresh_mode = 'DIFFERENTIAL')",
         &[source_relid.into(), SourceKind::View.as_str().into()],
     )?
     .unwrap_or(false))
 }
 
 /// Owners (role names) of the DIFFERENTIAL stream tables reading `source_relid`
-/// that are not superusers: the roles that need to read its change buffer.
+/// that are not superusers and may read all of the source now (SELECT on it,
+/// row-level security not applying to them; as `check_enable_rls` decides):
+/// the roles that need, and may have, its change buffer.
 pub fn buffer_readers(source_relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
     query_map(
         "SELECT DISTINCT r.rolname::text FROM pgtrickle.pgt_dependencies d \
          JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
          JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
          JOIN pg_catalog.pg_roles r ON r.oid = c.relowner \
+         JOIN pg_catalog.pg_class s ON s.oid = d.source_relid \
          WHERE d.source_relid = $1 AND st.effective_refresh_mode = 'DIFFERENTIAL' AND NOT r.rolsuper \
+           AND pg_catalog.has_table_privilege(r.oid, s.oid, 'SELECT') \
+           AND NOT (s.relrowsecurity AND NOT (r.rolbypassrls \
+                    OR (pg_catalog.pg_has_role(r.oid, s.relowner, 'USAGE') AND NOT s.relforcerowsecurity))) \
          ORDER BY 1",
         &[source_relid.into()],
         |row| col(row, 1),
@@ -492,6 +575,26 @@ pub struct ChangeTracking {
     /// The source column (attribute number) each user column of the buffer holds,
     /// in the buffer's order; `None` for buffers of builds that did not record it.
     pub captured_attnums: Option<Vec<i16>>,
+}
+
+/// Every captured source of this database.
+pub fn captured_sources() -> PgtResult<Vec<pg_sys::Oid>> {
+    query_map("SELECT source_relid FROM pgtrickle.pgt_change_tracking ORDER BY 1", &[], |row| col(row, 1))
+}
+
+/// Captured sources no DIFFERENTIAL stream table reads any more: their
+/// capture is left for the scheduler to remove when the role that stopped
+/// needing it could not (see `cdc::release_capture_if_unused`).
+pub fn unused_captured_sources() -> PgtResult<Vec<pg_sys::Oid>> {
+    query_map(
+        "SELECT ct.source_relid FROM pgtrickle.pgt_change_tracking ct \
+         WHERE NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+                           WHERE d.source_relid = ct.source_relid AND d.source_kind <> 'VIEW' \
+                             AND st.effective_refresh_mode = 'DIFFERENTIAL') \
+         ORDER BY 1",
+        &[],
+        |row| col(row, 1),
+    )
 }
 
 /// The change-capture record of `source_relid`, if it is captured.
@@ -656,7 +759,66 @@ pub fn insert_refresh_history(r: &RefreshRecord) -> PgtResult<()> {
                 r.frontier.as_deref().into(),
             ],
         )?;
-        Ok(())
+        maybe_prune_history(r.pgt_id)
+    })
+}
+
+/// Appends a failed scheduled refresh of `pgt_id` (started at `start_time`,
+/// seconds since the Unix epoch) to `pgt_refresh_history`, with its error.
+pub fn insert_failed_refresh(pgt_id: i64, start_time: f64, error_message: &str) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, start_time, end_time, action, status, error_message, initiated_by) \
+             SELECT st.pgt_id, pg_catalog.to_timestamp($2), pg_catalog.clock_timestamp(), st.effective_refresh_mode, 'FAILED', $3, 'SCHEDULER' \
+             FROM pgtrickle.pgt_stream_tables st WHERE st.pgt_id = $1",
+            &[pgt_id.into(), start_time.into(), error_message.into()],
+        )?;
+        maybe_prune_history(pgt_id)
+    })
+}
+
+/// One insert in this many prunes the stream table's history.
+const PRUNE_EVERY: u32 = 32;
+
+thread_local! {
+    /// History rows this backend inserted, per stream table.
+    static HISTORY_INSERTS: std::cell::RefCell<std::collections::BTreeMap<i64, u32>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// At this backend's first history row for `pgt_id` and every [`PRUNE_EVERY`]th
+/// after it, deletes the history rows of `pgt_id` older than
+/// `pg_trickle.history_retention_s` and beyond its newest
+/// `pg_trickle.history_max_rows`. Both use the indexes on (pgt_id, ...), so a
+/// prune costs about the rows it deletes; the history of a stream table
+/// refreshed by one backend (the scheduler) stays within its limits plus
+/// [`PRUNE_EVERY`] rows.
+fn maybe_prune_history(pgt_id: i64) -> PgtResult<()> {
+    let n = HISTORY_INSERTS.with(|m| {
+        let mut m = m.borrow_mut();
+        let n = m.entry(pgt_id).or_insert(0);
+        *n = n.wrapping_add(1);
+        *n
+    });
+    if n % PRUNE_EVERY != 1 {
+        return Ok(());
+    }
+    prune_history(pgt_id).map(|_| ())
+}
+
+/// Deletes the history rows of `pgt_id` that the retention settings no longer
+/// keep (see [`maybe_prune_history`]); returns how many.
+pub fn prune_history(pgt_id: i64) -> PgtResult<u64> {
+    let retention = i64::from(crate::guc::HISTORY_RETENTION_S.get());
+    let max_rows = i64::from(crate::guc::HISTORY_MAX_ROWS.get());
+    as_extension_owner(|| {
+        exec(
+            "DELETE FROM pgtrickle.pgt_refresh_history h WHERE h.pgt_id = $1 \
+               AND (($2 > 0 AND h.start_time < pg_catalog.now() - pg_catalog.make_interval(secs => $2)) \
+                    OR ($3 > 0 AND h.refresh_id <= (SELECT k.refresh_id FROM pgtrickle.pgt_refresh_history k \
+                                                     WHERE k.pgt_id = $1 ORDER BY k.refresh_id DESC OFFSET $3 LIMIT 1)))",
+            &[pgt_id.into(), (retention as f64).into(), max_rows.into()],
+        )
     })
 }
 

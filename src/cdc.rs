@@ -45,10 +45,11 @@
 //! table (`n."col"`), so names such as `tg_op` or `new` cannot clash with PL/pgSQL
 //! variables.
 
+use crate::activity::InternalDdl;
 use crate::catalog::{self, ChangeTracking};
 use crate::error::{PgtError, PgtResult};
 use crate::parse::relation_name;
-use crate::privilege::{as_extension_owner, extension_oid};
+use crate::privilege::{as_extension_owner, extension_oid, record_auto_dependency_on_extension};
 use crate::spi::{col, exec, query_map, query_one, StatementSnapshot};
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
@@ -70,14 +71,6 @@ fn capture_function_name(source_relid: pg_sys::Oid) -> QualifiedName {
     QualifiedName::new(CHANGES_SCHEMA, format!("capture_{}", source_relid.to_u32()))
 }
 
-/// The four capture triggers: name suffix, event, transition-table clause.
-const TRIGGERS: [(&str, &str, &str); 4] = [
-    ("ins", "INSERT", "REFERENCING NEW TABLE AS __pgt_new"),
-    ("upd", "UPDATE", "REFERENCING OLD TABLE AS __pgt_old NEW TABLE AS __pgt_new"),
-    ("del", "DELETE", "REFERENCING OLD TABLE AS __pgt_old"),
-    ("trunc", "TRUNCATE", ""),
-];
-
 fn trigger_name(source_relid: pg_sys::Oid, suffix: &str) -> String {
     format!("pgt_cdc_{}_{}", source_relid.to_u32(), suffix)
 }
@@ -97,35 +90,6 @@ fn lock_source(source_relid: pg_sys::Oid, try_only: bool) -> PgtResult<bool> {
         exec("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[key.into()])?;
         Ok(true)
     }
-}
-
-thread_local! {
-    /// Depth of capture DDL pg_trickle itself is running in this backend.
-    static INTERNAL_DDL_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks a span in which pg_trickle runs DDL for change capture (CREATE TRIGGER,
-/// ALTER TABLE ... ENABLE ALWAYS TRIGGER, ...). Our own event triggers see that DDL
-/// too; while a span is open they do nothing ([`internal_ddl_in_progress`]). The
-/// depth is restored on drop, also when an error unwinds.
-struct InternalDdl;
-
-impl InternalDdl {
-    fn begin() -> InternalDdl {
-        INTERNAL_DDL_DEPTH.with(|d| d.set(d.get() + 1));
-        InternalDdl
-    }
-}
-
-impl Drop for InternalDdl {
-    fn drop(&mut self) {
-        INTERNAL_DDL_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
-    }
-}
-
-/// Whether pg_trickle is itself running capture DDL in this backend.
-pub fn internal_ddl_in_progress() -> bool {
-    INTERNAL_DDL_DEPTH.with(|d| d.get() > 0)
 }
 
 /// A captured column of a source: name and SQL type text (with a COLLATE clause
@@ -206,7 +170,7 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
         let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
         let function_oid = write_capture_function(source_relid, &columns)?;
         record_auto_dependency_on_extension(pg_sys::ProcedureRelationId, function_oid, extension);
-        sync_triggers(source_relid, function_oid, extension)?;
+        let _ = sync_triggers(source_relid, function_oid, extension)?;
         catalog::insert_change_tracking(
             &ChangeTracking {
                 source_relid,
@@ -231,6 +195,9 @@ pub struct CaptureSync {
     /// (partitions attached or detached), or the buffer had to be rebuilt: no
     /// stream table reading the source can trust its pending changes.
     pub pending_changes_lost: bool,
+    /// Capture triggers a table owner had disabled, dropped or changed, now
+    /// repaired (see `sync_triggers`).
+    pub repaired: Vec<String>,
 }
 
 /// Brings the capture of `source_relid` in line with the source after DDL (called
@@ -257,11 +224,14 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<CaptureSync> {
         let source = relation_name(source_relid)?;
         let columns = checked_columns(source_relid, &source)?;
         let extension = extension_oid()?;
-        let tree_changed = sync_triggers(source_relid, tracking.capture_function, extension)?;
+        let triggers = sync_triggers(source_relid, tracking.capture_function, extension)?;
+        // Triggers repaired here were switched off by the very command that
+        // runs this (event triggers fire at its end): no write went uncaptured.
+        let tree_changed = triggers.tree_changed;
         // Compare with what capture was built for, not with the buffer: a cascade
         // (DROP TYPE ... CASCADE) drops a column from source and buffer alike.
         let new_signature = signature(source_relid, &columns)?;
-        let mut sync = CaptureSync { pending_changes_lost: tree_changed, ..CaptureSync::default() };
+        let mut sync = CaptureSync { pending_changes_lost: tree_changed, repaired: triggers.repaired, ..CaptureSync::default() };
         if tracking.column_signature == new_signature {
             return Ok(sync);
         }
@@ -353,10 +323,16 @@ fn signature(source_relid: pg_sys::Oid, columns: &[CapturedColumn]) -> PgtResult
     Ok(format!("{columns};key:{key}"))
 }
 
-/// Makes exactly the owners of the DIFFERENTIAL stream tables reading
-/// `source_relid` (superusers need nothing) able to SELECT its change buffer:
-/// their refreshes read it, running as them.
+/// Grants SELECT on the change buffer of `source_relid` to exactly the owners
+/// of the DIFFERENTIAL stream tables reading it who may read all of the source
+/// now (superusers need nothing): their refreshes read it, running as them.
+/// Called whenever that may have changed: stream tables created, altered or
+/// dropped, an owner changed, GRANT / REVOKE, row-level security switched, and
+/// by a refresh whose owner lacks the grant. Reading is decided anyway by the
+/// buffer's policy (`pgtrickle._may_read_changes`), at the moment of reading.
 pub fn sync_buffer_grants(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    // Our own GRANT/REVOKE must not wake our event trigger's handler.
+    let _internal = InternalDdl::begin();
     as_extension_owner(|| {
         if catalog::change_tracking(source_relid)?.is_none() {
             return Ok(());
@@ -420,6 +396,20 @@ fn create_buffer(
     )?;
     let buffer_relid = query_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::oid", &[buffer.to_sql().as_str().into()])?
         .ok_or_else(|| PgtError::internal(format!("change buffer {buffer} was not created")))?;
+    // Who may read the buffer is decided when reading, by what they may read
+    // of the source (`pgtrickle._may_read_changes`): SELECT on it and no
+    // row-level security applying. Grants ([`sync_buffer_grants`]) only follow.
+    // The buffer's owner (the extension owner, a superuser) is not subject to
+    // the policy, so capture and trimming are not either.
+    exec(&format!("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", buffer.to_sql()), &[])?;
+    exec(
+        &format!(
+            "CREATE POLICY pgt_source_readers ON {} FOR SELECT USING ((SELECT pgtrickle._may_read_changes({}::pg_catalog.oid)))",
+            buffer.to_sql(),
+            source_relid.to_u32()
+        ),
+        &[],
+    )?;
     // AUTO dependency on the extension: DROP EXTENSION removes the buffer silently.
     record_auto_dependency_on_extension(pg_sys::RelationRelationId, buffer_relid, extension);
     Ok(buffer_relid)
@@ -478,48 +468,294 @@ fn write_capture_function(source_relid: pg_sys::Oid, columns: &[CapturedColumn])
     .ok_or_else(|| PgtError::internal(format!("capture function {function} was not created")))
 }
 
-/// Puts the four capture triggers (enabled ALWAYS) on every relation of the
-/// partition tree of `source_relid` that lacks them, and removes capture triggers
-/// of this source from relations no longer in the tree. Returns whether anything
-/// changed after the source's first capture (partitions came or went).
-fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension: pg_sys::Oid) -> PgtResult<bool> {
-    let tree = relation_tree(source_relid)?;
-    let existing = capture_triggers(function_oid)?;
-    let first_capture = existing.is_empty();
-    let mut changed = false;
-    for trigger in existing.iter().filter(|t| !tree.contains(&t.table)) {
-        let table = relation_name(trigger.table)?;
-        exec(&format!("DROP TRIGGER {} ON {}", quote_ident(&trigger.name), table.to_sql()), &[])?;
-        changed = true;
+/// One of the four capture triggers.
+struct TriggerSpec {
+    /// Name suffix (`pgt_cdc_<oid>_<suffix>`).
+    suffix: &'static str,
+    /// `pg_trigger.tgtype`: AFTER, FOR EACH STATEMENT, the event's bit
+    /// (`catalog/pg_trigger.h`).
+    tgtype: i16,
+    /// The event.
+    event: &'static str,
+    /// The transition-table clause.
+    referencing: &'static str,
+    /// The transition tables' names.
+    old_table: Option<&'static str>,
+    new_table: Option<&'static str>,
+}
+
+const TRIGGER_SPECS: [TriggerSpec; 4] = [
+    TriggerSpec { suffix: "ins", tgtype: 4, event: "INSERT", referencing: "REFERENCING NEW TABLE AS __pgt_new", old_table: None, new_table: Some("__pgt_new") },
+    TriggerSpec {
+        suffix: "upd",
+        tgtype: 16,
+        event: "UPDATE",
+        referencing: "REFERENCING OLD TABLE AS __pgt_old NEW TABLE AS __pgt_new",
+        old_table: Some("__pgt_old"),
+        new_table: Some("__pgt_new"),
+    },
+    TriggerSpec { suffix: "del", tgtype: 8, event: "DELETE", referencing: "REFERENCING OLD TABLE AS __pgt_old", old_table: Some("__pgt_old"), new_table: None },
+    TriggerSpec { suffix: "trunc", tgtype: 32, event: "TRUNCATE", referencing: "", old_table: None, new_table: None },
+];
+
+impl TriggerSpec {
+    /// Whether `t` is exactly this trigger, calling `function`.
+    fn matches(&self, t: &CaptureTrigger, function: pg_sys::Oid) -> bool {
+        t.function == function
+            && t.tgtype == self.tgtype
+            && !t.has_condition
+            && t.old_table.as_deref() == self.old_table
+            && t.new_table.as_deref() == self.new_table
     }
+}
+
+/// What [`sync_triggers`] did.
+#[derive(Debug, Default)]
+struct TriggerSync {
+    /// Relations came into or left the partition tree since capture began.
+    tree_changed: bool,
+    /// Capture triggers that had been disabled, dropped, renamed or replaced
+    /// (by a table owner; pg_trickle's own triggers are never touched that
+    /// way) and were repaired: writes may have gone uncaptured.
+    repaired: Vec<String>,
+}
+
+/// Makes the capture triggers of `source_relid` exactly what capture needs: on
+/// every relation of its partition tree, the four triggers of [`TRIGGER_SPECS`]
+/// under their names, calling capture function `function_oid`, without a WHEN
+/// condition, enabled ALWAYS (so `session_replication_role = replica` and
+/// `DISABLE TRIGGER USER` do not switch them off). A trigger that differs —
+/// disabled, renamed, replaced (`CREATE OR REPLACE TRIGGER`), or left on a
+/// relation no longer in the tree — is dropped or re-enabled, and a missing one
+/// created.
+fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension: pg_sys::Oid) -> PgtResult<TriggerSync> {
+    let tree = relation_tree(source_relid)?;
+    let prefix = format!("pgt_cdc_{}_", source_relid.to_u32());
+    let existing = capture_triggers(function_oid, &prefix)?;
+    let first_capture = existing.is_empty();
+    let mut sync = TriggerSync::default();
     let function = capture_function_name(source_relid);
-    for relid in tree {
-        let table = relation_name(relid)?;
-        for (suffix, event, referencing) in TRIGGERS {
-            let name = trigger_name(source_relid, suffix);
-            if existing.iter().any(|t| t.table == relid && t.name == name) {
+    let spec_of =
+        |t: &CaptureTrigger| TRIGGER_SPECS.iter().find(|spec| trigger_name(source_relid, spec.suffix) == t.name && tree.contains(&t.table));
+    let sound = |t: &CaptureTrigger| spec_of(t).is_some_and(|spec| spec.matches(t, function_oid));
+    for trigger in &existing {
+        let table = relation_name(trigger.table)?;
+        if !sound(trigger) {
+            exec(&format!("DROP TRIGGER {} ON {}", quote_ident(&trigger.name), table.to_sql()), &[])?;
+            if tree.contains(&trigger.table) {
+                sync.repaired.push(format!("trigger {} on {table} was changed", trigger.name));
+            } else {
+                sync.tree_changed = true;
+            }
+        } else if trigger.enabled != "A" {
+            exec(&format!("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}", table.to_sql(), quote_ident(&trigger.name)), &[])?;
+            sync.repaired.push(format!("trigger {} on {table} was disabled", trigger.name));
+        }
+    }
+    let kept: Vec<&CaptureTrigger> = existing.iter().filter(|t| sound(t)).collect();
+    for relid in &tree {
+        let table = relation_name(*relid)?;
+        for spec in &TRIGGER_SPECS {
+            let name = trigger_name(source_relid, spec.suffix);
+            if kept.iter().any(|t| t.table == *relid && t.name == name) {
                 continue;
             }
             exec(
                 &format!(
-                    "CREATE TRIGGER {} AFTER {event} ON {} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {}()",
+                    "CREATE TRIGGER {} AFTER {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {}()",
                     quote_ident(&name),
+                    spec.event,
                     table.to_sql(),
+                    spec.referencing,
                     function.to_sql()
                 ),
                 &[],
             )?;
             exec(&format!("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}", table.to_sql(), quote_ident(&name)), &[])?;
-            changed = true;
+            if !first_capture {
+                if existing.iter().any(|t| t.table == *relid) {
+                    if !sync.repaired.iter().any(|r| r.contains(&format!("trigger {name} on {table} "))) {
+                        sync.repaired.push(format!("trigger {name} on {table} was dropped"));
+                    }
+                } else {
+                    sync.tree_changed = true;
+                }
+            }
         }
     }
     // AUTO dependencies on the extension for the new triggers.
-    for trigger in capture_triggers(function_oid)? {
+    for trigger in capture_triggers(function_oid, &prefix)? {
         if !existing.iter().any(|t| t.oid == trigger.oid) {
             record_auto_dependency_on_extension(pg_sys::TriggerRelationId, trigger.oid, extension);
         }
     }
-    Ok(changed && !first_capture)
+    Ok(sync)
+}
+
+/// What a refresh checks about one captured source before trusting its change
+/// window ([`source_checks`]).
+#[derive(Debug, Clone)]
+pub struct SourceCheck {
+    /// The source.
+    pub relid: pg_sys::Oid,
+    /// Its name, for messages.
+    pub name: String,
+    /// The stream table's owner has SELECT on the whole table.
+    pub readable: bool,
+    /// Row-level security on it applies to the owner.
+    pub row_security: bool,
+    /// The owner may read its change buffer as granted (superusers need no grant).
+    pub granted: bool,
+    /// It is captured (has a change buffer).
+    pub captured: bool,
+    /// Its capture triggers are all there, enabled ALWAYS, unchanged (false
+    /// when it is not captured).
+    pub capture_intact: bool,
+}
+
+impl SourceCheck {
+    /// Why the owner's rights rule out DIFFERENTIAL refresh over this source.
+    pub fn blocker(&self, owner_name: &str) -> Option<String> {
+        if !self.readable {
+            Some(format!(
+                "sources its owner {owner_name} cannot read in full ({}: column privileges only, or reached through a view)",
+                self.name
+            ))
+        } else if self.row_security {
+            Some(format!("row-level security on {}, which applies to its owner {owner_name}", self.name))
+        } else {
+            None
+        }
+    }
+}
+
+/// Checks, in one catalog query, what a DIFFERENTIAL refresh of a stream table
+/// owned by `owner` relies on for each of its captured `sources`: that the owner
+/// may still read all of it (privileges and row-level security change at any
+/// GRANT, REVOKE, policy switch or membership change), holds the grant on its
+/// buffer (a new owner after `ALTER TABLE ... OWNER TO` does not yet), and that
+/// its capture is intact (the event triggers that repair capture at once can be
+/// bypassed by a superuser with `event_triggers = off`).
+pub fn source_checks(owner: pg_sys::Oid, sources: &[pg_sys::Oid]) -> PgtResult<Vec<SourceCheck>> {
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    query_map(
+        "SELECT c.oid, NULL::text, \
+                pg_catalog.has_table_privilege($2, c.oid, 'SELECT'), \
+                c.relrowsecurity AND NOT (r.rolsuper OR r.rolbypassrls \
+                    OR (pg_catalog.pg_has_role($2, c.relowner, 'USAGE') AND NOT c.relforcerowsecurity)), \
+                ct.buffer_relid IS NOT NULL AND (r.rolsuper OR pg_catalog.has_table_privilege($2, ct.buffer_relid, 'SELECT')), \
+                ct.buffer_relid IS NOT NULL, \
+                ct.buffer_relid IS NOT NULL \
+                AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t \
+                     WHERE t.tgfoid = ct.capture_function AND t.tgenabled = 'A' AND t.tgqual IS NULL \
+                       AND pg_catalog.starts_with(t.tgname::text, 'pgt_cdc_' || c.oid::text || '_')) \
+                    = 4 * (SELECT pg_catalog.count(*) FROM (SELECT p.relid FROM pg_catalog.pg_partition_tree(c.oid) p \
+                                  JOIN pg_catalog.pg_class pc ON pc.oid = p.relid WHERE pc.relkind <> 'f' \
+                                  UNION SELECT c.oid) tree) \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_roles r ON r.oid = $2 \
+         LEFT JOIN pgtrickle.pgt_change_tracking ct ON ct.source_relid = c.oid \
+         WHERE c.oid = ANY ($1) ORDER BY c.oid",
+        &[sources.to_vec().into(), owner.into()],
+        |row| {
+            let relid = col(row, 1)?;
+            Ok(SourceCheck {
+                relid,
+                name: relation_name(relid)?.to_string(),
+                readable: col(row, 3)?,
+                row_security: col(row, 4)?,
+                granted: col(row, 5)?,
+                captured: col(row, 6)?,
+                capture_intact: col(row, 7)?,
+            })
+        },
+    )
+}
+
+/// When the change buffer of `source_relid` is larger than
+/// `pg_trickle.change_buffer_alert_kb`: its size in bytes and the DIFFERENTIAL
+/// stream tables holding it back, least recently refreshed first (a buffer
+/// keeps what its slowest reader has not applied).
+pub fn buffer_alert(source_relid: pg_sys::Oid) -> PgtResult<Option<(i64, Vec<String>)>> {
+    let limit = i64::from(crate::guc::CHANGE_BUFFER_ALERT_KB.get()) * 1024;
+    if limit <= 0 {
+        return Ok(None);
+    }
+    let Some(tracking) = catalog::change_tracking(source_relid)? else { return Ok(None) };
+    let size = query_one::<i64>("SELECT pg_catalog.pg_total_relation_size($1)", &[tracking.buffer_relid.into()])?.unwrap_or(0);
+    if size <= limit {
+        return Ok(None);
+    }
+    let readers = query_map(
+        "SELECT st.pgt_relid FROM pgtrickle.pgt_dependencies d \
+         JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+         WHERE d.source_relid = $1 AND st.effective_refresh_mode = 'DIFFERENTIAL' AND st.frontier IS NOT NULL \
+         ORDER BY st.data_timestamp NULLS FIRST, 1 LIMIT 5",
+        &[source_relid.into()],
+        |row| Ok(relation_name(col(row, 1)?)?.to_string()),
+    )?;
+    Ok(Some((size, readers)))
+}
+
+/// Repairs the capture triggers of `source_relid` (see [`sync_triggers`]);
+/// returns what was repaired (empty when capture was intact).
+pub fn repair_capture(source_relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
+    let _internal = InternalDdl::begin();
+    as_extension_owner(|| {
+        lock_source(source_relid, false)?;
+        let Some(tracking) = catalog::change_tracking(source_relid)? else {
+            return Ok(Vec::new());
+        };
+        let sync = sync_triggers(source_relid, tracking.capture_function, extension_oid()?)?;
+        Ok(sync.repaired)
+    })
+}
+
+/// Whether `role` may start capturing changes of `source_relid`: PostgreSQL
+/// lets only roles with the table owner's privileges, or the TRIGGER privilege
+/// on it, create triggers on a table, and capture is triggers on the owner's
+/// table that take a `SHARE ROW EXCLUSIVE` lock when created and cost every
+/// later write. A role that may only read the table uses capture only where it
+/// exists already.
+pub fn may_start_capture(source_relid: pg_sys::Oid, role: pg_sys::Oid) -> PgtResult<bool> {
+    Ok(query_one::<bool>(
+        "SELECT pg_catalog.pg_has_role($2, c.relowner, 'USAGE') OR pg_catalog.has_table_privilege($2, c.oid, 'TRIGGER') \
+         FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[source_relid.into(), role.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// Why the stream table owned by `owner`, reading the captured relations
+/// `sources`, cannot be maintained differentially for that owner, or `None`.
+/// Its refreshes read the sources' change buffers, which hold every row and
+/// column; so the owner must be allowed to read all of each source (SELECT on
+/// the table, not only on some columns or through a view), row-level security
+/// must not apply to it on any source, and capture must exist or be startable
+/// by it ([`may_start_capture`]).
+pub fn differential_blocker(owner: pg_sys::Oid, sources: &[pg_sys::Oid]) -> PgtResult<Option<String>> {
+    let owner_name = role_name(owner)?;
+    for check in source_checks(owner, sources)? {
+        if let Some(blocker) = check.blocker(&owner_name) {
+            return Ok(Some(blocker));
+        }
+        if !check.captured && !may_start_capture(check.relid, owner)? {
+            return Ok(Some(format!(
+                "capturing changes of {}, which its owner {owner_name} may not start (only the table's owner or a role \
+                 with the TRIGGER privilege on it may)",
+                check.name
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The name of role `role`.
+pub fn role_name(role: pg_sys::Oid) -> PgtResult<String> {
+    query_one::<String>("SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = $1", &[role.into()])?
+        .ok_or_else(|| PgtError::internal(format!("role with OID {} does not exist", role.to_u32())))
 }
 
 /// The captured sources affected by DDL on relation `relid`: `relid` itself or any
@@ -535,30 +771,55 @@ pub fn captured_sources_affected_by(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys:
     )
 }
 
-fn record_auto_dependency_on_extension(class_id: pg_sys::Oid, object_id: pg_sys::Oid, extension: pg_sys::Oid) {
-    let depender = pg_sys::ObjectAddress { classId: class_id, objectId: object_id, objectSubId: 0 };
-    let referenced = pg_sys::ObjectAddress { classId: pg_sys::ExtensionRelationId, objectId: extension, objectSubId: 0 };
-    unsafe { pg_sys::recordDependencyOn(&depender, &referenced, pg_sys::DependencyType::DEPENDENCY_AUTO) };
-}
-
 struct CaptureTrigger {
     oid: pg_sys::Oid,
     table: pg_sys::Oid,
     name: String,
+    function: pg_sys::Oid,
+    tgtype: i16,
+    enabled: String,
+    has_condition: bool,
+    old_table: Option<String>,
+    new_table: Option<String>,
 }
 
-/// Every trigger that calls capture function `function_oid`, wherever it is.
-fn capture_triggers(function_oid: pg_sys::Oid) -> PgtResult<Vec<CaptureTrigger>> {
+/// Every trigger that calls capture function `function_oid` or is named with
+/// capture's `prefix` (`pgt_cdc_<source oid>_`), wherever it is.
+fn capture_triggers(function_oid: pg_sys::Oid, prefix: &str) -> PgtResult<Vec<CaptureTrigger>> {
     query_map(
-        "SELECT oid, tgrelid, tgname::text FROM pg_catalog.pg_trigger WHERE tgfoid = $1 ORDER BY oid",
-        &[function_oid.into()],
-        |row| Ok(CaptureTrigger { oid: col(row, 1)?, table: col(row, 2)?, name: col(row, 3)? }),
+        "SELECT oid, tgrelid, tgname::text, tgfoid, tgtype, tgenabled::text, tgqual IS NOT NULL, \
+                tgoldtable::text, tgnewtable::text \
+         FROM pg_catalog.pg_trigger WHERE NOT tgisinternal AND (tgfoid = $1 OR pg_catalog.starts_with(tgname::text, $2)) \
+         ORDER BY oid",
+        &[function_oid.into(), prefix.into()],
+        |row| {
+            Ok(CaptureTrigger {
+                oid: col(row, 1)?,
+                table: col(row, 2)?,
+                name: col(row, 3)?,
+                function: col(row, 4)?,
+                tgtype: col(row, 5)?,
+                enabled: col(row, 6)?,
+                has_condition: col(row, 7)?,
+                old_table: row.get::<String>(8)?,
+                new_table: row.get::<String>(9)?,
+            })
+        },
     )
 }
 
-/// Stops capturing `source_relid` if no stream table reads it any more: drops its
-/// triggers (wherever they are), capture function and change buffer. A source that
-/// was itself dropped has lost its triggers already; the rest goes here.
+/// Stops capturing `source_relid` if no DIFFERENTIAL stream table reads it any
+/// more: drops its triggers (wherever they are), capture function and change
+/// buffer. A source that was itself dropped has lost its triggers already; the
+/// rest goes here.
+///
+/// Dropping triggers locks the table (`SHARE ROW EXCLUSIVE`) until the end of
+/// the transaction. A role that could not have started capture there (neither
+/// the table's owner nor holding TRIGGER on it, see [`may_start_capture`]) does
+/// not take that lock: capture stays, unused, and the scheduler removes it in
+/// a short transaction of its own ([`unused_capture`]). Meanwhile its buffer is
+/// emptied at every refresh of any stream table over the table, as no one needs
+/// its rows.
 pub fn release_capture_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
     let _internal = InternalDdl::begin();
     as_extension_owner(|| {
@@ -569,7 +830,11 @@ pub fn release_capture_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
         let Some(tracking) = catalog::change_tracking(source_relid)? else {
             return Ok(());
         };
-        for trigger in capture_triggers(tracking.capture_function)? {
+        let exists = unsafe { !pg_sys::get_rel_name(source_relid).is_null() };
+        if exists && !may_start_capture(source_relid, crate::privilege::acting_role())? {
+            return Ok(());
+        }
+        for trigger in capture_triggers(tracking.capture_function, &format!("pgt_cdc_{}_", source_relid.to_u32()))? {
             let table = relation_name(trigger.table)?;
             exec(&format!("DROP TRIGGER {} ON {}", quote_ident(&trigger.name), table.to_sql()), &[])?;
         }
@@ -579,9 +844,16 @@ pub fn release_capture_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
     })
 }
 
+/// Captured sources that no DIFFERENTIAL stream table reads any more (capture
+/// left behind by a role that could not remove it): the scheduler releases
+/// them.
+pub fn unused_capture() -> PgtResult<Vec<pg_sys::Oid>> {
+    catalog::unused_captured_sources()
+}
+
 /// Deletes the change-buffer rows of `source_relid` that every consumer's frontier
 /// has consumed (`pgt_core::frontier`); a consumer without a frontier needs nothing
-/// (its next refresh is a full recomputation). Skipped (returns 0) while another
+/// (its next refresh is a full recomputation), nor does one refreshed FULL. Skipped (returns 0) while another
 /// transaction manages this source's capture — it may be adding a consumer this
 /// transaction cannot see yet; the next refresh trims. The DELETE runs in the
 /// latest snapshot, so every committed consumer counts whatever the isolation
@@ -597,6 +869,7 @@ pub fn trim_buffer(source_relid: pg_sys::Oid) -> PgtResult<u64> {
                SELECT 1 FROM pgtrickle.pgt_dependencies d \
                JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
                WHERE d.source_relid = {} AND st.frontier IS NOT NULL \
+                 AND st.effective_refresh_mode = 'DIFFERENTIAL' \
                  AND NOT COALESCE({consumed}, false))",
             buffer_name(source_relid).to_sql(),
             source_relid.to_u32()

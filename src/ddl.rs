@@ -43,6 +43,8 @@ use pgt_delta::Plan;
 struct Concerned {
     stream_table: QualifiedName,
     pgt_id: i64,
+    /// The stream table's owner.
+    owner: pg_sys::Oid,
     reason: String,
 }
 
@@ -55,10 +57,23 @@ struct Concerned {
 /// 2BP01 (dependent_objects_still_exist) when `pg_trickle.block_source_ddl` is on
 /// and a stream table is concerned; the DDL is rolled back.
 pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) -> PgtResult<()> {
-    if cdc::internal_ddl_in_progress() {
+    if crate::activity::internal_ddl_in_progress() {
         return Ok(());
     }
     let rewritten = if in_ddl_command_end { rewritten_columns()? } else { Vec::new() };
+    // Stream tables the command touched: their guard trigger comes back if it
+    // was dropped or disabled, and a new owner gets the change buffers its
+    // refreshes read.
+    for relid in relids {
+        if let Some(st) = catalog::stream_table_by_relid(*relid)? {
+            if let Some(repaired) = crate::storage::ensure_guard(st.relid)? {
+                pgrx::notice!("{repaired}; pg_trickle put it back: only refreshes write stream table {}", st.name);
+            }
+            for dep in catalog::dependencies(st.pgt_id)? {
+                cdc::sync_buffer_grants(dep.source_relid)?;
+            }
+        }
+    }
     let mut sources: Vec<pg_sys::Oid> = Vec::new();
     for relid in relids {
         let mut affected = cdc::captured_sources_affected_by(*relid)?;
@@ -76,6 +91,14 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
     for source in sources {
         let consumers = catalog::consumers(source)?;
         let sync = cdc::sync_capture(source)?;
+        for repaired in &sync.repaired {
+            pgrx::notice!(
+                "{repaired}; pg_trickle put it back: stream tables read {} and every change to it must be captured",
+                crate::parse::relation_name(source)?
+            );
+        }
+        // Row-level security switched, or a new owner: who may have the buffer.
+        cdc::sync_buffer_grants(source)?;
         let source_name = crate::parse::relation_name(source)?;
         let key = current_key(source)?;
         let membership = membership_problem(source)?;
@@ -92,9 +115,12 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
                 .clone()
                 .or_else(|| why_concerned(&consumer, plan.as_ref(), source, &key, &rewritten_here, &source_name));
             match why {
-                Some(reason) => {
-                    concerned.push(Concerned { stream_table: consumer.name.clone(), pgt_id: consumer.pgt_id, reason })
-                }
+                Some(reason) => concerned.push(Concerned {
+                    stream_table: consumer.name.clone(),
+                    pgt_id: consumer.pgt_id,
+                    owner: consumer.owner,
+                    reason,
+                }),
                 None => keep_differential(consumer.pgt_id, plan, source, &sync)?,
             }
         }
@@ -104,8 +130,15 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
     }
     // Only the command being reported is blocked; a cascade or DROP INDEX seen
     // at sql_drop may reveal drift it did not cause, so there the stream tables
-    // concerned reinitialize instead.
-    if guc::BLOCK_SOURCE_DDL.get() && in_ddl_command_end {
+    // concerned reinitialize instead. And only the stream tables of the role
+    // running the DDL block it: another role's stream table reading the table
+    // gives that role no say over the table's DDL (a view would not either,
+    // for a rename); it reinitializes.
+    let actor = crate::privilege::acting_role();
+    let blocking: Vec<&Concerned> =
+        concerned.iter().filter(|c| crate::privilege::has_privileges_of(actor, c.owner)).collect();
+    if guc::BLOCK_SOURCE_DDL.get() && in_ddl_command_end && !blocking.is_empty() {
+        let concerned = blocking;
         let mut names: Vec<String> = concerned.iter().map(|c| c.stream_table.to_string()).collect();
         names.dedup();
         return Err(PgtError::new(
@@ -121,6 +154,21 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
     for c in &concerned {
         catalog::mark_needs_reinit(c.pgt_id)?;
         pgrx::notice!("stream table {} will reinitialize at its next refresh: {}", c.stream_table, c.reason);
+    }
+    Ok(())
+}
+
+/// Called by the `ddl_command_end` event trigger after GRANT or REVOKE in a
+/// database with change capture: the grants on every change buffer follow who
+/// may now read its source ([`cdc::sync_buffer_grants`]). Whether a refresh
+/// may read a buffer is decided anyway when it reads (the buffer's policy);
+/// this keeps the grants themselves least.
+pub fn on_privileges_changed() -> PgtResult<()> {
+    if crate::activity::internal_ddl_in_progress() {
+        return Ok(());
+    }
+    for source in catalog::captured_sources()? {
+        cdc::sync_buffer_grants(source)?;
     }
     Ok(())
 }

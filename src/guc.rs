@@ -45,6 +45,41 @@ pub static AUTO_BACKOFF: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// stream table reads is never blocked.
 pub static BLOCK_SOURCE_DDL: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `pg_trickle.max_concurrent_refreshes`: refresh workers a database's scheduler
+/// may run at once for refreshes that outgrow `pg_trickle.max_inline_refresh_ms`
+/// (0: every refresh runs in the scheduler itself).
+pub static MAX_CONCURRENT_REFRESHES: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// `pg_trickle.max_inline_refresh_ms`: how long a scheduled refresh may run in
+/// the database's scheduler itself, holding up the stream tables after it, in
+/// milliseconds. A refresh that takes longer is cancelled and run again in a
+/// refresh worker of its own (while one is free), and so are its later
+/// refreshes while they stay slow.
+pub static MAX_INLINE_REFRESH_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// `pg_trickle.refresh_timeout_ms`: the longest any scheduled refresh may run,
+/// in milliseconds (0: no limit). A refresh that takes longer is cancelled and
+/// recorded as failed.
+pub static REFRESH_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// `pg_trickle.scheduler_turn_ms`: when more databases have stream tables than
+/// background workers are free, how long a database's scheduler keeps its
+/// worker before handing it to a waiting database, in milliseconds.
+pub static SCHEDULER_TURN_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+
+/// `pg_trickle.change_buffer_alert_kb`: a change buffer larger than this (in kB)
+/// draws a WARNING naming the stream tables that hold it back, and shows in
+/// `quick_health` and `change_buffer_stats()` (0: never).
+pub static CHANGE_BUFFER_ALERT_KB: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
+
+/// `pg_trickle.history_retention_s`: refresh history rows older than this are
+/// deleted, in seconds (0: kept whatever their age).
+pub static HISTORY_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
+
+/// `pg_trickle.history_max_rows`: refresh history rows kept per stream table,
+/// the newest (0: no limit).
+pub static HISTORY_MAX_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
 /// Registers every `pg_trickle.*` parameter. Called once from `_PG_init`.
 pub fn register() {
     GucRegistry::define_float_guc(
@@ -119,6 +154,76 @@ pub fn register() {
         c"When off, such DDL goes through and the stream tables concerned reinitialize at their next refresh.",
         &BLOCK_SOURCE_DDL,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.max_concurrent_refreshes",
+        c"Refresh workers a database's scheduler may run at once for refreshes slower than pg_trickle.max_inline_refresh_ms.",
+        c"0: every scheduled refresh runs in the scheduler itself, one after another.",
+        &MAX_CONCURRENT_REFRESHES,
+        0,
+        32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.max_inline_refresh_ms",
+        c"How long a scheduled refresh may run in the scheduler itself before it moves to a refresh worker, in milliseconds.",
+        c"Bounds how long one slow stream table holds up the others of its database.",
+        &MAX_INLINE_REFRESH_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.refresh_timeout_ms",
+        c"Longest a scheduled refresh may run, in milliseconds (0: no limit).",
+        c"A refresh that takes longer is cancelled and recorded as failed.",
+        &REFRESH_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.scheduler_turn_ms",
+        c"With more databases than free background workers, how long a scheduler keeps its worker before yielding it, in milliseconds.",
+        c"Databases waiting for a scheduler are served in turn.",
+        &SCHEDULER_TURN_MS,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.change_buffer_alert_kb",
+        c"Size of a change buffer above which pg_trickle warns, in kB (0: never).",
+        c"The WARNING names the stream tables whose pending changes hold the buffer back.",
+        &CHANGE_BUFFER_ALERT_KB,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.history_retention_s",
+        c"Age after which refresh history rows are deleted, in seconds (0: never).",
+        c"",
+        &HISTORY_RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.history_max_rows",
+        c"Refresh history rows kept per stream table (0: no limit).",
+        c"",
+        &HISTORY_MAX_ROWS,
+        0,
+        i32::MAX,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

@@ -10,12 +10,14 @@
 //! - [`lifecycle`] (create / alter / drop) and [`refresh`] (executors);
 //! - [`parse`] (PostgreSQL parse analysis), [`cdc`] (change capture), [`storage`]
 //!   (storage tables), [`catalog`] (the `pgtrickle.*` tables);
-//! - [`privilege`], [`spi`], [`error`], [`guc`]: helpers every layer uses.
+//! - [`privilege`], [`spi`], [`error`], [`guc`], [`activity`]: helpers every
+//!   layer uses.
 //!
 //! docs/ARCHITECTURE.md describes the data flow and the frontier.
 
 use pgrx::prelude::*;
 
+mod activity;
 mod api;
 mod bootstrap;
 mod catalog;

@@ -138,27 +138,60 @@ fn validate_refresh_mode(text: &str, name: &QualifiedName) -> PgtResult<RefreshM
     Ok(mode)
 }
 
-/// The mode refreshes will use for `requested` and the normalized query `sql`, with
-/// the DIFFERENTIAL plan: AUTO is DIFFERENTIAL when the query translates, else FULL
-/// with a WARNING naming the construct; an explicit DIFFERENTIAL that does not
-/// translate is an error naming it. Stable functions draw a WARNING.
-fn resolve_mode(requested: RefreshMode, sql: &str, name: &QualifiedName) -> PgtResult<(RefreshMode, Option<Plan>)> {
+/// How a stream table will be refreshed: the effective mode, the DIFFERENTIAL
+/// plan, and — for an AUTO stream table whose query is differentiable but
+/// whose owner's rights rule DIFFERENTIAL out — why ([`cdc::differential_blocker`]).
+pub(crate) struct ModeDecision {
+    /// FULL or DIFFERENTIAL.
+    pub effective: RefreshMode,
+    /// The plan, when DIFFERENTIAL.
+    pub plan: Option<Plan>,
+    /// The owner's rights that keep an AUTO stream table FULL.
+    pub blocker: Option<String>,
+}
+
+/// The mode refreshes will use for `requested` and the analysed query, with the
+/// DIFFERENTIAL plan: AUTO is DIFFERENTIAL when the query translates and the
+/// owner `owner` may maintain it so (it reads every source in full, no
+/// row-level security applies to it, capture exists or it may start it), else
+/// FULL with a WARNING naming the construct or the right; an explicit
+/// DIFFERENTIAL that cannot be is an error naming it. Stable functions draw a
+/// WARNING.
+fn resolve_mode(requested: RefreshMode, analyzed: &AnalyzedQuery, name: &QualifiedName, owner: pg_sys::Oid) -> PgtResult<ModeDecision> {
+    let full = |blocker| ModeDecision { effective: RefreshMode::Full, plan: None, blocker };
     if requested == RefreshMode::Full {
-        return Ok((RefreshMode::Full, None));
+        return Ok(full(None));
     }
-    match translate::translate(sql)? {
+    match translate::translate(&analyzed.normalized_sql)? {
         Ok(translation) => {
+            let captured: Vec<pg_sys::Oid> =
+                analyzed.sources.iter().filter(|s| s.kind.is_captured()).map(|s| s.relid).collect();
+            if let Some(blocker) = cdc::differential_blocker(owner, &captured)? {
+                if requested == RefreshMode::Auto {
+                    pgrx::warning!(
+                        "stream table {name} will refresh in FULL mode: DIFFERENTIAL refresh is not possible with {blocker}; \
+                         each refresh checks again"
+                    );
+                    return Ok(full(Some(blocker)));
+                }
+                return Err(PgtError::new(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    format!("stream table {name} cannot be maintained DIFFERENTIAL: {blocker}"),
+                )
+                .detail("A DIFFERENTIAL refresh reads change buffers, which hold every row and column of their tables.")
+                .hint("Use refresh_mode => 'AUTO' or 'FULL' (FULL runs the query under the owner's privileges and policies)."));
+            }
             if let Some(stable) = translation.stable_functions()? {
                 pgrx::warning!(
                     "stream table {name} calls stable functions ({stable}); DIFFERENTIAL refresh assumes their results \
                      do not change between refreshes"
                 );
             }
-            Ok((RefreshMode::Differential, Some(translation.plan)))
+            Ok(ModeDecision { effective: RefreshMode::Differential, plan: Some(translation.plan), blocker: None })
         }
         Err(translate::Unsupported(construct)) if requested == RefreshMode::Auto => {
             pgrx::warning!("stream table {name} will refresh in FULL mode: DIFFERENTIAL refresh does not support {construct}");
-            Ok((RefreshMode::Full, None))
+            Ok(full(None))
         }
         Err(translate::Unsupported(construct)) => Err(PgtError::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -323,7 +356,8 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
     let analyzed = parse::analyze_defining_query(query, catalog::is_stream_table)?;
     // The creator must be able to run the query, as for CREATE MATERIALIZED VIEW.
     check_can_run(&analyzed, current_user())?;
-    let (effective_refresh_mode, plan) = resolve_mode(refresh_mode, &analyzed.normalized_sql, &name)?;
+    let decision = resolve_mode(refresh_mode, &analyzed, &name, current_user())?;
+    let (effective_refresh_mode, plan) = (decision.effective, decision.plan);
 
     let relid = storage::create_storage(&name, &analyzed, plan.as_ref())?;
     let pgt_id = catalog::insert_stream_table(&NewStreamTable {
@@ -339,12 +373,16 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
         append_only,
         pooler_compatibility_mode,
         delta_plan: plan.as_ref().map(Plan::to_json),
+        differential_blocker: decision.blocker,
     })?;
     catalog::replace_dependencies(pgt_id, &analyzed.sources)?;
     catalog::set_query_tree(pgt_id, &analyzed.tree)?;
-    for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
-        cdc::ensure_capture(source.relid)?;
-        cdc::sync_buffer_grants(source.relid)?;
+    if effective_refresh_mode == RefreshMode::Differential {
+        // Only DIFFERENTIAL refreshes read change buffers.
+        for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
+            cdc::ensure_capture(source.relid)?;
+            cdc::sync_buffer_grants(source.relid)?;
+        }
     }
     if initialize {
         refresh::refresh_stream_table(pgt_id, InitiatedBy::Initial)?;
@@ -363,6 +401,16 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
     }
     if crate::scheduler::available() {
         crate::scheduler::request_worker();
+        let status = crate::scheduler::status();
+        if status.state != crate::scheduler::State::Running && status.waiting_databases > 0 {
+            pgrx::warning!(
+                "no background worker is free for the scheduler of this database: {} database(s) wait for one of the \
+                 max_worker_processes; stream table {name} is refreshed when this database's turn comes \
+                 (schedulers hand their worker over every pg_trickle.scheduler_turn_ms); raise max_worker_processes to \
+                 give every database its own",
+                status.waiting_databases
+            );
+        }
         if schedule == Schedule::Calculated {
             // Nothing reads a new stream table yet, so nothing tightens it.
             pgrx::notice!(
@@ -431,9 +479,16 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
         st.refresh_mode = requested;
     }
     if let Some(s) = args.status {
-        st.status = StreamTableStatus::parse(s)?.as_str().to_string();
-        // Resuming starts the count of failed refreshes afresh.
-        exec("UPDATE pgtrickle.pgt_stream_tables SET consecutive_errors = 0 WHERE pgt_id = $1", &[st.pgt_id.into()])?;
+        let status = StreamTableStatus::parse(s)?.as_str().to_string();
+        if status != st.status {
+            // Resuming starts the count of failed refreshes afresh; suspending
+            // lets go of the change buffers (the frontier is cleared).
+            catalog::set_status(st.pgt_id, &status)?;
+            if status == StreamTableStatus::Suspended.as_str() {
+                st.frontier = None;
+            }
+        }
+        st.status = status;
     }
     if let Some(d) = args.diamond_consistency {
         st.diamond_consistency = DiamondConsistency::parse(d)?;
@@ -466,7 +521,9 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
         Some(q) if query_changed => q,
         _ => (st.original_query.clone(), parse::analyze_defining_query(&st.defining_query, catalog::is_stream_table)?),
     };
-    let (effective, plan) = resolve_mode(st.refresh_mode, &analyzed.normalized_sql, &name)?;
+    let decision = resolve_mode(st.refresh_mode, &analyzed, &name, st.owner)?;
+    let (effective, plan) = (decision.effective, decision.plan);
+    st.differential_blocker = decision.blocker;
     let plan_json = plan.as_ref().map(Plan::to_json);
     if !query_changed && effective == st.effective_refresh_mode && plan_json == st.delta_plan {
         // AUTO <-> DIFFERENTIAL resolving to the same plan: nothing to rebuild.
@@ -476,7 +533,8 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
     // A new defining query, or a new way of maintaining it: rebuild.
     require_read_committed("alter_stream_table")?;
     check_no_cycle(&st, &analyzed)?;
-    check_can_run(&analyzed, current_user())?;
+    // Its refreshes will run the query as its owner.
+    check_can_run(&analyzed, st.owner)?;
     let old_dependencies = catalog::dependencies(st.pgt_id)?;
     let same_shape = storage::visible_columns(st.relid)? == storage::columns_for(&analyzed)?
         && storage::hidden_columns(st.relid)? == storage::plan_hidden_columns(plan.as_ref());
@@ -509,9 +567,11 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
 fn replace_sources(st: &StreamTable, analyzed: &AnalyzedQuery, old_dependencies: Vec<catalog::Dependency>) -> PgtResult<()> {
     catalog::replace_dependencies(st.pgt_id, &analyzed.sources)?;
     catalog::set_query_tree(st.pgt_id, &analyzed.tree)?;
-    for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
-        cdc::ensure_capture(source.relid)?;
-        cdc::sync_buffer_grants(source.relid)?;
+    if st.effective_refresh_mode == RefreshMode::Differential {
+        for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
+            cdc::ensure_capture(source.relid)?;
+            cdc::sync_buffer_grants(source.relid)?;
+        }
     }
     for old in old_dependencies {
         cdc::release_capture_if_unused(old.source_relid)?;
@@ -569,16 +629,19 @@ pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
     check_no_cycle(st, &analyzed)?;
     check_can_run(&analyzed, st.owner)?;
     let old_dependencies = catalog::dependencies(st.pgt_id)?;
-    let new_captured = analyzed
-        .sources
-        .iter()
-        .any(|s| s.kind.is_captured() && !old_dependencies.iter().any(|d| d.source_relid == s.relid));
-    if new_captured {
-        // Capture of a new source starts now; a snapshot taken before (REPEATABLE
-        // READ) could miss changes committed in between.
-        require_read_committed("refresh_stream_table (reinitializing a stream table that now reads a new table)")?;
+    let decision = resolve_mode(st.refresh_mode, &analyzed, name, st.owner)?;
+    let (effective, plan) = (decision.effective, decision.plan);
+    if effective == RefreshMode::Differential {
+        let mut starts_capture = false;
+        for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
+            starts_capture |= catalog::change_tracking(source.relid)?.is_none();
+        }
+        if starts_capture {
+            // Capture of a source starts now; a snapshot taken before (REPEATABLE
+            // READ) could miss changes committed in between.
+            require_read_committed("refresh_stream_table (reinitializing a stream table that now captures a table)")?;
+        }
     }
-    let (effective, plan) = resolve_mode(st.refresh_mode, &analyzed.normalized_sql, name)?;
     let have = storage::visible_columns(st.relid)?;
     let want = storage::columns_for(&analyzed)?;
     if have != want {
@@ -607,6 +670,7 @@ pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
     st.defining_query = analyzed.normalized_sql.clone();
     st.effective_refresh_mode = effective;
     st.delta_plan = plan.as_ref().map(Plan::to_json);
+    st.differential_blocker = decision.blocker;
     st.frontier = None;
     catalog::update_stream_table(&st)?;
     replace_sources(&st, &analyzed, old_dependencies)
@@ -745,6 +809,11 @@ pub fn refresh_mode_reason(st: &StreamTable) -> PgtResult<String> {
             .to_string()
     } else if st.refresh_mode == RefreshMode::Full {
         "FULL was requested".to_string()
+    } else if let Some(blocker) = &st.differential_blocker {
+        format!(
+            "DIFFERENTIAL refresh is not possible with {blocker}; every refresh checks again and switches to DIFFERENTIAL \
+             once it is"
+        )
     } else if st.needs_reinit {
         // The stored text may name what DDL renamed: do not analyse it now.
         return Ok("DDL on a source concerned it, so its next refresh reinitializes it and decides its mode again".into());
@@ -756,7 +825,7 @@ pub fn refresh_mode_reason(st: &StreamTable) -> PgtResult<String> {
         }
     };
     if st.needs_reinit {
-        why.push_str("; DDL on a source concerned it, so its next refresh reinitializes it");
+        why.push_str("; DDL on a source (or a change of rights) concerned it, so its next refresh reinitializes it");
     }
     Ok(why)
 }

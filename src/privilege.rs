@@ -119,3 +119,26 @@ pub fn current_user() -> pg_sys::Oid {
 pub fn current_user_owns(relid: pg_sys::Oid) -> bool {
     unsafe { pg_sys::object_ownercheck(pg_sys::RelationRelationId, relid, pg_sys::GetUserId()) }
 }
+
+/// Records that the object `object_id` of catalog `class_id` goes with the
+/// extension (an AUTO dependency): `DROP EXTENSION pg_trickle` drops it without
+/// CASCADE. For the objects pg_trickle makes outside its own schema as the
+/// extension owner (capture triggers, change buffers, guard triggers).
+pub fn record_auto_dependency_on_extension(class_id: pg_sys::Oid, object_id: pg_sys::Oid, extension: pg_sys::Oid) {
+    let depender = pg_sys::ObjectAddress { classId: class_id, objectId: object_id, objectSubId: 0 };
+    let referenced = pg_sys::ObjectAddress { classId: pg_sys::ExtensionRelationId, objectId: extension, objectSubId: 0 };
+    unsafe { pg_sys::recordDependencyOn(&depender, &referenced, pg_sys::DependencyType::DEPENDENCY_AUTO) };
+}
+
+/// The role that runs the current command: the session's role (after `SET
+/// ROLE`), not the owner of a `SECURITY DEFINER` function on the way (our event
+/// triggers are such functions).
+pub fn acting_role() -> pg_sys::Oid {
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Whether `role` has the privileges of role `other` (is it, a member that
+/// inherits, or a superuser): PostgreSQL's `has_privs_of_role`.
+pub fn has_privileges_of(role: pg_sys::Oid, other: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::has_privs_of_role(role, other) }
+}

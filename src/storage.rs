@@ -17,6 +17,10 @@ use pgt_delta::Plan;
 /// The hidden row-identity column.
 pub const ROW_ID_COLUMN: &str = "__pgt_row_id";
 
+/// The trigger on every stream table that refuses writes other than a
+/// refresh's (`pgtrickle._guard_stream_table()`, [`crate::activity`]).
+pub const GUARD_TRIGGER: &str = "pgt_stream_table_guard";
+
 /// Creates the storage table `name` for `query` (as the current role, who owns it),
 /// with the hidden state columns `plan` needs, and records its dependencies on the
 /// query's sources. Returns its OID.
@@ -41,7 +45,62 @@ pub fn create_storage(name: &QualifiedName, query: &AnalyzedQuery, plan: Option<
     let relid = query_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::oid", &[name.to_sql().as_str().into()])?
         .ok_or_else(|| PgtError::internal(format!("storage table {name} was not created")))?;
     record_source_dependencies(relid, &query.sources);
+    let _created = ensure_guard(relid)?;
     Ok(relid)
+}
+
+/// Makes sure stream table `relid` carries its guard trigger ([`GUARD_TRIGGER`]:
+/// BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE, FOR EACH STATEMENT, calling
+/// `pgtrickle._guard_stream_table()`, enabled ALWAYS), creating or repairing it
+/// as the extension owner. Its owner may drop or disable triggers on its own
+/// table; the event triggers call this after such DDL, so the guard comes back
+/// in the same statement. Returns what was repaired, if anything.
+pub fn ensure_guard(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
+    let _internal = crate::activity::InternalDdl::begin();
+    crate::privilege::as_extension_owner(|| {
+        let table = crate::parse::relation_name(relid)?;
+        let found = query_map(
+            "SELECT t.oid, t.tgenabled::text, t.tgtype, t.tgqual IS NULL AND t.tgfoid = \
+                    'pgtrickle._guard_stream_table()'::pg_catalog.regprocedure \
+             FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2",
+            &[relid.into(), GUARD_TRIGGER.into()],
+            |row| Ok((col::<pg_sys::Oid>(row, 1)?, col::<String>(row, 2)?, col::<i16>(row, 3)?, col::<bool>(row, 4)?)),
+        )?;
+        // BEFORE (2) + INSERT (4) + DELETE (8) + UPDATE (16) + TRUNCATE (32),
+        // statement level (catalog/pg_trigger.h).
+        const GUARD_TYPE: i16 = 2 | 4 | 8 | 16 | 32;
+        let repaired = match found.first() {
+            Some((_, enabled, tgtype, ours)) if *ours && *tgtype == GUARD_TYPE => {
+                if enabled == "A" {
+                    return Ok(None);
+                }
+                exec(&format!("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}", table.to_sql(), quote_ident(GUARD_TRIGGER)), &[])?;
+                return Ok(Some(format!("trigger {GUARD_TRIGGER} on {table} was disabled")));
+            }
+            Some(_) => {
+                exec(&format!("DROP TRIGGER {} ON {}", quote_ident(GUARD_TRIGGER), table.to_sql()), &[])?;
+                Some(format!("trigger {GUARD_TRIGGER} on {table} was changed"))
+            }
+            None => None,
+        };
+        exec(
+            &format!(
+                "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle._guard_stream_table()",
+                quote_ident(GUARD_TRIGGER),
+                table.to_sql()
+            ),
+            &[],
+        )?;
+        exec(&format!("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}", table.to_sql(), quote_ident(GUARD_TRIGGER)), &[])?;
+        let trigger = query_one::<pg_sys::Oid>(
+            "SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
+            &[relid.into(), GUARD_TRIGGER.into()],
+        )?
+        .ok_or_else(|| PgtError::internal(format!("guard trigger on {table} was not created")))?;
+        crate::privilege::record_auto_dependency_on_extension(pg_sys::TriggerRelationId, trigger, crate::privilege::extension_oid()?);
+        Ok(repaired.or_else(|| Some(format!("trigger {GUARD_TRIGGER} on {table} was missing"))))
+    })
 }
 
 /// Records that storage table `relid` depends (normally) on each of `sources`.

@@ -131,8 +131,11 @@ mod pgtrickle {
     /// The background scheduler of this database: whether automatic refresh is
     /// available (pg_trickle preloaded) and enabled, the launcher's and this
     /// database's worker's process ids, when the worker last finished a
-    /// scheduling cycle, and how many due checks it ran and skipped (nothing
-    /// committed since) since it started.
+    /// scheduling cycle, how many due checks it ran and skipped (nothing
+    /// committed since) since it started, whether the database is served
+    /// (`state`: running, waiting for a background worker, starting, disabled,
+    /// not available), since when it waits, how many databases wait, and how
+    /// many refresh workers run for it.
     #[pg_extern]
     #[allow(clippy::type_complexity)] // the SQL result's columns, spelled out by name!
     fn scheduler_status() -> TableIterator<
@@ -145,18 +148,27 @@ mod pgtrickle {
             name!(last_cycle, Option<TimestampWithTimeZone>),
             name!(checks, i64),
             name!(skipped_checks, i64),
+            name!(state, String),
+            name!(waiting_since, Option<TimestampWithTimeZone>),
+            name!(waiting_databases, i32),
+            name!(refresh_workers, i32),
         ),
     > {
         let status = crate::scheduler::status();
+        // Unix milliseconds to PostgreSQL's microseconds since 2000-01-01.
+        let timestamp = |ms: i64| TimestampWithTimeZone::try_from(ms * 1000 - 946_684_800_000_000).ok();
         TableIterator::once((
             status.available,
             crate::guc::ENABLED.get(),
             status.launcher_pid,
             status.worker_pid,
-            // Unix milliseconds to PostgreSQL's microseconds since 2000-01-01.
-            status.last_cycle_ms.and_then(|ms| TimestampWithTimeZone::try_from(ms * 1000 - 946_684_800_000_000).ok()),
+            status.last_cycle_ms.and_then(timestamp),
             i64::try_from(status.checks.0).unwrap_or(i64::MAX),
             i64::try_from(status.checks.1).unwrap_or(i64::MAX),
+            status.state.as_str().to_string(),
+            status.waiting_since_ms.and_then(timestamp),
+            i32::try_from(status.waiting_databases).unwrap_or(i32::MAX),
+            i32::try_from(status.refresh_workers).unwrap_or(i32::MAX),
         ))
     }
 
@@ -180,6 +192,28 @@ mod pgtrickle {
     > {
         let rows = crate::scheduler::diamond_groups().or_raise();
         TableIterator::new(rows.into_iter().map(|(g, m, c)| (g, pg_sys::Oid::from(m), c)))
+    }
+
+    /// Internal: called by the `ddl_command_end` event trigger after GRANT and
+    /// REVOKE (`crate::ddl::on_privileges_changed`). Not granted to PUBLIC.
+    #[pg_extern(name = "_on_privileges_changed")]
+    fn on_privileges_changed() {
+        crate::ddl::on_privileges_changed().or_raise()
+    }
+
+    /// Internal: `pg_trickle.change_buffer_alert_kb` in bytes (0: no alert),
+    /// for the monitoring views, which may be read before the library's
+    /// settings exist in a session.
+    #[pg_extern(name = "_change_buffer_alert_bytes", stable)]
+    fn change_buffer_alert_bytes() -> i64 {
+        i64::from(crate::guc::CHANGE_BUFFER_ALERT_KB.get().max(0)) * 1024
+    }
+
+    /// Internal: whether a refresh is writing a stream table in this session
+    /// (`crate::activity`); the guard trigger of every stream table asks.
+    #[pg_extern(name = "_stream_table_write_in_progress", stable, parallel_restricted)]
+    fn stream_table_write_in_progress() -> bool {
+        crate::activity::stream_table_write_in_progress()
     }
 
     /// Internal: called by the capture triggers; wakes this database's scheduler

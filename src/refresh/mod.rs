@@ -26,6 +26,7 @@
 
 pub mod differential;
 pub mod full;
+mod preflight;
 
 use crate::catalog::{self, Frontier, InitiatedBy, RefreshRecord};
 use crate::cdc;
@@ -67,6 +68,8 @@ pub struct Applied {
 pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult<RefreshOutcome> {
     let mut st = catalog::lock_stream_table_for_refresh(pgt_id)?;
     unsafe { pg_sys::LockRelationOid(st.relid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+    // The owner's rights and the sources' capture, before the snapshot.
+    st = preflight::settle(st)?;
     if st.needs_reinit {
         // DDL on a source concerned it (crate::ddl): re-derive, then recompute.
         crate::lifecycle::reinitialize(&st)?;
@@ -125,15 +128,54 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
         for dep in catalog::dependencies(pgt_id)? {
             if dep.kind != SourceKind::View.as_str() {
                 cdc::trim_buffer(dep.source_relid)?;
+                warn_about_buffer(dep.source_relid)?;
             }
         }
     }
     Ok(outcome)
 }
 
+thread_local! {
+    /// When this backend last warned about each oversized change buffer.
+    static BUFFER_WARNED: std::cell::RefCell<std::collections::BTreeMap<u32, std::time::Instant>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// How often one backend repeats the WARNING about one oversized buffer.
+const BUFFER_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Warns (at most once a minute per source and backend) when the change
+/// buffer of `source_relid` is still larger than
+/// `pg_trickle.change_buffer_alert_kb` after trimming, naming the stream tables
+/// that hold it back.
+fn warn_about_buffer(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    let Some((bytes, readers)) = cdc::buffer_alert(source_relid)? else { return Ok(()) };
+    let now = std::time::Instant::now();
+    let due = BUFFER_WARNED.with(|w| {
+        let mut w = w.borrow_mut();
+        let due = w.get(&source_relid.to_u32()).is_none_or(|at| now.duration_since(*at) >= BUFFER_WARNING_INTERVAL);
+        if due {
+            w.insert(source_relid.to_u32(), now);
+        }
+        due
+    });
+    if due {
+        pgrx::warning!(
+            "the change buffer of {} holds {} kB of changes, more than pg_trickle.change_buffer_alert_kb; the stream \
+             tables that have applied the least of it: {}",
+            crate::parse::relation_name(source_relid)?,
+            bytes / 1024,
+            if readers.is_empty() { "none (it is emptied at their next refresh)".to_string() } else { readers.join(", ") }
+        );
+    }
+    Ok(())
+}
+
 /// Runs `merge` (a MERGE ... RETURNING merge_action()) in `snapshot` and counts
 /// the rows it wrote: (inserted or updated, deleted or updated).
 fn merge_counts(merge: &str, snapshot: &StatementSnapshot) -> PgtResult<(u64, u64)> {
+    // The stream table's guard trigger lets this statement write.
+    let _writing = crate::activity::StreamTableWrite::begin();
     let counts = snapshot
         .query_text(&format!(
             "WITH __pgt_m AS ({merge}) \

@@ -1,8 +1,15 @@
 //! The launcher: one background worker per cluster, started by the postmaster
-//! when pg_trickle is in `shared_preload_libraries`. Every few seconds it lists
-//! the databases and starts a scheduler worker ([`super::worker`]) for each one
-//! that has none; a worker finding no pg_trickle in its database exits and is
-//! not tried again there for a while ([`NO_EXTENSION_RETRY`]).
+//! when pg_trickle is in `shared_preload_libraries`. Every few seconds (and
+//! whenever a worker exits) it lists the databases and starts a scheduler
+//! worker ([`super::worker`]) for each one that has none; a worker finding no
+//! pg_trickle in its database exits and is not tried again there for a while
+//! ([`NO_EXTENSION_RETRY`]).
+//!
+//! Background workers are a fixed pool (`max_worker_processes`). When none is
+//! free, a database with pg_trickle *waits*; schedulers that have held their
+//! worker for `pg_trickle.scheduler_turn_ms` hand it over, longest-running
+//! first, and waiting databases are started longest-waiting first — so every
+//! database is served, in turns, however many there are.
 
 use super::registry;
 use pgrx::bgworkers::{
@@ -43,6 +50,7 @@ pub extern "C-unwind" fn pg_trickle_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     registry::set_launcher(true);
     let mut workers: BTreeMap<u32, DynamicBackgroundWorker> = BTreeMap::new();
+    let mut warned_full = false;
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -52,23 +60,32 @@ pub extern "C-unwind" fn pg_trickle_launcher_main(_arg: pg_sys::Datum) {
         // Keep a handle until its worker has stopped (one that has not started
         // yet must not be started twice).
         workers.retain(|_, w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)));
-        for (dboid, name) in &databases {
-            if workers.contains_key(dboid) || !registry::may_start(*dboid) {
-                continue;
-            }
-            match start_worker(*dboid, name) {
-                Some(w) => {
-                    workers.insert(*dboid, w);
+        // Databases that have waited longest for a worker go first; when no
+        // background worker slot is free, a database with pg_trickle waits,
+        // and the running schedulers hand theirs over in turn
+        // (registry::should_yield).
+        let names: BTreeMap<u32, &String> = databases.iter().map(|(oid, name)| (*oid, name)).collect();
+        let candidates: Vec<u32> =
+            names.keys().copied().filter(|d| !workers.contains_key(d) && registry::may_start(*d)).collect();
+        let mut full = false;
+        for dboid in registry::start_order(&candidates) {
+            let Some(name) = names.get(&dboid) else { continue };
+            if !full {
+                if let Some(w) = start_worker(dboid, name) {
+                    workers.insert(dboid, w);
+                    continue;
                 }
-                None => {
-                    // No free background worker slot: try again later.
-                    registry::defer(*dboid, LAUNCHER_INTERVAL * 5);
-                    pgrx::log!(
-                        "pg_trickle launcher: could not start a scheduler for database \"{name}\" (max_worker_processes reached)"
-                    );
-                }
+                full = true;
             }
+            registry::note_waiting(dboid);
         }
+        if full && !warned_full {
+            pgrx::log!(
+                "pg_trickle launcher: no background worker slot is free (max_worker_processes); databases wait for \
+                 their scheduler in turn"
+            );
+        }
+        warned_full = full;
         if !BackgroundWorker::wait_latch(Some(LAUNCHER_INTERVAL)) {
             break;
         }

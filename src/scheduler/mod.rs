@@ -14,6 +14,7 @@
 
 pub mod launcher;
 pub mod registry;
+mod timeout;
 pub mod worker;
 
 use pgrx::pg_sys;
@@ -152,6 +153,7 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
             let dboid = pg_sys::MyDatabaseId.to_u32();
             if WORKER_REQUESTED {
+                registry::note_extension(dboid);
                 registry::clear_retry(dboid);
                 registry::wake_launcher();
             }
@@ -175,8 +177,45 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
     }
 }
 
+/// Whether this database is served by a scheduler, as
+/// `pgtrickle.scheduler_status().state` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// pg_trickle is not in `shared_preload_libraries`: no scheduler at all.
+    Unavailable,
+    /// `pg_trickle.enabled` is off.
+    Disabled,
+    /// A scheduler worker runs for this database.
+    Running,
+    /// No background worker slot is free; the database waits its turn.
+    Waiting,
+    /// No scheduler runs yet (a new database is picked up within seconds).
+    Starting,
+}
+
+impl State {
+    /// The spelling users see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Unavailable => "not available",
+            State::Disabled => "disabled",
+            State::Running => "running",
+            State::Waiting => "waiting for a background worker",
+            State::Starting => "starting",
+        }
+    }
+}
+
 /// What `pgtrickle.scheduler_status()` shows.
 pub struct Status {
+    /// Whether this database is served.
+    pub state: State,
+    /// Since when (Unix ms) it has waited for a background worker.
+    pub waiting_since_ms: Option<i64>,
+    /// Refresh workers running for it.
+    pub refresh_workers: usize,
+    /// Databases waiting for a scheduler worker, this one included.
+    pub waiting_databases: usize,
     /// pg_trickle was preloaded: the launcher and workers can run.
     pub available: bool,
     /// The launcher's process id, if it runs.
@@ -192,10 +231,36 @@ pub struct Status {
 /// The scheduler's state for the current database.
 pub fn status() -> Status {
     if !available() {
-        return Status { available: false, launcher_pid: None, worker_pid: None, last_cycle_ms: None, checks: (0, 0) };
+        return Status {
+            state: State::Unavailable,
+            waiting_since_ms: None,
+            refresh_workers: 0,
+            waiting_databases: 0,
+            available: false,
+            launcher_pid: None,
+            worker_pid: None,
+            last_cycle_ms: None,
+            checks: (0, 0),
+        };
     }
-    let (launcher, slot) = registry::snapshot(unsafe { pg_sys::MyDatabaseId.to_u32() });
+    let dboid = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    let (launcher, slot) = registry::snapshot(dboid);
+    let running = slot.is_some_and(|s| s.pid != 0);
+    let waiting_since_ms = slot.map(|s| s.waiting_since_ms).filter(|w| *w != 0 && !running);
+    let state = if !crate::guc::ENABLED.get() {
+        State::Disabled
+    } else if running {
+        State::Running
+    } else if waiting_since_ms.is_some() {
+        State::Waiting
+    } else {
+        State::Starting
+    };
     Status {
+        state,
+        waiting_since_ms,
+        refresh_workers: registry::refresh_jobs(dboid).len(),
+        waiting_databases: registry::waiting_databases(),
         available: true,
         launcher_pid: (launcher != 0).then_some(launcher),
         worker_pid: slot.filter(|s| s.pid != 0).map(|s| s.pid),

@@ -12,8 +12,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How many databases can have a scheduler worker at once.
 pub const MAX_DATABASES: usize = 256;
 
-/// One database's scheduler.
+/// How many refresh workers one database's scheduler can run at once (the
+/// bound of `pg_trickle.max_concurrent_refreshes`).
+pub const MAX_REFRESH_WORKERS: usize = 32;
+
+/// A refresh worker: its process id and the (first) stream table it refreshes.
 #[derive(Copy, Clone, Default, Debug)]
+pub struct RefreshJob {
+    /// Process id, 0 for a free entry.
+    pub pid: i32,
+    /// `pgt_id` of the stream table (the first of a diamond group).
+    pub pgt_id: i64,
+}
+
+/// One database's scheduler.
+#[derive(Copy, Clone, Debug)]
 pub struct Slot {
     /// The database (0: free slot).
     pub dboid: u32,
@@ -38,6 +51,36 @@ pub struct Slot {
     /// Due checks it skipped because nothing was committed since (see
     /// `worker::Scheduler::unchanged_since`), since it started.
     pub skipped_checks: u64,
+    /// The database has pg_trickle (a worker found it, or a stream table was
+    /// created there): when no worker can be started for it, it waits.
+    pub has_extension: bool,
+    /// Since when (Unix ms) the database has waited for a background worker
+    /// slot for its scheduler; 0 when it is not waiting.
+    pub waiting_since_ms: i64,
+    /// When (Unix ms) the running worker registered: the start of its turn.
+    pub started_ms: i64,
+    /// The database's refresh workers.
+    pub refresh_jobs: [RefreshJob; MAX_REFRESH_WORKERS],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            dboid: 0,
+            pid: 0,
+            latch: 0,
+            retry_after_ms: 0,
+            stop_requested: false,
+            change_generation: 0,
+            last_cycle_ms: 0,
+            checks: 0,
+            skipped_checks: 0,
+            has_extension: false,
+            waiting_since_ms: 0,
+            started_ms: 0,
+            refresh_jobs: [RefreshJob::default(); MAX_REFRESH_WORKERS],
+        }
+    }
 }
 
 /// Every slot, plus the launcher's process id.
@@ -96,22 +139,134 @@ fn slot_for(registry: &mut Registry, dboid: u32) -> Option<usize> {
     })
 }
 
-/// Records the running worker of `dboid` (the calling process). Refused
-/// (false) when no slot is free, when another worker runs there, or while a
-/// statement that needs the database alone keeps workers away.
-pub fn register_worker(dboid: u32) -> bool {
+/// How a worker's registration went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Refused: no slot is free, another worker runs there, or a statement
+    /// that needs the database alone keeps workers away.
+    Refused,
+    /// Registered.
+    Registered,
+    /// Registered after the database waited for a background worker: its
+    /// stream tables are overdue.
+    AfterWaiting,
+}
+
+/// Records the running worker of `dboid` (the calling process).
+pub fn register_worker(dboid: u32) -> Registration {
     let mut r = REGISTRY.exclusive();
-    let Some(i) = slot_for(&mut r, dboid) else { return false };
+    let Some(i) = slot_for(&mut r, dboid) else { return Registration::Refused };
     let slot = &mut r.slots[i];
     if slot.pid != 0 || slot.stop_requested || slot.retry_after_ms > now_ms() {
-        return false;
+        return Registration::Refused;
     }
+    let waited = slot.waiting_since_ms != 0;
     unsafe {
         slot.pid = pg_sys::MyProcPid;
         slot.latch = &raw mut (*pg_sys::MyProc).procLatch as usize;
     }
     slot.stop_requested = false;
+    slot.has_extension = true;
+    slot.waiting_since_ms = 0;
+    slot.started_ms = now_ms();
+    if waited {
+        Registration::AfterWaiting
+    } else {
+        Registration::Registered
+    }
+}
+
+/// Records that `dboid` has pg_trickle (a stream table was created there): if
+/// no worker can be started for it, it waits its turn.
+pub fn note_extension(dboid: u32) {
+    let mut r = REGISTRY.exclusive();
+    if let Some(i) = slot_for(&mut r, dboid) {
+        r.slots[i].has_extension = true;
+    }
+}
+
+/// Records that the worker of `dboid` found no pg_trickle there.
+pub fn note_no_extension(dboid: u32) {
+    let mut r = REGISTRY.exclusive();
+    if let Some(i) = slot_of(&r, dboid) {
+        r.slots[i].has_extension = false;
+        r.slots[i].waiting_since_ms = 0;
+    }
+}
+
+/// The launcher could not start a worker for `dboid` (no free background
+/// worker slot): a database with pg_trickle now waits (from now, unless it
+/// waited already).
+pub fn note_waiting(dboid: u32) {
+    let mut r = REGISTRY.exclusive();
+    if let Some(i) = slot_for(&mut r, dboid) {
+        let slot = &mut r.slots[i];
+        if slot.has_extension && slot.waiting_since_ms == 0 {
+            slot.waiting_since_ms = now_ms();
+        }
+    }
+}
+
+/// The databases without a worker in the order the launcher should start
+/// theirs: those waiting longest first, then the others.
+pub fn start_order(databases: &[u32]) -> Vec<u32> {
+    let r = REGISTRY.share();
+    let mut order: Vec<(i64, u32)> = databases
+        .iter()
+        .map(|d| {
+            let waiting = slot_of(&r, *d).map(|i| r.slots[i].waiting_since_ms).filter(|w| *w != 0).unwrap_or(i64::MAX);
+            (waiting, *d)
+        })
+        .collect();
+    order.sort_unstable();
+    order.into_iter().map(|(_, d)| d).collect()
+}
+
+/// Whether the worker of `dboid`, having run for at least `turn`, should hand
+/// its background worker to a waiting database: some database with
+/// pg_trickle waits, and no running worker has held its turn longer.
+pub fn should_yield(dboid: u32, turn: std::time::Duration) -> bool {
+    let r = REGISTRY.share();
+    let Some(me) = slot_of(&r, dboid).map(|i| r.slots[i]) else { return false };
+    if me.pid == 0 || now_ms() - me.started_ms < turn.as_millis() as i64 {
+        return false;
+    }
+    let waiting = r.slots.iter().any(|s| s.dboid != 0 && s.dboid != dboid && s.pid == 0 && s.waiting_since_ms != 0);
+    let oldest = r.slots.iter().filter(|s| s.pid != 0).all(|s| s.started_ms >= me.started_ms);
+    waiting && oldest
+}
+
+/// How many databases with pg_trickle wait for a scheduler worker.
+pub fn waiting_databases() -> usize {
+    let r = REGISTRY.share();
+    r.slots.iter().filter(|s| s.dboid != 0 && s.pid == 0 && s.waiting_since_ms != 0).count()
+}
+
+/// Records a refresh worker of `dboid` (the calling process) refreshing
+/// `pgt_id`; false when the database's table of refresh workers is full.
+pub fn register_refresh_job(dboid: u32, pgt_id: i64) -> bool {
+    let mut r = REGISTRY.exclusive();
+    let Some(i) = slot_for(&mut r, dboid) else { return false };
+    let Some(free) = r.slots[i].refresh_jobs.iter().position(|j| j.pid == 0) else { return false };
+    r.slots[i].refresh_jobs[free] = RefreshJob { pid: unsafe { pg_sys::MyProcPid }, pgt_id };
     true
+}
+
+/// Forgets the refresh worker that is the calling process (it is exiting).
+pub fn unregister_refresh_job(dboid: u32) {
+    let mut r = REGISTRY.exclusive();
+    if let Some(i) = slot_of(&r, dboid) {
+        let me = unsafe { pg_sys::MyProcPid };
+        for job in r.slots[i].refresh_jobs.iter_mut().filter(|j| j.pid == me) {
+            *job = RefreshJob::default();
+        }
+    }
+}
+
+/// The running refresh workers of `dboid`.
+pub fn refresh_jobs(dboid: u32) -> Vec<RefreshJob> {
+    let r = REGISTRY.share();
+    slot_of(&r, dboid).map(|i| r.slots[i].refresh_jobs.iter().copied().filter(|j| j.pid != 0).collect()).unwrap_or_default()
 }
 
 /// Forgets the worker of `dboid` (it is exiting); the launcher may start a new
@@ -126,15 +281,6 @@ pub fn unregister_worker(dboid: u32, retry_after: Duration) {
         slot.stop_requested = false;
     }
     slot.retry_after_ms = slot.retry_after_ms.max(now_ms() + retry_after.as_millis() as i64);
-}
-
-/// Keeps the launcher from starting a worker for `dboid` for `pause`.
-pub fn defer(dboid: u32, pause: Duration) {
-    let mut r = REGISTRY.exclusive();
-    if let Some(i) = slot_for(&mut r, dboid) {
-        let slot = &mut r.slots[i];
-        slot.retry_after_ms = slot.retry_after_ms.max(now_ms() + pause.as_millis() as i64);
-    }
 }
 
 /// Whether the worker of `dboid` has been asked to exit.
@@ -171,7 +317,9 @@ pub fn forget_other_databases(existing: &[u32]) {
     let mut r = REGISTRY.exclusive();
     let now = now_ms();
     for slot in r.slots.iter_mut() {
-        if slot.dboid != 0 && slot.pid == 0 && !slot.stop_requested && (!existing.contains(&slot.dboid) || slot.retry_after_ms <= now) {
+        let busy = slot.pid != 0 || slot.stop_requested || slot.refresh_jobs.iter().any(|j| j.pid != 0);
+        let remembered = slot.has_extension && existing.contains(&slot.dboid);
+        if slot.dboid != 0 && !busy && !remembered && (!existing.contains(&slot.dboid) || slot.retry_after_ms <= now) {
             *slot = Slot::default();
         }
     }
@@ -195,11 +343,15 @@ pub fn stop_worker(dboid: u32, pause: Duration, wait: Duration) -> bool {
     if latch != 0 {
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
+    // Refresh workers are connected to the database too.
+    for job in refresh_jobs(dboid) {
+        unsafe { libc_kill(job.pid, pg_sys::SIGTERM as i32) };
+    }
     let deadline = std::time::Instant::now() + wait;
     while std::time::Instant::now() < deadline {
         {
             let r = REGISTRY.share();
-            if slot_of(&r, dboid).is_none_or(|i| r.slots[i].pid == 0) {
+            if slot_of(&r, dboid).is_none_or(|i| r.slots[i].pid == 0 && r.slots[i].refresh_jobs.iter().all(|j| j.pid == 0)) {
                 return true;
             }
         }
@@ -215,6 +367,12 @@ pub fn stop_worker(dboid: u32, pause: Duration, wait: Duration) -> bool {
         }
     }
     false
+}
+
+unsafe extern "C" {
+    /// POSIX `kill(2)`.
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
 /// Records that a transaction of `dboid` that captured changes committed (it is

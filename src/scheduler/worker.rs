@@ -1,6 +1,5 @@
 //! The scheduler worker of one database: refreshes the stream tables that are
-//! due, upstream first, each in its own transaction, and survives any one of
-//! them failing.
+//! due, upstream first, and survives any one of them failing.
 //!
 //! A cycle (every `pg_trickle.scheduler_interval_ms`, or sooner when the next
 //! stream table falls due):
@@ -9,13 +8,30 @@
 //!    resolve `calculated` schedules ([`pgt_core::schedule::resolve_calculated`]);
 //! 3. refresh each ACTIVE one whose schedule says it is due
 //!    ([`pgt_core::schedule::Schedule::next_due`]), as its owner, recorded with
-//!    `initiated_by = 'SCHEDULER'`. A refresh that finds no change writes
-//!    nothing; a DIFFERENTIAL one is not even started while no transaction that
-//!    captured a change has committed since its last check
-//!    ([`Scheduler::unchanged_since`]). A failure is rolled back, recorded in `pgt_refresh_history` with
-//!    its error, and counted; after `pg_trickle.max_consecutive_errors` in a row
-//!    the stream table is SUSPENDED (WARNING) until
-//!    `alter_stream_table(..., status => 'ACTIVE')`.
+//!    `initiated_by = 'SCHEDULER'`, in a transaction of its own. A refresh that
+//!    finds no change writes nothing; a DIFFERENTIAL one is not even started
+//!    while no transaction that captured a change has committed since its last
+//!    check ([`Scheduler::unchanged_since`]). A failure is rolled back,
+//!    recorded in `pgt_refresh_history` with its error, and counted; after
+//!    `pg_trickle.max_consecutive_errors` in a row the stream table is
+//!    SUSPENDED (WARNING) until `alter_stream_table(..., status => 'ACTIVE')`.
+//!
+//! **One slow stream table does not hold up the others.** Refreshes run in the
+//! worker itself (a few milliseconds each, no process to start) for at most
+//! `pg_trickle.max_inline_refresh_ms`. One that takes longer is cancelled
+//! (rolled back) and run again in a *refresh worker* of its own
+//! ([`pg_trickle_refresh_main`]), and so are its next refreshes until one of
+//! them takes less than half that time; at most
+//! `pg_trickle.max_concurrent_refreshes` run at once per database. Meanwhile
+//! the stream tables reading it wait for it, and the others go on. With
+//! `pg_trickle.refresh_timeout_ms`, any scheduled refresh that takes longer is
+//! cancelled and recorded as failed.
+//!
+//! **Every database is served.** Background workers are a fixed pool
+//! (`max_worker_processes`); when a database with pg_trickle waits for one,
+//! the scheduler that has held its worker longest hands it over after
+//! `pg_trickle.scheduler_turn_ms` (registry::should_yield), and no refresh
+//! workers are started while any database waits.
 //!
 //! With `pg_trickle.auto_backoff`, a stream table whose refresh took longer than
 //! its interval is due after twice the interval, and so on up to 16 times
@@ -29,12 +45,14 @@ use crate::catalog::InitiatedBy;
 use crate::error::PgtResult;
 use crate::guc;
 use crate::spi::{col, exec, query_map, query_one};
-use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgt_core::schedule::Schedule;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The worker's main loop (started by the launcher with the database OID).
 ///
@@ -51,10 +69,12 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
     unsafe { pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
     if !matches!(in_transaction(has_extension), Ok(true)) {
+        registry::note_no_extension(dboid);
         registry::unregister_worker(dboid, super::launcher::NO_EXTENSION_RETRY);
         return;
     }
-    if !registry::register_worker(dboid) {
+    let registration = registry::register_worker(dboid);
+    if registration == registry::Registration::Refused {
         // No free slot, or a statement that needs the database alone (DROP
         // DATABASE, ...) is running: leave.
         return;
@@ -67,8 +87,15 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
         dboid,
         checks: 0,
         skipped_checks: 0,
+        slow: BTreeSet::new(),
+        dispatched: BTreeMap::new(),
+        last_cleanup: None,
+        // After waiting for a worker, every stream table is checked at once;
+        // otherwise one interval after it is first seen.
+        first_sight: if registration == registry::Registration::AfterWaiting { UNIX_EPOCH } else { SystemTime::now() },
     };
     let mut woken = false;
+    let mut yielded = false;
     loop {
         if registry::stop_requested(dboid) {
             break;
@@ -81,6 +108,7 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
         if guc::ENABLED.get() {
             match scheduler.cycle(woken, interval) {
                 Cycle::ExtensionGone => {
+                    registry::note_no_extension(dboid);
                     registry::unregister_worker(dboid, super::launcher::NO_EXTENSION_RETRY);
                     return;
                 }
@@ -92,9 +120,19 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
             }
         }
         registry::cycle_done(dboid, scheduler.checks, scheduler.skipped_checks);
+        let turn = Duration::from_millis(guc::SCHEDULER_TURN_MS.get().max(1) as u64);
+        if registry::should_yield(dboid, turn) {
+            // Another database waits for a background worker: hand this one over.
+            yielded = true;
+            break;
+        }
         woken = wait_for_latch(wait);
     }
     registry::unregister_worker(dboid, Duration::ZERO);
+    if yielded {
+        registry::note_waiting(dboid);
+        registry::wake_launcher();
+    }
 }
 
 /// SIGTERM: what PostgreSQL's `die()` does — ask for process termination at the
@@ -173,7 +211,46 @@ struct Scheduler {
     checks: u64,
     /// Due checks skipped because nothing was committed since.
     skipped_checks: u64,
+    /// Stream tables whose refresh outlasted `pg_trickle.max_inline_refresh_ms`:
+    /// they are refreshed in refresh workers.
+    slow: BTreeSet<i64>,
+    /// Refreshes handed to refresh workers by this worker, by the first
+    /// `pgt_id` of the unit.
+    dispatched: BTreeMap<i64, Dispatched>,
+    /// When unused capture was last looked for.
+    last_cleanup: Option<SystemTime>,
+    /// What counts as the last check of a stream table this worker has not
+    /// checked yet: its start, or long ago when it started after waiting.
+    first_sight: SystemTime,
 }
+
+/// A refresh handed to a refresh worker.
+struct Dispatched {
+    /// The stream tables it refreshes.
+    ids: Vec<i64>,
+    /// The worker.
+    worker: DynamicBackgroundWorker,
+    /// When it was started.
+    started: SystemTime,
+    /// The interval of a duration or calculated schedule, for
+    /// `pg_trickle.auto_backoff` once the refresh's duration is known.
+    interval: Option<Duration>,
+}
+
+/// What became of a due refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    /// It succeeded here.
+    Succeeded,
+    /// It failed (recorded), or was skipped.
+    Failed,
+    /// It went to a refresh worker.
+    Dispatched,
+}
+
+/// How often the worker looks for capture no DIFFERENTIAL stream table needs
+/// any more, left behind by a role that could not remove it.
+const CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Stream tables with a duration or calculated schedule due within this time of
 /// a cycle are checked in that cycle (at most this early), so that stream tables
@@ -203,6 +280,134 @@ impl Scheduler {
             })
     }
 
+    /// Forgets the refresh workers of this worker that have finished; a stream
+    /// table whose refresh there took less than half the inline limit is
+    /// refreshed inline again. Returns the `pgt_id`s being refreshed in refresh
+    /// workers (also those started by an earlier worker of this database).
+    fn in_flight(&mut self) -> BTreeSet<i64> {
+        let limit = Duration::from_millis(guc::MAX_INLINE_REFRESH_MS.get().max(1) as u64);
+        let finished: Vec<i64> = self
+            .dispatched
+            .iter()
+            .filter(|(_, d)| matches!(d.worker.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)))
+            .map(|(first, _)| *first)
+            .collect();
+        for first in finished {
+            let Some(done) = self.dispatched.remove(&first) else { continue };
+            let took = done.started.elapsed().unwrap_or_default();
+            for id in &done.ids {
+                if took < limit / 2 {
+                    self.slow.remove(id);
+                }
+                // Running behind its schedule backs off as inline refreshes do.
+                if let (Some(interval), true) = (done.interval, guc::AUTO_BACKOFF.get()) {
+                    let factor = self.backoff.get(id).copied().unwrap_or(1);
+                    let factor = pgt_core::schedule::backoff_factor(factor, took, interval);
+                    if factor > 1 {
+                        self.backoff.insert(*id, factor);
+                    } else {
+                        self.backoff.remove(id);
+                    }
+                }
+            }
+        }
+        let mut running: BTreeSet<i64> = self.dispatched.values().flat_map(|d| d.ids.iter().copied()).collect();
+        running.extend(registry::refresh_jobs(self.dboid).iter().map(|j| j.pgt_id));
+        running
+    }
+
+    /// Whether a refresh may go to a refresh worker now: refresh workers are
+    /// allowed, one is free, and no database waits for a scheduler (its
+    /// background workers go to schedulers first).
+    fn may_dispatch(&self, in_flight: usize) -> bool {
+        let max = guc::MAX_CONCURRENT_REFRESHES.get().max(0) as usize;
+        max > 0 && in_flight < max.min(registry::MAX_REFRESH_WORKERS) && registry::waiting_databases() == 0
+    }
+
+    /// Refreshes the unit `members` (one stream table, or a diamond group in
+    /// topological order): in a refresh worker when it is known to be slow,
+    /// else here with the inline limit (and moved to a refresh worker when it
+    /// outlasts it). `interval`: the unit's schedule interval when it may back
+    /// off.
+    fn run(&mut self, members: &[&Entry], interval: Option<Duration>, in_flight: &mut BTreeSet<i64>) -> Ran {
+        let ids: Vec<i64> = members.iter().map(|e| e.pgt_id).collect();
+        let slow = ids.iter().any(|id| self.slow.contains(id));
+        let dispatchable = self.may_dispatch(self.dispatched.len().max(in_flight.len()));
+        if slow && dispatchable && self.dispatch(members, interval) {
+            in_flight.extend(ids);
+            return Ran::Dispatched;
+        }
+        let inline_limit = dispatchable.then(|| Duration::from_millis(guc::MAX_INLINE_REFRESH_MS.get().max(1) as u64));
+        match refresh_unit(members, inline_limit) {
+            UnitOutcome::Done(true) => Ran::Succeeded,
+            UnitOutcome::Done(false) => Ran::Failed,
+            UnitOutcome::OutlastedInlineLimit => {
+                pgrx::log!(
+                    "pg_trickle: refreshing {} took longer than pg_trickle.max_inline_refresh_ms; it continues in a \
+                     refresh worker",
+                    members.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                self.slow.extend(ids.iter().copied());
+                if self.dispatch(members, interval) {
+                    in_flight.extend(ids);
+                    Ran::Dispatched
+                } else if matches!(refresh_unit(members, None), UnitOutcome::Done(true)) {
+                    // No worker could be started: it ran here after all.
+                    Ran::Succeeded
+                } else {
+                    Ran::Failed
+                }
+            }
+        }
+    }
+
+    /// Starts a refresh worker for `members`; false when none could be started
+    /// (no free background worker, or too many members to name in its
+    /// argument).
+    fn dispatch(&mut self, members: &[&Entry], interval: Option<Duration>) -> bool {
+        let ids: Vec<i64> = members.iter().map(|e| e.pgt_id).collect();
+        let extra = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        // bgw_extra holds BGW_EXTRALEN (128) bytes.
+        if extra.len() >= 127 || ids.is_empty() {
+            return false;
+        }
+        let name = format!("pg_trickle refresh {}", members[0].name);
+        let worker = BackgroundWorkerBuilder::new(&name.chars().take(90).collect::<String>())
+            .set_type("pg_trickle refresh")
+            .set_library("pg_trickle")
+            .set_function("pg_trickle_refresh_main")
+            .set_argument(Some(pg_sys::Datum::from(self.dboid)))
+            .set_extra(&extra)
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(None)
+            .set_notify_pid(unsafe { pg_sys::MyProcPid })
+            .load_dynamic();
+        match worker {
+            Ok(worker) => {
+                self.dispatched.insert(ids[0], Dispatched { ids, worker, started: SystemTime::now(), interval });
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Releases capture that no DIFFERENTIAL stream table needs any more and
+    /// that the role that stopped needing it could not remove
+    /// (`cdc::release_capture_if_unused`), each in a short transaction.
+    fn clean_up_capture(&mut self, now: SystemTime) {
+        if self.last_cleanup.is_some_and(|at| now.duration_since(at).unwrap_or_default() < CLEANUP_INTERVAL) {
+            return;
+        }
+        self.last_cleanup = Some(now);
+        let unused = in_transaction(crate::cdc::unused_capture).unwrap_or_default();
+        for source in unused {
+            if let Err(e) = in_transaction(|| crate::cdc::release_capture_if_unused(source)) {
+                pgrx::log!("pg_trickle: could not release unused capture of relation {}: {e}", source.to_u32());
+            }
+        }
+    }
+
     /// One pass over the stream tables. `woken`: the latch was set since the
     /// last pass (a source changed, probably); stream tables whose interval is
     /// shorter than `poll` (`0s`) are refreshed only then, or once per `poll`.
@@ -222,6 +427,10 @@ impl Scheduler {
             }
         };
         let now = SystemTime::now();
+        // Stream tables seen from now on are checked one interval from now.
+        let first_sight = std::mem::replace(&mut self.first_sight, now);
+        self.clean_up_capture(now);
+        let mut in_flight = self.in_flight();
         let edges = pgt_core::dag::edges(all_edges.iter().filter(|(_, _, st)| *st).map(|(up, down, _)| (*up, *down)));
         let source_pairs = all_edges.iter().map(|(up, down, _)| (*up, *down));
         let nodes: BTreeSet<u32> = entries.iter().map(|e| e.relid).collect();
@@ -236,6 +445,14 @@ impl Scheduler {
         self.last_checked.retain(|id, _| known.contains(id));
         self.last_real_check.retain(|id, _| known.contains(id));
         self.backoff.retain(|id, _| known.contains(id));
+        self.slow.retain(|id| known.contains(id));
+        // Stream tables reading one that is being refreshed in a refresh
+        // worker wait for it (its exit wakes this worker).
+        let waits_for_upstream = |relid: u32, in_flight: &BTreeSet<i64>| {
+            pgt_core::dag::ancestors(&edges, relid)
+                .iter()
+                .any(|up| by_relid.get(up).is_some_and(|e| in_flight.contains(&e.pgt_id)))
+        };
         // Diamonds whose convergence stream table wants them atomic are
         // refreshed as one unit, in one REPEATABLE READ transaction.
         let groups = pgt_core::dag::diamond_groups(&pgt_core::dag::edges(source_pairs), &nodes, |r| {
@@ -253,12 +470,15 @@ impl Scheduler {
                 done.extend(members.iter().copied());
                 let group: Vec<&Entry> =
                     order.iter().filter(|r| members.contains(r)).filter_map(|r| by_relid.get(r).copied()).filter(|e| e.active).collect();
+                if group.iter().any(|e| in_flight.contains(&e.pgt_id) || waits_for_upstream(e.relid, &in_flight)) {
+                    continue;
+                }
                 let slowest = sinks.iter().any(|s| by_relid.get(s).is_some_and(|e| e.slowest));
                 let dues: Vec<SystemTime> = group
                     .iter()
                     .map(|e| {
                         let calculated = intervals.get(&e.relid).copied().unwrap_or(default);
-                        let last = *self.last_checked.entry(e.pgt_id).or_insert(now);
+                        let last = *self.last_checked.entry(e.pgt_id).or_insert(first_sight.min(now));
                         let due = e.schedule.next_due(Some(last), calculated);
                         if due.duration_since(last).unwrap_or_default() < poll && !woken {
                             due.max(last.checked_add(poll).unwrap_or(due))
@@ -280,10 +500,10 @@ impl Scheduler {
                     // a REPEATABLE READ snapshot taken before could miss: this
                     // once, refresh the members one by one, upstream first.
                     for e in &group {
-                        refresh(e);
+                        self.run(&[e], None, &mut in_flight);
                     }
                 } else {
-                    refresh_group(&group);
+                    self.run(&group, None, &mut in_flight);
                 }
                 for e in &group {
                     self.last_checked.insert(e.pgt_id, checked_at);
@@ -294,11 +514,11 @@ impl Scheduler {
                 continue;
             }
             let Some(entry) = by_relid.get(&relid) else { continue };
-            if !entry.active {
+            if !entry.active || in_flight.contains(&entry.pgt_id) || waits_for_upstream(relid, &in_flight) {
                 continue;
             }
             let calculated = intervals.get(&relid).copied().unwrap_or(default);
-            let last = *self.last_checked.entry(entry.pgt_id).or_insert(now);
+            let last = *self.last_checked.entry(entry.pgt_id).or_insert(first_sight.min(now));
             let factor = if guc::AUTO_BACKOFF.get() { self.backoff.get(&entry.pgt_id).copied().unwrap_or(1) } else { 1 };
             let mut due = entry.schedule.next_due_backed_off(Some(last), calculated, factor);
             // Shorter than the poll interval (`0s`): right after a wake, else
@@ -325,15 +545,22 @@ impl Scheduler {
             // Only a successful check vouches for the generation (a skipped busy
             // or failed one must be retried when due).
             self.checks += 1;
-            if refresh(entry) {
+            let interval = entry.schedule.next_due(Some(checked_at), calculated).duration_since(checked_at).unwrap_or_default();
+            let backs_off = matches!(entry.schedule, Schedule::Every(_) | Schedule::Calculated);
+            let ran = self.run(&[entry], backs_off.then_some(interval), &mut in_flight);
+            if ran == Ran::Succeeded {
                 self.last_real_check.insert(entry.pgt_id, (generation, checked_at));
             } else {
                 self.last_real_check.remove(&entry.pgt_id);
             }
             let took = checked_at.elapsed().unwrap_or_default();
-            let interval = entry.schedule.next_due(Some(checked_at), calculated).duration_since(checked_at).unwrap_or_default();
             let factor = pgt_core::schedule::backoff_factor(factor, took, interval);
-            if factor > 1 && matches!(entry.schedule, Schedule::Every(_) | Schedule::Calculated) {
+            if ran == Ran::Dispatched {
+                // Its duration, and so its backoff, is known when it finishes.
+                self.last_checked.insert(entry.pgt_id, checked_at);
+                continue;
+            }
+            if factor > 1 && backs_off {
                 if self.backoff.get(&entry.pgt_id).copied().unwrap_or(1) < factor {
                     pgrx::log!(
                         "pg_trickle: refreshing {} took {} ms, longer than its interval: backing off to every {} ms",
@@ -354,33 +581,82 @@ impl Scheduler {
     }
 }
 
-/// Refreshes one stream table in its own transaction; on failure records it
-/// and counts it. Returns whether it succeeded.
-fn refresh(entry: &Entry) -> bool {
-    let pgt_id = entry.pgt_id;
+/// How a unit's refresh ended.
+enum UnitOutcome {
+    /// It finished (or failed and was recorded): whether it succeeded.
+    Done(bool),
+    /// It ran past the inline limit and was cancelled, unrecorded.
+    OutlastedInlineLimit,
+}
+
+/// Refreshes `members` (one stream table, or a diamond group) in this process,
+/// cancelled after `inline_limit` if given (then unrecorded, for the caller to
+/// move it to a refresh worker) and after `pg_trickle.refresh_timeout_ms`
+/// (recorded as failed).
+fn refresh_unit(members: &[&Entry], inline_limit: Option<Duration>) -> UnitOutcome {
+    let timeout = refresh_timeout();
+    let limit = match (inline_limit, timeout) {
+        (Some(i), Some(t)) => Some(i.min(t)),
+        (i, t) => i.or(t),
+    };
     let started = SystemTime::now();
-    let outcome = in_transaction(|| {
+    let _timer = limit.map(super::timeout::StatementTimeout::arm);
+    let outcome = if members.len() == 1 { refresh_one(members[0]) } else { refresh_group(members) };
+    match outcome {
+        Ok(()) => UnitOutcome::Done(true),
+        Err((entry, failure)) => {
+            let elapsed = started.elapsed().unwrap_or_default();
+            let cancelled = failure.code == Some(PgSqlErrorCode::ERRCODE_QUERY_CANCELED);
+            let timed_out = |l: Duration| cancelled && elapsed + Duration::from_millis(5) >= l;
+            if inline_limit.is_some_and(|i| timed_out(i) && timeout.is_none_or(|t| i < t)) {
+                return UnitOutcome::OutlastedInlineLimit;
+            }
+            let failure = match timeout {
+                Some(t) if timed_out(t) => Failure {
+                    message: format!(
+                        "refresh cancelled after {} ms (pg_trickle.refresh_timeout_ms): {}",
+                        elapsed.as_millis(),
+                        failure.message
+                    ),
+                    ..failure
+                },
+                _ => failure,
+            };
+            if let Some(entry) = entry {
+                record_failure(entry, started, failure);
+            }
+            UnitOutcome::Done(false)
+        }
+    }
+}
+
+/// `pg_trickle.refresh_timeout_ms`, if set.
+fn refresh_timeout() -> Option<Duration> {
+    let ms = guc::REFRESH_TIMEOUT_MS.get();
+    (ms > 0).then(|| Duration::from_millis(ms as u64))
+}
+
+/// Refreshes one stream table in its own transaction. A failure is returned
+/// with the entry to record it against.
+fn refresh_one(entry: &Entry) -> Result<(), (Option<&Entry>, Failure)> {
+    let pgt_id = entry.pgt_id;
+    in_transaction(|| {
         // A stream table another session holds (a manual refresh left open,
         // an ALTER) is skipped this time rather than stalling the others.
         exec("SET LOCAL lock_timeout = '500ms'", &[])?;
         crate::refresh::refresh_stream_table(pgt_id, InitiatedBy::Scheduler)?;
-        exec(
-            "UPDATE pgtrickle.pgt_stream_tables SET consecutive_errors = 0 WHERE pgt_id = $1 AND consecutive_errors <> 0",
-            &[pgt_id.into()],
-        )?;
+        crate::catalog::reset_failures(&[pgt_id])?;
         Ok(())
-    });
-    let Err(failure) = outcome else { return true };
-    record_failure(entry, started, failure);
-    false
+    })
+    .map_err(|f| (Some(entry), f))
 }
 
 /// Refreshes the members of a diamond group (upstream first) in one REPEATABLE
 /// READ transaction: every member reads the sources in one snapshot, and
 /// readers see all of them change at once. A failure rolls all of them back and
-/// is recorded against the member that failed.
-fn refresh_group(group: &[&Entry]) {
-    let started = SystemTime::now();
+/// is returned with the member that failed; a serialization failure (the group
+/// was changed concurrently) is only logged, and retried at the next check.
+fn refresh_group<'a>(group: &[&'a Entry]) -> Result<(), (Option<&'a Entry>, Failure)> {
     let failed_at = std::sync::atomic::AtomicUsize::new(0);
     let ids: Vec<i64> = group.iter().map(|e| e.pgt_id).collect();
     let outcome = in_transaction_at(pg_sys::XACT_REPEATABLE_READ as i32, || {
@@ -389,20 +665,15 @@ fn refresh_group(group: &[&Entry]) {
             failed_at.store(i, std::sync::atomic::Ordering::Relaxed);
             crate::refresh::refresh_stream_table(*id, InitiatedBy::Scheduler)?;
         }
-        exec(
-            "UPDATE pgtrickle.pgt_stream_tables SET consecutive_errors = 0 WHERE pgt_id = ANY ($1) AND consecutive_errors <> 0",
-            &[ids.clone().into()],
-        )?;
+        crate::catalog::reset_failures(&ids)?;
         Ok(())
     });
-    let Err(failure) = outcome else { return };
+    let Err(failure) = outcome else { return Ok(()) };
     if failure.code == Some(PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE) {
         pgrx::log!("pg_trickle: a diamond group was changed concurrently; refreshing it later");
-        return;
+        return Err((None, failure));
     }
-    if let Some(entry) = group.get(failed_at.load(std::sync::atomic::Ordering::Relaxed)) {
-        record_failure(entry, started, failure);
-    }
+    Err((group.get(failed_at.load(std::sync::atomic::Ordering::Relaxed)).copied(), failure))
 }
 
 /// Records a failed scheduled refresh of `entry` and counts it; suspends the
@@ -417,21 +688,12 @@ fn record_failure(entry: &Entry, started: SystemTime, failure: Failure) {
     let message = failure.message;
     let start_time = started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
     let recorded = in_transaction(|| {
-        exec(
-            "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, start_time, end_time, action, status, error_message, initiated_by) \
-             SELECT st.pgt_id, pg_catalog.to_timestamp($2), pg_catalog.clock_timestamp(), st.effective_refresh_mode, 'FAILED', $3, 'SCHEDULER' \
-             FROM pgtrickle.pgt_stream_tables st WHERE st.pgt_id = $1",
-            &[pgt_id.into(), start_time.into(), message.clone().into()],
-        )?;
-        let errors = query_one::<i32>(
-            "UPDATE pgtrickle.pgt_stream_tables SET consecutive_errors = consecutive_errors + 1, updated_at = pg_catalog.now() \
-             WHERE pgt_id = $1 RETURNING consecutive_errors",
-            &[pgt_id.into()],
-        )?
-        .unwrap_or(0);
+        crate::catalog::insert_failed_refresh(pgt_id, start_time, &message)?;
+        let errors = crate::catalog::count_failure(pgt_id)?;
         let limit = guc::MAX_CONSECUTIVE_ERRORS.get();
         if limit > 0 && errors >= limit {
-            exec("UPDATE pgtrickle.pgt_stream_tables SET status = 'SUSPENDED' WHERE pgt_id = $1", &[pgt_id.into()])?;
+            // Suspended, it lets go of its sources' change buffers.
+            crate::catalog::set_status(pgt_id, "SUSPENDED")?;
             return Ok(Some(errors));
         }
         Ok(None)
@@ -446,6 +708,40 @@ fn record_failure(entry: &Entry, started: SystemTime, failure: Failure) {
         Ok(None) => pgrx::log!("pg_trickle: scheduled refresh of {} failed: {message}", entry.name),
         Err(e) => pgrx::log!("pg_trickle: could not record the failed refresh of {}: {e} (refresh error: {message})", entry.name),
     }
+}
+
+/// A refresh worker: started by a database's scheduler with the database OID
+/// as argument and the `pgt_id`s to refresh (one stream table, or a diamond
+/// group in topological order) as its extra data. Refreshes them exactly as the
+/// scheduler would (recorded with `initiated_by = 'SCHEDULER'`, failures
+/// counted), under `pg_trickle.refresh_timeout_ms`, and exits. It is listed in
+/// the registry while it runs, so the scheduler does not start the same
+/// refresh twice and `DROP DATABASE` can stop it.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn pg_trickle_refresh_main(arg: pg_sys::Datum) {
+    let dboid = arg.value() as u32;
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    unsafe { pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
+    let ids: Vec<i64> = BackgroundWorker::get_extra().split(',').filter_map(|i| i.trim().parse().ok()).collect();
+    let Some(first) = ids.first().copied() else { return };
+    if registry::stop_requested(dboid) || !registry::register_refresh_job(dboid, first) {
+        return;
+    }
+    unsafe { pg_sys::before_shmem_exit(Some(on_refresh_exit), pg_sys::Datum::from(dboid)) };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    let Ok(entries) = in_transaction(stream_tables) else { return };
+    let members: Vec<&Entry> = ids.iter().filter_map(|id| entries.iter().find(|e| e.pgt_id == *id)).filter(|e| e.active).collect();
+    if members.is_empty() {
+        return;
+    }
+    let _ = refresh_unit(&members, None);
+}
+
+/// Forgets the exiting refresh worker in the registry (any exit).
+#[pg_guard]
+unsafe extern "C-unwind" fn on_refresh_exit(_code: i32, arg: pg_sys::Datum) {
+    registry::unregister_refresh_job(arg.value() as u32);
 }
 
 fn has_extension() -> PgtResult<bool> {

@@ -96,7 +96,16 @@ unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Transl
     if let Some(volatile) = functions_of_volatility(&facts, 'v')? {
         unsupported!("volatile functions ({volatile})");
     }
-    Ok(translate_tree(q)?.map(|plan| Translation { plan, facts }))
+    let plan = match translate_tree(q)? {
+        Ok(plan) => plan,
+        Err(u) => return Ok(Err(u)),
+    };
+    if plan.relations().is_empty() {
+        // Nothing to capture: no change could ever reach a refresh, while the
+        // result may still change (now(), pg_current_xact_id()).
+        unsupported!("a query that reads no table (there is nothing to capture; every refresh recomputes it)");
+    }
+    Ok(Ok(Translation { plan, facts }))
 }
 
 /// The plan of rewritten query `q` (views expanded, CTEs inlined).
@@ -292,7 +301,9 @@ fn functions_of_volatility(facts: &walker::QueryFacts, class: char) -> PgtResult
 }
 
 /// Columns, key and types of relation `relid`; the first field names a reason the
-/// relation cannot be a differential input.
+/// relation cannot be a differential input. (What the stream table's owner may
+/// read of it is decided by `crate::cdc::differential_blocker`, not here: the
+/// translation is about the query alone.)
 pub(crate) fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, RelationInfo)> {
     let name = crate::parse::relation_name(relid)?;
     let attrs = query_map(
@@ -329,20 +340,6 @@ pub(crate) fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, Re
             columns.push(Some(attname.clone()));
             types.push((*typ, *typmod, *coll));
         }
-    }
-    let guarded = query_one::<bool>(
-        "SELECT c.relrowsecurity AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles \
-                                          WHERE oid = current_user::pg_catalog.regrole) \
-         FROM pg_catalog.pg_class c WHERE c.oid = $1",
-        &[relid.into()],
-    )?
-    .unwrap_or(false);
-    if guarded {
-        reason = Some(format!("row-level security on {name}"));
-    }
-    let readable = query_one::<bool>("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", &[relid.into()])?.unwrap_or(false);
-    if !readable {
-        reason = Some(format!("sources the owner cannot read directly ({name}; column privileges only, or reached through a view)"));
     }
     let key_attnums = key_attnums(relid)?;
     let key = key_attnums

@@ -128,6 +128,18 @@ impl Cluster {
         Cluster::ensure_started(paths, &dir, &opts).unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"))
     }
 
+    /// A cluster of its own for one test that needs other server settings
+    /// (`extra_conf`), in a fresh folder under `$PGT_HOME` named after `name`;
+    /// stopped and removed when the returned guard is dropped.
+    pub fn dedicated(name: &str, extra_conf: Vec<String>) -> DedicatedCluster {
+        let paths = Paths::from_env().unwrap_or_else(|e| panic!("{e}"));
+        let dir = paths.home.join(format!("e2e-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let opts = ClusterOptions { durable: false, extra_conf };
+        let cluster = Cluster::ensure_started(paths, &dir, &opts).unwrap_or_else(|e| panic!("cannot start cluster {name}: {e}"));
+        DedicatedCluster { cluster }
+    }
+
     /// Opens the cluster in `dir`: initialises it if there is none, starts it if it
     /// is not running (or restarts it if the installed extension changed), and
     /// returns it. Safe to call from several processes at once.
@@ -244,6 +256,28 @@ impl Cluster {
     /// `psql` command line that reaches database `db`.
     pub fn psql_command(&self, db: &str) -> String {
         format!("{} -h 127.0.0.1 -p {} -U postgres {}", self.paths.bin_dir.join("psql").display(), self.port, db)
+    }
+}
+
+/// A cluster started by [`Cluster::dedicated`]; stopped and its folder removed
+/// on drop (kept, with its log, when the test fails).
+pub struct DedicatedCluster {
+    /// The running cluster.
+    pub cluster: Cluster,
+}
+
+impl Drop for DedicatedCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("cluster kept for inspection: {}", self.cluster.dir.display());
+            let log = fs::read_to_string(self.cluster.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of its server log ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        let _ = Cluster::stop_dir(&self.cluster.paths, &self.cluster.dir);
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.cluster.dir);
+        }
     }
 }
 

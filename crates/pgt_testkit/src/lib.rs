@@ -19,7 +19,7 @@ mod cluster;
 mod compare;
 mod testdb;
 
-pub use cluster::{Cluster, ClusterOptions, Paths};
+pub use cluster::{Cluster, ClusterOptions, DedicatedCluster, Paths};
 pub use compare::{assert_st_matches_query, multiset_difference, visible_columns};
 pub use testdb::{expect_error as testdb_expect_error, sqlstate, TestDb};
 

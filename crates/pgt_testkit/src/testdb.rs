@@ -77,6 +77,22 @@ impl TestDb {
         (client, notices)
     }
 
+    /// A connection to this database as `role` whose NOTICE/WARNING messages are
+    /// collected (see [`TestDb::connect_collecting_notices`]).
+    pub fn connect_as_collecting_notices(&self, role: &str) -> (Client, Notices) {
+        let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let mut config: postgres::Config = self.cluster.conninfo(&self.name).parse().expect("parse conninfo");
+        config.user(role);
+        config.notice_callback(move |n| {
+            if let Ok(mut list) = sink.lock() {
+                list.push((n.severity().to_string(), n.message().to_string()));
+            }
+        });
+        let client = config.connect(postgres::NoTls).expect("connect to the test database");
+        (client, notices)
+    }
+
     /// A connection to this database as `role` (which must have LOGIN).
     pub fn connect_as(&self, role: &str) -> Client {
         self.cluster.connect_as(&self.name, role).unwrap_or_else(|e| panic!("connect as {role}: {e}"))

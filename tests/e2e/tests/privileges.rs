@@ -39,7 +39,7 @@ fn non_superuser_ordinary_ddl_and_dml_are_unaffected() {
          DROP INDEX mine_v;
          DROP TABLE mine;
          DROP SCHEMA alice_space CASCADE;
-         SELECT * FROM pgtrickle.pgt_stream_tables;",
+         SELECT pgt_id, defining_query, status FROM pgtrickle.pgt_stream_tables;",
     )
     .unwrap_or_else(|e| panic!("alice's ordinary work failed: {e:?}"));
     drop(a);
@@ -57,7 +57,9 @@ fn non_superuser_creates_and_owns_stream_tables() {
     b.batch_execute(&format!(
         "CREATE TABLE bobs (id int PRIMARY KEY, amount int);
          INSERT INTO bobs SELECT g, g FROM generate_series(1, 10) g;
-         GRANT SELECT ON bobs TO \"{alice}\";"
+         -- SELECT to read it; TRIGGER lets alice start change capture on it
+         -- (without it, her stream table would refresh FULL).
+         GRANT SELECT, TRIGGER ON bobs TO \"{alice}\";"
     ))
     .unwrap();
     let mut a = db.connect_as(&alice);
@@ -69,6 +71,8 @@ fn non_superuser_creates_and_owns_stream_tables() {
     .unwrap_or_else(|e| panic!("alice cannot create a stream table: {e:?}"));
     let owner: String = db.scalar("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'joined'::regclass", &[]);
     assert_eq!(owner, alice);
+    let mode: String = db.scalar("SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables", &[]);
+    assert_eq!(mode, "DIFFERENTIAL");
     // Bob writes to his table; capture works although bob cannot see pgtrickle_changes.
     b.batch_execute("UPDATE bobs SET amount = amount * 10; INSERT INTO bobs VALUES (0, 7)").unwrap();
     let buffer: String = db.scalar("SELECT 'pgtrickle_changes.changes_' || 'bobs'::regclass::oid::text", &[]);
