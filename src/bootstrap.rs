@@ -22,6 +22,13 @@ REVOKE ALL ON SCHEMA pgtrickle_changes FROM PUBLIC;
 -- on the buffers themselves.
 GRANT USAGE ON SCHEMA pgtrickle_changes TO PUBLIC;
 
+-- Intermediate state of stream tables whose operators keep one (an aggregate
+-- in a subquery: src/storage.rs, pgt_delta::node): pg_trickle's tables; the
+-- owner of each stream table is granted what its refreshes need on its own.
+CREATE SCHEMA pgtrickle_state;
+REVOKE ALL ON SCHEMA pgtrickle_state FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgtrickle_state TO PUBLIC;
+
 -- One row per stream table.
 CREATE TABLE pgtrickle.pgt_stream_tables (
     pgt_id                    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -156,15 +163,18 @@ GRANT SELECT (refresh_id, pgt_id, start_time, end_time, action, rows_inserted, r
 -- Whether the current role may see the error text of stream table `st`'s
 -- refreshes: it has the privileges of the stream table's owner (or is a
 -- superuser), or it may read every relation the stream table reads, without
--- row-level security hiding rows from it.
+-- row-level security hiding rows from it. A stream table that reads no
+-- relation (its values come from functions) shows errors to its owner only.
 CREATE FUNCTION pgtrickle._may_see_refresh_errors(st oid) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE')
-        OR NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d
-                       JOIN pgtrickle.pgt_stream_tables s USING (pgt_id)
-                       WHERE s.pgt_relid = st
-                         AND (NOT pg_catalog.has_table_privilege(d.source_relid, 'SELECT')
-                              OR pg_catalog.row_security_active(d.source_relid)))
+        OR (EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables s USING (pgt_id)
+                    WHERE s.pgt_relid = st)
+            AND NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d
+                            JOIN pgtrickle.pgt_stream_tables s USING (pgt_id)
+                            WHERE s.pgt_relid = st
+                              AND (NOT pg_catalog.has_table_privilege(d.source_relid, 'SELECT')
+                                   OR pg_catalog.row_security_active(d.source_relid))))
     FROM pg_catalog.pg_class c WHERE c.oid = st
 $$;
 
@@ -201,7 +211,7 @@ pgrx::extension_sql!(
     r#"
 -- Internal entry points: not for PUBLIC.
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[], boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._wake_scheduler() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_privileges_changed() FROM PUBLIC;
 
@@ -213,8 +223,9 @@ CREATE FUNCTION pgtrickle._guard_stream_table() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT pgtrickle._stream_table_write_in_progress() THEN
-        RAISE EXCEPTION 'cannot change stream table %.%', pg_catalog.quote_ident(TG_TABLE_SCHEMA),
-                        pg_catalog.quote_ident(TG_TABLE_NAME)
+        RAISE EXCEPTION 'cannot change % %.%',
+                        CASE WHEN TG_TABLE_SCHEMA = 'pgtrickle_state' THEN 'pg_trickle state table' ELSE 'stream table' END,
+                        pg_catalog.quote_ident(TG_TABLE_SCHEMA), pg_catalog.quote_ident(TG_TABLE_NAME)
             USING ERRCODE = '42809',
                   DETAIL = 'Its contents are the result of its defining query; pg_trickle''s refreshes write them.',
                   HINT = 'Change its sources, or its query with pgtrickle.alter_stream_table().';
@@ -265,7 +276,7 @@ BEGIN
         lost_columns := ARRAY(SELECT c FROM pg_catalog.unnest(lost_columns) c
                               WHERE dropped IS NULL OR c <> ALL (dropped));
         IF pgtrickle._any_captured(lost_columns) THEN
-            PERFORM pgtrickle._on_relations_changed(lost_columns, false);
+            PERFORM pgtrickle._on_relations_changed(lost_columns, false, TG_TAG);
         END IF;
     END IF;
     -- DROP INDEX alone (its table is no longer known here) may remove the key a
@@ -278,7 +289,7 @@ BEGIN
         changed := ARRAY(SELECT ct.source_relid FROM pgtrickle.pgt_change_tracking ct
                          WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = ct.source_relid));
         IF pg_catalog.cardinality(changed) > 0 THEN
-            PERFORM pgtrickle._on_relations_changed(changed, false);
+            PERFORM pgtrickle._on_relations_changed(changed, false, TG_TAG);
         END IF;
     END IF;
     -- A capture trigger or a stream table's guard trigger dropped by the owner
@@ -296,7 +307,7 @@ BEGIN
         IF pg_catalog.cardinality(changed) > 0
            AND (pgtrickle._any_captured(changed)
                 OR EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ANY (changed))) THEN
-            PERFORM pgtrickle._on_relations_changed(changed, false);
+            PERFORM pgtrickle._on_relations_changed(changed, false, TG_TAG);
         END IF;
     END IF;
 END
@@ -320,7 +331,8 @@ DECLARE
 BEGIN
     -- Privileges changed: who needs, and may have, a change buffer follows.
     IF TG_TAG IN ('GRANT', 'REVOKE') THEN
-        IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking) THEN
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() c WHERE c.object_type = 'TABLE')
+           AND EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking) THEN
             PERFORM pgtrickle._on_privileges_changed();
         END IF;
         RETURN;
@@ -357,8 +369,12 @@ BEGIN
                                                   pg_catalog.pg_partition_tree(r.relid) t)
                      OR d.source_relid IN (SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = ANY (changed))
                      OR d.source_relid IN (SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = ANY (changed)))
-       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ANY (changed)) THEN
-        PERFORM pgtrickle._on_relations_changed(changed, true);
+       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ANY (changed))
+       -- A stream table made a partition or inheritance child or parent (ATTACH
+       -- PARTITION and CREATE TABLE ... INHERITS report the other table).
+       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables st JOIN pg_catalog.pg_inherits i
+                  ON i.inhrelid = st.pgt_relid OR i.inhparent = st.pgt_relid) THEN
+        PERFORM pgtrickle._on_relations_changed(changed, true, TG_TAG);
     END IF;
 END
 $$;

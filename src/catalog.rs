@@ -66,6 +66,14 @@ pub struct StreamTable {
     pub differential_blocker: Option<String>,
 }
 
+impl StreamTable {
+    /// The tables its maintenance writes: the stream table and its
+    /// intermediate state tables.
+    pub fn tables(&self) -> pgt_delta::Tables {
+        pgt_delta::Tables { stream_table: self.name.to_sql(), pgt_id: self.pgt_id }
+    }
+}
+
 const SELECT_STREAM_TABLE: &str = "\
 SELECT st.pgt_id, st.pgt_relid, n.nspname::text, c.relname::text, c.relowner, \
        st.defining_query, st.original_query, st.schedule, st.refresh_mode, \
@@ -337,6 +345,19 @@ pub fn reset_failures(pgt_ids: &[i64]) -> PgtResult<()> {
     })
 }
 
+/// Marks every stream table reading `source_relid` for reinitialization at
+/// its next refresh (its frontier cleared).
+pub fn mark_readers_need_reinit(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            "UPDATE pgtrickle.pgt_stream_tables SET needs_reinit = true, frontier = NULL, frontier_xid = NULL, \
+               frontier_cid = NULL WHERE pgt_id IN (SELECT pgt_id FROM pgtrickle.pgt_dependencies WHERE source_relid = $1)",
+            &[source_relid.into()],
+        )?;
+        Ok(())
+    })
+}
+
 /// Clears the frontier of every stream table reading `source_relid`: changes
 /// to it may have gone uncaptured, so none of them can trust its pending
 /// changes; each recomputes at its next refresh.
@@ -379,7 +400,7 @@ pub fn replace_dependencies(pgt_id: i64, sources: &[SourceRelation]) -> PgtResul
             let columns = match &s.columns_read {
                 Some(read) if s.kind != SourceKind::View => {
                     let mut columns = read.clone();
-                    columns.extend(crate::translate::key_attnums(s.relid)?);
+                    columns.extend(crate::objects::key_attnums(s.relid)?);
                     columns.sort_unstable();
                     columns.dedup();
                     Some(columns)

@@ -56,16 +56,10 @@ use pgrx::PgSqlErrorCode;
 use pgt_core::frontier::consumed_by_frontier_sql;
 use pgt_core::ident::{quote_ident, quote_literal, QualifiedName};
 
-/// Schema holding change buffers and capture functions.
-pub const CHANGES_SCHEMA: &str = "pgtrickle_changes";
+pub use crate::objects::{buffer_name, CHANGES_SCHEMA};
 
 /// The change buffer's own columns; a source column may not have these names.
 pub const BUFFER_META_COLUMNS: [&str; 2] = ["__pgt_txid", "__pgt_action"];
-
-/// Name of the change buffer of source `source_relid`.
-pub fn buffer_name(source_relid: pg_sys::Oid) -> QualifiedName {
-    QualifiedName::new(CHANGES_SCHEMA, format!("changes_{}", source_relid.to_u32()))
-}
 
 fn capture_function_name(source_relid: pg_sys::Oid) -> QualifiedName {
     QualifiedName::new(CHANGES_SCHEMA, format!("capture_{}", source_relid.to_u32()))
@@ -156,8 +150,10 @@ fn relation_tree(relid: pg_sys::Oid) -> PgtResult<Vec<pg_sys::Oid>> {
 /// is captured.
 ///
 /// # Errors
-/// 42939 when a source column is named like a buffer meta column.
-pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
+/// 42939 when a source column is named like a buffer meta column; 42501 when
+/// `owner` (the stream table's) may not start capture there
+/// ([`may_start_capture`]) and no capture exists.
+pub fn ensure_capture(source_relid: pg_sys::Oid, owner: pg_sys::Oid) -> PgtResult<()> {
     let _internal = InternalDdl::begin();
     as_extension_owner(|| {
         lock_source(source_relid, false)?;
@@ -165,6 +161,16 @@ pub fn ensure_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
             return Ok(());
         }
         let source = relation_name(source_relid)?;
+        // Decided before, but capture may have gone since (a concurrent drop):
+        // only a role that could create triggers here may start it again.
+        if !may_start_capture(source_relid, owner)? {
+            return Err(PgtError::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("capturing changes of {source} may not be started by role {}", role_name(owner)?),
+            )
+            .detail("The capture this stream table would have used was removed meanwhile.")
+            .hint("Ask the table's owner to grant TRIGGER on it, or use refresh_mode => 'FULL'."));
+        }
         let columns = checked_columns(source_relid, &source)?;
         let extension = extension_oid()?;
         let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
@@ -319,7 +325,7 @@ fn alter_buffer(
 /// the stream tables reading the source recompute, with a new plan.
 fn signature(source_relid: pg_sys::Oid, columns: &[CapturedColumn]) -> PgtResult<String> {
     let columns = columns.iter().map(|c| format!("{}:{}", quote_ident(&c.name), c.sql_type)).collect::<Vec<_>>().join(",");
-    let key = crate::translate::key_attnums(source_relid)?.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let key = crate::objects::key_attnums(source_relid)?.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     Ok(format!("{columns};key:{key}"))
 }
 
@@ -844,11 +850,46 @@ pub fn release_capture_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
     })
 }
 
+/// Captured sources whose change buffer's grants differ from the roles that
+/// need and may have them ([`sync_buffer_grants`]): after changes no event
+/// reports (role memberships, BYPASSRLS). One query, for the scheduler's
+/// housekeeping.
+pub fn stale_buffer_grants() -> PgtResult<Vec<pg_sys::Oid>> {
+    query_map(
+        "SELECT ct.source_relid FROM pgtrickle.pgt_change_tracking ct \
+         WHERE EXISTS ((SELECT a.grantee FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
+                        WHERE c.oid = ct.buffer_relid AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner \
+                        EXCEPT \
+                        SELECT r.oid FROM pgtrickle.pgt_dependencies d \
+                        JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+                        JOIN pg_catalog.pg_class sc ON sc.oid = st.pgt_relid \
+                        JOIN pg_catalog.pg_roles r ON r.oid = sc.relowner \
+                        JOIN pg_catalog.pg_class s ON s.oid = d.source_relid \
+                        WHERE d.source_relid = ct.source_relid AND st.effective_refresh_mode = 'DIFFERENTIAL' AND NOT r.rolsuper \
+                          AND pg_catalog.has_table_privilege(r.oid, s.oid, 'SELECT') \
+                          AND NOT (s.relrowsecurity AND NOT (r.rolbypassrls \
+                                   OR (pg_catalog.pg_has_role(r.oid, s.relowner, 'USAGE') AND NOT s.relforcerowsecurity))))) \
+         ORDER BY 1",
+        &[],
+        |row| col(row, 1),
+    )
+}
+
 /// Captured sources that no DIFFERENTIAL stream table reads any more (capture
 /// left behind by a role that could not remove it): the scheduler releases
 /// them.
 pub fn unused_capture() -> PgtResult<Vec<pg_sys::Oid>> {
     catalog::unused_captured_sources()
+}
+
+/// Holds the lock on capture of `source_relid` until the end of the
+/// transaction ([`lock_source`]): trims of its buffer skip meanwhile. A refresh
+/// that starts a stream table's frontier afresh (it had none) takes it before its
+/// snapshot, because until it commits no frontier holds the buffer's rows for
+/// that stream table: a concurrent refresh of another stream table could trim
+/// rows committed after the snapshot, which this one will need next time.
+pub fn hold_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    lock_source(source_relid, false).map(|_| ())
 }
 
 /// Deletes the change-buffer rows of `source_relid` that every consumer's frontier

@@ -56,11 +56,18 @@ struct Concerned {
 /// # Errors
 /// 2BP01 (dependent_objects_still_exist) when `pg_trickle.block_source_ddl` is on
 /// and a stream table is concerned; the DDL is rolled back.
-pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) -> PgtResult<()> {
+pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool, command_tag: &str) -> PgtResult<()> {
     if crate::activity::internal_ddl_in_progress() {
         return Ok(());
     }
-    let rewritten = if in_ddl_command_end { rewritten_columns()? } else { Vec::new() };
+    let collected = if in_ddl_command_end { collected_subcommands()? } else { Vec::new() };
+    let rewritten: Vec<(pg_sys::Oid, i16)> =
+        collected.iter().filter(|c| c.rewrites).filter_map(|c| c.column.map(|a| (c.relid, a))).collect();
+    // Whether this command itself could have switched capture triggers off:
+    // then their repair, at its end, means no write went uncaptured.
+    let touches_triggers =
+        matches!(command_tag, "ALTER TRIGGER" | "CREATE TRIGGER" | "DROP TRIGGER") || collected.iter().any(|c| c.triggers);
+    refuse_stream_table_reshaping(relids, &rewritten)?;
     // Stream tables the command touched: their guard trigger comes back if it
     // was dropped or disabled, and a new owner gets the change buffers its
     // refreshes read.
@@ -72,6 +79,7 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
             for dep in catalog::dependencies(st.pgt_id)? {
                 cdc::sync_buffer_grants(dep.source_relid)?;
             }
+            crate::storage::sync_state_grants(st.pgt_id, st.owner)?;
         }
     }
     let mut sources: Vec<pg_sys::Oid> = Vec::new();
@@ -96,6 +104,15 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool) ->
                 "{repaired}; pg_trickle put it back: stream tables read {} and every change to it must be captured",
                 crate::parse::relation_name(source)?
             );
+        }
+        if !sync.repaired.is_empty() && !touches_triggers {
+            // Switched off earlier, where no event trigger saw it (a superuser
+            // with event_triggers = off): writes may have gone uncaptured.
+            pgrx::warning!(
+                "capture of {} had been switched off; the stream tables reading it recompute in full at their next refresh",
+                crate::parse::relation_name(source)?
+            );
+            catalog::clear_frontiers_of_readers(source)?;
         }
         // Row-level security switched, or a new owner: who may have the buffer.
         cdc::sync_buffer_grants(source)?;
@@ -210,7 +227,7 @@ fn why_concerned(
 /// The row-identity key of `relid` now (column names, in key order), as the
 /// translation chooses it; empty when it has none.
 fn current_key(relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
-    let attnums = crate::translate::key_attnums(relid)?;
+    let attnums = crate::objects::key_attnums(relid)?;
     crate::spi::query_map(
         "SELECT a.attname::text FROM pg_catalog.unnest($2::int2[]) WITH ORDINALITY k(attnum, n) \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum ORDER BY k.n",
@@ -311,12 +328,25 @@ fn keep_differential(pgt_id: i64, plan: Option<Plan>, source: pg_sys::Oid, sync:
     Ok(())
 }
 
-/// Columns whose values the commands being reported rewrote in place, as
-/// (relation, attribute number): `ALTER COLUMN ... TYPE` (also to the same type
-/// with USING) and `ALTER COLUMN ... SET EXPRESSION`. Read from the collected
-/// commands of `pg_event_trigger_ddl_commands()` (`tcop/deparse_utility.h`):
-/// each ALTER TABLE subcommand carries the address of the column it changed.
-fn rewritten_columns() -> PgtResult<Vec<(pg_sys::Oid, i16)>> {
+/// One ALTER TABLE subcommand of the command being reported, as the DDL
+/// handling needs it.
+struct Subcommand {
+    /// The relation it changed.
+    relid: pg_sys::Oid,
+    /// The column it changed, if any.
+    column: Option<i16>,
+    /// It rewrote a column's values in place: `ALTER COLUMN ... TYPE` (also to
+    /// the same type, with USING) or `SET EXPRESSION`.
+    rewrites: bool,
+    /// It enabled or disabled triggers.
+    triggers: bool,
+}
+
+/// The ALTER TABLE subcommands of the commands being reported, read from the
+/// collected commands of `pg_event_trigger_ddl_commands()`
+/// (`tcop/deparse_utility.h`): each carries the address of what it changed.
+fn collected_subcommands() -> PgtResult<Vec<Subcommand>> {
+    use pg_sys::AlterTableType as T;
     Spi::connect_mut(|client| {
         let mut table = client.update(
             "SELECT command FROM pg_catalog.pg_event_trigger_ddl_commands() \
@@ -334,6 +364,7 @@ fn rewritten_columns() -> PgtResult<Vec<(pg_sys::Oid, i16)>> {
                 if command.is_null() || (*command).type_ != pg_sys::CollectedCommandType::SCT_AlterTable {
                     continue;
                 }
+                let relid = (*command).d.alterTable.objectId;
                 let subcommands = pgrx::PgList::<pg_sys::CollectedATSubcmd>::from_pg((*command).d.alterTable.subcmds);
                 for sub in subcommands.iter_ptr() {
                     let parsetree = (*sub).parsetree;
@@ -341,15 +372,73 @@ fn rewritten_columns() -> PgtResult<Vec<(pg_sys::Oid, i16)>> {
                         continue;
                     }
                     let subtype = (*(parsetree as *mut pg_sys::AlterTableCmd)).subtype;
-                    let rewrites = subtype == pg_sys::AlterTableType::AT_AlterColumnType
-                        || subtype == pg_sys::AlterTableType::AT_SetExpression;
                     let address = (*sub).address;
-                    if rewrites && address.classId == pg_sys::RelationRelationId && address.objectSubId > 0 {
-                        out.push((address.objectId, address.objectSubId as i16));
-                    }
+                    let column = (address.classId == pg_sys::RelationRelationId && address.objectSubId > 0)
+                        .then_some(address.objectSubId as i16);
+                    out.push(Subcommand {
+                        relid: if address.classId == pg_sys::RelationRelationId && address.objectId != pg_sys::InvalidOid {
+                            address.objectId
+                        } else {
+                            relid
+                        },
+                        column,
+                        rewrites: subtype == T::AT_AlterColumnType || subtype == T::AT_SetExpression,
+                        triggers: [
+                            T::AT_EnableTrig,
+                            T::AT_EnableAlwaysTrig,
+                            T::AT_EnableReplicaTrig,
+                            T::AT_DisableTrig,
+                            T::AT_EnableTrigAll,
+                            T::AT_DisableTrigAll,
+                            T::AT_EnableTrigUser,
+                            T::AT_DisableTrigUser,
+                        ]
+                        .contains(&subtype),
+                    });
                 }
             }
         }
         Ok::<_, PgtError>(out)
     })
+}
+
+/// Refuses DDL that would make a stream table's contents something else than
+/// its query's result, as PostgreSQL refuses it on a materialized view: its
+/// columns added, dropped, renamed or retyped (`ALTER COLUMN ... TYPE ...
+/// USING` rewrites its rows), or the table joined to an inheritance tree or
+/// partitioned table (statements on the parent would change its rows without
+/// its guard trigger firing, and its rows would show in the parent's).
+///
+/// # Errors
+/// 42809 (wrong_object_type), naming the stream table.
+fn refuse_stream_table_reshaping(relids: &[pg_sys::Oid], rewritten: &[(pg_sys::Oid, i16)]) -> PgtResult<()> {
+    let inheriting = crate::spi::query_map(
+        "SELECT DISTINCT st.pgt_relid FROM pgtrickle.pgt_stream_tables st JOIN pg_catalog.pg_inherits i \
+           ON i.inhrelid = st.pgt_relid OR i.inhparent = st.pgt_relid",
+        &[],
+        |row| crate::spi::col::<pg_sys::Oid>(row, 1),
+    )?;
+    let refuse = |relid: pg_sys::Oid, what: &str| -> PgtResult<()> {
+        let name = crate::parse::relation_name(relid)?;
+        Err(PgtError::new(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("cannot {what} stream table {name}"))
+            .detail("Its rows are the result of its defining query; pg_trickle's refreshes write them.")
+            .hint("Change its query with pgtrickle.alter_stream_table(name, query => ...)."))
+    };
+    if let Some(relid) = inheriting.first() {
+        return refuse(*relid, "make an inheritance parent, child or partition of");
+    }
+    for relid in relids {
+        let Some(st) = catalog::stream_table_by_relid(*relid)? else { continue };
+        if rewritten.iter().any(|(r, _)| *r == st.relid) {
+            return refuse(st.relid, "rewrite the columns of");
+        }
+        let analyzed = crate::parse::analyze_defining_query(&st.defining_query, catalog::is_stream_table)?;
+        let plan = st.delta_plan.as_deref().and_then(|p| Plan::from_json(p).ok());
+        let same = crate::storage::visible_columns(st.relid)? == crate::storage::columns_for(&analyzed)?
+            && (plan.is_none() || crate::storage::hidden_columns(st.relid)? == crate::storage::plan_hidden_columns(plan.as_ref()));
+        if !same {
+            return refuse(st.relid, "change the columns of");
+        }
+    }
+    Ok(())
 }

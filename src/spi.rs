@@ -124,6 +124,43 @@ impl StatementSnapshot {
         })
     }
 
+    /// Runs a query in this snapshot and maps every row with `f` (typed values,
+    /// read as the query's column types).
+    pub fn query_map<R>(&self, sql: &str, mut f: impl FnMut(&SnapshotRow) -> PgtResult<R>) -> PgtResult<Vec<R>> {
+        let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
+        Spi::connect_mut(|_client| unsafe {
+            let plan = pg_sys::SPI_prepare(csql.as_ptr(), 0, std::ptr::null_mut());
+            if plan.is_null() {
+                let code = pg_sys::SPI_result;
+                return Err(PgtError::internal(format!("SPI_prepare failed with code {code}")));
+            }
+            let rc = pg_sys::SPI_execute_snapshot(
+                plan,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                self.snapshot,
+                std::ptr::null_mut(),
+                false,
+                true,
+                0,
+            );
+            if rc < 0 {
+                pg_sys::SPI_freeplan(plan);
+                return Err(PgtError::internal(format!("SPI_execute_snapshot failed with code {rc}")));
+            }
+            let mut out = Vec::new();
+            let tuptable = pg_sys::SPI_tuptable;
+            if !tuptable.is_null() {
+                for i in 0..pg_sys::SPI_processed as usize {
+                    let row = SnapshotRow { tuple: *(*tuptable).vals.add(i), tupdesc: (*tuptable).tupdesc };
+                    out.push(f(&row)?);
+                }
+            }
+            pg_sys::SPI_freeplan(plan);
+            Ok(out)
+        })
+    }
+
     /// Executes a statement in this snapshot; returns the rows it processed.
     pub fn exec(&self, sql: &str) -> PgtResult<u64> {
         Ok(self.run(sql)?.0)
@@ -132,6 +169,33 @@ impl StatementSnapshot {
     /// Runs a one-value query in this snapshot and returns the value as text.
     pub fn query_text(&self, sql: &str) -> PgtResult<Option<String>> {
         Ok(self.run(sql)?.1)
+    }
+}
+
+/// A row of [`StatementSnapshot::query_map`].
+pub struct SnapshotRow {
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+}
+
+impl SnapshotRow {
+    /// Column `ordinal` (1-based) as `T`; `None` for NULL.
+    pub fn get<T: FromDatum>(&self, ordinal: usize) -> PgtResult<Option<T>> {
+        unsafe {
+            let natts = (*self.tupdesc).natts as usize;
+            if ordinal == 0 || ordinal > natts {
+                return Err(PgtError::internal(format!("column {ordinal} of a {natts}-column result")));
+            }
+            let mut is_null = false;
+            let datum = pg_sys::SPI_getbinval(self.tuple, self.tupdesc, ordinal as i32, &mut is_null);
+            let typoid = pg_sys::SPI_gettypeid(self.tupdesc, ordinal as i32);
+            Ok(T::from_polymorphic_datum(datum, is_null, typoid))
+        }
+    }
+
+    /// Column `ordinal` (1-based), which must not be NULL.
+    pub fn col<T: FromDatum>(&self, ordinal: usize) -> PgtResult<T> {
+        self.get(ordinal)?.ok_or_else(|| PgtError::internal(format!("unexpected NULL in column {ordinal}")))
     }
 }
 

@@ -178,6 +178,7 @@ pub fn plan_hidden_columns(plan: Option<&Plan>) -> Vec<StorageColumn> {
 /// needs with another type, then adds the missing ones; the caller recomputes
 /// every row afterwards.
 pub fn sync_hidden_columns(relid: pg_sys::Oid, name: &QualifiedName, plan: &Plan) -> PgtResult<()> {
+    let _internal = crate::activity::InternalDdl::begin();
     let have = hidden_columns(relid)?;
     let want = plan_hidden_columns(Some(plan));
     if have == want {
@@ -213,4 +214,113 @@ pub fn columns_for(query: &AnalyzedQuery) -> PgtResult<Vec<StorageColumn>> {
             Ok(StorageColumn { name: c.name.clone(), sql_type })
         })
         .collect()
+}
+
+/// The intermediate state tables of stream table `pgt_id` that exist
+/// (`pgtrickle_state.pgt_<pgt_id>_<n>`): (n, OID).
+fn existing_state_tables(pgt_id: i64) -> PgtResult<Vec<(usize, pg_sys::Oid)>> {
+    let prefix = format!("pgt_{pgt_id}_");
+    let rows = query_map(
+        "SELECT c.relname::text, c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'r' AND pg_catalog.starts_with(c.relname::text, $2)",
+        &[pgt_delta::names::STATE_SCHEMA.into(), prefix.as_str().into()],
+        |row| Ok((col::<String>(row, 1)?, col::<pg_sys::Oid>(row, 2)?)),
+    )?;
+    Ok(rows.into_iter().filter_map(|(name, oid)| name.strip_prefix(&prefix).and_then(|n| n.parse().ok()).map(|n| (n, oid))).collect())
+}
+
+/// Makes the intermediate state tables of stream table `pgt_id` (owned by
+/// `owner`) exactly those `plan` keeps (`pgt_delta::node`): a table per child
+/// with a state, with its columns and types, a unique index on `__pgt_row_id`
+/// and the guard trigger; others are dropped. Made as the extension owner, with
+/// an AUTO dependency on the extension; the stream table's owner gets the
+/// privileges its refreshes need. The caller recomputes them (a FULL refresh
+/// with the plan fills them).
+pub fn sync_state_tables(pgt_id: i64, owner: pg_sys::Oid, plan: &Plan) -> PgtResult<()> {
+    let _internal = crate::activity::InternalDdl::begin();
+    crate::privilege::as_extension_owner(|| {
+        let tables = pgt_delta::Tables { stream_table: String::new(), pgt_id };
+        let wanted = plan.state_tables();
+        let existing = existing_state_tables(pgt_id)?;
+        for (n, oid) in &existing {
+            let keep = wanted.iter().find(|w| w.state() == Some(*n)).is_some_and(|w| {
+                let have = crate::spi::query_map(
+                    "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute \
+                     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    &[(*oid).into()],
+                    |row| Ok((col::<String>(row, 1)?, col::<String>(row, 2)?)),
+                );
+                have.is_ok_and(|have| have == w.stored_column_types())
+            });
+            if !keep {
+                exec(&format!("DROP TABLE {}", tables.state_table(*n)), &[])?;
+            }
+        }
+        let remaining = existing_state_tables(pgt_id)?;
+        for node in wanted {
+            let Some(n) = node.state() else { continue };
+            let table = tables.state_table(n);
+            if !remaining.iter().any(|(m, _)| *m == n) {
+                let columns = node
+                    .stored_column_types()
+                    .iter()
+                    .map(|(c, t)| format!("{} {t}", quote_ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                exec(&format!("CREATE TABLE {table} ({columns}) WITH (fillfactor = 90)"), &[])?;
+                exec(&format!("CREATE UNIQUE INDEX ON {table} ({})", quote_ident(ROW_ID_COLUMN)), &[])?;
+                exec(
+                    &format!(
+                        "COMMENT ON TABLE {table} IS {}",
+                        pgt_core::ident::quote_literal(&format!("pg_trickle: intermediate state {n} of stream table {pgt_id}"))
+                    ),
+                    &[],
+                )?;
+                let relid = query_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::oid", &[table.as_str().into()])?
+                    .ok_or_else(|| PgtError::internal(format!("state table {table} was not created")))?;
+                crate::privilege::record_auto_dependency_on_extension(pg_sys::RelationRelationId, relid, crate::privilege::extension_oid()?);
+                let _ = ensure_guard(relid)?;
+            }
+        }
+        sync_state_grants(pgt_id, owner)
+    })
+}
+
+/// Gives the owner of stream table `pgt_id` (unless a superuser) exactly the
+/// privileges its refreshes need on its state tables, taking them from anyone
+/// else (after `ALTER TABLE ... OWNER TO`).
+pub fn sync_state_grants(pgt_id: i64, owner: pg_sys::Oid) -> PgtResult<()> {
+    let _internal = crate::activity::InternalDdl::begin();
+    crate::privilege::as_extension_owner(|| {
+        let tables = pgt_delta::Tables { stream_table: String::new(), pgt_id };
+        let owner_name = query_one::<String>("SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = $1 AND NOT rolsuper", &[owner.into()])?;
+        for (n, oid) in existing_state_tables(pgt_id)? {
+            let table = tables.state_table(n);
+            let granted: Vec<String> = query_map(
+                "SELECT DISTINCT r.rolname::text FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
+                 JOIN pg_catalog.pg_roles r ON r.oid = a.grantee WHERE c.oid = $1 AND a.grantee <> c.relowner",
+                &[oid.into()],
+                |row| col(row, 1),
+            )?;
+            for role in granted.iter().filter(|r| Some(*r) != owner_name.as_ref()) {
+                exec(&format!("REVOKE ALL ON {table} FROM {}", quote_ident(role)), &[])?;
+            }
+            if let Some(owner) = &owner_name {
+                exec(&format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {}", quote_ident(owner)), &[])?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Drops the intermediate state tables of stream table `pgt_id`.
+pub fn drop_state_tables(pgt_id: i64) -> PgtResult<()> {
+    let _internal = crate::activity::InternalDdl::begin();
+    crate::privilege::as_extension_owner(|| {
+        let tables = pgt_delta::Tables { stream_table: String::new(), pgt_id };
+        for (n, _) in existing_state_tables(pgt_id)? {
+            exec(&format!("DROP TABLE IF EXISTS {}", tables.state_table(n)), &[])?;
+        }
+        Ok(())
+    })
 }

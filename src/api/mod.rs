@@ -233,9 +233,10 @@ mod pgtrickle {
     /// Internal: called by the `ddl_command_end` event trigger with the OIDs of
     /// relations an ALTER TABLE, ALTER VIEW, CREATE TABLE, CREATE VIEW or ALTER
     /// TYPE touched (`crate::ddl`); `in_ddl_command_end` when called from that
-    /// event (the commands collected there are read). Not granted to PUBLIC.
+    /// event (the commands collected there are read); `command_tag` the
+    /// command's tag. Not granted to PUBLIC.
     #[pg_extern(name = "_on_relations_changed")]
-    fn on_relations_changed(relids: Vec<pg_sys::Oid>, in_ddl_command_end: bool) {
-        crate::ddl::on_relations_changed(&relids, in_ddl_command_end).or_raise()
+    fn on_relations_changed(relids: Vec<pg_sys::Oid>, in_ddl_command_end: bool, command_tag: &str) {
+        crate::ddl::on_relations_changed(&relids, in_ddl_command_end, command_tag).or_raise()
     }
 }

@@ -17,39 +17,45 @@ use crate::error::{PgtError, PgtResult};
 use crate::guc;
 use crate::spi::StatementSnapshot;
 use crate::translate;
-use pgrx::PgSqlErrorCode;
+use pgrx::{pg_sys, PgSqlErrorCode};
 use pgt_core::options::RefreshMode;
-use pgt_delta::scan::{self, Frontier};
+use pgt_delta::source::{ChangeSource, Frontier};
 use pgt_delta::Plan;
 
 /// Refreshes `st`, whose effective mode is DIFFERENTIAL. Runs as the owner in
 /// `snapshot`; the caller holds the locks.
 pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
-    let stored = st.delta_plan.as_deref().map(Plan::from_json).transpose().map_err(|e| {
-        PgtError::internal(format!("stored plan of stream table {} is unreadable: {e}", st.name))
-    })?;
+    let stored = match st.delta_plan.as_deref().map(Plan::from_json) {
+        Some(Ok(plan)) => Some(plan),
+        Some(Err(why)) => {
+            // Stored by another build (or damaged): rebuilt from the query.
+            pgrx::notice!("stream table {} recomputes in full: its stored plan cannot be used ({why})", st.name);
+            None
+        }
+        None => None,
+    };
     let (Some(plan), Some(frontier_snapshot), true) = (stored, st.frontier.clone(), st.is_populated) else {
         return recompute(st, snapshot);
     };
-    let frontier = Frontier { snapshot: frontier_snapshot, xid: st.frontier_xid.clone(), cid: st.frontier_cid };
+    let source = ChangeSource::Window(Frontier { snapshot: frontier_snapshot, xid: st.frontier_xid.clone(), cid: st.frontier_cid });
 
-    // All change windows in one query; nothing to do when they are empty.
+    // What changed, in one query; nothing to do when nothing did.
     let relations = plan.relations();
-    let Some(windows) = snapshot.query_text(&scan::windows_sql(&relations, &frontier))? else {
+    let summary = snapshot.query_map(&source.summary_sql(&relations), |row| {
+        Ok((row.col::<pg_sys::Oid>(1)?, row.col::<i64>(2)?, row.col::<bool>(3)?))
+    })?;
+    if summary.is_empty() {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
-    };
+    }
     let mut window_rows = 0f64;
     let mut changed = pgt_delta::Changed::new();
-    for part in windows.split(';') {
-        let mut fields = part.split(':');
-        let relid: u32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
-        let images: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0.0);
-        if fields.next() == Some("true") {
-            // TRUNCATE in a window: the images cannot express it.
+    for (relid, images, truncated) in summary {
+        if truncated {
+            // TRUNCATE among the changes: the images cannot express it.
             return refresh_full_with_plan(st, &plan, snapshot);
         }
-        window_rows += images;
-        changed.insert(relid);
+        window_rows += images as f64;
+        changed.insert(relid.to_u32());
     }
 
     // What the owner may read was settled before the snapshot (preflight).
@@ -67,10 +73,10 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         return refresh_full_with_plan(st, &plan, snapshot);
     }
 
-    let Some(merge) = plan.merge_sql(&st.name.to_sql(), &frontier, &changed) else {
+    let Some(statement) = plan.delta_statement(&st.tables(), &source, &changed) else {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
     };
-    let (inserted, deleted) = super::merge_counts(&merge, snapshot)?;
+    let (inserted, deleted) = super::apply_delta(&statement, snapshot)?;
     Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false })
 }
 
@@ -110,6 +116,7 @@ fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applie
         Ok(translate::Translation { plan, .. }) => {
             catalog::set_plan(st.pgt_id, RefreshMode::Differential, Some(&plan.to_json()), None)?;
             crate::storage::sync_hidden_columns(st.relid, &st.name, &plan)?;
+            crate::storage::sync_state_tables(st.pgt_id, st.owner, &plan)?;
             for relation in plan.relations() {
                 crate::cdc::sync_buffer_grants(pgrx::pg_sys::Oid::from(relation.relid))?;
             }
@@ -121,6 +128,7 @@ fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applie
                 st.name
             );
             catalog::set_plan(st.pgt_id, RefreshMode::Full, None, None)?;
+            crate::storage::drop_state_tables(st.pgt_id)?;
             super::full::refresh_full(st, snapshot)
         }
         Err(translate::Unsupported(construct)) => Err(PgtError::new(

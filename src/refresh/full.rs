@@ -50,18 +50,30 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
     apply(st, &columns, &source, snapshot)
 }
 
-/// Recomputes `st` with the full query of its DIFFERENTIAL plan.
+/// Recomputes `st` with the full query of its DIFFERENTIAL plan: first its
+/// intermediate state tables, children before parents, then the stream table
+/// (each step reads what the steps before it wrote).
 pub fn refresh_full_with_plan(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
-    apply(st, &plan.stored_columns(), &plan.full_sql(), snapshot)
+    let mut counts = (0, 0);
+    for step in plan.full_steps(&st.tables()) {
+        counts = replace(&step.table, &step.columns, &step.source, snapshot)?;
+    }
+    Ok(Applied { action: "FULL", inserted: counts.0, deleted: counts.1, unchanged: false })
 }
 
 /// Makes the contents of `st` equal to `source` (a query returning `columns`),
 /// and counts the rows written as inserted (insert, update) and deleted
 /// (delete, update).
 fn apply(st: &StreamTable, columns: &[String], source: &str, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
-    let merge = pgt_delta::replace::replace_sql(&st.name.to_sql(), columns, source);
-    let (inserted, deleted) = super::merge_counts(&merge, snapshot)?;
+    let (inserted, deleted) = replace(&st.name.to_sql(), columns, source, snapshot)?;
     Ok(Applied { action: "FULL", inserted, deleted, unchanged: false })
+}
+
+/// Makes table `table` hold exactly the rows of `source`; returns the rows
+/// written (inserted or updated, deleted or updated).
+fn replace(table: &str, columns: &[String], source: &str, snapshot: &StatementSnapshot) -> PgtResult<(u64, u64)> {
+    let merge = pgt_delta::replace::replace_sql(table, columns, source);
+    super::merge_counts(&merge, snapshot)
 }
 
 /// The frontier of statements just run in `snapshot` — the snapshot itself, plus the

@@ -9,7 +9,7 @@
 //! 2. lock the storage table in EXCLUSIVE mode: readers go on reading the old
 //!    contents, writers wait; if DDL on a source marked the stream table
 //!    `needs_reinit`, re-derive its query, plan and storage types first
-//!    ([`crate::lifecycle::reinitialize`]; its frontier is cleared, so step 3
+//!    ([`crate::definition::reinitialize`]; its frontier is cleared, so step 3
 //!    recomputes);
 //! 3. as the owner, inside a security-restricted operation, take one registered
 //!    snapshot and run the executor of the effective mode in it — [`full`]
@@ -72,8 +72,18 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
     st = preflight::settle(st)?;
     if st.needs_reinit {
         // DDL on a source concerned it (crate::ddl): re-derive, then recompute.
-        crate::lifecycle::reinitialize(&st)?;
+        crate::definition::reinitialize(&st)?;
         st = catalog::lock_stream_table_for_refresh(pgt_id)?;
+    }
+    if st.effective_refresh_mode == RefreshMode::Differential && (st.frontier.is_none() || !st.is_populated) {
+        // This refresh starts the stream table's frontier afresh: until it
+        // commits, no frontier holds its sources' buffers for it
+        // (cdc::hold_capture). In OID order, as every taker of these locks.
+        for dep in catalog::dependencies(pgt_id)? {
+            if dep.kind != SourceKind::View.as_str() {
+                cdc::hold_capture(dep.source_relid)?;
+            }
+        }
     }
     let start_time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -174,15 +184,24 @@ fn warn_about_buffer(source_relid: pg_sys::Oid) -> PgtResult<()> {
 /// Runs `merge` (a MERGE ... RETURNING merge_action()) in `snapshot` and counts
 /// the rows it wrote: (inserted or updated, deleted or updated).
 fn merge_counts(merge: &str, snapshot: &StatementSnapshot) -> PgtResult<(u64, u64)> {
-    // The stream table's guard trigger lets this statement write.
-    let _writing = crate::activity::StreamTableWrite::begin();
-    let counts = snapshot
-        .query_text(&format!(
-            "WITH __pgt_m AS ({merge}) \
-             SELECT (count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')))::text || ',' || \
-                    (count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')))::text FROM __pgt_m"
-        ))?
-        .unwrap_or_default();
-    let mut parts = counts.split(',').map(|p| p.parse::<u64>().unwrap_or(0));
-    Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
+    let statement = pgt_delta::DeltaStatement { ctes: Vec::new(), merge: merge.to_string() };
+    apply_delta(&statement, snapshot)
 }
+
+/// Runs `statement` (the state tables' MERGEs and the stream table's) in
+/// `snapshot` as one statement, and counts the rows it wrote into the stream
+/// table: (inserted or updated, deleted or updated).
+fn apply_delta(statement: &pgt_delta::DeltaStatement, snapshot: &StatementSnapshot) -> PgtResult<(u64, u64)> {
+    // The guard triggers of the stream table and state tables let these write.
+    let _writing = crate::activity::StreamTableWrite::begin();
+    let sql = statement.wrap(
+        "__pgt_m",
+        "SELECT count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')), \
+                count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')) FROM __pgt_m",
+    );
+    let counts = snapshot.query_map(&sql, |row| Ok((row.col::<i64>(1)?, row.col::<i64>(2)?)))?;
+    let (inserted, deleted) =
+        counts.first().copied().ok_or_else(|| crate::error::PgtError::internal("counting a refresh's writes returned no row"))?;
+    Ok((inserted.max(0) as u64, deleted.max(0) as u64))
+}
+

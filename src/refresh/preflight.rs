@@ -46,6 +46,11 @@ pub(super) fn settle(mut st: StreamTable) -> PgtResult<StreamTable> {
             let checks = cdc::source_checks(st.owner, &captured)?;
             let owner_name = cdc::role_name(st.owner)?;
             if let Some(blocker) = checks.iter().find_map(|c| c.blocker(&owner_name)) {
+                // The owner's grants on the buffers go too (a role that
+                // bypasses row-level security is not checked by their policy).
+                for check in &checks {
+                    cdc::sync_buffer_grants(check.relid)?;
+                }
                 if st.refresh_mode != RefreshMode::Auto {
                     return Err(PgtError::new(
                         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -61,6 +66,7 @@ pub(super) fn settle(mut st: StreamTable) -> PgtResult<StreamTable> {
                     st.name
                 );
                 catalog::set_plan(st.pgt_id, RefreshMode::Full, None, Some(&blocker))?;
+                crate::storage::drop_state_tables(st.pgt_id)?;
                 st.effective_refresh_mode = RefreshMode::Full;
                 st.delta_plan = None;
                 st.differential_blocker = Some(blocker);
@@ -78,7 +84,10 @@ pub(super) fn settle(mut st: StreamTable) -> PgtResult<StreamTable> {
                     catalog::clear_frontiers_of_readers(check.relid)?;
                     st.frontier = None;
                     if snapshot_isolation {
-                        catalog::mark_needs_reinit(st.pgt_id)?;
+                        // This group's snapshot predates the repair: every
+                        // reader recomputes again, outside the group, with a
+                        // snapshot taken after it.
+                        catalog::mark_readers_need_reinit(check.relid)?;
                     }
                 }
                 if !check.granted {

@@ -25,6 +25,18 @@ pub struct RefreshJob {
     pub pgt_id: i64,
 }
 
+/// What the launcher knows about a database.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum Known {
+    /// Not probed yet (after a restart, or a new database).
+    #[default]
+    Unknown,
+    /// Yes.
+    Yes,
+    /// No (its worker found no pg_trickle; probed again later).
+    No,
+}
+
 /// One database's scheduler.
 #[derive(Copy, Clone, Debug)]
 pub struct Slot {
@@ -51,9 +63,10 @@ pub struct Slot {
     /// Due checks it skipped because nothing was committed since (see
     /// `worker::Scheduler::unchanged_since`), since it started.
     pub skipped_checks: u64,
-    /// The database has pg_trickle (a worker found it, or a stream table was
-    /// created there): when no worker can be started for it, it waits.
-    pub has_extension: bool,
+    /// Whether the database has pg_trickle: learned by its worker (or the
+    /// creation of a stream table there); unknown until then. A database that
+    /// may have it waits when no worker can be started for it.
+    pub has_extension: Known,
     /// Since when (Unix ms) the database has waited for a background worker
     /// slot for its scheduler; 0 when it is not waiting.
     pub waiting_since_ms: i64,
@@ -75,7 +88,7 @@ impl Default for Slot {
             last_cycle_ms: 0,
             checks: 0,
             skipped_checks: 0,
-            has_extension: false,
+            has_extension: Known::Unknown,
             waiting_since_ms: 0,
             started_ms: 0,
             refresh_jobs: [RefreshJob::default(); MAX_REFRESH_WORKERS],
@@ -166,7 +179,7 @@ pub fn register_worker(dboid: u32) -> Registration {
         slot.latch = &raw mut (*pg_sys::MyProc).procLatch as usize;
     }
     slot.stop_requested = false;
-    slot.has_extension = true;
+    slot.has_extension = Known::Yes;
     slot.waiting_since_ms = 0;
     slot.started_ms = now_ms();
     if waited {
@@ -181,7 +194,7 @@ pub fn register_worker(dboid: u32) -> Registration {
 pub fn note_extension(dboid: u32) {
     let mut r = REGISTRY.exclusive();
     if let Some(i) = slot_for(&mut r, dboid) {
-        r.slots[i].has_extension = true;
+        r.slots[i].has_extension = Known::Yes;
     }
 }
 
@@ -189,19 +202,20 @@ pub fn note_extension(dboid: u32) {
 pub fn note_no_extension(dboid: u32) {
     let mut r = REGISTRY.exclusive();
     if let Some(i) = slot_of(&r, dboid) {
-        r.slots[i].has_extension = false;
+        r.slots[i].has_extension = Known::No;
         r.slots[i].waiting_since_ms = 0;
     }
 }
 
 /// The launcher could not start a worker for `dboid` (no free background
-/// worker slot): a database with pg_trickle now waits (from now, unless it
-/// waited already).
+/// worker slot): a database that has pg_trickle, or may have it (not probed
+/// yet, as after a restart), now waits (from now, unless it waited already).
+/// One without it is probed when a worker is free.
 pub fn note_waiting(dboid: u32) {
     let mut r = REGISTRY.exclusive();
     if let Some(i) = slot_for(&mut r, dboid) {
         let slot = &mut r.slots[i];
-        if slot.has_extension && slot.waiting_since_ms == 0 {
+        if slot.has_extension != Known::No && slot.waiting_since_ms == 0 {
             slot.waiting_since_ms = now_ms();
         }
     }
@@ -257,8 +271,13 @@ pub fn unregister_refresh_job(dboid: u32) {
     let mut r = REGISTRY.exclusive();
     if let Some(i) = slot_of(&r, dboid) {
         let me = unsafe { pg_sys::MyProcPid };
-        for job in r.slots[i].refresh_jobs.iter_mut().filter(|j| j.pid == me) {
+        let slot = &mut r.slots[i];
+        for job in slot.refresh_jobs.iter_mut().filter(|j| j.pid == me) {
             *job = RefreshJob::default();
+        }
+        // The last one out after a stop request: nobody is left to heed it.
+        if slot.pid == 0 && slot.refresh_jobs.iter().all(|j| j.pid == 0) {
+            slot.stop_requested = false;
         }
     }
 }
@@ -318,7 +337,8 @@ pub fn forget_other_databases(existing: &[u32]) {
     let now = now_ms();
     for slot in r.slots.iter_mut() {
         let busy = slot.pid != 0 || slot.stop_requested || slot.refresh_jobs.iter().any(|j| j.pid != 0);
-        let remembered = slot.has_extension && existing.contains(&slot.dboid);
+        let remembered = slot.has_extension != Known::No && existing.contains(&slot.dboid) && slot.waiting_since_ms != 0
+            || slot.has_extension == Known::Yes && existing.contains(&slot.dboid);
         if slot.dboid != 0 && !busy && !remembered && (!existing.contains(&slot.dboid) || slot.retry_after_ms <= now) {
             *slot = Slot::default();
         }
@@ -334,9 +354,10 @@ pub fn stop_worker(dboid: u32, pause: Duration, wait: Duration) -> bool {
         let Some(i) = slot_for(&mut r, dboid) else { return true };
         let slot = &mut r.slots[i];
         slot.retry_after_ms = slot.retry_after_ms.max(now_ms() + pause.as_millis() as i64);
-        if slot.pid == 0 {
+        if slot.pid == 0 && slot.refresh_jobs.iter().all(|j| j.pid == 0) {
             return true;
         }
+        // Also keeps refresh workers that have not registered yet from starting.
         slot.stop_requested = true;
         slot.latch
     };
@@ -350,9 +371,17 @@ pub fn stop_worker(dboid: u32, pause: Duration, wait: Duration) -> bool {
     let deadline = std::time::Instant::now() + wait;
     while std::time::Instant::now() < deadline {
         {
-            let r = REGISTRY.share();
-            if slot_of(&r, dboid).is_none_or(|i| r.slots[i].pid == 0 && r.slots[i].refresh_jobs.iter().all(|j| j.pid == 0)) {
-                return true;
+            let mut r = REGISTRY.exclusive();
+            let gone = |s: &Slot| s.pid == 0 && s.refresh_jobs.iter().all(|j| j.pid == 0);
+            match slot_of(&r, dboid) {
+                None => return true,
+                Some(i) if gone(&r.slots[i]) => {
+                    // Nobody left to heed the request; the pause keeps the
+                    // launcher away meanwhile.
+                    r.slots[i].stop_requested = false;
+                    return true;
+                }
+                Some(_) => {}
             }
         }
         unsafe {

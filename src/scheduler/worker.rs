@@ -406,6 +406,14 @@ impl Scheduler {
                 pgrx::log!("pg_trickle: could not release unused capture of relation {}: {e}", source.to_u32());
             }
         }
+        // Grants on change buffers after changes no event reports (a role's
+        // memberships or BYPASSRLS); the buffers' policy covers the others.
+        let stale = in_transaction(crate::cdc::stale_buffer_grants).unwrap_or_default();
+        for source in stale {
+            if let Err(e) = in_transaction(|| crate::cdc::sync_buffer_grants(source)) {
+                pgrx::log!("pg_trickle: could not sync the grants on the change buffer of relation {}: {e}", source.to_u32());
+            }
+        }
     }
 
     /// One pass over the stream tables. `woken`: the latch was set since the
@@ -600,8 +608,11 @@ fn refresh_unit(members: &[&Entry], inline_limit: Option<Duration>) -> UnitOutco
         (i, t) => i.or(t),
     };
     let started = SystemTime::now();
-    let _timer = limit.map(super::timeout::StatementTimeout::arm);
-    let outcome = if members.len() == 1 { refresh_one(members[0]) } else { refresh_group(members) };
+    let outcome = {
+        // Armed for the refresh only, not for recording its failure.
+        let _timer = limit.map(super::timeout::StatementTimeout::arm);
+        if members.len() == 1 { refresh_one(members[0]) } else { refresh_group(members) }
+    };
     match outcome {
         Ok(()) => UnitOutcome::Done(true),
         Err((entry, failure)) => {

@@ -29,7 +29,7 @@ use crate::spi::{col, query_map, query_one};
 use pgrx::pg_sys;
 use pgrx::PgList;
 use pgt_core::ident::quote_ident;
-use pgt_delta::{Aggregate, AggregateKind, AggregatePlan, Plan, Relation, RowsBranch, RowsPlan};
+use pgt_delta::{Aggregate, AggregateKind, AggregatePlan, Plan, Relation, Root, RowsBranch, RowsPlan};
 use std::ffi::{CStr, CString};
 
 /// A construct the DIFFERENTIAL engine does not handle (yet), named for messages:
@@ -349,28 +349,14 @@ pub(crate) fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, Re
     let relation = Relation {
         relid: relid.to_u32(),
         table_sql: name.to_sql(),
-        buffer_sql: crate::cdc::buffer_name(relid).to_sql(),
+        buffer_sql: crate::objects::buffer_name(relid).to_sql(),
         columns,
         key,
     };
     Ok((reason, RelationInfo { relation, types, key_attnums }))
 }
 
-/// Attribute numbers of the relation's identity: its primary key, else a unique,
-/// immediate, non-partial index over plain NOT NULL columns, else (for a stream
-/// table) `__pgt_row_id`; empty when there is none.
-pub(crate) fn key_attnums(relid: pg_sys::Oid) -> PgtResult<Vec<i16>> {
-    let key = query_one::<Vec<i16>>(
-        "SELECT i.indkey::int2[] FROM pg_catalog.pg_index i \
-         WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid \
-           AND i.indexprs IS NULL AND i.indpred IS NULL \
-           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
-                           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]) AND NOT a.attnotnull) \
-         ORDER BY i.indisprimary DESC, i.indnkeyatts, i.indexrelid LIMIT 1",
-        &[relid.into()],
-    )?;
-    Ok(key.unwrap_or_default())
-}
+pub(crate) use crate::objects::key_attnums;
 
 /// Whether `hash_record_extended` can hash values of type `typ`: the type (or, for
 /// a domain, its base type) has an extended hash support function, which for
@@ -412,7 +398,7 @@ unsafe fn identity_columns(
     visible: &[*mut pg_sys::Node],
     extra: &mut Vec<(String, *mut pg_sys::Node)>,
 ) -> PgtResult<Result<Vec<String>, Unsupported>> {
-    if prepared.inputs.iter().any(|i| i.relation.key.is_empty()) {
+    if prepared.inputs.iter().any(|i| i.source.key().is_empty()) {
         return Ok(match unhashable(visible, "an output column")? {
             Some(u) => Err(u),
             None => Ok(Vec::new()),
@@ -475,7 +461,7 @@ unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> 
     let visible = surgery::visible_names(q);
     let block = surgery::finish(prepared, surgery::Targets::KeepVisible(extra))?;
     let content_hash = group_hash(&visible_exprs);
-    Ok(Ok(Plan::Rows(RowsPlan { branches: vec![RowsBranch { block, identity }], visible, content_hash })))
+    Ok(Ok(Plan::new(Root::Rows(RowsPlan { branches: vec![RowsBranch { block, identity }], visible, content_hash }))))
 }
 
 /// `A UNION ALL B ...` (a union of row blocks) or `A UNION B ...` (DISTINCT over
@@ -557,7 +543,7 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     }
     if !distinct {
         let content_hash = group_hash(&visible_exprs(q));
-        return Ok(Ok(Plan::Rows(RowsPlan { branches, visible, content_hash })));
+        return Ok(Ok(Plan::new(Root::Rows(RowsPlan { branches, visible, content_hash }))));
     }
     // UNION: DISTINCT over the union; the group keys are the output columns.
     aggregate_plan(q, &visible_exprs(q), blocks, &[], Vec::new(), visible)
@@ -584,7 +570,7 @@ unsafe fn aggregate_plan(
         Ok(ops) => ops,
         Err(u) => return Ok(Err(u)),
     };
-    Ok(Ok(Plan::Aggregate(AggregatePlan {
+    Ok(Ok(Plan::new(Root::Aggregate(AggregatePlan {
         inputs,
         groups: (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect(),
         group_hash: group_hash(groups),
@@ -594,7 +580,7 @@ unsafe fn aggregate_plan(
         visible,
         having: !(*q).havingQual.is_null(),
         passthrough,
-    })))
+    }))))
 }
 
 /// The range-table indexes of the branches of a UNION tree, left to right.
@@ -786,12 +772,7 @@ fn function_name(oid: pg_sys::Oid) -> PgtResult<(String, String)> {
     Ok(rows.into_iter().next().unwrap_or_default())
 }
 
-/// `format_type` under the pinned search_path: qualified unless in pg_catalog.
-fn format_type(oid: pg_sys::Oid, typmod: i32) -> PgtResult<String> {
-    crate::privilege::with_pinned_search_path(|| {
-        Ok(query_one::<String>("SELECT pg_catalog.format_type($1, $2)", &[oid.into(), typmod.into()])?.unwrap_or_default())
-    })
-}
+use crate::objects::format_type;
 
 /// The deparsed text of `query` with `search_path` pinned.
 unsafe fn deparse(query: *mut pg_sys::Query) -> String {

@@ -7,7 +7,7 @@ use crate::error::{PgtError, PgtResult};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgList;
-use pgt_delta::{Block, Input};
+use pgt_delta::{Block, Input, Source};
 use std::ffi::{c_void, CStr, CString};
 
 fn cstring(s: &str) -> *mut std::ffi::c_char {
@@ -298,7 +298,9 @@ unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[In
         let Some(r) = surfaced.iter().find(|s| s.rtindex == rtindex) else {
             return Err(PgtError::internal("the nullable side of an outer join is not an input"));
         };
-        let relation = &inputs[r.index].relation;
+        let Some(relation) = inputs[r.index].source.relation() else {
+            return Ok(Err(Unsupported(format!("{side} whose nullable side is a join, subquery or view (join a table directly)"))));
+        };
         if relation.key.is_empty() {
             return Ok(Err(Unsupported(format!(
                 "{side} whose nullable side has no primary key or unique key over NOT NULL columns ({})",
@@ -334,7 +336,7 @@ unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[In
     }
     let nullable: Vec<usize> = found.iter().map(|o| o.nullable).collect();
     for o in &mut found {
-        o.restricted.retain(|q| !nullable.contains(q) && !inputs[*q].relation.key.is_empty());
+        o.restricted.retain(|q| !nullable.contains(q) && !inputs[*q].source.key().is_empty());
     }
     Ok(Ok(found))
 }
@@ -379,7 +381,7 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtRe
                     })
                     .collect();
                 to_placeholder(rte, &placeholder, &info);
-                inputs.push(Input { placeholder, relation: info.relation, only, nullable: None });
+                inputs.push(Input { placeholder, source: Source::Relation(info.relation), only, nullable: None });
                 surfaced.push(Surfaced { index, rtindex: varno, weight: weight as *mut pg_sys::Node, keys });
             }
             pg_sys::RTEKind::RTE_SUBQUERY => {

@@ -33,58 +33,67 @@
 //! aggregate). Equal keys hash equally; NULL keys form their own group as in
 //! GROUP BY.
 
-use crate::plan::{Aggregate, AggregateKind, AggregatePlan, Changed, HiddenColumn};
-use crate::union;
-use crate::scan::Frontier;
+use crate::ctx::Ctx;
+use crate::names::{self, COUNT, ROW_ID};
+use crate::tree::{Aggregate, AggregateKind, AggregatePlan, HiddenColumn};
 use crate::sql::{qualified, quoted, row_id};
+use crate::union;
 use pgt_core::ident::quote_ident;
 
 fn count_col(j: usize) -> String {
-    format!("__pgt_aux_count_{j}")
+    names::aux_count(j)
 }
 
 fn value_state_col(agg: &Aggregate, j: usize) -> Option<String> {
-    match agg.kind {
-        AggregateKind::Sum | AggregateKind::Avg => Some(format!("__pgt_aux_sum_{j}")),
-        AggregateKind::Min => Some(format!("__pgt_aux_min_{j}")),
-        AggregateKind::Max => Some(format!("__pgt_aux_max_{j}")),
-        AggregateKind::Rescan => Some(format!("__pgt_aux_val_{j}")),
-        AggregateKind::CountStar | AggregateKind::Count => None,
-    }
+    agg.value_state_column(j)
 }
 
 fn value_state_type(agg: &Aggregate) -> String {
-    match agg.kind {
-        AggregateKind::Avg => "numeric".to_string(),
-        AggregateKind::Min | AggregateKind::Max => agg.arg_type.clone(),
-        _ => agg.result_type.clone(),
+    agg.value_state_type()
+}
+
+/// What the MERGE of an aggregate returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Returning {
+    /// One row per action (`merge_action()`): for the stream table, whose
+    /// refresh counts them.
+    Actions,
+    /// The old and new version of every row written — its row id and the
+    /// given visible columns (`__pgt_old_id`, `__pgt_new_id`, `__pgt_o<i>`,
+    /// `__pgt_n<i>`): for a child's state table, whose delta they are
+    /// ([`crate::node`]).
+    Changes(Vec<String>),
+}
+
+impl Returning {
+    fn clause(&self) -> String {
+        match self {
+            Returning::Actions => "RETURNING merge_action()".to_string(),
+            Returning::Changes(columns) => {
+                let mut parts = vec![
+                    format!("old.{ROW_ID} AS {}", names::OLD_ROW_ID),
+                    format!("new.{ROW_ID} AS {}", names::NEW_ROW_ID),
+                ];
+                for (i, c) in columns.iter().enumerate() {
+                    parts.push(format!("old.{q} AS {}", names::old_value(i + 1), q = quote_ident(c)));
+                    parts.push(format!("new.{q} AS {}", names::new_value(i + 1), q = quote_ident(c)));
+                }
+                format!("RETURNING {}", parts.join(", "))
+            }
+        }
     }
 }
+
 
 /// The hidden state columns of an aggregate plan, in storage order.
 pub fn state_columns(plan: &AggregatePlan) -> Vec<HiddenColumn> {
-    state_columns_for(&plan.aggregates)
-}
-
-/// The hidden state columns for `aggregates`, in storage order.
-pub fn state_columns_for(aggregates: &[Aggregate]) -> Vec<HiddenColumn> {
-    let mut cols = vec![HiddenColumn { name: "__pgt_count".into(), sql_type: "bigint".into() }];
-    for (i, agg) in aggregates.iter().enumerate() {
-        let j = i + 1;
-        cols.push(HiddenColumn { name: count_col(j), sql_type: "bigint".into() });
-        if let Some(name) = value_state_col(agg, j) {
-            cols.push(HiddenColumn { name, sql_type: value_state_type(agg) });
-        }
-    }
-    cols
+    plan.state_columns()
 }
 
 /// Columns of the placeholder `__pgt_agg` passed through the output template after
 /// the visible columns: the row identity, then the state columns.
 pub fn passthrough_columns(aggregates: &[Aggregate]) -> Vec<String> {
-    let mut out = vec!["__pgt_row_id".to_string()];
-    out.extend(state_columns_for(aggregates).into_iter().map(|c| c.name));
-    out
+    crate::tree::passthrough_columns(aggregates)
 }
 
 /// Condition "this input row (alias) contributes to aggregate `agg`" (for a
@@ -174,13 +183,14 @@ fn value_from_state(agg: &Aggregate, j: usize, alias: &str) -> String {
 fn output_sql(plan: &AggregatePlan, states: &str) -> String {
     let mut cols: Vec<String> = plan.groups.iter().map(|g| format!("s.{q} AS {q}", q = quote_ident(g))).collect();
     for (k, agg) in plan.aggregates.iter().enumerate() {
-        cols.push(format!("{} AS __pgt_v{}", value_from_state(agg, k + 1, "s"), k + 1));
+        cols.push(format!("{} AS {}", value_from_state(agg, k + 1, "s"), names::value(k + 1)));
     }
     for p in passthrough_columns(&plan.aggregates) {
         cols.push(format!("s.{q} AS {q}", q = quote_ident(&p)));
     }
     format!(
-        "(WITH __pgt_agg AS (SELECT {} FROM ({states}) s) {}) o",
+        "(WITH {} AS (SELECT {} FROM ({states}) s) {}) o",
+        names::AGG_ROW,
         cols.join(", "),
         plan.output_template
     )
@@ -190,10 +200,10 @@ fn output_sql(plan: &AggregatePlan, states: &str) -> String {
 fn keep(plan: &AggregatePlan) -> String {
     let mut parts = Vec::new();
     if !plan.groups.is_empty() {
-        parts.push("o.__pgt_count > 0".to_string());
+        parts.push(format!("o.{COUNT} > 0"));
     }
     if plan.having {
-        parts.push("o.__pgt_having IS TRUE".to_string());
+        parts.push(format!("o.{} IS TRUE", names::HAVING));
     }
     if parts.is_empty() {
         "true".to_string()
@@ -210,13 +220,14 @@ fn stored_columns(plan: &AggregatePlan) -> Vec<String> {
 
 /// What a FULL refresh inserts: visible columns, row id and state of every group
 /// that belongs in the stream table.
-pub fn full_sql(plan: &AggregatePlan) -> String {
-    let states = full_state_select(plan, &format!("({}) i", union::full_sql(&plan.inputs)));
+pub fn full_sql(plan: &AggregatePlan, ctx: &Ctx) -> String {
+    let states = full_state_select(plan, &format!("({}) i", union::full_sql(&plan.inputs, ctx)));
     format!("SELECT {} FROM {} WHERE {}", qualified("o", &stored_columns(plan)), output_sql(plan, &states), keep(plan))
 }
 
-/// The MERGE applying the input's delta to stream table `st` (quoted name), or
-/// `None` when no input changed. Returns one row per action (`merge_action()`).
+/// The MERGE applying the input's delta to table `st` (quoted name: the stream
+/// table, or a child's state table), or `None` when no input changed. Returns
+/// what `returning` asks for.
 ///
 /// The steps are MATERIALIZED CTEs, each computed once:
 /// `__pgt_dg` (per affected group: the delta's contribution), `__pgt_aff` (with the
@@ -224,8 +235,8 @@ pub fn full_sql(plan: &AggregatePlan) -> String {
 /// groups to rescan), `__pgt_rescanned` (their state recomputed from the input's
 /// new state restricted to them), `__pgt_states` (every affected group's new
 /// state), then the output template and the MERGE.
-pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &Changed) -> Option<String> {
-    let delta = union::delta_sql(&plan.inputs, frontier, changed)?;
+pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning) -> Option<String> {
+    let delta = union::delta_sql(&plan.inputs, ctx)?;
     let state_names: Vec<String> = passthrough_columns(&plan.aggregates).into_iter().skip(1).collect();
 
     // Per affected group: the delta's contribution.
@@ -289,7 +300,7 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
     // New state of groups updated algebraically.
     let mut ncols = vec![
         "a.__pgt_row_id".to_string(),
-        format!("coalesce({}, 0) + a.__pgt_dcount AS __pgt_count", old("__pgt_count")),
+        format!("coalesce({}, 0) + a.__pgt_dcount AS {COUNT}", old(COUNT)),
     ];
     for (k, agg) in plan.aggregates.iter().enumerate() {
         let j = k + 1;
@@ -312,7 +323,7 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
     let algebraic = format!("SELECT {}{} FROM __pgt_aff a WHERE NOT a.__pgt_rescan", groups_select(plan, "a"), ncols.join(", "));
 
     // Rescanned groups: state from the input's new state restricted to their keys.
-    let block_new = union::full_sql(&plan.inputs);
+    let block_new = union::full_sql(&plan.inputs, ctx);
     let restricted = if plan.groups.is_empty() {
         format!("(SELECT b.* FROM ({block_new}) b WHERE EXISTS (SELECT 1 FROM __pgt_keys)) i")
     } else {
@@ -377,7 +388,7 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
     let stored = stored_columns(plan);
     let set = stored
         .iter()
-        .filter(|c| c.as_str() != "__pgt_row_id")
+        .filter(|c| c.as_str() != ROW_ID)
         .map(|c| format!("{q} = d.{q}", q = quote_ident(c)))
         .collect::<Vec<_>>()
         .join(", ");
@@ -387,7 +398,8 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
          WHEN MATCHED AND NOT d.__pgt_keep THEN DELETE \
          WHEN MATCHED AND ROW({tstate}) IS DISTINCT FROM ROW({dstate}) THEN UPDATE SET {set} \
          WHEN NOT MATCHED AND d.__pgt_keep THEN INSERT ({cols}) VALUES ({dvals}) \
-         RETURNING merge_action()",
+         {returning}",
+        returning = returning.clause(),
         keep = keep(plan),
         out = output_sql(plan, "SELECT * FROM __pgt_states"),
         tstate = qualified("t", &state_names),
@@ -397,10 +409,47 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, frontier: &Frontier, changed: &
     ))
 }
 
+/// The aggregate's lines in `explain_st`: the aggregate, its calls with their
+/// strategies, and its input blocks.
+pub fn explain(plan: &AggregatePlan, indent: &str, ctx: &Ctx, out: &mut String) {
+    if plan.aggregates.is_empty() {
+        out.push_str(&format!("{indent}Distinct — multiplicity in __pgt_count; a row disappears when it reaches 0\n"));
+    }
+    out.push_str(&format!(
+        "{indent}Aggregate — {}{}\n",
+        if plan.groups.is_empty() { "scalar (one row)".to_string() } else { format!("GROUP BY {} key(s)", plan.groups.len()) },
+        if plan.having { ", HAVING (groups crossing it are rescanned when absent)" } else { "" }
+    ));
+    for agg in &plan.aggregates {
+        let filter = if agg.filter.is_some() { " FILTER" } else { "" };
+        out.push_str(&format!("{indent}  {}{} — {}\n", agg.display, filter, agg.kind.strategy()));
+    }
+    if plan.inputs.len() > 1 {
+        out.push_str(&format!("{indent}  Union — {} branches\n", plan.inputs.len()));
+    }
+    for input in &plan.inputs {
+        crate::join::explain(input, &format!("{indent}  "), ctx, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Block, Input, Relation};
+    use crate::ctx::Tables;
+    use crate::tree::{Block, Changed, Input, Relation, Source};
+    use crate::source::{ChangeSource, Frontier};
+
+    static TABLES: Tables = Tables { stream_table: String::new(), pgt_id: 1 };
+
+    fn full(p: &AggregatePlan) -> String {
+        full_sql(p, &Ctx::full(&TABLES, &crate::node::NodeRules))
+    }
+
+    fn merge(p: &AggregatePlan, changed: Changed) -> Option<String> {
+        let source = ChangeSource::Window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None });
+        let ctx = Ctx::delta(&TABLES, &source, &changed, &crate::node::NodeRules);
+        merge_sql(p, "st", &ctx, Returning::Actions)
+    }
 
     fn agg(kind: AggregateKind, j: usize) -> Aggregate {
         Aggregate {
@@ -427,13 +476,13 @@ mod tests {
                 template: "SELECT ... FROM p1 x".into(),
                 inputs: vec![Input {
                     placeholder: "p1".into(),
-                    relation: Relation {
+                    source: Source::Relation(Relation {
                         relid: 1,
                         table_sql: "t".into(),
                         buffer_sql: "b".into(),
                         columns: vec![Some("g".into()), Some("x".into())],
                         key: vec![],
-                    },
+                    }),
                     only: false,
                     nullable: None,
                 }],
@@ -459,17 +508,16 @@ mod tests {
 
     #[test]
     fn full_sql_groups_or_not() {
-        assert!(full_sql(&plan(1, false)).contains("GROUP BY i.\"__pgt_g1\""));
-        let scalar = full_sql(&plan(0, false));
+        assert!(full(&plan(1, false)).contains("GROUP BY i.\"__pgt_g1\""));
+        let scalar = full(&plan(0, false));
         assert!(!scalar.contains("GROUP BY"), "a scalar aggregate has one row, also over empty input");
         assert!(scalar.ends_with("WHERE true"));
-        assert!(full_sql(&plan(1, true)).ends_with("WHERE o.__pgt_count > 0 AND o.__pgt_having IS TRUE"));
+        assert!(full(&plan(1, true)).ends_with("WHERE o.__pgt_count > 0 AND o.__pgt_having IS TRUE"));
     }
 
     #[test]
     fn merge_rescans_when_min_leaves_or_having_meets_new_group() {
-        let f = Frontier { snapshot: "1:1:".into(), xid: None, cid: None };
-        let m = merge_sql(&plan(1, true), "st", &f, &[1].into()).unwrap();
+        let m = merge(&plan(1, true), [1].into()).unwrap();
         assert!(m.contains("o.__pgt_row_id IS NULL"));
         assert!(m.contains(
             "g.__pgt_ddel3 IS NOT NULL AND g.__pgt_ddel3 <= LEAST(CASE WHEN o.__pgt_aux_count_3 > 0 THEN o.__pgt_aux_min_3 END, g.__pgt_dins3)"
@@ -481,16 +529,15 @@ mod tests {
 
     #[test]
     fn rescans_match_keys_with_the_plans_equality_operator() {
-        let f = Frontier { snapshot: "1:1:".into(), xid: None, cid: None };
         let mut p = plan(1, true);
         p.group_equality = vec!["OPERATOR(public.=)".into()];
-        let m = merge_sql(&p, "st", &f, &[1].into()).unwrap();
+        let m = merge(&p, [1].into()).unwrap();
         assert!(m.contains("ON b.\"__pgt_g1\" OPERATOR(public.=) k.\"__pgt_g1\" "));
         assert!(m.contains(
             "ON (b.\"__pgt_g1\" OPERATOR(public.=) k.\"__pgt_g1\" OR (b.\"__pgt_g1\" IS NULL AND k.\"__pgt_g1\" IS NULL))"
         ));
         // Plans stored before the field existed compare with `=`.
-        let m = merge_sql(&plan(1, true), "st", &f, &[1].into()).unwrap();
+        let m = merge(&plan(1, true), [1].into()).unwrap();
         assert!(m.contains("ON b.\"__pgt_g1\" = k.\"__pgt_g1\" "));
     }
 }

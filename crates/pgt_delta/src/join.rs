@@ -66,29 +66,39 @@
 //!
 //! `model::tests::outer_join_rule` checks this decomposition on random data.
 
-use crate::plan::{Block, Changed, Input};
-use crate::scan::{self, Frontier};
+pub use crate::ctx::Binding;
+use crate::ctx::{Ctx, Mode};
+use crate::names::{self, WEIGHT};
+use crate::tree::{Block, Input, Source};
+use crate::scan;
 use crate::sql::quoted;
 use pgt_core::ident::quote_ident;
 
-/// How a placeholder is bound in one evaluation of a template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Binding {
-    /// `new(R)`.
-    New,
-    /// `Δ(R)`.
-    Delta,
-    /// `old(R)` (as a set for the nullable side of an outer join).
-    Old,
+/// Whether `input` has changes in this run.
+pub fn input_changed(input: &Input, ctx: &Ctx) -> bool {
+    match &input.source {
+        Source::Relation(r) => ctx.changed(r.relid),
+        Source::Node(n) => ctx.node_changed(n),
+    }
 }
 
 /// The SQL a placeholder for `input` is bound to.
-fn input_sql(input: &Input, binding: Binding, frontier: Option<&Frontier>) -> String {
-    match (binding, frontier) {
-        (Binding::Delta, Some(f)) => scan::delta_sql(&input.relation, f),
-        (Binding::Old, Some(f)) if input.nullable.is_some() => scan::old_present_sql(&input.relation, input.only, f),
-        (Binding::Old, Some(f)) => scan::old_state_sql(&input.relation, input.only, f),
-        _ => scan::new_state_sql(&input.relation, input.only),
+fn input_sql(input: &Input, binding: Binding, ctx: &Ctx) -> String {
+    match (&input.source, ctx.mode) {
+        (Source::Node(node), _) => match binding {
+            Binding::Delta => ctx
+                .rules
+                .delta_sql(node, ctx)
+                .unwrap_or_else(|| format!("SELECT * FROM ({}) s WHERE false", ctx.rules.state_sql(node, ctx, Binding::Old))),
+            _ => ctx.rules.state_sql(node, ctx, binding),
+        },
+        (Source::Relation(r), Mode::Delta { source, .. }) => match binding {
+            Binding::Delta => scan::delta_sql(r, source),
+            Binding::Old if input.nullable.is_some() => scan::old_present_sql(r, input.only, source),
+            Binding::Old => scan::old_state_sql(r, input.only, source),
+            Binding::New => scan::new_state_sql(r, input.only),
+        },
+        (Source::Relation(r), Mode::Full) => scan::new_state_sql(r, input.only),
     }
 }
 
@@ -123,8 +133,8 @@ fn evaluate_with(block: &Block, template: &str, bound: &[String], extra: &[&str]
         .iter()
         .enumerate()
         .map(|(i, input)| match input.nullable {
-            Some(_) => format!("COALESCE(t.__pgt_w_{}, 1)", i + 1),
-            None => format!("t.__pgt_w_{}", i + 1),
+            Some(_) => format!("COALESCE(t.{}, 1)", names::weight_of(i + 1)),
+            None => format!("t.{}", names::weight_of(i + 1)),
         })
         .collect();
     let mut weight = if factors.is_empty() { "1::bigint".to_string() } else { factors.join(" * ") };
@@ -138,40 +148,40 @@ fn evaluate_with(block: &Block, template: &str, bound: &[String], extra: &[&str]
         .chain(extra.iter().map(|c| format!("t.{c}")))
         .collect();
     let sep = if cols.is_empty() { "" } else { ", " };
-    format!("SELECT {}{sep}{weight} AS __pgt_w FROM ({}{template}) t", cols.join(", "), with_clause(block, bound))
+    format!("SELECT {}{sep}{weight} AS {WEIGHT} FROM ({}{template}) t", cols.join(", "), with_clause(block, bound))
 }
 
 /// The block's template with its placeholders bound as given, wrapped so that it
 /// outputs the data columns and the product weight `__pgt_w`.
-pub fn bind(block: &Block, bindings: &[Binding], frontier: Option<&Frontier>) -> String {
-    let bound: Vec<String> = block.inputs.iter().zip(bindings).map(|(i, b)| input_sql(i, *b, frontier)).collect();
+pub fn bind(block: &Block, bindings: &[Binding], ctx: &Ctx) -> String {
+    let bound: Vec<String> = block.inputs.iter().zip(bindings).map(|(i, b)| input_sql(i, *b, ctx)).collect();
     evaluate(block, &block.template, &bound, false)
 }
 
-/// The block over the new state of every input: its full current result, weight 1.
-pub fn full_sql(block: &Block) -> String {
-    bind(block, &vec![Binding::New; block.inputs.len()], None)
+/// The block over the new state of every input: its full current result.
+pub fn full_sql(block: &Block, ctx: &Ctx) -> String {
+    bind(block, &vec![Binding::New; block.inputs.len()], ctx)
 }
 
 /// `T_R` for the nullable input at `position` (see the module doc), negated if
 /// `negate`, with every input bound as in `bindings` (`Delta` at `position`).
-fn nullable_term(block: &Block, position: usize, bindings: &[Binding], frontier: &Frontier, negate: bool) -> Vec<String> {
+fn nullable_term(block: &Block, position: usize, bindings: &[Binding], ctx: &Ctx, negate: bool) -> Vec<String> {
     let input = &block.inputs[position];
-    let mut bound: Vec<String> = block.inputs.iter().zip(bindings).map(|(i, b)| input_sql(i, *b, Some(frontier))).collect();
-    let Some(side) = &input.nullable else {
+    let mut bound: Vec<String> = block.inputs.iter().zip(bindings).map(|(i, b)| input_sql(i, *b, ctx)).collect();
+    let (Some(side), Source::Relation(relation), Some(source)) = (&input.nullable, &input.source, ctx.source()) else {
         return vec![evaluate(block, &block.template, &bound, negate)];
     };
     let inner = evaluate(block, &side.inner_template, &bound, negate);
     // Pairs of preserved rows and contents of R whose net weight changed
     // (weight −1: a row of the old state that is gone).
-    bound[position] = scan::consolidated_delta_sql(&input.relation, frontier);
+    bound[position] = scan::consolidated_delta_sql(relation, source);
     let matched = format!("{}{}", with_clause(block, &bound), side.affected_template);
     let mut restricted = bound;
     for &q in &side.restricted {
         let Some(preserved) = block.inputs.get(q) else { continue };
-        let keys = preserved.relation.key.iter().map(|k| format!("x.{}", quote_ident(k))).collect::<Vec<_>>().join(", ");
-        let affected_keys =
-            (1..=preserved.relation.key.len()).map(|j| format!("m.__pgt_p{}_{j}", q + 1)).collect::<Vec<_>>().join(", ");
+        let key = preserved.source.key();
+        let keys = key.iter().map(|k| format!("x.{}", quote_ident(k))).collect::<Vec<_>>().join(", ");
+        let affected_keys = (1..=key.len()).map(|j| format!("m.{}", names::preserved_key(q + 1, j))).collect::<Vec<_>>().join(", ");
         restricted[q] = format!("SELECT x.* FROM ({}) x WHERE ({keys}) IN (SELECT {affected_keys} FROM __pgt_matched m)", restricted[q]);
     }
     // Preserved rows without a match in R_new, and without one among the rows
@@ -179,19 +189,21 @@ fn nullable_term(block: &Block, position: usize, bindings: &[Binding], frontier:
     let unmatched = |r_sql: String, restricted: &mut Vec<String>| {
         restricted[position] = r_sql;
         format!(
-            "SELECT p.__pgt_pc FROM ({}{}) p WHERE p.__pgt_pk IS NULL",
+            "SELECT p.{pc} FROM ({}{}) p WHERE p.{pk} IS NULL",
             with_clause(block, restricted),
-            side.presence_template
+            side.presence_template,
+            pc = names::PRESERVED_CONTENT,
+            pk = names::NULLABLE_KEY,
         )
     };
-    let unmatched_now = unmatched(input_sql(input, Binding::New, Some(frontier)), &mut restricted);
-    let unmatched_kept = unmatched(scan::kept_sql(&input.relation, input.only, frontier), &mut restricted);
+    let unmatched_now = unmatched(input_sql(input, Binding::New, ctx), &mut restricted);
+    let unmatched_kept = unmatched(scan::kept_sql(relation, input.only, source), &mut restricted);
     let signs = format!(
         "SELECT a.__pgt_pc, (CASE WHEN a.__pgt_pc IN ({unmatched_now}) THEN 1 ELSE 0 END) \
          - (CASE WHEN a.__pgt_pc IN ({unmatched_kept}) AND a.__pgt_pc NOT IN (SELECT m.__pgt_pc FROM __pgt_matched m WHERE m.__pgt_pw < 0) \
          THEN 1 ELSE 0 END) AS __pgt_s FROM (SELECT DISTINCT m.__pgt_pc FROM __pgt_matched m) a"
     );
-    restricted[position] = scan::empty_sql(&input.relation, input.only);
+    restricted[position] = scan::empty_sql(relation, input.only);
     let null_extended = evaluate_signed(block, &side.null_template, &restricted, &signs, negate);
     vec![inner, format!("WITH __pgt_matched AS ({matched}) {null_extended}")]
 }
@@ -200,45 +212,47 @@ fn nullable_term(block: &Block, position: usize, bindings: &[Binding], frontier:
 /// `__pgt_pc`) whose preserved row has a non-zero sign in `signs`, weighted by
 /// it (negated if `negate`).
 fn evaluate_signed(block: &Block, template: &str, bound: &[String], signs: &str, negate: bool) -> String {
-    let rows = evaluate_with(block, template, bound, &["__pgt_pc"], negate);
+    let rows = evaluate_with(block, template, bound, &[names::PRESERVED_CONTENT], negate);
     let cols = block.columns.iter().map(|c| format!("t.{}", quote_ident(c))).collect::<Vec<_>>();
     let sep = if cols.is_empty() { "" } else { ", " };
     format!(
-        "SELECT {}{sep}t.__pgt_w * s.__pgt_s AS __pgt_w FROM ({rows}) t JOIN ({signs}) s ON s.__pgt_pc = t.__pgt_pc WHERE s.__pgt_s <> 0",
+        "SELECT {}{sep}t.{WEIGHT} * s.__pgt_s AS {WEIGHT} FROM ({rows}) t JOIN ({signs}) s ON s.__pgt_pc = t.__pgt_pc WHERE s.__pgt_s <> 0",
         cols.join(", ")
     )
 }
 
 /// The term of a preserved input (`Delta` in `bindings`): `B` with the changed nullable
 /// inputs read new, minus their terms over the same bindings (module doc).
-fn preserved_term(block: &Block, bindings: &[Binding], nullable_changed: &[usize], frontier: &Frontier) -> Vec<String> {
+fn preserved_term(block: &Block, bindings: &[Binding], nullable_changed: &[usize], ctx: &Ctx) -> Vec<String> {
     let mut now = bindings.to_vec();
     for &r in nullable_changed {
         now[r] = Binding::New;
     }
-    let mut terms = vec![bind(block, &now, Some(frontier))];
+    let mut terms = vec![bind(block, &now, ctx)];
     for (k, &r) in nullable_changed.iter().enumerate() {
         let mut correction = now.clone();
         for &earlier in &nullable_changed[..k] {
             correction[earlier] = Binding::Old;
         }
         correction[r] = Binding::Delta;
-        terms.extend(nullable_term(block, r, &correction, frontier, true));
+        terms.extend(nullable_term(block, r, &correction, ctx, true));
     }
     terms
 }
 
-/// `ΔB` given the OIDs of the relations whose change windows are not empty, by
-/// the telescoping rule (and the outer-join rule for nullable inputs). Returns
-/// `None` when no input changed.
-pub fn delta_sql(block: &Block, frontier: &Frontier, changed: &Changed) -> Option<String> {
-    let changed: Vec<bool> = block.inputs.iter().map(|i| changed.contains(&i.relation.relid)).collect();
-    // Preserved (and inner-joined) inputs first, nullable ones last.
+/// `ΔB` by the telescoping rule (and the outer-join rule for nullable inputs),
+/// over the inputs with changes in `ctx`. Returns `None` when no input changed.
+///
+/// Order: base relations before child nodes (a child is then read in its old
+/// state — its state table as is — by the terms before its own), preserved
+/// inputs before nullable ones.
+pub fn delta_sql(block: &Block, ctx: &Ctx) -> Option<String> {
+    let changed: Vec<bool> = block.inputs.iter().map(|i| input_changed(i, ctx)).collect();
     let mut order: Vec<usize> = (0..block.inputs.len()).filter(|i| changed[*i]).collect();
     if order.is_empty() {
         return None;
     }
-    order.sort_by_key(|i| block.inputs[*i].nullable.is_some());
+    order.sort_by_key(|i| (block.inputs[*i].nullable.is_some(), matches!(block.inputs[*i].source, Source::Node(_))));
     let nullable_changed: Vec<usize> = order.iter().copied().filter(|i| block.inputs[*i].nullable.is_some()).collect();
     let terms: Vec<String> = order
         .iter()
@@ -256,24 +270,57 @@ pub fn delta_sql(block: &Block, frontier: &Frontier, changed: &Changed) -> Optio
                 })
                 .collect();
             if block.inputs[i].nullable.is_some() {
-                nullable_term(block, i, &bindings, frontier, false)
+                nullable_term(block, i, &bindings, ctx, false)
             } else {
-                preserved_term(block, &bindings, &nullable_changed, frontier)
+                preserved_term(block, &bindings, &nullable_changed, ctx)
             }
         })
         .collect();
     let cols = quoted(&block.columns);
     let sep = if cols.is_empty() { "" } else { ", " };
     Some(format!(
-        "SELECT {cols}{sep}__pgt_w FROM ({}) d WHERE d.__pgt_w <> 0",
+        "SELECT {cols}{sep}{WEIGHT} FROM ({}) d WHERE d.{WEIGHT} <> 0",
         terms.into_iter().map(|t| format!("({t})")).collect::<Vec<_>>().join(" UNION ALL ")
     ))
+}
+
+/// The block's lines in `explain_st`: the block, then each input (a scan, or a
+/// child operator with its own lines).
+pub fn explain(block: &Block, indent: &str, ctx: &Ctx, out: &mut String) {
+    let outer = block.inputs.iter().any(|i| i.nullable.is_some());
+    out.push_str(&format!(
+        "{indent}Join block ({} input{}; {}joins, filters, projections) — telescoping delta rule\n",
+        block.inputs.len(),
+        if block.inputs.len() == 1 { "" } else { "s" },
+        if outer { "inner and outer " } else { "inner " }
+    ));
+    for input in &block.inputs {
+        let side = match &input.nullable {
+            Some(_) => " — nullable side of an outer join: inner part + NULL-extended rows of the preserved rows its changes match",
+            None => "",
+        };
+        match &input.source {
+            Source::Relation(relation) => {
+                let key = if relation.key.is_empty() { "no key".to_string() } else { format!("key ({})", relation.key.join(", ")) };
+                out.push_str(&format!(
+                    "{indent}  Scan {}{} [{}] — change buffer {}{side}\n",
+                    if input.only { "ONLY " } else { "" },
+                    relation.table_sql,
+                    key,
+                    relation.buffer_sql
+                ));
+            }
+            Source::Node(node) => ctx.rules.explain(node, &format!("{indent}  "), ctx, out),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Input, Relation};
+    use crate::tree::{Changed, Input, Relation};
+    use crate::ctx::Tables;
+    use crate::source::{ChangeSource, Frontier};
 
     fn block(n: usize) -> Block {
         Block {
@@ -281,13 +328,13 @@ mod tests {
             inputs: (1..=n)
                 .map(|i| Input {
                     placeholder: format!("p{i}"),
-                    relation: Relation {
+                    source: Source::Relation(Relation {
                         relid: i as u32,
                         table_sql: format!("t{i}"),
                         buffer_sql: format!("b{i}"),
                         columns: vec![Some("id".into()), Some("x".into())],
                         key: vec!["id".into()],
-                    },
+                    }),
                     only: false,
                     nullable: None,
                 })
@@ -296,14 +343,22 @@ mod tests {
         }
     }
 
-    fn f() -> Frontier {
-        Frontier { snapshot: "1:1:".into(), xid: None, cid: None }
+    fn f() -> ChangeSource {
+        ChangeSource::Window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None })
+    }
+
+    static TABLES: Tables = Tables { stream_table: String::new(), pgt_id: 1 };
+
+    fn delta(block: &Block, changed: Changed) -> Option<String> {
+        let source = f();
+        let ctx = Ctx::delta(&TABLES, &source, &changed, &crate::node::NodeRules);
+        delta_sql(block, &ctx)
     }
 
     #[test]
     fn one_term_per_changed_input_earlier_new_later_old() {
         let b = block(2);
-        let d = delta_sql(&b, &f(), &[1, 2].into()).unwrap();
+        let d = delta(&b, [1, 2].into()).unwrap();
         assert_eq!(d.matches(") UNION ALL (SELECT t.").count(), 1, "two terms");
         // Term 1: Δ₁ ⋈ old₂ ; term 2: new₁ ⋈ Δ₂.
         let first = d.find("p1 AS (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t1 r)").unwrap();
@@ -315,15 +370,15 @@ mod tests {
     #[test]
     fn unchanged_inputs_are_read_new_and_no_change_means_no_delta() {
         let b = block(2);
-        let d = delta_sql(&b, &f(), &[2].into()).unwrap();
+        let d = delta(&b, [2].into()).unwrap();
         assert!(!d.contains("UNION ALL (SELECT"), "one term");
-        assert!(delta_sql(&b, &f(), &Changed::new()).is_none());
+        assert!(delta(&b, Changed::new()).is_none());
     }
 
     fn outer_block() -> Block {
         let mut b = block(2);
         b.template = "SELECT a.x AS v, __pgt_w_1, __pgt_w_2 FROM p1 a LEFT JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into();
-        b.inputs[1].nullable = Some(crate::plan::NullableSide {
+        b.inputs[1].nullable = Some(crate::tree::NullableSide {
             inner_template: "SELECT a.x AS v, __pgt_w_1, __pgt_w_2 FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
             affected_template: "SELECT a.id AS __pgt_p1_1, ROW(a.*)::text AS __pgt_pc, b.__pgt_w AS __pgt_pw FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
             presence_template: "SELECT ROW(a.*)::text AS __pgt_pc, b.id AS __pgt_pk FROM p1 a LEFT JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0".into(),
@@ -335,7 +390,7 @@ mod tests {
 
     #[test]
     fn nullable_input_term_is_inner_part_plus_signed_null_extensions() {
-        let d = delta_sql(&outer_block(), &f(), &[2].into()).unwrap();
+        let d = delta(&outer_block(), [2].into()).unwrap();
         assert!(d.contains("FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0) t"), "inner part");
         assert!(d.contains("WITH __pgt_matched AS (WITH p1 AS"), "pairs with changed contents");
         assert!(d.contains("PARTITION BY ROW(i.\"id\", i.\"x\")::text"), "R consolidated by content");
@@ -349,7 +404,7 @@ mod tests {
 
     #[test]
     fn preserved_term_reads_nullable_inputs_new_and_subtracts_their_terms() {
-        let d = delta_sql(&outer_block(), &f(), &[1, 2].into()).unwrap();
+        let d = delta(&outer_block(), [1, 2].into()).unwrap();
         // Preserved term: B(Δ₁, new₂) − T₂(Δ₁), then T₂(new₁).
         assert!(!d.contains("min(i.__pgt_ctid)"), "R_old is never read with one nullable input");
         assert_eq!(d.matches("WITH __pgt_matched AS").count(), 2, "T₂ twice: correction and own term");
@@ -359,7 +414,7 @@ mod tests {
 
     #[test]
     fn weights_multiply() {
-        let s = full_sql(&block(2));
+        let s = full_sql(&block(2), &Ctx::full(&TABLES, &crate::node::NodeRules));
         assert!(s.contains("t.__pgt_w_1 * t.__pgt_w_2 AS __pgt_w"));
     }
 }

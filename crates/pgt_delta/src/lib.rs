@@ -30,13 +30,18 @@
 //! (`hash_record_extended(ROW(key...), 0)`, see `sql::record_hash`) of the identity columns.
 
 pub mod aggregate;
+pub mod ctx;
 pub mod join;
 pub mod model;
+pub mod names;
+pub mod node;
 pub mod plan;
 pub mod replace;
 pub mod rows;
 pub mod scan;
+pub mod source;
 mod sql;
+pub mod tree;
 pub mod union;
 
 pub use plan::*;

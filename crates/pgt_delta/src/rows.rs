@@ -23,9 +23,9 @@
 //! (`k` index lookups), then inserts copies `k+1..k+n` or deletes copies
 //! `k+n+1..k`.
 
+use crate::ctx::Ctx;
 use crate::join;
-use crate::plan::{Changed, RowsBranch, RowsPlan};
-use crate::scan::Frontier;
+use crate::tree::{RowsBranch, RowsPlan};
 use crate::sql::{qualified, quoted, record_hash};
 use pgt_core::ident::quote_ident;
 
@@ -55,7 +55,7 @@ fn row_id(plan: &RowsPlan, index: usize, branch: &RowsBranch, alias: &str) -> St
 }
 
 /// `SELECT <visible>, __pgt_row_id` over the full result: what a FULL refresh inserts.
-pub fn full_sql(plan: &RowsPlan) -> String {
+pub fn full_sql(plan: &RowsPlan, ctx: &Ctx) -> String {
     plan.branches
         .iter()
         .enumerate()
@@ -66,14 +66,14 @@ pub fn full_sql(plan: &RowsPlan) -> String {
                     "SELECT {vis}, {id} AS __pgt_row_id FROM ({block}) f",
                     vis = qualified("f", &plan.visible),
                     id = keyless_row_id(plan, i, &content, &format!("pg_catalog.row_number() OVER (PARTITION BY {content})")),
-                    block = join::full_sql(&b.block)
+                    block = join::full_sql(&b.block, ctx)
                 )
             } else {
                 format!(
                     "SELECT {}, {} AS __pgt_row_id FROM ({}) f",
                     qualified("f", &plan.visible),
                     row_id(plan, i, b, "f"),
-                    join::full_sql(&b.block)
+                    join::full_sql(&b.block, ctx)
                 )
             }
         })
@@ -83,7 +83,7 @@ pub fn full_sql(plan: &RowsPlan) -> String {
 
 /// The MERGE applying the changes to stream table `st` (quoted name), or `None`
 /// when no input changed. It returns one row per action taken (`merge_action()`).
-pub fn merge_sql(plan: &RowsPlan, st: &str, frontier: &Frontier, changed: &Changed) -> Option<String> {
+pub fn merge_sql(plan: &RowsPlan, st: &str, ctx: &Ctx) -> Option<String> {
     let v = &plan.visible;
     let mut keyless_sources = Vec::new();
     let deltas: Vec<String> = plan
@@ -91,7 +91,7 @@ pub fn merge_sql(plan: &RowsPlan, st: &str, frontier: &Frontier, changed: &Chang
         .iter()
         .enumerate()
         .filter_map(|(i, b)| {
-            let delta = join::delta_sql(&b.block, frontier, changed)?;
+            let delta = join::delta_sql(&b.block, ctx)?;
             if b.keyless() {
                 keyless_sources.push(keyless_source(plan, i, st, &delta));
                 return None;
@@ -166,7 +166,11 @@ fn keyed_source(v: &[String], deltas: Vec<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Block, Input, Relation};
+    use crate::ctx::Tables;
+    use crate::tree::{Block, Changed, Input, Relation, Source};
+    use crate::source::{ChangeSource, Frontier};
+
+    static TABLES: Tables = Tables { stream_table: String::new(), pgt_id: 1 };
 
     fn branch(relid: u32) -> RowsBranch {
         RowsBranch {
@@ -174,13 +178,13 @@ mod tests {
                 template: "SELECT o.amount AS amount, o.id AS __pgt_k1_1, __pgt_w_1 FROM p1 o".into(),
                 inputs: vec![Input {
                     placeholder: "p1".into(),
-                    relation: Relation {
+                    source: Source::Relation(Relation {
                         relid,
                         table_sql: format!("\"public\".\"o{relid}\""),
                         buffer_sql: format!("\"pgtrickle_changes\".\"changes_{relid}\""),
                         columns: vec![Some("id".into()), Some("amount".into())],
                         key: vec!["id".into()],
-                    },
+                    }),
                     only: false,
                     nullable: None,
                 }],
@@ -196,21 +200,23 @@ mod tests {
 
     #[test]
     fn full_sql_hashes_identity_columns_and_branch_numbers() {
-        let s = full_sql(&plan(1));
+        let s = full_sql(&plan(1), &Ctx::full(&TABLES, &crate::node::NodeRules));
         assert!(s.starts_with("SELECT f.\"amount\", pg_catalog.hash_record_extended(ROW(f.\"__pgt_k1_1\"), 0) AS __pgt_row_id"));
-        let u = full_sql(&plan(2));
+        let u = full_sql(&plan(2), &Ctx::full(&TABLES, &crate::node::NodeRules));
         assert!(u.contains("ROW(1, f.\"__pgt_k1_1\")") && u.contains("ROW(2, f.\"__pgt_k1_1\")") && u.contains(" UNION ALL "));
     }
 
     #[test]
     fn merge_consolidates_prefers_new_versions_and_skips_unchanged_branches() {
-        let f = Frontier { snapshot: "1:1:".into(), xid: None, cid: None };
-        let m = merge_sql(&plan(2), "\"public\".\"st\"", &f, &[2].into()).unwrap();
+        let source = ChangeSource::Window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None });
+        let changed: Changed = [2].into();
+        let m = merge_sql(&plan(2), "\"public\".\"st\"", &Ctx::delta(&TABLES, &source, &changed, &crate::node::NodeRules)).unwrap();
         assert!(m.contains("GROUP BY c.__pgt_row_id, ROW(c.\"amount\")::text HAVING sum(c.__pgt_w) <> 0"));
         assert!(m.contains("ORDER BY s.__pgt_row_id, s.__pgt_w DESC"));
         assert!(m.contains("WHEN MATCHED AND d.__pgt_w < 0 THEN DELETE"));
         assert!(m.contains("changes_2") && !m.contains("changes_1"), "only the changed branch");
         assert!(m.ends_with("RETURNING merge_action()"));
-        assert!(merge_sql(&plan(2), "st", &f, &Changed::new()).is_none());
+        let none = Changed::new();
+        assert!(merge_sql(&plan(2), "st", &Ctx::delta(&TABLES, &source, &none, &crate::node::NodeRules)).is_none());
     }
 }

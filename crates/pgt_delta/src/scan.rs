@@ -13,49 +13,25 @@
 //!   conditions into both branches, so reading `old(R)` costs index lookups plus
 //!   the (small) window.
 //!
-//! A window containing a TRUNCATE marker cannot be expressed as row images; the
-//! refresh then recomputes in full ([`truncate_in_window_sql`]).
+//! Changes are read through a [`ChangeSource`] (today: the change buffer's
+//! window behind the frontier). A run whose changes include a TRUNCATE cannot
+//! be expressed as row images; the refresh then recomputes in full
+//! ([`ChangeSource::truncated_sql`]).
 //!
 //! Every binding exposes the relation's columns by position (a dropped column as a
 //! NULL placeholder) followed by the weight `__pgt_w`.
 
-use crate::plan::Relation;
-use pgt_core::frontier::consumed_by_frontier_sql;
-use pgt_core::ident::{quote_ident, quote_literal};
-
-/// The frontier a refresh starts from, as stored in the catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frontier {
-    /// `pg_snapshot` text (`xmin:xmax:xip,...`).
-    pub snapshot: String,
-    /// The refreshing transaction's xid8 text, if it had one.
-    pub xid: Option<String>,
-    /// Its command id, if it had an xid.
-    pub cid: Option<i64>,
-}
-
-impl Frontier {
-    /// SQL predicate "buffer row `b` is not yet consumed by this frontier".
-    pub fn pending_predicate(&self, row_alias: &str) -> String {
-        let snapshot = format!("{}::pg_catalog.pg_snapshot", quote_literal(&self.snapshot));
-        let xid = match &self.xid {
-            Some(x) => format!("{}::pg_catalog.xid8", quote_literal(x)),
-            None => "NULL::pg_catalog.xid8".to_string(),
-        };
-        let cid = match self.cid {
-            Some(c) => format!("{c}::bigint"),
-            None => "NULL::bigint".to_string(),
-        };
-        format!("NOT COALESCE({}, false)", consumed_by_frontier_sql(row_alias, &snapshot, &xid, &cid))
-    }
-}
+use crate::names::{self, ACTION, WEIGHT};
+use crate::tree::Relation;
+use crate::source::ChangeSource;
+use pgt_core::ident::quote_ident;
 
 /// Name of the placeholder column at position `i` (0-based): the column's name, or
 /// `__pgt_dropped_<i+1>` for a dropped column.
 pub fn placeholder_column(relation: &Relation, i: usize) -> String {
     match &relation.columns[i] {
         Some(name) => name.clone(),
-        None => format!("__pgt_dropped_{}", i + 1),
+        None => names::dropped(i + 1),
     }
 }
 
@@ -77,12 +53,15 @@ fn from_relation(relation: &Relation, only: bool) -> String {
     }
 }
 
+fn with_weight(cols: &str, weight: &str) -> String {
+    let sep = if cols.is_empty() { "" } else { ", " };
+    format!("{cols}{sep}{weight}::bigint AS {WEIGHT}")
+}
+
 /// `new(R)`: the relation in the refresh snapshot, weight 1. `only` reads the
 /// relation without its partitions/children (`FROM ONLY`).
 pub fn new_state_sql(relation: &Relation, only: bool) -> String {
-    let cols = select_list(relation, "r");
-    let sep = if cols.is_empty() { "" } else { ", " };
-    format!("SELECT {cols}{sep}1::bigint AS __pgt_w FROM {} r", from_relation(relation, only))
+    format!("SELECT {} FROM {} r", with_weight(&select_list(relation, "r"), "1"), from_relation(relation, only))
 }
 
 /// The empty relation with `R`'s columns: binding the nullable side of an outer
@@ -91,46 +70,41 @@ pub fn empty_sql(relation: &Relation, only: bool) -> String {
     format!("{} WHERE false", new_state_sql(relation, only))
 }
 
-/// `Δ(R)`: the change-buffer window after `frontier`, one row per image.
-pub fn delta_sql(relation: &Relation, frontier: &Frontier) -> String {
-    let cols = select_list(relation, "b");
-    let sep = if cols.is_empty() { "" } else { ", " };
+/// `Δ(R)`: the changed row images, one row per image.
+pub fn delta_sql(relation: &Relation, source: &ChangeSource) -> String {
     format!(
-        "SELECT {cols}{sep}(CASE b.__pgt_action WHEN 'I' THEN 1 ELSE -1 END)::bigint AS __pgt_w \
-         FROM {} b WHERE b.__pgt_action <> 'T' AND {}",
-        relation.buffer_sql,
-        frontier.pending_predicate("b")
+        "SELECT {} FROM {} WHERE {}",
+        with_weight(&select_list(relation, "b"), &source.weight("b")),
+        source.changes_from(relation, "b"),
+        source.image_predicate("b")
     )
 }
 
 /// `old(R) = new(R) − Δ(R)`.
 ///
-/// The window's images are read as every row of the buffer, each weighted by its
-/// negated window weight, or 0 outside the window: neither branch of the UNION
-/// ALL has a WHERE clause, so PostgreSQL keeps it as one append relation and can
-/// push a join condition into both branches (an index scan of `R` per outer row)
-/// instead of scanning all of `R`. Rows of weight 0 contribute nothing; the block
-/// drops them ([`crate::join::delta_sql`]).
-pub fn old_state_sql(relation: &Relation, only: bool, frontier: &Frontier) -> String {
-    let cols = select_list(relation, "b");
-    let sep = if cols.is_empty() { "" } else { ", " };
+/// The changes are read as every row of the buffer, each weighted by its
+/// negated weight, or 0 when it is not one of this run's images: neither
+/// branch of the UNION ALL has a WHERE clause, so PostgreSQL keeps it as one
+/// append relation and can push a join condition into both branches (an index
+/// scan of `R` per outer row) instead of scanning all of `R`. Rows of weight 0
+/// contribute nothing; the block drops them ([`crate::join::delta_sql`]).
+pub fn old_state_sql(relation: &Relation, only: bool, source: &ChangeSource) -> String {
     format!(
-        "{} UNION ALL SELECT {cols}{sep}(CASE WHEN b.__pgt_action <> 'T' AND {} \
-         THEN (CASE b.__pgt_action WHEN 'I' THEN -1 ELSE 1 END) ELSE 0 END)::bigint AS __pgt_w FROM {} b",
+        "{} UNION ALL SELECT {} FROM {}",
         new_state_sql(relation, only),
-        frontier.pending_predicate("b"),
-        relation.buffer_sql
+        with_weight(&select_list(relation, "b"), &format!("(CASE WHEN {} THEN -{} ELSE 0 END)", source.image_predicate("b"), source.weight("b"))),
+        source.changes_from(relation, "b"),
     )
 }
 
-/// The window's images with their weights and buffer positions (`__pgt_ctid`).
-fn window_images_sql(relation: &Relation, frontier: &Frontier) -> String {
+/// The changed images with their weights and buffer positions (`__pgt_ctid`).
+fn window_images_sql(relation: &Relation, source: &ChangeSource) -> String {
     format!(
-        "SELECT b.ctid AS __pgt_ctid, {}, (CASE b.__pgt_action WHEN 'I' THEN 1 ELSE -1 END) AS __pgt_w, b.__pgt_action AS __pgt_action \
-         FROM {} b WHERE b.__pgt_action <> 'T' AND {}",
+        "SELECT b.ctid AS __pgt_ctid, {}, {} AS {WEIGHT}, b.{ACTION} AS {ACTION} FROM {} WHERE {}",
         select_list(relation, "b"),
-        relation.buffer_sql,
-        frontier.pending_predicate("b")
+        source.weight("b"),
+        source.changes_from(relation, "b"),
+        source.image_predicate("b")
     )
 }
 
@@ -149,31 +123,31 @@ fn key_list(relation: &Relation, alias: &str) -> String {
     relation.key.iter().map(|k| format!("{alias}.{}", quote_ident(k))).collect::<Vec<_>>().join(", ")
 }
 
-/// `Δc(R)`: the window consolidated by content — each content whose net weight
+/// `Δc(R)`: the changes consolidated by content — each content whose net weight
 /// (inserted minus removed images) is not zero, once, weighted by that net.
-/// Images of one tuple version written and removed in the same window cancel.
-pub fn consolidated_delta_sql(relation: &Relation, frontier: &Frontier) -> String {
+/// Images of one tuple version written and removed in the same run cancel.
+pub fn consolidated_delta_sql(relation: &Relation, source: &ChangeSource) -> String {
     let names: Vec<String> = (0..relation.columns.len()).map(|i| quote_ident(&placeholder_column(relation, i))).collect();
     let outer = names.iter().map(|n| format!("c.{n}")).collect::<Vec<_>>().join(", ");
     let inner = names.iter().map(|n| format!("i.{n}")).collect::<Vec<_>>().join(", ");
     format!(
-        "SELECT {outer}, c.__pgt_net::bigint AS __pgt_w FROM (SELECT {inner}, sum(i.__pgt_w) OVER w AS __pgt_net, \
+        "SELECT {outer}, c.__pgt_net::bigint AS {WEIGHT} FROM (SELECT {inner}, sum(i.{WEIGHT}) OVER w AS __pgt_net, \
          row_number() OVER w AS __pgt_rn FROM ({}) i WINDOW w AS (PARTITION BY {})) c WHERE c.__pgt_rn = 1 AND c.__pgt_net <> 0",
-        window_images_sql(relation, frontier),
+        window_images_sql(relation, source),
         content_text(relation, "i")
     )
 }
 
-/// The rows of `R_new` whose key the window did not change, weight 1; every
+/// The rows of `R_new` whose key the changes did not touch, weight 1; every
 /// other row of `R` weight 0. For a keyed `R`, these are the rows of the old
 /// state that are also in the new state (see [`old_present_sql`]).
-pub fn kept_sql(relation: &Relation, only: bool, frontier: &Frontier) -> String {
+pub fn kept_sql(relation: &Relation, only: bool, source: &ChangeSource) -> String {
     format!(
-        "SELECT {}, (CASE WHEN ({}) IN (SELECT {keys} FROM ({}) i GROUP BY {}, {keys} HAVING sum(i.__pgt_w) <> 0) \
-         THEN 0 ELSE 1 END)::bigint AS __pgt_w FROM {} r",
+        "SELECT {}, (CASE WHEN ({}) IN (SELECT {keys} FROM ({}) i GROUP BY {}, {keys} HAVING sum(i.{WEIGHT}) <> 0) \
+         THEN 0 ELSE 1 END)::bigint AS {WEIGHT} FROM {} r",
         select_list(relation, "r"),
         key_list(relation, "r"),
-        window_images_sql(relation, frontier),
+        window_images_sql(relation, source),
         content_text(relation, "i"),
         from_relation(relation, only),
         keys = key_list(relation, "i"),
@@ -186,7 +160,7 @@ pub fn kept_sql(relation: &Relation, only: bool, frontier: &Frontier) -> String 
 /// condition requires a non-zero weight).
 ///
 /// Derivation, for a keyed `R` (`key` not empty; the translation ensures it).
-/// Let `net(x)` be the window's net weight of content `x`. A key none of whose
+/// Let `net(x)` be the changes' net weight of content `x`. A key none of whose
 /// contents has a non-zero net is unchanged, so its row in `R_new` is its old
 /// row. A key with some non-zero content changed; its old row, if any, is the
 /// content with net −1 (a key has at most one row in each state, so `net` is
@@ -195,63 +169,25 @@ pub fn kept_sql(relation: &Relation, only: bool, frontier: &Frontier) -> String 
 /// ctid).
 ///
 /// Both parts are weights over whole scans — of `R`, and of the change buffer —
-/// computed with uncorrelated (hashed) subqueries over the window, never
+/// computed with uncorrelated (hashed) subqueries over the changes, never
 /// filters: a UNION ALL of branches without WHERE stays one append relation, so
 /// the planner can push the join condition into both scans.
-pub fn old_present_sql(relation: &Relation, only: bool, frontier: &Frontier) -> String {
+pub fn old_present_sql(relation: &Relation, only: bool, source: &ChangeSource) -> String {
     format!(
-        "{} UNION ALL SELECT {}, (CASE WHEN b.ctid IN (SELECT min(i.__pgt_ctid) FILTER (WHERE i.__pgt_action = 'D') FROM ({}) i \
-         GROUP BY {} HAVING sum(i.__pgt_w) < 0) THEN 1 ELSE 0 END)::bigint AS __pgt_w FROM {} b",
-        kept_sql(relation, only, frontier),
+        "{} UNION ALL SELECT {}, (CASE WHEN b.ctid IN (SELECT min(i.__pgt_ctid) FILTER (WHERE i.{ACTION} = 'D') FROM ({}) i \
+         GROUP BY {} HAVING sum(i.{WEIGHT}) < 0) THEN 1 ELSE 0 END)::bigint AS {WEIGHT} FROM {}",
+        kept_sql(relation, only, source),
         select_list(relation, "b"),
-        window_images_sql(relation, frontier),
+        window_images_sql(relation, source),
         content_text(relation, "i"),
-        relation.buffer_sql,
-    )
-}
-
-/// A query returning true when the window of `relation` holds a TRUNCATE marker.
-pub fn truncate_in_window_sql(relation: &Relation, frontier: &Frontier) -> String {
-    format!(
-        "SELECT EXISTS (SELECT 1 FROM {} b WHERE b.__pgt_action = 'T' AND {})",
-        relation.buffer_sql,
-        frontier.pending_predicate("b")
-    )
-}
-
-/// A query counting the row images in the window of `relation` (for the change
-/// ratio that decides between DIFFERENTIAL and FULL).
-pub fn window_size_sql(relation: &Relation, frontier: &Frontier) -> String {
-    format!("SELECT count(*) FROM {} b WHERE {}", relation.buffer_sql, frontier.pending_predicate("b"))
-}
-
-/// One query describing the windows of all `relations`: one text value
-/// `relid:rows:truncated` per relation with a non-empty window, joined by `;`
-/// (NULL when every window is empty). `rows` estimates the changed rows as the
-/// larger of the new and the old images (an UPDATE writes one of each).
-pub fn windows_sql(relations: &[&Relation], frontier: &Frontier) -> String {
-    let parts: Vec<String> = relations
-        .iter()
-        .map(|r| {
-            format!(
-                "SELECT {relid} AS relid, b.__pgt_action AS action FROM {buffer} b WHERE {pending}",
-                relid = r.relid,
-                buffer = r.buffer_sql,
-                pending = frontier.pending_predicate("b")
-            )
-        })
-        .collect();
-    format!(
-        "SELECT pg_catalog.string_agg(w.relid || ':' || w.images || ':' || w.truncated, ';') FROM ( \
-           SELECT u.relid, greatest(count(*) FILTER (WHERE u.action = 'I'), count(*) FILTER (WHERE u.action = 'D')) AS images, \
-                  bool_or(u.action = 'T') AS truncated FROM ({}) u GROUP BY u.relid) w",
-        parts.join(" UNION ALL ")
+        source.changes_from(relation, "b"),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::Frontier;
 
     fn rel() -> Relation {
         Relation {
@@ -263,8 +199,8 @@ mod tests {
         }
     }
 
-    fn frontier() -> Frontier {
-        Frontier { snapshot: "10:12:11".into(), xid: Some("10".into()), cid: Some(3) }
+    fn frontier() -> ChangeSource {
+        ChangeSource::Window(Frontier { snapshot: "10:12:11".into(), xid: Some("10".into()), cid: Some(3) })
     }
 
     #[test]
@@ -291,7 +227,7 @@ mod tests {
         let o = old_state_sql(&rel(), false, &frontier());
         assert!(o.starts_with(&new_state_sql(&rel(), false)));
         assert!(o.contains("UNION ALL SELECT b.\"id\", NULL::integer AS \"__pgt_dropped_2\", b.\"v\", (CASE WHEN b.__pgt_action <> 'T' AND NOT COALESCE("));
-        assert!(o.contains("THEN (CASE b.__pgt_action WHEN 'I' THEN -1 ELSE 1 END) ELSE 0 END)::bigint AS __pgt_w FROM \"pgtrickle_changes\".\"changes_1\" b"));
+        assert!(o.contains("THEN -(CASE b.__pgt_action WHEN 'I' THEN 1 ELSE -1 END) ELSE 0 END)::bigint AS __pgt_w FROM \"pgtrickle_changes\".\"changes_1\" b"));
         assert!(!o.contains("WHERE"), "no branch filters, so join conditions reach both");
     }
 

@@ -386,12 +386,24 @@ fn capture_cannot_be_switched_off() {
     assert!(said.iter().any(|(_, m)| m.contains("pg_trickle put it back")), "{said:?}");
     // The refreshes stayed DIFFERENTIAL: no write had gone uncaptured.
     let full: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE action = 'FULL' AND initiated_by = 'MANUAL'", &[]);
-    assert_eq!(full, 0);
+    assert_eq!(full, 0, "repairs made by the command that broke capture need no recomputation");
+
+    // Switched off where no event trigger saw it (a superuser with
+    // event_triggers = off), then repaired by the next DDL that does fire them:
+    // the readers recompute, as writes went uncaptured meanwhile.
+    db.exec("SET event_triggers = off; ALTER TABLE src DISABLE TRIGGER ALL; RESET event_triggers");
+    db.exec("INSERT INTO src VALUES (2900, 2, 'unseen', true)");
+    let (mut sn, sn_notices) = db.connect_collecting_notices();
+    sn.batch_execute("ALTER TABLE src ADD COLUMN unused_col int").unwrap();
+    let said = taken(&sn_notices);
+    assert!(said.iter().any(|(sev, m)| sev == "WARNING" && m.contains("had been switched off")), "{said:?}");
+    assert_eq!(triggers(&mut db), intact);
+    an.batch_execute("SELECT pgtrickle.refresh_stream_table('st')").unwrap();
+    assert_st_matches_query(&mut a, "st", q);
 
     // Bypassed: a superuser turns event triggers off and disables capture.
     db.exec("SET event_triggers = off; ALTER TABLE src DISABLE TRIGGER ALL; RESET event_triggers");
     db.exec("INSERT INTO src VALUES (3000, 1, 'uncaptured', true); UPDATE src SET w = 'zz' WHERE id = 50");
-    let (mut sn, sn_notices) = db.connect_collecting_notices();
     sn.batch_execute("SELECT pgtrickle.refresh_stream_table('st')").unwrap();
     let said = taken(&sn_notices);
     assert!(said.iter().any(|(sev, m)| sev == "WARNING" && m.contains("had been switched off")), "{said:?}");
@@ -525,6 +537,20 @@ fn only_refreshes_write_stream_tables() {
     .unwrap();
     assert_st_matches_query(&mut a, "diff", "SELECT id, v FROM src WHERE v > 2");
     assert_st_matches_query(&mut a, "full_st", "SELECT id, v FROM src WHERE v > 2");
+    // Nor may its shape change under the query: columns, or inheritance.
+    a.batch_execute("CREATE TABLE parent_t (id int, v int)").unwrap();
+    for reshape in [
+        "ALTER TABLE diff ADD COLUMN extra int",
+        "ALTER TABLE diff DROP COLUMN v",
+        "ALTER TABLE diff RENAME COLUMN v TO w",
+        "ALTER TABLE diff ALTER COLUMN v TYPE bigint",
+        "ALTER TABLE diff ALTER COLUMN v TYPE int USING v + 1",
+        "ALTER TABLE diff INHERIT parent_t",
+        "CREATE TABLE child_t () INHERITS (diff)",
+    ] {
+        let err = expect_error(&mut a, reshape, "42809");
+        assert!(err.contains("stream table public.diff"), "{reshape}: {err}");
+    }
     // Indexes, grants and policies on a stream table stay the owner's to make.
     a.batch_execute("CREATE INDEX ON diff (v); GRANT SELECT ON diff TO PUBLIC; ALTER TABLE diff ENABLE ROW LEVEL SECURITY").unwrap();
     // Dropping the extension leaves an ordinary, writable table.
@@ -756,4 +782,79 @@ fn more_databases_than_workers_are_all_served_in_turn() {
     for name in &names {
         admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).unwrap();
     }
+}
+
+/// Point 2, for a role that bypasses row-level security (the buffers' policy
+/// does not apply to it): losing SELECT through a role membership, which no
+/// event reports, takes its buffer grant away at the scheduler's next
+/// housekeeping (every 10 s).
+#[test]
+fn buffer_grants_follow_membership_changes_for_bypassrls_roles() {
+    let (mut db, alice, _, _) = three_roles("sec_bypassrls");
+    let carol = db.create_role("carol", "NOSUPERUSER BYPASSRLS");
+    let readers = db.create_role("readers2", "NOSUPERUSER");
+    db.exec(&format!("GRANT CREATE ON SCHEMA public TO \"{carol}\"; GRANT \"{readers}\" TO \"{carol}\""));
+    let mut a = db.connect_as(&alice);
+    a.batch_execute(&format!("GRANT SELECT ON src TO \"{readers}\"; SELECT pgtrickle.create_stream_table('alice_st', 'SELECT id FROM src')"))
+        .unwrap();
+    let mut c = db.connect_as(&carol);
+    c.batch_execute("SELECT pgtrickle.create_stream_table('carol_st', 'SELECT id, w FROM src')").unwrap();
+    let buffer = buffer_of(&mut db, "src");
+    c.batch_execute(&format!("SELECT count(*) FROM {buffer}")).unwrap();
+    db.exec(&format!("REVOKE \"{readers}\" FROM \"{carol}\""));
+    wait_until(
+        &mut db.client,
+        &format!("SELECT NOT has_table_privilege('{carol}', '{buffer}', 'SELECT')"),
+        "the scheduler to take the stale grant away",
+        Duration::from_secs(40),
+    );
+    expect_error(&mut c, &format!("SELECT * FROM {buffer}"), "42501");
+}
+
+/// Point 5, under concurrency: a stream table suspended and resumed while
+/// writers run and another stream table over the same source keeps refreshing
+/// (and trimming the shared buffer) loses no change: its first refresh after
+/// resuming holds the buffer until it has a frontier again.
+#[test]
+fn resuming_under_concurrent_writes_and_trims_loses_nothing() {
+    let mut db = TestDb::new("sec_resume_race");
+    db.exec(
+        "CREATE TABLE t (id serial PRIMARY KEY, v int NOT NULL);
+         INSERT INTO t (v) SELECT g % 10 FROM generate_series(1, 100) g;
+         SELECT pgtrickle.create_stream_table('x', 'SELECT v, count(*) AS n FROM t GROUP BY v');
+         SELECT pgtrickle.create_stream_table('y', 'SELECT v, sum(id) AS s FROM t GROUP BY v');",
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawn = |sql: &'static str, pause: u64| {
+        let mut c = db.connect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.batch_execute(sql).unwrap();
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+        })
+    };
+    let threads = vec![
+        spawn("INSERT INTO t (v) VALUES ((random() * 9)::int)", 2),
+        spawn("UPDATE t SET v = (v + 1) % 10 WHERE id = (SELECT (random() * 100)::int + 1)", 3),
+        spawn("SELECT pgtrickle.refresh_stream_table('y')", 1),
+    ];
+    for _ in 0..40 {
+        db.exec(
+            "SELECT pgtrickle.alter_stream_table('x', status => 'SUSPENDED');
+             SELECT pgtrickle.alter_stream_table('x', status => 'ACTIVE');
+             SELECT pgtrickle.refresh_stream_table('x');",
+        );
+        for _ in 0..3 {
+            db.exec("SELECT pgtrickle.refresh_stream_table('x')");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    db.exec("SELECT pgtrickle.refresh_stream_table('x'); SELECT pgtrickle.refresh_stream_table('y')");
+    assert_st_matches_query(&mut db.client, "x", "SELECT v, count(*) AS n FROM t GROUP BY v");
+    assert_st_matches_query(&mut db.client, "y", "SELECT v, sum(id) AS s FROM t GROUP BY v");
 }

@@ -1,0 +1,162 @@
+//! Every hidden name pg_trickle's generated SQL relies on across modules and
+//! crates — columns of stream tables, change buffers, state tables and
+//! templates, and the placeholders templates read — defined once. The
+//! extension's translation, storage and capture code import them from here;
+//! no other module spells them.
+//!
+//! Names local to one statement of one module (the CTEs of an aggregate's
+//! MERGE, say) stay with that module.
+
+/// The prefix reserved for pg_trickle's hidden names; user columns may not
+/// start with it.
+pub const PREFIX: &str = "__pgt_";
+
+/// Row identity of a stream table or state table: a 64-bit hash, unique.
+pub const ROW_ID: &str = "__pgt_row_id";
+
+/// The weight (signed multiplicity) of a row of a state, binding or delta.
+pub const WEIGHT: &str = "__pgt_w";
+
+/// The writing transaction of a change-buffer row (`xid8`).
+pub const TXID: &str = "__pgt_txid";
+
+/// The action of a change-buffer row: `I` a new image, `D` an old one, `T` a
+/// TRUNCATE marker.
+pub const ACTION: &str = "__pgt_action";
+
+/// Rows in an aggregate's group (its multiplicity, for DISTINCT).
+pub const COUNT: &str = "__pgt_count";
+
+/// The placeholder (CTE name) of input `i` (1-based) of a template.
+pub fn placeholder(i: usize) -> String {
+    format!("__pgt_in_{i}")
+}
+
+/// The column standing for dropped column `attnum` in a relation's bindings.
+pub fn dropped(attnum: usize) -> String {
+    format!("__pgt_dropped_{attnum}")
+}
+
+/// The weight of the row read from input `i` (1-based), in a block's output.
+pub fn weight_of(i: usize) -> String {
+    format!("__pgt_w_{i}")
+}
+
+/// Key column `j` (1-based) of input `i`, in a block's output (the row's
+/// identity is built from these).
+pub fn key_of(i: usize, j: usize) -> String {
+    format!("__pgt_k{i}_{j}")
+}
+
+/// Group key `i` (1-based) of an aggregate: in its input block's output, in
+/// the output template's `__pgt_agg` row, and in a state table.
+pub fn group(i: usize) -> String {
+    format!("__pgt_g{i}")
+}
+
+/// The argument of aggregate `j` (1-based) in its input block's output.
+pub fn arg(j: usize) -> String {
+    format!("__pgt_a{j}")
+}
+
+/// Argument (or ORDER BY expression) `n` of rescanned aggregate `j`.
+pub fn rescan_arg(j: usize, n: usize) -> String {
+    format!("__pgt_a{j}_{n}")
+}
+
+/// The FILTER condition of aggregate `j` in its input block's output.
+pub fn filter(j: usize) -> String {
+    format!("__pgt_f{j}")
+}
+
+/// The value of aggregate `j` in the output template's `__pgt_agg` row.
+pub fn value(j: usize) -> String {
+    format!("__pgt_v{j}")
+}
+
+/// The one row an aggregate's output template reads.
+pub const AGG_ROW: &str = "__pgt_agg";
+
+/// The output template's HAVING result.
+pub const HAVING: &str = "__pgt_having";
+
+/// Rows of aggregate `j` that contribute (FILTER true, argument not NULL).
+pub fn aux_count(j: usize) -> String {
+    format!("__pgt_aux_count_{j}")
+}
+
+/// Running sum of aggregate `j` (SUM, AVG).
+pub fn aux_sum(j: usize) -> String {
+    format!("__pgt_aux_sum_{j}")
+}
+
+/// Current minimum of aggregate `j`.
+pub fn aux_min(j: usize) -> String {
+    format!("__pgt_aux_min_{j}")
+}
+
+/// Current maximum of aggregate `j`.
+pub fn aux_max(j: usize) -> String {
+    format!("__pgt_aux_max_{j}")
+}
+
+/// Rescanned value of aggregate `j`.
+pub fn aux_val(j: usize) -> String {
+    format!("__pgt_aux_val_{j}")
+}
+
+/// The content of a preserved row of an outer join (text), in the outer-join
+/// rule's templates.
+pub const PRESERVED_CONTENT: &str = "__pgt_pc";
+
+/// The nullable side's weight, in an outer join's affected template.
+pub const NULLABLE_WEIGHT: &str = "__pgt_pw";
+
+/// The nullable side's first key column, NULL for a preserved row without a
+/// match, in an outer join's presence template.
+pub const NULLABLE_KEY: &str = "__pgt_pk";
+
+/// Key column `n` of restricted preserved input `i`, in an outer join's
+/// affected template.
+pub fn preserved_key(i: usize, n: usize) -> String {
+    format!("__pgt_p{i}_{n}")
+}
+
+/// Column `i` (1-based) of a child node's output as its parent reads it (a
+/// state table's data columns).
+pub fn child_column(i: usize) -> String {
+    format!("__pgt_c{i}")
+}
+
+/// The CTE holding the changes a refresh applies to intermediate state table
+/// `n` (its MERGE's RETURNING rows).
+pub fn state_delta(n: usize) -> String {
+    format!("__pgt_sd{n}")
+}
+
+/// Whether `name` is reserved for pg_trickle.
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(PREFIX)
+}
+
+/// The schema of intermediate state tables.
+pub const STATE_SCHEMA: &str = "pgtrickle_state";
+
+/// Intermediate state table `n` of stream table `pgt_id` (in [`STATE_SCHEMA`]).
+pub fn state_table(pgt_id: i64, n: usize) -> String {
+    format!("pgt_{pgt_id}_{n}")
+}
+
+/// Columns of the rows a child's state-table MERGE returns: the old and the
+/// new row id, and column `i`'s old and new value.
+pub const OLD_ROW_ID: &str = "__pgt_old_id";
+/// See [`OLD_ROW_ID`].
+pub const NEW_ROW_ID: &str = "__pgt_new_id";
+/// See [`OLD_ROW_ID`].
+pub fn old_value(i: usize) -> String {
+    format!("__pgt_o{i}")
+}
+/// See [`OLD_ROW_ID`].
+pub fn new_value(i: usize) -> String {
+    format!("__pgt_n{i}")
+}

@@ -1,0 +1,137 @@
+//! Child operators: results a block reads as one of its inputs, like a base
+//! relation, but computed by an operator of their own — an aggregate, DISTINCT
+//! or UNION in a subquery, a view or a CTE (`SELECT ... FROM (SELECT g,
+//! sum(x) ... GROUP BY g) s JOIN t ...`). This is what lets operators nest.
+//!
+//! A parent's delta rule needs a child's delta and, for the terms of its other
+//! inputs, the child's old or new state restricted to the rows that join them.
+//! Recomputing a child for that would cost a whole aggregation of its input
+//! per refresh, and no index reaches into a GROUP BY subquery. So a child
+//! aggregate **keeps its result in a state table** (DBSP's "integrate"),
+//! `pgtrickle_state.pgt_<pgt_id>_<n>`: one row per group with the subquery's
+//! output columns (`__pgt_c1`, ...), `__pgt_row_id` (the hash of the group key,
+//! with a unique index) and the aggregate state, exactly what a stream table
+//! with that query stores. It is maintained by the aggregate's own rule
+//! ([`crate::aggregate`]) in the same statement as the stream table:
+//!
+//! - `Δchild`: the aggregate's MERGE into the state table runs as a
+//!   data-modifying CTE at the top of the refresh's statement, `RETURNING` the
+//!   old and new version of every row it deletes, inserts or updates
+//!   (PostgreSQL 18's `RETURNING old.*, new.*`): the old versions with weight
+//!   −1 and the new ones +1 are exactly the change of the child's result;
+//! - `old(child)`: the state table as the statement reads it — all parts of
+//!   one statement see one snapshot, so the CTE's writes are not visible;
+//! - `new(child) = old − {rows whose id the MERGE changed} + {new versions}`.
+//!
+//! Each costs work proportional to the changed groups (the MERGE touches only
+//! them; parents reach state rows through indexes). A full recomputation fills
+//! state tables first, children before parents ([`crate::plan::Plan::full_steps`]).
+//!
+//! Identity: a child's rows are unique by `__pgt_row_id`, which is its key for
+//! the parent (the parent's own row identity hashes it).
+
+use crate::aggregate::{self, Returning};
+use crate::ctx::{Binding, ChildRules, Ctx, Mode};
+use crate::names::{self, NEW_ROW_ID, OLD_ROW_ID, ROW_ID, WEIGHT};
+use crate::sql::qualified;
+use crate::tree::Node;
+use pgt_core::ident::quote_ident;
+
+/// The rules of every kind of child operator (see the module doc), given to
+/// [`Ctx`] by the plan.
+pub struct NodeRules;
+
+impl ChildRules for NodeRules {
+    /// In a full recomputation and for `Old`, the state table as the statement
+    /// reads it; for `New`, that minus the rows its MERGE changed plus their new
+    /// versions.
+    fn state_sql(&self, node: &Node, ctx: &Ctx, binding: Binding) -> String {
+        let table = ctx.tables.state_table(state_number(node));
+        let cols = node.columns();
+        let read = format!("SELECT {}, 1::bigint AS {WEIGHT} FROM {table} s", qualified("s", &cols));
+        if matches!(ctx.mode, Mode::Full) || binding != Binding::New || !ctx.node_changed(node) {
+            return read;
+        }
+        let Some(changes) = hoist_delta(node, ctx) else { return read };
+        format!(
+            "{read} WHERE NOT EXISTS (SELECT 1 FROM {changes} d WHERE d.{OLD_ROW_ID} = s.{ROW_ID}) \
+             UNION ALL SELECT {}, 1::bigint FROM {changes} d WHERE d.{NEW_ROW_ID} IS NOT NULL",
+            returned(node, true)
+        )
+    }
+
+    /// The new versions of the rows its MERGE changed (+1) and their old
+    /// versions (−1).
+    fn delta_sql(&self, node: &Node, ctx: &Ctx) -> Option<String> {
+        if !ctx.node_changed(node) {
+            return None;
+        }
+        let changes = hoist_delta(node, ctx)?;
+        Some(format!(
+            "SELECT {}, 1::bigint AS {WEIGHT} FROM {changes} d WHERE d.{NEW_ROW_ID} IS NOT NULL \
+             UNION ALL SELECT {}, -1::bigint FROM {changes} d WHERE d.{OLD_ROW_ID} IS NOT NULL",
+            returned(node, true),
+            returned(node, false)
+        ))
+    }
+
+    fn explain(&self, node: &Node, indent: &str, ctx: &Ctx, out: &mut String) {
+        match node {
+            Node::Aggregate(a) => {
+                out.push_str(&format!(
+                    "{indent}Child result kept in state table {} (its MERGE's RETURNING rows are its delta)\n",
+                    ctx.tables.state_table(a.state)
+                ));
+                aggregate::explain(&a.plan, &format!("{indent}  "), ctx, out);
+            }
+        }
+    }
+}
+
+fn state_number(node: &Node) -> usize {
+    match node {
+        Node::Aggregate(a) => a.state,
+    }
+}
+
+/// What its state table holds after a full recomputation.
+pub fn full_state_sql(node: &Node, ctx: &Ctx) -> String {
+    match node {
+        Node::Aggregate(a) => aggregate::full_sql(&a.plan, ctx),
+    }
+}
+
+/// `d.<new or old value i> AS <column i>, ...` over its MERGE's returned rows.
+fn returned(node: &Node, new: bool) -> String {
+    node.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let from = if c == ROW_ID {
+                if new { NEW_ROW_ID.to_string() } else { OLD_ROW_ID.to_string() }
+            } else if new {
+                names::new_value(i + 1)
+            } else {
+                names::old_value(i + 1)
+            };
+            format!("d.{from} AS {}", quote_ident(c))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Hoists the MERGE bringing its state table up to date (once) and returns the
+/// CTE's name; `None` when its input did not change.
+fn hoist_delta(node: &Node, ctx: &Ctx) -> Option<String> {
+    match node {
+        Node::Aggregate(a) => {
+            let name = names::state_delta(a.state);
+            let table = ctx.tables.state_table(a.state);
+            // Computed before hoisting: a child's MERGE hoists its own
+            // children's first.
+            let merge = aggregate::merge_sql(&a.plan, &table, ctx, Returning::Changes(a.plan.visible.clone()))?;
+            ctx.hoist(&name, || merge);
+            Some(name)
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Where a refresh reads the changes of a base relation: the one abstraction
+//! every delta rule reads changes through ([`ChangeSource`]). Rules never see
+//! how changes are kept; they ask for a relation's changed row images with
+//! signed weights.
+//!
+//! Today there is one source: the change buffer's *window* behind a stream
+//! table's frontier (DIFFERENTIAL refresh). A buffer row written by
+//! transaction `T` at command `c` is in the window when the refresh's snapshot
+//! sees it and the previous frontier had not consumed it
+//! ([`pgt_core::frontier`]). IMMEDIATE maintenance will add the statement's
+//! transition tables as a second source.
+
+use crate::names::ACTION;
+use crate::tree::Relation;
+use pgt_core::frontier::consumed_by_frontier_sql;
+use pgt_core::ident::quote_literal;
+
+/// The frontier a refresh starts from, as stored in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontier {
+    /// `pg_snapshot` text (`xmin:xmax:xip,...`).
+    pub snapshot: String,
+    /// The refreshing transaction's xid8 text, if it had one.
+    pub xid: Option<String>,
+    /// Its command id, if it had an xid.
+    pub cid: Option<i64>,
+}
+
+impl Frontier {
+    /// SQL predicate "buffer row `row_alias` is not yet consumed by this frontier".
+    pub fn pending_predicate(&self, row_alias: &str) -> String {
+        let snapshot = format!("{}::pg_catalog.pg_snapshot", quote_literal(&self.snapshot));
+        let xid = match &self.xid {
+            Some(x) => format!("{}::pg_catalog.xid8", quote_literal(x)),
+            None => "NULL::pg_catalog.xid8".to_string(),
+        };
+        let cid = match self.cid {
+            Some(c) => format!("{c}::bigint"),
+            None => "NULL::bigint".to_string(),
+        };
+        format!("NOT COALESCE({}, false)", consumed_by_frontier_sql(row_alias, &snapshot, &xid, &cid))
+    }
+}
+
+/// Where the changes of base relations come from in one maintenance run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeSource {
+    /// The change buffers' windows after a frontier (DIFFERENTIAL refresh).
+    Window(Frontier),
+}
+
+impl ChangeSource {
+    /// SQL predicate: row `alias` of the relation's change buffer is a row
+    /// image of this run's changes (not a TRUNCATE marker).
+    pub fn image_predicate(&self, alias: &str) -> String {
+        match self {
+            ChangeSource::Window(f) => format!("{alias}.{ACTION} <> 'T' AND {}", f.pending_predicate(alias)),
+        }
+    }
+
+    /// SQL predicate: row `alias` of the buffer belongs to this run's changes
+    /// (images and TRUNCATE markers).
+    pub fn pending_predicate(&self, alias: &str) -> String {
+        match self {
+            ChangeSource::Window(f) => f.pending_predicate(alias),
+        }
+    }
+
+    /// The relation the changes of `relation` are read from, aliased `alias`
+    /// (`<buffer> b`).
+    pub fn changes_from(&self, relation: &Relation, alias: &str) -> String {
+        match self {
+            ChangeSource::Window(_) => format!("{} {alias}", relation.buffer_sql),
+        }
+    }
+
+    /// The signed weight of image `alias`: +1 for a new image, −1 for an old one.
+    pub fn weight(&self, alias: &str) -> String {
+        format!("(CASE {alias}.{ACTION} WHEN 'I' THEN 1 ELSE -1 END)")
+    }
+
+    /// A query returning true when the changes of `relation` include a
+    /// TRUNCATE (then no row images express them: the refresh recomputes).
+    pub fn truncated_sql(&self, relation: &Relation) -> String {
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE b.{ACTION} = 'T' AND {})",
+            self.changes_from(relation, "b"),
+            self.pending_predicate("b")
+        )
+    }
+
+    /// One query describing the changes of every relation in `relations`: a row
+    /// `(relid oid, images bigint, truncated boolean)` per relation that
+    /// changed. `images` estimates the changed rows as the larger of the new and
+    /// old images (an UPDATE writes one of each).
+    pub fn summary_sql(&self, relations: &[&Relation]) -> String {
+        let parts: Vec<String> = relations
+            .iter()
+            .map(|r| {
+                format!(
+                    "SELECT {relid}::pg_catalog.oid AS relid, b.{ACTION} AS action FROM {from} WHERE {pending}",
+                    relid = r.relid,
+                    from = self.changes_from(r, "b"),
+                    pending = self.pending_predicate("b")
+                )
+            })
+            .collect();
+        format!(
+            "SELECT u.relid, greatest(count(*) FILTER (WHERE u.action = 'I'), count(*) FILTER (WHERE u.action = 'D'))::bigint, \
+                    bool_or(u.action = 'T') FROM ({}) u GROUP BY u.relid",
+            parts.join(" UNION ALL ")
+        )
+    }
+}

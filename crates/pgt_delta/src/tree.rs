@@ -1,0 +1,466 @@
+//! The operator tree's data: what the translation from PostgreSQL's analysed
+//! query builds and the catalog stores (as JSON, inside [`crate::plan::Plan`]).
+//! Pure data with structural queries (which relations, which hidden columns);
+//! the delta rules that turn it into SQL live in the operator modules.
+//!
+//! A query block is carried as a *template*: PostgreSQL's own deparse of the
+//! block in which every input has been replaced by a placeholder name (a CTE
+//! reference). Binding each placeholder to SQL for the input's new state, old
+//! state or delta evaluates the block over those inputs with PostgreSQL's exact
+//! semantics for every expression, while the delta rules decide the bindings.
+//! An input is a base relation ([`Source::Relation`]) or a child operator
+//! ([`Source::Node`]), which is how operators nest.
+
+use crate::names;
+
+/// A base relation read by the query: a table, partitioned table or stream table
+/// whose changes are captured.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Relation {
+    /// `pg_class` OID.
+    pub relid: u32,
+    /// The relation, quoted and schema-qualified (`"public"."orders"`).
+    pub table_sql: String,
+    /// Its change buffer, quoted (`"pgtrickle_changes"."changes_16384"`).
+    pub buffer_sql: String,
+    /// Its columns by position (attnum − 1); `None` for a dropped column.
+    pub columns: Vec<Option<String>>,
+    /// Columns of its primary key (or other non-null unique key): the identity of
+    /// its rows. Empty when it has none.
+    pub key: Vec<String>,
+}
+
+/// What a block's input stands for: a captured base relation, or a child
+/// operator whose result the block reads (an aggregate in a subquery, ...).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Source {
+    /// A base relation ([`crate::scan`]).
+    Relation(Relation),
+    /// A child operator ([`crate::node`]).
+    Node(Box<Node>),
+}
+
+impl Source {
+    /// The base relations read, at any depth.
+    pub fn relations(&self) -> Vec<&Relation> {
+        match self {
+            Source::Relation(r) => vec![r],
+            Source::Node(n) => n.relations(),
+        }
+    }
+
+    /// The identity columns of its rows, as the block reads them: the key of a
+    /// relation, the row id of a child; empty when rows have no identity.
+    pub fn key(&self) -> Vec<String> {
+        match self {
+            Source::Relation(r) => r.key.clone(),
+            Source::Node(n) => n.key(),
+        }
+    }
+
+    /// The base relation, if it is one.
+    pub fn relation(&self) -> Option<&Relation> {
+        match self {
+            Source::Relation(r) => Some(r),
+            Source::Node(_) => None,
+        }
+    }
+}
+
+/// One input of a block template: the placeholder the template reads, and what it
+/// stands for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Input {
+    /// Name the template uses in FROM (unquoted; safe identifier chars only).
+    pub placeholder: String,
+    /// What is bound to it.
+    pub source: Source,
+    /// Read without partitions or inheritance children (`FROM ONLY`).
+    pub only: bool,
+    /// Set when the input is the nullable side of a LEFT or RIGHT JOIN: its
+    /// changes are applied by the outer-join rule of [`crate::join`].
+    #[serde(default)]
+    pub nullable: Option<NullableSide>,
+}
+
+/// What the outer-join delta rule needs about an input `R` that is the nullable
+/// side of a LEFT or RIGHT JOIN `J = P ⟕ R` (see [`crate::join`]). Every template
+/// here reads the same placeholders as the block's template.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NullableSide {
+    /// The block's template with `J` made an inner join: the block's rows in
+    /// which `R`'s row is real (not NULL-extended). Same output columns.
+    pub inner_template: String,
+    /// A query over `J` alone, made an inner join, without the block's WHERE:
+    /// one row per pair of a preserved row and a matching `R` row, with the
+    /// keys of the restricted inputs (`__pgt_p<input>_<n>`, 1-based), the
+    /// preserved row's content as text (`__pgt_pc`) and `R`'s weight
+    /// (`__pgt_pw`).
+    pub affected_template: String,
+    /// `J` alone as written (outer), without the block's WHERE: the preserved
+    /// row's content (`__pgt_pc`) and `R`'s first key column (`__pgt_pk`),
+    /// NULL for a preserved row without a match. `J`'s condition includes
+    /// `<that column> IS NOT NULL`, so testing it for NULL is an anti-join.
+    pub presence_template: String,
+    /// The block's template with one more output column, `__pgt_pc`: the
+    /// content of the preserved row each output row comes from.
+    pub null_template: String,
+    /// The preserved inputs whose rows are restricted to the affected keys:
+    /// positions (0-based) in the block's inputs. Each is keyed and is not itself
+    /// the nullable side of a join.
+    pub restricted: Vec<usize>,
+}
+
+/// A select-project-join block as a template (see the module doc). Its output
+/// columns are, in order, `columns`, then `__pgt_w_<i>` for each input `i`
+/// (1-based): the weight of the row read from that input.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Block {
+    /// Deparsed SQL: `SELECT ... FROM <placeholders> ... WHERE ...`.
+    pub template: String,
+    /// The placeholders, in the order of their weight columns.
+    pub inputs: Vec<Input>,
+    /// Names of the template's data output columns, in order.
+    pub columns: Vec<String>,
+}
+
+/// The OIDs of the relations whose change windows are not empty in a refresh.
+pub type Changed = std::collections::BTreeSet<u32>;
+
+/// `SELECT <visible> FROM ... WHERE ...` (inner and outer joins), or a UNION ALL
+/// of such blocks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowsPlan {
+    /// The branches (one unless UNION ALL).
+    pub branches: Vec<RowsBranch>,
+    /// Names of the visible columns (the stream table's user columns).
+    pub visible: Vec<String>,
+    /// Per visible column, a function applied to it before a keyless row's
+    /// content is hashed (as [`AggregatePlan::group_hash`]), or empty.
+    #[serde(default)]
+    pub content_hash: Vec<String>,
+}
+
+/// One branch of a [`RowsPlan`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowsBranch {
+    /// The block; its columns are the visible columns (under the plan's names)
+    /// followed by the identity columns `__pgt_k<i>_<j>` (input `i`'s key column `j`).
+    pub block: Block,
+    /// Names of the identity columns in the block's output; empty when some input
+    /// has no key, and rows are identified by content and multiplicity instead.
+    pub identity: Vec<String>,
+}
+
+impl Block {
+    /// Calls `f` on every base relation this block reads, at any depth.
+    pub fn for_each_relation_mut(&mut self, f: &mut dyn FnMut(&mut Relation)) {
+        for input in self.inputs.iter_mut() {
+            match &mut input.source {
+                Source::Relation(r) => f(r),
+                Source::Node(n) => n.for_each_block_mut(&mut |b| b.for_each_relation_mut(f)),
+            }
+        }
+    }
+}
+
+impl RowsBranch {
+    /// Whether rows are identified by content and multiplicity (some input has
+    /// no key).
+    pub fn keyless(&self) -> bool {
+        self.identity.is_empty()
+    }
+}
+
+/// `SELECT <outputs> FROM ... GROUP BY <keys> [HAVING ...]`, or DISTINCT (no
+/// aggregates), or UNION (DISTINCT over the union of branches).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AggregatePlan {
+    /// The input: the union of these blocks (one unless UNION). Their columns are
+    /// the group keys `__pgt_g<i>`, then each aggregate's argument `__pgt_a<j>` and
+    /// filter `__pgt_f<j>` where present.
+    pub inputs: Vec<Block>,
+    /// Names of the group-key columns in the input (`__pgt_g1`, ...); empty for a
+    /// scalar aggregate, which has exactly one row even over empty input.
+    pub groups: Vec<String>,
+    /// Per group key, its type's equality operator as SQL (`OPERATOR(pg_catalog.=)`),
+    /// schema-qualified so that it is the operator GROUP BY uses whatever the
+    /// search path (a citext key must not compare as text). Empty: `=`.
+    #[serde(default)]
+    pub group_equality: Vec<String>,
+    /// Per group key, a function applied to it before it is hashed into the row
+    /// identity (`pg_catalog.int8send` for a bigint: PostgreSQL's hash of a
+    /// 64-bit integer type folds it to 32 bits), or empty for the value itself.
+    #[serde(default)]
+    pub group_hash: Vec<String>,
+    /// The aggregate calls, in order (`j` is the position + 1).
+    pub aggregates: Vec<Aggregate>,
+    /// Template computing the visible columns (and `__pgt_having` if `having`)
+    /// from one row of the placeholder `__pgt_agg`, whose columns are the group
+    /// keys `__pgt_g<i>`, the aggregate values `__pgt_v<j>`, then the pass-through
+    /// columns named in `passthrough`, which it outputs after the visible ones.
+    pub output_template: String,
+    /// Names of the visible columns.
+    pub visible: Vec<String>,
+    /// Whether the query has HAVING (the output template then yields
+    /// `__pgt_having`).
+    pub having: bool,
+    /// Columns of `__pgt_agg` passed through the output template unchanged (the
+    /// row identity and the aggregate state), in order.
+    pub passthrough: Vec<String>,
+}
+
+/// An aggregate call the engine maintains.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Aggregate {
+    /// What it computes.
+    pub kind: AggregateKind,
+    /// Input column with its argument (`__pgt_a<j>`), `None` for COUNT(*).
+    pub arg: Option<String>,
+    /// Input column with its FILTER condition (`__pgt_f<j>`), if any.
+    pub filter: Option<String>,
+    /// SQL type of the argument (for MIN/MAX state), e.g. `integer`.
+    pub arg_type: String,
+    /// SQL type of the aggregate's result, e.g. `bigint` or `numeric`.
+    pub result_type: String,
+    /// How the user wrote it, for EXPLAIN (`sum(l.amount)`).
+    pub display: String,
+    /// For [`AggregateKind::Rescan`]: the call over the input's columns.
+    pub call: Option<AggregateCall>,
+}
+
+/// An aggregate call over input columns, for aggregates recomputed per group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AggregateCall {
+    /// The function, quoted and schema-qualified (`"pg_catalog"."string_agg"`).
+    pub function: String,
+    /// Input columns holding the arguments, in order.
+    pub args: Vec<String>,
+    /// `DISTINCT` inside the call.
+    pub distinct: bool,
+    /// `ORDER BY` inside the call: input column and the ordering clause that
+    /// follows it (`USING OPERATOR(pg_catalog.<) NULLS LAST`).
+    pub order_by: Vec<(String, String)>,
+}
+
+impl AggregateCall {
+    /// The call over the columns of `alias` (without FILTER).
+    pub fn sql(&self, alias: &str) -> String {
+        let col = |c: &String| format!("{alias}.{}", pgt_core::ident::quote_ident(c));
+        let args = self.args.iter().map(col).collect::<Vec<_>>().join(", ");
+        let order = if self.order_by.is_empty() {
+            String::new()
+        } else {
+            format!(" ORDER BY {}", self.order_by.iter().map(|(c, how)| format!("{} {how}", col(c))).collect::<Vec<_>>().join(", "))
+        };
+        let args = if args.is_empty() { "*".to_string() } else { args };
+        format!("{}({}{args}{order})", self.function, if self.distinct { "DISTINCT " } else { "" })
+    }
+}
+
+/// The aggregates maintained incrementally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AggregateKind {
+    /// `count(*)`
+    CountStar,
+    /// `count(x)`
+    Count,
+    /// `sum(x)` over an integer or numeric type
+    Sum,
+    /// `avg(x)` over an integer or numeric type
+    Avg,
+    /// `min(x)`
+    Min,
+    /// `max(x)`
+    Max,
+    /// Any other aggregate (string_agg, array_agg, bool_and, count(DISTINCT x),
+    /// float sums, user-defined aggregates, ...): recomputed for every affected
+    /// group.
+    Rescan,
+}
+
+impl AggregateKind {
+    /// How it is maintained, for EXPLAIN.
+    pub fn strategy(self) -> &'static str {
+        match self {
+            AggregateKind::CountStar | AggregateKind::Count | AggregateKind::Sum | AggregateKind::Avg => "algebraic",
+            AggregateKind::Min | AggregateKind::Max => "merge; rescan group when the extremum leaves",
+            AggregateKind::Rescan => "rescan of each affected group",
+        }
+    }
+}
+
+/// A hidden column the stream table needs for this plan (beyond `__pgt_row_id`):
+/// name and SQL type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HiddenColumn {
+    /// Column name (`__pgt_count`, `__pgt_aux_sum_1`, ...).
+    pub name: String,
+    /// SQL type.
+    pub sql_type: String,
+}
+
+
+/// A child operator (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Node {
+    /// An aggregate (GROUP BY, DISTINCT, UNION) kept in a state table.
+    Aggregate(ChildAggregate),
+}
+
+/// An aggregate child: the aggregate plan whose visible columns are named
+/// `__pgt_c1`, ... (positional: a subquery's output names need not be unique)
+/// and the number of its state table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChildAggregate {
+    /// Its state table: `pgtrickle_state.pgt_<pgt_id>_<state>`.
+    pub state: usize,
+    /// The aggregate.
+    pub plan: AggregatePlan,
+    /// The SQL types of its visible columns (the state table's), in order.
+    pub column_types: Vec<String>,
+}
+
+
+impl Node {
+    /// The base relations read, at any depth.
+    pub fn relations(&self) -> Vec<&Relation> {
+        match self {
+            Node::Aggregate(a) => a.plan.inputs.iter().flat_map(|b| b.inputs.iter().flat_map(|i| i.source.relations())).collect(),
+        }
+    }
+
+    /// The columns a parent reads: the output columns, then `__pgt_row_id`.
+    pub fn columns(&self) -> Vec<String> {
+        match self {
+            Node::Aggregate(a) => {
+                let mut c = a.plan.visible.clone();
+                c.push(names::ROW_ID.to_string());
+                c
+            }
+        }
+    }
+
+    /// Its rows' identity columns for the parent: `__pgt_row_id`.
+    pub fn key(&self) -> Vec<String> {
+        vec![names::ROW_ID.to_string()]
+    }
+
+    /// Calls `f` on each block of this node.
+    pub fn for_each_block_mut(&mut self, f: &mut dyn FnMut(&mut Block)) {
+        match self {
+            Node::Aggregate(a) => a.plan.inputs.iter_mut().for_each(f),
+        }
+    }
+
+    /// Its blocks.
+    pub fn blocks(&self) -> Vec<&Block> {
+        match self {
+            Node::Aggregate(a) => a.plan.inputs.iter().collect(),
+        }
+    }
+
+    /// The number of its state table, if it keeps one.
+    pub fn state(&self) -> Option<usize> {
+        match self {
+            Node::Aggregate(a) => Some(a.state),
+        }
+    }
+
+    /// The columns its state table stores, in order.
+    pub fn stored_columns(&self) -> Vec<String> {
+        match self {
+            Node::Aggregate(a) => {
+                let mut c = a.plan.visible.clone();
+                c.extend(a.plan.passthrough_columns());
+                c
+            }
+        }
+    }
+
+    /// Its state table's columns with their SQL types, for creating it.
+    pub fn stored_column_types(&self) -> Vec<(String, String)> {
+        match self {
+            Node::Aggregate(a) => {
+                let mut c: Vec<(String, String)> = a.plan.visible.iter().cloned().zip(a.column_types.iter().cloned()).collect();
+                c.push((names::ROW_ID.to_string(), "bigint".to_string()));
+                c.extend(a.plan.state_columns().into_iter().map(|h| (h.name, h.sql_type)));
+                c
+            }
+        }
+    }
+}
+
+/// The nodes with state tables in the tree under `block`, children before
+/// parents.
+pub fn collect_stateful<'a>(block: &'a Block, out: &mut Vec<&'a Node>) {
+    for input in &block.inputs {
+        if let Source::Node(node) = &input.source {
+            for b in node.blocks() {
+                collect_stateful(b, out);
+            }
+            if node.state().is_some() {
+                out.push(node);
+            }
+        }
+    }
+}
+
+impl Aggregate {
+    /// The state column holding aggregate `j`'s value (its running sum, its
+    /// extremum, its rescanned value), if it has one.
+    pub fn value_state_column(&self, j: usize) -> Option<String> {
+        match self.kind {
+            AggregateKind::Sum | AggregateKind::Avg => Some(names::aux_sum(j)),
+            AggregateKind::Min => Some(names::aux_min(j)),
+            AggregateKind::Max => Some(names::aux_max(j)),
+            AggregateKind::Rescan => Some(names::aux_val(j)),
+            AggregateKind::CountStar | AggregateKind::Count => None,
+        }
+    }
+
+    /// The SQL type of that column.
+    pub fn value_state_type(&self) -> String {
+        match self.kind {
+            AggregateKind::Avg => "numeric".to_string(),
+            AggregateKind::Min | AggregateKind::Max => self.arg_type.clone(),
+            _ => self.result_type.clone(),
+        }
+    }
+}
+
+impl AggregatePlan {
+    /// The hidden state columns, in storage order: `__pgt_count`, then per
+    /// aggregate `j` `__pgt_aux_count_<j>` and its value column, if any.
+    pub fn state_columns(&self) -> Vec<HiddenColumn> {
+        state_columns_for(&self.aggregates)
+    }
+
+    /// Columns of the placeholder `__pgt_agg` passed through the output
+    /// template after the visible columns: the row identity, then the state
+    /// columns.
+    pub fn passthrough_columns(&self) -> Vec<String> {
+        passthrough_columns(&self.aggregates)
+    }
+}
+
+/// The hidden state columns for `aggregates`, in storage order.
+pub fn state_columns_for(aggregates: &[Aggregate]) -> Vec<HiddenColumn> {
+    let mut cols = vec![HiddenColumn { name: names::COUNT.into(), sql_type: "bigint".into() }];
+    for (i, agg) in aggregates.iter().enumerate() {
+        let j = i + 1;
+        cols.push(HiddenColumn { name: names::aux_count(j), sql_type: "bigint".into() });
+        if let Some(name) = agg.value_state_column(j) {
+            cols.push(HiddenColumn { name, sql_type: agg.value_state_type() });
+        }
+    }
+    cols
+}
+
+/// The pass-through columns for `aggregates`: `__pgt_row_id`, then the state
+/// columns.
+pub fn passthrough_columns(aggregates: &[Aggregate]) -> Vec<String> {
+    let mut out = vec![names::ROW_ID.to_string()];
+    out.extend(state_columns_for(aggregates).into_iter().map(|c| c.name));
+    out
+}
