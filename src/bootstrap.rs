@@ -202,6 +202,17 @@ BEGIN
 END
 $$;
 
+-- Raised by a scalar subquery that a stream table reads through a child
+-- operator (pg_trickle's state for the subquery groups equal rows): the same
+-- error PostgreSQL raises when such a subquery returns more than one row.
+-- STABLE, not IMMUTABLE: the planner must not fold a call it may never reach.
+CREATE FUNCTION pgtrickle._more_than_one_row(anyelement) RETURNS anyelement
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'more than one row returned by a subquery used as an expression' USING ERRCODE = '21000';
+END
+$$;
+
 "#,
     name = "catalog",
     bootstrap

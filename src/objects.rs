@@ -41,3 +41,26 @@ pub fn format_type(oid: pg_sys::Oid, typmod: i32) -> PgtResult<String> {
             .ok_or_else(|| crate::error::PgtError::internal(format!("format_type found no type with OID {}", oid.to_u32())))
     })
 }
+
+/// A column's type as SQL text for `CREATE TABLE`: [`format_type`], followed by
+/// `COLLATE "schema"."name"` when its collation is not its type's default (a
+/// state table column must compare as the subquery column it stores).
+pub fn column_type(oid: pg_sys::Oid, typmod: i32, collation: pg_sys::Oid) -> PgtResult<String> {
+    let typ = format_type(oid, typmod)?;
+    crate::privilege::with_pinned_search_path(|| {
+        let collate = query_one::<String>(
+            "SELECT ' COLLATE ' || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.collname) \
+             FROM pg_catalog.pg_collation c JOIN pg_catalog.pg_namespace n ON n.oid = c.collnamespace \
+             WHERE c.oid = $1 AND c.oid <> (SELECT t.typcollation FROM pg_catalog.pg_type t WHERE t.oid = $2)",
+            &[collation.into(), oid.into()],
+        )?;
+        Ok(format!("{typ}{}", collate.unwrap_or_default()))
+    })
+}
+
+/// SQL that computes [`column_type`] for column `a` of `pg_attribute` (for
+/// comparing a table's columns with the types wanted).
+pub const ATTRIBUTE_COLUMN_TYPE_SQL: &str = "pg_catalog.format_type(a.atttypid, a.atttypmod) || COALESCE((SELECT ' COLLATE ' || \
+     pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.collname) FROM pg_catalog.pg_collation c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.collnamespace WHERE c.oid = a.attcollation AND c.oid <> \
+     (SELECT t.typcollation FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid)), '')";

@@ -245,8 +245,11 @@ pub fn sync_state_tables(pgt_id: i64, owner: pg_sys::Oid, plan: &Plan) -> PgtRes
         for (n, oid) in &existing {
             let keep = wanted.iter().find(|w| w.state() == Some(*n)).is_some_and(|w| {
                 let have = crate::spi::query_map(
-                    "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute \
-                     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    &format!(
+                        "SELECT a.attname::text, {} FROM pg_catalog.pg_attribute a \
+                         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                        crate::objects::ATTRIBUTE_COLUMN_TYPE_SQL
+                    ),
                     &[(*oid).into()],
                     |row| Ok((col::<String>(row, 1)?, col::<String>(row, 2)?)),
                 );

@@ -21,6 +21,7 @@
 //! numerics, MIN and MAX, FILTER and HAVING; scalar aggregates. Everything else is
 //! reported by name ([`Unsupported`]), and AUTO falls back to FULL.
 
+mod sublink;
 mod surgery;
 
 use crate::error::PgtResult;
@@ -96,10 +97,11 @@ unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Transl
     if let Some(volatile) = functions_of_volatility(&facts, 'v')? {
         unsupported!("volatile functions ({volatile})");
     }
-    let plan = match translate_tree(q)? {
+    let mut plan = match translate_tree(q)? {
         Ok(plan) => plan,
         Err(u) => return Ok(Err(u)),
     };
+    plan.number_states();
     if plan.relations().is_empty() {
         // Nothing to capture: no change could ever reach a refresh, while the
         // result may still change (now(), pg_current_xact_id()).
@@ -114,9 +116,6 @@ unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupp
     if !query.setOperations.is_null() {
         return translate_union(q);
     }
-    if query.hasSubLinks {
-        unsupported!("subquery expressions (EXISTS, IN, ANY, scalar subqueries)");
-    }
     if query.hasWindowFuncs {
         unsupported!("window functions");
     }
@@ -128,7 +127,14 @@ unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupp
         unsupported!("DISTINCT ON");
     }
     if distinct && (query.hasAggs || !query.groupClause.is_null() || !query.havingQual.is_null()) {
-        unsupported!("DISTINCT over an aggregate");
+        // DISTINCT over the aggregate's result: the aggregate becomes a child.
+        let inner = pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
+        (*inner).distinctClause = std::ptr::null_mut();
+        (*inner).sortClause = std::ptr::null_mut();
+        let text = format!("SELECT DISTINCT * FROM ({}) __pgt_s", deparse(inner));
+        let csql = CString::new(text).map_err(|_| crate::error::PgtError::internal("deparsed query contains a NUL byte"))?;
+        let outer = crate::privilege::with_pinned_search_path(|| crate::parse::parse_single_select(&csql))?;
+        return translate_tree(outer);
     }
     if !query.limitCount.is_null() || !query.limitOffset.is_null() {
         unsupported!("LIMIT / OFFSET");
@@ -136,19 +142,22 @@ unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupp
     if !query.groupingSets.is_null() {
         unsupported!("GROUPING SETS / CUBE / ROLLUP");
     }
-    if let Some(kind) = unsupported_from_item(query, OuterJoins::Allowed) {
+    if let Some(kind) = unsupported_from_item(query) {
         unsupported!("{kind}");
     }
     if surgery::has_whole_row_reference(q) {
         unsupported!("whole-row references (table.* as a value)");
     }
+    // DISTINCT is GROUP BY over every output column with no aggregate: the
+    // group's hidden __pgt_count is the multiplicity of the row in the input.
+    let is_aggregate = distinct || query.hasAggs || !query.groupClause.is_null() || !query.havingQual.is_null();
+    if is_aggregate && query.hasSubLinks && (sublink::has_sublink(query.targetList as *mut pg_sys::Node) || sublink::has_sublink(query.havingQual)) {
+        unsupported!("subquery expressions in the SELECT list or HAVING of an aggregate query (move the aggregate into a subquery)");
+    }
     let prepared = match surgery::prepare(q)? {
         Ok(p) => p,
         Err(u) => return Ok(Err(u)),
     };
-    // DISTINCT is GROUP BY over every output column with no aggregate: the
-    // group's hidden __pgt_count is the multiplicity of the row in the input.
-    let is_aggregate = distinct || query.hasAggs || !query.groupClause.is_null() || !query.havingQual.is_null();
     if is_aggregate {
         translate_aggregate(q, prepared)
     } else {
@@ -184,10 +193,44 @@ unsafe fn inline_ctes_at(q: *mut pg_sys::Query, stack: &mut Vec<*mut pg_sys::Lis
             inline_ctes_at(inner, stack)?;
         }
     }
-    let result = inline_references(q, stack);
+    let mut result = inline_references(q, stack);
+    if result.is_ok() && (*q).hasSubLinks {
+        // Subqueries in expressions are one level down, like those in FROM.
+        let mut subselects: Vec<*mut pg_sys::Query> = Vec::new();
+        pg_sys::query_tree_walker(
+            q,
+            Some(collect_subselects),
+            &mut subselects as *mut Vec<*mut pg_sys::Query> as *mut std::ffi::c_void,
+            pg_sys::QTW_IGNORE_RANGE_TABLE as i32,
+        );
+        for sub in subselects {
+            result = inline_ctes_at(sub, stack);
+            if result.is_err() {
+                break;
+            }
+        }
+    }
     stack.pop();
     (*q).cteList = std::ptr::null_mut();
     result
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn collect_subselects(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_SubLink) {
+        let sub = (*(node as *mut pg_sys::SubLink)).subselect;
+        if !sub.is_null() && pgrx::is_a(sub, pg_sys::NodeTag::T_Query) {
+            (*(ctx as *mut Vec<*mut pg_sys::Query>)).push(sub as *mut pg_sys::Query);
+        }
+        return pg_sys::expression_tree_walker((*(node as *mut pg_sys::SubLink)).testexpr, Some(collect_subselects), ctx);
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
+        return false;
+    }
+    pg_sys::expression_tree_walker(node, Some(collect_subselects), ctx)
 }
 
 unsafe fn inline_references(q: *mut pg_sys::Query, stack: &mut Vec<*mut pg_sys::List>) -> Result<(), String> {
@@ -220,41 +263,92 @@ unsafe fn inline_references(q: *mut pg_sys::Query, stack: &mut Vec<*mut pg_sys::
     Ok(())
 }
 
-/// Whether a query level may hold LEFT / RIGHT joins: the top level of a block
-/// may; a subquery or view inside it may not (the outer-join rule binds the
-/// nullable side as a base relation of the block).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OuterJoins {
-    Allowed,
-    Rejected,
+/// Whether subquery `sub` in FROM is read as a child operator, with a state
+/// table of its own ([`pgt_delta::node`]), rather than inlined into its
+/// parent's block: anything but a select-project-join block of inner joins.
+pub(crate) unsafe fn needs_child(sub: &pg_sys::Query) -> bool {
+    sub.hasAggs
+        || !sub.groupClause.is_null()
+        || !sub.havingQual.is_null()
+        || !sub.distinctClause.is_null()
+        || !sub.setOperations.is_null()
+        || !sub.limitCount.is_null()
+        || !sub.limitOffset.is_null()
+        || !sub.groupingSets.is_null()
+        || sub.hasSubLinks
+        || sub.hasWindowFuncs
+        || sub.hasTargetSRFs
+        || PgList::<pg_sys::RangeTblEntry>::from_pg(sub.rtable)
+            .iter_ptr()
+            .any(|rte| (*rte).rtekind == pg_sys::RTEKind::RTE_JOIN && (*rte).jointype != pg_sys::JoinType::JOIN_INNER)
 }
 
-/// Why a subquery in FROM (`Rejected`) or a UNION branch (`Allowed`) cannot be
-/// a select-project-join block.
-pub(crate) unsafe fn unsupported_in_subquery(sub: &pg_sys::Query, outer_joins: OuterJoins) -> Option<String> {
-    if sub.hasAggs || !sub.groupClause.is_null() || !sub.havingQual.is_null() {
-        return Some("aggregates in a subquery (aggregate at the top level instead)".into());
+/// A subquery translated as a child operator.
+pub(crate) struct Child {
+    /// The node (state table not yet numbered).
+    pub(crate) node: pgt_delta::Node,
+    /// Per visible column: type OID, typmod, collation.
+    pub(crate) types: Vec<(pg_sys::Oid, i32, pg_sys::Oid)>,
+}
+
+/// Translates subquery `sub` (views expanded, CTEs inlined) as a child
+/// operator whose visible columns are named `__pgt_c1`, ... by position.
+pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query) -> PgtResult<Result<Child, Unsupported>> {
+    let copy = pg_sys::copyObjectImpl(sub as *const std::ffi::c_void) as *mut pg_sys::Query;
+    let mut i = 0;
+    for te in PgList::<pg_sys::TargetEntry>::from_pg((*copy).targetList).iter_ptr().filter(|te| !(**te).resjunk) {
+        i += 1;
+        let name = CString::new(pgt_delta::names::child_column(i)).map_err(|_| crate::error::PgtError::internal("column name"))?;
+        (*te).resname = pg_sys::pstrdup(name.as_ptr());
     }
-    if !sub.distinctClause.is_null() {
-        return Some("DISTINCT in a subquery".into());
+    let plan = match translate_tree(copy)? {
+        Ok(plan) => plan,
+        Err(u) => return Ok(Err(u)),
+    };
+    let exprs = visible_exprs(copy);
+    let types: Vec<(pg_sys::Oid, i32, pg_sys::Oid)> =
+        exprs.iter().map(|e| (pg_sys::exprType(*e), pg_sys::exprTypmod(*e), pg_sys::exprCollation(*e))).collect();
+    let mut column_types = Vec::new();
+    for (typ, typmod, coll) in &types {
+        if pg_sys::get_typtype(*typ) as u8 == pg_sys::TYPTYPE_PSEUDO {
+            unsupported!("a subquery column of type {} (it cannot be stored)", format_type(*typ, -1)?);
+        }
+        column_types.push(crate::objects::column_type(*typ, *typmod, *coll)?);
     }
-    if !sub.setOperations.is_null() {
-        return Some("UNION / INTERSECT / EXCEPT in a subquery".into());
-    }
-    if !sub.limitCount.is_null() || !sub.limitOffset.is_null() {
-        return Some("LIMIT / OFFSET in a subquery".into());
-    }
-    if sub.hasSubLinks {
-        return Some("subquery expressions (EXISTS, IN, ANY, scalar subqueries)".into());
-    }
-    if sub.hasWindowFuncs || sub.hasTargetSRFs {
-        return Some("window functions or set-returning functions in a subquery".into());
-    }
-    unsupported_from_item(sub, outer_joins)
+    let node = match plan.root {
+        Root::Aggregate(plan) => pgt_delta::Node::Aggregate(pgt_delta::ChildAggregate { state: 0, plan, column_types }),
+        Root::Rows(plan) => pgt_delta::Node::Rows(pgt_delta::ChildRows { state: 0, plan, column_types }),
+    };
+    Ok(Ok(Child { node, types }))
+}
+
+/// Whether a UNION branch must be read through a child operator: anything
+/// but a select-project-join block (whose top level may have outer joins).
+unsafe fn branch_needs_child(leaf: &pg_sys::Query) -> bool {
+    leaf.hasAggs
+        || !leaf.groupClause.is_null()
+        || !leaf.havingQual.is_null()
+        || !leaf.distinctClause.is_null()
+        || !leaf.setOperations.is_null()
+        || !leaf.limitCount.is_null()
+        || !leaf.limitOffset.is_null()
+        || !leaf.groupingSets.is_null()
+        || leaf.hasSubLinks
+        || leaf.hasWindowFuncs
+        || leaf.hasTargetSRFs
+}
+
+/// `SELECT * FROM (<q>) __pgt_s`, parsed and analysed: a block reading `q` as a
+/// child operator. `q` must be self-contained (no outer references); it is
+/// deparsed with the search path pinned, so names resolve as they did.
+unsafe fn wrap_in_subquery(q: *mut pg_sys::Query) -> PgtResult<*mut pg_sys::Query> {
+    let text = format!("SELECT * FROM ({}) __pgt_s", deparse(q));
+    let csql = CString::new(text).map_err(|_| crate::error::PgtError::internal("deparsed query contains a NUL byte"))?;
+    crate::privilege::with_pinned_search_path(|| crate::parse::parse_single_select(&csql))
 }
 
 /// The first FROM item the engine cannot handle, by name.
-unsafe fn unsupported_from_item(query: &pg_sys::Query, outer_joins: OuterJoins) -> Option<String> {
+pub(crate) unsafe fn unsupported_from_item(query: &pg_sys::Query) -> Option<String> {
     let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg(query.rtable);
     for rte in rtable.iter_ptr() {
         match (*rte).rtekind {
@@ -265,9 +359,7 @@ unsafe fn unsupported_from_item(query: &pg_sys::Query, outer_joins: OuterJoins) 
             pg_sys::RTEKind::RTE_JOIN => {
                 let name = match (*rte).jointype {
                     pg_sys::JoinType::JOIN_INNER => continue,
-                    pg_sys::JoinType::JOIN_LEFT | pg_sys::JoinType::JOIN_RIGHT if outer_joins == OuterJoins::Allowed => continue,
-                    pg_sys::JoinType::JOIN_LEFT => "LEFT JOIN inside a subquery or view",
-                    pg_sys::JoinType::JOIN_RIGHT => "RIGHT JOIN inside a subquery or view",
+                    pg_sys::JoinType::JOIN_LEFT | pg_sys::JoinType::JOIN_RIGHT => continue,
                     pg_sys::JoinType::JOIN_FULL => "FULL JOIN",
                     _ => "this kind of join",
                 };
@@ -398,7 +490,7 @@ unsafe fn identity_columns(
     visible: &[*mut pg_sys::Node],
     extra: &mut Vec<(String, *mut pg_sys::Node)>,
 ) -> PgtResult<Result<Vec<String>, Unsupported>> {
-    if prepared.inputs.iter().any(|i| i.source.key().is_empty()) {
+    if prepared.inputs.iter().filter(|i| i.presence.is_none()).any(|i| i.source.key().is_empty()) {
         return Ok(match unhashable(visible, "an output column")? {
             Some(u) => Err(u),
             None => Ok(Vec::new()),
@@ -410,6 +502,9 @@ unsafe fn identity_columns(
     }
     let mut identity = Vec::new();
     for (k, input_keys) in prepared.keys.iter().enumerate() {
+        if prepared.inputs.get(k).is_some_and(|i| i.presence.is_some()) {
+            continue;
+        }
         for (j, key) in input_keys.iter().enumerate() {
             let name = format!("__pgt_k{}_{}", k + 1, j + 1);
             extra.push((name.clone(), unfolded_key(*key)));
@@ -491,8 +586,11 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     let mut blocks = Vec::new();
     for rtindex in leaves {
         let rte = rtable.get_ptr(rtindex - 1).ok_or_else(|| crate::error::PgtError::internal("UNION branch not found"))?;
-        let leaf = (*rte).subquery;
-        if let Some(construct) = unsupported_in_subquery(&*leaf, OuterJoins::Allowed) {
+        let mut leaf = (*rte).subquery;
+        if branch_needs_child(&*leaf) {
+            leaf = wrap_in_subquery(leaf)?;
+        }
+        if let Some(construct) = unsupported_from_item(&*leaf) {
             unsupported!("{construct} (in a UNION branch)");
         }
         let leaf_targets: Vec<*mut pg_sys::Node> = PgList::<pg_sys::TargetEntry>::from_pg((*leaf).targetList)
@@ -731,7 +829,7 @@ unsafe fn group_hash(groups: &[*mut pg_sys::Node]) -> Vec<String> {
 
 /// Operator `oid` as `OPERATOR(schema.name)`, which resolves to exactly it
 /// whatever the search path; `None` for `InvalidOid` or an unknown operator.
-fn qualified_operator(oid: pg_sys::Oid) -> PgtResult<Option<String>> {
+pub(crate) fn qualified_operator(oid: pg_sys::Oid) -> PgtResult<Option<String>> {
     if oid == pg_sys::InvalidOid {
         return Ok(None);
     }

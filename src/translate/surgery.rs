@@ -172,10 +172,19 @@ struct OuterJoin {
 pub unsafe fn prepare(q: *mut pg_sys::Query) -> PgtResult<Result<Prepared, Unsupported>> {
     let copy = pg_sys::copyObjectImpl(q as *const c_void) as *mut pg_sys::Query;
     let mut inputs = Vec::new();
-    let surfaced = match prepare_level(copy, &mut inputs)? {
+    let force_child = match nullable_items_to_materialize(copy)? {
+        Ok(f) => f,
+        Err(u) => return Ok(Err(u)),
+    };
+    let surfaced = match prepare_level(copy, &mut inputs, &force_child)? {
         Ok(s) => s,
         Err(u) => return Ok(Err(u)),
     };
+    if (*copy).hasSubLinks {
+        if let Err(u) = super::sublink::decorrelate(copy, &mut inputs)? {
+            return Ok(Err(u));
+        }
+    }
     let outer_joins = match outer_joins(copy, &surfaced, &inputs)? {
         Ok(o) => o,
         Err(u) => return Ok(Err(u)),
@@ -292,20 +301,14 @@ unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[In
                 .get_ptr(((*(nullable_node as *mut pg_sys::RangeTblRef)).rtindex - 1) as usize)
                 .is_some_and(|rte| (*rte).rtekind == pg_sys::RTEKind::RTE_CTE);
         if !base {
-            return Ok(Err(Unsupported(format!("{side} whose nullable side is a join, subquery or view (join a table directly)"))));
+            return Ok(Err(Unsupported(format!("{side} whose nullable side is a join (write the join as a subquery)"))));
         }
         let rtindex = (*(nullable_node as *mut pg_sys::RangeTblRef)).rtindex;
         let Some(r) = surfaced.iter().find(|s| s.rtindex == rtindex) else {
             return Err(PgtError::internal("the nullable side of an outer join is not an input"));
         };
-        let Some(relation) = inputs[r.index].source.relation() else {
-            return Ok(Err(Unsupported(format!("{side} whose nullable side is a join, subquery or view (join a table directly)"))));
-        };
-        if relation.key.is_empty() {
-            return Ok(Err(Unsupported(format!(
-                "{side} whose nullable side has no primary key or unique key over NOT NULL columns ({})",
-                relation.table_sql
-            ))));
+        if inputs[r.index].source.key().is_empty() {
+            return Err(PgtError::internal("the nullable side of an outer join has no key"));
         }
         let preserved = inputs_under(preserved_node, surfaced);
         let nonzero = pg_sys::make_opclause(
@@ -350,7 +353,11 @@ fn int8_not_equal() -> PgtResult<pg_sys::Oid> {
     .ok_or_else(|| PgtError::internal("operator <> for bigint not found"))
 }
 
-unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtResult<Result<Vec<Surfaced>, Unsupported>> {
+/// Turns the FROM items of query level `q` into placeholders (recursing into
+/// inlined subqueries), appending the inputs to `inputs`. Subqueries that are
+/// not plain select-project-join blocks, and those whose range-table index is
+/// in `force_child` (nullable sides of outer joins), become child operators.
+unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>, force_child: &[i32]) -> PgtResult<Result<Vec<Surfaced>, Unsupported>> {
     let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
     let mut surfaced = Vec::new();
     for (i, rte) in rtable.iter_ptr().enumerate() {
@@ -381,7 +388,7 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtRe
                     })
                     .collect();
                 to_placeholder(rte, &placeholder, &info);
-                inputs.push(Input { placeholder, source: Source::Relation(info.relation), only, nullable: None });
+                inputs.push(Input { placeholder, source: Source::Relation(info.relation), only, nullable: None, presence: None });
                 surfaced.push(Surfaced { index, rtindex: varno, weight: weight as *mut pg_sys::Node, keys });
             }
             pg_sys::RTEKind::RTE_SUBQUERY => {
@@ -389,7 +396,27 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtRe
                 if (*rte).lateral {
                     return Ok(Err(Unsupported("LATERAL subqueries".into())));
                 }
-                if let Some(construct) = super::unsupported_in_subquery(&*sub, super::OuterJoins::Rejected) {
+                if super::needs_child(&*sub) || force_child.contains(&varno) {
+                    let child = match super::translate_child(sub)? {
+                        Ok(c) => c,
+                        Err(u) => return Ok(Err(u)),
+                    };
+                    let index = inputs.len();
+                    let placeholder = pgt_delta::names::placeholder(index + 1);
+                    let n = child.types.len();
+                    to_child_placeholder(rte, &placeholder, &child.types);
+                    let weight = pg_sys::makeVar(varno, (n + 2) as i16, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0);
+                    let row_id = pg_sys::makeVar(varno, (n + 1) as i16, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0);
+                    inputs.push(Input { placeholder, source: Source::Node(Box::new(child.node)), only: false, nullable: None, presence: None });
+                    surfaced.push(Surfaced {
+                        index,
+                        rtindex: varno,
+                        weight: weight as *mut pg_sys::Node,
+                        keys: vec![row_id as *mut pg_sys::Node],
+                    });
+                    continue;
+                }
+                if let Some(construct) = super::unsupported_from_item(&*sub) {
                     return Ok(Err(Unsupported(construct)));
                 }
                 // A view whose columns were renamed, or a WITH query with a
@@ -400,7 +427,7 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>) -> PgtRe
                     let colnames = pg_sys::copyObjectImpl((*eref).colnames as *const c_void) as *mut pg_sys::List;
                     (*rte).alias = pg_sys::makeAlias((*eref).aliasname, colnames);
                 }
-                let inner = match prepare_level(sub, inputs)? {
+                let inner = match prepare_level(sub, inputs, &[])? {
                     Ok(s) => s,
                     Err(u) => return Ok(Err(u)),
                 };
@@ -488,10 +515,13 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
         columns.push(name);
     }
     for (k, weight) in prepared.weights.iter().enumerate() {
+        if prepared.inputs.get(k).is_some_and(|i| i.presence.is_some()) {
+            continue;
+        }
         if weight.is_null() {
             return Err(PgtError::internal("an input's weight was not surfaced"));
         }
-        push(&format!("__pgt_w_{}", k + 1), *weight, &mut tlist);
+        push(&pgt_delta::names::weight_of(k + 1), *weight, &mut tlist);
     }
     (*copy).targetList = tlist;
     clear_aggregation(copy);
@@ -756,4 +786,105 @@ pub unsafe fn output_template(
     clear_aggregation(copy);
     (*copy).hasTargetSRFs = false;
     Ok(Ok(deparse(copy)))
+}
+
+/// The range-table indexes of the nullable sides of the top level's LEFT and
+/// RIGHT joins that must be read as child operators: subqueries and views
+/// (even plain ones: the outer-join rule needs the nullable side's old state
+/// as a set, by key) and tables without a key, which are first turned into
+/// `SELECT <every column> FROM [ONLY] table` subqueries (rows then keyed by
+/// content and copy number).
+unsafe fn nullable_items_to_materialize(q: *mut pg_sys::Query) -> PgtResult<Result<Vec<i32>, Unsupported>> {
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+    let mut out = Vec::new();
+    for j in joins_in((*q).jointree as *mut pg_sys::Node) {
+        let nullable = match (*j).jointype {
+            pg_sys::JoinType::JOIN_LEFT => (*j).rarg,
+            pg_sys::JoinType::JOIN_RIGHT => (*j).larg,
+            _ => continue,
+        };
+        if !pgrx::is_a(nullable, pg_sys::NodeTag::T_RangeTblRef) {
+            continue;
+        }
+        let rtindex = (*(nullable as *mut pg_sys::RangeTblRef)).rtindex;
+        let Some(rte) = rtable.get_ptr((rtindex - 1) as usize) else { continue };
+        match (*rte).rtekind {
+            pg_sys::RTEKind::RTE_SUBQUERY => out.push(rtindex),
+            pg_sys::RTEKind::RTE_RELATION if super::key_attnums((*rte).relid)?.is_empty() => {
+                if let Err(u) = relation_to_subquery(rte)? {
+                    return Ok(Err(u));
+                }
+                out.push(rtindex);
+            }
+            _ => {}
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// Turns relation entry `rte` into a subquery reading every column of the
+/// relation by position (a dropped column as a NULL placeholder, so that the
+/// parent's column numbers stay valid).
+unsafe fn relation_to_subquery(rte: *mut pg_sys::RangeTblEntry) -> PgtResult<Result<(), Unsupported>> {
+    let (reason, info) = super::relation_info((*rte).relid)?;
+    if let Some(reason) = reason {
+        return Ok(Err(Unsupported(reason)));
+    }
+    if !(*rte).tablesample.is_null() {
+        return Ok(Err(Unsupported("TABLESAMPLE".into())));
+    }
+    let columns: Vec<String> = (0..info.relation.columns.len())
+        .map(|i| match &info.relation.columns[i] {
+            Some(c) => format!("r.{}", pgt_core::ident::quote_ident(c)),
+            None => format!("NULL::integer AS {}", pgt_core::ident::quote_ident(&pgt_delta::names::dropped(i + 1))),
+        })
+        .collect();
+    let only = if (*rte).inh { "" } else { "ONLY " };
+    let sql = format!("SELECT {} FROM {only}{} r", columns.join(", "), info.relation.table_sql);
+    let csql = CString::new(sql).map_err(|_| PgtError::internal("relation name contains a NUL byte"))?;
+    let sub = crate::parse::parse_single_select(&csql)?;
+    (*rte).rtekind = pg_sys::RTEKind::RTE_SUBQUERY;
+    (*rte).subquery = sub;
+    (*rte).relid = pg_sys::InvalidOid;
+    (*rte).relkind = 0;
+    (*rte).rellockmode = 0;
+    (*rte).perminfoindex = 0;
+    (*rte).inh = false;
+    Ok(Ok(()))
+}
+
+/// Turns subquery entry `rte` into a reference to CTE `placeholder` whose
+/// columns are a child's visible columns (`__pgt_c1`, ... with `types`),
+/// `__pgt_row_id` and `__pgt_w`.
+pub(super) unsafe fn to_child_placeholder(rte: *mut pg_sys::RangeTblEntry, placeholder: &str, types: &[(pg_sys::Oid, i32, pg_sys::Oid)]) {
+    let mut names: *mut pg_sys::List = std::ptr::null_mut();
+    let mut coltypes: *mut pg_sys::List = std::ptr::null_mut();
+    let mut coltypmods: *mut pg_sys::List = std::ptr::null_mut();
+    let mut colcollations: *mut pg_sys::List = std::ptr::null_mut();
+    let hidden = [(pgt_delta::names::ROW_ID.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid)), (pgt_delta::names::WEIGHT.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid))];
+    let visible = types.iter().enumerate().map(|(i, t)| (pgt_delta::names::child_column(i + 1), *t));
+    for (name, (typ, typmod, coll)) in visible.chain(hidden) {
+        names = pg_sys::lappend(names, string_node(&name));
+        coltypes = pg_sys::lappend_oid(coltypes, typ);
+        coltypmods = pg_sys::lappend_int(coltypmods, typmod);
+        colcollations = pg_sys::lappend_oid(colcollations, coll);
+    }
+    (*(*rte).eref).colnames = names;
+    if !(*rte).alias.is_null() {
+        (*(*rte).alias).colnames = std::ptr::null_mut();
+    }
+    (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
+    (*rte).ctename = cstring(placeholder);
+    (*rte).ctelevelsup = 0;
+    (*rte).self_reference = false;
+    (*rte).coltypes = coltypes;
+    (*rte).coltypmods = coltypmods;
+    (*rte).colcollations = colcollations;
+    (*rte).subquery = std::ptr::null_mut();
+    (*rte).relid = pg_sys::InvalidOid;
+    (*rte).relkind = 0;
+    (*rte).rellockmode = 0;
+    (*rte).perminfoindex = 0;
+    (*rte).inh = false;
+    (*rte).security_barrier = false;
 }

@@ -33,7 +33,7 @@
 //! aggregate). Equal keys hash equally; NULL keys form their own group as in
 //! GROUP BY.
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Returning};
 use crate::names::{self, COUNT, ROW_ID};
 use crate::tree::{Aggregate, AggregateKind, AggregatePlan, HiddenColumn};
 use crate::sql::{qualified, quoted, row_id};
@@ -51,39 +51,6 @@ fn value_state_col(agg: &Aggregate, j: usize) -> Option<String> {
 fn value_state_type(agg: &Aggregate) -> String {
     agg.value_state_type()
 }
-
-/// What the MERGE of an aggregate returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Returning {
-    /// One row per action (`merge_action()`): for the stream table, whose
-    /// refresh counts them.
-    Actions,
-    /// The old and new version of every row written — its row id and the
-    /// given visible columns (`__pgt_old_id`, `__pgt_new_id`, `__pgt_o<i>`,
-    /// `__pgt_n<i>`): for a child's state table, whose delta they are
-    /// ([`crate::node`]).
-    Changes(Vec<String>),
-}
-
-impl Returning {
-    fn clause(&self) -> String {
-        match self {
-            Returning::Actions => "RETURNING merge_action()".to_string(),
-            Returning::Changes(columns) => {
-                let mut parts = vec![
-                    format!("old.{ROW_ID} AS {}", names::OLD_ROW_ID),
-                    format!("new.{ROW_ID} AS {}", names::NEW_ROW_ID),
-                ];
-                for (i, c) in columns.iter().enumerate() {
-                    parts.push(format!("old.{q} AS {}", names::old_value(i + 1), q = quote_ident(c)));
-                    parts.push(format!("new.{q} AS {}", names::new_value(i + 1), q = quote_ident(c)));
-                }
-                format!("RETURNING {}", parts.join(", "))
-            }
-        }
-    }
-}
-
 
 /// The hidden state columns of an aggregate plan, in storage order.
 pub fn state_columns(plan: &AggregatePlan) -> Vec<HiddenColumn> {
@@ -485,6 +452,7 @@ mod tests {
                     }),
                     only: false,
                     nullable: None,
+                    presence: None,
                 }],
                 columns: vec!["__pgt_g1".into(), "__pgt_a2".into(), "__pgt_a3".into()],
             }],

@@ -65,6 +65,11 @@ pub trait ChildRules {
     fn state_sql(&self, node: &Node, ctx: &Ctx, binding: Binding) -> String;
     /// `node`'s delta as a binding; `None` when nothing below it changed.
     fn delta_sql(&self, node: &Node, ctx: &Ctx) -> Option<String>;
+    /// The rows of `node`'s new state that its changes did not touch, weight
+    /// 1 (the outer-join rule's "kept" rows).
+    fn kept_sql(&self, node: &Node, ctx: &Ctx) -> String;
+    /// `node`'s columns with no rows.
+    fn empty_sql(&self, node: &Node, ctx: &Ctx) -> String;
     /// `node`'s lines in `explain_st`.
     fn explain(&self, node: &Node, indent: &str, ctx: &Ctx, out: &mut String);
 }
@@ -123,8 +128,46 @@ impl<'a> Ctx<'a> {
         self.hoisted.borrow_mut().push((name.to_string(), sql));
     }
 
+    /// Whether CTE `name` was hoisted.
+    pub fn is_hoisted(&self, name: &str) -> bool {
+        self.hoisted.borrow().iter().any(|(n, _)| n == name)
+    }
+
     /// The hoisted CTEs, in order.
     pub fn into_hoisted(self) -> Vec<(String, String)> {
         self.hoisted.into_inner()
+    }
+}
+
+/// What the MERGE applying changes to a table returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Returning {
+    /// One row per action (`merge_action()`): for the stream table, whose
+    /// refresh counts them.
+    Actions,
+    /// The old and new version of every row written — its row id and the
+    /// given visible columns (`__pgt_old_id`, `__pgt_new_id`, `__pgt_o<i>`,
+    /// `__pgt_n<i>`): for a child's state table, whose delta they are
+    /// ([`crate::node`]).
+    Changes(Vec<String>),
+}
+
+impl Returning {
+    /// The MERGE's RETURNING clause.
+    pub fn clause(&self) -> String {
+        match self {
+            Returning::Actions => "RETURNING merge_action()".to_string(),
+            Returning::Changes(columns) => {
+                let mut parts = vec![
+                    format!("old.{} AS {}", names::ROW_ID, names::OLD_ROW_ID),
+                    format!("new.{} AS {}", names::ROW_ID, names::NEW_ROW_ID),
+                ];
+                for (i, c) in columns.iter().enumerate() {
+                    parts.push(format!("old.{q} AS {}", names::old_value(i + 1), q = quote_ident(c)));
+                    parts.push(format!("new.{q} AS {}", names::new_value(i + 1), q = quote_ident(c)));
+                }
+                format!("RETURNING {}", parts.join(", "))
+            }
+        }
     }
 }

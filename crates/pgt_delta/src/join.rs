@@ -70,6 +70,7 @@ pub use crate::ctx::Binding;
 use crate::ctx::{Ctx, Mode};
 use crate::names::{self, WEIGHT};
 use crate::tree::{Block, Input, Source};
+use crate::presence;
 use crate::scan;
 use crate::sql::quoted;
 use pgt_core::ident::quote_ident;
@@ -132,6 +133,7 @@ fn evaluate_with(block: &Block, template: &str, bound: &[String], extra: &[&str]
         .inputs
         .iter()
         .enumerate()
+        .filter(|(_, input)| input.presence.is_none())
         .map(|(i, input)| match input.nullable {
             Some(_) => format!("COALESCE(t.{}, 1)", names::weight_of(i + 1)),
             None => format!("t.{}", names::weight_of(i + 1)),
@@ -168,13 +170,17 @@ pub fn full_sql(block: &Block, ctx: &Ctx) -> String {
 fn nullable_term(block: &Block, position: usize, bindings: &[Binding], ctx: &Ctx, negate: bool) -> Vec<String> {
     let input = &block.inputs[position];
     let mut bound: Vec<String> = block.inputs.iter().zip(bindings).map(|(i, b)| input_sql(i, *b, ctx)).collect();
-    let (Some(side), Source::Relation(relation), Some(source)) = (&input.nullable, &input.source, ctx.source()) else {
+    let (Some(side), Some(source)) = (&input.nullable, ctx.source()) else {
         return vec![evaluate(block, &block.template, &bound, negate)];
     };
     let inner = evaluate(block, &side.inner_template, &bound, negate);
     // Pairs of preserved rows and contents of R whose net weight changed
-    // (weight −1: a row of the old state that is gone).
-    bound[position] = scan::consolidated_delta_sql(relation, source);
+    // (weight −1: a row of the old state that is gone). A child's changes are
+    // consolidated already (one old and one new version per changed row id).
+    bound[position] = match &input.source {
+        Source::Relation(relation) => scan::consolidated_delta_sql(relation, source),
+        Source::Node(_) => input_sql(input, Binding::Delta, ctx),
+    };
     let matched = format!("{}{}", with_clause(block, &bound), side.affected_template);
     let mut restricted = bound;
     for &q in &side.restricted {
@@ -197,13 +203,20 @@ fn nullable_term(block: &Block, position: usize, bindings: &[Binding], ctx: &Ctx
         )
     };
     let unmatched_now = unmatched(input_sql(input, Binding::New, ctx), &mut restricted);
-    let unmatched_kept = unmatched(scan::kept_sql(relation, input.only, source), &mut restricted);
+    let kept = match &input.source {
+        Source::Relation(relation) => scan::kept_sql(relation, input.only, source),
+        Source::Node(node) => ctx.rules.kept_sql(node, ctx),
+    };
+    let unmatched_kept = unmatched(kept, &mut restricted);
     let signs = format!(
         "SELECT a.__pgt_pc, (CASE WHEN a.__pgt_pc IN ({unmatched_now}) THEN 1 ELSE 0 END) \
          - (CASE WHEN a.__pgt_pc IN ({unmatched_kept}) AND a.__pgt_pc NOT IN (SELECT m.__pgt_pc FROM __pgt_matched m WHERE m.__pgt_pw < 0) \
          THEN 1 ELSE 0 END) AS __pgt_s FROM (SELECT DISTINCT m.__pgt_pc FROM __pgt_matched m) a"
     );
-    restricted[position] = scan::empty_sql(relation, input.only);
+    restricted[position] = match &input.source {
+        Source::Relation(relation) => scan::empty_sql(relation, input.only),
+        Source::Node(node) => ctx.rules.empty_sql(node, ctx),
+    };
     let null_extended = evaluate_signed(block, &side.null_template, &restricted, &signs, negate);
     vec![inner, format!("WITH __pgt_matched AS ({matched}) {null_extended}")]
 }
@@ -219,6 +232,35 @@ fn evaluate_signed(block: &Block, template: &str, bound: &[String], signs: &str,
         "SELECT {}{sep}t.{WEIGHT} * s.__pgt_s AS {WEIGHT} FROM ({rows}) t JOIN ({signs}) s ON s.__pgt_pc = t.__pgt_pc WHERE s.__pgt_s <> 0",
         cols.join(", ")
     )
+}
+
+/// The term of the child at `position`, read only inside subquery
+/// expressions (`Delta` in `bindings`): the block with the child new minus the
+/// block with the child old, over FROM inputs restricted to the rows its
+/// changes can affect ([`presence`]).
+fn presence_term(block: &Block, position: usize, bindings: &[Binding], ctx: &Ctx) -> String {
+    let input = &block.inputs[position];
+    let restrictions = input.presence.as_ref().map(|p| p.restrictions.as_slice()).unwrap_or_default();
+    let bind = |child: Binding| -> Vec<String> {
+        let mut bound: Vec<String> = block
+            .inputs
+            .iter()
+            .zip(bindings)
+            .enumerate()
+            .map(|(i, (inp, b))| input_sql(inp, if i == position { child } else { *b }, ctx))
+            .collect();
+        for r in restrictions {
+            let restrictable = block.inputs.get(r.input).is_some_and(|i| i.nullable.is_none() && i.presence.is_none());
+            if restrictable {
+                bound[r.input] = presence::restricted(&bound[r.input], r);
+            }
+        }
+        bound
+    };
+    let delta = input_sql(input, Binding::Delta, ctx);
+    let new_part = evaluate(block, &block.template, &bind(Binding::New), false);
+    let old_part = evaluate(block, &block.template, &bind(Binding::Old), true);
+    presence::term(&delta, &new_part, &old_part)
 }
 
 /// The term of a preserved input (`Delta` in `bindings`): `B` with the changed nullable
@@ -252,7 +294,10 @@ pub fn delta_sql(block: &Block, ctx: &Ctx) -> Option<String> {
     if order.is_empty() {
         return None;
     }
-    order.sort_by_key(|i| (block.inputs[*i].nullable.is_some(), matches!(block.inputs[*i].source, Source::Node(_))));
+    order.sort_by_key(|i| {
+        let input = &block.inputs[*i];
+        (input.presence.is_some(), input.nullable.is_some(), matches!(input.source, Source::Node(_)))
+    });
     let nullable_changed: Vec<usize> = order.iter().copied().filter(|i| block.inputs[*i].nullable.is_some()).collect();
     let terms: Vec<String> = order
         .iter()
@@ -269,7 +314,9 @@ pub fn delta_sql(block: &Block, ctx: &Ctx) -> Option<String> {
                     }
                 })
                 .collect();
-            if block.inputs[i].nullable.is_some() {
+            if block.inputs[i].presence.is_some() {
+                vec![presence_term(block, i, &bindings, ctx)]
+            } else if block.inputs[i].nullable.is_some() {
                 nullable_term(block, i, &bindings, ctx, false)
             } else {
                 preserved_term(block, &bindings, &nullable_changed, ctx)
@@ -294,7 +341,21 @@ pub fn explain(block: &Block, indent: &str, ctx: &Ctx, out: &mut String) {
         if block.inputs.len() == 1 { "" } else { "s" },
         if outer { "inner and outer " } else { "inner " }
     ));
+    let names: Vec<String> = block
+        .inputs
+        .iter()
+        .map(|i| match &i.source {
+            Source::Relation(r) => r.table_sql.clone(),
+            Source::Node(n) => format!("state {}", n.state_number()),
+        })
+        .collect();
     for input in &block.inputs {
+        if let Some(p) = &input.presence {
+            out.push_str(&format!(
+                "{indent}  Read inside subquery expressions — presence rule, {}\n",
+                presence::describe(&p.restrictions, &names)
+            ));
+        }
         let side = match &input.nullable {
             Some(_) => " — nullable side of an outer join: inner part + NULL-extended rows of the preserved rows its changes match",
             None => "",
@@ -337,6 +398,7 @@ mod tests {
                     }),
                     only: false,
                     nullable: None,
+                    presence: None,
                 })
                 .collect(),
             columns: vec!["v".into()],

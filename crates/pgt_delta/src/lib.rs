@@ -16,6 +16,10 @@
 //! - [`join`]: a select-project-join block (filters, projections, inner joins of
 //!   any arity and condition), by the telescoping rule, and LEFT / RIGHT joins,
 //!   whose NULL-extended rows follow their preserved rows' match counts;
+//! - [`presence`]: children read only inside subquery expressions (EXISTS,
+//!   IN, NOT IN, ANY / ALL, scalar subqueries), by restricted recomputation;
+//! - [`node`]: child operators (aggregates, DISTINCT, UNION, outer joins in
+//!   subqueries) kept in state tables, which is how operators nest;
 //! - [`union`]: UNION ALL of blocks;
 //! - [`aggregate`]: GROUP BY with COUNT / SUM / AVG maintained algebraically, MIN /
 //!   MAX merged and rescanned only when an extremum leaves, FILTER and HAVING;
@@ -36,6 +40,7 @@ pub mod model;
 pub mod names;
 pub mod node;
 pub mod plan;
+pub mod presence;
 pub mod replace;
 pub mod rows;
 pub mod scan;

@@ -9,6 +9,9 @@
 //!   plus signed NULL extensions from match counts, and the preserved input's
 //!   term rewritten to read the nullable inputs' new states) sum to the change
 //!   of a block with two chained LEFT JOINs and a WHERE over the nullable sides;
+//! - presence: a block with `EXISTS` / `NOT EXISTS` / a scalar subquery over
+//!   a child changes by the FROM input's term (child old) plus the child's
+//!   term recomputed over the rows whose correlation value its changes touch;
 //! - aggregate: the algebraic updates of COUNT / SUM / AVG and the merge of MIN
 //!   with its rescan condition agree with recomputation (so HAVING, evaluated on
 //!   the new state, crosses correctly in both directions).
@@ -239,6 +242,40 @@ pub fn update(old: &GroupState, delta: &[((i8, Option<i8>), i64)], g: i8) -> Opt
     Some(GroupState { count: old.count + dcount, nonnull, sum, min })
 }
 
+/// The subquery expressions of [`presence_block`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sublink {
+    /// `WHERE EXISTS (SELECT 1 FROM c WHERE c.0 = p.0 AND c.1 > p.1)`
+    Exists,
+    /// `WHERE NOT EXISTS (…the same…)`
+    NotExists,
+    /// `SELECT p.0, p.1, (SELECT max(c.1) FROM c WHERE c.0 = p.0)`
+    ScalarMax,
+}
+
+/// A block reading `p` in FROM and the set `c` only inside a subquery
+/// expression correlated by `c.0 = p.0` (see [`Sublink`]). Rows are
+/// `(p.0, p.1, scalar)`; the scalar is `None` for the EXISTS forms.
+pub fn presence_block(p: &ZSet<(i8, i8)>, c: &ZSet<(i8, i8)>, sublink: Sublink) -> ZSet<(i8, i8, Option<i8>)> {
+    let mut out = ZSet::new();
+    for (row, w) in p {
+        let present = c.iter().filter(|(_, wc)| **wc != 0).map(|(r, _)| *r);
+        match sublink {
+            Sublink::Exists | Sublink::NotExists => {
+                let found = present.into_iter().any(|x| x.0 == row.0 && x.1 > row.1);
+                if found == (sublink == Sublink::Exists) {
+                    add(&mut out, (row.0, row.1, None), *w);
+                }
+            }
+            Sublink::ScalarMax => {
+                let max = present.into_iter().filter(|x| x.0 == row.0).map(|x| x.1).max();
+                add(&mut out, (row.0, row.1, max), *w);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +360,27 @@ mod tests {
             let delta = plus(&plus(&term_a, &term_r), &term_s);
             let expected = minus(&left_join_block(&a_new, &r_new, &s_new, Left, Left), &left_join_block(&a_old, &r_old, &s_old, Left, Left));
             prop_assert_eq!(delta, expected);
+        }
+
+        #[test]
+        fn presence_rule(p in relation_and_change(), c_old in proptest::collection::btree_set((0i8..4, 0i8..5), 0..8),
+                         c_new in proptest::collection::btree_set((0i8..4, 0i8..5), 0..8), kind in 0..3usize) {
+            let sublink = [Sublink::Exists, Sublink::NotExists, Sublink::ScalarMax][kind];
+            let (p_old, dp) = p;
+            let p_new = plus(&p_old, &dp);
+            // The child is a set (a DISTINCT or grouped state table).
+            let c_old: ZSet<(i8, i8)> = c_old.into_iter().map(|r| (r, 1)).collect();
+            let c_new: ZSet<(i8, i8)> = c_new.into_iter().map(|r| (r, 1)).collect();
+            let dc = minus(&c_new, &c_old);
+            // Order: p, then the child. p's term reads the child old.
+            let term_p = presence_block(&dp, &c_old, sublink);
+            // The child's term: p (new) restricted to the correlation values
+            // of the child's changed rows, evaluated with the child new minus old.
+            let affected: std::collections::BTreeSet<i8> = dc.keys().map(|r| r.0).collect();
+            let restricted: ZSet<(i8, i8)> = p_new.iter().filter(|(r, _)| affected.contains(&r.0)).map(|(r, w)| (*r, *w)).collect();
+            let term_c = minus(&presence_block(&restricted, &c_new, sublink), &presence_block(&restricted, &c_old, sublink));
+            let expected = minus(&presence_block(&p_new, &c_new, sublink), &presence_block(&p_old, &c_old, sublink));
+            prop_assert_eq!(plus(&term_p, &term_c), expected);
         }
 
         #[test]

@@ -160,3 +160,14 @@ pub fn old_value(i: usize) -> String {
 pub fn new_value(i: usize) -> String {
     format!("__pgt_n{i}")
 }
+
+/// The alias of a subquery the translation wraps (`SELECT DISTINCT * FROM
+/// (...) __pgt_s`), and of a child read inside a subquery expression.
+pub const SUBQUERY_ALIAS: &str = "__pgt_s";
+
+/// Prefix of the columns of a subquery expression's child query
+/// (`__pgt_x1`, ...), before they become `__pgt_c<i>`.
+pub const SUBQUERY_COLUMN: &str = "__pgt_x";
+
+/// The row count of a scalar subquery's child (more than 1 is an error).
+pub const SUBQUERY_ROWS: &str = "__pgt_n";

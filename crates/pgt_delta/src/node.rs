@@ -30,11 +30,11 @@
 //! Identity: a child's rows are unique by `__pgt_row_id`, which is its key for
 //! the parent (the parent's own row identity hashes it).
 
-use crate::aggregate::{self, Returning};
-use crate::ctx::{Binding, ChildRules, Ctx, Mode};
+use crate::ctx::{Binding, ChildRules, Ctx, Mode, Returning};
 use crate::names::{self, NEW_ROW_ID, OLD_ROW_ID, ROW_ID, WEIGHT};
 use crate::sql::qualified;
 use crate::tree::Node;
+use crate::{aggregate, rows};
 use pgt_core::ident::quote_ident;
 
 /// The rules of every kind of child operator (see the module doc), given to
@@ -46,58 +46,80 @@ impl ChildRules for NodeRules {
     /// reads it; for `New`, that minus the rows its MERGE changed plus their new
     /// versions.
     fn state_sql(&self, node: &Node, ctx: &Ctx, binding: Binding) -> String {
-        let table = ctx.tables.state_table(state_number(node));
-        let cols = node.columns();
-        let read = format!("SELECT {}, 1::bigint AS {WEIGHT} FROM {table} s", qualified("s", &cols));
+        let read = read_state(node, ctx);
         if matches!(ctx.mode, Mode::Full) || binding != Binding::New || !ctx.node_changed(node) {
             return read;
         }
         let Some(changes) = hoist_delta(node, ctx) else { return read };
         format!(
-            "{read} WHERE NOT EXISTS (SELECT 1 FROM {changes} d WHERE d.{OLD_ROW_ID} = s.{ROW_ID}) \
+            "{} WHERE NOT EXISTS (SELECT 1 FROM {changes} d WHERE d.{OLD_ROW_ID} = s.{ROW_ID}) \
              UNION ALL SELECT {}, 1::bigint FROM {changes} d WHERE d.{NEW_ROW_ID} IS NOT NULL",
+            read,
             returned(node, true)
         )
     }
 
     /// The new versions of the rows its MERGE changed (+1) and their old
-    /// versions (−1).
+    /// versions (−1); a row rewritten with the same visible values (only its
+    /// hidden state changed) is no change to the parent.
     fn delta_sql(&self, node: &Node, ctx: &Ctx) -> Option<String> {
         if !ctx.node_changed(node) {
             return None;
         }
         let changes = hoist_delta(node, ctx)?;
+        let olds: Vec<String> = (1..=node.visible().len()).map(|i| format!("d.{}", names::old_value(i))).collect();
+        let news: Vec<String> = (1..=node.visible().len()).map(|i| format!("d.{}", names::new_value(i))).collect();
+        let changed = format!(
+            "(d.{OLD_ROW_ID} IS DISTINCT FROM d.{NEW_ROW_ID} OR ROW({}) IS DISTINCT FROM ROW({}))",
+            olds.join(", "),
+            news.join(", ")
+        );
+        let changed = if olds.is_empty() { format!("d.{OLD_ROW_ID} IS DISTINCT FROM d.{NEW_ROW_ID}") } else { changed };
         Some(format!(
-            "SELECT {}, 1::bigint AS {WEIGHT} FROM {changes} d WHERE d.{NEW_ROW_ID} IS NOT NULL \
-             UNION ALL SELECT {}, -1::bigint FROM {changes} d WHERE d.{OLD_ROW_ID} IS NOT NULL",
+            "SELECT {}, 1::bigint AS {WEIGHT} FROM {changes} d WHERE d.{NEW_ROW_ID} IS NOT NULL AND {changed} \
+             UNION ALL SELECT {}, -1::bigint FROM {changes} d WHERE d.{OLD_ROW_ID} IS NOT NULL AND {changed}",
             returned(node, true),
             returned(node, false)
         ))
     }
 
-    fn explain(&self, node: &Node, indent: &str, ctx: &Ctx, out: &mut String) {
-        match node {
-            Node::Aggregate(a) => {
-                out.push_str(&format!(
-                    "{indent}Child result kept in state table {} (its MERGE's RETURNING rows are its delta)\n",
-                    ctx.tables.state_table(a.state)
-                ));
-                aggregate::explain(&a.plan, &format!("{indent}  "), ctx, out);
+    /// The state table's rows whose row id its MERGE did not change, weight 1.
+    fn kept_sql(&self, node: &Node, ctx: &Ctx) -> String {
+        let read = read_state(node, ctx);
+        match hoist_delta(node, ctx) {
+            Some(changes) if ctx.node_changed(node) => {
+                format!("{read} WHERE NOT EXISTS (SELECT 1 FROM {changes} d WHERE d.{OLD_ROW_ID} = s.{ROW_ID})")
             }
+            _ => read,
+        }
+    }
+
+    fn empty_sql(&self, node: &Node, ctx: &Ctx) -> String {
+        format!("{} WHERE false", read_state(node, ctx))
+    }
+
+    fn explain(&self, node: &Node, indent: &str, ctx: &Ctx, out: &mut String) {
+        let table = ctx.tables.state_table(node.state_number());
+        out.push_str(&format!("{indent}Child result kept in state table {table} (its MERGE's RETURNING rows are its delta)\n"));
+        match node {
+            Node::Aggregate(a) => aggregate::explain(&a.plan, &format!("{indent}  "), ctx, out),
+            Node::Rows(r) => rows::explain(&r.plan, &format!("{indent}  "), ctx, out),
         }
     }
 }
 
-fn state_number(node: &Node) -> usize {
-    match node {
-        Node::Aggregate(a) => a.state,
-    }
+/// The state table as the statement reads it (its old state during a
+/// refresh), aliased `s`, weight 1.
+fn read_state(node: &Node, ctx: &Ctx) -> String {
+    let table = ctx.tables.state_table(node.state_number());
+    format!("SELECT {}, 1::bigint AS {WEIGHT} FROM {table} s", qualified("s", &node.columns()))
 }
 
 /// What its state table holds after a full recomputation.
 pub fn full_state_sql(node: &Node, ctx: &Ctx) -> String {
     match node {
         Node::Aggregate(a) => aggregate::full_sql(&a.plan, ctx),
+        Node::Rows(r) => rows::full_sql(&r.plan, ctx),
     }
 }
 
@@ -123,15 +145,18 @@ fn returned(node: &Node, new: bool) -> String {
 /// Hoists the MERGE bringing its state table up to date (once) and returns the
 /// CTE's name; `None` when its input did not change.
 fn hoist_delta(node: &Node, ctx: &Ctx) -> Option<String> {
-    match node {
-        Node::Aggregate(a) => {
-            let name = names::state_delta(a.state);
-            let table = ctx.tables.state_table(a.state);
-            // Computed before hoisting: a child's MERGE hoists its own
-            // children's first.
-            let merge = aggregate::merge_sql(&a.plan, &table, ctx, Returning::Changes(a.plan.visible.clone()))?;
-            ctx.hoist(&name, || merge);
-            Some(name)
-        }
+    let n = node.state_number();
+    let name = names::state_delta(n);
+    if ctx.is_hoisted(&name) {
+        return Some(name);
     }
+    let table = ctx.tables.state_table(n);
+    let returning = Returning::Changes(node.visible().to_vec());
+    // Computed before hoisting: a child's MERGE hoists its own children's first.
+    let merge = match node {
+        Node::Aggregate(a) => aggregate::merge_sql(&a.plan, &table, ctx, returning),
+        Node::Rows(r) => rows::merge_sql(&r.plan, &table, ctx, returning),
+    }?;
+    ctx.hoist(&name, || merge);
+    Some(name)
 }

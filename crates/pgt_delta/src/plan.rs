@@ -128,6 +128,19 @@ impl Plan {
         out
     }
 
+    /// Numbers the state tables of the tree's nodes 1, 2, ..., children
+    /// before parents (the translation builds nodes unnumbered).
+    pub fn number_states(&mut self) {
+        let mut next = 0;
+        let blocks: Vec<&mut Block> = match &mut self.root {
+            Root::Rows(r) => r.branches.iter_mut().map(|b| &mut b.block).collect(),
+            Root::Aggregate(a) => a.inputs.iter_mut().collect(),
+        };
+        for block in blocks {
+            crate::tree::number_states(block, &mut next);
+        }
+    }
+
     /// The child operators that keep a state table, children before parents
     /// (the order a full recomputation fills them in).
     pub fn state_tables(&self) -> Vec<&Node> {
@@ -225,8 +238,8 @@ impl Plan {
     pub fn delta_statement(&self, tables: &Tables, source: &ChangeSource, changed: &Changed) -> Option<DeltaStatement> {
         let ctx = Ctx::delta(tables, source, changed, &NodeRules);
         let merge = match &self.root {
-            Root::Rows(r) => crate::rows::merge_sql(r, &tables.stream_table, &ctx),
-            Root::Aggregate(a) => crate::aggregate::merge_sql(a, &tables.stream_table, &ctx, crate::aggregate::Returning::Actions),
+            Root::Rows(r) => crate::rows::merge_sql(r, &tables.stream_table, &ctx, crate::ctx::Returning::Actions),
+            Root::Aggregate(a) => crate::aggregate::merge_sql(a, &tables.stream_table, &ctx, crate::ctx::Returning::Actions),
         }?;
         Some(DeltaStatement { ctes: ctx.into_hoisted(), merge })
     }
@@ -240,20 +253,7 @@ impl Plan {
         let ctx = Ctx::full(tables, &NodeRules);
         let mut out = String::from("operator tree:\n");
         match &self.root {
-            Root::Rows(r) => {
-                if r.branches.len() > 1 {
-                    out.push_str(&format!("  Union all — {} branches, delta = union of the branches' deltas\n", r.branches.len()));
-                }
-                for (i, b) in r.branches.iter().enumerate() {
-                    let prefix = if r.branches.len() > 1 { format!("branch {}, ", i + 1) } else { String::new() };
-                    if b.keyless() {
-                        out.push_str(&format!("  Rows — keyless: MERGE by hash({prefix}content, copy number)\n"));
-                    } else {
-                        out.push_str(&format!("  Rows — MERGE by row identity hash({prefix}{})\n", b.identity.join(", ")));
-                    }
-                    crate::join::explain(&b.block, "    ", &ctx, &mut out);
-                }
-            }
+            Root::Rows(r) => crate::rows::explain(r, "  ", &ctx, &mut out),
             Root::Aggregate(a) => crate::aggregate::explain(a, "  ", &ctx, &mut out),
         }
         let all_changed: Changed = self.relations().iter().map(|r| r.relid).collect();
@@ -288,6 +288,7 @@ mod tests {
             }),
             only: false,
             nullable: None,
+            presence: None,
         }
     }
 

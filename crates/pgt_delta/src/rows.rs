@@ -23,7 +23,7 @@
 //! (`k` index lookups), then inserts copies `k+1..k+n` or deletes copies
 //! `k+n+1..k`.
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Returning};
 use crate::join;
 use crate::tree::{RowsBranch, RowsPlan};
 use crate::sql::{qualified, quoted, record_hash};
@@ -81,9 +81,10 @@ pub fn full_sql(plan: &RowsPlan, ctx: &Ctx) -> String {
         .join(" UNION ALL ")
 }
 
-/// The MERGE applying the changes to stream table `st` (quoted name), or `None`
-/// when no input changed. It returns one row per action taken (`merge_action()`).
-pub fn merge_sql(plan: &RowsPlan, st: &str, ctx: &Ctx) -> Option<String> {
+/// The MERGE applying the changes to table `st` (quoted name: the stream
+/// table, or a child's state table), or `None` when no input changed. Returns
+/// what `returning` asks for.
+pub fn merge_sql(plan: &RowsPlan, st: &str, ctx: &Ctx, returning: Returning) -> Option<String> {
     let v = &plan.visible;
     let mut keyless_sources = Vec::new();
     let deltas: Vec<String> = plan
@@ -115,7 +116,8 @@ pub fn merge_sql(plan: &RowsPlan, st: &str, ctx: &Ctx) -> Option<String> {
          WHEN MATCHED AND d.__pgt_w < 0 THEN DELETE \
          WHEN MATCHED THEN UPDATE SET {set} \
          WHEN NOT MATCHED AND d.__pgt_w > 0 THEN INSERT ({cols}, __pgt_row_id) VALUES ({dvals}, d.__pgt_row_id) \
-         RETURNING merge_action()",
+         {returning}",
+        returning = returning.clause(),
         cols = quoted(v),
         dvals = qualified("d", v),
     ))
@@ -163,6 +165,23 @@ fn keyed_source(v: &[String], deltas: Vec<String>) -> String {
     )
 }
 
+/// The rows' lines in `explain_st`: the union (if several branches), how
+/// each branch's rows are identified, and its block.
+pub fn explain(plan: &RowsPlan, indent: &str, ctx: &Ctx, out: &mut String) {
+    if plan.branches.len() > 1 {
+        out.push_str(&format!("{indent}Union all — {} branches, delta = union of the branches' deltas\n", plan.branches.len()));
+    }
+    for (i, b) in plan.branches.iter().enumerate() {
+        let prefix = if plan.branches.len() > 1 { format!("branch {}, ", i + 1) } else { String::new() };
+        if b.keyless() {
+            out.push_str(&format!("{indent}Rows — keyless: MERGE by hash({prefix}content, copy number)\n"));
+        } else {
+            out.push_str(&format!("{indent}Rows — MERGE by row identity hash({prefix}{})\n", b.identity.join(", ")));
+        }
+        crate::join::explain(&b.block, &format!("{indent}  "), ctx, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +206,7 @@ mod tests {
                     }),
                     only: false,
                     nullable: None,
+                    presence: None,
                 }],
                 columns: vec!["amount".into(), "__pgt_k1_1".into()],
             },
@@ -210,13 +230,13 @@ mod tests {
     fn merge_consolidates_prefers_new_versions_and_skips_unchanged_branches() {
         let source = ChangeSource::Window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None });
         let changed: Changed = [2].into();
-        let m = merge_sql(&plan(2), "\"public\".\"st\"", &Ctx::delta(&TABLES, &source, &changed, &crate::node::NodeRules)).unwrap();
+        let m = merge_sql(&plan(2), "\"public\".\"st\"", &Ctx::delta(&TABLES, &source, &changed, &crate::node::NodeRules), Returning::Actions).unwrap();
         assert!(m.contains("GROUP BY c.__pgt_row_id, ROW(c.\"amount\")::text HAVING sum(c.__pgt_w) <> 0"));
         assert!(m.contains("ORDER BY s.__pgt_row_id, s.__pgt_w DESC"));
         assert!(m.contains("WHEN MATCHED AND d.__pgt_w < 0 THEN DELETE"));
         assert!(m.contains("changes_2") && !m.contains("changes_1"), "only the changed branch");
         assert!(m.ends_with("RETURNING merge_action()"));
         let none = Changed::new();
-        assert!(merge_sql(&plan(2), "st", &Ctx::delta(&TABLES, &source, &none, &crate::node::NodeRules)).is_none());
+        assert!(merge_sql(&plan(2), "st", &Ctx::delta(&TABLES, &source, &none, &crate::node::NodeRules), Returning::Actions).is_none());
     }
 }

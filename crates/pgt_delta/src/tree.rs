@@ -81,6 +81,45 @@ pub struct Input {
     /// changes are applied by the outer-join rule of [`crate::join`].
     #[serde(default)]
     pub nullable: Option<NullableSide>,
+    /// Set when the input (a child) is read only inside subquery expressions:
+    /// its changes are applied by the presence rule ([`crate::presence`]).
+    /// It has no weight column in the block's output.
+    #[serde(default)]
+    pub presence: Option<Presence>,
+}
+
+/// What the presence rule needs about a child read inside subquery
+/// expressions: how the FROM inputs are restricted to the rows its changes
+/// can affect (none: uncorrelated).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Presence {
+    /// Per restricted FROM input, the correlation pairs.
+    pub restrictions: Vec<Restriction>,
+}
+
+/// The FROM input at position `input` (0-based) is restricted to the rows
+/// that match a changed row of the child on every pair.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Restriction {
+    /// Position of the restricted input in the block.
+    pub input: usize,
+    /// The correlation pairs.
+    pub pairs: Vec<CorrelationPair>,
+}
+
+/// `<input column> <operator> <child column>`: one equality of a subquery's
+/// correlation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CorrelationPair {
+    /// The input's column (placeholder column name).
+    pub input_column: String,
+    /// The correlation's operator, schema-qualified (`OPERATOR(pg_catalog.=)`).
+    pub operator: String,
+    /// The child's column (`__pgt_c<i>`).
+    pub child_column: String,
+    /// Whether the input's column is the operator's left operand (else the
+    /// child's is).
+    pub input_on_left: bool,
 }
 
 /// What the outer-join delta rule needs about an input `R` that is the nullable
@@ -301,11 +340,15 @@ pub struct HiddenColumn {
 }
 
 
-/// A child operator (see the module doc).
+/// A child operator (see the module doc). Each keeps its result in a state
+/// table, numbered within its stream table ([`crate::plan::Plan::number_states`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Node {
-    /// An aggregate (GROUP BY, DISTINCT, UNION) kept in a state table.
+    /// An aggregate (GROUP BY, DISTINCT, UNION).
     Aggregate(ChildAggregate),
+    /// Rows of blocks (a subquery with outer joins, a UNION ALL, the nullable
+    /// side of an outer join that is a view, a subquery or a keyless table).
+    Rows(ChildRows),
 }
 
 /// An aggregate child: the aggregate plan whose visible columns are named
@@ -321,24 +364,45 @@ pub struct ChildAggregate {
     pub column_types: Vec<String>,
 }
 
+/// A rows child: a [`RowsPlan`] whose visible columns are named `__pgt_c1`,
+/// ..., kept in state table `state` like a stream table with that plan.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChildRows {
+    /// Its state table number.
+    pub state: usize,
+    /// The rows.
+    pub plan: RowsPlan,
+    /// The SQL types of its visible columns, in order.
+    pub column_types: Vec<String>,
+}
 
 impl Node {
+    /// The names of its visible columns (`__pgt_c1`, ...).
+    pub fn visible(&self) -> &[String] {
+        match self {
+            Node::Aggregate(a) => &a.plan.visible,
+            Node::Rows(r) => &r.plan.visible,
+        }
+    }
+
+    /// The SQL types of its visible columns.
+    pub fn column_types(&self) -> &[String] {
+        match self {
+            Node::Aggregate(a) => &a.column_types,
+            Node::Rows(r) => &r.column_types,
+        }
+    }
+
     /// The base relations read, at any depth.
     pub fn relations(&self) -> Vec<&Relation> {
-        match self {
-            Node::Aggregate(a) => a.plan.inputs.iter().flat_map(|b| b.inputs.iter().flat_map(|i| i.source.relations())).collect(),
-        }
+        self.blocks().into_iter().flat_map(|b| b.inputs.iter().flat_map(|i| i.source.relations())).collect()
     }
 
     /// The columns a parent reads: the output columns, then `__pgt_row_id`.
     pub fn columns(&self) -> Vec<String> {
-        match self {
-            Node::Aggregate(a) => {
-                let mut c = a.plan.visible.clone();
-                c.push(names::ROW_ID.to_string());
-                c
-            }
-        }
+        let mut c = self.visible().to_vec();
+        c.push(names::ROW_ID.to_string());
+        c
     }
 
     /// Its rows' identity columns for the parent: `__pgt_row_id`.
@@ -350,6 +414,7 @@ impl Node {
     pub fn for_each_block_mut(&mut self, f: &mut dyn FnMut(&mut Block)) {
         match self {
             Node::Aggregate(a) => a.plan.inputs.iter_mut().for_each(f),
+            Node::Rows(r) => r.plan.branches.iter_mut().for_each(|b| f(&mut b.block)),
         }
     }
 
@@ -357,13 +422,27 @@ impl Node {
     pub fn blocks(&self) -> Vec<&Block> {
         match self {
             Node::Aggregate(a) => a.plan.inputs.iter().collect(),
+            Node::Rows(r) => r.plan.branches.iter().map(|b| &b.block).collect(),
         }
     }
 
-    /// The number of its state table, if it keeps one.
+    /// The number of its state table.
     pub fn state(&self) -> Option<usize> {
+        Some(self.state_number())
+    }
+
+    /// The number of its state table.
+    pub fn state_number(&self) -> usize {
         match self {
-            Node::Aggregate(a) => Some(a.state),
+            Node::Aggregate(a) => a.state,
+            Node::Rows(r) => r.state,
+        }
+    }
+
+    fn state_number_mut(&mut self) -> &mut usize {
+        match self {
+            Node::Aggregate(a) => &mut a.state,
+            Node::Rows(r) => &mut r.state,
         }
     }
 
@@ -375,18 +454,33 @@ impl Node {
                 c.extend(a.plan.passthrough_columns());
                 c
             }
+            Node::Rows(r) => {
+                let mut c = r.plan.visible.clone();
+                c.push(names::ROW_ID.to_string());
+                c
+            }
         }
     }
 
     /// Its state table's columns with their SQL types, for creating it.
     pub fn stored_column_types(&self) -> Vec<(String, String)> {
-        match self {
-            Node::Aggregate(a) => {
-                let mut c: Vec<(String, String)> = a.plan.visible.iter().cloned().zip(a.column_types.iter().cloned()).collect();
-                c.push((names::ROW_ID.to_string(), "bigint".to_string()));
-                c.extend(a.plan.state_columns().into_iter().map(|h| (h.name, h.sql_type)));
-                c
-            }
+        let mut c: Vec<(String, String)> = self.visible().iter().cloned().zip(self.column_types().iter().cloned()).collect();
+        c.push((names::ROW_ID.to_string(), "bigint".to_string()));
+        if let Node::Aggregate(a) = self {
+            c.extend(a.plan.state_columns().into_iter().map(|h| (h.name, h.sql_type)));
+        }
+        c
+    }
+}
+
+/// Numbers the state tables of the nodes under `block` from `*next` on,
+/// children before parents.
+pub fn number_states(block: &mut Block, next: &mut usize) {
+    for input in block.inputs.iter_mut() {
+        if let Source::Node(node) = &mut input.source {
+            node.for_each_block_mut(&mut |b| number_states(b, next));
+            *next += 1;
+            *node.state_number_mut() = *next;
         }
     }
 }

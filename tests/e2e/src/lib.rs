@@ -76,13 +76,37 @@ pub const PROPERTY_SCHEMA: &str = "
                        FROM generate_series(1, 300) g;
     INSERT INTO items SELECT 1 + g % 300, g, 's' || (g % 13), (g % 17) * 0.5 FROM generate_series(1, 600) g;
     INSERT INTO events SELECT (ARRAY['a','b',NULL])[1 + g % 3], g % 4 FROM generate_series(1, 80) g;
+    CREATE TABLE accounts (id bigint PRIMARY KEY, cust int, balance numeric NOT NULL, tier text);
+    CREATE TABLE rates (code numeric(6,2) PRIMARY KEY, factor int);
+    INSERT INTO accounts SELECT 5000000000 + g, CASE WHEN g % 6 = 0 THEN NULL ELSE g % 45 END, (g * 37 % 500) / 4.0,
+                                (ARRAY['gold','silver',NULL])[1 + g % 3] FROM generate_series(1, 120) g;
+    INSERT INTO rates SELECT g / 4.0, g % 7 FROM generate_series(0, 30) g;
     CREATE VIEW open_orders AS SELECT id, cust, amount FROM orders WHERE status = 'open';
+    CREATE VIEW cust_totals AS SELECT cust, sum(amount) AS total, count(*) AS n FROM orders GROUP BY cust;
     CREATE VIEW cust_regions AS SELECT c.id, c.region, r.zone FROM customers c JOIN regions r ON r.name = c.region;
     ANALYZE;";
 
 /// One random DML statement against [`PROPERTY_SCHEMA`].
 pub fn random_dml(rng: &mut impl rand::Rng, next_id: &mut i32) -> String {
-    match rng.random_range(0..16) {
+    match rng.random_range(0..19) {
+        16 => match rng.random_range(0..3) {
+            0 => format!("UPDATE accounts SET balance = balance + {}, cust = {} WHERE id % 11 = {}", rng.random_range(-20..20),
+                         if rng.random_range(0..5) == 0 { "NULL".to_string() } else { rng.random_range(1..50).to_string() }, rng.random_range(0..11)),
+            1 => format!("DELETE FROM accounts WHERE id = {}", 5_000_000_000i64 + rng.random_range(1..130)),
+            _ => format!(
+                "INSERT INTO accounts VALUES ({}, {}, {}, {}) ON CONFLICT (id) DO UPDATE SET tier = EXCLUDED.tier",
+                5_000_000_000i64 + rng.random_range(1..130),
+                rng.random_range(1..50),
+                rng.random_range(0..400) as f64 / 4.0,
+                ["'gold'", "'silver'", "NULL"][rng.random_range(0..3)]
+            ),
+        },
+        17 => match rng.random_range(0..3) {
+            0 => format!("UPDATE rates SET factor = {} WHERE code = {}", rng.random_range(0..7), rng.random_range(0..32) as f64 / 4.0),
+            1 => format!("DELETE FROM rates WHERE code = {}", rng.random_range(0..32) as f64 / 4.0),
+            _ => format!("INSERT INTO rates VALUES ({}, {}) ON CONFLICT DO NOTHING", rng.random_range(0..32) as f64 / 4.0, rng.random_range(0..7)),
+        },
+        18 => format!("UPDATE customers SET vip = NOT vip WHERE id % 7 = {}", rng.random_range(0..7)),
         0 | 1 => {
             *next_id += 1;
             let cust = if rng.random_range(0..8) == 0 { "NULL".to_string() } else { rng.random_range(1..50).to_string() };
@@ -193,6 +217,15 @@ pub fn run_property_suite(test: &str, queries: &[(&str, &str, Expect)], cycles: 
                 "DELETE FROM events WHERE ctid IN (SELECT ctid FROM events WHERE n = {} LIMIT 1)",
                 rng.random_range(0..4)
             ));
+        }
+        if rng.random_range(0..2) == 0 {
+            // The bigint- and numeric-keyed tables, which the statement mix
+            // above reaches less often.
+            let mut sql = random_dml(&mut rng, &mut next_id);
+            while !sql.contains("accounts") && !sql.contains("rates") {
+                sql = random_dml(&mut rng, &mut next_id);
+            }
+            db.exec(&sql);
         }
         if rng.random_range(0..15) == 0 {
             db.exec("TRUNCATE events; INSERT INTO events VALUES ('a', 1), ('a', 1), (NULL, 2), ('b', 3)");

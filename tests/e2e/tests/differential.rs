@@ -231,8 +231,6 @@ fn outer_joins() {
                 Differential,
             ),
             ("o_full_join", "SELECT c.id, o.id AS oid FROM customers c FULL JOIN orders o ON o.cust = c.id", Full),
-            ("o_keyless_nullable", "SELECT o.id, e.kind FROM orders o LEFT JOIN events e ON e.n = o.amount % 4", Full),
-            ("o_view_nullable", "SELECT o.id, v.zone FROM orders o LEFT JOIN cust_regions v ON v.id = o.cust", Full),
         ],
         CYCLES,
     );
@@ -298,10 +296,10 @@ fn auto_falls_back_to_full() {
     run_property_suite(
         "prop_fallback",
         &[
-            ("f_left_in_view", "SELECT id, zone FROM (SELECT c.id, r.zone FROM customers c LEFT JOIN regions r ON r.name = c.region) v", Full),
-            ("f_union_agg", "SELECT x, count(*) AS n FROM (SELECT cust AS x FROM orders UNION ALL SELECT id FROM customers) s GROUP BY x", Full),
-            ("f_intersect", "SELECT cust FROM orders INTERSECT SELECT id FROM customers", Full),
-            ("f_subquery", "SELECT id FROM orders WHERE cust IN (SELECT id FROM customers WHERE vip)", Full),
+            ("f_window", "SELECT id, rank() OVER (PARTITION BY cust ORDER BY amount) AS r FROM orders", Full),
+            ("f_limit_in_subquery", "SELECT s.id FROM (SELECT id FROM orders ORDER BY amount DESC LIMIT 5) s", Full),
+            ("f_lateral", "SELECT c.id, l.amount FROM customers c, LATERAL (SELECT amount FROM orders o WHERE o.cust = c.id ORDER BY amount DESC LIMIT 1) l", Full),
+            ("f_having_subquery", "SELECT cust, count(*) AS n FROM orders GROUP BY cust HAVING count(*) > (SELECT count(*) / 50 FROM orders)", Full),
         ],
         8,
     );
