@@ -21,6 +21,7 @@
 //! numerics, MIN and MAX, FILTER and HAVING; scalar aggregates. Everything else is
 //! reported by name ([`Unsupported`]), and AUTO falls back to FULL.
 
+mod setop;
 mod sublink;
 mod surgery;
 
@@ -112,6 +113,9 @@ unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Transl
 
 /// The plan of rewritten query `q` (views expanded, CTEs inlined).
 unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
+    if let Some(sub) = trivial_projection(q) {
+        return translate_tree(sub);
+    }
     let query = &*q;
     if !query.setOperations.is_null() {
         return translate_union(q);
@@ -154,15 +158,79 @@ unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupp
     if is_aggregate && query.hasSubLinks && (sublink::has_sublink(query.targetList as *mut pg_sys::Node) || sublink::has_sublink(query.havingQual)) {
         unsupported!("subquery expressions in the SELECT list or HAVING of an aggregate query (move the aggregate into a subquery)");
     }
-    let prepared = match surgery::prepare(q)? {
-        Ok(p) => p,
-        Err(u) => return Ok(Err(u)),
-    };
+    // FULL JOINs split the block into variants (LEFT, and RIGHT without a
+    // match), each a block of its own.
+    let mut variants = Vec::new();
+    if let Err(u) = full_join_variants(q, Vec::new(), &mut variants)? {
+        return Ok(Err(u));
+    }
+    let mut prepared = Vec::new();
+    for (variant, anti) in variants {
+        match surgery::prepare(variant, &anti)? {
+            Ok(p) => prepared.push(p),
+            Err(u) => return Ok(Err(u)),
+        }
+    }
     if is_aggregate {
         translate_aggregate(q, prepared)
     } else {
         translate_rows(q, prepared)
     }
+}
+
+/// For `SELECT a, b, ... FROM (<sub>) s` that outputs exactly the subquery's
+/// columns in order (`SELECT * FROM some_view`), a copy of the subquery with
+/// the outer names: it is translated as the query itself, not read through a
+/// child that would keep a second copy of its result.
+unsafe fn trivial_projection(q: *mut pg_sys::Query) -> Option<*mut pg_sys::Query> {
+    let query = &*q;
+    if !query.setOperations.is_null()
+        || query.hasAggs
+        || query.hasWindowFuncs
+        || query.hasTargetSRFs
+        || query.hasSubLinks
+        || !query.groupClause.is_null()
+        || !query.havingQual.is_null()
+        || !query.distinctClause.is_null()
+        || !query.limitCount.is_null()
+        || !query.limitOffset.is_null()
+        || !query.groupingSets.is_null()
+        || query.jointree.is_null()
+        || !(*query.jointree).quals.is_null()
+    {
+        return None;
+    }
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg(query.rtable);
+    let from = PgList::<pg_sys::Node>::from_pg((*query.jointree).fromlist);
+    if rtable.len() != 1 || from.len() != 1 {
+        return None;
+    }
+    let rte = rtable.get_ptr(0)?;
+    if (*rte).rtekind != pg_sys::RTEKind::RTE_SUBQUERY || (*rte).lateral || (*rte).subquery.is_null() {
+        return None;
+    }
+    let sub = (*rte).subquery;
+    let outer: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg(query.targetList).iter_ptr().filter(|te| !(**te).resjunk).collect();
+    let inner: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg((*sub).targetList).iter_ptr().filter(|te| !(**te).resjunk).collect();
+    if outer.len() != inner.len() {
+        return None;
+    }
+    for (i, te) in outer.iter().enumerate() {
+        let e = (**te).expr as *mut pg_sys::Node;
+        if !pgrx::is_a(e, pg_sys::NodeTag::T_Var) {
+            return None;
+        }
+        let v = e as *mut pg_sys::Var;
+        if (*v).varno != 1 || (*v).varlevelsup != 0 || (*v).varattno as usize != i + 1 {
+            return None;
+        }
+    }
+    let copy = pg_sys::copyObjectImpl(sub as *const std::ffi::c_void) as *mut pg_sys::Query;
+    let copied: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg((*copy).targetList).iter_ptr().filter(|te| !(**te).resjunk).collect();
+    for (o, c) in outer.iter().zip(copied) {
+        (*c).resname = (**o).resname;
+    }
+    Some(copy)
 }
 
 /// The query after PostgreSQL's rewriter: views expanded into subqueries.
@@ -325,7 +393,10 @@ pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query) -> PgtResult<Resul
 /// Whether a UNION branch must be read through a child operator: anything
 /// but a select-project-join block (whose top level may have outer joins).
 unsafe fn branch_needs_child(leaf: &pg_sys::Query) -> bool {
-    leaf.hasAggs
+    PgList::<pg_sys::RangeTblEntry>::from_pg(leaf.rtable)
+        .iter_ptr()
+        .any(|rte| (*rte).rtekind == pg_sys::RTEKind::RTE_JOIN && (*rte).jointype == pg_sys::JoinType::JOIN_FULL)
+        || leaf.hasAggs
         || !leaf.groupClause.is_null()
         || !leaf.havingQual.is_null()
         || !leaf.distinctClause.is_null()
@@ -359,8 +430,7 @@ pub(crate) unsafe fn unsupported_from_item(query: &pg_sys::Query) -> Option<Stri
             pg_sys::RTEKind::RTE_JOIN => {
                 let name = match (*rte).jointype {
                     pg_sys::JoinType::JOIN_INNER => continue,
-                    pg_sys::JoinType::JOIN_LEFT | pg_sys::JoinType::JOIN_RIGHT => continue,
-                    pg_sys::JoinType::JOIN_FULL => "FULL JOIN",
+                    pg_sys::JoinType::JOIN_LEFT | pg_sys::JoinType::JOIN_RIGHT | pg_sys::JoinType::JOIN_FULL => continue,
                     _ => "this kind of join",
                 };
                 return Some(name.into());
@@ -546,17 +616,62 @@ fn send_function(typ: pg_sys::Oid) -> Option<(u32, &'static str)> {
 }
 
 /// A block of rows: `SELECT <visible> FROM ... WHERE ...`.
-unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> PgtResult<Result<Plan, Unsupported>> {
+unsafe fn translate_rows(q: *mut pg_sys::Query, prepared: Vec<surgery::Prepared>) -> PgtResult<Result<Plan, Unsupported>> {
     let visible_exprs = visible_exprs(q);
-    let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
-    let identity = match identity_columns(&prepared, &visible_exprs, &mut extra)? {
-        Ok(identity) => identity,
-        Err(u) => return Ok(Err(u)),
-    };
+    let mut branches = Vec::new();
+    for p in prepared {
+        let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
+        let identity = match identity_columns(&p, &visible_exprs, &mut extra)? {
+            Ok(identity) => identity,
+            Err(u) => return Ok(Err(u)),
+        };
+        let block = surgery::finish(p, surgery::Targets::KeepVisible(extra))?;
+        branches.push(RowsBranch { block, identity });
+    }
     let visible = surgery::visible_names(q);
-    let block = surgery::finish(prepared, surgery::Targets::KeepVisible(extra))?;
     let content_hash = group_hash(&visible_exprs);
-    Ok(Ok(Plan::new(Root::Rows(RowsPlan { branches: vec![RowsBranch { block, identity }], visible, content_hash }))))
+    Ok(Ok(Plan::new(Root::Rows(RowsPlan { branches, visible, content_hash, multiplicity: None }))))
+}
+
+/// The variants of block `q` without FULL JOINs, appended to `out` with the
+/// range-table indexes of their anti-joins: `A FULL JOIN B ON θ` is
+/// `A LEFT JOIN B ON θ` plus the rows of `A RIGHT JOIN B ON θ` in which `A`
+/// is NULL-extended (an anti-join: `B` rows without a match), so a block with
+/// k FULL JOINs is the union of 2^k blocks with LEFT and RIGHT joins only
+/// (SQL:2016 7.7 <joined table>). Each side must be a single FROM item, and
+/// the FULL JOIN must not lie on the nullable side of another outer join
+/// (whose NULL extension would pass the anti-join's test).
+unsafe fn full_join_variants(
+    q: *mut pg_sys::Query,
+    anti: Vec<i32>,
+    out: &mut Vec<(*mut pg_sys::Query, Vec<i32>)>,
+) -> PgtResult<Result<(), Unsupported>> {
+    let Some(full) = surgery::first_full_join(q) else {
+        out.push((q, anti));
+        return Ok(Ok(()));
+    };
+    if !pgrx::is_a((*full).larg, pg_sys::NodeTag::T_RangeTblRef) || !pgrx::is_a((*full).rarg, pg_sys::NodeTag::T_RangeTblRef) {
+        unsupported!("FULL JOIN whose side is a join (write the join as a subquery)");
+    }
+    if surgery::on_nullable_side((*q).jointree as *mut pg_sys::Node, (*full).rtindex, false) {
+        unsupported!("FULL JOIN on the nullable side of another outer join");
+    }
+    if (*full).isNatural {
+        unsupported!("NATURAL JOIN");
+    }
+    let rtindex = (*full).rtindex;
+    for (jointype, is_anti) in [(pg_sys::JoinType::JOIN_LEFT, false), (pg_sys::JoinType::JOIN_RIGHT, true)] {
+        let copy = pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
+        surgery::set_join_type(copy, rtindex, jointype);
+        let mut anti = anti.clone();
+        if is_anti {
+            anti.push(rtindex);
+        }
+        if let Err(u) = full_join_variants(copy, anti, out)? {
+            return Ok(Err(u));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// `A UNION ALL B ...` (a union of row blocks) or `A UNION B ...` (DISTINCT over
@@ -568,6 +683,9 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     }
     if !query.limitCount.is_null() || !query.limitOffset.is_null() {
         unsupported!("LIMIT / OFFSET");
+    }
+    if setop::needs_rewrite(q) {
+        return translate_set_operations(q);
     }
     let top = query.setOperations as *mut pg_sys::SetOperationStmt;
     let distinct = !(*top).all;
@@ -598,7 +716,7 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
             .filter(|te| !(**te).resjunk)
             .map(|te| pg_sys::copyObjectImpl((*te).expr as *const _) as *mut pg_sys::Node)
             .collect();
-        let prepared = match surgery::prepare(leaf)? {
+        let prepared = match surgery::prepare(leaf, &[])? {
             Ok(p) => p,
             Err(u) => return Ok(Err(u)),
         };
@@ -641,10 +759,38 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     }
     if !distinct {
         let content_hash = group_hash(&visible_exprs(q));
-        return Ok(Ok(Plan::new(Root::Rows(RowsPlan { branches, visible, content_hash }))));
+        return Ok(Ok(Plan::new(Root::Rows(RowsPlan { branches, visible, content_hash, multiplicity: None }))));
     }
     // UNION: DISTINCT over the union; the group keys are the output columns.
     aggregate_plan(q, &visible_exprs(q), blocks, &[], Vec::new(), visible)
+}
+
+/// A set-operation tree with INTERSECT or EXCEPT ([`setop`]): the rewritten
+/// query's plan; for an ALL form at the root, rows repeated by the
+/// multiplicity column the rewrite adds last.
+unsafe fn translate_set_operations(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
+    let (rewritten, multiplicity) = match setop::rewrite(q)? {
+        Ok(r) => r,
+        Err(u) => return Ok(Err(u)),
+    };
+    let mut plan = match translate_tree(rewritten)? {
+        Ok(p) => p,
+        Err(u) => return Ok(Err(u)),
+    };
+    if multiplicity {
+        let Root::Rows(rows) = &mut plan.root else {
+            return Err(crate::error::PgtError::internal("INTERSECT ALL / EXCEPT ALL did not translate to rows"));
+        };
+        let Some(m) = rows.visible.pop() else {
+            return Err(crate::error::PgtError::internal("the multiplicity column is missing"));
+        };
+        rows.content_hash.truncate(rows.visible.len());
+        for branch in rows.branches.iter_mut() {
+            branch.identity.clear();
+        }
+        rows.multiplicity = Some(m);
+    }
+    Ok(Ok(plan))
 }
 
 /// The [`AggregatePlan`] over `inputs` of query `q` grouped by `groups`, with
@@ -703,7 +849,7 @@ unsafe fn union_leaves(node: *mut pg_sys::Node, distinct: bool, out: &mut Vec<us
 }
 
 /// `SELECT <outputs> FROM ... GROUP BY ... HAVING ...`.
-unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared) -> PgtResult<Result<Plan, Unsupported>> {
+unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prepared>) -> PgtResult<Result<Plan, Unsupported>> {
     let query = &*q;
     // Group keys (for DISTINCT: the distinct columns).
     let groups = if query.distinctClause.is_null() {
@@ -799,7 +945,11 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: surgery::Prepared
             call,
         });
     }
-    let input = vec![surgery::finish(prepared, surgery::Targets::Replace(extra))?];
+    let mut input = Vec::new();
+    for p in prepared {
+        let targets = extra.iter().map(|(n, e)| (n.clone(), pg_sys::copyObjectImpl(*e as *const _) as *mut pg_sys::Node)).collect();
+        input.push(surgery::finish(p, surgery::Targets::Replace(targets))?);
+    }
     aggregate_plan(q, &groups, input, &aggrefs, aggregates, surgery::visible_names(q))
 }
 

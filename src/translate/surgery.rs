@@ -169,7 +169,9 @@ struct OuterJoin {
 
 /// Copies `q` and turns every base relation into a placeholder (see [`Prepared`]).
 /// Subqueries in FROM must be select-project-join blocks.
-pub unsafe fn prepare(q: *mut pg_sys::Query) -> PgtResult<Result<Prepared, Unsupported>> {
+/// `anti` lists the range-table indexes of LEFT / RIGHT joins whose nullable
+/// side must be absent (FULL JOIN variants, see `full_join_variants`).
+pub unsafe fn prepare(q: *mut pg_sys::Query, anti: &[i32]) -> PgtResult<Result<Prepared, Unsupported>> {
     let copy = pg_sys::copyObjectImpl(q as *const c_void) as *mut pg_sys::Query;
     let mut inputs = Vec::new();
     let force_child = match nullable_items_to_materialize(copy)? {
@@ -185,7 +187,7 @@ pub unsafe fn prepare(q: *mut pg_sys::Query) -> PgtResult<Result<Prepared, Unsup
             return Ok(Err(u));
         }
     }
-    let outer_joins = match outer_joins(copy, &surfaced, &inputs)? {
+    let outer_joins = match outer_joins(copy, &surfaced, &inputs, anti)? {
         Ok(o) => o,
         Err(u) => return Ok(Err(u)),
     };
@@ -280,7 +282,7 @@ unsafe fn preserved_content(q: *mut pg_sys::Query, preserved: *mut pg_sys::Node)
 /// key), and its join condition gains `AND <its weight> <> 0`, so that a row
 /// the old state lacks (weight 0, see `pgt_delta::scan::old_present_sql`) is
 /// no match.
-unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[Input]) -> PgtResult<Result<Vec<OuterJoin>, Unsupported>> {
+unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[Input], anti: &[i32]) -> PgtResult<Result<Vec<OuterJoin>, Unsupported>> {
     let joins: Vec<*mut pg_sys::JoinExpr> = joins_in((*q).jointree as *mut pg_sys::Node)
         .into_iter()
         .filter(|j| matches!((**j).jointype, pg_sys::JoinType::JOIN_LEFT | pg_sys::JoinType::JOIN_RIGHT))
@@ -335,6 +337,17 @@ unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[In
         (*not_null).argisrow = false;
         (*not_null).location = -1;
         (*j).quals = pg_sys::make_and_qual((*j).quals, not_null as *mut pg_sys::Node);
+        if anti.contains(&(*j).rtindex) {
+            // Only the preserved rows without a match: the nullable side's key
+            // (never NULL in a real row) is NULL.
+            let is_null = pg_sys::palloc0(std::mem::size_of::<pg_sys::NullTest>()) as *mut pg_sys::NullTest;
+            (*is_null).xpr.type_ = pg_sys::NodeTag::T_NullTest;
+            (*is_null).arg = pg_sys::copyObjectImpl(*key as *const c_void) as *mut pg_sys::Expr;
+            (*is_null).nulltesttype = pg_sys::NullTestType::IS_NULL;
+            (*is_null).location = -1;
+            let jt = (*q).jointree;
+            (*jt).quals = pg_sys::make_and_qual((*jt).quals, is_null as *mut pg_sys::Node);
+        }
         found.push(OuterJoin { join: j, preserved: preserved_node, nullable: r.index, restricted: preserved });
     }
     let nullable: Vec<usize> = found.iter().map(|o| o.nullable).collect();
@@ -887,4 +900,50 @@ pub(super) unsafe fn to_child_placeholder(rte: *mut pg_sys::RangeTblEntry, place
     (*rte).perminfoindex = 0;
     (*rte).inh = false;
     (*rte).security_barrier = false;
+}
+
+/// The outermost FULL JOIN of `q`'s join tree, if any.
+pub unsafe fn first_full_join(q: *mut pg_sys::Query) -> Option<*mut pg_sys::JoinExpr> {
+    joins_in((*q).jointree as *mut pg_sys::Node).into_iter().find(|j| (**j).jointype == pg_sys::JoinType::JOIN_FULL)
+}
+
+/// Whether the join with range-table index `rtindex` lies under the nullable
+/// side of an outer join in jointree `node` (`nullable`: `node` itself does).
+pub unsafe fn on_nullable_side(node: *mut pg_sys::Node, rtindex: i32, nullable: bool) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
+        return PgList::<pg_sys::Node>::from_pg((*(node as *mut pg_sys::FromExpr)).fromlist)
+            .iter_ptr()
+            .any(|item| on_nullable_side(item, rtindex, nullable));
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
+        let j = node as *mut pg_sys::JoinExpr;
+        if (*j).rtindex == rtindex {
+            return nullable;
+        }
+        let (left_nullable, right_nullable) = match (*j).jointype {
+            pg_sys::JoinType::JOIN_LEFT => (false, true),
+            pg_sys::JoinType::JOIN_RIGHT => (true, false),
+            pg_sys::JoinType::JOIN_FULL => (true, true),
+            _ => (false, false),
+        };
+        return on_nullable_side((*j).larg, rtindex, nullable || left_nullable)
+            || on_nullable_side((*j).rarg, rtindex, nullable || right_nullable);
+    }
+    false
+}
+
+/// Sets the type of the join with range-table index `rtindex` (its JoinExpr
+/// and its range-table entry).
+pub unsafe fn set_join_type(q: *mut pg_sys::Query, rtindex: i32, jointype: pg_sys::JoinType::Type) {
+    for j in joins_in((*q).jointree as *mut pg_sys::Node) {
+        if (*j).rtindex == rtindex {
+            (*j).jointype = jointype;
+        }
+    }
+    if let Some(rte) = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable).get_ptr((rtindex - 1) as usize) {
+        (*rte).jointype = jointype;
+    }
 }

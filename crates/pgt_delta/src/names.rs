@@ -171,3 +171,10 @@ pub const SUBQUERY_COLUMN: &str = "__pgt_x";
 
 /// The row count of a scalar subquery's child (more than 1 is an error).
 pub const SUBQUERY_ROWS: &str = "__pgt_n";
+
+/// How many copies of a row a block's output row stands for (INTERSECT ALL,
+/// EXCEPT ALL), in its output.
+pub const MULTIPLICITY: &str = "__pgt_mult";
+
+/// Which side of INTERSECT / EXCEPT a row comes from (1 or 2).
+pub const SET_SIDE: &str = "__pgt_side";

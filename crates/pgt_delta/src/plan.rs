@@ -299,6 +299,7 @@ mod tests {
             branches: vec![RowsBranch { block, identity: vec![] }],
             visible: vec![],
             content_hash: vec![],
+            multiplicity: None,
         }));
         assert!(plan.forget_columns(1, &[2, 7]), "attnum 7 is past the plan's columns and ignored");
         for input in &plan.blocks()[0].inputs {

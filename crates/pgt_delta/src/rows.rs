@@ -54,6 +54,28 @@ fn row_id(plan: &RowsPlan, index: usize, branch: &RowsBranch, alias: &str) -> St
     record_hash(&parts.join(", "))
 }
 
+/// A branch's rows as SQL (`block` its full or delta result), each repeated
+/// by the plan's multiplicity column, if it has one.
+fn expanded(plan: &RowsPlan, block: &str) -> String {
+    match &plan.multiplicity {
+        Some(m) => format!("SELECT e.* FROM ({block}) e, pg_catalog.generate_series(1, e.{}) AS __pgt_copy", quote_ident(m)),
+        None => block.to_string(),
+    }
+}
+
+/// A branch's delta with each row's weight multiplied by its multiplicity, if
+/// the plan has one (a row standing for k copies changes by k copies).
+fn weighted(plan: &RowsPlan, delta: String) -> String {
+    match &plan.multiplicity {
+        Some(m) => format!(
+            "SELECT {}, w.__pgt_w * w.{} AS __pgt_w FROM ({delta}) w",
+            qualified("w", &plan.visible),
+            quote_ident(m)
+        ),
+        None => delta,
+    }
+}
+
 /// `SELECT <visible>, __pgt_row_id` over the full result: what a FULL refresh inserts.
 pub fn full_sql(plan: &RowsPlan, ctx: &Ctx) -> String {
     plan.branches
@@ -66,7 +88,7 @@ pub fn full_sql(plan: &RowsPlan, ctx: &Ctx) -> String {
                     "SELECT {vis}, {id} AS __pgt_row_id FROM ({block}) f",
                     vis = qualified("f", &plan.visible),
                     id = keyless_row_id(plan, i, &content, &format!("pg_catalog.row_number() OVER (PARTITION BY {content})")),
-                    block = join::full_sql(&b.block, ctx)
+                    block = expanded(plan, &join::full_sql(&b.block, ctx))
                 )
             } else {
                 format!(
@@ -92,7 +114,7 @@ pub fn merge_sql(plan: &RowsPlan, st: &str, ctx: &Ctx, returning: Returning) -> 
         .iter()
         .enumerate()
         .filter_map(|(i, b)| {
-            let delta = join::delta_sql(&b.block, ctx)?;
+            let delta = weighted(plan, join::delta_sql(&b.block, ctx)?);
             if b.keyless() {
                 keyless_sources.push(keyless_source(plan, i, st, &delta));
                 return None;
@@ -174,7 +196,8 @@ pub fn explain(plan: &RowsPlan, indent: &str, ctx: &Ctx, out: &mut String) {
     for (i, b) in plan.branches.iter().enumerate() {
         let prefix = if plan.branches.len() > 1 { format!("branch {}, ", i + 1) } else { String::new() };
         if b.keyless() {
-            out.push_str(&format!("{indent}Rows — keyless: MERGE by hash({prefix}content, copy number)\n"));
+            let copies = if plan.multiplicity.is_some() { "; each row repeated by its multiplicity" } else { "" };
+            out.push_str(&format!("{indent}Rows — keyless: MERGE by hash({prefix}content, copy number){copies}\n"));
         } else {
             out.push_str(&format!("{indent}Rows — MERGE by row identity hash({prefix}{})\n", b.identity.join(", ")));
         }
@@ -215,7 +238,7 @@ mod tests {
     }
 
     fn plan(branches: u32) -> RowsPlan {
-        RowsPlan { branches: (1..=branches).map(branch).collect(), visible: vec!["amount".into()], content_hash: Vec::new() }
+        RowsPlan { branches: (1..=branches).map(branch).collect(), visible: vec!["amount".into()], content_hash: Vec::new(), multiplicity: None }
     }
 
     #[test]

@@ -178,6 +178,11 @@ pub struct RowsPlan {
     /// content is hashed (as [`AggregatePlan::group_hash`]), or empty.
     #[serde(default)]
     pub content_hash: Vec<String>,
+    /// A block output column (not visible) holding how many copies of the row
+    /// each output row stands for (≥ 0), for INTERSECT ALL / EXCEPT ALL; the
+    /// branches are then keyless. `None`: one.
+    #[serde(default)]
+    pub multiplicity: Option<String>,
 }
 
 /// One branch of a [`RowsPlan`].

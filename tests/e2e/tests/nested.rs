@@ -202,6 +202,47 @@ fn scalar_subqueries() {
     );
 }
 
+/// INTERSECT, EXCEPT and their ALL forms (multiplicities min(a, b) and
+/// max(a − b, 0)), nested set operations, UNION below UNION ALL.
+#[test]
+fn intersect_and_except() {
+    run_property_suite(
+        "nest_setop",
+        &[
+            ("t_intersect", "SELECT cust FROM orders INTERSECT SELECT id FROM customers WHERE vip", Differential),
+            ("t_except", "SELECT id FROM customers EXCEPT SELECT cust FROM orders WHERE status = 'open'", Differential),
+            ("t_intersect_all", "SELECT status, amount % 3 AS r FROM orders WHERE cust < 20 INTERSECT ALL SELECT status, amount % 3 FROM orders WHERE cust >= 20", Differential),
+            ("t_except_all", "SELECT kind FROM events EXCEPT ALL SELECT status FROM orders WHERE amount > 50", Differential),
+            ("t_except_all_keyless", "SELECT kind, n FROM events EXCEPT ALL SELECT 'a', amount % 4 FROM orders WHERE status = 'held'", Differential),
+            ("t_nested", "SELECT region FROM customers EXCEPT (SELECT name FROM regions INTERSECT SELECT region FROM customers WHERE vip)", Differential),
+            ("t_union_under_all", "SELECT cust FROM orders WHERE amount > 55 UNION ALL (SELECT id FROM customers WHERE vip UNION SELECT cust FROM accounts)", Differential),
+            ("t_intersect_text", "SELECT name FROM regions INTERSECT SELECT region FROM customers", Differential),
+            ("t_except_numeric", "SELECT code FROM rates EXCEPT SELECT balance FROM accounts", Differential),
+            ("t_intersect_over_agg", "SELECT cust FROM orders GROUP BY cust HAVING count(*) > 6 INTERSECT SELECT id FROM customers WHERE score > 10", Differential),
+        ],
+        CYCLES,
+    );
+}
+
+/// FULL JOIN: both sides' unmatched rows appear and vanish; under
+/// aggregates, with USING, with subqueries and keyless sides.
+#[test]
+fn full_joins() {
+    run_property_suite(
+        "nest_full",
+        &[
+            ("f_full", "SELECT c.id, o.id AS oid, o.amount FROM customers c FULL JOIN orders o ON o.cust = c.id", Differential),
+            ("f_full_filter", "SELECT c.id, o.id AS oid FROM customers c FULL JOIN orders o ON o.cust = c.id AND o.status = 'open' WHERE c.vip IS NOT TRUE", Differential),
+            ("f_full_agg", "SELECT c.region, count(o.id) AS n, count(*) AS rows FROM customers c FULL JOIN orders o ON o.cust = c.id GROUP BY c.region", Differential),
+            ("f_full_using", "SELECT name, r.zone, c.id FROM regions r FULL JOIN (SELECT id, region AS name FROM customers) c USING (name)", Differential),
+            ("f_full_keyless", "SELECT e.kind, e.n, r.code FROM events e FULL JOIN rates r ON r.factor = e.n", Differential),
+            ("f_full_then_inner", "SELECT c.id, o.id AS oid, r.zone FROM customers c FULL JOIN orders o ON o.cust = c.id JOIN regions r ON r.name = c.region", Differential),
+            ("f_full_agg_side", "SELECT c.id, s.n FROM customers c FULL JOIN (SELECT cust, count(*) AS n FROM orders GROUP BY cust) s ON s.cust = c.id", Differential),
+        ],
+        CYCLES,
+    );
+}
+
 /// Each construct over a stream table that is itself maintained
 /// differentially.
 #[test]
