@@ -21,6 +21,7 @@
 //! numerics, MIN and MAX, FILTER and HAVING; scalar aggregates. Everything else is
 //! reported by name ([`Unsupported`]), and AUTO falls back to FULL.
 
+mod having;
 mod setop;
 mod sublink;
 mod surgery;
@@ -156,7 +157,11 @@ unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupp
     // group's hidden __pgt_count is the multiplicity of the row in the input.
     let is_aggregate = distinct || query.hasAggs || !query.groupClause.is_null() || !query.havingQual.is_null();
     if is_aggregate && query.hasSubLinks && (sublink::has_sublink(query.targetList as *mut pg_sys::Node) || sublink::has_sublink(query.havingQual)) {
-        unsupported!("subquery expressions in the SELECT list or HAVING of an aggregate query (move the aggregate into a subquery)");
+        // The aggregate becomes a child; its SELECT list and HAVING a block over it.
+        return match having::split(q)? {
+            Ok(outer) => translate_tree(outer),
+            Err(u) => Ok(Err(u)),
+        };
     }
     // FULL JOINs split the block into variants (LEFT, and RIGHT without a
     // match), each a block of its own.

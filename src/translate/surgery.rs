@@ -62,6 +62,10 @@ unsafe extern "C-unwind" fn collect_aggrefs(node: *mut pg_sys::Node, ctx: *mut c
         return false;
     }
     let c = &mut *(ctx as *mut AggrefCollector);
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
+        // A subquery's own aggregates are not this level's.
+        return false;
+    }
     if pgrx::is_a(node, pg_sys::NodeTag::T_Aggref) {
         if !c.found.iter().any(|a| pg_sys::equal(*a as *const c_void, node as *const c_void)) {
             c.found.push(node as *mut pg_sys::Aggref);

@@ -197,6 +197,19 @@ fn scalar_subqueries() {
             ("s_bigint", "SELECT c.id, (SELECT sum(a.balance) FROM accounts a WHERE a.cust = c.id) AS balance FROM customers c WHERE c.id < 30", Differential),
             ("s_keyless", "SELECT e.kind, e.n, (SELECT count(*) FROM orders o WHERE o.amount % 4 = e.n) AS n_orders FROM events e", Differential),
             ("s_in_aggregate_input", "SELECT c.region, sum((SELECT count(*) FROM orders o WHERE o.cust = c.id)) AS orders FROM customers c GROUP BY c.region", Full),
+            ("s_having", "SELECT cust, count(*) AS n FROM orders GROUP BY cust HAVING count(*) > (SELECT count(*) / 50 FROM orders)", Differential),
+            (
+                "s_having_correlated",
+                "SELECT c.region, count(*) AS n FROM customers c GROUP BY c.region \
+                 HAVING count(*) > (SELECT count(*) FROM customers c2 WHERE c2.region = c.region AND c2.vip)",
+                Differential,
+            ),
+            (
+                "s_select_of_aggregate",
+                "SELECT o.cust, sum(o.amount) AS total, (SELECT c.score FROM customers c WHERE c.id = o.cust) AS score FROM orders o GROUP BY o.cust",
+                Differential,
+            ),
+            ("x_having_exists", "SELECT status, max(amount) AS top FROM orders o GROUP BY status HAVING EXISTS (SELECT 1 FROM customers c WHERE c.region = 'r' || max(o.amount) % 6)", Full),
         ],
         CYCLES,
     );
