@@ -80,8 +80,23 @@ pub static HISTORY_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_
 /// the newest (0: no limit).
 pub static HISTORY_MAX_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// A DIFFERENTIAL refresh of a stream table joining many inputs recomputes in
+/// full when the planner estimates its delta statement above this multiple of
+/// a full recomputation's cost (0: never).
+pub static MAX_DELTA_COST_RATIO: GucSetting<f64> = GucSetting::<f64>::new(4.0);
+
 /// Registers every `pg_trickle.*` parameter. Called once from `_PG_init`.
 pub fn register() {
+    GucRegistry::define_float_guc(
+        c"pg_trickle.max_delta_cost_ratio",
+        c"Multiple of a full recomputation's estimated cost above which a DIFFERENTIAL refresh recomputes in full.",
+        c"Checked for stream tables with a join of at least 4 inputs, from the planner's estimates of both statements (0: never).",
+        &MAX_DELTA_COST_RATIO,
+        0.0,
+        1.0e6,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_float_guc(
         c"pg_trickle.differential_max_change_ratio",
         c"Fraction of the sources' rows above which a DIFFERENTIAL refresh recomputes in full.",

@@ -69,6 +69,31 @@ pub fn as_owner_restricted<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Sets configuration parameter `name` to `value` until the end of the
+/// innermost [`as_owner_restricted`] (or other switched) span, which rolls it
+/// back like a function's `SET` clause; outside any span, until the end of the
+/// transaction.
+///
+/// # Errors
+/// PostgreSQL's error for an unknown parameter or invalid value.
+pub fn set_for_span(name: &str, value: &str) -> PgtResult<()> {
+    let name = std::ffi::CString::new(name).map_err(|_| PgtError::internal("parameter name contains a NUL byte"))?;
+    let value = std::ffi::CString::new(value).map_err(|_| PgtError::internal("parameter value contains a NUL byte"))?;
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+    Ok(())
+}
+
 /// Runs `f` as the owner of the `pg_trickle` extension (the superuser who created
 /// it), with a pinned `search_path`. Used only for pg_trickle's own objects.
 ///

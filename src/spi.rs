@@ -161,6 +161,64 @@ impl StatementSnapshot {
         })
     }
 
+    /// Like [`StatementSnapshot::query_map`], but first asks `accept` whether
+    /// to run the statement, given the planner's total cost estimate of the
+    /// plan it will run (planned once: the same generic plan is executed).
+    /// Returns `None` when `accept` declines.
+    pub fn query_map_if<R>(
+        &self,
+        sql: &str,
+        accept: impl FnOnce(f64) -> PgtResult<bool>,
+        mut f: impl FnMut(&SnapshotRow) -> PgtResult<R>,
+    ) -> PgtResult<Option<Vec<R>>> {
+        let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
+        Spi::connect_mut(|_client| unsafe {
+            let plan = pg_sys::SPI_prepare(csql.as_ptr(), 0, std::ptr::null_mut());
+            if plan.is_null() {
+                let code = pg_sys::SPI_result;
+                return Err(PgtError::internal(format!("SPI_prepare failed with code {code}")));
+            }
+            let cached = pg_sys::SPI_plan_get_cached_plan(plan);
+            let mut cost = 0.0;
+            if !cached.is_null() {
+                for stmt in pgrx::PgList::<pg_sys::PlannedStmt>::from_pg((*cached).stmt_list).iter_ptr() {
+                    if !(*stmt).planTree.is_null() {
+                        cost += (*(*stmt).planTree).total_cost;
+                    }
+                }
+                pg_sys::ReleaseCachedPlan(cached, std::ptr::null_mut());
+            }
+            if !accept(cost)? {
+                pg_sys::SPI_freeplan(plan);
+                return Ok(None);
+            }
+            let rc = pg_sys::SPI_execute_snapshot(
+                plan,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                self.snapshot,
+                std::ptr::null_mut(),
+                false,
+                true,
+                0,
+            );
+            if rc < 0 {
+                pg_sys::SPI_freeplan(plan);
+                return Err(PgtError::internal(format!("SPI_execute_snapshot failed with code {rc}")));
+            }
+            let mut out = Vec::new();
+            let tuptable = pg_sys::SPI_tuptable;
+            if !tuptable.is_null() {
+                for i in 0..pg_sys::SPI_processed as usize {
+                    let row = SnapshotRow { tuple: *(*tuptable).vals.add(i), tupdesc: (*tuptable).tupdesc };
+                    out.push(f(&row)?);
+                }
+            }
+            pg_sys::SPI_freeplan(plan);
+            Ok(Some(out))
+        })
+    }
+
     /// Executes a statement in this snapshot; returns the rows it processed.
     pub fn exec(&self, sql: &str) -> PgtResult<u64> {
         Ok(self.run(sql)?.0)

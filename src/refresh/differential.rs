@@ -37,26 +37,29 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     let (Some(plan), Some(frontier_snapshot), true) = (stored, st.frontier.clone(), st.is_populated) else {
         return recompute(st, snapshot);
     };
-    let source = ChangeSource::Window(Frontier { snapshot: frontier_snapshot, xid: st.frontier_xid.clone(), cid: st.frontier_cid });
+    let source = ChangeSource::window(Frontier { snapshot: frontier_snapshot, xid: st.frontier_xid.clone(), cid: st.frontier_cid });
 
     // What changed, in one query; nothing to do when nothing did.
     let relations = plan.relations();
     let summary = snapshot.query_map(&source.summary_sql(&relations), |row| {
-        Ok((row.col::<pg_sys::Oid>(1)?, row.col::<i64>(2)?, row.col::<bool>(3)?))
+        Ok((row.col::<pg_sys::Oid>(1)?, row.col::<i64>(2)?, row.col::<bool>(3)?, row.col::<i64>(4)?))
     })?;
     if summary.is_empty() {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
     }
     let mut window_rows = 0f64;
     let mut changed = pgt_delta::Changed::new();
-    for (relid, images, truncated) in summary {
+    let mut images = std::collections::BTreeMap::new();
+    for (relid, rows, truncated, count) in summary {
         if truncated {
             // TRUNCATE among the changes: the images cannot express it.
             return refresh_full_with_plan(st, &plan, snapshot);
         }
-        window_rows += images as f64;
+        window_rows += rows as f64;
         changed.insert(relid.to_u32());
+        images.insert(relid.to_u32(), count.max(0) as u64);
     }
+    let source = source.with_images(images);
 
     // What the owner may read was settled before the snapshot (preflight).
     let max_ratio = guc::DIFFERENTIAL_MAX_CHANGE_RATIO.get();
@@ -76,8 +79,86 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     let Some(statement) = plan.delta_statement(&st.tables(), &source, &changed) else {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
     };
-    let (inserted, deleted) = super::apply_delta(&statement, snapshot)?;
+    let widest = plan.widest_block();
+    allow_join_reordering(widest)?;
+    let ratio = guc::MAX_DELTA_COST_RATIO.get();
+    let check = widest >= COST_CHECK_MIN_INPUTS && ratio > 0.0;
+    let mut estimates = None;
+    let accept = |statement_cost: f64| -> PgtResult<bool> {
+        if !check || statement_cost < COST_CHECK_FLOOR {
+            return Ok(true);
+        }
+        // The changes alone against a full recomputation: how the statement
+        // applies them (keyless copies, aggregate states) is planned with
+        // generic guesses that say nothing about a runaway join.
+        let Some(core) = plan.delta_core_sql(&st.tables(), &source, &changed) else { return Ok(true) };
+        let delta_cost = estimated_cost(&core, snapshot)?;
+        let full_cost = full_cost(st, &plan, snapshot)?;
+        estimates = Some((delta_cost, full_cost));
+        Ok(delta_cost <= ratio * full_cost.max(1.0))
+    };
+    let Some((inserted, deleted)) = super::apply_delta_if(&statement, snapshot, accept)? else {
+        let (delta_cost, full_cost) = estimates.unwrap_or_default();
+        pgrx::notice!(
+            "stream table {} recomputes in full this time: the planner estimates applying its changes at cost {delta_cost:.0}, \
+             a full recomputation at {full_cost:.0} (pg_trickle.max_delta_cost_ratio = {ratio})",
+            st.name,
+        );
+        return refresh_full_with_plan(st, &plan, snapshot);
+    };
     Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false })
+}
+
+/// Joins of at least this many inputs have their delta's estimated cost
+/// compared with a full recomputation's before it runs.
+const COST_CHECK_MIN_INPUTS: usize = 4;
+
+/// Lets the planner reorder every join of a block of `inputs` inputs.
+///
+/// A delta term binds one input to its (small) changes and the others to
+/// their states; a good plan starts from the changes and reaches the other
+/// inputs through their indexes. With PostgreSQL's default
+/// `join_collapse_limit` and `from_collapse_limit` (8), a join of more inputs
+/// keeps the written order beyond the first 8, and a change to an input in the
+/// middle of a long join would first join everything before it in full. Raised
+/// for the refresh only (restored at the end of the owner's span).
+fn allow_join_reordering(inputs: usize) -> PgtResult<()> {
+    if inputs <= 8 {
+        return Ok(());
+    }
+    let limit = (inputs + 1).min(1000).to_string();
+    crate::privilege::set_for_span("join_collapse_limit", &limit)?;
+    crate::privilege::set_for_span("from_collapse_limit", &limit)
+}
+
+/// Below this estimated cost (PostgreSQL's cost units: about a thousand page
+/// reads) a delta statement runs without comparing it with a full
+/// recomputation: it cannot run away, and planning the full recomputation
+/// would cost more than it could save.
+const COST_CHECK_FLOOR: f64 = 1_000.0;
+
+/// The planner's estimate of recomputing `st` in full: every step of
+/// [`Plan::full_steps`].
+fn full_cost(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<f64> {
+    let mut full = 0.0;
+    for step in plan.full_steps(&st.tables()) {
+        full += estimated_cost(&step.source, snapshot)?;
+    }
+    Ok(full)
+}
+
+/// The planner's total cost estimate of `sql` (`EXPLAIN (FORMAT JSON)`).
+fn estimated_cost(sql: &str, snapshot: &StatementSnapshot) -> PgtResult<f64> {
+    let text = snapshot
+        .query_text(&format!("EXPLAIN (FORMAT JSON) {sql}"))?
+        .ok_or_else(|| PgtError::internal("EXPLAIN returned nothing"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| PgtError::internal(format!("EXPLAIN returned unreadable JSON: {e}")))?;
+    json.get(0)
+        .and_then(|p| p.get("Plan"))
+        .and_then(|p| p.get("Total Cost"))
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| PgtError::internal("EXPLAIN did not report a total cost"))
 }
 
 /// The sources' row count: `pg_class.reltuples` where the planner has an estimate;

@@ -192,6 +192,16 @@ fn merge_counts(merge: &str, snapshot: &StatementSnapshot) -> PgtResult<(u64, u6
 /// `snapshot` as one statement, and counts the rows it wrote into the stream
 /// table: (inserted or updated, deleted or updated).
 fn apply_delta(statement: &pgt_delta::DeltaStatement, snapshot: &StatementSnapshot) -> PgtResult<(u64, u64)> {
+    apply_delta_if(statement, snapshot, |_| Ok(true))?.ok_or_else(|| crate::error::PgtError::internal("a refresh statement was not run"))
+}
+
+/// [`apply_delta`], unless `accept` declines the planner's total cost
+/// estimate of the statement (then `None`, and nothing ran).
+fn apply_delta_if(
+    statement: &pgt_delta::DeltaStatement,
+    snapshot: &StatementSnapshot,
+    accept: impl FnOnce(f64) -> PgtResult<bool>,
+) -> PgtResult<Option<(u64, u64)>> {
     // The guard triggers of the stream table and state tables let these write.
     let _writing = crate::activity::StreamTableWrite::begin();
     let sql = statement.wrap(
@@ -199,9 +209,11 @@ fn apply_delta(statement: &pgt_delta::DeltaStatement, snapshot: &StatementSnapsh
         "SELECT count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')), \
                 count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')) FROM __pgt_m",
     );
-    let counts = snapshot.query_map(&sql, |row| Ok((row.col::<i64>(1)?, row.col::<i64>(2)?)))?;
+    let Some(counts) = snapshot.query_map_if(&sql, accept, |row| Ok((row.col::<i64>(1)?, row.col::<i64>(2)?)))? else {
+        return Ok(None);
+    };
     let (inserted, deleted) =
         counts.first().copied().ok_or_else(|| crate::error::PgtError::internal("counting a refresh's writes returned no row"))?;
-    Ok((inserted.max(0) as u64, deleted.max(0) as u64))
+    Ok(Some((inserted.max(0) as u64, deleted.max(0) as u64)))
 }
 

@@ -581,9 +581,14 @@ unsafe fn identity_columns(
             continue;
         }
         for (j, key) in input_keys.iter().enumerate() {
-            let name = format!("__pgt_k{}_{}", k + 1, j + 1);
+            let name = pgt_delta::names::key_of(k + 1, j + 1);
             extra.push((name.clone(), unfolded_key(*key)));
             identity.push(name);
+            if let Some(sign) = numeric_sign(*key) {
+                let name = pgt_delta::names::key_sign_of(k + 1, j + 1);
+                extra.push((name.clone(), sign));
+                identity.push(name);
+            }
         }
     }
     Ok(Ok(identity))
@@ -607,6 +612,40 @@ unsafe fn unfolded_key(key: *mut pg_sys::Node) -> *mut pg_sys::Node {
         pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
     ) as *mut pg_sys::Node
 }
+
+/// For a numeric key, `key < 0`: it enters the row identity beside the key.
+/// PostgreSQL's numeric hash ignores the sign (`x` and `-x` hash alike); the
+/// sign keeps them apart, while values the type calls equal (`1.0`, `1.00`)
+/// still hash alike. `None` for other types.
+unsafe fn numeric_sign(value: *mut pg_sys::Node) -> Option<*mut pg_sys::Node> {
+    if pg_sys::getBaseType(pg_sys::exprType(value)) != pg_sys::NUMERICOID {
+        return None;
+    }
+    let zero = pg_sys::makeConst(
+        pg_sys::NUMERICOID,
+        -1,
+        pg_sys::InvalidOid,
+        -1,
+        pg_sys::Datum::from(pg_sys::int64_to_numeric(0)),
+        false,
+        false,
+    );
+    let copy = pg_sys::copyObjectImpl(value as *const std::ffi::c_void);
+    let args = pg_sys::lappend(pg_sys::lappend(std::ptr::null_mut(), copy), zero as *mut std::ffi::c_void);
+    Some(pg_sys::makeFuncExpr(
+        pg_sys::Oid::from(pg_sys::F_NUMERIC_LT),
+        pg_sys::BOOLOID,
+        args,
+        pg_sys::InvalidOid,
+        pg_sys::InvalidOid,
+        pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+    ) as *mut pg_sys::Node)
+}
+
+/// The pattern a numeric group key or keyless column goes through before it
+/// is hashed into a row identity: the value and its sign, two fields (see
+/// [`numeric_sign`]).
+const SIGNED_NUMERIC_PATTERN: &str = "{}, {} < 0::pg_catalog.numeric";
 
 /// The binary send function (OID and qualified name) of the 64-bit integer
 /// types whose hash folds to 32 bits; `None` for every other type.
@@ -975,11 +1014,21 @@ unsafe fn group_equality(groups: &[*mut pg_sys::Node]) -> PgtResult<Result<Vec<S
 }
 
 /// Per expression (group key, or visible column of a keyless row), the function
-/// its value goes through before it is hashed into a row identity: the binary
-/// send function of the 64-bit integer types, whose hash folds to 32 bits (see
-/// [`unfolded_key`]); empty for the others.
+/// (or pattern, see `pgt_delta::sql::hash_through`) its value goes through
+/// before it is hashed into a row identity: the binary send function of the
+/// 64-bit integer types, whose hash folds to 32 bits, and the sign beside a
+/// numeric (see [`unfolded_key`]); empty for the others.
 unsafe fn group_hash(groups: &[*mut pg_sys::Node]) -> Vec<String> {
-    groups.iter().map(|g| send_function(pg_sys::exprType(*g)).map(|(_, name)| name.to_string()).unwrap_or_default()).collect()
+    groups
+        .iter()
+        .map(|g| {
+            let typ = pg_sys::exprType(*g);
+            if pg_sys::getBaseType(typ) == pg_sys::NUMERICOID {
+                return SIGNED_NUMERIC_PATTERN.to_string();
+            }
+            send_function(typ).map(|(_, name)| name.to_string()).unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Operator `oid` as `OPERATOR(schema.name)`, which resolves to exactly it

@@ -191,6 +191,10 @@ pub unsafe fn prepare(q: *mut pg_sys::Query, anti: &[i32]) -> PgtResult<Result<P
             return Ok(Err(u));
         }
     }
+    // References to joins' output columns become what they stand for (see
+    // `finish`); done on the join tree before its nodes are recorded, as the
+    // mutator returns a new tree.
+    (*copy).jointree = pg_sys::flatten_join_alias_vars(std::ptr::null_mut(), copy, (*copy).jointree as *mut pg_sys::Node) as *mut pg_sys::FromExpr;
     let outer_joins = match outer_joins(copy, &surfaced, &inputs, anti)? {
         Ok(o) => o,
         Err(u) => return Ok(Err(u)),
@@ -327,6 +331,12 @@ unsafe fn outer_joins(q: *mut pg_sys::Query, surfaced: &[Surfaced], inputs: &[In
             pg_sys::InvalidOid,
         );
         (*j).quals = pg_sys::make_and_qual((*j).quals, nonzero as *mut pg_sys::Node);
+        // A USING join is deparsed as `USING (...)`, without its quals: the
+        // conditions added here would be lost. Its quals already hold the
+        // USING equalities; it becomes an ON join (references to its merged
+        // columns are flattened in `finish`).
+        (*j).usingClause = std::ptr::null_mut();
+        (*j).join_using_alias = std::ptr::null_mut();
         // `AND <first key column> IS NOT NULL` (always true): it makes the
         // condition strict in that column, so that the planner turns the
         // presence test `LEFT JOIN … WHERE <key> IS NULL` into an anti-join,
@@ -542,6 +552,14 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
     }
     (*copy).targetList = tlist;
     clear_aggregation(copy);
+    // References to a join's output columns become the expressions they
+    // stand for (`COALESCE(a.k, b.k)` for a merged USING column of a FULL
+    // JOIN): a join whose USING clause was replaced by ON has no merged
+    // column to name any more.
+    // (The join tree was flattened in `prepare`, before the outer joins'
+    // nodes were recorded.)
+    (*copy).targetList = pg_sys::flatten_join_alias_vars(std::ptr::null_mut(), copy, (*copy).targetList as *mut pg_sys::Node) as *mut pg_sys::List;
+    let tlist = (*copy).targetList;
     let template = deparse(copy);
     let mut inputs = prepared.inputs;
     for outer in &prepared.outer_joins {

@@ -413,7 +413,7 @@ mod tests {
     }
 
     fn merge(p: &AggregatePlan, changed: Changed) -> Option<String> {
-        let source = ChangeSource::Window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None });
+        let source = ChangeSource::window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None });
         let ctx = Ctx::delta(&TABLES, &source, &changed, &crate::node::NodeRules);
         merge_sql(p, "st", &ctx, Returning::Actions)
     }

@@ -406,7 +406,7 @@ mod tests {
     }
 
     fn f() -> ChangeSource {
-        ChangeSource::Window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None })
+        ChangeSource::window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None })
     }
 
     static TABLES: Tables = Tables { stream_table: String::new(), pgt_id: 1 };

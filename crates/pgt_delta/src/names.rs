@@ -48,6 +48,12 @@ pub fn key_of(i: usize, j: usize) -> String {
     format!("__pgt_k{i}_{j}")
 }
 
+/// The sign (`< 0`) of numeric key column `j` of input `i`, beside it in a
+/// block's output (numeric hashes ignore the sign).
+pub fn key_sign_of(i: usize, j: usize) -> String {
+    format!("__pgt_k{i}_{j}s")
+}
+
 /// Group key `i` (1-based) of an aggregate: in its input block's output, in
 /// the output template's `__pgt_agg` row, and in a state table.
 pub fn group(i: usize) -> String {

@@ -141,6 +141,26 @@ impl Plan {
         }
     }
 
+    /// The number of inputs of the widest block of the tree, at any depth: how
+    /// many relations one of its joins has (the planner's join search grows
+    /// with it).
+    pub fn widest_block(&self) -> usize {
+        fn widest(block: &Block) -> usize {
+            let own = block.inputs.len();
+            let below = block
+                .inputs
+                .iter()
+                .filter_map(|i| match &i.source {
+                    Source::Node(n) => n.blocks().into_iter().map(widest).max(),
+                    Source::Relation(_) => None,
+                })
+                .max()
+                .unwrap_or(0);
+            own.max(below)
+        }
+        self.blocks().into_iter().map(widest).max().unwrap_or(0)
+    }
+
     /// The child operators that keep a state table, children before parents
     /// (the order a full recomputation fills them in).
     pub fn state_tables(&self) -> Vec<&Node> {
@@ -246,6 +266,21 @@ impl Plan {
 }
 
 impl Plan {
+    /// The delta of the tree's root blocks alone, as one query counting its
+    /// rows (with the state tables' MERGEs it reads as CTEs), without what
+    /// applies it to the stream table: for comparing its estimated cost with
+    /// a full recomputation's ([`Plan::full_steps`]). `None` when nothing
+    /// changed.
+    pub fn delta_core_sql(&self, tables: &Tables, source: &ChangeSource, changed: &Changed) -> Option<String> {
+        let ctx = Ctx::delta(tables, source, changed, &NodeRules);
+        let core = crate::union::delta_sql(&self.blocks().into_iter().cloned().collect::<Vec<_>>(), &ctx)?;
+        let ctes: Vec<String> = ctx.into_hoisted().into_iter().map(|(n, sql)| format!("{n} AS ({sql})")).collect();
+        let with = if ctes.is_empty() { String::new() } else { format!("WITH {} ", ctes.join(", ")) };
+        Some(format!("{with}SELECT count(*) FROM ({core}) d"))
+    }
+}
+
+impl Plan {
     /// A human-readable description: the operator tree with each operator's
     /// strategy and the state it keeps, then the SQL of a full recomputation and
     /// of a refresh in which every input changed since `frontier`.
@@ -263,7 +298,7 @@ impl Plan {
             out.push_str(&format!("  into {}: {}\n", step.table, step.source));
         }
         out.push_str("delta SQL (every input changed):\n  ");
-        let source = ChangeSource::Window(frontier.clone());
+        let source = ChangeSource::window(frontier.clone());
         if let Some(statement) = self.delta_statement(tables, &source, &all_changed) {
             out.push_str(&statement.wrap("__pgt_m", "SELECT merge_action FROM __pgt_m"));
         }

@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn merge_consolidates_prefers_new_versions_and_skips_unchanged_branches() {
-        let source = ChangeSource::Window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None });
+        let source = ChangeSource::window(Frontier { snapshot: "1:1:".into(), xid: None, cid: None });
         let changed: Changed = [2].into();
         let m = merge_sql(&plan(2), "\"public\".\"st\"", &Ctx::delta(&TABLES, &source, &changed, &crate::node::NodeRules), Returning::Actions).unwrap();
         assert!(m.contains("GROUP BY c.__pgt_row_id, ROW(c.\"amount\")::text HAVING sum(c.__pgt_w) <> 0"));

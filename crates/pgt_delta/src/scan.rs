@@ -71,9 +71,15 @@ pub fn empty_sql(relation: &Relation, only: bool) -> String {
 }
 
 /// `Δ(R)`: the changed row images, one row per image.
+/// When the source knows how many images the window holds (`n`), the scan
+/// carries a `LIMIT` a little above that (`n + n/8 + 16`: it always returns
+/// every image, and a limit below the true count could never drop one): the
+/// planner then sizes the delta right instead of guessing from the change
+/// buffer's statistics (see [`ChangeSource::Window`]).
 pub fn delta_sql(relation: &Relation, source: &ChangeSource) -> String {
+    let limit = source.images(relation.relid).map(|n| format!(" LIMIT {}", n + n / 8 + 16)).unwrap_or_default();
     format!(
-        "SELECT {} FROM {} WHERE {}",
+        "SELECT {} FROM {} WHERE {}{limit}",
         with_weight(&select_list(relation, "b"), &source.weight("b")),
         source.changes_from(relation, "b"),
         source.image_predicate("b")
@@ -200,7 +206,7 @@ mod tests {
     }
 
     fn frontier() -> ChangeSource {
-        ChangeSource::Window(Frontier { snapshot: "10:12:11".into(), xid: Some("10".into()), cid: Some(3) })
+        ChangeSource::window(Frontier { snapshot: "10:12:11".into(), xid: Some("10".into()), cid: Some(3) })
     }
 
     #[test]

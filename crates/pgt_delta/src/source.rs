@@ -46,15 +46,45 @@ impl Frontier {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeSource {
     /// The change buffers' windows after a frontier (DIFFERENTIAL refresh).
-    Window(Frontier),
+    Window {
+        /// Where the windows start.
+        frontier: Frontier,
+        /// Per relation (OID), the number of row images in its window, when
+        /// known (counted by [`ChangeSource::summary_sql`] in the same
+        /// snapshot): the delta scan then tells the planner it reads at most
+        /// that many rows. A change buffer's statistics say nothing about the
+        /// window, and the planner's guess for it can be off by orders of
+        /// magnitude, for the join order and for the cost guard alike.
+        images: std::collections::BTreeMap<u32, u64>,
+    },
 }
 
 impl ChangeSource {
+    /// The change buffers' windows after `frontier`, sizes unknown.
+    pub fn window(frontier: Frontier) -> ChangeSource {
+        ChangeSource::Window { frontier, images: Default::default() }
+    }
+
+    /// The same source, with the number of row images in each relation's
+    /// window.
+    pub fn with_images(self, counts: std::collections::BTreeMap<u32, u64>) -> ChangeSource {
+        match self {
+            ChangeSource::Window { frontier, .. } => ChangeSource::Window { frontier, images: counts },
+        }
+    }
+
+    /// The number of row images in the window of `relid`, if known.
+    pub fn images(&self, relid: u32) -> Option<u64> {
+        match self {
+            ChangeSource::Window { images, .. } => images.get(&relid).copied(),
+        }
+    }
+
     /// SQL predicate: row `alias` of the relation's change buffer is a row
     /// image of this run's changes (not a TRUNCATE marker).
     pub fn image_predicate(&self, alias: &str) -> String {
         match self {
-            ChangeSource::Window(f) => format!("{alias}.{ACTION} <> 'T' AND {}", f.pending_predicate(alias)),
+            ChangeSource::Window { frontier, .. } => format!("{alias}.{ACTION} <> 'T' AND {}", frontier.pending_predicate(alias)),
         }
     }
 
@@ -62,7 +92,7 @@ impl ChangeSource {
     /// (images and TRUNCATE markers).
     pub fn pending_predicate(&self, alias: &str) -> String {
         match self {
-            ChangeSource::Window(f) => f.pending_predicate(alias),
+            ChangeSource::Window { frontier, .. } => frontier.pending_predicate(alias),
         }
     }
 
@@ -70,7 +100,7 @@ impl ChangeSource {
     /// (`<buffer> b`).
     pub fn changes_from(&self, relation: &Relation, alias: &str) -> String {
         match self {
-            ChangeSource::Window(_) => format!("{} {alias}", relation.buffer_sql),
+            ChangeSource::Window { .. } => format!("{} {alias}", relation.buffer_sql),
         }
     }
 
@@ -90,9 +120,10 @@ impl ChangeSource {
     }
 
     /// One query describing the changes of every relation in `relations`: a row
-    /// `(relid oid, images bigint, truncated boolean)` per relation that
-    /// changed. `images` estimates the changed rows as the larger of the new and
-    /// old images (an UPDATE writes one of each).
+    /// `(relid oid, rows bigint, truncated boolean, images bigint)` per
+    /// relation that changed. `rows` estimates the changed rows as the larger
+    /// of the new and old images (an UPDATE writes one of each); `images`
+    /// counts the row images.
     pub fn summary_sql(&self, relations: &[&Relation]) -> String {
         let parts: Vec<String> = relations
             .iter()
@@ -107,7 +138,7 @@ impl ChangeSource {
             .collect();
         format!(
             "SELECT u.relid, greatest(count(*) FILTER (WHERE u.action = 'I'), count(*) FILTER (WHERE u.action = 'D'))::bigint, \
-                    bool_or(u.action = 'T') FROM ({}) u GROUP BY u.relid",
+                    bool_or(u.action = 'T'), count(*) FILTER (WHERE u.action <> 'T')::bigint FROM ({}) u GROUP BY u.relid",
             parts.join(" UNION ALL ")
         )
     }

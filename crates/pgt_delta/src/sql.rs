@@ -46,14 +46,22 @@ pub fn unfolded(hash: &str) -> String {
 
 /// The hash ([`record_hash`]) of columns `columns` of `alias`, each first passed
 /// through its function in `functions` (same position; empty or missing: the
-/// value itself). Used to keep 64-bit integer values whole (`int8send`).
+/// value itself; a pattern containing `{}`: the pattern with the value in
+/// place of each `{}`). Used to keep 64-bit integer values whole
+/// (`int8send`) and to tell numerics apart by sign (`{}, {} < 0`: two fields;
+/// PostgreSQL's numeric hash ignores the sign, so `x` and `-x` collide).
 pub fn hash_through(alias: &str, columns: &[String], functions: &[String]) -> String {
     let fields: Vec<String> = columns
         .iter()
         .enumerate()
-        .map(|(i, c)| match functions.get(i).filter(|f| !f.is_empty()) {
-            Some(f) => format!("{f}({alias}.{})", quote_ident(c)),
-            None => format!("{alias}.{}", quote_ident(c)),
+        .map(|(i, c)| {
+            let value = format!("{alias}.{}", quote_ident(c));
+            match functions.get(i).filter(|f| !f.is_empty()) {
+                // An expression pattern over the value (`ROW({}, {} < 0)`).
+                Some(f) if f.contains("{}") => f.replace("{}", &value),
+                Some(f) => format!("{f}({value})"),
+                None => value,
+            }
         })
         .collect();
     record_hash(&fields.join(", "))

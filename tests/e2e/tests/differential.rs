@@ -95,6 +95,9 @@ fn aggregates() {
             ("r_distinct", "SELECT status, count(DISTINCT cust) AS customers, sum(DISTINCT amount) AS distinct_sum FROM orders GROUP BY status", Differential),
             ("r_filter_scalar", "SELECT string_agg(status, '') FILTER (WHERE amount > 55) AS big, max(note) AS top FROM orders", Differential),
             ("d_distinct", "SELECT DISTINCT status, cust FROM orders", Differential),
+            // PostgreSQL's numeric hash ignores the sign: x and -x must stay two groups.
+            ("a_numeric_signs", "SELECT round(balance / 10) - 6 AS b, count(*) AS n, sum(balance) AS s FROM accounts GROUP BY 1", Differential),
+            ("d_numeric_signs", "SELECT DISTINCT code - 3.5 AS c FROM rates", Differential),
             ("d_distinct_join", "SELECT DISTINCT c.region, o.status FROM orders o JOIN customers c ON c.id = o.cust", Differential),
             ("d_distinct_keyless", "SELECT DISTINCT kind FROM events WHERE n > 0", Differential),
         ],
