@@ -85,8 +85,21 @@ pub static HISTORY_MAX_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// a full recomputation's cost (0: never).
 pub static MAX_DELTA_COST_RATIO: GucSetting<f64> = GucSetting::<f64>::new(4.0);
 
+/// Whether a FULL refresh of a table nothing follows row by row replaces its
+/// contents wholesale, like `REFRESH MATERIALIZED VIEW` (`crate::refresh`'s
+/// swap), rather than writing only the rows that differ.
+pub static FULL_REFRESH_SWAP: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Registers every `pg_trickle.*` parameter. Called once from `_PG_init`.
 pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"pg_trickle.full_refresh_swap",
+        c"A FULL refresh replaces a stream table's contents wholesale, like REFRESH MATERIALIZED VIEW.",
+        c"Only for stream tables no other stream table reads, without publications or user triggers. Off: write only the rows that differ (less WAL, readers never wait, MVCC-safe; slower).",
+        &FULL_REFRESH_SWAP,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_float_guc(
         c"pg_trickle.max_delta_cost_ratio",
         c"Multiple of a full recomputation's estimated cost above which a DIFFERENTIAL refresh recomputes in full.",

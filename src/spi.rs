@@ -86,6 +86,12 @@ impl StatementSnapshot {
         StatementSnapshot { snapshot }
     }
 
+    /// The registered snapshot, for running a statement without SPI
+    /// (`crate::refresh::swap`). Valid while `self` lives.
+    pub(crate) fn raw(&self) -> pg_sys::Snapshot {
+        self.snapshot
+    }
+
     /// Executes `sql` in this snapshot; returns rows processed and, when the
     /// statement returned rows, the first column of the first row as text.
     fn run(&self, sql: &str) -> PgtResult<(u64, Option<String>)> {

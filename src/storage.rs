@@ -49,6 +49,50 @@ pub fn create_storage(name: &QualifiedName, query: &AnalyzedQuery, plan: Option<
     Ok(relid)
 }
 
+/// Makes stream table `relid` carry the unique index on `__pgt_row_id`
+/// exactly when `wanted`: a DIFFERENTIAL stream table needs it (its MERGEs find
+/// rows by identity, keyless copies are probed through it); a FULL one does
+/// not (a recomputation either replaces the table wholesale or joins the new
+/// result with all stored rows, a hash join), and rebuilding the index would
+/// be a large part of each of its refreshes. Created and dropped as the
+/// extension owner; the index belongs to the table's owner.
+pub fn sync_row_id_index(relid: pg_sys::Oid, wanted: bool) -> PgtResult<()> {
+    let existing = query_one::<String>(
+        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
+         FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attname = $2 \
+         WHERE i.indrelid = $1 AND i.indisunique AND i.indnatts = 1 AND i.indkey[0] = a.attnum \
+           AND i.indpred IS NULL AND i.indexprs IS NULL ORDER BY i.indisreplident DESC LIMIT 1",
+        &[relid.into(), ROW_ID_COLUMN.into()],
+    )?;
+    if wanted == existing.is_some() {
+        return Ok(());
+    }
+    // An index the owner made the table's replica identity stays.
+    let replica_identity = query_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = $1 AND indisreplident)",
+        &[relid.into()],
+    )?;
+    if !wanted && replica_identity == Some(true) {
+        return Ok(());
+    }
+    let _internal = crate::activity::InternalDdl::begin();
+    crate::privilege::as_extension_owner(|| {
+        match existing {
+            Some(index) => {
+                exec(&format!("DROP INDEX {index}"), &[])?;
+            }
+            None => {
+                let table = query_one::<String>("SELECT $1::pg_catalog.regclass::text", &[relid.into()])?
+                    .ok_or_else(|| PgtError::internal("stream table not found"))?;
+                exec(&format!("CREATE UNIQUE INDEX ON {table} ({})", quote_ident(ROW_ID_COLUMN)), &[])?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Makes sure stream table `relid` carries its guard trigger ([`GUARD_TRIGGER`]:
 /// BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE, FOR EACH STATEMENT, calling
 /// `pgtrickle._guard_stream_table()`, enabled ALWAYS), creating or repairing it

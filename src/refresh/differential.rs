@@ -131,11 +131,11 @@ fn allow_join_reordering(inputs: usize) -> PgtResult<()> {
     crate::privilege::set_for_span("from_collapse_limit", &limit)
 }
 
-/// Below this estimated cost (PostgreSQL's cost units: about a thousand page
-/// reads) a delta statement runs without comparing it with a full
-/// recomputation: it cannot run away, and planning the full recomputation
-/// would cost more than it could save.
-const COST_CHECK_FLOOR: f64 = 1_000.0;
+/// Below this estimated cost (PostgreSQL's cost units: some ten thousand page
+/// reads, tens of milliseconds) a delta statement runs without comparing it
+/// with a full recomputation: it cannot run away, and planning the full
+/// recomputation would cost more than it could save.
+const COST_CHECK_FLOOR: f64 = 10_000.0;
 
 /// The planner's estimate of recomputing `st` in full: every step of
 /// [`Plan::full_steps`].

@@ -1,5 +1,15 @@
 //! FULL refresh: recompute the defining query and make the storage contents equal
-//! to it, writing only the rows that differ (`pgt_delta::replace`):
+//! to it, in one of two ways.
+//!
+//! **Wholesale** ([`super::swap`]), for a stream table in FULL mode that no
+//! other stream table reads (nothing follows its rows), without publications
+//! or user triggers, not polled by a `'0s'` schedule (whose checks mostly find
+//! nothing new), while `pg_trickle.full_refresh_swap` is on: the result
+//! goes into a new heap that is swapped in, as `REFRESH MATERIALIZED VIEW`
+//! does — about its speed. Readers wait for the swap at the end of the
+//! refresh's transaction and never see a partial table.
+//!
+//! **Differences** (`pgt_delta::replace`), otherwise:
 //!
 //! ```sql
 //! MERGE INTO st t USING (<result with row identities>) s ON t.__pgt_row_id = s.__pgt_row_id
@@ -8,23 +18,26 @@
 //! WHEN NOT MATCHED BY SOURCE THEN DELETE
 //! ```
 //!
-//! It runs in the refresh's registered snapshot (see
+//! Under MVCC, concurrent readers keep seeing the old rows until the
+//! refreshing transaction commits, and are never blocked. Writing only
+//! differences keeps a stream table that reads this one differential: its
+//! change buffer receives what changed, not the whole table deleted and
+//! inserted. A DIFFERENTIAL stream table recomputed in full (first refresh,
+//! fallbacks) always takes this way.
+//!
+//! Both run in the refresh's registered snapshot (see
 //! [`crate::spi::StatementSnapshot`]), as the stream table's owner inside a
-//! security-restricted operation. Under MVCC, concurrent readers keep seeing the
-//! old rows until the refreshing transaction commits, and are never blocked
-//! (TRUNCATE would take an ACCESS EXCLUSIVE lock and show an empty table to
-//! REPEATABLE READ readers). Writing only differences keeps a stream table that
-//! reads this one differential: its change buffer receives what changed, not the
-//! whole table deleted and inserted.
+//! security-restricted operation.
 //!
 //! A stream table refreshed in FULL mode identifies its rows by content (a hash
 //! of the typed values where every column type has a hash operator class, else
 //! the row's text) and copy number (`pgt_delta::replace::content_row_id`), so a
-//! row that stays keeps its identity. One with a DIFFERENTIAL plan is recomputed by the plan's own full
-//! query ([`refresh_full_with_plan`]), so row identities and the hidden aggregate
+//! row that stays keeps its identity — both ways compute the same identities.
+//! One with a DIFFERENTIAL plan is recomputed by the plan's own full query
+//! ([`refresh_full_with_plan`]), so row identities and the hidden aggregate
 //! state are exactly what the differential engine maintains.
 
-use super::Applied;
+use super::{swap, Applied};
 use crate::catalog::{Frontier, StreamTable};
 use crate::error::{PgtError, PgtResult};
 use crate::spi::StatementSnapshot;
@@ -44,10 +57,37 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
     )?;
     let typed = columns.iter().all(|(_, t)| unsafe { crate::translate::hashable(*t) });
     let visible: Vec<String> = columns.into_iter().map(|(name, _)| name).collect();
+    // A '0s' schedule checks the table continuously, expecting most checks to
+    // find nothing new: those write only differences (nothing, then).
+    let polled = matches!(pgt_core::schedule::Schedule::parse(&st.schedule, std::time::Duration::ZERO), Ok(pgt_core::schedule::Schedule::Every(d)) if d.is_zero());
+    if !polled && swap::swappable(st.relid)? {
+        // The copies of equal rows are numbered as they are stored.
+        let source = pgt_delta::replace::first_copy_row_id(&st.defining_query, &visible, typed);
+        if let Some((inserted, deleted)) = swap_in(st.relid, &source, Some(ROW_ID_COLUMN), snapshot)? {
+            return Ok(Applied { action: "FULL", inserted, deleted, unchanged: false });
+        }
+    }
     let source = pgt_delta::replace::content_row_id(&st.defining_query, &visible, typed);
     let mut columns = visible;
     columns.push(ROW_ID_COLUMN.to_string());
     apply(st, &columns, &source, snapshot)
+}
+
+/// Replaces `relid`'s contents by the rows of `source` (columns named as the
+/// table's) with [`swap::swap_in`], reading the table's columns in their
+/// storage order; `None` when the types do not fit.
+fn swap_in(relid: pg_sys::Oid, source: &str, copies: Option<&str>, snapshot: &StatementSnapshot) -> PgtResult<Option<(u64, u64)>> {
+    let stored = crate::spi::query_map(
+        "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 \
+         AND NOT attisdropped ORDER BY attnum",
+        &[relid.into()],
+        |row| crate::spi::col::<String>(row, 1),
+    )?;
+    let ordered = format!(
+        "SELECT {} FROM ({source}) s",
+        stored.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ")
+    );
+    swap::swap_in(relid, &ordered, copies, snapshot)
 }
 
 /// Recomputes `st` with the full query of its DIFFERENTIAL plan: first its
@@ -55,6 +95,9 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
 /// (each step reads what the steps before it wrote).
 pub fn refresh_full_with_plan(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
     let mut counts = (0, 0);
+    // A DIFFERENTIAL stream table recomputed in full (its first refresh, a
+    // fallback) keeps its readers unblocked: only the rows that differ are
+    // written, in place.
     for step in plan.full_steps(&st.tables()) {
         counts = replace(&step.table, &step.columns, &step.source, snapshot)?;
     }

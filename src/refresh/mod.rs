@@ -27,6 +27,7 @@
 pub mod differential;
 pub mod full;
 mod preflight;
+mod swap;
 
 use crate::catalog::{self, Frontier, InitiatedBy, RefreshRecord};
 use crate::cdc;
@@ -85,6 +86,7 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
             }
         }
     }
+    crate::storage::sync_row_id_index(st.relid, st.effective_refresh_mode == RefreshMode::Differential)?;
     let start_time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

@@ -40,6 +40,22 @@ pub fn replace_sql(table: &str, columns: &[String], source: &str) -> String {
     )
 }
 
+/// The multiplier separating the identities of equal rows: copy `k` (1-based)
+/// of a content whose first copy has identity `b` has identity
+/// `b # ((k - 1) * COPY_STRIDE)` (XOR), so that a writer numbering copies as it
+/// stores them (the wholesale replacement) computes the same identities as
+/// [`content_row_id`].
+pub const COPY_STRIDE: i64 = 2_654_435_761;
+
+/// The content of row `q` as hashed into its identity (see [`content_row_id`]).
+fn content(columns: &[String], typed: bool) -> String {
+    if typed {
+        crate::sql::unfolded(&crate::sql::record_hash(&qualified("q", columns)))
+    } else {
+        format!("ROW({})::text", qualified("q", columns))
+    }
+}
+
 /// The rows of `query` (whose output columns are `columns`) with a row identity
 /// made of their content and copy number, deterministic, so a row that stays
 /// keeps its identity from one recomputation to the next.
@@ -50,21 +66,29 @@ pub fn replace_sql(table: &str, columns: &[String], source: &str) -> String {
 /// values their type calls equal (`1.0`, `1.00`: one identity, the MERGE then
 /// rewrites the spelling). Otherwise it is the row's text, which is exact but
 /// depends on those settings: a refresh from a session with other settings
-/// rewrites the rows whose text changes.
+/// rewrites the rows whose text changes. Copies are told apart by
+/// [`COPY_STRIDE`].
 pub fn content_row_id(query: &str, columns: &[String], typed: bool) -> String {
-    let content = if typed {
-        crate::sql::record_hash(&qualified("q", columns))
-    } else {
-        format!("ROW({})::text", qualified("q", columns))
-    };
+    let content = content(columns, typed);
     format!(
-        "SELECT {cols}{sep}{hash} AS __pgt_row_id FROM ({query}) q",
+        "SELECT {cols}{sep}{first} # ((pg_catalog.row_number() OVER (PARTITION BY {content}) - 1) * {COPY_STRIDE}) AS __pgt_row_id FROM ({query}) q",
         cols = qualified("q", columns),
         sep = if columns.is_empty() { "" } else { ", " },
-        hash = crate::sql::record_hash(&format!(
-            "{}, pg_catalog.row_number() OVER (PARTITION BY {content})",
-            if typed { crate::sql::unfolded(&content) } else { content.clone() }
-        )),
+        first = crate::sql::record_hash(&format!("{content}, 1::bigint")),
+    )
+}
+
+/// The rows of `query` with the identity of the first copy of their content
+/// ([`content_row_id`] without the copy number): for a writer that numbers
+/// the copies of equal contents itself, in one pass, without the sort that a
+/// window over contents needs.
+pub fn first_copy_row_id(query: &str, columns: &[String], typed: bool) -> String {
+    let content = content(columns, typed);
+    format!(
+        "SELECT {cols}{sep}{first} AS __pgt_row_id FROM ({query}) q",
+        cols = qualified("q", columns),
+        sep = if columns.is_empty() { "" } else { ", " },
+        first = crate::sql::record_hash(&format!("{content}, 1::bigint")),
     )
 }
 
@@ -89,9 +113,11 @@ mod tests {
         let q = content_row_id("SELECT x FROM t", &["x".to_string()], false);
         assert_eq!(
             q,
-            "SELECT q.\"x\", pg_catalog.hash_record_extended(ROW(ROW(q.\"x\")::text, pg_catalog.row_number() OVER (PARTITION BY ROW(q.\"x\")::text)), 0) AS __pgt_row_id FROM (SELECT x FROM t) q"
+            "SELECT q.\"x\", pg_catalog.hash_record_extended(ROW(ROW(q.\"x\")::text, 1::bigint), 0) # ((pg_catalog.row_number() OVER (PARTITION BY ROW(q.\"x\")::text) - 1) * 2654435761) AS __pgt_row_id FROM (SELECT x FROM t) q"
         );
         let typed = content_row_id("SELECT x FROM t", &["x".to_string()], true);
-        assert!(typed.contains("PARTITION BY pg_catalog.hash_record_extended(ROW(q.\"x\"), 0)"), "{typed}");
+        assert!(typed.contains("PARTITION BY (pg_catalog.hash_record_extended(ROW(q.\"x\"), 0))::text"), "{typed}");
+        let first = first_copy_row_id("SELECT x FROM t", &["x".to_string()], true);
+        assert!(first.contains("hash_record_extended(ROW((pg_catalog.hash_record_extended(ROW(q.\"x\"), 0))::text, 1::bigint), 0) AS __pgt_row_id"), "{first}");
     }
 }

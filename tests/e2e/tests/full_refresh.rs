@@ -428,10 +428,12 @@ fn random_dml_cycles_keep_every_stream_table_equal_to_its_query() {
 
 /// A FULL refresh from a session with other TimeZone/DateStyle/float settings
 /// finds the same rows: row identities come from the typed values, not their
-/// text, so an unchanged result writes nothing.
+/// text, so an unchanged result writes nothing (when refreshes write only
+/// differences: `pg_trickle.full_refresh_swap` off).
 #[test]
 fn full_row_identities_do_not_depend_on_session_settings() {
     let mut db = TestDb::new("full_identity_settings");
+    db.exec("SET pg_trickle.full_refresh_swap = off");
     db.exec(
         "CREATE TABLE e (id int PRIMARY KEY, at timestamptz, x float8);
          INSERT INTO e SELECT g, '2026-01-01 12:00+00'::timestamptz + g * interval '1 hour', g / 3.0 FROM generate_series(1, 50) g;
@@ -454,4 +456,72 @@ fn full_row_identities_do_not_depend_on_session_settings() {
     };
     assert_eq!((inserted, deleted), (1, 1), "one row changed");
     assert_st_matches_query(&mut db.client, "ev", "SELECT id, at, x FROM e");
+}
+
+/// A FULL stream table that nothing follows row by row is recomputed
+/// wholesale (a new heap swapped in, like REFRESH MATERIALIZED VIEW): every row
+/// written, identities the same as the row-by-row MERGE would give (so a
+/// later MERGE writes only what changed, copies of equal rows included), no
+/// index on the row identity. A downstream stream table, a publication or a
+/// trigger of the user's makes it write only the differences instead.
+#[test]
+fn full_refreshes_swap_in_new_contents_when_nothing_follows_the_rows() {
+    let mut db = TestDb::new("full_swap");
+    db.exec(
+        "CREATE TABLE k (id int PRIMARY KEY, g int, v text);
+         INSERT INTO k SELECT x, x % 7, 'v' || (x % 5) FROM generate_series(1, 500) x;
+         SELECT pgtrickle.create_stream_table('dups', 'SELECT g, v FROM k ORDER BY g LIMIT 100000');",
+    );
+    let query = "SELECT g, v FROM k";
+    let last = |db: &mut TestDb| -> (String, i64, i64) {
+        let r = db.client.query_one("SELECT action, rows_inserted, rows_deleted FROM pgtrickle.refresh_history('dups', 1)", &[]).unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let row_id_index = |db: &mut TestDb, table: &str| -> i64 {
+        db.scalar(
+            "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = $1::text::regclass AND a.attname = '__pgt_row_id'",
+            &[&table],
+        )
+    };
+    db.exec("UPDATE k SET v = 'changed' WHERE id = 3; SELECT pgtrickle.refresh_stream_table('dups')");
+    assert_eq!(last(&mut db), ("FULL".to_string(), 500, 500), "every row written");
+    assert_st_matches_query(&mut db.client, "dups", query);
+    assert_eq!(row_id_index(&mut db, "dups"), 0, "a FULL stream table has no identity index");
+    let distinct: i64 = db.scalar("SELECT count(DISTINCT __pgt_row_id) FROM dups", &[]);
+    assert_eq!(distinct, 500, "copies of equal rows have identities of their own");
+
+    // The same identities as the MERGE computes: switching to it, nothing to write.
+    db.exec("SET pg_trickle.full_refresh_swap = off; SELECT pgtrickle.refresh_stream_table('dups')");
+    assert_eq!(last(&mut db), ("FULL".to_string(), 0, 0));
+    db.exec("UPDATE k SET v = 'again' WHERE id IN (4, 5); SELECT pgtrickle.refresh_stream_table('dups')");
+    assert_eq!(last(&mut db), ("FULL".to_string(), 2, 2));
+    assert_st_matches_query(&mut db.client, "dups", query);
+    db.exec("RESET pg_trickle.full_refresh_swap");
+
+    // A stream table reading it: only real changes from now on.
+    db.exec(
+        "SELECT pgtrickle.create_stream_table('per_g', 'SELECT g, count(*) AS n FROM dups GROUP BY g');
+         UPDATE k SET g = 6 WHERE id = 10; SELECT pgtrickle.refresh_stream_table('dups')",
+    );
+    assert_eq!(last(&mut db), ("FULL".to_string(), 1, 1));
+    db.exec("SELECT pgtrickle.refresh_stream_table('per_g')");
+    let action: String = db.scalar("SELECT action FROM pgtrickle.refresh_history('per_g', 1)", &[]);
+    assert_eq!(action, "DIFFERENTIAL");
+    assert_st_matches_query(&mut db.client, "per_g", "SELECT g, count(*) AS n FROM k GROUP BY g");
+    db.exec("SELECT pgtrickle.drop_stream_table('per_g')");
+
+    // A publication replicating it: row by row.
+    db.exec(
+        "ALTER TABLE dups REPLICA IDENTITY FULL; CREATE PUBLICATION pub_dups FOR TABLE dups;
+         UPDATE k SET v = 'pub' WHERE id = 11; SELECT pgtrickle.refresh_stream_table('dups')",
+    );
+    assert_eq!(last(&mut db), ("FULL".to_string(), 1, 1));
+    db.exec("DROP PUBLICATION pub_dups; SELECT pgtrickle.refresh_stream_table('dups')");
+    assert_eq!(last(&mut db).1, 500);
+    assert_st_matches_query(&mut db.client, "dups", query);
+
+    // A DIFFERENTIAL stream table keeps its identity index.
+    db.exec("SELECT pgtrickle.create_stream_table('keyed', 'SELECT id, v FROM k')");
+    assert_eq!(row_id_index(&mut db, "keyed"), 1);
 }
