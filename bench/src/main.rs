@@ -30,6 +30,21 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("left join", "SELECT d.id AS did, d.name, s.id, s.val FROM dim d LEFT JOIN src s ON s.dim_id = d.id AND s.val < 500"),
 ];
 
+/// Nested SQL (issue 10): run at the largest size only, at 0.1 % and 1 %.
+const NESTED_SCENARIOS: &[(&str, &str)] = &[
+    ("EXISTS", "SELECT s.id, s.val FROM src s WHERE EXISTS (SELECT 1 FROM dim d WHERE d.id = s.dim_id AND d.region < 10)"),
+    ("NOT EXISTS", "SELECT d.id, d.name FROM dim d WHERE NOT EXISTS (SELECT 1 FROM src s WHERE s.dim_id = d.id AND s.val = 0)"),
+    ("IN", "SELECT s.id, s.amt FROM src s WHERE s.grp_lo IN (SELECT d.region FROM dim d WHERE d.name LIKE 'dim 1%')"),
+    ("correlated scalar subquery", "SELECT d.id, d.name, (SELECT max(s.amt) FROM src s WHERE s.dim_id = d.id) AS top FROM dim d"),
+    ("aggregate over aggregate", "SELECT n, count(*) AS groups FROM (SELECT grp_hi, count(*) AS n FROM src GROUP BY grp_hi) g GROUP BY n"),
+    ("FULL JOIN", "SELECT d.id AS did, d.name, s.id, s.val FROM dim d FULL JOIN src s ON s.dim_id = d.id AND s.val < 500"),
+];
+
+const NESTED_RATES: &[f64] = &[0.001, 0.01];
+
+/// Inputs of the joins timed for a one-row change.
+const JOIN_WIDTHS: &[usize] = &[2, 8, 16, 30];
+
 const RATES: &[f64] = &[0.001, 0.01, 0.1];
 
 #[derive(Serialize, serde::Deserialize)]
@@ -68,6 +83,19 @@ struct Report {
     /// (`PGT_BENCH_ONLY_SCHEDULER`).
     #[serde(default)]
     scheduler_date: Option<String>,
+    /// Joins of many inputs, one changed row (absent in older reports).
+    #[serde(default)]
+    joins: Vec<JoinWidth>,
+}
+
+/// A chain join of `inputs` tables of 100,000 rows each, one row of the
+/// middle table updated: medians in ms.
+#[derive(Serialize, serde::Deserialize)]
+struct JoinWidth {
+    inputs: usize,
+    differential_ms: f64,
+    full_ms: f64,
+    matview_ms: f64,
 }
 
 /// Commit → visible latencies through the scheduler, and its idle cost.
@@ -167,7 +195,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for &rows in &sizes {
         println!("==> {rows} source rows: loading");
         load(&mut db, rows)?;
-        for (si, (scenario, query)) in SCENARIOS.iter().enumerate() {
+        let largest = sizes.iter().copied().max().unwrap_or(rows);
+        let nested: &[(&str, &str)] = if rows == largest { NESTED_SCENARIOS } else { &[] };
+        for (si, (scenario, query)) in SCENARIOS.iter().chain(nested.iter()).enumerate() {
+            let rates = if si < SCENARIOS.len() { RATES } else { NESTED_RATES };
             let (st_diff, st_full, mv) = (format!("b{si}_diff"), format!("b{si}_full"), format!("b{si}_mv"));
             db.batch_execute(&format!(
                 // A week: the benchmark times its own refreshes; the scheduler must not refresh meanwhile.
@@ -185,13 +216,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             let zero_ms = median(zeros);
             zero.push(ZeroChange { rows, scenario: scenario.to_string(), median_ms: zero_ms });
-            for &rate in RATES {
+            for &rate in rates {
                 let changes = ((rows as f64) * rate).round() as u64;
                 let (mut d, mut f, mut m) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..reps {
                     apply_changes(&mut db, changes)?;
+                    // Each timed command starts from a checkpoint: the previous
+                    // one's writes (a wholesale FULL refresh or the materialized
+                    // view rewrite a whole table) are not flushed during it.
+                    db.batch_execute("CHECKPOINT")?;
                     d.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_diff}')"))?);
+                    db.batch_execute("CHECKPOINT")?;
                     f.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_full}')"))?);
+                    db.batch_execute("CHECKPOINT")?;
                     m.push(timed(&mut db, &format!("REFRESH MATERIALIZED VIEW {mv}"))?);
                 }
                 let (d, f, m) = (median(d), median(f), median(m));
@@ -231,6 +268,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             ))?;
         }
     }
+    println!("==> joins of many inputs, one changed row");
+    let joins = join_widths(&mut db, reps)?;
     println!("==> scheduler: commit -> visible latency, chain propagation, idle cost");
     let scheduler = scheduler_figures(&mut db)?;
     println!(
@@ -257,6 +296,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         zero_change: zero,
         scheduler: Some(scheduler),
         scheduler_date: None,
+        joins,
     };
     std::fs::write(repo.join("docs/benchmark.json"), serde_json::to_string_pretty(&report)? + "\n")?;
     std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
@@ -386,6 +426,67 @@ fn scheduler_figures(db: &mut Client) -> Result<SchedulerFigures, Box<dyn std::e
     })
 }
 
+/// For each width of [`JOIN_WIDTHS`]: a chain `t1 ⋈ t2 ⋈ … ⋈ tn` of tables of
+/// 100,000 rows (`t(i+1).id = ti.nxt`, primary keys only), a DIFFERENTIAL and
+/// a FULL stream table and a materialized view of it; `reps` times one row of
+/// the middle table updated, then each refreshed. Medians.
+fn join_widths(db: &mut Client, reps: usize) -> Result<Vec<JoinWidth>, Box<dyn std::error::Error>> {
+    let widest = JOIN_WIDTHS.iter().copied().max().unwrap_or(0);
+    for i in 1..=widest {
+        db.batch_execute(&format!(
+            "DROP TABLE IF EXISTS jn{i} CASCADE; CREATE TABLE jn{i} (id int PRIMARY KEY, nxt int NOT NULL, v int NOT NULL);
+             INSERT INTO jn{i} SELECT g, (g * 7) % 100000 + 1, g FROM generate_series(1, 100000) g;"
+        ))?;
+        db.batch_execute(&format!("VACUUM ANALYZE jn{i}"))?;
+    }
+    let mut out = Vec::new();
+    for &n in JOIN_WIDTHS {
+        let mut query = format!("SELECT jn1.id, jn1.v AS v1, jn{n}.v AS v{n} FROM jn1");
+        for i in 2..=n {
+            query.push_str(&format!(" JOIN jn{i} ON jn{i}.id = jn{}.nxt", i - 1));
+        }
+        db.batch_execute(&format!(
+            "SELECT pgtrickle.create_stream_table('jw_diff', $q${query}$q$, refresh_mode => 'DIFFERENTIAL', schedule => '1w');
+             SELECT pgtrickle.create_stream_table('jw_full', $q${query}$q$, refresh_mode => 'FULL', schedule => '1w');
+             CREATE MATERIALIZED VIEW jw_mv AS {query};"
+        ))?;
+        for t in ["jw_diff", "jw_full", "jw_mv"] {
+            db.batch_execute(&format!("VACUUM ANALYZE {t}"))?;
+        }
+        let middle = n / 2 + 1;
+        let (mut d, mut f, mut m) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..reps {
+            db.batch_execute(&format!("UPDATE jn{middle} SET v = v + 1 WHERE id = {}", 1 + r * 7919 % 100000))?;
+            db.batch_execute("CHECKPOINT")?;
+            d.push(timed(db, "SELECT pgtrickle.refresh_stream_table('jw_diff')")?);
+            db.batch_execute("CHECKPOINT")?;
+            f.push(timed(db, "SELECT pgtrickle.refresh_stream_table('jw_full')")?);
+            db.batch_execute("CHECKPOINT")?;
+            m.push(timed(db, "REFRESH MATERIALIZED VIEW jw_mv")?);
+        }
+        let (d, f, m) = (median(d), median(f), median(m));
+        println!("    {n:>2} inputs: DIFFERENTIAL {d:>9.1} ms  FULL {f:>9.1} ms  MATVIEW {m:>9.1} ms");
+        let cols = visible_columns(db, "jw_diff")?;
+        let diff: i64 = db
+            .query_one(
+                &format!("SELECT count(*) FROM ((SELECT * FROM jw_mv EXCEPT ALL SELECT {cols} FROM jw_diff) UNION ALL (SELECT {cols} FROM jw_diff EXCEPT ALL SELECT * FROM jw_mv)) x"),
+                &[],
+            )?
+            .get(0);
+        if diff != 0 {
+            return Err(format!("{n}-input join: the DIFFERENTIAL stream table differs from the materialized view by {diff} rows").into());
+        }
+        db.batch_execute("SELECT pgtrickle.drop_stream_table('jw_diff'); SELECT pgtrickle.drop_stream_table('jw_full'); DROP MATERIALIZED VIEW jw_mv;")?;
+        out.push(JoinWidth { inputs: n, differential_ms: d, full_ms: f, matview_ms: m });
+    }
+    let mut drop = String::new();
+    for i in 1..=widest {
+        drop.push_str(&format!("DROP TABLE jn{i};"));
+    }
+    db.batch_execute(&drop)?;
+    Ok(out)
+}
+
 /// Inserts rows `first_id..first_id + samples` into `table`, one transaction
 /// every 100 ms, and after each commit polls `probe` (with `$1` = the id) every
 /// millisecond until it is true: median and p95 of commit → true, in ms.
@@ -502,7 +603,8 @@ fn markdown(r: &Report) -> String {
         s,
         "- Method: per size, scenario and change rate, {} repetitions of: apply the changes in one transaction \
          (70 % updates, 15 % deletes, 15 % inserts), then time `refresh_stream_table` of the DIFFERENTIAL and FULL \
-         stream tables and `REFRESH MATERIALIZED VIEW` (each including its commit). Medians in milliseconds. \
+         stream tables and `REFRESH MATERIALIZED VIEW` (each including its commit, each after a `CHECKPOINT`). \
+         Medians in milliseconds. Nested-SQL scenarios run at the largest size only. \
          The ratio columns are matview ÷ DIFFERENTIAL and FULL ÷ DIFFERENTIAL. Tables are vacuumed and analysed \
          after loading and after creating the stream tables and views (steady state). A DIFFERENTIAL refresh whose \
          changes exceed `pg_trickle.differential_max_change_ratio` (0.15) of the source rows recomputes in full.\n",
@@ -551,6 +653,60 @@ fn markdown(r: &Report) -> String {
                 .unwrap_or_default()
         };
         let _ = writeln!(s, "| {scenario} | {} | {} |", ratio(0.001), ratio(0.01));
+    }
+    let nested: Vec<&Row> = r
+        .results
+        .iter()
+        .filter(|x| x.rows == largest && NESTED_SCENARIOS.iter().any(|(n, _)| *n == x.scenario) && x.change_rate < 0.005)
+        .collect();
+    if !nested.is_empty() {
+        let _ = writeln!(s, "\nNested SQL at 0.1 % (target: DIFFERENTIAL at least 20× faster than the materialized view):\n");
+        let _ = writeln!(s, "| scenario | ratio |");
+        let _ = writeln!(s, "|---|---:|");
+        for x in nested {
+            let met = if x.speedup_vs_matview >= 20.0 { "met" } else { "**missed**" };
+            let _ = writeln!(s, "| {} | {:.1}× {met} |", x.scenario, x.speedup_vs_matview);
+        }
+    }
+    let full_ratios: Vec<(String, f64, f64)> =
+        r.results.iter().filter(|x| x.rows == largest).map(|x| (x.scenario.clone(), x.change_rate, x.full_ms / x.matview_ms)).collect();
+    if !full_ratios.is_empty() {
+        let worst = full_ratios.iter().map(|(_, _, q)| *q).fold(0.0, f64::max);
+        let over: Vec<String> = full_ratios
+            .iter()
+            .filter(|(_, _, q)| *q > 1.5)
+            .map(|(n, rate, q)| format!("{n} at {:.1} %: {q:.2}×", rate * 100.0))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nFULL ÷ materialized view at the largest size (target: at most 1.5×): at most {worst:.2}× ({}){}.",
+            if worst <= 1.5 { "met" } else { "**missed**" },
+            if over.is_empty() { String::new() } else { format!("; above: {}", over.join(", ")) }
+        );
+    }
+    if !r.joins.is_empty() {
+        let _ = writeln!(s, "\n## Joins of many inputs, one changed row\n");
+        let _ = writeln!(
+            s,
+            "A chain `t1 ⋈ … ⋈ tn` of tables of 100,000 rows joined by primary key; one row of the middle table updated, \
+             then each refreshed ({} repetitions, medians in ms). The DIFFERENTIAL refresh should grow about linearly \
+             with the number of inputs.\n",
+            r.repetitions
+        );
+        let _ = writeln!(s, "| inputs | DIFFERENTIAL ms | FULL ms | matview ms | vs matview |");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+        for j in &r.joins {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1}× |",
+                j.inputs,
+                j.differential_ms,
+                j.full_ms,
+                j.matview_ms,
+                j.matview_ms / j.differential_ms
+            );
+        }
+        let _ = writeln!(s);
     }
     let worst_zero = r.zero_change.iter().map(|z| z.median_ms).fold(0.0, f64::max);
     let _ = writeln!(

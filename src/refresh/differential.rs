@@ -85,7 +85,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     let check = widest >= COST_CHECK_MIN_INPUTS && ratio > 0.0;
     let mut estimates = None;
     let accept = |statement_cost: f64| -> PgtResult<bool> {
-        if !check || statement_cost < COST_CHECK_FLOOR {
+        if statement_cost < COST_CHECK_FLOOR {
             return Ok(true);
         }
         // The changes alone against a full recomputation: how the statement
@@ -97,6 +97,10 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         estimates = Some((delta_cost, full_cost));
         Ok(delta_cost <= ratio * full_cost.max(1.0))
     };
+    if !check {
+        let (inserted, deleted) = super::apply_delta(&statement, snapshot)?;
+        return Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false });
+    }
     let Some((inserted, deleted)) = super::apply_delta_if(&statement, snapshot, accept)? else {
         let (delta_cost, full_cost) = estimates.unwrap_or_default();
         pgrx::notice!(

@@ -61,9 +61,14 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
     // find nothing new: those write only differences (nothing, then).
     let polled = matches!(pgt_core::schedule::Schedule::parse(&st.schedule, std::time::Duration::ZERO), Ok(pgt_core::schedule::Schedule::Every(d)) if d.is_zero());
     if !polled && swap::swappable(st.relid)? {
-        // The copies of equal rows are numbered as they are stored.
-        let source = pgt_delta::replace::first_copy_row_id(&st.defining_query, &visible, typed);
-        if let Some((inserted, deleted)) = swap_in(st.relid, &source, Some(ROW_ID_COLUMN), snapshot)? {
+        // The copies of equal rows are numbered as they are stored; typed
+        // contents are hashed there too.
+        let (source, identities) = if typed {
+            (pgt_delta::replace::unidentified_rows(&st.defining_query, &visible), swap::Identities::HashContent(ROW_ID_COLUMN))
+        } else {
+            (pgt_delta::replace::first_copy_row_id(&st.defining_query, &visible, typed), swap::Identities::NumberCopies(ROW_ID_COLUMN))
+        };
+        if let Some((inserted, deleted)) = swap_in(st.relid, &source, identities, snapshot)? {
             return Ok(Applied { action: "FULL", inserted, deleted, unchanged: false });
         }
     }
@@ -76,7 +81,7 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
 /// Replaces `relid`'s contents by the rows of `source` (columns named as the
 /// table's) with [`swap::swap_in`], reading the table's columns in their
 /// storage order; `None` when the types do not fit.
-fn swap_in(relid: pg_sys::Oid, source: &str, copies: Option<&str>, snapshot: &StatementSnapshot) -> PgtResult<Option<(u64, u64)>> {
+fn swap_in(relid: pg_sys::Oid, source: &str, identities: swap::Identities, snapshot: &StatementSnapshot) -> PgtResult<Option<(u64, u64)>> {
     let stored = crate::spi::query_map(
         "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 \
          AND NOT attisdropped ORDER BY attnum",
@@ -87,7 +92,7 @@ fn swap_in(relid: pg_sys::Oid, source: &str, copies: Option<&str>, snapshot: &St
         "SELECT {} FROM ({source}) s",
         stored.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ")
     );
-    swap::swap_in(relid, &ordered, copies, snapshot)
+    swap::swap_in(relid, &ordered, identities, snapshot)
 }
 
 /// Recomputes `st` with the full query of its DIFFERENTIAL plan: first its

@@ -194,7 +194,22 @@ fn merge_counts(merge: &str, snapshot: &StatementSnapshot) -> PgtResult<(u64, u6
 /// `snapshot` as one statement, and counts the rows it wrote into the stream
 /// table: (inserted or updated, deleted or updated).
 fn apply_delta(statement: &pgt_delta::DeltaStatement, snapshot: &StatementSnapshot) -> PgtResult<(u64, u64)> {
-    apply_delta_if(statement, snapshot, |_| Ok(true))?.ok_or_else(|| crate::error::PgtError::internal("a refresh statement was not run"))
+    // The guard triggers of the stream table and state tables let these write.
+    let _writing = crate::activity::StreamTableWrite::begin();
+    let counts = snapshot.query_map(&count_actions(statement), |row| Ok((row.col::<i64>(1)?, row.col::<i64>(2)?)))?;
+    let (inserted, deleted) =
+        counts.first().copied().ok_or_else(|| crate::error::PgtError::internal("counting a refresh's writes returned no row"))?;
+    Ok((inserted.max(0) as u64, deleted.max(0) as u64))
+}
+
+/// `statement` as one query counting the stream table's rows inserted or
+/// updated, and deleted or updated.
+fn count_actions(statement: &pgt_delta::DeltaStatement) -> String {
+    statement.wrap(
+        "__pgt_m",
+        "SELECT count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')), \
+                count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')) FROM __pgt_m",
+    )
 }
 
 /// [`apply_delta`], unless `accept` declines the planner's total cost
@@ -206,11 +221,7 @@ fn apply_delta_if(
 ) -> PgtResult<Option<(u64, u64)>> {
     // The guard triggers of the stream table and state tables let these write.
     let _writing = crate::activity::StreamTableWrite::begin();
-    let sql = statement.wrap(
-        "__pgt_m",
-        "SELECT count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')), \
-                count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')) FROM __pgt_m",
-    );
+    let sql = count_actions(statement);
     let Some(counts) = snapshot.query_map_if(&sql, accept, |row| Ok((row.col::<i64>(1)?, row.col::<i64>(2)?)))? else {
         return Ok(None);
     };

@@ -50,6 +50,25 @@ unsafe extern "C-unwind" {
     );
 }
 
+/// How the rows' identities (a bigint column of the table) are made.
+#[derive(Debug, Clone, Copy)]
+pub enum Identities<'a> {
+    /// Column `.0` holds the identity of the first copy of each row's content
+    /// (`pgt_delta::replace::first_copy_row_id`); the receiver numbers equal
+    /// rows as it stores them: the `k`-th row with first-copy identity `b`
+    /// gets `b XOR (k − 1) · COPY_STRIDE`, what
+    /// `pgt_delta::replace::content_row_id` gives it — without the sort a
+    /// window over contents costs.
+    NumberCopies(&'a str),
+    /// As `NumberCopies`, the receiver also computing the first-copy identity
+    /// from the row's other columns, exactly as
+    /// `hash_record_extended(ROW(<those columns>), 0)` does (PostgreSQL's
+    /// `utils/adt/rowtypes.c`: each value through its type's extended hash
+    /// function, `result = 31 · result + hash`), without building a record
+    /// per row. Every other column's type must have an extended hash function.
+    HashContent(&'a str),
+}
+
 /// `table_tuple_insert` options of the bulk load (tableam.h): skip the free
 /// space map, insert frozen — the heap was created in this transaction.
 const INSERT_OPTIONS: i32 = 0x0002 | 0x0004;
@@ -81,14 +100,7 @@ pub fn swappable(relid: pg_sys::Oid) -> PgtResult<bool> {
 /// rows the table held before))`, or `None` without
 /// writing anything when the query's column types do not match the table's
 /// exactly (the caller then writes the rows through the MERGE).
-///
-/// With `copies` (a bigint column of the table holding the identity of the
-/// first copy of each row's content, `pgt_delta::replace::first_copy_row_id`),
-/// the receiver numbers equal rows as it stores them: the `k`-th row with a
-/// given first-copy identity `b` gets `b XOR (k − 1) · COPY_STRIDE`, the
-/// identity `pgt_delta::replace::content_row_id` gives it — without the sort
-/// a window over contents costs.
-pub fn swap_in(relid: pg_sys::Oid, source: &str, copies: Option<&str>, snapshot: &StatementSnapshot) -> PgtResult<Option<(u64, u64)>> {
+pub fn swap_in(relid: pg_sys::Oid, source: &str, identities: Identities, snapshot: &StatementSnapshot) -> PgtResult<Option<(u64, u64)>> {
     let csql = CString::new(source).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
     unsafe {
         // Plan the recomputation first: its output must fit the table's row type.
@@ -128,13 +140,46 @@ pub fn swap_in(relid: pg_sys::Oid, source: &str, copies: Option<&str>, snapshot:
         let new_heap = make_new_heap(relid, tablespace, access_method, persistence, pg_sys::ExclusiveLock as pg_sys::LOCKMODE);
         let rel = pg_sys::table_open(new_heap, pg_sys::NoLock as pg_sys::LOCKMODE);
         let desc = pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att);
-        let numbered = copies.and_then(|name| {
+        let column = match identities {
+            Identities::NumberCopies(name) | Identities::HashContent(name) => Some(name),
+        };
+        let numbered = column.and_then(|name| {
             (0..desc.len()).find(|i| desc.get(*i).is_some_and(|a| a.name() == name && a.atttypid == pg_sys::INT8OID))
         });
-        if copies.is_some() && numbered.is_none() {
+        let mut hashers = Vec::new();
+        if let (Identities::HashContent(_), Some(at)) = (identities, numbered) {
+            for i in (0..desc.len()).filter(|i| *i != at) {
+                let Some(attr) = desc.get(i) else { continue };
+                if attr.attisdropped {
+                    continue;
+                }
+                let entry = pg_sys::lookup_type_cache(attr.atttypid, pg_sys::TYPECACHE_HASH_EXTENDED_PROC_FINFO as i32);
+                if entry.is_null() || (*entry).hash_extended_proc_finfo.fn_oid == pg_sys::InvalidOid {
+                    hashers.clear();
+                    break;
+                }
+                // A call frame per column, built once: the hot loop calls the
+                // function itself, without a wrapper per row.
+                let finfo = &raw mut (*entry).hash_extended_proc_finfo;
+                let fcinfo = pg_sys::palloc0(
+                    std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>() + 2 * std::mem::size_of::<pg_sys::NullableDatum>(),
+                ) as *mut pg_sys::FunctionCallInfoBaseData;
+                (*fcinfo).flinfo = finfo;
+                (*fcinfo).fncollation = attr.attcollation;
+                (*fcinfo).nargs = 2;
+                let Some(function) = (*finfo).fn_addr else {
+                    hashers.clear();
+                    break;
+                };
+                hashers.push(Hasher { attribute: i, fcinfo, function });
+            }
+        }
+        let unusable = column.is_some() && numbered.is_none()
+            || matches!(identities, Identities::HashContent(_)) && hashers.is_empty() && desc.len() > 1;
+        if unusable {
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             pg_sys::PopActiveSnapshot();
-            return Err(PgtError::internal("the column to number copies in is not a bigint column of the table"));
+            return Err(PgtError::internal("the table's identity column or its other columns' hash functions are missing"));
         }
         let receiver = pg_sys::palloc0(std::mem::size_of::<Receiver>()) as *mut Receiver;
         (*receiver).public.receiveSlot = Some(receive);
@@ -149,15 +194,18 @@ pub fn swap_in(relid: pg_sys::Oid, source: &str, copies: Option<&str>, snapshot:
         (*receiver).natts = desc.len() as i32;
         (*receiver).copy = std::ptr::null_mut();
         (*receiver).seen = std::ptr::null_mut();
+        (*receiver).hash = false;
         if numbered.is_some() {
             (*receiver).copy = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &raw const pg_sys::TTSOpsVirtual);
-            let ctl = pg_sys::HASHCTL { keysize: 8, entrysize: std::mem::size_of::<SeenEntry>(), hcxt: pg_sys::CurrentMemoryContext, ..Default::default() };
-            (*receiver).seen = pg_sys::hash_create(
-                c"pg_trickle copies".as_ptr(),
-                1024,
-                &ctl,
-                (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS | pg_sys::HASH_CONTEXT) as i32,
-            );
+            let mut copies = std::collections::HashMap::with_hasher(Default::default());
+            copies.reserve(old_rows as usize);
+            (*receiver).seen = Box::into_raw(Box::new(Seen { copies, hashers: std::mem::take(&mut hashers) }));
+            (*receiver).hash = matches!(identities, Identities::HashContent(_));
+            // Freed with the memory context, also when the refresh fails.
+            let callback = pg_sys::palloc0(std::mem::size_of::<pg_sys::MemoryContextCallback>()) as *mut pg_sys::MemoryContextCallback;
+            (*callback).func = Some(free_seen);
+            (*callback).arg = receiver.cast();
+            pg_sys::MemoryContextRegisterResetCallback(pg_sys::CurrentMemoryContext, callback);
         }
         let desc = pg_sys::CreateQueryDesc(
             plan,
@@ -216,15 +264,57 @@ struct Receiver {
     natts: i32,
     /// A virtual slot of the table's row type, for numbered rows.
     copy: *mut pg_sys::TupleTableSlot,
-    /// First-copy identity → copies stored so far.
-    seen: *mut pg_sys::HTAB,
+    /// Copies stored so far, and how to hash contents.
+    seen: *mut Seen,
+    /// Whether the receiver computes first-copy identities ([`Identities::HashContent`]).
+    hash: bool,
 }
 
-/// An entry of [`Receiver::seen`].
-#[repr(C)]
-struct SeenEntry {
-    first: i64,
-    copies: i64,
+/// What the receiver keeps while numbering copies (Rust memory, freed with
+/// the memory context, see [`free_seen`]).
+struct Seen {
+    /// First-copy identity → copies stored so far. The keys are 64-bit hashes
+    /// already: they index the table as they are.
+    copies: std::collections::HashMap<i64, i64, std::hash::BuildHasherDefault<KeyIsHash>>,
+    /// The columns hashed into a content's identity, in order.
+    hashers: Vec<Hasher>,
+}
+
+/// A `Hasher` for keys that are hashes already: the key itself.
+#[derive(Default)]
+struct KeyIsHash(u64);
+
+impl std::hash::Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.0 = n as u64;
+    }
+}
+
+/// One column of a content's hash: its type's extended hash function, with a
+/// call frame for it (arguments: the value, seed 0).
+struct Hasher {
+    attribute: usize,
+    fcinfo: *mut pg_sys::FunctionCallInfoBaseData,
+    function: unsafe extern "C-unwind" fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum,
+}
+
+/// Frees a receiver's [`Seen`] when its memory context goes (normally already
+/// freed at shutdown).
+#[pg_guard]
+unsafe extern "C-unwind" fn free_seen(arg: *mut std::ffi::c_void) {
+    let me = arg as *mut Receiver;
+    if !(*me).seen.is_null() {
+        drop(Box::from_raw((*me).seen));
+        (*me).seen = std::ptr::null_mut();
+    }
 }
 
 #[pg_guard]
@@ -248,17 +338,34 @@ unsafe extern "C-unwind" fn receive(slot: *mut pg_sys::TupleTableSlot, me: *mut 
         std::ptr::copy_nonoverlapping((*slot).tts_values, (*copy).tts_values, natts as usize);
         std::ptr::copy_nonoverlapping((*slot).tts_isnull, (*copy).tts_isnull, natts as usize);
         let at = (*me).number as usize;
-        let first = (*(*slot).tts_values.add(at)).value() as i64;
-        let mut found = false;
-        let entry = pg_sys::hash_search((*me).seen, (&raw const first).cast(), pg_sys::HASHACTION::HASH_ENTER, &mut found) as *mut SeenEntry;
-        if !found {
-            (*entry).copies = 0;
-        }
-        let id = first ^ (*entry).copies.wrapping_mul(pgt_delta::replace::COPY_STRIDE);
-        (*entry).copies += 1;
+        let seen = &mut *(*me).seen;
+        let first = if (*me).hash {
+            let mut result: u64 = 0;
+            for h in &seen.hashers {
+                let element = if *(*slot).tts_isnull.add(h.attribute) {
+                    0
+                } else {
+                    let args = (*h.fcinfo).args.as_mut_slice(2);
+                    args[0] = pg_sys::NullableDatum { value: *(*slot).tts_values.add(h.attribute), isnull: false };
+                    args[1] = pg_sys::NullableDatum { value: pg_sys::Datum::from(0i64), isnull: false };
+                    (*h.fcinfo).isnull = false;
+                    (h.function)(h.fcinfo).value() as u64
+                };
+                result = (result << 5).wrapping_sub(result).wrapping_add(element);
+            }
+            result as i64
+        } else {
+            (*(*slot).tts_values.add(at)).value() as i64
+        };
+        let copies = seen.copies.entry(first).or_insert(0);
+        let id = first ^ copies.wrapping_mul(pgt_delta::replace::COPY_STRIDE);
+        *copies += 1;
         *(*copy).tts_values.add(at) = pg_sys::Datum::from(id);
         *(*copy).tts_isnull.add(at) = false;
-        row = pg_sys::ExecStoreVirtualTuple(copy);
+        // ExecStoreVirtualTuple, without a wrapped call per row.
+        (*copy).tts_flags &= !(pg_sys::TTS_FLAG_EMPTY as u16);
+        (*copy).tts_nvalid = natts as i16;
+        row = copy;
     }
     if let Some(insert) = (*(*rel).rd_tableam).tuple_insert {
         insert(rel, row, (*me).cid, INSERT_OPTIONS, (*me).bistate);
@@ -274,10 +381,7 @@ unsafe extern "C-unwind" fn shutdown(me: *mut pg_sys::DestReceiver) {
         pg_sys::ExecDropSingleTupleTableSlot((*me).copy);
         (*me).copy = std::ptr::null_mut();
     }
-    if !(*me).seen.is_null() {
-        pg_sys::hash_destroy((*me).seen);
-        (*me).seen = std::ptr::null_mut();
-    }
+    free_seen(me.cast());
     let rel = (*me).rel;
     if let Some(finish) = (*(*rel).rd_tableam).finish_bulk_insert {
         finish(rel, INSERT_OPTIONS);

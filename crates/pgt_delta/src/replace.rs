@@ -47,12 +47,13 @@ pub fn replace_sql(table: &str, columns: &[String], source: &str) -> String {
 /// [`content_row_id`].
 pub const COPY_STRIDE: i64 = 2_654_435_761;
 
-/// The content of row `q` as hashed into its identity (see [`content_row_id`]).
-fn content(columns: &[String], typed: bool) -> String {
+/// The hash of row `q`'s content: the identity of its first copy (see
+/// [`content_row_id`]).
+fn content_hash(columns: &[String], typed: bool) -> String {
     if typed {
-        crate::sql::unfolded(&crate::sql::record_hash(&qualified("q", columns)))
+        crate::sql::record_hash(&qualified("q", columns))
     } else {
-        format!("ROW({})::text", qualified("q", columns))
+        crate::sql::record_hash(&format!("ROW({})::text", qualified("q", columns)))
     }
 }
 
@@ -66,15 +67,14 @@ fn content(columns: &[String], typed: bool) -> String {
 /// values their type calls equal (`1.0`, `1.00`: one identity, the MERGE then
 /// rewrites the spelling). Otherwise it is the row's text, which is exact but
 /// depends on those settings: a refresh from a session with other settings
-/// rewrites the rows whose text changes. Copies are told apart by
-/// [`COPY_STRIDE`].
+/// rewrites the rows whose text changes. The first copy's identity is that
+/// hash (64 bits); copies are told apart by [`COPY_STRIDE`].
 pub fn content_row_id(query: &str, columns: &[String], typed: bool) -> String {
-    let content = content(columns, typed);
+    let first = content_hash(columns, typed);
     format!(
-        "SELECT {cols}{sep}{first} # ((pg_catalog.row_number() OVER (PARTITION BY {content}) - 1) * {COPY_STRIDE}) AS __pgt_row_id FROM ({query}) q",
+        "SELECT {cols}{sep}{first} # ((pg_catalog.row_number() OVER (PARTITION BY {first}) - 1) * {COPY_STRIDE}) AS __pgt_row_id FROM ({query}) q",
         cols = qualified("q", columns),
         sep = if columns.is_empty() { "" } else { ", " },
-        first = crate::sql::record_hash(&format!("{content}, 1::bigint")),
     )
 }
 
@@ -83,12 +83,22 @@ pub fn content_row_id(query: &str, columns: &[String], typed: bool) -> String {
 /// the copies of equal contents itself, in one pass, without the sort that a
 /// window over contents needs.
 pub fn first_copy_row_id(query: &str, columns: &[String], typed: bool) -> String {
-    let content = content(columns, typed);
     format!(
         "SELECT {cols}{sep}{first} AS __pgt_row_id FROM ({query}) q",
         cols = qualified("q", columns),
         sep = if columns.is_empty() { "" } else { ", " },
-        first = crate::sql::record_hash(&format!("{content}, 1::bigint")),
+        first = content_hash(columns, typed),
+    )
+}
+
+/// The rows of `query` with a `__pgt_row_id` of 0, for a writer that computes
+/// the identities itself as it stores the rows (the same as
+/// [`content_row_id`]'s).
+pub fn unidentified_rows(query: &str, columns: &[String]) -> String {
+    format!(
+        "SELECT {cols}{sep}0::bigint AS __pgt_row_id FROM ({query}) q",
+        cols = qualified("q", columns),
+        sep = if columns.is_empty() { "" } else { ", " },
     )
 }
 
@@ -113,11 +123,11 @@ mod tests {
         let q = content_row_id("SELECT x FROM t", &["x".to_string()], false);
         assert_eq!(
             q,
-            "SELECT q.\"x\", pg_catalog.hash_record_extended(ROW(ROW(q.\"x\")::text, 1::bigint), 0) # ((pg_catalog.row_number() OVER (PARTITION BY ROW(q.\"x\")::text) - 1) * 2654435761) AS __pgt_row_id FROM (SELECT x FROM t) q"
+            "SELECT q.\"x\", pg_catalog.hash_record_extended(ROW(ROW(q.\"x\")::text), 0) # ((pg_catalog.row_number() OVER (PARTITION BY pg_catalog.hash_record_extended(ROW(ROW(q.\"x\")::text), 0)) - 1) * 2654435761) AS __pgt_row_id FROM (SELECT x FROM t) q"
         );
         let typed = content_row_id("SELECT x FROM t", &["x".to_string()], true);
-        assert!(typed.contains("PARTITION BY (pg_catalog.hash_record_extended(ROW(q.\"x\"), 0))::text"), "{typed}");
+        assert!(typed.contains("PARTITION BY pg_catalog.hash_record_extended(ROW(q.\"x\"), 0)"), "{typed}");
         let first = first_copy_row_id("SELECT x FROM t", &["x".to_string()], true);
-        assert!(first.contains("hash_record_extended(ROW((pg_catalog.hash_record_extended(ROW(q.\"x\"), 0))::text, 1::bigint), 0) AS __pgt_row_id"), "{first}");
+        assert!(first.contains("SELECT q.\"x\", pg_catalog.hash_record_extended(ROW(q.\"x\"), 0) AS __pgt_row_id"), "{first}");
     }
 }

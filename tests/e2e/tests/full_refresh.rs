@@ -468,11 +468,13 @@ fn full_row_identities_do_not_depend_on_session_settings() {
 fn full_refreshes_swap_in_new_contents_when_nothing_follows_the_rows() {
     let mut db = TestDb::new("full_swap");
     db.exec(
-        "CREATE TABLE k (id int PRIMARY KEY, g int, v text);
-         INSERT INTO k SELECT x, x % 7, 'v' || (x % 5) FROM generate_series(1, 500) x;
-         SELECT pgtrickle.create_stream_table('dups', 'SELECT g, v FROM k ORDER BY g LIMIT 100000');",
+        "CREATE TABLE k (id int PRIMARY KEY, g int, v text, amt numeric, at timestamptz, big bigint);
+         INSERT INTO k SELECT x, x % 7, 'v' || (x % 5), (x % 3) / 4.0, '2026-01-01'::timestamptz + (x % 4) * interval '1 day',
+                              CASE WHEN x % 9 = 0 THEN NULL ELSE 5000000000 + x % 2 END
+         FROM generate_series(1, 500) x;
+         SELECT pgtrickle.create_stream_table('dups', 'SELECT g, v, amt, at, big FROM k ORDER BY g LIMIT 100000');",
     );
-    let query = "SELECT g, v FROM k";
+    let query = "SELECT g, v, amt, at, big FROM k";
     let last = |db: &mut TestDb| -> (String, i64, i64) {
         let r = db.client.query_one("SELECT action, rows_inserted, rows_deleted FROM pgtrickle.refresh_history('dups', 1)", &[]).unwrap();
         (r.get(0), r.get(1), r.get(2))
