@@ -221,14 +221,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let (mut d, mut f, mut m) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..reps {
                     apply_changes(&mut db, changes)?;
-                    // Each timed command starts from a checkpoint: the previous
-                    // one's writes (a wholesale FULL refresh or the materialized
-                    // view rewrite a whole table) are not flushed during it.
-                    db.batch_execute("CHECKPOINT")?;
                     d.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_diff}')"))?);
-                    db.batch_execute("CHECKPOINT")?;
                     f.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_full}')"))?);
-                    db.batch_execute("CHECKPOINT")?;
                     m.push(timed(&mut db, &format!("REFRESH MATERIALIZED VIEW {mv}"))?);
                 }
                 let (d, f, m) = (median(d), median(f), median(m));
@@ -457,11 +451,8 @@ fn join_widths(db: &mut Client, reps: usize) -> Result<Vec<JoinWidth>, Box<dyn s
         let (mut d, mut f, mut m) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..reps {
             db.batch_execute(&format!("UPDATE jn{middle} SET v = v + 1 WHERE id = {}", 1 + r * 7919 % 100000))?;
-            db.batch_execute("CHECKPOINT")?;
             d.push(timed(db, "SELECT pgtrickle.refresh_stream_table('jw_diff')")?);
-            db.batch_execute("CHECKPOINT")?;
             f.push(timed(db, "SELECT pgtrickle.refresh_stream_table('jw_full')")?);
-            db.batch_execute("CHECKPOINT")?;
             m.push(timed(db, "REFRESH MATERIALIZED VIEW jw_mv")?);
         }
         let (d, f, m) = (median(d), median(f), median(m));
@@ -603,7 +594,7 @@ fn markdown(r: &Report) -> String {
         s,
         "- Method: per size, scenario and change rate, {} repetitions of: apply the changes in one transaction \
          (70 % updates, 15 % deletes, 15 % inserts), then time `refresh_stream_table` of the DIFFERENTIAL and FULL \
-         stream tables and `REFRESH MATERIALIZED VIEW` (each including its commit, each after a `CHECKPOINT`). \
+         stream tables and `REFRESH MATERIALIZED VIEW` (each including its commit). \
          Medians in milliseconds. Nested-SQL scenarios run at the largest size only. \
          The ratio columns are matview ÷ DIFFERENTIAL and FULL ÷ DIFFERENTIAL. Tables are vacuumed and analysed \
          after loading and after creating the stream tables and views (steady state). A DIFFERENTIAL refresh whose \

@@ -506,7 +506,8 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>, force_ch
                 (*rte).rellockmode = 0;
                 (*rte).perminfoindex = 0;
             }
-            pg_sys::RTEKind::RTE_JOIN | pg_sys::RTEKind::RTE_GROUP => {}
+            // RTE_RESULT: a FROM item moved into a subquery (`join_to_subquery`).
+            pg_sys::RTEKind::RTE_JOIN | pg_sys::RTEKind::RTE_GROUP | pg_sys::RTEKind::RTE_RESULT => {}
             _ => return Ok(Err(Unsupported("this kind of FROM item".into()))),
         }
     }
@@ -830,8 +831,24 @@ pub unsafe fn output_template(
 /// `SELECT <every column> FROM [ONLY] table` subqueries (rows then keyed by
 /// content and copy number).
 unsafe fn nullable_items_to_materialize(q: *mut pg_sys::Query) -> PgtResult<Result<Vec<i32>, Unsupported>> {
-    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+    // A nullable side that is a join becomes a subquery first (then a child).
     let mut out = Vec::new();
+    loop {
+        let joined = joins_in((*q).jointree as *mut pg_sys::Node).into_iter().find_map(|j| {
+            let side = match (*j).jointype {
+                pg_sys::JoinType::JOIN_LEFT => &raw mut (*j).rarg,
+                pg_sys::JoinType::JOIN_RIGHT => &raw mut (*j).larg,
+                _ => return None,
+            };
+            pgrx::is_a(*side, pg_sys::NodeTag::T_JoinExpr).then_some(side)
+        });
+        let Some(side) = joined else { break };
+        match join_to_subquery(q, side)? {
+            Ok(rtindex) => out.push(rtindex),
+            Err(u) => return Ok(Err(u)),
+        }
+    }
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
     for j in joins_in((*q).jointree as *mut pg_sys::Node) {
         let nullable = match (*j).jointype {
             pg_sys::JoinType::JOIN_LEFT => (*j).rarg,
@@ -844,7 +861,7 @@ unsafe fn nullable_items_to_materialize(q: *mut pg_sys::Query) -> PgtResult<Resu
         let rtindex = (*(nullable as *mut pg_sys::RangeTblRef)).rtindex;
         let Some(rte) = rtable.get_ptr((rtindex - 1) as usize) else { continue };
         match (*rte).rtekind {
-            pg_sys::RTEKind::RTE_SUBQUERY => out.push(rtindex),
+            pg_sys::RTEKind::RTE_SUBQUERY if !out.contains(&rtindex) => out.push(rtindex),
             pg_sys::RTEKind::RTE_RELATION if super::key_attnums((*rte).relid)?.is_empty() => {
                 if let Err(u) = relation_to_subquery(rte)? {
                     return Ok(Err(u));
@@ -968,4 +985,241 @@ pub unsafe fn set_join_type(q: *mut pg_sys::Query, rtindex: i32, jointype: pg_sy
     if let Some(rte) = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable).get_ptr((rtindex - 1) as usize) {
         (*rte).jointype = jointype;
     }
+}
+
+/// Replaces the join `*side` of `q`'s join tree (the nullable side of an outer
+/// join) by a subquery reading the same join — `SELECT <every column of the
+/// FROM items under it> FROM <the join>`, deparsed and analysed again — and
+/// points every reference to those FROM items' columns at the subquery's.
+/// Returns the subquery's range-table index.
+unsafe fn join_to_subquery(q: *mut pg_sys::Query, side: *mut *mut pg_sys::Node) -> PgtResult<Result<i32, Unsupported>> {
+    let join = *side;
+    // References through join output columns become references to the FROM
+    // items themselves, so that only those need remapping.
+    (*q).targetList = pg_sys::flatten_join_alias_vars(std::ptr::null_mut(), q, (*q).targetList as *mut pg_sys::Node) as *mut pg_sys::List;
+    (*q).havingQual = pg_sys::flatten_join_alias_vars(std::ptr::null_mut(), q, (*q).havingQual);
+    (*q).jointree = pg_sys::flatten_join_alias_vars(std::ptr::null_mut(), q, (*q).jointree as *mut pg_sys::Node) as *mut pg_sys::FromExpr;
+    // `side` pointed into the old tree: find the join again by its index.
+    let join_rtindex = (*(join as *mut pg_sys::JoinExpr)).rtindex;
+    let Some(side) = find_join_slot((*q).jointree as *mut pg_sys::Node, join_rtindex) else {
+        return Err(PgtError::internal("the nullable join is not in the join tree"));
+    };
+    let join = *side;
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+    // The subquery's columns: every column of every FROM item under the join.
+    let mut columns: Vec<(i32, i16)> = Vec::new();
+    let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
+    for rtindex in items_under(join) {
+        let Some(rte) = rtable.get_ptr((rtindex - 1) as usize) else { continue };
+        let (mut names, mut vars): (*mut pg_sys::List, *mut pg_sys::List) = (std::ptr::null_mut(), std::ptr::null_mut());
+        pg_sys::expandRTE(rte, rtindex, 0, pg_sys::VarReturningType::VAR_RETURNING_DEFAULT, -1, false, &mut names, &mut vars);
+        for var in PgList::<pg_sys::Var>::from_pg(vars).iter_ptr() {
+            columns.push((rtindex, (*var).varattno));
+            let resno = columns.len();
+            let te = pg_sys::makeTargetEntry(var as *mut pg_sys::Expr, resno as i16, cstring(&format!("{}{resno}", pgt_delta::names::SUBQUERY_COLUMN)), false);
+            tlist = pg_sys::lappend(tlist, te as *mut c_void);
+        }
+    }
+    // Deparse `SELECT <columns> FROM <join>`: a copy of `q` reduced to it, the
+    // joins outside it hidden from the deparser (it names a join's columns
+    // from its place in the join tree).
+    let reduced = pg_sys::copyObjectImpl(q as *const c_void) as *mut pg_sys::Query;
+    let reduced_join = pg_sys::copyObjectImpl(join as *const c_void) as *mut pg_sys::Node;
+    (*reduced).jointree = pg_sys::makeFromExpr(pg_sys::lappend(std::ptr::null_mut(), reduced_join as *mut c_void), std::ptr::null_mut());
+    (*reduced).targetList = tlist;
+    (*reduced).hasSubLinks = false;
+    (*reduced).hasAggs = false;
+    clear_aggregation(reduced);
+    let inside: Vec<i32> = joins_in(reduced_join).iter().map(|j| (**j).rtindex).collect();
+    for (i, rte) in PgList::<pg_sys::RangeTblEntry>::from_pg((*reduced).rtable).iter_ptr().enumerate() {
+        if (*rte).rtekind == pg_sys::RTEKind::RTE_JOIN && !inside.contains(&((i + 1) as i32)) {
+            (*rte).rtekind = pg_sys::RTEKind::RTE_RESULT;
+        }
+    }
+    let text = deparse(reduced);
+    let csql = CString::new(text).map_err(|_| PgtError::internal("deparsed join contains a NUL byte"))?;
+    let sub = crate::privilege::with_pinned_search_path(|| crate::parse::parse_single_select(&csql))?;
+    // The new FROM item, in place of the join.
+    let colnames = (1..=columns.len()).fold(std::ptr::null_mut::<pg_sys::List>(), |l, i| {
+        pg_sys::lappend(l, string_node(&format!("{}{i}", pgt_delta::names::SUBQUERY_COLUMN)))
+    });
+    let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
+    (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+    (*rte).rtekind = pg_sys::RTEKind::RTE_SUBQUERY;
+    (*rte).subquery = sub;
+    (*rte).alias = pg_sys::makeAlias(cstring(pgt_delta::names::SUBQUERY_ALIAS), pg_sys::copyObjectImpl(colnames as *const c_void) as *mut pg_sys::List);
+    (*rte).eref = pg_sys::makeAlias(cstring(pgt_delta::names::SUBQUERY_ALIAS), colnames);
+    (*rte).inFromCl = true;
+    // In the slot of the first FROM item it replaces: a join's alias list may
+    // only name entries before the join's own (AcquireRewriteLocks checks).
+    let moved_items: Vec<i32> = items_under(join);
+    let Some(&new_index) = moved_items.iter().min() else {
+        return Err(PgtError::internal("the nullable join has no FROM item"));
+    };
+    let list = (*q).rtable;
+    (*(*list).elements.add((new_index - 1) as usize)).ptr_value = rte as *mut c_void;
+    let rtr = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblRef>()) as *mut pg_sys::RangeTblRef;
+    (*rtr).type_ = pg_sys::NodeTag::T_RangeTblRef;
+    (*rtr).rtindex = new_index;
+    *side = rtr as *mut pg_sys::Node;
+    // The outer join's range-table entry describes its inputs' columns: it
+    // now joins the subquery.
+    if let Some(outer) = joins_in((*q).jointree as *mut pg_sys::Node).into_iter().find(|j| (**j).larg == rtr as *mut pg_sys::Node || (**j).rarg == rtr as *mut pg_sys::Node) {
+        describe_join(q, outer);
+    }
+    // The joins and FROM items that were inside are gone from the tree: hidden
+    // (from the deparser, and from the inputs `prepare_level` makes).
+    for (i, rte) in PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable).iter_ptr().enumerate() {
+        let index = (i + 1) as i32;
+        if ((*rte).rtekind == pg_sys::RTEKind::RTE_JOIN && inside.contains(&index)) || (moved_items.contains(&index) && index != new_index) {
+            (*rte).rtekind = pg_sys::RTEKind::RTE_RESULT;
+            (*rte).subquery = std::ptr::null_mut();
+        }
+    }
+    // Every reference to the moved FROM items' columns, at any depth. Join
+    // output columns standing for them are no longer referenced (flattened
+    // above): they become dropped columns, since a join's alias list may only
+    // name FROM items listed before the join (AcquireRewriteLocks checks).
+    let mut remap = Remap { columns: columns.clone(), target: new_index, depth: 0 };
+    pg_sys::query_tree_walker(q, Some(remap_moved), (&raw mut remap).cast(), pg_sys::QTW_IGNORE_JOINALIASES as i32);
+    for rte in PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable).iter_ptr() {
+        if (*rte).rtekind != pg_sys::RTEKind::RTE_JOIN || (*rte).joinaliasvars.is_null() {
+            continue;
+        }
+        let list = (*rte).joinaliasvars;
+        for i in 0..(*list).length as usize {
+            let cell = (*list).elements.add(i);
+            let item = (*cell).ptr_value as *mut pg_sys::Node;
+            if !item.is_null() && reads_any(item, &columns) {
+                (*cell).ptr_value = std::ptr::null_mut();
+            }
+        }
+    }
+    Ok(Ok(new_index))
+}
+
+/// Rebuilds the range-table entry of join `j` of `q` from its two inputs as
+/// they are now: every column of the left input, then every column of the
+/// right one, none merged (a USING clause becomes the ON condition it already
+/// holds; references to its merged columns were flattened).
+unsafe fn describe_join(q: *mut pg_sys::Query, j: *mut pg_sys::JoinExpr) {
+    let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
+    let Some(rte) = rtable.get_ptr(((*j).rtindex - 1) as usize) else { return };
+    let side_columns = |node: *mut pg_sys::Node| -> (*mut pg_sys::List, *mut pg_sys::List) {
+        let rtindex = if pgrx::is_a(node, pg_sys::NodeTag::T_RangeTblRef) {
+            (*(node as *mut pg_sys::RangeTblRef)).rtindex
+        } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
+            (*(node as *mut pg_sys::JoinExpr)).rtindex
+        } else {
+            return (std::ptr::null_mut(), std::ptr::null_mut());
+        };
+        let Some(input) = rtable.get_ptr((rtindex - 1) as usize) else { return (std::ptr::null_mut(), std::ptr::null_mut()) };
+        let (mut names, mut vars): (*mut pg_sys::List, *mut pg_sys::List) = (std::ptr::null_mut(), std::ptr::null_mut());
+        pg_sys::expandRTE(input, rtindex, 0, pg_sys::VarReturningType::VAR_RETURNING_DEFAULT, -1, true, &mut names, &mut vars);
+        (names, vars)
+    };
+    let (left_names, left_vars) = side_columns((*j).larg);
+    let (right_names, right_vars) = side_columns((*j).rarg);
+    let numbers = |list: *mut pg_sys::List| -> *mut pg_sys::List {
+        let n = if list.is_null() { 0 } else { (*list).length };
+        (1..=n).fold(std::ptr::null_mut(), |l, i| pg_sys::lappend_int(l, i))
+    };
+    (*rte).joinmergedcols = 0;
+    (*rte).joinleftcols = numbers(left_vars);
+    (*rte).joinrightcols = numbers(right_vars);
+    (*rte).joinaliasvars = pg_sys::list_concat(pg_sys::list_copy(left_vars), right_vars);
+    (*(*rte).eref).colnames = pg_sys::list_concat(pg_sys::list_copy(left_names), right_names);
+    if !(*rte).alias.is_null() {
+        (*(*rte).alias).colnames = std::ptr::null_mut();
+    }
+    (*rte).join_using_alias = std::ptr::null_mut();
+    (*j).usingClause = std::ptr::null_mut();
+    (*j).join_using_alias = std::ptr::null_mut();
+}
+
+/// Whether expression `node` reads one of `columns` (level 0).
+unsafe fn reads_any(node: *mut pg_sys::Node, columns: &[(i32, i16)]) -> bool {
+    let mut r = Remap { columns: columns.to_vec(), target: -1, depth: 0 };
+    find_moved(node, (&raw mut r).cast())
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn find_moved(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    let m = &*(ctx as *mut Remap);
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Var) {
+        let v = node as *mut pg_sys::Var;
+        return (*v).varlevelsup == 0 && m.columns.contains(&((*v).varno, (*v).varattno));
+    }
+    pg_sys::expression_tree_walker(node, Some(find_moved), ctx)
+}
+
+/// The slot of `node`'s join tree holding the join with range-table index
+/// `rtindex`.
+unsafe fn find_join_slot(node: *mut pg_sys::Node, rtindex: i32) -> Option<*mut *mut pg_sys::Node> {
+    let check = |slot: *mut *mut pg_sys::Node| -> Option<*mut *mut pg_sys::Node> {
+        let n = *slot;
+        if pgrx::is_a(n, pg_sys::NodeTag::T_JoinExpr) && (*(n as *mut pg_sys::JoinExpr)).rtindex == rtindex {
+            return Some(slot);
+        }
+        find_join_slot(n, rtindex)
+    };
+    if pgrx::is_a(node, pg_sys::NodeTag::T_FromExpr) {
+        let from = (*(node as *mut pg_sys::FromExpr)).fromlist;
+        if from.is_null() {
+            return None;
+        }
+        for i in 0..(*from).length as usize {
+            let cell = (*from).elements.add(i);
+            if let Some(slot) = check((&raw mut (*cell).ptr_value).cast()) {
+                return Some(slot);
+            }
+        }
+    } else if pgrx::is_a(node, pg_sys::NodeTag::T_JoinExpr) {
+        let j = node as *mut pg_sys::JoinExpr;
+        if let Some(slot) = check(&raw mut (*j).larg) {
+            return Some(slot);
+        }
+        return check(&raw mut (*j).rarg);
+    }
+    None
+}
+
+/// Columns `(rtindex, attno)` moved into the subquery at range-table index
+/// `target` (column k + 1 for `columns[k]`).
+struct Remap {
+    columns: Vec<(i32, i16)>,
+    target: i32,
+    depth: u32,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn remap_moved(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    let m = &mut *(ctx as *mut Remap);
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Var) {
+        let v = node as *mut pg_sys::Var;
+        if (*v).varlevelsup == m.depth {
+            if let Some(k) = m.columns.iter().position(|c| *c == ((*v).varno, (*v).varattno)) {
+                (*v).varno = m.target;
+                (*v).varattno = (k + 1) as i16;
+                (*v).varnosyn = m.target as u32;
+                (*v).varattnosyn = (k + 1) as i16;
+                (*v).varnullingrels = std::ptr::null_mut();
+            }
+        }
+        return false;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Query) {
+        m.depth += 1;
+        let r = pg_sys::query_tree_walker(node as *mut pg_sys::Query, Some(remap_moved), ctx, 0);
+        let m = &mut *(ctx as *mut Remap);
+        m.depth -= 1;
+        return r;
+    }
+    pg_sys::expression_tree_walker(node, Some(remap_moved), ctx)
 }

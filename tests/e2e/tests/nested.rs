@@ -98,6 +98,21 @@ fn outer_joins_over_nested_inputs() {
                 Differential,
             ),
             (
+                "o_join_nullable",
+                "SELECT o.id, c.region, r.zone FROM orders o LEFT JOIN (customers c JOIN regions r ON r.name = c.region) ON c.id = o.cust",
+                Differential,
+            ),
+            (
+                "o_right_join_nullable",
+                "SELECT o.id, c.vip, r.zone FROM (customers c JOIN regions r ON r.name = c.region) RIGHT JOIN orders o ON o.cust = c.id AND r.zone > 0",
+                Differential,
+            ),
+            (
+                "o_left_in_nullable_join",
+                "SELECT o.id, c.score, r.zone FROM orders o LEFT JOIN (customers c LEFT JOIN regions r ON r.name = c.region) ON c.id = o.cust WHERE o.amount > 20",
+                Differential,
+            ),
+            (
                 "o_numeric_nullable",
                 "SELECT a.id, r.factor FROM accounts a LEFT JOIN rates r ON r.code = round(a.balance / 16, 0)",
                 Differential,
@@ -270,6 +285,9 @@ fn nested_constructs_over_stream_tables() {
             ("b_scalar", "SELECT c.id, (SELECT t.total FROM b_totals t WHERE t.cust = c.id) AS total FROM customers c", Differential),
             ("b_agg_of_agg", "SELECT n, count(*) AS k FROM (SELECT cust, count(*) AS n FROM b_orders GROUP BY cust) s GROUP BY n", Differential),
             ("b_left_agg", "SELECT c.id, s.m FROM customers c LEFT JOIN (SELECT cust, max(amount) AS m FROM b_orders GROUP BY cust) s ON s.cust = c.id", Differential),
+            ("b_intersect", "SELECT cust FROM b_orders INTERSECT SELECT cust FROM b_totals WHERE n > 3", Differential),
+            ("b_full_join", "SELECT t.cust, c.id FROM b_totals t FULL JOIN customers c ON c.id = t.cust", Differential),
+            ("b_in", "SELECT id, amount FROM b_orders WHERE cust IN (SELECT cust FROM b_totals WHERE total > 200)", Differential),
         ],
         CYCLES,
     );
