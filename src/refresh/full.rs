@@ -57,6 +57,7 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
     )?;
     let typed = columns.iter().all(|(_, t)| unsafe { crate::translate::hashable(*t) });
     let visible: Vec<String> = columns.into_iter().map(|(name, _)| name).collect();
+    crate::storage::sync_row_id_index(st.relid, false)?;
     // A '0s' schedule checks the table continuously, expecting most checks to
     // find nothing new: those write only differences (nothing, then).
     let polled = matches!(pgt_core::schedule::Schedule::parse(&st.schedule, std::time::Duration::ZERO), Ok(pgt_core::schedule::Schedule::Every(d)) if d.is_zero());
@@ -100,6 +101,9 @@ fn swap_in(relid: pg_sys::Oid, source: &str, identities: swap::Identities, snaps
 /// (each step reads what the steps before it wrote).
 pub fn refresh_full_with_plan(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
     let mut counts = (0, 0);
+    // (Recomputations are where a stream table changes mode: its identity
+    // index follows the mode here, not at every refresh.)
+    crate::storage::sync_row_id_index(st.relid, true)?;
     // A DIFFERENTIAL stream table recomputed in full (its first refresh, a
     // fallback) keeps its readers unblocked: only the rows that differ are
     // written, in place.

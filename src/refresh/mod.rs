@@ -86,7 +86,6 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
             }
         }
     }
-    crate::storage::sync_row_id_index(st.relid, st.effective_refresh_mode == RefreshMode::Differential)?;
     let start_time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
