@@ -9,7 +9,7 @@
 use crate::error::{PgtError, PgtResult};
 use crate::parse::{SourceKind, SourceRelation};
 use crate::privilege::as_extension_owner;
-use crate::spi::{col, exec, query_map, query_one};
+use crate::spi::{col, exec, kept, query_map, query_one};
 use pgrx::pg_sys;
 use pgt_core::ident::QualifiedName;
 use pgt_core::options::{CdcMode, DiamondConsistency, DiamondSchedulePolicy, RefreshMode};
@@ -74,7 +74,11 @@ impl StreamTable {
     }
 }
 
-const SELECT_STREAM_TABLE: &str = "\
+/// The catalog columns of a stream table, as [`stream_table_from_row`] reads
+/// them (a macro, so that `concat!` makes each use a fixed statement).
+macro_rules! select_stream_table {
+    () => {
+        "\
 SELECT st.pgt_id, st.pgt_relid, n.nspname::text, c.relname::text, c.relowner, \
        st.defining_query, st.original_query, st.schedule, st.refresh_mode, \
        st.effective_refresh_mode, st.status, st.is_populated, st.diamond_consistency, \
@@ -83,7 +87,9 @@ SELECT st.pgt_id, st.pgt_relid, n.nspname::text, c.relname::text, c.relowner, \
        st.delta_plan, st.needs_reinit, st.differential_blocker \
 FROM pgtrickle.pgt_stream_tables st \
 JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    };
+}
 
 fn stream_table_from_row(row: &pgrx::spi::SpiHeapTupleData) -> PgtResult<StreamTable> {
     Ok(StreamTable {
@@ -115,14 +121,14 @@ fn stream_table_from_row(row: &pgrx::spi::SpiHeapTupleData) -> PgtResult<StreamT
 /// The stream table stored in relation `relid`, if it is one. (Read as the
 /// extension owner: PUBLIC may not read every column.)
 pub fn stream_table_by_relid(relid: pg_sys::Oid) -> PgtResult<Option<StreamTable>> {
-    let sql = format!("{SELECT_STREAM_TABLE} WHERE st.pgt_relid = $1");
-    as_extension_owner(|| Ok(query_map(&sql, &[relid.into()], stream_table_from_row)?.into_iter().next()))
+    let sql = kept(concat!(select_stream_table!(), " WHERE st.pgt_relid = $1"));
+    as_extension_owner(|| Ok(query_map(sql, &[relid.into()], stream_table_from_row)?.into_iter().next()))
 }
 
 /// The `pgt_id` recorded for storage relation `relid`, whether or not the relation
 /// still exists (the sql_drop event trigger asks after the drop).
 pub fn pgt_id_by_relid(relid: pg_sys::Oid) -> PgtResult<Option<i64>> {
-    query_one::<i64>("SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1", &[relid.into()])
+    query_one::<i64>(kept("SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1"), &[relid.into()])
 }
 
 /// True when relation `relid` is a stream table's storage.
@@ -142,7 +148,7 @@ const STREAM_TABLE_LOCK_CLASS: i64 = 0x7067_7500;
 /// drops of stream table `pgt_id`. It writes nothing (no xid, no WAL), so a refresh
 /// that finds nothing to do stays a read-only transaction.
 fn lock_maintenance(pgt_id: i64) -> PgtResult<()> {
-    exec("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[((STREAM_TABLE_LOCK_CLASS << 32) | pgt_id).into()])?;
+    exec(kept("SELECT pg_catalog.pg_advisory_xact_lock($1)"), &[((STREAM_TABLE_LOCK_CLASS << 32) | pgt_id).into()])?;
     Ok(())
 }
 
@@ -154,13 +160,13 @@ fn lock_maintenance(pgt_id: i64) -> PgtResult<()> {
 pub fn lock_stream_table_for_refresh(pgt_id: i64) -> PgtResult<StreamTable> {
     let snapshot_isolation = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
     let sql = if snapshot_isolation {
-        format!("{SELECT_STREAM_TABLE} WHERE st.pgt_id = $1 FOR UPDATE OF st")
+        kept(concat!(select_stream_table!(), " WHERE st.pgt_id = $1 FOR UPDATE OF st"))
     } else {
-        format!("{SELECT_STREAM_TABLE} WHERE st.pgt_id = $1")
+        kept(concat!(select_stream_table!(), " WHERE st.pgt_id = $1"))
     };
     lock_maintenance(pgt_id)?;
     as_extension_owner(|| {
-        query_map(&sql, &[pgt_id.into()], stream_table_from_row)?.into_iter().next().ok_or_else(|| {
+        query_map(sql, &[pgt_id.into()], stream_table_from_row)?.into_iter().next().ok_or_else(|| {
             PgtError::new(pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "stream table does not exist any more")
                 .detail("It was dropped by a concurrent transaction.")
         })
@@ -171,10 +177,10 @@ pub fn lock_stream_table_for_refresh(pgt_id: i64) -> PgtResult<StreamTable> {
 /// UPDATE`) and returns it as committed by whoever held the lock before. Refreshes,
 /// alters and drops of one stream table serialize here.
 pub fn lock_stream_table(pgt_id: i64) -> PgtResult<StreamTable> {
-    let sql = format!("{SELECT_STREAM_TABLE} WHERE st.pgt_id = $1 FOR UPDATE OF st");
+    let sql = kept(concat!(select_stream_table!(), " WHERE st.pgt_id = $1 FOR UPDATE OF st"));
     lock_maintenance(pgt_id)?;
     as_extension_owner(|| {
-        query_map(&sql, &[pgt_id.into()], stream_table_from_row)?
+        query_map(sql, &[pgt_id.into()], stream_table_from_row)?
             .into_iter()
             .next()
             .ok_or_else(|| {
@@ -512,7 +518,7 @@ pub fn update_plan_text(pgt_id: i64, plan: &str) -> PgtResult<()> {
 /// The recorded sources of stream table `pgt_id`.
 pub fn dependencies(pgt_id: i64) -> PgtResult<Vec<Dependency>> {
     query_map(
-        "SELECT source_relid, source_kind FROM pgtrickle.pgt_dependencies WHERE pgt_id = $1 ORDER BY source_relid",
+        kept("SELECT source_relid, source_kind FROM pgtrickle.pgt_dependencies WHERE pgt_id = $1 ORDER BY source_relid"),
         &[pgt_id.into()],
         |row| Ok(Dependency { source_relid: col(row, 1)?, kind: col(row, 2)? }),
     )
@@ -575,8 +581,8 @@ pub fn stream_table_edges() -> PgtResult<Vec<(u32, u32)>> {
 /// diamond detection; the stream-table ones are [`stream_table_edges`]).
 pub fn source_edges() -> PgtResult<Vec<(u32, u32, bool)>> {
     query_map(
-        "SELECT d.source_relid, st.pgt_relid, d.source_kind = 'STREAM_TABLE' \
-         FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)",
+        kept("SELECT d.source_relid, st.pgt_relid, d.source_kind = 'STREAM_TABLE' \
+         FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)"),
         &[],
         |row| Ok((col::<pg_sys::Oid>(row, 1)?.to_u32(), col::<pg_sys::Oid>(row, 2)?.to_u32(), col::<bool>(row, 3)?)),
     )
@@ -621,9 +627,9 @@ pub fn unused_captured_sources() -> PgtResult<Vec<pg_sys::Oid>> {
 /// The change-capture record of `source_relid`, if it is captured.
 pub fn change_tracking(source_relid: pg_sys::Oid) -> PgtResult<Option<ChangeTracking>> {
     Ok(query_map(
-        "SELECT source_relid, buffer_relid, capture_function, column_signature, captured_attnums \
+        kept("SELECT source_relid, buffer_relid, capture_function, column_signature, captured_attnums \
          FROM pgtrickle.pgt_change_tracking \
-         WHERE source_relid = $1",
+         WHERE source_relid = $1"),
         &[source_relid.into()],
         |row| {
             Ok(ChangeTracking {
@@ -763,11 +769,11 @@ pub struct RefreshRecord {
 pub fn insert_refresh_history(r: &RefreshRecord) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
-            "INSERT INTO pgtrickle.pgt_refresh_history \
+            kept("INSERT INTO pgtrickle.pgt_refresh_history \
                (pgt_id, start_time, end_time, action, rows_inserted, rows_deleted, status, \
                 error_message, initiated_by, frontier) \
              VALUES ($1, pg_catalog.to_timestamp($2), pg_catalog.clock_timestamp(), $3, $4, $5, $6, $7, $8, \
-                     $9::pg_catalog.pg_snapshot)",
+                     $9::pg_catalog.pg_snapshot)"),
             &[
                 r.pgt_id.into(),
                 r.start_time.into(),
@@ -834,10 +840,10 @@ pub fn prune_history(pgt_id: i64) -> PgtResult<u64> {
     let max_rows = i64::from(crate::guc::HISTORY_MAX_ROWS.get());
     as_extension_owner(|| {
         exec(
-            "DELETE FROM pgtrickle.pgt_refresh_history h WHERE h.pgt_id = $1 \
+            kept("DELETE FROM pgtrickle.pgt_refresh_history h WHERE h.pgt_id = $1 \
                AND (($2 > 0 AND h.start_time < pg_catalog.now() - pg_catalog.make_interval(secs => $2)) \
                     OR ($3 > 0 AND h.refresh_id <= (SELECT k.refresh_id FROM pgtrickle.pgt_refresh_history k \
-                                                     WHERE k.pgt_id = $1 ORDER BY k.refresh_id DESC OFFSET $3 LIMIT 1)))",
+                                                     WHERE k.pgt_id = $1 ORDER BY k.refresh_id DESC OFFSET $3 LIMIT 1)))"),
             &[pgt_id.into(), (retention as f64).into(), max_rows.into()],
         )
     })
@@ -859,11 +865,11 @@ pub struct Frontier {
 pub fn mark_refreshed(pgt_id: i64, frontier: &Frontier, data_timestamp: &str) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
-            "UPDATE pgtrickle.pgt_stream_tables SET frontier = $2::pg_catalog.pg_snapshot, \
+            kept("UPDATE pgtrickle.pgt_stream_tables SET frontier = $2::pg_catalog.pg_snapshot, \
                frontier_xid = $3::pg_catalog.xid8, frontier_cid = $4, \
                is_populated = true, data_timestamp = $5::timestamptz, \
                last_refresh_at = pg_catalog.clock_timestamp(), consecutive_errors = 0 \
-             WHERE pgt_id = $1",
+             WHERE pgt_id = $1"),
             &[
                 pgt_id.into(),
                 frontier.snapshot.as_str().into(),

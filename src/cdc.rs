@@ -50,7 +50,7 @@ use crate::catalog::{self, ChangeTracking};
 use crate::error::{PgtError, PgtResult};
 use crate::parse::relation_name;
 use crate::privilege::{as_extension_owner, extension_oid, record_auto_dependency_on_extension};
-use crate::spi::{col, exec, query_map, query_one, StatementSnapshot};
+use crate::spi::{col, exec, kept, query_map, query_one, StatementSnapshot};
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use pgt_core::frontier::consumed_by_frontier_sql;
@@ -79,9 +79,9 @@ const CAPTURE_LOCK_CLASS: i64 = 0x7067_7400;
 fn lock_source(source_relid: pg_sys::Oid, try_only: bool) -> PgtResult<bool> {
     let key = (CAPTURE_LOCK_CLASS << 32) | i64::from(source_relid.to_u32());
     if try_only {
-        Ok(query_one::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1)", &[key.into()])?.unwrap_or(false))
+        Ok(query_one::<bool>(kept("SELECT pg_catalog.pg_try_advisory_xact_lock($1)"), &[key.into()])?.unwrap_or(false))
     } else {
-        exec("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[key.into()])?;
+        exec(kept("SELECT pg_catalog.pg_advisory_xact_lock($1)"), &[key.into()])?;
         Ok(true)
     }
 }
@@ -635,7 +635,7 @@ impl SourceCheck {
     }
 }
 
-/// Checks, in one catalog query, what a DIFFERENTIAL refresh of a stream table
+/// Checks, one catalog query per source, what a DIFFERENTIAL refresh of a stream table
 /// owned by `owner` relies on for each of its captured `sources`: that the owner
 /// may still read all of it (privileges and row-level security change at any
 /// GRANT, REVOKE, policy switch or membership change), holds the grant on its
@@ -643,41 +643,49 @@ impl SourceCheck {
 /// its capture is intact (the event triggers that repair capture at once can be
 /// bypassed by a superuser with `event_triggers = off`).
 pub fn source_checks(owner: pg_sys::Oid, sources: &[pg_sys::Oid]) -> PgtResult<Vec<SourceCheck>> {
-    if sources.is_empty() {
-        return Ok(Vec::new());
+    // One source a run: a statement about one relation keeps one generic
+    // plan of index lookups (an array of them would be re-planned every run,
+    // its generic estimate never matching a short array's).
+    let mut checks = Vec::with_capacity(sources.len());
+    for &source in sources {
+        checks.extend(query_map(
+            kept(
+                "SELECT c.oid, \
+                    pg_catalog.has_table_privilege($2, c.oid, 'SELECT'), \
+                    c.relrowsecurity AND NOT (r.rolsuper OR r.rolbypassrls \
+                        OR (pg_catalog.pg_has_role($2, c.relowner, 'USAGE') AND NOT c.relforcerowsecurity)), \
+                    ct.buffer_relid IS NOT NULL AND (r.rolsuper OR pg_catalog.has_table_privilege($2, ct.buffer_relid, 'SELECT')), \
+                    ct.buffer_relid IS NOT NULL, \
+                    ct.buffer_relid IS NOT NULL \
+                    AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t \
+                         WHERE t.tgrelid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(c.oid) p UNION SELECT c.oid) \
+                           AND t.tgfoid = ct.capture_function AND t.tgenabled = 'A' AND t.tgqual IS NULL \
+                           AND pg_catalog.starts_with(t.tgname::text, 'pgt_cdc_' || c.oid::text || '_')) \
+                        = 4 * (SELECT pg_catalog.count(*) FROM (SELECT p.relid FROM pg_catalog.pg_partition_tree(c.oid) p \
+                                      WHERE (SELECT pc.relkind FROM pg_catalog.pg_class pc WHERE pc.oid = p.relid) <> 'f' \
+                                      UNION SELECT c.oid) tree) \
+                 FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_roles r ON r.oid = $2 \
+                 LEFT JOIN pgtrickle.pgt_change_tracking ct ON ct.source_relid = c.oid \
+                 WHERE c.oid = $1",
+            ),
+            &[source.into(), owner.into()],
+            |row| {
+                let relid = col(row, 1)?;
+                Ok(SourceCheck {
+                    relid,
+                    name: relation_name(relid)?.to_string(),
+                    readable: col(row, 2)?,
+                    row_security: col(row, 3)?,
+                    granted: col(row, 4)?,
+                    captured: col(row, 5)?,
+                    capture_intact: col(row, 6)?,
+                })
+            },
+        )?);
     }
-    query_map(
-        "SELECT c.oid, NULL::text, \
-                pg_catalog.has_table_privilege($2, c.oid, 'SELECT'), \
-                c.relrowsecurity AND NOT (r.rolsuper OR r.rolbypassrls \
-                    OR (pg_catalog.pg_has_role($2, c.relowner, 'USAGE') AND NOT c.relforcerowsecurity)), \
-                ct.buffer_relid IS NOT NULL AND (r.rolsuper OR pg_catalog.has_table_privilege($2, ct.buffer_relid, 'SELECT')), \
-                ct.buffer_relid IS NOT NULL, \
-                ct.buffer_relid IS NOT NULL \
-                AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t \
-                     WHERE t.tgfoid = ct.capture_function AND t.tgenabled = 'A' AND t.tgqual IS NULL \
-                       AND pg_catalog.starts_with(t.tgname::text, 'pgt_cdc_' || c.oid::text || '_')) \
-                    = 4 * (SELECT pg_catalog.count(*) FROM (SELECT p.relid FROM pg_catalog.pg_partition_tree(c.oid) p \
-                                  JOIN pg_catalog.pg_class pc ON pc.oid = p.relid WHERE pc.relkind <> 'f' \
-                                  UNION SELECT c.oid) tree) \
-         FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_roles r ON r.oid = $2 \
-         LEFT JOIN pgtrickle.pgt_change_tracking ct ON ct.source_relid = c.oid \
-         WHERE c.oid = ANY ($1) ORDER BY c.oid",
-        &[sources.to_vec().into(), owner.into()],
-        |row| {
-            let relid = col(row, 1)?;
-            Ok(SourceCheck {
-                relid,
-                name: relation_name(relid)?.to_string(),
-                readable: col(row, 3)?,
-                row_security: col(row, 4)?,
-                granted: col(row, 5)?,
-                captured: col(row, 6)?,
-                capture_intact: col(row, 7)?,
-            })
-        },
-    )
+    checks.sort_by_key(|c| c.relid.to_u32());
+    Ok(checks)
 }
 
 /// When the change buffer of `source_relid` is larger than
@@ -690,7 +698,7 @@ pub fn buffer_alert(source_relid: pg_sys::Oid) -> PgtResult<Option<(i64, Vec<Str
         return Ok(None);
     }
     let Some(tracking) = catalog::change_tracking(source_relid)? else { return Ok(None) };
-    let size = query_one::<i64>("SELECT pg_catalog.pg_total_relation_size($1)", &[tracking.buffer_relid.into()])?.unwrap_or(0);
+    let size = query_one::<i64>(kept("SELECT pg_catalog.pg_total_relation_size($1)"), &[tracking.buffer_relid.into()])?.unwrap_or(0);
     if size <= limit {
         return Ok(None);
     }
@@ -760,7 +768,7 @@ pub fn differential_blocker(owner: pg_sys::Oid, sources: &[pg_sys::Oid]) -> PgtR
 
 /// The name of role `role`.
 pub fn role_name(role: pg_sys::Oid) -> PgtResult<String> {
-    query_one::<String>("SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = $1", &[role.into()])?
+    query_one::<String>(kept("SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = $1"), &[role.into()])?
         .ok_or_else(|| PgtError::internal(format!("role with OID {} does not exist", role.to_u32())))
 }
 

@@ -8,13 +8,83 @@ use crate::error::{PgtError, PgtResult};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::spi::SpiHeapTupleData;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiResult, SpiTupleTable};
+use pgrx::PgOid;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
+use std::rc::Rc;
+
+/// The text of a statement run through these helpers.
+///
+/// Text given as `&str` or `&String` is planned at every run: right for SQL
+/// built for one stream table (a delta query, DDL). [`kept`] marks a fixed
+/// catalog statement that every refresh or scheduler cycle runs: it is prepared
+/// once per backend and its plan kept ([`SPI_keepplan`]), so later runs skip
+/// parsing and, once PostgreSQL's plan cache settles on a generic plan,
+/// planning. The plan cache re-plans a kept statement by itself after DDL on
+/// what it reads or a change of `search_path` (PostgreSQL docs, "Plan
+/// Caching" under PREPARE).
+///
+/// [`SPI_keepplan`]: https://www.postgresql.org/docs/18/spi-spi-keepplan.html
+#[derive(Clone, Copy, Debug)]
+pub enum Sql<'a> {
+    /// Planned at every run.
+    Once(&'a str),
+    /// Prepared once per backend and kept; the text must not vary at run time
+    /// (its parameters do), and every run passes arguments of the same types.
+    Kept(&'static str),
+}
+
+/// Marks `sql` as a fixed statement whose plan is kept (see [`Sql::Kept`]).
+pub const fn kept(sql: &'static str) -> Sql<'static> {
+    Sql::Kept(sql)
+}
+
+impl<'a> From<&'a str> for Sql<'a> {
+    fn from(sql: &'a str) -> Self {
+        Sql::Once(sql)
+    }
+}
+
+impl<'a> From<&'a String> for Sql<'a> {
+    fn from(sql: &'a String) -> Self {
+        Sql::Once(sql)
+    }
+}
+
+thread_local! {
+    /// The kept plans of this backend, by statement text. Their number is
+    /// bounded by the [`kept`] statements in the code.
+    static KEPT_PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `sql` with `args` through SPI's read-write path (see [`query_map`]).
+fn run<'conn>(client: &mut SpiClient<'conn>, sql: Sql<'_>, args: &[DatumWithOid]) -> SpiResult<SpiTupleTable<'conn>> {
+    match sql {
+        Sql::Once(text) => client.update(text, None, args),
+        Sql::Kept(text) => {
+            // The borrow ends before the statement runs: it may call back into
+            // code that runs kept statements of its own.
+            let plan = match KEPT_PLANS.with(|plans| plans.borrow().get(text).cloned()) {
+                Some(plan) => plan,
+                None => {
+                    let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+                    let plan = Rc::new(client.prepare_mut(text, &types)?.keep());
+                    KEPT_PLANS.with(|plans| plans.borrow_mut().insert(text, Rc::clone(&plan)));
+                    plan
+                }
+            };
+            client.update(&*plan, None, args)
+        }
+    }
+}
 
 /// Executes one statement (DML or DDL) and returns the number of rows it processed.
-pub fn exec(sql: &str, args: &[DatumWithOid]) -> PgtResult<u64> {
+pub fn exec<'a>(sql: impl Into<Sql<'a>>, args: &[DatumWithOid]) -> PgtResult<u64> {
+    let sql = sql.into();
     Spi::connect_mut(|client| {
-        let table = client.update(sql, None, args)?;
+        let table = run(client, sql, args)?;
         Ok(table.len() as u64)
     })
 }
@@ -26,13 +96,14 @@ pub fn exec(sql: &str, args: &[DatumWithOid]) -> PgtResult<u64> {
 /// waiting for a lock sees what the lock holder committed. (SPI's read-only path
 /// would reuse the calling statement's snapshot, and would refuse `FOR UPDATE` and
 /// `INSERT ... RETURNING`.)
-pub fn query_map<R>(
-    sql: &str,
+pub fn query_map<'a, R>(
+    sql: impl Into<Sql<'a>>,
     args: &[DatumWithOid],
     mut f: impl FnMut(&SpiHeapTupleData) -> PgtResult<R>,
 ) -> PgtResult<Vec<R>> {
+    let sql = sql.into();
     Spi::connect_mut(|client| {
-        let table = client.update(sql, None, args)?;
+        let table = run(client, sql, args)?;
         let mut out = Vec::with_capacity(table.len());
         for row in table {
             out.push(f(&row)?);
@@ -42,9 +113,10 @@ pub fn query_map<R>(
 }
 
 /// Runs a query expected to return at most one row and one column.
-pub fn query_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> PgtResult<Option<T>> {
+pub fn query_one<'a, T: FromDatum + IntoDatum>(sql: impl Into<Sql<'a>>, args: &[DatumWithOid]) -> PgtResult<Option<T>> {
+    let sql = sql.into();
     Spi::connect_mut(|client| {
-        let table = client.update(sql, None, args)?;
+        let table = run(client, sql, args)?;
         if table.is_empty() {
             return Ok(None);
         }

@@ -5,7 +5,7 @@
 //! Rights change at any time — GRANT, REVOKE, `ALTER TABLE ... ENABLE ROW LEVEL
 //! SECURITY`, `ALTER TABLE ... OWNER TO`, a role's membership or BYPASSRLS — and
 //! not all of it fires an event trigger. So every refresh checks, in one
-//! catalog query ([`cdc::source_checks`]):
+//! planned-once catalog query per source ([`cdc::source_checks`]):
 //!
 //! - a DIFFERENTIAL stream table whose owner may no longer read a source in
 //!   full, or to whom row-level security on a source now applies, cannot read

@@ -44,7 +44,7 @@ use super::registry;
 use crate::catalog::InitiatedBy;
 use crate::error::PgtResult;
 use crate::guc;
-use crate::spi::{col, exec, query_map, query_one};
+use crate::spi::{col, exec, kept, query_map, query_one};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags,
 };
@@ -456,8 +456,9 @@ impl Scheduler {
         self.slow.retain(|id| known.contains(id));
         // Stream tables reading one that is being refreshed in a refresh
         // worker wait for it (its exit wakes this worker).
+        let upstreams = pgt_core::dag::upstreams(&edges);
         let waits_for_upstream = |relid: u32, in_flight: &BTreeSet<i64>| {
-            pgt_core::dag::ancestors(&edges, relid)
+            pgt_core::dag::ancestors_in(&upstreams, relid)
                 .iter()
                 .any(|up| by_relid.get(up).is_some_and(|e| in_flight.contains(&e.pgt_id)))
         };
@@ -756,16 +757,16 @@ unsafe extern "C-unwind" fn on_refresh_exit(_code: i32, arg: pg_sys::Datum) {
 }
 
 fn has_extension() -> PgtResult<bool> {
-    Ok(query_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_trickle')", &[])?.unwrap_or(false))
+    Ok(query_one::<bool>(kept("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_trickle')"), &[])?.unwrap_or(false))
 }
 
 fn stream_tables() -> PgtResult<Vec<Entry>> {
     query_map(
-        "SELECT st.pgt_id, st.pgt_relid, st.pgt_relid::pg_catalog.regclass::text, st.schedule, st.status = 'ACTIVE', \
+        kept("SELECT st.pgt_id, st.pgt_relid, st.pgt_relid::pg_catalog.regclass::text, st.schedule, st.status = 'ACTIVE', \
                 st.diamond_consistency = 'atomic', st.diamond_schedule_policy = 'slowest', \
                 st.effective_refresh_mode = 'DIFFERENTIAL' AND st.frontier IS NOT NULL AND st.is_populated \
                   AND NOT st.needs_reinit, st.needs_reinit \
-         FROM pgtrickle.pgt_stream_tables st ORDER BY st.pgt_id",
+         FROM pgtrickle.pgt_stream_tables st ORDER BY st.pgt_id"),
         &[],
         |row| {
             let schedule_text = col::<String>(row, 4)?;

@@ -127,16 +127,30 @@ pub fn cycle_if_reads<N: Ord + Copy>(edges: &Edges<N>, node: N, upstreams: &BTre
     find_cycle(&next).filter(|c| c.0.contains(&node))
 }
 
-/// The nodes upstream of `n` (transitively), `n` excluded.
-pub fn ancestors<N: Ord + Copy>(edges: &Edges<N>, n: N) -> BTreeSet<N> {
-    let mut reverse: BTreeMap<N, Vec<N>> = BTreeMap::new();
+/// Every node's direct upstreams: `edges` reversed (downstream -> upstreams).
+pub fn upstreams<N: Ord + Copy>(edges: &Edges<N>) -> Upstreams<N> {
+    let mut reverse: Upstreams<N> = BTreeMap::new();
     for (up, downs) in edges {
         for d in downs {
-            reverse.entry(*d).or_default().push(*up);
+            reverse.entry(*d).or_default().insert(*up);
         }
     }
+    reverse
+}
+
+/// Direct upstreams by node, as [`upstreams`] builds them.
+pub type Upstreams<N> = BTreeMap<N, BTreeSet<N>>;
+
+/// The nodes upstream of `n` (transitively), `n` excluded.
+pub fn ancestors<N: Ord + Copy>(edges: &Edges<N>, n: N) -> BTreeSet<N> {
+    ancestors_in(&upstreams(edges), n)
+}
+
+/// [`ancestors`] over edges already reversed, for callers asking about many
+/// nodes of one graph (a walk costs the ancestors' edges, not the graph's).
+pub fn ancestors_in<N: Ord + Copy>(reverse: &Upstreams<N>, n: N) -> BTreeSet<N> {
     let mut seen = BTreeSet::new();
-    let mut stack: Vec<N> = reverse.get(&n).cloned().unwrap_or_default();
+    let mut stack: Vec<N> = reverse.get(&n).into_iter().flatten().copied().collect();
     while let Some(u) = stack.pop() {
         if seen.insert(u) {
             stack.extend(reverse.get(&u).into_iter().flatten().copied());
@@ -159,28 +173,27 @@ pub fn diamond_groups<N: Ord + Copy>(
     members: &BTreeSet<N>,
     grouped: impl Fn(N) -> bool,
 ) -> Vec<(BTreeSet<N>, BTreeSet<N>)> {
-    let mut reverse: BTreeMap<N, BTreeSet<N>> = BTreeMap::new();
-    for (up, downs) in edges {
-        for d in downs {
-            reverse.entry(*d).or_default().insert(*up);
-        }
-    }
+    let reverse = upstreams(edges);
     let mut groups: Vec<(BTreeSet<N>, BTreeSet<N>)> = Vec::new();
     for &d in members {
         let ups: Vec<N> = reverse.get(&d).into_iter().flatten().copied().collect();
+        // One upstream cannot meet another: no diamond ends here.
+        if ups.len() < 2 || !grouped(d) {
+            continue;
+        }
         let reach: Vec<BTreeSet<N>> = ups
             .iter()
             .map(|u| {
-                let mut a = ancestors(edges, *u);
+                let mut a = ancestors_in(&reverse, *u);
                 a.insert(*u);
                 a
             })
             .collect();
         let diamond = (0..reach.len()).any(|i| (i + 1..reach.len()).any(|j| !reach[i].is_disjoint(&reach[j])));
-        if !diamond || !grouped(d) {
+        if !diamond {
             continue;
         }
-        let mut group: BTreeSet<N> = ancestors(edges, d).into_iter().filter(|a| members.contains(a)).collect();
+        let mut group: BTreeSet<N> = ancestors_in(&reverse, d).into_iter().filter(|a| members.contains(a)).collect();
         group.insert(d);
         let mut sinks = BTreeSet::from([d]);
         // Merge with every group it overlaps.

@@ -304,9 +304,13 @@ pub fn histogram(child: &ZSet<(i8, i64)>) -> ZSet<i64> {
     out
 }
 
+/// Rows of an outer join of two `(key, value)` relations: either side may be
+/// NULL-extended.
+pub type OuterPairs = ZSet<(Option<(i8, i8)>, Option<(i8, i8)>)>;
+
 /// `a FULL JOIN b ON a.0 = b.0`: pairs, and each side's rows without a match
 /// NULL-extended (weights multiply; a match is a row of non-zero weight).
-pub fn full_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> ZSet<(Option<(i8, i8)>, Option<(i8, i8)>)> {
+pub fn full_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> OuterPairs {
     let mut out = ZSet::new();
     for (l, wl) in a {
         let matches: Vec<_> = b.iter().filter(|(r, _)| r.0 == l.0).collect();
@@ -326,7 +330,7 @@ pub fn full_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> ZSet<(Option<(i8, i8
 }
 
 /// `a LEFT JOIN b ON a.0 = b.0` in the shape of [`full_join`]'s rows.
-pub fn left_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> ZSet<(Option<(i8, i8)>, Option<(i8, i8)>)> {
+pub fn left_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> OuterPairs {
     let mut out = ZSet::new();
     for (l, wl) in a {
         let matches: Vec<_> = b.iter().filter(|(r, _)| r.0 == l.0).collect();
@@ -342,7 +346,7 @@ pub fn left_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> ZSet<(Option<(i8, i8
 
 /// The rows of `a RIGHT JOIN b ON a.0 = b.0` whose `a` side is NULL: `b`'s rows
 /// without a match (the anti-join the FULL JOIN adds to its LEFT JOIN).
-pub fn right_anti(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> ZSet<(Option<(i8, i8)>, Option<(i8, i8)>)> {
+pub fn right_anti(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> OuterPairs {
     let mut out = ZSet::new();
     for (r, wr) in b {
         if !a.iter().any(|(l, _)| l.0 == r.0) {

@@ -15,6 +15,12 @@ fn drop_extension_removes_machinery_and_keeps_tables() {
          SELECT pgtrickle.create_stream_table('st2', 'SELECT count(*) AS n FROM part');",
     );
     assert!(capture_trigger_count(&mut db) > 0);
+    // Refreshes in this session keep plans of their catalog statements; after
+    // the extension is created again they must read its new tables.
+    for _ in 0..7 {
+        db.exec("UPDATE src SET v = v + 1; SELECT pgtrickle.refresh_stream_table('st1')");
+    }
+    assert_st_matches_query(&mut db.client, "st1", "SELECT id, v FROM src");
     // No CASCADE needed.
     db.exec("DROP EXTENSION pg_trickle");
     assert_eq!(capture_trigger_count(&mut db), 0, "capture triggers go with the extension");
@@ -34,7 +40,9 @@ fn drop_extension_removes_machinery_and_keeps_tables() {
     // The extension can be created again and used.
     db.exec("CREATE EXTENSION pg_trickle; CREATE TABLE again (x int); INSERT INTO again VALUES (1);");
     db.exec("SELECT pgtrickle.create_stream_table('st3', 'SELECT x FROM again')");
-    db.exec("INSERT INTO again VALUES (2); SELECT pgtrickle.refresh_stream_table('st3')");
+    for x in 2..9 {
+        db.exec(&format!("INSERT INTO again VALUES ({x}); SELECT pgtrickle.refresh_stream_table('st3')"));
+    }
     assert_st_matches_query(&mut db.client, "st3", "SELECT x FROM again");
 }
 
