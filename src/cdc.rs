@@ -913,7 +913,7 @@ pub fn trim_buffer(source_relid: pg_sys::Oid) -> PgtResult<u64> {
         if catalog::change_tracking(source_relid)?.is_none() || !lock_source(source_relid, true)? {
             return Ok(0);
         }
-        StatementSnapshot::latest().exec(&format!(
+        StatementSnapshot::latest().exec_kept(&format!(
             "DELETE FROM {} b WHERE NOT EXISTS ( \
                SELECT 1 FROM pgtrickle.pgt_dependencies d \
                JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \

@@ -13,6 +13,7 @@ use pgrx::PgOid;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
 use std::rc::Rc;
 
 /// The text of a statement run through these helpers.
@@ -57,6 +58,16 @@ thread_local! {
     /// The kept plans of this backend, by statement text. Their number is
     /// bounded by the [`kept`] statements in the code.
     static KEPT_PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// How many statement texts [`StatementSnapshot::exec_kept`] keeps plans of
+/// per backend (one per captured source it trims).
+pub const KEPT_SNAPSHOT_PLANS_MAX: usize = 1024;
+
+thread_local! {
+    /// The plans [`StatementSnapshot::exec_kept`] keeps, by statement text.
+    /// They are never freed: a statement running one may be running still.
+    static KEPT_SNAPSHOT_PLANS: RefCell<HashMap<String, NonNull<pg_sys::_SPI_plan>>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `sql` with `args` through SPI's read-write path (see [`query_map`]).
@@ -166,14 +177,29 @@ impl StatementSnapshot {
 
     /// Executes `sql` in this snapshot; returns rows processed and, when the
     /// statement returned rows, the first column of the first row as text.
-    fn run(&self, sql: &str) -> PgtResult<(u64, Option<String>)> {
+    /// With `keep`, the plan is looked up in and added to this backend's
+    /// [`KEPT_SNAPSHOT_PLANS`].
+    fn run(&self, sql: &str, keep: bool) -> PgtResult<(u64, Option<String>)> {
         let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
         Spi::connect_mut(|_client| unsafe {
-            let plan = pg_sys::SPI_prepare(csql.as_ptr(), 0, std::ptr::null_mut());
-            if plan.is_null() {
-                let code = pg_sys::SPI_result;
-                return Err(PgtError::internal(format!("SPI_prepare failed with code {code}")));
-            }
+            let kept = if keep { KEPT_SNAPSHOT_PLANS.with(|plans| plans.borrow().get(sql).copied()) } else { None };
+            let (plan, owned) = match kept {
+                Some(plan) => (plan.as_ptr(), false),
+                None => {
+                    let plan = pg_sys::SPI_prepare(csql.as_ptr(), 0, std::ptr::null_mut());
+                    if plan.is_null() {
+                        let code = pg_sys::SPI_result;
+                        return Err(PgtError::internal(format!("SPI_prepare failed with code {code}")));
+                    }
+                    let keep = keep && KEPT_SNAPSHOT_PLANS.with(|plans| plans.borrow().len()) < KEPT_SNAPSHOT_PLANS_MAX;
+                    if keep && pg_sys::SPI_keepplan(plan) == 0 {
+                        KEPT_SNAPSHOT_PLANS.with(|plans| plans.borrow_mut().insert(sql.to_string(), NonNull::new_unchecked(plan)));
+                        (plan, false)
+                    } else {
+                        (plan, true)
+                    }
+                }
+            };
             let rc = pg_sys::SPI_execute_snapshot(
                 plan,
                 std::ptr::null_mut(),
@@ -185,7 +211,9 @@ impl StatementSnapshot {
                 0,
             );
             if rc < 0 {
-                pg_sys::SPI_freeplan(plan);
+                if owned {
+                    pg_sys::SPI_freeplan(plan);
+                }
                 return Err(PgtError::internal(format!("SPI_execute_snapshot failed with code {rc}")));
             }
             let processed = pg_sys::SPI_processed;
@@ -197,7 +225,9 @@ impl StatementSnapshot {
                     first = Some(CStr::from_ptr(value).to_string_lossy().into_owned());
                 }
             }
-            pg_sys::SPI_freeplan(plan);
+            if owned {
+                pg_sys::SPI_freeplan(plan);
+            }
             Ok((processed, first))
         })
     }
@@ -297,14 +327,20 @@ impl StatementSnapshot {
         })
     }
 
-    /// Executes a statement in this snapshot; returns the rows it processed.
-    pub fn exec(&self, sql: &str) -> PgtResult<u64> {
-        Ok(self.run(sql)?.0)
+    /// Executes a statement in this snapshot and returns the rows it
+    /// processed; for a statement whose text is fixed
+    /// for one object and runs at every refresh (a change buffer's trim): its
+    /// plan is kept by this backend and re-planned by PostgreSQL's plan cache
+    /// only after DDL on what it reads (see [`Sql::Kept`]). At most
+    /// [`KEPT_SNAPSHOT_PLANS_MAX`] texts are kept; further ones are planned at
+    /// every run.
+    pub fn exec_kept(&self, sql: &str) -> PgtResult<u64> {
+        Ok(self.run(sql, true)?.0)
     }
 
     /// Runs a one-value query in this snapshot and returns the value as text.
     pub fn query_text(&self, sql: &str) -> PgtResult<Option<String>> {
-        Ok(self.run(sql)?.1)
+        Ok(self.run(sql, false)?.1)
     }
 }
 

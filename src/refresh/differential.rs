@@ -171,26 +171,48 @@ fn estimated_cost(sql: &str, snapshot: &StatementSnapshot) -> PgtResult<f64> {
 fn source_rows(plan: &Plan, snapshot: &StatementSnapshot, enough: f64) -> PgtResult<f64> {
     let mut total = 0f64;
     for relation in plan.relations() {
-        let estimate: f64 = snapshot
-            .query_text(&format!(
-                "SELECT pg_catalog.sum(c.reltuples) FROM pg_catalog.pg_class c \
-                 WHERE c.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree({r}) UNION SELECT {r}) \
-                   AND c.relkind IN ('r', 'p') HAVING pg_catalog.min(c.reltuples) >= 0",
-                r = relation.relid
-            ))?
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(-1.0);
-        total += if estimate >= 0.0 {
-            estimate
-        } else {
-            let limit = (enough - total).max(0.0) as i64 + 1;
-            snapshot
-                .query_text(&format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {limit}) s", relation.table_sql))?
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0.0)
+        total += match analysed_rows(pg_sys::Oid::from(relation.relid), snapshot)? {
+            Some(estimate) => estimate,
+            None => {
+                let limit = (enough - total).max(0.0) as i64 + 1;
+                snapshot
+                    .query_text(&format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {limit}) s", relation.table_sql))?
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0.0)
+            }
         };
     }
     Ok(total)
+}
+
+/// The planner's row estimate of `relid`: its `pg_class.reltuples`, read from
+/// the relation cache for a plain table; for a partitioned table, its leaf
+/// partitions' summed (partitioned tables and foreign partitions hold no rows
+/// here). `None` when one of them was never analysed or vacuumed (reltuples
+/// -1).
+fn analysed_rows(relid: pg_sys::Oid, snapshot: &StatementSnapshot) -> PgtResult<Option<f64>> {
+    // SAFETY: the relation-cache entry is opened and closed here; a relation
+    // gone since the plan was made reads as never analysed.
+    let plain = unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return Ok(None);
+        }
+        let (kind, tuples) = ((*(*rel).rd_rel).relkind as u8, (*(*rel).rd_rel).reltuples);
+        pg_sys::RelationClose(rel);
+        (kind == pg_sys::RELKIND_RELATION).then_some(tuples)
+    };
+    if let Some(tuples) = plain {
+        return Ok((tuples >= 0.0).then_some(f64::from(tuples)));
+    }
+    Ok(snapshot
+        .query_text(&format!(
+            "SELECT pg_catalog.sum(c.reltuples) FROM pg_catalog.pg_partition_tree({}) p \
+             JOIN pg_catalog.pg_class c ON c.oid = p.relid WHERE c.relkind = 'r' \
+             HAVING pg_catalog.min(c.reltuples) >= 0",
+            relid.to_u32()
+        ))?
+        .and_then(|t| t.parse().ok()))
 }
 
 /// Rebuilds the plan from the defining query and recomputes with it. If the query

@@ -336,6 +336,23 @@ fn adaptive_fallback_to_full_and_back() {
     db.exec("SET pg_trickle.differential_max_change_ratio = 0.5; UPDATE t SET v = 0 WHERE id % 10 < 3; SELECT pgtrickle.refresh_stream_table('s')");
     assert_eq!(last_action(&mut db), "DIFFERENTIAL");
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "s", q);
+    // A partitioned source counts its partitions' rows.
+    db.exec(
+        "RESET pg_trickle.differential_max_change_ratio;
+         CREATE TABLE pt (id int, g int, v int, PRIMARY KEY (id, g)) PARTITION BY LIST (g);
+         CREATE TABLE pt_even PARTITION OF pt FOR VALUES IN (0, 2, 4, 6, 8);
+         CREATE TABLE pt_odd PARTITION OF pt FOR VALUES IN (1, 3, 5, 7, 9);
+         INSERT INTO pt SELECT x, x % 10, x FROM generate_series(1, 1000) x;
+         ANALYZE pt;
+         SELECT pgtrickle.create_stream_table('sp', 'SELECT g, count(*) AS n, sum(v) AS total FROM pt GROUP BY g');",
+    );
+    let qp = "SELECT g, count(*) AS n, sum(v) AS total FROM pt GROUP BY g";
+    db.exec("UPDATE pt SET v = v + 1 WHERE id % 10 < 3; SELECT pgtrickle.refresh_stream_table('sp')");
+    assert_eq!(last_action(&mut db), "FULL");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "sp", qp);
+    db.exec("UPDATE pt SET v = v - 1 WHERE id % 100 = 7; SELECT pgtrickle.refresh_stream_table('sp')");
+    assert_eq!(last_action(&mut db), "DIFFERENTIAL");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "sp", qp);
 }
 
 /// A volatile function cannot be maintained differentially: an explicit
