@@ -13,6 +13,7 @@
 //! — the same values, so the same result (the HAVING of SQL filters groups
 //! after aggregation, which is what a WHERE over the grouped rows does).
 
+use super::placeholder::cstring;
 use super::{deparse, Unsupported};
 use crate::error::{PgtError, PgtResult};
 use pgrx::pg_sys;
@@ -200,9 +201,4 @@ unsafe extern "C-unwind" fn fix_levels(node: *mut pg_sys::Node, ctx: *mut c_void
         return r;
     }
     pg_sys::expression_tree_walker(node, Some(fix_levels), ctx)
-}
-
-fn cstring(s: &str) -> *mut std::ffi::c_char {
-    let c = CString::new(s).unwrap_or_default();
-    unsafe { pg_sys::pstrdup(c.as_ptr()) }
 }

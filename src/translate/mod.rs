@@ -22,6 +22,7 @@
 //! reported by name ([`Unsupported`]), and AUTO falls back to FULL.
 
 mod having;
+mod placeholder;
 mod setop;
 mod sublink;
 mod surgery;

@@ -29,6 +29,7 @@
 //! The FROM inputs whose columns a pair compares are restricted, in the child's
 //! term, to the rows matching its changes (`pgt_delta::Restriction`).
 
+use super::placeholder::cstring;
 use super::{format_type, qualified_operator, translate_child, Unsupported};
 use crate::error::{PgtError, PgtResult};
 use pgrx::pg_sys;
@@ -347,7 +348,7 @@ unsafe fn rewrite_one(rw: &mut Rewriter, sl: *mut pg_sys::SubLink) -> Result<*mu
     (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
     (*rte).eref = pg_sys::makeAlias(cstring(names::SUBQUERY_ALIAS), std::ptr::null_mut());
     (*rte).inFromCl = true;
-    super::surgery::to_child_placeholder(rte, &placeholder, &child.types);
+    super::placeholder::to_child_placeholder(rte, &placeholder, &child.types);
     let column_var = |i: usize| -> *mut pg_sys::Node {
         let (typ, typmod, coll) = child.types[i];
         pg_sys::makeVar(1, (i + 1) as i16, typ, typmod, coll, 0) as *mut pg_sys::Node
@@ -836,9 +837,4 @@ unsafe fn list_of(nodes: &[*mut pg_sys::Node]) -> *mut pg_sys::List {
         list = pg_sys::lappend(list, *n as *mut c_void);
     }
     list
-}
-
-fn cstring(s: &str) -> *mut std::ffi::c_char {
-    let c = CString::new(s).unwrap_or_default();
-    unsafe { pg_sys::pstrdup(c.as_ptr()) }
 }

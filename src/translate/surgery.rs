@@ -2,6 +2,7 @@
 //! (see the parent module). Every function here works on a `copyObject` of the
 //! query it is given and leaves the original untouched.
 
+use super::placeholder::{cstring, string_node, to_child_placeholder};
 use super::{deparse, RelationInfo, Unsupported};
 use crate::error::{PgtError, PgtResult};
 use pgrx::pg_sys;
@@ -9,15 +10,6 @@ use pgrx::prelude::*;
 use pgrx::PgList;
 use pgt_delta::{Block, Input, Source};
 use std::ffi::{c_void, CStr, CString};
-
-fn cstring(s: &str) -> *mut std::ffi::c_char {
-    let c = CString::new(s).unwrap_or_default();
-    unsafe { pg_sys::pstrdup(c.as_ptr()) }
-}
-
-fn string_node(s: &str) -> *mut c_void {
-    unsafe { pg_sys::makeString(cstring(s)) as *mut c_void }
-}
 
 /// Names of the query's visible (non-junk) output columns.
 pub unsafe fn visible_names(q: *mut pg_sys::Query) -> Vec<String> {
@@ -905,41 +897,6 @@ unsafe fn relation_to_subquery(rte: *mut pg_sys::RangeTblEntry) -> PgtResult<Res
     Ok(Ok(()))
 }
 
-/// Turns subquery entry `rte` into a reference to CTE `placeholder` whose
-/// columns are a child's visible columns (`__pgt_c1`, ... with `types`),
-/// `__pgt_row_id` and `__pgt_w`.
-pub(super) unsafe fn to_child_placeholder(rte: *mut pg_sys::RangeTblEntry, placeholder: &str, types: &[(pg_sys::Oid, i32, pg_sys::Oid)]) {
-    let mut names: *mut pg_sys::List = std::ptr::null_mut();
-    let mut coltypes: *mut pg_sys::List = std::ptr::null_mut();
-    let mut coltypmods: *mut pg_sys::List = std::ptr::null_mut();
-    let mut colcollations: *mut pg_sys::List = std::ptr::null_mut();
-    let hidden = [(pgt_delta::names::ROW_ID.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid)), (pgt_delta::names::WEIGHT.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid))];
-    let visible = types.iter().enumerate().map(|(i, t)| (pgt_delta::names::child_column(i + 1), *t));
-    for (name, (typ, typmod, coll)) in visible.chain(hidden) {
-        names = pg_sys::lappend(names, string_node(&name));
-        coltypes = pg_sys::lappend_oid(coltypes, typ);
-        coltypmods = pg_sys::lappend_int(coltypmods, typmod);
-        colcollations = pg_sys::lappend_oid(colcollations, coll);
-    }
-    (*(*rte).eref).colnames = names;
-    if !(*rte).alias.is_null() {
-        (*(*rte).alias).colnames = std::ptr::null_mut();
-    }
-    (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
-    (*rte).ctename = cstring(placeholder);
-    (*rte).ctelevelsup = 0;
-    (*rte).self_reference = false;
-    (*rte).coltypes = coltypes;
-    (*rte).coltypmods = coltypmods;
-    (*rte).colcollations = colcollations;
-    (*rte).subquery = std::ptr::null_mut();
-    (*rte).relid = pg_sys::InvalidOid;
-    (*rte).relkind = 0;
-    (*rte).rellockmode = 0;
-    (*rte).perminfoindex = 0;
-    (*rte).inh = false;
-    (*rte).security_barrier = false;
-}
 
 /// The outermost FULL JOIN of `q`'s join tree, if any.
 pub unsafe fn first_full_join(q: *mut pg_sys::Query) -> Option<*mut pg_sys::JoinExpr> {

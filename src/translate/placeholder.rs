@@ -1,0 +1,56 @@
+//! Small builders the operations on query-tree copies share (`surgery`,
+//! `sublink`, `having`): strings and String nodes allocated in the current
+//! memory context, and the range-table entry that reads a child operator's
+//! rows. It sits below all three, so none of them imports another for these.
+
+use pgrx::pg_sys;
+use std::ffi::{c_void, CString};
+
+/// `s` copied into the current memory context (`pstrdup`), as PostgreSQL's
+/// nodes hold their strings. Names come from the catalog or from
+/// `pgt_delta::names` and contain no NUL byte.
+pub(super) fn cstring(s: &str) -> *mut std::ffi::c_char {
+    let c = CString::new(s).unwrap_or_default();
+    unsafe { pg_sys::pstrdup(c.as_ptr()) }
+}
+
+/// A `String` node holding `s` (for column-name lists).
+pub(super) fn string_node(s: &str) -> *mut c_void {
+    unsafe { pg_sys::makeString(cstring(s)) as *mut c_void }
+}
+
+/// Turns subquery entry `rte` into a reference to CTE `placeholder` whose
+/// columns are a child's visible columns (`__pgt_c1`, ... with `types`),
+/// `__pgt_row_id` and `__pgt_w`.
+pub(super) unsafe fn to_child_placeholder(rte: *mut pg_sys::RangeTblEntry, placeholder: &str, types: &[(pg_sys::Oid, i32, pg_sys::Oid)]) {
+    let mut names: *mut pg_sys::List = std::ptr::null_mut();
+    let mut coltypes: *mut pg_sys::List = std::ptr::null_mut();
+    let mut coltypmods: *mut pg_sys::List = std::ptr::null_mut();
+    let mut colcollations: *mut pg_sys::List = std::ptr::null_mut();
+    let hidden = [(pgt_delta::names::ROW_ID.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid)), (pgt_delta::names::WEIGHT.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid))];
+    let visible = types.iter().enumerate().map(|(i, t)| (pgt_delta::names::child_column(i + 1), *t));
+    for (name, (typ, typmod, coll)) in visible.chain(hidden) {
+        names = pg_sys::lappend(names, string_node(&name));
+        coltypes = pg_sys::lappend_oid(coltypes, typ);
+        coltypmods = pg_sys::lappend_int(coltypmods, typmod);
+        colcollations = pg_sys::lappend_oid(colcollations, coll);
+    }
+    (*(*rte).eref).colnames = names;
+    if !(*rte).alias.is_null() {
+        (*(*rte).alias).colnames = std::ptr::null_mut();
+    }
+    (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
+    (*rte).ctename = cstring(placeholder);
+    (*rte).ctelevelsup = 0;
+    (*rte).self_reference = false;
+    (*rte).coltypes = coltypes;
+    (*rte).coltypmods = coltypmods;
+    (*rte).colcollations = colcollations;
+    (*rte).subquery = std::ptr::null_mut();
+    (*rte).relid = pg_sys::InvalidOid;
+    (*rte).relkind = 0;
+    (*rte).rellockmode = 0;
+    (*rte).perminfoindex = 0;
+    (*rte).inh = false;
+    (*rte).security_barrier = false;
+}
