@@ -59,7 +59,11 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         changed.insert(relid.to_u32());
         images.insert(relid.to_u32(), count.max(0) as u64);
     }
-    let source = source.with_images(images);
+    // Window sizes let the planner size a join's delta right (see
+    // `pgt_delta::scan::delta_sql`); without a join they only cost: the
+    // scan's LIMIT keeps the block's filters out of the buffer scan, so the
+    // frontier test runs on every buffered row rather than the matching ones.
+    let source = if plan.widest_block() >= 2 { source.with_images(images) } else { source };
 
     // What the owner may read was settled before the snapshot (preflight).
     let max_ratio = guc::DIFFERENTIAL_MAX_CHANGE_RATIO.get();

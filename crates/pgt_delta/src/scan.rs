@@ -75,7 +75,10 @@ pub fn empty_sql(relation: &Relation, only: bool) -> String {
 /// carries a `LIMIT` a little above that (`n + n/8 + 16`: it always returns
 /// every image, and a limit below the true count could never drop one): the
 /// planner then sizes the delta right instead of guessing from the change
-/// buffer's statistics (see [`ChangeSource::Window`]).
+/// buffer's statistics (see [`ChangeSource::Window`]). The price: a
+/// subquery with a LIMIT is not flattened, so the block's filters on this
+/// input run after the scan instead of inside it; the refresh gives sizes to
+/// plans with joins only.
 pub fn delta_sql(relation: &Relation, source: &ChangeSource) -> String {
     let limit = source.images(relation.relid).map(|n| format!(" LIMIT {}", n + n / 8 + 16)).unwrap_or_default();
     format!(
