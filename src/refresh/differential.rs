@@ -59,11 +59,14 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         changed.insert(relid.to_u32());
         images.insert(relid.to_u32(), count.max(0) as u64);
     }
-    // Window sizes let the planner size a join's delta right (see
-    // `pgt_delta::scan::delta_sql`); without a join they only cost: the
-    // scan's LIMIT keeps the block's filters out of the buffer scan, so the
-    // frontier test runs on every buffered row rather than the matching ones.
-    let source = if plan.widest_block() >= 2 { source.with_images(images) } else { source };
+    // Window sizes let the planner size a delta right (see
+    // `pgt_delta::scan::delta_sql`): a join's, and an aggregate's, whose
+    // groups are then looked up by index rather than by scanning the stream
+    // table. A plain scan or filter gains nothing and loses: the scan's LIMIT
+    // keeps its filters out of the buffer scan, so the frontier test would run
+    // on every buffered row rather than the matching ones.
+    let plain_rows = matches!(plan.root, pgt_delta::Root::Rows(_)) && plan.widest_block() < 2 && plan.state_tables().is_empty();
+    let source = if plain_rows { source } else { source.with_images(images) };
 
     // What the owner may read was settled before the snapshot (preflight).
     let max_ratio = guc::DIFFERENTIAL_MAX_CHANGE_RATIO.get();

@@ -78,7 +78,7 @@ pub fn empty_sql(relation: &Relation, only: bool) -> String {
 /// buffer's statistics (see [`ChangeSource::Window`]). The price: a
 /// subquery with a LIMIT is not flattened, so the block's filters on this
 /// input run after the scan instead of inside it; the refresh gives sizes to
-/// plans with joins only.
+/// plans with joins, aggregates or children only.
 pub fn delta_sql(relation: &Relation, source: &ChangeSource) -> String {
     let limit = source.images(relation.relid).map(|n| format!(" LIMIT {}", n + n / 8 + 16)).unwrap_or_default();
     format!(
