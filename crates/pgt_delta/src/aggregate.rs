@@ -259,8 +259,15 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
     }
     let rescan_cond = if rescan.is_empty() { "false".to_string() } else { format!("COALESCE({}, false)", rescan.join(" OR ")) };
     let old_state: String = state_names.iter().map(|n| format!(", o.{n} AS __pgt_old{}", &n[5..])).collect();
+    // Each affected group's stored state is looked up by its row identity
+    // (the table's identity index): work in proportion to the groups the delta
+    // touches. As a plain join the planner prefers hashing the whole table
+    // once the delta has some hundred groups (100,000 stored groups, 1,000
+    // affected: a 26 ms hash build against 1,000 index probes of 2 ms); the
+    // LIMIT keeps the lookup a parameterized subquery.
     let aff = format!(
-        "SELECT g.*{old_state}, {rescan_cond} AS __pgt_rescan FROM __pgt_dg g LEFT JOIN {st} o ON o.__pgt_row_id = g.__pgt_row_id"
+        "SELECT g.*{old_state}, {rescan_cond} AS __pgt_rescan FROM __pgt_dg g \
+         LEFT JOIN LATERAL (SELECT s.* FROM {st} s WHERE s.__pgt_row_id = g.__pgt_row_id LIMIT 1) o ON true"
     );
     let old = |name: &str| format!("a.__pgt_old{}", &name[5..]);
 
