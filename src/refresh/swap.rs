@@ -137,7 +137,69 @@ pub fn swap_in(relid: pg_sys::Oid, source: &str, identities: Identities, snapsho
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0);
 
-        let new_heap = make_new_heap(relid, tablespace, access_method, persistence, pg_sys::ExclusiveLock as pg_sys::LOCKMODE);
+        // Equal rows are numbered as they are stored. Most results have none:
+        // the first attempt gives every row copy number 0 and checks at the
+        // end that no identity repeats; if one does, that heap is dropped and
+        // the rows are stored again, counting copies as they come (and this
+        // stream table is counted so from then on, in this backend).
+        let mut exact = REPEATING.with(|r| r.borrow().contains(&relid.to_u32()));
+        let (new_heap, inserted) = loop {
+            let new_heap = make_new_heap(relid, tablespace, access_method, persistence, pg_sys::ExclusiveLock as pg_sys::LOCKMODE);
+            match fill(new_heap, plan, &csql, identities, exact, old_rows) {
+                Ok(Filled::Unique(inserted)) => break (new_heap, inserted),
+                Ok(Filled::Repeated) => {
+                    let heap = pg_sys::ObjectAddress { classId: pg_sys::RelationRelationId, objectId: new_heap, objectSubId: 0 };
+                    pg_sys::performDeletion(&heap, pg_sys::DropBehavior::DROP_RESTRICT, pg_sys::PERFORM_DELETION_INTERNAL as i32);
+                    pg_sys::CommandCounterIncrement();
+                    REPEATING.with(|r| r.borrow_mut().insert(relid.to_u32()));
+                    exact = true;
+                }
+                Err(e) => {
+                    pg_sys::PopActiveSnapshot();
+                    return Err(e);
+                }
+            }
+        };
+        pg_sys::PopActiveSnapshot();
+
+        // Readers wait from here until the transaction ends.
+        pg_sys::LockRelationOid(relid, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE);
+        finish_heap_swap(relid, new_heap, false, false, true, true, pg_sys::RecentXmin, pg_sys::ReadNextMultiXactId(), persistence);
+        pg_sys::CommandCounterIncrement();
+        Ok(Some((inserted, old_rows)))
+    }
+}
+
+
+thread_local! {
+    /// Stream tables (by OID) whose last wholesale refresh in this backend
+    /// stored equal rows: their copies are counted from the first row.
+    static REPEATING: std::cell::RefCell<std::collections::BTreeSet<u32>> = const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
+}
+
+/// How [`fill`] ended.
+enum Filled {
+    /// Every row went in with a distinct identity: the rows stored.
+    Unique(u64),
+    /// Copy numbers were not counted and an identity repeats: the heap must
+    /// be dropped and filled again, counting.
+    Repeated,
+}
+
+/// Runs `plan` (in the active snapshot) into the new heap `new_heap`, giving
+/// rows their identities as `identities` says; with `exact`, counting copies
+/// of equal rows as they come, else numbering every row as a first copy and
+/// checking at the end that no identity repeats. `expected_rows` sizes the
+/// bookkeeping.
+unsafe fn fill(
+    new_heap: pg_sys::Oid,
+    plan: *mut pg_sys::PlannedStmt,
+    csql: &CString,
+    identities: Identities,
+    exact: bool,
+    expected_rows: u64,
+) -> PgtResult<Filled> {
+    unsafe {
         let rel = pg_sys::table_open(new_heap, pg_sys::NoLock as pg_sys::LOCKMODE);
         let desc = pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att);
         let column = match identities {
@@ -178,7 +240,6 @@ pub fn swap_in(relid: pg_sys::Oid, source: &str, identities: Identities, snapsho
             || matches!(identities, Identities::HashContent(_)) && hashers.is_empty() && desc.len() > 1;
         if unusable {
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            pg_sys::PopActiveSnapshot();
             return Err(PgtError::internal("the table's identity column or its other columns' hash functions are missing"));
         }
         let receiver = pg_sys::palloc0(std::mem::size_of::<Receiver>()) as *mut Receiver;
@@ -195,11 +256,15 @@ pub fn swap_in(relid: pg_sys::Oid, source: &str, identities: Identities, snapsho
         (*receiver).copy = std::ptr::null_mut();
         (*receiver).seen = std::ptr::null_mut();
         (*receiver).hash = false;
+        (*receiver).repeated = false;
         if numbered.is_some() {
             (*receiver).copy = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &raw const pg_sys::TTSOpsVirtual);
-            let mut copies = std::collections::HashMap::with_hasher(Default::default());
-            copies.reserve(old_rows as usize);
-            (*receiver).seen = Box::into_raw(Box::new(Seen { copies, hashers: std::mem::take(&mut hashers) }));
+            let numbering = if exact {
+                Numbering::Counted(pgt_core::copies::CopyCounter::with_capacity(expected_rows as usize))
+            } else {
+                Numbering::FirstCopies(Vec::with_capacity(expected_rows as usize))
+            };
+            (*receiver).seen = Box::into_raw(Box::new(Seen { numbering, hashers: std::mem::take(&mut hashers) }));
             (*receiver).hash = matches!(identities, Identities::HashContent(_));
             // Freed with the memory context, also when the refresh fails.
             let callback = pg_sys::palloc0(std::mem::size_of::<pg_sys::MemoryContextCallback>()) as *mut pg_sys::MemoryContextCallback;
@@ -223,16 +288,11 @@ pub fn swap_in(relid: pg_sys::Oid, source: &str, identities: Identities, snapsho
         pg_sys::ExecutorFinish(desc);
         pg_sys::ExecutorEnd(desc);
         pg_sys::FreeQueryDesc(desc);
-        pg_sys::PopActiveSnapshot();
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-
-        // Readers wait from here until the transaction ends.
-        pg_sys::LockRelationOid(relid, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE);
-        finish_heap_swap(relid, new_heap, false, false, true, true, pg_sys::RecentXmin, pg_sys::ReadNextMultiXactId(), persistence);
-        pg_sys::CommandCounterIncrement();
-        Ok(Some((inserted, old_rows)))
+        Ok(if (*receiver).repeated { Filled::Repeated } else { Filled::Unique(inserted) })
     }
 }
+
 
 /// Whether the planned query's output columns have exactly the types and
 /// type modifiers of `tupdesc`'s attributes, in order.
@@ -268,34 +328,25 @@ struct Receiver {
     seen: *mut Seen,
     /// Whether the receiver computes first-copy identities ([`Identities::HashContent`]).
     hash: bool,
+    /// Set at shutdown: rows numbered as first copies share an identity.
+    repeated: bool,
 }
 
 /// What the receiver keeps while numbering copies (Rust memory, freed with
 /// the memory context, see [`free_seen`]).
 struct Seen {
-    /// First-copy identity → copies stored so far. The keys are 64-bit hashes
-    /// already: they index the table as they are.
-    copies: std::collections::HashMap<i64, i64, std::hash::BuildHasherDefault<KeyIsHash>>,
+    /// How copy numbers are given.
+    numbering: Numbering,
     /// The columns hashed into a content's identity, in order.
     hashers: Vec<Hasher>,
 }
 
-/// A `Hasher` for keys that are hashes already: the key itself.
-#[derive(Default)]
-struct KeyIsHash(u64);
-
-impl std::hash::Hasher for KeyIsHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_i64(&mut self, n: i64) {
-        self.0 = n as u64;
-    }
+/// How a receiver numbers the copies of equal rows.
+enum Numbering {
+    /// Counting the copies of each first-copy identity as rows come.
+    Counted(pgt_core::copies::CopyCounter),
+    /// Every row a first copy; the identities given, checked at the end.
+    FirstCopies(Vec<i64>),
 }
 
 /// One column of a content's hash: its type's extended hash function, with a
@@ -357,9 +408,14 @@ unsafe extern "C-unwind" fn receive(slot: *mut pg_sys::TupleTableSlot, me: *mut 
         } else {
             (*(*slot).tts_values.add(at)).value() as i64
         };
-        let copies = seen.copies.entry(first).or_insert(0);
+        let copies = match &mut seen.numbering {
+            Numbering::Counted(counter) => counter.count(first as u64),
+            Numbering::FirstCopies(given) => {
+                given.push(first);
+                0
+            }
+        };
         let id = first ^ copies.wrapping_mul(pgt_delta::replace::COPY_STRIDE);
-        *copies += 1;
         *(*copy).tts_values.add(at) = pg_sys::Datum::from(id);
         *(*copy).tts_isnull.add(at) = false;
         // ExecStoreVirtualTuple, without a wrapped call per row.
@@ -381,6 +437,10 @@ unsafe extern "C-unwind" fn shutdown(me: *mut pg_sys::DestReceiver) {
         pg_sys::ExecDropSingleTupleTableSlot((*me).copy);
         (*me).copy = std::ptr::null_mut();
     }
+    if let Some(Seen { numbering: Numbering::FirstCopies(given), .. }) = (*me).seen.as_mut() {
+        given.sort_unstable();
+        (*me).repeated = given.windows(2).any(|w| w[0] == w[1]);
+    }
     free_seen(me.cast());
     let rel = (*me).rel;
     if let Some(finish) = (*(*rel).rd_tableam).finish_bulk_insert {
@@ -390,3 +450,4 @@ unsafe extern "C-unwind" fn shutdown(me: *mut pg_sys::DestReceiver) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn destroy(_me: *mut pg_sys::DestReceiver) {}
+

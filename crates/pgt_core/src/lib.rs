@@ -9,7 +9,10 @@
 //! - [`schedule`]: parsing and validating a stream table's `schedule`.
 //! - [`frontier`]: which captured changes a refresh has applied.
 //! - [`options`]: the closed sets of option values (`refresh_mode`, `cdc_mode`, ...).
+//! - [`copies`]: counting copies of 64-bit keys (numbering equal rows in a FULL refresh).
 
+/// Counting copies of 64-bit keys.
+pub mod copies;
 /// The dependency graph of stream tables.
 pub mod dag;
 /// Which captured changes a refresh has applied.

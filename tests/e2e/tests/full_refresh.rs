@@ -492,6 +492,25 @@ fn full_refreshes_swap_in_new_contents_when_nothing_follows_the_rows() {
     assert_eq!(row_id_index(&mut db, "dups"), 0, "a FULL stream table has no identity index");
     let distinct: i64 = db.scalar("SELECT count(DISTINCT __pgt_row_id) FROM dups", &[]);
     assert_eq!(distinct, 500, "copies of equal rows have identities of their own");
+    // (Equal rows were first stored as first copies, found repeated, and the
+    // heap dropped and filled again counting copies: no heap is left behind.)
+    let stray: i64 = db.scalar("SELECT count(*) FROM pg_class WHERE relname LIKE 'pg\\_temp\\_%'", &[]);
+    assert_eq!(stray, 0, "no transient heap left behind");
+    // Rows that are all distinct keep the identities of first copies.
+    db.exec(
+        "SELECT pgtrickle.create_stream_table('distinct_rows', 'SELECT id, v, amt FROM k', refresh_mode => 'FULL');
+         SELECT pgtrickle.refresh_stream_table('distinct_rows');
+         SET pg_trickle.full_refresh_swap = off; SELECT pgtrickle.refresh_stream_table('distinct_rows'); RESET pg_trickle.full_refresh_swap",
+    );
+    let written: (i64, i64) = {
+        let r = db.client.query_one("SELECT rows_inserted, rows_deleted FROM pgtrickle.refresh_history('distinct_rows', 1)", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(written, (0, 0), "the MERGE finds every identity the swap gave");
+    let swapped: i64 = db.scalar("SELECT rows_inserted FROM pgtrickle.refresh_history('distinct_rows', 2) ORDER BY refresh_id LIMIT 1", &[]);
+    assert_eq!(swapped, 500, "the refresh before swapped in every row");
+    assert_st_matches_query(&mut db.client, "distinct_rows", "SELECT id, v, amt FROM k");
+    db.exec("SELECT pgtrickle.drop_stream_table('distinct_rows')");
 
     // The same identities as the MERGE computes: switching to it, nothing to write.
     db.exec("SET pg_trickle.full_refresh_swap = off; SELECT pgtrickle.refresh_stream_table('dups')");
