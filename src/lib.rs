@@ -53,5 +53,6 @@ pub extern "C-unwind" fn _PG_init() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     guc::register();
+    refresh::join_order::install();
     scheduler::init_at_load();
 }

@@ -683,9 +683,9 @@ fn markdown(r: &Report) -> String {
             s,
             "A chain `t1 ⋈ … ⋈ tn` of tables of 100,000 rows (`t(i+1).id = ti.nxt`, both columns indexed); one row of the middle table updated, \
              then each refreshed ({} repetitions, medians in ms). The DIFFERENTIAL refresh should grow about linearly \
-             with the number of inputs. At 2 and 8 inputs it does; beyond 12, PostgreSQL plans the delta's joins with its genetic optimizer (`geqo_threshold` = 12), \
-             which does not find the plan that starts from the changed row (with `geqo_threshold` raised the 30-input refresh took 40 ms, \
-             but exhaustive search is exponential for star-shaped joins, so pg_trickle leaves it on).\n",
+             with the number of inputs. From `geqo_threshold` (12) inputs on, PostgreSQL's own search samples join orders at random (GEQO); \
+             during a refresh pg_trickle orders such joins greedily from the changed rows on (docs/ARCHITECTURE.md, \"Joins of many inputs\"). \
+             The materialized view and the FULL refresh are planned by PostgreSQL as usual.\n",
             r.repetitions
         );
         let _ = writeln!(s, "| inputs | DIFFERENTIAL ms | FULL ms | matview ms | vs matview |");

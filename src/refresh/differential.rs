@@ -88,6 +88,9 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     };
     let widest = plan.widest_block();
     allow_join_reordering(widest)?;
+    // Joins too wide for PostgreSQL's exhaustive search are ordered greedily
+    // from the changes on (see super::join_order), not by its genetic search.
+    let _greedy = (widest > 8).then(super::join_order::Greedy::begin);
     let ratio = guc::MAX_DELTA_COST_RATIO.get();
     let check = widest >= COST_CHECK_MIN_INPUTS && ratio > 0.0;
     let mut estimates = None;

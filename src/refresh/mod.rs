@@ -26,6 +26,7 @@
 
 pub mod differential;
 pub mod full;
+pub mod join_order;
 mod preflight;
 mod swap;
 
