@@ -85,6 +85,13 @@ pub static HISTORY_MAX_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// a full recomputation's cost (0: never).
 pub static MAX_DELTA_COST_RATIO: GucSetting<f64> = GucSetting::<f64>::new(4.0);
 
+/// `pg_trickle.delta_temp_file_limit`: the temporary files a DIFFERENTIAL
+/// refresh's delta statement may write, in kB; above it the refresh recomputes
+/// in full instead. -1: the total size of the stream table's sources (at least
+/// 64 MB); 0: no limit of pg_trickle's (PostgreSQL's `temp_file_limit` still
+/// applies).
+pub static DELTA_TEMP_FILE_LIMIT_KB: GucSetting<i32> = GucSetting::<i32>::new(-1);
+
 /// Whether a FULL refresh of a table nothing follows row by row replaces its
 /// contents wholesale, like `REFRESH MATERIALIZED VIEW` (`crate::refresh`'s
 /// swap), rather than writing only the rows that differ.
@@ -109,6 +116,16 @@ pub fn register() {
         1.0e6,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.delta_temp_file_limit",
+        c"Temporary file space a DIFFERENTIAL refresh's delta may use before the refresh recomputes in full instead.",
+        c"-1: the total size of the stream table's sources (at least 64 MB); 0: no limit of pg_trickle's (temp_file_limit still applies).",
+        &DELTA_TEMP_FILE_LIMIT_KB,
+        -1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_float_guc(
         c"pg_trickle.differential_max_change_ratio",

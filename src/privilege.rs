@@ -77,13 +77,28 @@ pub fn as_owner_restricted<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 /// # Errors
 /// PostgreSQL's error for an unknown parameter or invalid value.
 pub fn set_for_span(name: &str, value: &str) -> PgtResult<()> {
+    set_in_context(name, value, pg_sys::GucContext::PGC_USERSET)
+}
+
+/// [`set_for_span`] for a parameter only superusers may set
+/// (`PGC_SUSET`), whatever the current role: pg_trickle's own bounds on its
+/// statements (`temp_file_limit`), never a value from a user.
+///
+/// # Errors
+/// PostgreSQL's error for an unknown parameter or invalid value.
+pub fn set_bound_for_span(name: &str, value: &str) -> PgtResult<()> {
+    set_in_context(name, value, pg_sys::GucContext::PGC_SUSET)
+}
+
+/// Sets `name` to `value` as [`set_for_span`] does, in GUC context `context`.
+fn set_in_context(name: &str, value: &str, context: pg_sys::GucContext::Type) -> PgtResult<()> {
     let name = std::ffi::CString::new(name).map_err(|_| PgtError::internal("parameter name contains a NUL byte"))?;
     let value = std::ffi::CString::new(value).map_err(|_| PgtError::internal("parameter value contains a NUL byte"))?;
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
             value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
+            context,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
             true,

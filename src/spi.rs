@@ -379,3 +379,35 @@ impl Drop for StatementSnapshot {
         }
     }
 }
+
+/// Runs `f` in a subtransaction of the current transaction (PostgreSQL's
+/// `BeginInternalSubTransaction`, as PL/pgSQL's `EXCEPTION` blocks do):
+/// released when `f` returns, rolled back — with everything `f` wrote and every
+/// setting it made with `GUC_ACTION_SAVE` — when `f` raises a PostgreSQL error
+/// or panics. The error is returned as caught, for the caller to handle or
+/// `rethrow()`.
+pub fn in_subtransaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, pg_sys::panic::CaughtError> {
+    // SAFETY: the subtransaction is begun and ended here, on every path, with
+    // the caller's memory context and resource owner restored after it.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        PgTryBuilder::new(move || {
+            let value = f();
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Ok(value)
+        })
+        .catch_others(move |caught| {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Err(caught)
+        })
+        .execute()
+    }
+}

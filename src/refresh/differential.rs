@@ -107,11 +107,33 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         estimates = Some((delta_cost, full_cost));
         Ok(delta_cost <= ratio * full_cost.max(1.0))
     };
-    if !check {
-        let (inserted, deleted) = super::apply_delta(&statement, snapshot)?;
-        return Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false });
-    }
-    let Some((inserted, deleted)) = super::apply_delta_if(&statement, snapshot, accept)? else {
+    let apply = || -> PgtResult<Option<(u64, u64)>> {
+        if check { super::apply_delta_if(&statement, snapshot, accept) } else { super::apply_delta(&statement, snapshot).map(Some) }
+    };
+    let applied = match delta_temp_limit_kb(&plan, snapshot)? {
+        None => apply()?,
+        Some(limit_kb) => {
+            // Bounded, in a subtransaction: past the bound, undone and
+            // recomputed (the recomputation writes what the query would).
+            let bounded = std::panic::AssertUnwindSafe(|| -> PgtResult<Option<(u64, u64)>> {
+                crate::privilege::set_bound_for_span("temp_file_limit", &limit_kb.to_string())?;
+                apply()
+            });
+            match crate::spi::in_subtransaction(bounded) {
+                Ok(applied) => applied?,
+                Err(caught) if caught_code(&caught) == PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED => {
+                    pgrx::notice!(
+                        "stream table {} recomputes in full this time: applying its changes needed more than {limit_kb} kB of \
+                         temporary files (pg_trickle.delta_temp_file_limit)",
+                        st.name
+                    );
+                    return refresh_full_with_plan(st, &plan, snapshot);
+                }
+                Err(caught) => caught.rethrow(),
+            }
+        }
+    };
+    let Some((inserted, deleted)) = applied else {
         let (delta_cost, full_cost) = estimates.unwrap_or_default();
         pgrx::notice!(
             "stream table {} recomputes in full this time: the planner estimates applying its changes at cost {delta_cost:.0}, \
@@ -121,6 +143,46 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         return refresh_full_with_plan(st, &plan, snapshot);
     };
     Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false })
+}
+
+/// The temporary file space (kB) the delta statement may use
+/// (`pg_trickle.delta_temp_file_limit`; its default: the sources' total size,
+/// at least [`MIN_DELTA_TEMP_KB`]), or `None` for no bound of ours. Never above
+/// PostgreSQL's own `temp_file_limit`.
+fn delta_temp_limit_kb(plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<Option<i64>> {
+    let configured = i64::from(guc::DELTA_TEMP_FILE_LIMIT_KB.get());
+    let limit = match configured {
+        0 => return Ok(None),
+        kb if kb > 0 => kb,
+        _ => {
+            let relids = plan.relations().iter().map(|r| r.relid.to_string()).collect::<Vec<_>>().join(",");
+            // Partitioned tables hold nothing themselves: their leaves count.
+            let bytes = snapshot
+                .query_text(&format!(
+                    "SELECT pg_catalog.sum(pg_catalog.pg_total_relation_size(x)) FROM (SELECT r AS x FROM \
+                     pg_catalog.unnest('{{{relids}}}'::pg_catalog.oid[]) r UNION SELECT p.relid FROM \
+                     pg_catalog.unnest('{{{relids}}}'::pg_catalog.oid[]) r, pg_catalog.pg_partition_tree(r) p) s"
+                ))?
+                .and_then(|t| t.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            ((bytes / 1024.0) as i64).max(MIN_DELTA_TEMP_KB)
+        }
+    };
+    // SAFETY: reading an integer GUC variable of this backend.
+    let server = i64::from(unsafe { pg_sys::temp_file_limit });
+    Ok(Some(if server >= 0 { limit.min(server) } else { limit }))
+}
+
+/// The least default bound of a delta's temporary files, in kB (64 MB): small
+/// sources do not fall back for the work of hashing a few thousand changes.
+const MIN_DELTA_TEMP_KB: i64 = 64 * 1024;
+
+/// The SQLSTATE of a caught error.
+fn caught_code(caught: &pg_sys::panic::CaughtError) -> PgSqlErrorCode {
+    match caught {
+        pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r.sql_error_code(),
+        pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.sql_error_code(),
+    }
 }
 
 /// Joins of at least this many inputs have their delta's estimated cost

@@ -447,3 +447,54 @@ fn joins_of_many_inputs() {
     assert_eq!(action, "DIFFERENTIAL");
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "star", star);
 }
+
+/// A delta statement that writes more temporary files than
+/// `pg_trickle.delta_temp_file_limit` allows is undone and the stream table
+/// recomputed in full (NOTICE); within the bound it stays DIFFERENTIAL. The
+/// default bound (the sources' size) lets ordinary deltas of a non-superuser
+/// owner through.
+#[test]
+fn a_delta_past_its_temporary_file_bound_recomputes_in_full() {
+    let mut db = pg_trickle_e2e::TestDb::new("temp_bound");
+    let owner = db.create_role("owner", "NOSUPERUSER");
+    db.exec(&format!(
+        "CREATE TABLE big (id int PRIMARY KEY, g int, v int);
+         INSERT INTO big SELECT x, x % 20000, x FROM generate_series(1, 100000) x;
+         ANALYZE big;
+         GRANT SELECT, TRIGGER ON big TO \"{owner}\"; GRANT CREATE ON SCHEMA public TO \"{owner}\";
+         SET ROLE \"{owner}\";
+         SELECT pgtrickle.create_stream_table('sums', 'SELECT g, sum(v) AS s, count(*) AS n FROM big GROUP BY g');
+         RESET ROLE;"
+    ));
+    let query = "SELECT g, sum(v) AS s, count(*) AS n FROM big GROUP BY g";
+    let mode: String = db.scalar("SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 'sums'::regclass", &[]);
+    assert_eq!(mode, "DIFFERENTIAL");
+    let (mut client, notices) = db.connect_collecting_notices();
+    // 64 kB of work_mem: the delta's 10,000 changed rows are sorted or hashed on disk.
+    client
+        .batch_execute(
+            "SET work_mem = '64kB'; SET pg_trickle.delta_temp_file_limit = 1;
+             UPDATE big SET v = v + 1 WHERE id % 10 = 0; SELECT pgtrickle.refresh_stream_table('sums')",
+        )
+        .expect("refresh");
+    let action: String = db.scalar("SELECT action FROM pgtrickle.refresh_history('sums', 1)", &[]);
+    let seen = notices.lock().map(|n| n.clone()).unwrap_or_default();
+    assert_eq!(action, "FULL", "notices: {seen:?}");
+    assert!(seen.iter().any(|(_, n)| n.contains("kB of temporary files (pg_trickle.delta_temp_file_limit)")), "{seen:?}");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "sums", query);
+    let temp_file_limit: String = db.scalar("SHOW temp_file_limit", &[]);
+    assert_eq!(temp_file_limit, "-1", "the bound does not outlive the refresh");
+
+    // The default bound, as the non-superuser owner: DIFFERENTIAL.
+    client
+        .batch_execute(
+            &format!(
+                "RESET pg_trickle.delta_temp_file_limit; UPDATE big SET v = v - 1 WHERE id % 10 = 0;
+                 SET ROLE \"{owner}\"; SELECT pgtrickle.refresh_stream_table('sums'); RESET ROLE"
+            ),
+        )
+        .expect("refresh");
+    let action: String = db.scalar("SELECT action FROM pgtrickle.refresh_history('sums', 1)", &[]);
+    assert_eq!(action, "DIFFERENTIAL");
+    pg_trickle_e2e::assert_st_matches_query(&mut db.client, "sums", query);
+}
