@@ -386,7 +386,7 @@ impl Drop for StatementSnapshot {
 /// setting it made with `GUC_ACTION_SAVE` — when `f` raises a PostgreSQL error
 /// or panics. The error is returned as caught, for the caller to handle or
 /// `rethrow()`.
-pub fn in_subtransaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, pg_sys::panic::CaughtError> {
+pub fn in_subtransaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, Box<pg_sys::panic::CaughtError>> {
     // SAFETY: the subtransaction is begun and ended here, on every path, with
     // the caller's memory context and resource owner restored after it.
     unsafe {
@@ -406,7 +406,7 @@ pub fn in_subtransaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> R
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::CurrentResourceOwner = owner;
-            Err(caught)
+            Err(Box::new(caught))
         })
         .execute()
     }

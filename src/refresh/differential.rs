@@ -129,7 +129,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
                     );
                     return refresh_full_with_plan(st, &plan, snapshot);
                 }
-                Err(caught) => caught.rethrow(),
+                Err(caught) => (*caught).rethrow(),
             }
         }
     };
