@@ -201,7 +201,9 @@ pub fn full_sql(plan: &AggregatePlan, ctx: &Ctx) -> String {
 /// stored old state and whether the group must be rescanned), `__pgt_keys` (the
 /// groups to rescan), `__pgt_rescanned` (their state recomputed from the input's
 /// new state restricted to them), `__pgt_states` (every affected group's new
-/// state), then the output template and the MERGE.
+/// state), then the output template and the MERGE. An aggregate that never
+/// rescans (no MIN/MAX, HAVING or rescanned call) has no `__pgt_keys` and
+/// `__pgt_rescanned`.
 pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning) -> Option<String> {
     let delta = union::delta_sql(&plan.inputs, ctx)?;
     let state_names: Vec<String> = passthrough_columns(&plan.aggregates).into_iter().skip(1).collect();
@@ -257,6 +259,9 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
             st = value_state_col(agg, j).unwrap_or_default()
         ));
     }
+    // Only MIN/MAX, HAVING and rescanned aggregates ever rescan a group;
+    // without them the rescan steps are left out (planning them is not free).
+    let may_rescan = !rescan.is_empty();
     let rescan_cond = if rescan.is_empty() { "false".to_string() } else { format!("COALESCE({}, false)", rescan.join(" OR ")) };
     let old_state: String = state_names.iter().map(|n| format!(", o.{n} AS __pgt_old{}", &n[5..])).collect();
     // Each affected group's stored state is looked up by its row identity
@@ -296,6 +301,47 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
     }
     let algebraic = format!("SELECT {}{} FROM __pgt_aff a WHERE NOT a.__pgt_rescan", groups_select(plan, "a"), ncols.join(", "));
 
+    let state_cols: Vec<String> = {
+        let mut v = plan.groups.clone();
+        v.extend(passthrough_columns(&plan.aggregates));
+        v
+    };
+    let q = quoted(&state_cols);
+    let ctes = if may_rescan {
+        rescanning_ctes(plan, ctx, &dg, &aff, &algebraic, &q)
+    } else {
+        format!("WITH __pgt_dg AS MATERIALIZED ({dg}), __pgt_aff AS MATERIALIZED ({aff}), __pgt_states AS (SELECT {q} FROM ({algebraic}) x)")
+    };
+
+    let stored = stored_columns(plan);
+    let set = stored
+        .iter()
+        .filter(|c| c.as_str() != ROW_ID)
+        .map(|c| format!("{q} = d.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "MERGE INTO {st} t USING ({ctes} SELECT o.*, ({keep}) AS __pgt_keep FROM {out}) d \
+         ON t.__pgt_row_id = d.__pgt_row_id \
+         WHEN MATCHED AND NOT d.__pgt_keep THEN DELETE \
+         WHEN MATCHED AND ROW({tstate}) IS DISTINCT FROM ROW({dstate}) THEN UPDATE SET {set} \
+         WHEN NOT MATCHED AND d.__pgt_keep THEN INSERT ({cols}) VALUES ({dvals}) \
+         {returning}",
+        returning = returning.clause(),
+        keep = keep(plan),
+        out = output_sql(plan, "SELECT * FROM __pgt_states"),
+        tstate = qualified("t", &state_names),
+        dstate = qualified("d", &state_names),
+        cols = quoted(&stored),
+        dvals = qualified("d", &stored),
+    ))
+}
+
+/// The steps of [`merge_sql`] for an aggregate whose groups may need a
+/// rescan: `__pgt_dg`, `__pgt_aff`, `__pgt_keys` (groups to rescan),
+/// `__pgt_rescanned` (their state from the input's new state restricted to
+/// them), and `__pgt_states` (algebraic, rescanned, and rescanned to nothing).
+fn rescanning_ctes(plan: &AggregatePlan, ctx: &Ctx, dg: &str, aff: &str, algebraic: &str, q: &str) -> String {
     // Rescanned groups: state from the input's new state restricted to their keys.
     let block_new = union::full_sql(&plan.inputs, ctx);
     let restricted = if plan.groups.is_empty() {
@@ -343,44 +389,15 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
             cols.join(", ")
         )
     };
-    let state_cols: Vec<String> = {
-        let mut v = plan.groups.clone();
-        v.extend(passthrough_columns(&plan.aggregates));
-        v
-    };
-    let q = quoted(&state_cols);
     let keys_cols: String = plan.groups.iter().map(|g| format!("a.{}, ", quote_ident(g))).collect();
-    let ctes = format!(
+    format!(
         "WITH __pgt_dg AS MATERIALIZED ({dg}), \
               __pgt_aff AS MATERIALIZED ({aff}), \
               __pgt_keys AS MATERIALIZED (SELECT {keys_cols}a.__pgt_row_id FROM __pgt_aff a WHERE a.__pgt_rescan), \
               __pgt_rescanned AS MATERIALIZED ({rescanned}), \
               __pgt_states AS (SELECT {q} FROM ({algebraic}) x UNION ALL SELECT {q} FROM __pgt_rescanned \
                                UNION ALL SELECT {q} FROM ({zero_states}) z)"
-    );
-
-    let stored = stored_columns(plan);
-    let set = stored
-        .iter()
-        .filter(|c| c.as_str() != ROW_ID)
-        .map(|c| format!("{q} = d.{q}", q = quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    Some(format!(
-        "MERGE INTO {st} t USING ({ctes} SELECT o.*, ({keep}) AS __pgt_keep FROM {out}) d \
-         ON t.__pgt_row_id = d.__pgt_row_id \
-         WHEN MATCHED AND NOT d.__pgt_keep THEN DELETE \
-         WHEN MATCHED AND ROW({tstate}) IS DISTINCT FROM ROW({dstate}) THEN UPDATE SET {set} \
-         WHEN NOT MATCHED AND d.__pgt_keep THEN INSERT ({cols}) VALUES ({dvals}) \
-         {returning}",
-        returning = returning.clause(),
-        keep = keep(plan),
-        out = output_sql(plan, "SELECT * FROM __pgt_states"),
-        tstate = qualified("t", &state_names),
-        dstate = qualified("d", &state_names),
-        cols = quoted(&stored),
-        dvals = qualified("d", &stored),
-    ))
+    )
 }
 
 /// The aggregate's lines in `explain_st`: the aggregate, its calls with their
