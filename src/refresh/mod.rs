@@ -18,8 +18,8 @@
 //! 4. record the frontier and a `pgt_refresh_history` row — unless a DIFFERENTIAL
 //!    refresh found no change at all: then it writes nothing, and the transaction
 //!    stays read-only;
-//! 5. trim the change buffers of the stream table's sources to what some consumer
-//!    still needs.
+//! 5. for a DIFFERENTIAL stream table, trim the change buffers of its sources to
+//!    what some consumer still needs.
 //!
 //! All of it happens in the caller's transaction: if any step fails, the storage
 //! keeps its previous contents and nothing is recorded.
@@ -136,7 +136,10 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
             frontier: Some(outcome.frontier.snapshot.clone()),
         })?;
     }
-    if !applied.unchanged {
+    // Only DIFFERENTIAL frontiers hold buffer rows: after a FULL-mode refresh
+    // there is nothing new to trim (and a buffer just trimmed by a
+    // DIFFERENTIAL reader would be scanned again, dead rows and all).
+    if !applied.unchanged && st.effective_refresh_mode == RefreshMode::Differential {
         for dep in catalog::dependencies(pgt_id)? {
             if dep.kind != SourceKind::View.as_str() {
                 cdc::trim_buffer(dep.source_relid)?;
