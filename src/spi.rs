@@ -70,6 +70,59 @@ thread_local! {
     static KEPT_SNAPSHOT_PLANS: RefCell<HashMap<String, NonNull<pg_sys::_SPI_plan>>> = RefCell::new(HashMap::new());
 }
 
+/// How many statement texts with parameters
+/// [`StatementSnapshot::query_map_kept_if`] keeps generic plans of per backend
+/// (a DIFFERENTIAL stream table has one or a few: per set of changed inputs
+/// and order of window size); past it, the least recently used is freed.
+pub const KEPT_GENERIC_PLANS_MAX: usize = 128;
+
+/// Kept plans by statement text, each with when it was last used, and the
+/// use counter.
+type GenericPlans = (HashMap<String, (NonNull<pg_sys::_SPI_plan>, u64)>, u64);
+
+thread_local! {
+    /// The plans [`StatementSnapshot::query_map_kept_if`] keeps.
+    static KEPT_GENERIC_PLANS: RefCell<GenericPlans> = RefCell::new((HashMap::new(), 0));
+}
+
+/// The kept generic plan of `sql`, marked as just used.
+fn kept_generic_plan(sql: &str) -> Option<NonNull<pg_sys::_SPI_plan>> {
+    KEPT_GENERIC_PLANS.with(|kept| {
+        let (plans, clock) = &mut *kept.borrow_mut();
+        *clock += 1;
+        plans.get_mut(sql).map(|(plan, used)| {
+            *used = *clock;
+            *plan
+        })
+    })
+}
+
+/// Keeps `plan` (saved with `SPI_keepplan`) for `sql`, freeing the least
+/// recently used one when [`KEPT_GENERIC_PLANS_MAX`] are kept. No statement
+/// is running a kept plan here: refreshes do not nest.
+fn keep_generic_plan(sql: &str, plan: NonNull<pg_sys::_SPI_plan>) {
+    let evicted = KEPT_GENERIC_PLANS.with(|kept| {
+        let (plans, clock) = &mut *kept.borrow_mut();
+        *clock += 1;
+        let evicted = if plans.len() >= KEPT_GENERIC_PLANS_MAX {
+            let oldest = plans.iter().min_by_key(|(_, (_, used))| *used).map(|(text, _)| text.clone());
+            oldest.and_then(|text| plans.remove(&text)).map(|(plan, _)| plan)
+        } else {
+            None
+        };
+        plans.insert(sql.to_string(), (plan, *clock));
+        evicted
+    });
+    if let Some(plan) = evicted {
+        // SAFETY: a kept plan no statement is running (see above).
+        unsafe { pg_sys::SPI_freeplan(plan.as_ptr()) };
+    }
+}
+
+/// The parameters `$1`, `$2`, … of a statement: each one's type and its value
+/// as text (`None` for NULL), converted by the type's input function.
+pub type Parameters<'a> = &'a [(pg_sys::Oid, Option<&'a str>)];
+
 /// Runs `sql` with `args` through SPI's read-write path (see [`query_map`]).
 fn run<'conn>(client: &mut SpiClient<'conn>, sql: Sql<'_>, args: &[DatumWithOid]) -> SpiResult<SpiTupleTable<'conn>> {
     match sql {
@@ -269,22 +322,69 @@ impl StatementSnapshot {
         })
     }
 
-    /// Like [`StatementSnapshot::query_map`], but first asks `accept` whether
-    /// to run the statement, given the planner's total cost estimate of the
-    /// plan it will run (planned once: the same generic plan is executed).
-    /// Returns `None` when `accept` declines.
-    pub fn query_map_if<R>(
+    /// Runs a query with parameters `params` in this snapshot and maps every
+    /// row with `f` — after asking `accept` whether to run it, given the
+    /// planner's total cost estimate of the plan that will run (`None` when
+    /// it declines). For a statement whose text repeats from one run to the
+    /// next (a DIFFERENTIAL refresh's statements, which name the frontier as
+    /// parameters): it is planned once per backend with a generic plan
+    /// (`CURSOR_OPT_GENERIC_PLAN`), and the plan kept, re-planned by
+    /// PostgreSQL's plan cache only after DDL on what it reads; the
+    /// [`KEPT_GENERIC_PLANS_MAX`] most recently used texts are kept.
+    ///
+    /// # Errors
+    /// PostgreSQL's errors (raised), an invalid parameter value, or `accept`'s.
+    pub fn query_map_kept_if<R>(
         &self,
         sql: &str,
+        params: Parameters<'_>,
         accept: impl FnOnce(f64) -> PgtResult<bool>,
         mut f: impl FnMut(&SnapshotRow) -> PgtResult<R>,
     ) -> PgtResult<Option<Vec<R>>> {
         let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
+        let texts = params
+            .iter()
+            .map(|(_, v)| v.map(CString::new).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| PgtError::internal("a parameter value contains a NUL byte"))?;
         Spi::connect_mut(|_client| unsafe {
-            let plan = pg_sys::SPI_prepare(csql.as_ptr(), 0, std::ptr::null_mut());
-            if plan.is_null() {
-                let code = pg_sys::SPI_result;
-                return Err(PgtError::internal(format!("SPI_prepare failed with code {code}")));
+            let (plan, owned) = match kept_generic_plan(sql) {
+                Some(plan) => (plan.as_ptr(), false),
+                None => {
+                    let mut types: Vec<pg_sys::Oid> = params.iter().map(|(t, _)| *t).collect();
+                    let plan = pg_sys::SPI_prepare_cursor(
+                        csql.as_ptr(),
+                        types.len() as i32,
+                        types.as_mut_ptr(),
+                        pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+                    );
+                    if plan.is_null() {
+                        let code = pg_sys::SPI_result;
+                        return Err(PgtError::internal(format!("SPI_prepare_cursor failed with code {code}")));
+                    }
+                    if pg_sys::SPI_keepplan(plan) == 0 {
+                        keep_generic_plan(sql, NonNull::new_unchecked(plan));
+                        (plan, false)
+                    } else {
+                        (plan, true)
+                    }
+                }
+            };
+            let mut values = Vec::with_capacity(params.len());
+            let mut nulls = Vec::with_capacity(params.len());
+            for ((typ, _), text) in params.iter().zip(&texts) {
+                match text {
+                    Some(text) => {
+                        let (mut input, mut ioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+                        pg_sys::getTypeInputInfo(*typ, &mut input, &mut ioparam);
+                        values.push(pg_sys::OidInputFunctionCall(input, text.as_ptr() as *mut std::ffi::c_char, ioparam, -1));
+                        nulls.push(b' ' as std::ffi::c_char);
+                    }
+                    None => {
+                        values.push(pg_sys::Datum::from(0usize));
+                        nulls.push(b'n' as std::ffi::c_char);
+                    }
+                }
             }
             let cached = pg_sys::SPI_plan_get_cached_plan(plan);
             let mut cost = 0.0;
@@ -294,16 +394,21 @@ impl StatementSnapshot {
                         cost += (*(*stmt).planTree).total_cost;
                     }
                 }
-                pg_sys::ReleaseCachedPlan(cached, std::ptr::null_mut());
+                // SPI_plan_get_cached_plan counts the reference of a kept
+                // (saved) plan against the current resource owner.
+                let owner = if owned { std::ptr::null_mut() } else { pg_sys::CurrentResourceOwner };
+                pg_sys::ReleaseCachedPlan(cached, owner);
             }
             if !accept(cost)? {
-                pg_sys::SPI_freeplan(plan);
+                if owned {
+                    pg_sys::SPI_freeplan(plan);
+                }
                 return Ok(None);
             }
             let rc = pg_sys::SPI_execute_snapshot(
                 plan,
-                std::ptr::null_mut(),
-                std::ptr::null(),
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
                 self.snapshot,
                 std::ptr::null_mut(),
                 false,
@@ -311,7 +416,9 @@ impl StatementSnapshot {
                 0,
             );
             if rc < 0 {
-                pg_sys::SPI_freeplan(plan);
+                if owned {
+                    pg_sys::SPI_freeplan(plan);
+                }
                 return Err(PgtError::internal(format!("SPI_execute_snapshot failed with code {rc}")));
             }
             let mut out = Vec::new();
@@ -322,7 +429,9 @@ impl StatementSnapshot {
                     out.push(f(&row)?);
                 }
             }
-            pg_sys::SPI_freeplan(plan);
+            if owned {
+                pg_sys::SPI_freeplan(plan);
+            }
             Ok(Some(out))
         })
     }

@@ -37,13 +37,26 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     let (Some(plan), Some(frontier_snapshot), true) = (stored, st.frontier.clone(), st.is_populated) else {
         return recompute(st, snapshot);
     };
-    let source = ChangeSource::window(Frontier { snapshot: frontier_snapshot, xid: st.frontier_xid.clone(), cid: st.frontier_cid });
+    // The statements name the frontier as parameters: their texts repeat from
+    // one refresh to the next, and their plans are kept (planning a delta
+    // statement costs milliseconds, as much as running it on a small change).
+    let source =
+        ChangeSource::window(Frontier { snapshot: frontier_snapshot.clone(), xid: st.frontier_xid.clone(), cid: st.frontier_cid })
+            .parameterized();
+    let cid = st.frontier_cid.map(|c| c.to_string());
+    let params = [
+        (pg_sys::PG_SNAPSHOTOID, Some(frontier_snapshot.as_str())),
+        (pg_sys::XID8OID, st.frontier_xid.as_deref()),
+        (pg_sys::INT8OID, cid.as_deref()),
+    ];
 
     // What changed, in one query; nothing to do when nothing did.
     let relations = plan.relations();
-    let summary = snapshot.query_map(&source.summary_sql(&relations), |row| {
-        Ok((row.col::<pg_sys::Oid>(1)?, row.col::<i64>(2)?, row.col::<bool>(3)?, row.col::<i64>(4)?))
-    })?;
+    let summary = snapshot
+        .query_map_kept_if(&source.summary_sql(&relations), &params, |_| Ok(true), |row| {
+            Ok((row.col::<pg_sys::Oid>(1)?, row.col::<i64>(2)?, row.col::<bool>(3)?, row.col::<i64>(4)?))
+        })?
+        .unwrap_or_default();
     if summary.is_empty() {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
     }
@@ -108,7 +121,11 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         Ok(delta_cost <= ratio * full_cost.max(1.0))
     };
     let apply = || -> PgtResult<Option<(u64, u64)>> {
-        if check { super::apply_delta_if(&statement, snapshot, accept) } else { super::apply_delta(&statement, snapshot).map(Some) }
+        if check {
+            super::apply_delta_if(&statement, snapshot, &params, accept)
+        } else {
+            super::apply_delta_if(&statement, snapshot, &params, |_| Ok(true))
+        }
     };
     let applied = match delta_temp_limit_kb(&plan, snapshot)? {
         None => apply()?,
@@ -223,10 +240,12 @@ fn full_cost(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot) -> Pgt
     Ok(full)
 }
 
-/// The planner's total cost estimate of `sql` (`EXPLAIN (FORMAT JSON)`).
+/// The planner's total cost estimate of `sql` (`EXPLAIN (FORMAT JSON,
+/// GENERIC_PLAN)`: its parameters, the frontier, stay unknown, as in the
+/// plan kept for the statement).
 fn estimated_cost(sql: &str, snapshot: &StatementSnapshot) -> PgtResult<f64> {
     let text = snapshot
-        .query_text(&format!("EXPLAIN (FORMAT JSON) {sql}"))?
+        .query_text(&format!("EXPLAIN (FORMAT JSON, GENERIC_PLAN) {sql}"))?
         .ok_or_else(|| PgtError::internal("EXPLAIN returned nothing"))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| PgtError::internal(format!("EXPLAIN returned unreadable JSON: {e}")))?;

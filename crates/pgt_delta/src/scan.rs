@@ -72,15 +72,17 @@ pub fn empty_sql(relation: &Relation, only: bool) -> String {
 
 /// `Δ(R)`: the changed row images, one row per image.
 /// When the source knows how many images the window holds (`n`), the scan
-/// carries a `LIMIT` a little above that (`n + n/8 + 16`: it always returns
-/// every image, and a limit below the true count could never drop one): the
+/// carries a `LIMIT` a little above that (`n + n/8 + 16`, rounded up to a
+/// power of two so that windows of the same order give the same statement
+/// text, whose plan can be kept: it always returns every image, and a limit
+/// below the true count could never drop one): the
 /// planner then sizes the delta right instead of guessing from the change
 /// buffer's statistics (see [`ChangeSource::Window`]). The price: a
 /// subquery with a LIMIT is not flattened, so the block's filters on this
 /// input run after the scan instead of inside it; the refresh gives sizes to
 /// plans with joins, aggregates or children only.
 pub fn delta_sql(relation: &Relation, source: &ChangeSource) -> String {
-    let limit = source.images(relation.relid).map(|n| format!(" LIMIT {}", n + n / 8 + 16)).unwrap_or_default();
+    let limit = source.images(relation.relid).map(|n| format!(" LIMIT {}", (n + n / 8 + 16).next_power_of_two())).unwrap_or_default();
     format!(
         "SELECT {} FROM {} WHERE {}{limit}",
         with_weight(&select_list(relation, "b"), &source.weight("b")),
@@ -260,6 +262,23 @@ mod tests {
         let c = consolidated_delta_sql(&rel(), &frontier());
         assert!(c.starts_with("SELECT c.\"id\", c.\"__pgt_dropped_2\", c.\"v\", c.__pgt_net::bigint AS __pgt_w"));
         assert!(c.ends_with("WHERE c.__pgt_rn = 1 AND c.__pgt_net <> 0"));
+    }
+
+    #[test]
+    fn sized_and_parameterized_windows_render_the_same_text_for_the_same_order_of_size() {
+        let sized = |n: u64| {
+            let mut images = std::collections::BTreeMap::new();
+            images.insert(1, n);
+            delta_sql(&rel(), &frontier().parameterized().with_images(images))
+        };
+        let d = sized(1700);
+        assert!(d.ends_with(" LIMIT 2048"), "{d}");
+        assert_eq!(d, sized(1800), "same power of two");
+        assert_ne!(d, sized(1900), "1900 + 1900/8 + 16 > 2048");
+        assert!(d.contains("$1::pg_catalog.pg_snapshot") && d.contains("$2::pg_catalog.xid8") && d.contains("$3::bigint"));
+        assert!(!d.contains("10:12:11"), "no frontier literal");
+        let other = ChangeSource::window(Frontier { snapshot: "99:99:".into(), xid: None, cid: None }).parameterized();
+        assert_eq!(delta_sql(&rel(), &other), delta_sql(&rel(), &frontier().parameterized()), "any frontier, one text");
     }
 
     #[test]

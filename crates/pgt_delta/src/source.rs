@@ -40,7 +40,23 @@ impl Frontier {
         };
         format!("NOT COALESCE({}, false)", consumed_by_frontier_sql(row_alias, &snapshot, &xid, &cid))
     }
+
+    /// [`Frontier::pending_predicate`] with the frontier's values as the
+    /// statement's parameters [`FRONTIER_PARAMETERS`] instead of literals:
+    /// the text then stays the same from one refresh to the next, and its
+    /// plan can be kept.
+    fn parameterized_predicate(row_alias: &str) -> String {
+        format!(
+            "NOT COALESCE({}, false)",
+            consumed_by_frontier_sql(row_alias, "$1::pg_catalog.pg_snapshot", "$2::pg_catalog.xid8", "$3::bigint")
+        )
+    }
 }
+
+/// The parameters of a statement rendered by a [`ChangeSource::parameterized`]
+/// source, in order: the frontier's `pg_snapshot`, its `xid8` (NULL when it
+/// had none) and its command id (`bigint`, NULL when it had no xid).
+pub const FRONTIER_PARAMETERS: [&str; 3] = ["pg_catalog.pg_snapshot", "pg_catalog.xid8", "bigint"];
 
 /// Where the changes of base relations come from in one maintenance run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,20 +72,41 @@ pub enum ChangeSource {
         /// window, and the planner's guess for it can be off by orders of
         /// magnitude, for the join order and for the cost guard alike.
         images: std::collections::BTreeMap<u32, u64>,
+        /// Whether statements name the frontier as parameters `$1`–`$3`
+        /// ([`FRONTIER_PARAMETERS`]) rather than literals.
+        parameterized: bool,
     },
 }
 
 impl ChangeSource {
     /// The change buffers' windows after `frontier`, sizes unknown.
     pub fn window(frontier: Frontier) -> ChangeSource {
-        ChangeSource::Window { frontier, images: Default::default() }
+        ChangeSource::Window { frontier, images: Default::default(), parameterized: false }
+    }
+
+    /// The same source, naming the frontier in the statements it renders as
+    /// parameters `$1`–`$3` ([`FRONTIER_PARAMETERS`], values from
+    /// [`ChangeSource::frontier`]): a stream table's statements are then the
+    /// same text at every refresh with the same changed inputs and window
+    /// sizes of the same order, and their plans can be kept.
+    pub fn parameterized(self) -> ChangeSource {
+        match self {
+            ChangeSource::Window { frontier, images, .. } => ChangeSource::Window { frontier, images, parameterized: true },
+        }
+    }
+
+    /// The frontier the windows start from.
+    pub fn frontier(&self) -> &Frontier {
+        match self {
+            ChangeSource::Window { frontier, .. } => frontier,
+        }
     }
 
     /// The same source, with the number of row images in each relation's
     /// window.
     pub fn with_images(self, counts: std::collections::BTreeMap<u32, u64>) -> ChangeSource {
         match self {
-            ChangeSource::Window { frontier, .. } => ChangeSource::Window { frontier, images: counts },
+            ChangeSource::Window { frontier, parameterized, .. } => ChangeSource::Window { frontier, images: counts, parameterized },
         }
     }
 
@@ -84,7 +121,7 @@ impl ChangeSource {
     /// image of this run's changes (not a TRUNCATE marker).
     pub fn image_predicate(&self, alias: &str) -> String {
         match self {
-            ChangeSource::Window { frontier, .. } => format!("{alias}.{ACTION} <> 'T' AND {}", frontier.pending_predicate(alias)),
+            ChangeSource::Window { .. } => format!("{alias}.{ACTION} <> 'T' AND {}", self.pending_predicate(alias)),
         }
     }
 
@@ -92,6 +129,7 @@ impl ChangeSource {
     /// (images and TRUNCATE markers).
     pub fn pending_predicate(&self, alias: &str) -> String {
         match self {
+            ChangeSource::Window { parameterized: true, .. } => Frontier::parameterized_predicate(alias),
             ChangeSource::Window { frontier, .. } => frontier.pending_predicate(alias),
         }
     }

@@ -817,3 +817,66 @@ fn row_identities_do_not_collide_at_scale() {
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "over_st", "SELECT id, v FROM big");
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "big_groups", "SELECT id, count(*) AS n, sum(v) AS s FROM big GROUP BY id");
 }
+
+/// A DIFFERENTIAL refresh's statements name the frontier as parameters, and
+/// each backend keeps their plans (the 128 most recently used). One session
+/// refreshing more stream tables than that keeps evicting and re-planning;
+/// DDL on a source (a column added, a column a stream table reads retyped
+/// with blocking off) re-plans what was kept; every refresh stays exact.
+#[test]
+fn kept_statement_plans_follow_ddl_and_make_room() {
+    let mut db = pg_trickle_e2e::TestDb::new("kept_plans");
+    let n = 140;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, g int, v int); INSERT INTO t SELECT x, x % 7, x FROM generate_series(1, 300) x;");
+    let queries: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let q = if i % 2 == 0 {
+                format!("SELECT id, v + {i} AS w FROM t WHERE v % {n} <> {i}")
+            } else {
+                format!("SELECT g, sum(v) AS s, count(*) AS c FROM t WHERE id % {n} <> {i} GROUP BY g")
+            };
+            (format!("k{i}"), q)
+        })
+        .collect();
+    let mut create = String::new();
+    for (name, q) in &queries {
+        create.push_str(&format!("SELECT pgtrickle.create_stream_table('{name}', $q${q}$q$, refresh_mode => 'DIFFERENTIAL');"));
+    }
+    db.exec(&create);
+    let mut session = db.connect();
+    let refresh_all: String = queries.iter().map(|(name, _)| format!("SELECT pgtrickle.refresh_stream_table('{name}');")).collect();
+    let check = |db: &mut pg_trickle_e2e::TestDb, round: &str| {
+        for (name, q) in &queries {
+            let action: String = db.scalar("SELECT action FROM pgtrickle.refresh_history($1, 1)", &[name]);
+            assert_eq!(action, "DIFFERENTIAL", "{name} in {round}");
+            pg_trickle_e2e::assert_st_matches_query(&mut db.client, name, q);
+        }
+    };
+    for round in 0..3 {
+        session
+            .batch_execute(&format!(
+                "UPDATE t SET v = v + {round} + 1 WHERE id % 40 = {round}; DELETE FROM t WHERE id = {}; \
+                 INSERT INTO t VALUES ({}, 3, 30); {refresh_all}",
+                20 + round,
+                1000 + round
+            ))
+            .expect("refresh round");
+        check(&mut db, &format!("round {round}"));
+    }
+    // DDL on the source: a new column, then a column every stream table reads
+    // retyped (blocking off): kept plans are re-planned, or the stream table
+    // reinitialized.
+    session
+        .batch_execute(&format!(
+            "ALTER TABLE t ADD COLUMN extra text; UPDATE t SET v = v * 2 WHERE id % 30 = 0; {refresh_all}"
+        ))
+        .expect("after ADD COLUMN");
+    check(&mut db, "after ADD COLUMN");
+    session
+        .batch_execute(&format!(
+            "SET pg_trickle.block_source_ddl = off; ALTER TABLE t ALTER COLUMN v TYPE bigint; RESET pg_trickle.block_source_ddl; {refresh_all} \
+             UPDATE t SET v = v - 1 WHERE id % 40 = 1; {refresh_all}"
+        ))
+        .expect("after ALTER COLUMN TYPE");
+    check(&mut db, "after ALTER COLUMN TYPE");
+}
