@@ -236,39 +236,20 @@ impl StatementSnapshot {
         let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
         Spi::connect_mut(|_client| unsafe {
             let kept = if keep { KEPT_SNAPSHOT_PLANS.with(|plans| plans.borrow().get(sql).copied()) } else { None };
-            let (plan, owned) = match kept {
-                Some(plan) => (plan.as_ptr(), false),
+            let plan = match kept {
+                Some(plan) => RunPlan { plan: plan.as_ptr(), owned: false },
                 None => {
-                    let plan = pg_sys::SPI_prepare(csql.as_ptr(), 0, std::ptr::null_mut());
-                    if plan.is_null() {
-                        let code = pg_sys::SPI_result;
-                        return Err(PgtError::internal(format!("SPI_prepare failed with code {code}")));
-                    }
+                    let plan = prepare(&csql, &mut [], 0)?;
                     let keep = keep && KEPT_SNAPSHOT_PLANS.with(|plans| plans.borrow().len()) < KEPT_SNAPSHOT_PLANS_MAX;
                     if keep && pg_sys::SPI_keepplan(plan) == 0 {
                         KEPT_SNAPSHOT_PLANS.with(|plans| plans.borrow_mut().insert(sql.to_string(), NonNull::new_unchecked(plan)));
-                        (plan, false)
+                        RunPlan { plan, owned: false }
                     } else {
-                        (plan, true)
+                        RunPlan { plan, owned: true }
                     }
                 }
             };
-            let rc = pg_sys::SPI_execute_snapshot(
-                plan,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                self.snapshot,
-                std::ptr::null_mut(),
-                false,
-                true,
-                0,
-            );
-            if rc < 0 {
-                if owned {
-                    pg_sys::SPI_freeplan(plan);
-                }
-                return Err(PgtError::internal(format!("SPI_execute_snapshot failed with code {rc}")));
-            }
+            self.execute(&plan, &mut [], &[])?;
             let processed = pg_sys::SPI_processed;
             let mut first = None;
             let tuptable = pg_sys::SPI_tuptable;
@@ -278,47 +259,32 @@ impl StatementSnapshot {
                     first = Some(CStr::from_ptr(value).to_string_lossy().into_owned());
                 }
             }
-            if owned {
-                pg_sys::SPI_freeplan(plan);
-            }
             Ok((processed, first))
         })
     }
 
+    /// Runs `plan` in this snapshot with parameter values `values` / `nulls`
+    /// (`' '` or `'n'` each).
+    ///
+    /// # Safety
+    /// Inside an SPI connection; `plan` prepared with as many parameters.
+    unsafe fn execute(&self, plan: &RunPlan, values: &mut [pg_sys::Datum], nulls: &[std::ffi::c_char]) -> PgtResult<()> {
+        let (values, nulls) = if values.is_empty() { (std::ptr::null_mut(), std::ptr::null()) } else { (values.as_mut_ptr(), nulls.as_ptr()) };
+        let rc = unsafe { pg_sys::SPI_execute_snapshot(plan.plan, values, nulls, self.snapshot, std::ptr::null_mut(), false, true, 0) };
+        if rc < 0 {
+            return Err(PgtError::internal(format!("SPI_execute_snapshot failed with code {rc}")));
+        }
+        Ok(())
+    }
+
     /// Runs a query in this snapshot and maps every row with `f` (typed values,
     /// read as the query's column types).
-    pub fn query_map<R>(&self, sql: &str, mut f: impl FnMut(&SnapshotRow) -> PgtResult<R>) -> PgtResult<Vec<R>> {
+    pub fn query_map<R>(&self, sql: &str, f: impl FnMut(&SnapshotRow) -> PgtResult<R>) -> PgtResult<Vec<R>> {
         let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
         Spi::connect_mut(|_client| unsafe {
-            let plan = pg_sys::SPI_prepare(csql.as_ptr(), 0, std::ptr::null_mut());
-            if plan.is_null() {
-                let code = pg_sys::SPI_result;
-                return Err(PgtError::internal(format!("SPI_prepare failed with code {code}")));
-            }
-            let rc = pg_sys::SPI_execute_snapshot(
-                plan,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                self.snapshot,
-                std::ptr::null_mut(),
-                false,
-                true,
-                0,
-            );
-            if rc < 0 {
-                pg_sys::SPI_freeplan(plan);
-                return Err(PgtError::internal(format!("SPI_execute_snapshot failed with code {rc}")));
-            }
-            let mut out = Vec::new();
-            let tuptable = pg_sys::SPI_tuptable;
-            if !tuptable.is_null() {
-                for i in 0..pg_sys::SPI_processed as usize {
-                    let row = SnapshotRow { tuple: *(*tuptable).vals.add(i), tupdesc: (*tuptable).tupdesc };
-                    out.push(f(&row)?);
-                }
-            }
-            pg_sys::SPI_freeplan(plan);
-            Ok(out)
+            let plan = RunPlan { plan: prepare(&csql, &mut [], 0)?, owned: true };
+            self.execute(&plan, &mut [], &[])?;
+            map_rows(f)
         })
     }
 
@@ -339,7 +305,7 @@ impl StatementSnapshot {
         sql: &str,
         params: Parameters<'_>,
         accept: impl FnOnce(f64) -> PgtResult<bool>,
-        mut f: impl FnMut(&SnapshotRow) -> PgtResult<R>,
+        f: impl FnMut(&SnapshotRow) -> PgtResult<R>,
     ) -> PgtResult<Option<Vec<R>>> {
         let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
         let texts = params
@@ -348,25 +314,16 @@ impl StatementSnapshot {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| PgtError::internal("a parameter value contains a NUL byte"))?;
         Spi::connect_mut(|_client| unsafe {
-            let (plan, owned) = match kept_generic_plan(sql) {
-                Some(plan) => (plan.as_ptr(), false),
+            let plan = match kept_generic_plan(sql) {
+                Some(plan) => RunPlan { plan: plan.as_ptr(), owned: false },
                 None => {
                     let mut types: Vec<pg_sys::Oid> = params.iter().map(|(t, _)| *t).collect();
-                    let plan = pg_sys::SPI_prepare_cursor(
-                        csql.as_ptr(),
-                        types.len() as i32,
-                        types.as_mut_ptr(),
-                        pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
-                    );
-                    if plan.is_null() {
-                        let code = pg_sys::SPI_result;
-                        return Err(PgtError::internal(format!("SPI_prepare_cursor failed with code {code}")));
-                    }
+                    let plan = prepare(&csql, &mut types, pg_sys::CURSOR_OPT_GENERIC_PLAN as i32)?;
                     if pg_sys::SPI_keepplan(plan) == 0 {
                         keep_generic_plan(sql, NonNull::new_unchecked(plan));
-                        (plan, false)
+                        RunPlan { plan, owned: false }
                     } else {
-                        (plan, true)
+                        RunPlan { plan, owned: true }
                     }
                 }
             };
@@ -386,7 +343,7 @@ impl StatementSnapshot {
                     }
                 }
             }
-            let cached = pg_sys::SPI_plan_get_cached_plan(plan);
+            let cached = pg_sys::SPI_plan_get_cached_plan(plan.plan);
             let mut cost = 0.0;
             if !cached.is_null() {
                 for stmt in pgrx::PgList::<pg_sys::PlannedStmt>::from_pg((*cached).stmt_list).iter_ptr() {
@@ -396,43 +353,14 @@ impl StatementSnapshot {
                 }
                 // SPI_plan_get_cached_plan counts the reference of a kept
                 // (saved) plan against the current resource owner.
-                let owner = if owned { std::ptr::null_mut() } else { pg_sys::CurrentResourceOwner };
+                let owner = if plan.owned { std::ptr::null_mut() } else { pg_sys::CurrentResourceOwner };
                 pg_sys::ReleaseCachedPlan(cached, owner);
             }
             if !accept(cost)? {
-                if owned {
-                    pg_sys::SPI_freeplan(plan);
-                }
                 return Ok(None);
             }
-            let rc = pg_sys::SPI_execute_snapshot(
-                plan,
-                values.as_mut_ptr(),
-                nulls.as_ptr(),
-                self.snapshot,
-                std::ptr::null_mut(),
-                false,
-                true,
-                0,
-            );
-            if rc < 0 {
-                if owned {
-                    pg_sys::SPI_freeplan(plan);
-                }
-                return Err(PgtError::internal(format!("SPI_execute_snapshot failed with code {rc}")));
-            }
-            let mut out = Vec::new();
-            let tuptable = pg_sys::SPI_tuptable;
-            if !tuptable.is_null() {
-                for i in 0..pg_sys::SPI_processed as usize {
-                    let row = SnapshotRow { tuple: *(*tuptable).vals.add(i), tupdesc: (*tuptable).tupdesc };
-                    out.push(f(&row)?);
-                }
-            }
-            if owned {
-                pg_sys::SPI_freeplan(plan);
-            }
-            Ok(Some(out))
+            self.execute(&plan, &mut values, &nulls)?;
+            map_rows(f).map(Some)
         })
     }
 
@@ -451,6 +379,53 @@ impl StatementSnapshot {
     pub fn query_text(&self, sql: &str) -> PgtResult<Option<String>> {
         Ok(self.run(sql, false)?.1)
     }
+}
+
+/// An SPI plan for one statement run: freed when dropped, unless kept — or
+/// dropped by an error unwinding, when the SPI connection's memory goes with
+/// it at `SPI_finish`.
+struct RunPlan {
+    plan: pg_sys::SPIPlanPtr,
+    owned: bool,
+}
+
+impl Drop for RunPlan {
+    fn drop(&mut self) {
+        if self.owned && !std::thread::panicking() {
+            // SAFETY: an unkept plan of this SPI connection, used by no one else.
+            unsafe { pg_sys::SPI_freeplan(self.plan) };
+        }
+    }
+}
+
+/// Prepares `csql` with parameter types `types` and cursor options `options`.
+///
+/// # Safety
+/// Inside an SPI connection.
+unsafe fn prepare(csql: &CString, types: &mut [pg_sys::Oid], options: i32) -> PgtResult<pg_sys::SPIPlanPtr> {
+    let argtypes = if types.is_empty() { std::ptr::null_mut() } else { types.as_mut_ptr() };
+    let plan = unsafe { pg_sys::SPI_prepare_cursor(csql.as_ptr(), types.len() as i32, argtypes, options) };
+    if plan.is_null() {
+        let code = unsafe { pg_sys::SPI_result };
+        return Err(PgtError::internal(format!("SPI_prepare failed with code {code}")));
+    }
+    Ok(plan)
+}
+
+/// The rows of the statement SPI just ran, each mapped with `f`.
+///
+/// # Safety
+/// Inside the SPI connection that ran it.
+unsafe fn map_rows<R>(mut f: impl FnMut(&SnapshotRow) -> PgtResult<R>) -> PgtResult<Vec<R>> {
+    let mut out = Vec::new();
+    let tuptable = unsafe { pg_sys::SPI_tuptable };
+    if !tuptable.is_null() {
+        for i in 0..unsafe { pg_sys::SPI_processed } as usize {
+            let row = unsafe { SnapshotRow { tuple: *(*tuptable).vals.add(i), tupdesc: (*tuptable).tupdesc } };
+            out.push(f(&row)?);
+        }
+    }
+    Ok(out)
 }
 
 /// A row of [`StatementSnapshot::query_map`].
