@@ -23,34 +23,48 @@ pub(super) fn string_node(s: &str) -> *mut c_void {
 /// columns are a child's visible columns (`__pgt_c1`, ... with `types`),
 /// `__pgt_row_id` and `__pgt_w`.
 pub(super) unsafe fn to_child_placeholder(rte: *mut pg_sys::RangeTblEntry, placeholder: &str, types: &[(pg_sys::Oid, i32, pg_sys::Oid)]) {
-    let mut names: *mut pg_sys::List = std::ptr::null_mut();
-    let mut coltypes: *mut pg_sys::List = std::ptr::null_mut();
-    let mut coltypmods: *mut pg_sys::List = std::ptr::null_mut();
-    let mut colcollations: *mut pg_sys::List = std::ptr::null_mut();
     let hidden = [(pgt_delta::names::ROW_ID.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid)), (pgt_delta::names::WEIGHT.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid))];
     let visible = types.iter().enumerate().map(|(i, t)| (pgt_delta::names::child_column(i + 1), *t));
-    for (name, (typ, typmod, coll)) in visible.chain(hidden) {
-        names = pg_sys::lappend(names, string_node(&name));
-        coltypes = pg_sys::lappend_oid(coltypes, typ);
-        coltypmods = pg_sys::lappend_int(coltypmods, typmod);
-        colcollations = pg_sys::lappend_oid(colcollations, coll);
+    unsafe { to_cte_reference(rte, placeholder, visible.chain(hidden)) };
+}
+
+/// Turns range-table entry `rte` (a base relation or a subquery) into a
+/// reference to CTE `placeholder` whose columns are `columns`: (name, (type,
+/// typmod, collation)), in order.
+pub(super) unsafe fn to_cte_reference(
+    rte: *mut pg_sys::RangeTblEntry,
+    placeholder: &str,
+    columns: impl IntoIterator<Item = (String, (pg_sys::Oid, i32, pg_sys::Oid))>,
+) {
+    unsafe {
+        let mut names: *mut pg_sys::List = std::ptr::null_mut();
+        let mut coltypes: *mut pg_sys::List = std::ptr::null_mut();
+        let mut coltypmods: *mut pg_sys::List = std::ptr::null_mut();
+        let mut colcollations: *mut pg_sys::List = std::ptr::null_mut();
+        for (name, (typ, typmod, coll)) in columns {
+            names = pg_sys::lappend(names, string_node(&name));
+            coltypes = pg_sys::lappend_oid(coltypes, typ);
+            coltypmods = pg_sys::lappend_int(coltypmods, typmod);
+            colcollations = pg_sys::lappend_oid(colcollations, coll);
+        }
+        (*(*rte).eref).colnames = names;
+        if !(*rte).alias.is_null() {
+            (*(*rte).alias).colnames = std::ptr::null_mut();
+        }
+        (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
+        (*rte).ctename = cstring(placeholder);
+        (*rte).ctelevelsup = 0;
+        (*rte).self_reference = false;
+        (*rte).coltypes = coltypes;
+        (*rte).coltypmods = coltypmods;
+        (*rte).colcollations = colcollations;
+        (*rte).subquery = std::ptr::null_mut();
+        (*rte).relid = pg_sys::InvalidOid;
+        (*rte).relkind = 0;
+        (*rte).rellockmode = 0;
+        (*rte).perminfoindex = 0;
+        (*rte).inh = false;
+        (*rte).security_barrier = false;
+        (*rte).tablesample = std::ptr::null_mut();
     }
-    (*(*rte).eref).colnames = names;
-    if !(*rte).alias.is_null() {
-        (*(*rte).alias).colnames = std::ptr::null_mut();
-    }
-    (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
-    (*rte).ctename = cstring(placeholder);
-    (*rte).ctelevelsup = 0;
-    (*rte).self_reference = false;
-    (*rte).coltypes = coltypes;
-    (*rte).coltypmods = coltypmods;
-    (*rte).colcollations = colcollations;
-    (*rte).subquery = std::ptr::null_mut();
-    (*rte).relid = pg_sys::InvalidOid;
-    (*rte).relkind = 0;
-    (*rte).rellockmode = 0;
-    (*rte).perminfoindex = 0;
-    (*rte).inh = false;
-    (*rte).security_barrier = false;
 }

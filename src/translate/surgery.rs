@@ -633,37 +633,9 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
 /// Turns base-relation entry `rte` into a reference to CTE `placeholder` whose
 /// columns are the relation's (dropped ones renamed) plus `__pgt_w`.
 unsafe fn to_placeholder(rte: *mut pg_sys::RangeTblEntry, placeholder: &str, info: &RelationInfo) {
-    let mut names: *mut pg_sys::List = std::ptr::null_mut();
-    let mut coltypes: *mut pg_sys::List = std::ptr::null_mut();
-    let mut coltypmods: *mut pg_sys::List = std::ptr::null_mut();
-    let mut colcollations: *mut pg_sys::List = std::ptr::null_mut();
-    for (i, (typ, typmod, coll)) in info.types.iter().enumerate() {
-        names = pg_sys::lappend(names, string_node(&pgt_delta::scan::placeholder_column(&info.relation, i)));
-        coltypes = pg_sys::lappend_oid(coltypes, *typ);
-        coltypmods = pg_sys::lappend_int(coltypmods, *typmod);
-        colcollations = pg_sys::lappend_oid(colcollations, *coll);
-    }
-    names = pg_sys::lappend(names, string_node("__pgt_w"));
-    coltypes = pg_sys::lappend_oid(coltypes, pg_sys::INT8OID);
-    coltypmods = pg_sys::lappend_int(coltypmods, -1);
-    colcollations = pg_sys::lappend_oid(colcollations, pg_sys::InvalidOid);
-    (*(*rte).eref).colnames = names;
-    if !(*rte).alias.is_null() {
-        (*(*rte).alias).colnames = std::ptr::null_mut();
-    }
-    (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
-    (*rte).ctename = cstring(placeholder);
-    (*rte).ctelevelsup = 0;
-    (*rte).self_reference = false;
-    (*rte).coltypes = coltypes;
-    (*rte).coltypmods = coltypmods;
-    (*rte).colcollations = colcollations;
-    (*rte).relid = pg_sys::InvalidOid;
-    (*rte).relkind = 0;
-    (*rte).rellockmode = 0;
-    (*rte).perminfoindex = 0;
-    (*rte).inh = false;
-    (*rte).tablesample = std::ptr::null_mut();
+    let columns = info.types.iter().enumerate().map(|(i, t)| (pgt_delta::scan::placeholder_column(&info.relation, i), *t));
+    let weight = (pgt_delta::names::WEIGHT.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid));
+    unsafe { super::placeholder::to_cte_reference(rte, placeholder, columns.chain([weight])) };
 }
 
 /// Drops grouping, aggregation, ordering and the like from a copied query whose
