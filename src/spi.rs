@@ -76,25 +76,46 @@ thread_local! {
 /// and order of window size); past it, the least recently used is freed.
 pub const KEPT_GENERIC_PLANS_MAX: usize = 128;
 
-/// Kept plans by statement text, each with when it was last used, and the
-/// use counter.
-type GenericPlans = (HashMap<String, (NonNull<pg_sys::_SPI_plan>, u64)>, u64);
+/// Kept plans by statement text, each with when it was last used (the use
+/// counter's value) and when it was made, and the use counter.
+type GenericPlans = (HashMap<String, (NonNull<pg_sys::_SPI_plan>, u64, std::time::Instant)>, u64);
+
+/// How long a kept generic plan is used before it is made again. A plan is
+/// also made again after DDL or ANALYZE on what it reads, but not when a
+/// table only grows or shrinks — and change buffers do, from one refresh to
+/// the next, which the planner reads from their current size. A plan made
+/// for a buffer of another size is used at most this long.
+pub const KEPT_GENERIC_PLAN_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 thread_local! {
     /// The plans [`StatementSnapshot::query_map_kept_if`] keeps.
     static KEPT_GENERIC_PLANS: RefCell<GenericPlans> = RefCell::new((HashMap::new(), 0));
 }
 
-/// The kept generic plan of `sql`, marked as just used.
+/// The kept generic plan of `sql`, marked as just used; `None` (and the plan
+/// freed) when it is older than [`KEPT_GENERIC_PLAN_TTL`].
 fn kept_generic_plan(sql: &str) -> Option<NonNull<pg_sys::_SPI_plan>> {
-    KEPT_GENERIC_PLANS.with(|kept| {
+    let (found, expired) = KEPT_GENERIC_PLANS.with(|kept| {
         let (plans, clock) = &mut *kept.borrow_mut();
         *clock += 1;
-        plans.get_mut(sql).map(|(plan, used)| {
-            *used = *clock;
-            *plan
-        })
-    })
+        match plans.get_mut(sql) {
+            Some((plan, _, made)) if made.elapsed() > KEPT_GENERIC_PLAN_TTL => {
+                let plan = *plan;
+                plans.remove(sql);
+                (None, Some(plan))
+            }
+            Some((plan, used, _)) => {
+                *used = *clock;
+                (Some(*plan), None)
+            }
+            None => (None, None),
+        }
+    });
+    if let Some(plan) = expired {
+        // SAFETY: a kept plan no statement is running (see keep_generic_plan).
+        unsafe { pg_sys::SPI_freeplan(plan.as_ptr()) };
+    }
+    found
 }
 
 /// Keeps `plan` (saved with `SPI_keepplan`) for `sql`, freeing the least
@@ -105,12 +126,12 @@ fn keep_generic_plan(sql: &str, plan: NonNull<pg_sys::_SPI_plan>) {
         let (plans, clock) = &mut *kept.borrow_mut();
         *clock += 1;
         let evicted = if plans.len() >= KEPT_GENERIC_PLANS_MAX {
-            let oldest = plans.iter().min_by_key(|(_, (_, used))| *used).map(|(text, _)| text.clone());
-            oldest.and_then(|text| plans.remove(&text)).map(|(plan, _)| plan)
+            let oldest = plans.iter().min_by_key(|(_, (_, used, _))| *used).map(|(text, _)| text.clone());
+            oldest.and_then(|text| plans.remove(&text)).map(|(plan, _, _)| plan)
         } else {
             None
         };
-        plans.insert(sql.to_string(), (plan, *clock));
+        plans.insert(sql.to_string(), (plan, *clock, std::time::Instant::now()));
         evicted
     });
     if let Some(plan) = evicted {
@@ -295,7 +316,8 @@ impl StatementSnapshot {
     /// next (a DIFFERENTIAL refresh's statements, which name the frontier as
     /// parameters): it is planned once per backend with a generic plan
     /// (`CURSOR_OPT_GENERIC_PLAN`), and the plan kept, re-planned by
-    /// PostgreSQL's plan cache only after DDL on what it reads; the
+    /// PostgreSQL's plan cache after DDL or ANALYZE on what it reads, and
+    /// made again after [`KEPT_GENERIC_PLAN_TTL`]; the
     /// [`KEPT_GENERIC_PLANS_MAX`] most recently used texts are kept.
     ///
     /// # Errors
