@@ -688,6 +688,32 @@ pub fn source_checks(owner: pg_sys::Oid, sources: &[pg_sys::Oid]) -> PgtResult<V
     Ok(checks)
 }
 
+/// The number of pages of the change buffer of `source_relid` (0 when it has
+/// none): its physical size, which the planner reads at every planning.
+pub fn buffer_pages(source_relid: pg_sys::Oid) -> u64 {
+    let Ok(schema) = std::ffi::CString::new(crate::objects::CHANGES_SCHEMA) else { return 0 };
+    let Ok(name) = std::ffi::CString::new(format!("changes_{}", source_relid.to_u32())) else { return 0 };
+    // SAFETY: catalog-cache lookups and a relation-cache entry opened and
+    // closed here; a buffer dropped meanwhile reads as empty.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+        if namespace == pg_sys::InvalidOid {
+            return 0;
+        }
+        let relid = pg_sys::get_relname_relid(name.as_ptr(), namespace);
+        if relid == pg_sys::InvalidOid {
+            return 0;
+        }
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return 0;
+        }
+        let pages = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        pg_sys::RelationClose(rel);
+        u64::from(pages)
+    }
+}
+
 /// When the change buffer of `source_relid` is larger than
 /// `pg_trickle.change_buffer_alert_kb`: its size in bytes and the DIFFERENTIAL
 /// stream tables holding it back, least recently refreshed first (a buffer

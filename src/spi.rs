@@ -76,16 +76,16 @@ thread_local! {
 /// and order of window size); past it, the least recently used is freed.
 pub const KEPT_GENERIC_PLANS_MAX: usize = 128;
 
-/// Kept plans by statement text, each with when it was last used (the use
-/// counter's value) and when it was made, and the use counter.
+/// Kept plans by variant and statement text, each with when it was last used
+/// (the use counter's value) and when it was made, and the use counter.
 type GenericPlans = (HashMap<String, (NonNull<pg_sys::_SPI_plan>, u64, std::time::Instant)>, u64);
 
 /// How long a kept generic plan is used before it is made again. A plan is
 /// also made again after DDL or ANALYZE on what it reads, but not when a
-/// table only grows or shrinks — and change buffers do, from one refresh to
-/// the next, which the planner reads from their current size. A plan made
-/// for a buffer of another size is used at most this long.
-pub const KEPT_GENERIC_PLAN_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// table only grows or shrinks, which the planner reads from its current
+/// size; for change buffers the caller passes their order of size as the
+/// plan's variant, and other tables move slowly.
+pub const KEPT_GENERIC_PLAN_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 thread_local! {
     /// The plans [`StatementSnapshot::query_map_kept_if`] keeps.
@@ -322,13 +322,20 @@ impl StatementSnapshot {
     ///
     /// # Errors
     /// PostgreSQL's errors (raised), an invalid parameter value, or `accept`'s.
+    ///
+    /// `variant` tells apart plans of one text made for different
+    /// circumstances the text does not show (the order of size of the change
+    /// buffers read, which the planner reads at planning): each
+    /// (text, variant) has a plan of its own.
     pub fn query_map_kept_if<R>(
         &self,
         sql: &str,
+        variant: u32,
         params: Parameters<'_>,
         accept: impl FnOnce(f64) -> PgtResult<bool>,
         f: impl FnMut(&SnapshotRow) -> PgtResult<R>,
     ) -> PgtResult<Option<Vec<R>>> {
+        let key = format!("{variant}:{sql}");
         let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
         let texts = params
             .iter()
@@ -336,13 +343,13 @@ impl StatementSnapshot {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| PgtError::internal("a parameter value contains a NUL byte"))?;
         Spi::connect_mut(|_client| unsafe {
-            let plan = match kept_generic_plan(sql) {
+            let plan = match kept_generic_plan(&key) {
                 Some(plan) => RunPlan { plan: plan.as_ptr(), owned: false },
                 None => {
                     let mut types: Vec<pg_sys::Oid> = params.iter().map(|(t, _)| *t).collect();
                     let plan = prepare(&csql, &mut types, pg_sys::CURSOR_OPT_GENERIC_PLAN as i32)?;
                     if pg_sys::SPI_keepplan(plan) == 0 {
-                        keep_generic_plan(sql, NonNull::new_unchecked(plan));
+                        keep_generic_plan(&key, NonNull::new_unchecked(plan));
                         RunPlan { plan, owned: false }
                     } else {
                         RunPlan { plan, owned: true }

@@ -53,13 +53,18 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     // What changed, in one query; nothing to do when nothing did.
     let relations = plan.relations();
     let summary = snapshot
-        .query_map_kept_if(&source.summary_sql(&relations), &params, |_| Ok(true), |row| {
+        .query_map_kept_if(&source.summary_sql(&relations), 0, &params, |_| Ok(true), |row| {
             Ok((row.col::<pg_sys::Oid>(1)?, row.col::<i64>(2)?, row.col::<bool>(3)?, row.col::<i64>(4)?))
         })?
         .unwrap_or_default();
     if summary.is_empty() {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
     }
+    // The order of size of the change buffers read (pages, rounded down to a
+    // power of two): the planner reads their current size, so a kept plan is
+    // kept per order of size.
+    let buffer_pages: u64 = summary.iter().map(|(relid, ..)| crate::cdc::buffer_pages(*relid)).sum();
+    let size_class = 64 - buffer_pages.leading_zeros();
     let mut window_rows = 0f64;
     let mut changed = pgt_delta::Changed::new();
     let mut images = std::collections::BTreeMap::new();
@@ -122,9 +127,9 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     };
     let apply = || -> PgtResult<Option<(u64, u64)>> {
         if check {
-            super::apply_delta_if(&statement, snapshot, &params, accept)
+            super::apply_delta_if(&statement, snapshot, size_class, &params, accept)
         } else {
-            super::apply_delta_if(&statement, snapshot, &params, |_| Ok(true))
+            super::apply_delta_if(&statement, snapshot, size_class, &params, |_| Ok(true))
         }
     };
     let applied = match delta_temp_limit_kb(&plan, snapshot)? {

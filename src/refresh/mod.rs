@@ -216,20 +216,23 @@ fn count_actions(statement: &pgt_delta::DeltaStatement) -> String {
 }
 
 /// [`apply_delta`] for a DIFFERENTIAL refresh's statement, whose text names
-/// the frontier as parameters `params` (its plan is kept, see
+/// the frontier as parameters `params` (its plan is kept per `variant`, see
 /// [`StatementSnapshot::query_map_kept_if`]), unless `accept` declines the
 /// planner's total cost estimate of the statement (then `None`, and nothing
 /// ran).
 fn apply_delta_if(
     statement: &pgt_delta::DeltaStatement,
     snapshot: &StatementSnapshot,
+    variant: u32,
     params: crate::spi::Parameters<'_>,
     accept: impl FnOnce(f64) -> PgtResult<bool>,
 ) -> PgtResult<Option<(u64, u64)>> {
     // The guard triggers of the stream table and state tables let these write.
     let _writing = crate::activity::StreamTableWrite::begin();
     let sql = count_actions(statement);
-    let Some(counts) = snapshot.query_map_kept_if(&sql, params, accept, |row| Ok((row.col::<i64>(1)?, row.col::<i64>(2)?)))? else {
+    let Some(counts) =
+        snapshot.query_map_kept_if(&sql, variant, params, accept, |row| Ok((row.col::<i64>(1)?, row.col::<i64>(2)?)))?
+    else {
         return Ok(None);
     };
     let (inserted, deleted) =
