@@ -59,7 +59,7 @@ use pgt_core::ident::{quote_ident, quote_literal, QualifiedName};
 pub use crate::objects::{buffer_name, CHANGES_SCHEMA};
 
 /// The change buffer's own columns; a source column may not have these names.
-pub const BUFFER_META_COLUMNS: [&str; 2] = ["__pgt_txid", "__pgt_action"];
+pub const BUFFER_META_COLUMNS: [&str; 2] = [pgt_delta::names::TXID, pgt_delta::names::ACTION];
 
 fn capture_function_name(source_relid: pg_sys::Oid) -> QualifiedName {
     QualifiedName::new(CHANGES_SCHEMA, format!("capture_{}", source_relid.to_u32()))
@@ -386,9 +386,11 @@ fn create_buffer(
     let column_defs: String = columns.iter().map(|c| format!(", {} {}", quote_ident(&c.name), c.sql_type)).collect();
     exec(
         &format!(
-            "CREATE TABLE {} (__pgt_txid pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), \
-             __pgt_action \"char\" NOT NULL{column_defs})",
-            buffer.to_sql()
+            "CREATE TABLE {} ({txid} pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), \
+             {action} \"char\" NOT NULL{column_defs})",
+            buffer.to_sql(),
+            txid = pgt_delta::names::TXID,
+            action = pgt_delta::names::ACTION
         ),
         &[],
     )?;

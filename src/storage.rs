@@ -15,7 +15,7 @@ use pgt_core::ident::{quote_ident, QualifiedName};
 use pgt_delta::Plan;
 
 /// The hidden row-identity column.
-pub const ROW_ID_COLUMN: &str = "__pgt_row_id";
+pub const ROW_ID_COLUMN: &str = pgt_delta::names::ROW_ID;
 
 /// The trigger on every stream table that refuses writes other than a
 /// refresh's (`pgtrickle._guard_stream_table()`, [`crate::activity`]).
@@ -199,8 +199,8 @@ pub fn hidden_columns(relid: pg_sys::Oid) -> PgtResult<Vec<StorageColumn>> {
         query_map(
             "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attname::text LIKE '\\_\\_pgt\\_%' \
-               AND attname <> '__pgt_row_id' ORDER BY attnum",
-            &[relid.into()],
+               AND attname <> $2 ORDER BY attnum",
+            &[relid.into(), pgt_delta::names::ROW_ID.into()],
             |row| Ok(StorageColumn { name: col(row, 1)?, sql_type: col(row, 2)? }),
         )
     })

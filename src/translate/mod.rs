@@ -137,7 +137,7 @@ unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupp
         let inner = pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
         (*inner).distinctClause = std::ptr::null_mut();
         (*inner).sortClause = std::ptr::null_mut();
-        let text = format!("SELECT DISTINCT * FROM ({}) __pgt_s", deparse(inner));
+        let text = format!("SELECT DISTINCT * FROM ({}) {}", deparse(inner), pgt_delta::names::SUBQUERY_ALIAS);
         let csql = CString::new(text).map_err(|_| crate::error::PgtError::internal("deparsed query contains a NUL byte"))?;
         let outer = crate::privilege::with_pinned_search_path(|| crate::parse::parse_single_select(&csql))?;
         return translate_tree(outer);
@@ -419,7 +419,7 @@ unsafe fn branch_needs_child(leaf: &pg_sys::Query) -> bool {
 /// child operator. `q` must be self-contained (no outer references); it is
 /// deparsed with the search path pinned, so names resolve as they did.
 unsafe fn wrap_in_subquery(q: *mut pg_sys::Query) -> PgtResult<*mut pg_sys::Query> {
-    let text = format!("SELECT * FROM ({}) __pgt_s", deparse(q));
+    let text = format!("SELECT * FROM ({}) {}", deparse(q), pgt_delta::names::SUBQUERY_ALIAS);
     let csql = CString::new(text).map_err(|_| crate::error::PgtError::internal("deparsed query contains a NUL byte"))?;
     crate::privilege::with_pinned_search_path(|| crate::parse::parse_single_select(&csql))
 }
@@ -502,8 +502,8 @@ pub(crate) fn relation_info(relid: pg_sys::Oid) -> PgtResult<(Option<String>, Re
             if generated == "v" {
                 reason = Some(format!("virtual generated columns ({name})"));
             }
-            if attname == "__pgt_w" {
-                reason = Some(format!("a source column named __pgt_w ({name})"));
+            if attname == pgt_delta::names::WEIGHT {
+                reason = Some(format!("a source column named {} ({name})", pgt_delta::names::WEIGHT));
             }
             columns.push(Some(attname.clone()));
             types.push((*typ, *typmod, *coll));
@@ -789,7 +789,7 @@ unsafe fn translate_union(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
             if let Some(u) = unhashable(&keys, "a UNION column")? {
                 return Ok(Err(u));
             }
-            let extra = keys.iter().enumerate().map(|(i, e)| (format!("__pgt_g{}", i + 1), *e)).collect();
+            let extra = keys.iter().enumerate().map(|(i, e)| (pgt_delta::names::group(i + 1), *e)).collect();
             blocks.push(surgery::finish(prepared, surgery::Targets::Replace(extra))?);
         } else {
             let mut extra: Vec<(String, *mut pg_sys::Node)> =
@@ -861,7 +861,7 @@ unsafe fn aggregate_plan(
     };
     Ok(Ok(Plan::new(Root::Aggregate(AggregatePlan {
         inputs,
-        groups: (1..=groups.len()).map(|i| format!("__pgt_g{i}")).collect(),
+        groups: (1..=groups.len()).map(pgt_delta::names::group).collect(),
         group_hash: group_hash(groups),
         group_equality,
         aggregates,
@@ -910,7 +910,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
     let mut aggregates = Vec::new();
     let mut extra: Vec<(String, *mut pg_sys::Node)> = Vec::new();
     for (i, g) in groups.iter().enumerate() {
-        extra.push((format!("__pgt_g{}", i + 1), pg_sys::copyObjectImpl(*g as *const _) as *mut pg_sys::Node));
+        extra.push((pgt_delta::names::group(i + 1), pg_sys::copyObjectImpl(*g as *const _) as *mut pg_sys::Node));
     }
     for (k, aggref) in aggrefs.iter().enumerate() {
         let j = k + 1;
@@ -943,7 +943,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
             (true, "max", false, 1) => AggregateKind::Max,
             _ => AggregateKind::Rescan,
         };
-        let filter_name = (!a.aggfilter.is_null()).then(|| format!("__pgt_f{j}"));
+        let filter_name = (!a.aggfilter.is_null()).then(|| pgt_delta::names::filter(j));
         if let Some(name) = &filter_name {
             extra.push((name.clone(), pg_sys::copyObjectImpl(a.aggfilter as *const _) as *mut pg_sys::Node));
         }
@@ -953,7 +953,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
             // call is rebuilt over them.
             let mut columns = Vec::new();
             for (n, te) in args.iter_ptr().enumerate() {
-                let name = format!("__pgt_a{j}_{}", n + 1);
+                let name = pgt_delta::names::rescan_arg(j, n + 1);
                 extra.push((name.clone(), pg_sys::copyObjectImpl((*te).expr as *const _) as *mut pg_sys::Node));
                 columns.push((name, te));
             }
@@ -974,7 +974,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
             });
             None
         } else {
-            let name = (kind != AggregateKind::CountStar).then(|| format!("__pgt_a{j}"));
+            let name = (kind != AggregateKind::CountStar).then(|| pgt_delta::names::arg(j));
             if let (Some(name), Some(expr)) = (&name, arg_expr) {
                 extra.push((name.clone(), pg_sys::copyObjectImpl(expr as *const _) as *mut pg_sys::Node));
             }

@@ -395,7 +395,7 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>, force_ch
                     return Ok(Err(Unsupported(reason)));
                 }
                 let index = inputs.len();
-                let placeholder = format!("__pgt_in_{}", index + 1);
+                let placeholder = pgt_delta::names::placeholder(index + 1);
                 let only = !(*rte).inh;
                 let weight = pg_sys::makeVar(varno, (info.relation.columns.len() + 1) as i16, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0);
                 let keys = info
@@ -475,12 +475,12 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>, force_ch
                         as *mut pg_sys::Node
                 };
                 for s in inner {
-                    let weight = lift(s.weight, &format!("__pgt_w_{}", s.index + 1), &mut tlist);
+                    let weight = lift(s.weight, &pgt_delta::names::weight_of(s.index + 1), &mut tlist);
                     let keys = s
                         .keys
                         .iter()
                         .enumerate()
-                        .map(|(j, k)| lift(*k, &format!("__pgt_k{}_{}", s.index + 1, j + 1), &mut tlist))
+                        .map(|(j, k)| lift(*k, &pgt_delta::names::key_of(s.index + 1, j + 1), &mut tlist))
                         .collect();
                     surfaced.push(Surfaced { index: s.index, rtindex: varno, weight, keys });
                 }
@@ -564,7 +564,7 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
         };
         // The template plus the preserved row's content.
         let mut resno = PgList::<pg_sys::TargetEntry>::from_pg(tlist).len() as i16;
-        let with_content = pg_sys::lappend(pg_sys::list_copy(tlist), named("__pgt_pc", content, &mut resno));
+        let with_content = pg_sys::lappend(pg_sys::list_copy(tlist), named(pgt_delta::names::PRESERVED_CONTENT, content, &mut resno));
         (*copy).targetList = with_content;
         let null_template = deparse(copy);
         (*copy).targetList = tlist;
@@ -578,12 +578,12 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
         let mut resno: i16 = 0;
         for &q in &outer.restricted {
             for (n, key) in prepared.keys[q].iter().enumerate() {
-                targets = pg_sys::lappend(targets, named(&format!("__pgt_p{}_{}", q + 1, n + 1), *key, &mut resno));
+                targets = pg_sys::lappend(targets, named(&pgt_delta::names::preserved_key(q + 1, n + 1), *key, &mut resno));
             }
         }
-        targets = pg_sys::lappend(targets, named("__pgt_pc", content, &mut resno));
+        targets = pg_sys::lappend(targets, named(pgt_delta::names::PRESERVED_CONTENT, content, &mut resno));
         let weight = pg_sys::copyObjectImpl(prepared.weights[outer.nullable] as *const c_void) as *mut pg_sys::Node;
-        targets = pg_sys::lappend(targets, named("__pgt_pw", weight, &mut resno));
+        targets = pg_sys::lappend(targets, named(pgt_delta::names::NULLABLE_WEIGHT, weight, &mut resno));
         (*copy).targetList = targets;
         (*copy).jointree = pg_sys::makeFromExpr(pg_sys::lappend(std::ptr::null_mut(), j as *mut c_void), std::ptr::null_mut());
         // The deparser names the columns of every join in the range table from
@@ -605,12 +605,12 @@ pub unsafe fn finish(prepared: Prepared, targets: Targets) -> PgtResult<Block> {
         (*j).jointype = jointype;
         let mut resno: i16 = 0;
         let mut targets: *mut pg_sys::List = std::ptr::null_mut();
-        targets = pg_sys::lappend(targets, named("__pgt_pc", content, &mut resno));
+        targets = pg_sys::lappend(targets, named(pgt_delta::names::PRESERVED_CONTENT, content, &mut resno));
         let key = prepared.keys[outer.nullable]
             .first()
             .copied()
             .ok_or_else(|| PgtError::internal("the nullable side of an outer join has no key column"))?;
-        targets = pg_sys::lappend(targets, named("__pgt_pk", key, &mut resno));
+        targets = pg_sys::lappend(targets, named(pgt_delta::names::NULLABLE_KEY, key, &mut resno));
         (*copy).targetList = targets;
         let presence_template = deparse(copy);
         for rte in &hidden {
@@ -732,7 +732,7 @@ pub unsafe fn output_template(
     if !(*copy).havingQual.is_null() {
         let having = to_agg_vars((*copy).havingQual, ctx);
         exprs.push(having);
-        push("__pgt_having", having, &mut tlist);
+        push(pgt_delta::names::HAVING, having, &mut tlist);
     }
     for expr in &exprs {
         let mut foreign = false;
@@ -759,10 +759,10 @@ pub unsafe fn output_template(
         colcollations = pg_sys::lappend_oid(colcollations, coll);
     };
     for (i, g) in groups.iter().enumerate() {
-        add_col(&format!("__pgt_g{}", i + 1), pg_sys::exprType(*g), pg_sys::exprTypmod(*g), pg_sys::exprCollation(*g));
+        add_col(&pgt_delta::names::group(i + 1), pg_sys::exprType(*g), pg_sys::exprTypmod(*g), pg_sys::exprCollation(*g));
     }
     for (j, a) in aggrefs.iter().enumerate() {
-        add_col(&format!("__pgt_v{}", j + 1), (**a).aggtype, -1, (**a).aggcollid);
+        add_col(&pgt_delta::names::value(j + 1), (**a).aggtype, -1, (**a).aggcollid);
     }
     for (name, typ) in passthrough.iter().zip(passthrough_types) {
         add_col(name, *typ, -1, pg_sys::InvalidOid);
@@ -770,8 +770,8 @@ pub unsafe fn output_template(
     let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
     (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
     (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
-    (*rte).ctename = cstring("__pgt_agg");
-    (*rte).eref = pg_sys::makeAlias(cstring("__pgt_agg"), names);
+    (*rte).ctename = cstring(pgt_delta::names::AGG_ROW);
+    (*rte).eref = pg_sys::makeAlias(cstring(pgt_delta::names::AGG_ROW), names);
     (*rte).coltypes = coltypes;
     (*rte).coltypmods = coltypmods;
     (*rte).colcollations = colcollations;
