@@ -435,13 +435,13 @@ fn capture_function_body(buffer: &QualifiedName, columns: &[CapturedColumn]) -> 
         "#variable_conflict use_column\n\
          BEGIN\n\
            IF TG_OP = 'INSERT' THEN\n\
-             INSERT INTO {buffer} (__pgt_action{target}) {ins};\n\
+             INSERT INTO {buffer} ({action}{target}) {ins};\n\
            ELSIF TG_OP = 'UPDATE' THEN\n\
-             INSERT INTO {buffer} (__pgt_action{target}) {upd_old} UNION ALL {upd_new};\n\
+             INSERT INTO {buffer} ({action}{target}) {upd_old} UNION ALL {upd_new};\n\
            ELSIF TG_OP = 'DELETE' THEN\n\
-             INSERT INTO {buffer} (__pgt_action{target}) {del};\n\
+             INSERT INTO {buffer} ({action}{target}) {del};\n\
            ELSE\n\
-             INSERT INTO {buffer} (__pgt_action) VALUES ('T');\n\
+             INSERT INTO {buffer} ({action}) VALUES ('T');\n\
            END IF;\n\
            PERFORM pgtrickle._wake_scheduler();\n\
            RETURN NULL;\n\
@@ -450,6 +450,7 @@ fn capture_function_body(buffer: &QualifiedName, columns: &[CapturedColumn]) -> 
         upd_old = images("D", "__pgt_old"),
         upd_new = images("I", "__pgt_new"),
         del = images("D", "__pgt_old"),
+        action = pgt_delta::names::ACTION,
     )
 }
 
