@@ -179,14 +179,14 @@ fn delta_temp_limit_kb(plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<O
         _ => {
             let relids = plan.relations().iter().map(|r| r.relid.to_string()).collect::<Vec<_>>().join(",");
             // Partitioned tables hold nothing themselves: their leaves count.
-            let bytes = snapshot
-                .query_text(&format!(
-                    "SELECT pg_catalog.sum(pg_catalog.pg_total_relation_size(x)) FROM (SELECT r AS x FROM \
-                     pg_catalog.unnest('{{{relids}}}'::pg_catalog.oid[]) r UNION SELECT p.relid FROM \
-                     pg_catalog.unnest('{{{relids}}}'::pg_catalog.oid[]) r, pg_catalog.pg_partition_tree(r) p) s"
-                ))?
-                .and_then(|t| t.parse::<f64>().ok())
-                .unwrap_or(0.0);
+            // (The same text at every refresh: its plan is kept.)
+            let sql = format!(
+                "SELECT coalesce(pg_catalog.sum(pg_catalog.pg_total_relation_size(x)), 0)::float8 FROM (SELECT r AS x FROM \
+                 pg_catalog.unnest('{{{relids}}}'::pg_catalog.oid[]) r UNION SELECT p.relid FROM \
+                 pg_catalog.unnest('{{{relids}}}'::pg_catalog.oid[]) r, pg_catalog.pg_partition_tree(r) p) s"
+            );
+            let sizes = snapshot.query_map_kept_if(&sql, 0, &[], |_| Ok(true), |row| row.col::<f64>(1))?.unwrap_or_default();
+            let bytes = sizes.first().copied().ok_or_else(|| PgtError::internal("the sources' size query returned no row"))?;
             ((bytes / 1024.0) as i64).max(MIN_DELTA_TEMP_KB)
         }
     };
