@@ -311,16 +311,7 @@ pub type OuterPairs = ZSet<(Option<(i8, i8)>, Option<(i8, i8)>)>;
 /// `a FULL JOIN b ON a.0 = b.0`: pairs, and each side's rows without a match
 /// NULL-extended (weights multiply; a match is a row of non-zero weight).
 pub fn full_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> OuterPairs {
-    let mut out = ZSet::new();
-    for (l, wl) in a {
-        let matches: Vec<_> = b.iter().filter(|(r, _)| r.0 == l.0).collect();
-        if matches.is_empty() {
-            add(&mut out, (Some(*l), None), *wl);
-        }
-        for (r, wr) in matches {
-            add(&mut out, (Some(*l), Some(*r)), wl * wr);
-        }
-    }
+    let mut out = left_join(a, b);
     for (r, wr) in b {
         if !a.iter().any(|(l, _)| l.0 == r.0) {
             add(&mut out, (None, Some(*r)), *wr);
