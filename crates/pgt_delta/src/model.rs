@@ -308,13 +308,27 @@ pub fn histogram(child: &ZSet<(i8, i64)>) -> ZSet<i64> {
 /// NULL-extended.
 pub type OuterPairs = ZSet<(Option<(i8, i8)>, Option<(i8, i8)>)>;
 
-/// `a FULL JOIN b ON a.0 = b.0`: pairs, and each side's rows without a match
-/// NULL-extended (weights multiply; a match is a row of non-zero weight).
+/// `a FULL JOIN b ON a.0 = b.0`, from its definition key by key: for every
+/// join key, the pairs of its rows on both sides, or, where one side has no
+/// row with that key, the other side's rows NULL-extended (weights multiply;
+/// a match is a row of non-zero weight). Written independently of
+/// [`left_join`] and [`right_anti`], which the delta rule combines.
 pub fn full_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> OuterPairs {
-    let mut out = left_join(a, b);
-    for (r, wr) in b {
-        if !a.iter().any(|(l, _)| l.0 == r.0) {
-            add(&mut out, (None, Some(*r)), *wr);
+    let mut out = ZSet::new();
+    let keys: std::collections::BTreeSet<i8> = a.keys().chain(b.keys()).map(|row| row.0).collect();
+    for key in keys {
+        let left: Vec<_> = a.iter().filter(|(row, _)| row.0 == key).collect();
+        let right: Vec<_> = b.iter().filter(|(row, _)| row.0 == key).collect();
+        match (left.is_empty(), right.is_empty()) {
+            (false, true) => left.iter().for_each(|(l, wl)| add(&mut out, (Some(**l), None), **wl)),
+            (true, false) => right.iter().for_each(|(r, wr)| add(&mut out, (None, Some(**r)), **wr)),
+            _ => {
+                for (l, wl) in &left {
+                    for (r, wr) in &right {
+                        add(&mut out, (Some(**l), Some(**r)), *wl * *wr);
+                    }
+                }
+            }
         }
     }
     out
@@ -324,12 +338,8 @@ pub fn full_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> OuterPairs {
 pub fn left_join(a: &ZSet<(i8, i8)>, b: &ZSet<(i8, i8)>) -> OuterPairs {
     let mut out = ZSet::new();
     for (l, wl) in a {
-        let matches: Vec<_> = b.iter().filter(|(r, _)| r.0 == l.0).collect();
-        if matches.is_empty() {
-            add(&mut out, (Some(*l), None), *wl);
-        }
-        for (r, wr) in matches {
-            add(&mut out, (Some(*l), Some(*r)), wl * wr);
+        for (r, wr) in extend(b, |x| x.0 == l.0, JoinKind::Left) {
+            add(&mut out, (Some(*l), r), wl * wr);
         }
     }
     out
