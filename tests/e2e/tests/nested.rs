@@ -482,7 +482,8 @@ fn a_delta_past_its_temporary_file_bound_recomputes_in_full() {
     assert_eq!(action, "FULL", "notices: {seen:?}");
     assert!(seen.iter().any(|(_, n)| n.contains("kB of temporary files (pg_trickle.delta_temp_file_limit)")), "{seen:?}");
     pg_trickle_e2e::assert_st_matches_query(&mut db.client, "sums", query);
-    let temp_file_limit: String = db.scalar("SHOW temp_file_limit", &[]);
+    // In the session that refreshed: the bound does not outlive the refresh.
+    let temp_file_limit: String = client.query_one("SHOW temp_file_limit", &[]).expect("SHOW").get(0);
     assert_eq!(temp_file_limit, "-1", "the bound does not outlive the refresh");
 
     // The default bound, as the non-superuser owner: DIFFERENTIAL.
