@@ -307,11 +307,12 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
         v
     };
     let q = quoted(&state_cols);
-    let ctes = if may_rescan {
-        rescanning_ctes(plan, ctx, &dg, &aff, &algebraic, &q)
+    let states = if may_rescan {
+        rescanning_ctes(plan, ctx, &algebraic, &q)
     } else {
-        format!("WITH __pgt_dg AS MATERIALIZED ({dg}), __pgt_aff AS MATERIALIZED ({aff}), __pgt_states AS (SELECT {q} FROM ({algebraic}) x)")
+        format!("__pgt_states AS (SELECT {q} FROM ({algebraic}) x)")
     };
+    let ctes = format!("WITH __pgt_dg AS MATERIALIZED ({dg}), __pgt_aff AS MATERIALIZED ({aff}), {states}");
 
     let stored = stored_columns(plan);
     let set = stored
@@ -337,11 +338,11 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
     ))
 }
 
-/// The steps of [`merge_sql`] for an aggregate whose groups may need a
-/// rescan: `__pgt_dg`, `__pgt_aff`, `__pgt_keys` (groups to rescan),
+/// The steps of [`merge_sql`] after `__pgt_dg` and `__pgt_aff`, for an
+/// aggregate whose groups may need a rescan: `__pgt_keys` (groups to rescan),
 /// `__pgt_rescanned` (their state from the input's new state restricted to
 /// them), and `__pgt_states` (algebraic, rescanned, and rescanned to nothing).
-fn rescanning_ctes(plan: &AggregatePlan, ctx: &Ctx, dg: &str, aff: &str, algebraic: &str, q: &str) -> String {
+fn rescanning_ctes(plan: &AggregatePlan, ctx: &Ctx, algebraic: &str, q: &str) -> String {
     // Rescanned groups: state from the input's new state restricted to their keys.
     let block_new = union::full_sql(&plan.inputs, ctx);
     let restricted = if plan.groups.is_empty() {
@@ -391,9 +392,7 @@ fn rescanning_ctes(plan: &AggregatePlan, ctx: &Ctx, dg: &str, aff: &str, algebra
     };
     let keys_cols: String = plan.groups.iter().map(|g| format!("a.{}, ", quote_ident(g))).collect();
     format!(
-        "WITH __pgt_dg AS MATERIALIZED ({dg}), \
-              __pgt_aff AS MATERIALIZED ({aff}), \
-              __pgt_keys AS MATERIALIZED (SELECT {keys_cols}a.__pgt_row_id FROM __pgt_aff a WHERE a.__pgt_rescan), \
+        "__pgt_keys AS MATERIALIZED (SELECT {keys_cols}a.__pgt_row_id FROM __pgt_aff a WHERE a.__pgt_rescan), \
               __pgt_rescanned AS MATERIALIZED ({rescanned}), \
               __pgt_states AS (SELECT {q} FROM ({algebraic}) x UNION ALL SELECT {q} FROM __pgt_rescanned \
                                UNION ALL SELECT {q} FROM ({zero_states}) z)"

@@ -13,6 +13,7 @@
 //! ([`content_row_id`]) for one refreshed in FULL mode.
 
 use crate::sql::{qualified, quoted};
+use crate::names::ROW_ID;
 use pgt_core::ident::quote_ident;
 
 /// The MERGE that makes `table` (quoted) hold exactly the rows of `source`, a
@@ -71,11 +72,7 @@ fn content_hash(columns: &[String], typed: bool) -> String {
 /// hash (64 bits); copies are told apart by [`COPY_STRIDE`].
 pub fn content_row_id(query: &str, columns: &[String], typed: bool) -> String {
     let first = content_hash(columns, typed);
-    format!(
-        "SELECT {cols}{sep}{first} # ((pg_catalog.row_number() OVER (PARTITION BY {first}) - 1) * {COPY_STRIDE}) AS __pgt_row_id FROM ({query}) q",
-        cols = qualified("q", columns),
-        sep = if columns.is_empty() { "" } else { ", " },
-    )
+    with_row_id(query, columns, &format!("{first} # ((pg_catalog.row_number() OVER (PARTITION BY {first}) - 1) * {COPY_STRIDE})"))
 }
 
 /// The rows of `query` with the identity of the first copy of their content
@@ -83,20 +80,21 @@ pub fn content_row_id(query: &str, columns: &[String], typed: bool) -> String {
 /// the copies of equal contents itself, in one pass, without the sort that a
 /// window over contents needs.
 pub fn first_copy_row_id(query: &str, columns: &[String], typed: bool) -> String {
-    format!(
-        "SELECT {cols}{sep}{first} AS __pgt_row_id FROM ({query}) q",
-        cols = qualified("q", columns),
-        sep = if columns.is_empty() { "" } else { ", " },
-        first = content_hash(columns, typed),
-    )
+    with_row_id(query, columns, &content_hash(columns, typed))
 }
 
 /// The rows of `query` with a `__pgt_row_id` of 0, for a writer that computes
 /// the identities itself as it stores the rows (the same as
 /// [`content_row_id`]'s).
 pub fn unidentified_rows(query: &str, columns: &[String]) -> String {
+    with_row_id(query, columns, "0::bigint")
+}
+
+/// `query`'s columns `columns` and `identity` (SQL over them, alias `q`) as
+/// `__pgt_row_id`.
+fn with_row_id(query: &str, columns: &[String], identity: &str) -> String {
     format!(
-        "SELECT {cols}{sep}0::bigint AS __pgt_row_id FROM ({query}) q",
+        "SELECT {cols}{sep}{identity} AS {ROW_ID} FROM ({query}) q",
         cols = qualified("q", columns),
         sep = if columns.is_empty() { "" } else { ", " },
     )

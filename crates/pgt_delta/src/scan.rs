@@ -74,8 +74,9 @@ pub fn empty_sql(relation: &Relation, only: bool) -> String {
 /// When the source knows how many images the window holds (`n`), the scan
 /// carries a `LIMIT` a little above that (`n + n/8 + 16`, rounded up to a
 /// power of two so that windows of the same order give the same statement
-/// text, whose plan can be kept: it always returns every image, and a limit
-/// below the true count could never drop one): the
+/// text, whose plan can be kept). The LIMIT never drops an image only because
+/// `n` is counted in the snapshot the statement runs in, with the same
+/// predicate: a count below the true one would lose changes. With it the
 /// planner then sizes the delta right instead of guessing from the change
 /// buffer's statistics (see [`ChangeSource::Window`]). The price: a
 /// subquery with a LIMIT is not flattened, so the block's filters on this

@@ -38,25 +38,15 @@ impl Frontier {
             Some(c) => format!("{c}::bigint"),
             None => "NULL::bigint".to_string(),
         };
-        format!("NOT COALESCE({}, false)", consumed_by_frontier_sql(row_alias, &snapshot, &xid, &cid))
-    }
-
-    /// [`Frontier::pending_predicate`] with the frontier's values as the
-    /// statement's parameters [`FRONTIER_PARAMETERS`] instead of literals:
-    /// the text then stays the same from one refresh to the next, and its
-    /// plan can be kept.
-    fn parameterized_predicate(row_alias: &str) -> String {
-        format!(
-            "NOT COALESCE({}, false)",
-            consumed_by_frontier_sql(row_alias, "$1::pg_catalog.pg_snapshot", "$2::pg_catalog.xid8", "$3::bigint")
-        )
+        not_consumed(row_alias, &snapshot, &xid, &cid)
     }
 }
 
-/// The parameters of a statement rendered by a [`ChangeSource::parameterized`]
-/// source, in order: the frontier's `pg_snapshot`, its `xid8` (NULL when it
-/// had none) and its command id (`bigint`, NULL when it had no xid).
-pub const FRONTIER_PARAMETERS: [&str; 3] = ["pg_catalog.pg_snapshot", "pg_catalog.xid8", "bigint"];
+/// "Buffer row `row_alias` is not consumed by the frontier given as the SQL
+/// expressions `snapshot`, `xid` and `cid`" ([`pgt_core::frontier`]).
+fn not_consumed(row_alias: &str, snapshot: &str, xid: &str, cid: &str) -> String {
+    format!("NOT COALESCE({}, false)", consumed_by_frontier_sql(row_alias, snapshot, xid, cid))
+}
 
 /// Where the changes of base relations come from in one maintenance run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,13 +57,15 @@ pub enum ChangeSource {
         frontier: Frontier,
         /// Per relation (OID), the number of row images in its window, when
         /// known (counted by [`ChangeSource::summary_sql`] in the same
-        /// snapshot): the delta scan then tells the planner it reads at most
-        /// that many rows. A change buffer's statistics say nothing about the
+        /// snapshot as the delta statement runs in — a count below the
+        /// window's true size would make the delta scan's LIMIT drop images):
+        /// the delta scan then tells the planner it reads at most that many
+        /// rows. A change buffer's statistics say nothing about the
         /// window, and the planner's guess for it can be off by orders of
         /// magnitude, for the join order and for the cost guard alike.
         images: std::collections::BTreeMap<u32, u64>,
         /// Whether statements name the frontier as parameters `$1`–`$3`
-        /// ([`FRONTIER_PARAMETERS`]) rather than literals.
+        /// ([`ChangeSource::parameterized`]) rather than literals.
         parameterized: bool,
     },
 }
@@ -85,25 +77,23 @@ impl ChangeSource {
     }
 
     /// The same source, naming the frontier in the statements it renders as
-    /// parameters `$1`–`$3` ([`FRONTIER_PARAMETERS`], values from
-    /// [`ChangeSource::frontier`]): a stream table's statements are then the
-    /// same text at every refresh with the same changed inputs and window
-    /// sizes of the same order, and their plans can be kept.
+    /// parameters instead of literals: `$1` its `pg_snapshot`, `$2` its
+    /// `xid8` (NULL when it had none), `$3` its command id (`bigint`, NULL
+    /// when it had no xid). Every statement rendered from it — the summary,
+    /// the delta statement, the delta core — must be run with those three
+    /// values bound (EXPLAIN it with `GENERIC_PLAN`). A stream table's
+    /// statements are then the same text at every refresh with the same
+    /// changed inputs and window sizes of the same order, and their plans can
+    /// be kept.
     pub fn parameterized(self) -> ChangeSource {
         match self {
             ChangeSource::Window { frontier, images, .. } => ChangeSource::Window { frontier, images, parameterized: true },
         }
     }
 
-    /// The frontier the windows start from.
-    pub fn frontier(&self) -> &Frontier {
-        match self {
-            ChangeSource::Window { frontier, .. } => frontier,
-        }
-    }
-
     /// The same source, with the number of row images in each relation's
-    /// window.
+    /// window (relation OID → count). The counts must be taken in the
+    /// snapshot the statements will run in (see [`ChangeSource::Window`]).
     pub fn with_images(self, counts: std::collections::BTreeMap<u32, u64>) -> ChangeSource {
         match self {
             ChangeSource::Window { frontier, parameterized, .. } => ChangeSource::Window { frontier, images: counts, parameterized },
@@ -129,7 +119,9 @@ impl ChangeSource {
     /// (images and TRUNCATE markers).
     pub fn pending_predicate(&self, alias: &str) -> String {
         match self {
-            ChangeSource::Window { parameterized: true, .. } => Frontier::parameterized_predicate(alias),
+            ChangeSource::Window { parameterized: true, .. } => {
+                not_consumed(alias, "$1::pg_catalog.pg_snapshot", "$2::pg_catalog.xid8", "$3::bigint")
+            }
             ChangeSource::Window { frontier, .. } => frontier.pending_predicate(alias),
         }
     }
