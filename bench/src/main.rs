@@ -244,19 +244,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 });
             }
             // Correctness check while we are here.
-            let cols = visible_columns(&mut db, &st_diff)?;
-            let diff: i64 = db
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM ((SELECT * FROM {mv} EXCEPT ALL SELECT {cols} FROM {st_diff}) \
-                         UNION ALL (SELECT {cols} FROM {st_diff} EXCEPT ALL SELECT * FROM {mv})) x"
-                    ),
-                    &[],
-                )?
-                .get(0);
-            if diff != 0 {
-                return Err(format!("{scenario}: the DIFFERENTIAL stream table differs from the materialized view by {diff} rows").into());
-            }
+            check_against_matview(&mut db, &[&st_diff, &st_full], &mv, scenario)?;
             db.batch_execute(&format!(
                 "SELECT pgtrickle.drop_stream_table('{st_diff}'); SELECT pgtrickle.drop_stream_table('{st_full}'); DROP MATERIALIZED VIEW {mv};"
             ))?;
@@ -437,7 +425,10 @@ fn join_widths(db: &mut Client, reps: usize) -> Result<Vec<JoinWidth>, Box<dyn s
     }
     let mut out = Vec::new();
     for &n in JOIN_WIDTHS {
-        let mut query = format!("SELECT jn1.id, jn1.v AS v1, jn{n}.v AS v{n} FROM jn1");
+        // The middle table, whose rows change, is in the output too: a
+        // change there must show (not cancel out as an old and a new image).
+        let middle = n / 2 + 1;
+        let mut query = format!("SELECT jn1.id, jn1.v AS v1, jn{middle}.v AS v_mid, jn{n}.v AS v{n} FROM jn1");
         for i in 2..=n {
             query.push_str(&format!(" JOIN jn{i} ON jn{i}.id = jn{}.nxt", i - 1));
         }
@@ -449,7 +440,6 @@ fn join_widths(db: &mut Client, reps: usize) -> Result<Vec<JoinWidth>, Box<dyn s
         for t in ["jw_diff", "jw_full", "jw_mv"] {
             db.batch_execute(&format!("VACUUM ANALYZE {t}"))?;
         }
-        let middle = n / 2 + 1;
         let (mut d, mut f, mut m) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..reps {
             db.batch_execute(&format!("UPDATE jn{middle} SET v = v + 1 WHERE id = {}", 1 + r * 7919 % 100000))?;
@@ -459,16 +449,7 @@ fn join_widths(db: &mut Client, reps: usize) -> Result<Vec<JoinWidth>, Box<dyn s
         }
         let (d, f, m) = (median(d), median(f), median(m));
         println!("    {n:>2} inputs: DIFFERENTIAL {d:>9.1} ms  FULL {f:>9.1} ms  MATVIEW {m:>9.1} ms");
-        let cols = visible_columns(db, "jw_diff")?;
-        let diff: i64 = db
-            .query_one(
-                &format!("SELECT count(*) FROM ((SELECT * FROM jw_mv EXCEPT ALL SELECT {cols} FROM jw_diff) UNION ALL (SELECT {cols} FROM jw_diff EXCEPT ALL SELECT * FROM jw_mv)) x"),
-                &[],
-            )?
-            .get(0);
-        if diff != 0 {
-            return Err(format!("{n}-input join: the DIFFERENTIAL stream table differs from the materialized view by {diff} rows").into());
-        }
+        check_against_matview(db, &["jw_diff", "jw_full"], "jw_mv", &format!("{n}-input join"))?;
         db.batch_execute("SELECT pgtrickle.drop_stream_table('jw_diff'); SELECT pgtrickle.drop_stream_table('jw_full'); DROP MATERIALIZED VIEW jw_mv;")?;
         out.push(JoinWidth { inputs: n, differential_ms: d, full_ms: f, matview_ms: m });
     }
@@ -520,6 +501,27 @@ fn visible_columns(db: &mut Client, table: &str) -> Result<String, Box<dyn std::
         .map(|r| r.get::<_, String>(0))
         .collect::<Vec<_>>()
         .join(", "))
+}
+
+/// Fails unless each of `stream_tables` holds exactly the rows of
+/// materialized view `mv` (as multisets, visible columns only).
+fn check_against_matview(db: &mut Client, stream_tables: &[&str], mv: &str, what: &str) -> Result<(), Box<dyn std::error::Error>> {
+    for st in stream_tables {
+        let cols = visible_columns(db, st)?;
+        let diff: i64 = db
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM ((SELECT * FROM {mv} EXCEPT ALL SELECT {cols} FROM {st}) \
+                     UNION ALL (SELECT {cols} FROM {st} EXCEPT ALL SELECT * FROM {mv})) x"
+                ),
+                &[],
+            )?
+            .get(0);
+        if diff != 0 {
+            return Err(format!("{what}: stream table {st} differs from the materialized view by {diff} rows").into());
+        }
+    }
+    Ok(())
 }
 
 /// `src` with `rows` rows (grp_hi: ~10 rows per group, grp_lo: 10 groups) and
