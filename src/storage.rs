@@ -51,11 +51,16 @@ pub fn create_storage(name: &QualifiedName, query: &AnalyzedQuery, plan: Option<
 
 /// Makes stream table `relid` carry the unique index on `__pgt_row_id`
 /// exactly when `wanted`: a DIFFERENTIAL stream table needs it (its MERGEs find
-/// rows by identity, keyless copies are probed through it); a FULL one does
-/// not (a recomputation either replaces the table wholesale or joins the new
+/// rows by identity, keyless copies are probed through it), and so does a FULL
+/// one that DIFFERENTIAL stream tables read (it is their source's key); any
+/// other FULL one does not (a recomputation either replaces the table wholesale or joins the new
 /// result with all stored rows, a hash join), and rebuilding the index would
 /// be a large part of each of its refreshes. Created and dropped as the
 /// extension owner; the index belongs to the table's owner.
+///
+/// # Errors
+/// PostgreSQL's, from the catalog reads or the CREATE / DROP INDEX (a
+/// duplicate identity makes the CREATE fail with 23505).
 pub fn sync_row_id_index(relid: pg_sys::Oid, wanted: bool) -> PgtResult<()> {
     let existing = query_one::<String>(
         "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \

@@ -57,7 +57,10 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
     )?;
     let typed = columns.iter().all(|(_, t)| unsafe { crate::translate::hashable(*t) });
     let visible: Vec<String> = columns.into_iter().map(|(name, _)| name).collect();
-    crate::storage::sync_row_id_index(st.relid, false)?;
+    // A stream table DIFFERENTIAL readers capture keeps its identity index:
+    // their plans use it as its key.
+    let captured = crate::catalog::change_tracking(st.relid)?.is_some();
+    crate::storage::sync_row_id_index(st.relid, captured)?;
     // A '0s' schedule checks the table continuously, expecting most checks to
     // find nothing new: those write only differences (nothing, then).
     let polled = matches!(pgt_core::schedule::Schedule::parse(&st.schedule, std::time::Duration::ZERO), Ok(pgt_core::schedule::Schedule::Every(d)) if d.is_zero());
@@ -69,7 +72,7 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
         } else {
             (pgt_delta::replace::first_copy_row_id(&st.defining_query, &visible, typed), swap::Identities::NumberCopies(ROW_ID_COLUMN))
         };
-        if let Some((inserted, deleted)) = swap_in(st.relid, &source, identities, snapshot)? {
+        if let Some((inserted, deleted)) = swap_in(st.relid, &source, &visible, identities, snapshot)? {
             return Ok(Applied { action: "FULL", inserted, deleted, unchanged: false });
         }
     }
@@ -79,19 +82,24 @@ pub fn refresh_full(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult
     apply(st, &columns, &source, snapshot)
 }
 
-/// Replaces `relid`'s contents by the rows of `source` (columns named as the
-/// table's) with [`swap::swap_in`], reading the table's columns in their
-/// storage order; `None` when the types do not fit.
-fn swap_in(relid: pg_sys::Oid, source: &str, identities: swap::Identities, snapshot: &StatementSnapshot) -> PgtResult<Option<(u64, u64)>> {
+/// Replaces `relid`'s contents by the rows of `source` (its columns: `visible`
+/// and the row identity) with [`swap::swap_in`], reading the table's columns
+/// in their storage order; `None` when the table stores any other column (a
+/// hidden one left by a former DIFFERENTIAL mode) or the types do not fit:
+/// the caller then writes the rows through the MERGE.
+fn swap_in(relid: pg_sys::Oid, source: &str, visible: &[String], identities: swap::Identities, snapshot: &StatementSnapshot) -> PgtResult<Option<(u64, u64)>> {
     let stored = crate::spi::query_map(
-        "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 \
+        "SELECT attname::text FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 \
          AND NOT attisdropped ORDER BY attnum",
         &[relid.into()],
         |row| crate::spi::col::<String>(row, 1),
     )?;
+    if stored.iter().any(|c| c != ROW_ID_COLUMN && !visible.contains(c)) {
+        return Ok(None);
+    }
     let ordered = format!(
         "SELECT {} FROM ({source}) s",
-        stored.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ")
+        stored.iter().map(|c| format!("s.{}", pgt_core::ident::quote_ident(c))).collect::<Vec<_>>().join(", ")
     );
     swap::swap_in(relid, &ordered, identities, snapshot)
 }

@@ -10,8 +10,8 @@
 //! random and, measured on a 30-way chain with one changed row, spent 820 ms
 //! planning and running what takes 40 ms with the right order.
 //!
-//! While [`Greedy`] is held (a DIFFERENTIAL refresh of a block of at least
-//! `geqo_threshold` inputs), joins of at least `geqo_threshold` inputs are
+//! While [`Greedy`] is held (a DIFFERENTIAL refresh of a block of more than
+//! 8 inputs), joins of at least `geqo_threshold` inputs are
 //! ordered by Greedy Operator Ordering (L. Fegaras, "A New Heuristic for
 //! Optimizing Large Queries", DEXA 1998): repeatedly join the two relations
 //! whose join the planner estimates smallest, among pairs connected by a join
@@ -30,7 +30,8 @@ use pgrx::prelude::*;
 use std::cell::Cell;
 
 unsafe extern "C-unwind" {
-    // optimizer/joininfo.h and optimizer/geqo.h (PostgreSQL 18); pgrx binds neither.
+    // optimizer/joininfo.h and optimizer/geqo.h (PostgreSQL 18); pgrx binds
+    // neither. Called only through `pg_sys::ffi::pg_guard_ffi_boundary`.
     fn have_relevant_joinclause(root: *mut pg_sys::PlannerInfo, rel1: *mut pg_sys::RelOptInfo, rel2: *mut pg_sys::RelOptInfo) -> bool;
     fn geqo(root: *mut pg_sys::PlannerInfo, number_of_rels: i32, initial_rels: *mut pg_sys::List) -> *mut pg_sys::RelOptInfo;
 }
@@ -103,13 +104,22 @@ unsafe extern "C-unwind" fn join_search(
     unsafe {
         let wide = pg_sys::enable_geqo && levels_needed >= pg_sys::geqo_threshold;
         if wide && held() {
-            if let Some(rel) = greedy(root, initial_rels) {
+            // As GEQO does: the join relations a search builds go only into
+            // the list, so a search that finds no order can be undone.
+            let (saved_length, saved_hash) = (pgrx::PgList::<pg_sys::RelOptInfo>::from_pg((*root).join_rel_list).len(), (*root).join_rel_hash);
+            (*root).join_rel_hash = std::ptr::null_mut();
+            let found = greedy(root, initial_rels);
+            if found.is_none() {
+                (*root).join_rel_list = pg_sys::list_truncate((*root).join_rel_list, saved_length as i32);
+            }
+            (*root).join_rel_hash = saved_hash;
+            if let Some(rel) = found {
                 return rel;
             }
         }
         match PREVIOUS {
             Some(previous) => previous(root, levels_needed, initial_rels),
-            None if wide => geqo(root, levels_needed, initial_rels),
+            None if wide => pg_sys::ffi::pg_guard_ffi_boundary(|| geqo(root, levels_needed, initial_rels)),
             None => pg_sys::standard_join_search(root, levels_needed, initial_rels),
         }
     }
@@ -130,7 +140,10 @@ unsafe fn greedy(root: *mut pg_sys::PlannerInfo, initial_rels: *mut pg_sys::List
                 for i in 0..rels.len() {
                     for j in (i + 1)..rels.len() {
                         let (a, b) = (rels[i], rels[j]);
-                        if connected_only && !(have_relevant_joinclause(root, a, b) || pg_sys::have_join_order_restriction(root, a, b)) {
+                        if connected_only
+                            && !(pg_sys::ffi::pg_guard_ffi_boundary(|| have_relevant_joinclause(root, a, b))
+                                || pg_sys::have_join_order_restriction(root, a, b))
+                        {
                             continue;
                         }
                         let joined = *evaluated.entry((a as usize, b as usize)).or_insert_with(|| join(root, a, b));

@@ -29,7 +29,8 @@ use pgrx::PgList;
 use std::ffi::CString;
 
 unsafe extern "C-unwind" {
-    // commands/cluster.h (PostgreSQL 18); pgrx does not bind it.
+    // commands/cluster.h (PostgreSQL 18); pgrx does not bind it. Called only
+    // through `pg_sys::ffi::pg_guard_ffi_boundary`.
     fn make_new_heap(
         old_heap: pg_sys::Oid,
         tablespace: pg_sys::Oid,
@@ -75,7 +76,8 @@ const INSERT_OPTIONS: i32 = 0x0002 | 0x0004;
 
 /// Whether table `relid`'s contents may be replaced wholesale (see the module
 /// doc): `pg_trickle.full_refresh_swap` is on, no capture trigger or other
-/// trigger of users is on it, no publication replicates it, no dropped column
+/// trigger of users is on it, no constraint refers to or from it but the
+/// identity's own NOT NULL (a swap would skip their checks), no publication replicates it, no dropped column
 /// is in its row type.
 pub fn swappable(relid: pg_sys::Oid) -> PgtResult<bool> {
     if !crate::guc::FULL_REFRESH_SWAP.get() {
@@ -83,13 +85,16 @@ pub fn swappable(relid: pg_sys::Oid) -> PgtResult<bool> {
     }
     let blocked = crate::spi::query_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND NOT t.tgisinternal \
-                          AND t.tgname <> 'pgt_stream_table_guard') \
+                          AND t.tgname <> $2) \
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE (k.conrelid = $1 OR k.confrelid = $1) \
+                          AND NOT (k.contype = 'n' AND k.conrelid = $1 AND k.conkey = ARRAY[(SELECT a.attnum \
+                                   FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attname = $3)])) \
              OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND a.attisdropped) \
              OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication p WHERE p.puballtables) \
              OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r WHERE r.prrelid = $1) \
              OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_namespace n JOIN pg_catalog.pg_class c \
                           ON c.relnamespace = n.pnnspid WHERE c.oid = $1)",
-        &[relid.into()],
+        &[relid.into(), crate::storage::GUARD_TRIGGER.into(), crate::storage::ROW_ID_COLUMN.into()],
     )?;
     Ok(blocked == Some(false))
 }
@@ -122,7 +127,15 @@ pub fn swap_in(relid: pg_sys::Oid, source: &str, identities: Identities, snapsho
         };
         let plan = pg_sys::pg_plan_query(query, csql.as_ptr(), pg_sys::CURSOR_OPT_PARALLEL_OK as i32, std::ptr::null_mut());
         let old = pg_sys::table_open(relid, pg_sys::NoLock as pg_sys::LOCKMODE);
-        let fits = output_fits(plan, (*old).rd_att) && !(*old).rd_tableam.is_null() && (*(*old).rd_tableam).tuple_insert.is_some();
+        // A table this session is still reading (a cursor, the query calling
+        // the refresh) or has trigger events pending on cannot have its storage
+        // swapped (CheckTableNotInUse, as REFRESH MATERIALIZED VIEW checks):
+        // it is written through the MERGE then.
+        let in_use = (*old).rd_refcnt > 1 || pg_sys::AfterTriggerPendingOnRel(relid);
+        let fits = !in_use
+            && output_fits(plan, (*old).rd_att)
+            && !(*old).rd_tableam.is_null()
+            && (*(*old).rd_tableam).tuple_insert.is_some();
         let (tablespace, access_method, persistence) =
             ((*(*old).rd_rel).reltablespace, (*(*old).rd_rel).relam, (*(*old).rd_rel).relpersistence);
         pg_sys::table_close(old, pg_sys::NoLock as pg_sys::LOCKMODE);
@@ -144,7 +157,11 @@ pub fn swap_in(relid: pg_sys::Oid, source: &str, identities: Identities, snapsho
         // stream table is counted so from then on, in this backend).
         let mut exact = REPEATING.with(|r| r.borrow().contains(&relid.to_u32()));
         let (new_heap, inserted) = loop {
-            let new_heap = make_new_heap(relid, tablespace, access_method, persistence, pg_sys::ExclusiveLock as pg_sys::LOCKMODE);
+            // Bound by hand, so called through pgrx's guard: a PostgreSQL error
+            // becomes a Rust panic that unwinds this frame's cleanups.
+            let new_heap = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                make_new_heap(relid, tablespace, access_method, persistence, pg_sys::ExclusiveLock as pg_sys::LOCKMODE)
+            });
             match fill(new_heap, plan, &csql, identities, exact, old_rows) {
                 Ok(Filled::Unique(inserted)) => break (new_heap, inserted),
                 Ok(Filled::Repeated) => {
@@ -164,7 +181,10 @@ pub fn swap_in(relid: pg_sys::Oid, source: &str, identities: Identities, snapsho
 
         // Readers wait from here until the transaction ends.
         pg_sys::LockRelationOid(relid, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE);
-        finish_heap_swap(relid, new_heap, false, false, true, true, pg_sys::RecentXmin, pg_sys::ReadNextMultiXactId(), persistence);
+        let (recent_xmin, next_multi) = (pg_sys::RecentXmin, pg_sys::ReadNextMultiXactId());
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            finish_heap_swap(relid, new_heap, false, false, true, true, recent_xmin, next_multi, persistence)
+        });
         pg_sys::CommandCounterIncrement();
         Ok(Some((inserted, old_rows)))
     }
@@ -260,7 +280,10 @@ unsafe fn fill(
         if numbered.is_some() {
             (*receiver).copy = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &raw const pg_sys::TTSOpsVirtual);
             let numbering = if exact {
-                Numbering::Counted(pgt_core::copies::CopyCounter::with_capacity(expected_rows as usize))
+                Numbering::Counted(
+                    pgt_core::copies::CopyCounter::with_capacity(expected_rows as usize)
+                        .map_err(|e| PgtError::internal(format!("out of memory numbering the rows of a wholesale refresh: {e}")))?,
+                )
             } else {
                 Numbering::FirstCopies(Vec::with_capacity(expected_rows as usize))
             };
@@ -409,8 +432,16 @@ unsafe extern "C-unwind" fn receive(slot: *mut pg_sys::TupleTableSlot, me: *mut 
             (*(*slot).tts_values.add(at)).value() as i64
         };
         let copies = match &mut seen.numbering {
-            Numbering::Counted(counter) => counter.count(first as u64),
+            // Rust memory, outside PostgreSQL's contexts: running out is an
+            // error (a panic, raised as ERROR), never an abort.
+            Numbering::Counted(counter) => match counter.count(first as u64) {
+                Ok(copies) => copies,
+                Err(e) => panic!("out of memory numbering the rows of a wholesale refresh: {e}"),
+            },
             Numbering::FirstCopies(given) => {
+                if given.len() == given.capacity() && given.try_reserve(given.len().max(1024)).is_err() {
+                    panic!("out of memory numbering the rows of a wholesale refresh ({} rows)", given.len());
+                }
                 given.push(first);
                 0
             }

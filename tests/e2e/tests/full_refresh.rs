@@ -526,11 +526,20 @@ fn full_refreshes_swap_in_new_contents_when_nothing_follows_the_rows() {
          UPDATE k SET g = 6 WHERE id = 10; SELECT pgtrickle.refresh_stream_table('dups')",
     );
     assert_eq!(last(&mut db), ("FULL".to_string(), 1, 1));
+    assert_eq!(row_id_index(&mut db, "dups"), 1, "a FULL stream table DIFFERENTIAL readers capture keeps its identity index");
     db.exec("SELECT pgtrickle.refresh_stream_table('per_g')");
     let action: String = db.scalar("SELECT action FROM pgtrickle.refresh_history('per_g', 1)", &[]);
     assert_eq!(action, "DIFFERENTIAL");
     assert_st_matches_query(&mut db.client, "per_g", "SELECT g, count(*) AS n FROM k GROUP BY g");
     db.exec("SELECT pgtrickle.drop_stream_table('per_g')");
+
+    // Refreshed from a query that is reading it: its storage is not swapped
+    // under that scan (the rows are written through the MERGE).
+    db.exec("UPDATE k SET v = 'scanned' WHERE id = 12");
+    let refreshed: i64 = db.scalar("SELECT count(*) FROM (SELECT pgtrickle.refresh_stream_table('dups') FROM dups LIMIT 1) x", &[]);
+    assert_eq!(refreshed, 1);
+    assert_eq!(last(&mut db), ("FULL".to_string(), 1, 1), "only the changed row written");
+    assert_st_matches_query(&mut db.client, "dups", query);
 
     // A publication replicating it: row by row.
     db.exec(
