@@ -691,11 +691,14 @@ pub fn source_checks(owner: pg_sys::Oid, sources: &[pg_sys::Oid]) -> PgtResult<V
     Ok(checks)
 }
 
-/// The number of pages of the change buffer of `source_relid` (0 when it has
-/// none): its physical size, which the planner reads at every planning.
+/// The number of pages (`BLCKSZ` blocks of the main fork) of the change
+/// buffer of `source_relid`: its physical size, which the planner reads at
+/// every planning. 0 when the source has no buffer (also one dropped
+/// meanwhile); it is only a planning hint, so nothing fails.
 pub fn buffer_pages(source_relid: pg_sys::Oid) -> u64 {
-    let Ok(schema) = std::ffi::CString::new(crate::objects::CHANGES_SCHEMA) else { return 0 };
-    let Ok(name) = std::ffi::CString::new(format!("changes_{}", source_relid.to_u32())) else { return 0 };
+    let buffer = buffer_name(source_relid);
+    let Ok(schema) = std::ffi::CString::new(buffer.schema.as_str()) else { return 0 };
+    let Ok(name) = std::ffi::CString::new(buffer.name.as_str()) else { return 0 };
     // SAFETY: catalog-cache lookups and a relation-cache entry opened and
     // closed here; a buffer dropped meanwhile reads as empty.
     unsafe {

@@ -99,3 +99,17 @@ impl<T> OrRaise<T> for PgtResult<T> {
         }
     }
 }
+
+/// The report of an error caught with `PgTryBuilder`: PostgreSQL's, one
+/// raised from Rust, or a panic's.
+pub fn caught_report(caught: &pgrx::pg_sys::panic::CaughtError) -> &pgrx::pg_sys::panic::ErrorReportWithLevel {
+    match caught {
+        pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r,
+        pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport,
+    }
+}
+
+/// The SQLSTATE of an error caught with `PgTryBuilder`.
+pub fn caught_sqlstate(caught: &pgrx::pg_sys::panic::CaughtError) -> PgSqlErrorCode {
+    caught_report(caught).sql_error_code()
+}

@@ -75,7 +75,9 @@ pub fn as_owner_restricted<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 /// transaction.
 ///
 /// # Errors
-/// PostgreSQL's error for an unknown parameter or invalid value.
+/// A NUL byte in `name` or `value`. PostgreSQL's own error for an unknown
+/// parameter, an invalid value or a missing privilege is raised (not
+/// returned), as `SET` raises it.
 pub fn set_for_span(name: &str, value: &str) -> PgtResult<()> {
     set_in_context(name, value, pg_sys::GucContext::PGC_USERSET)
 }
@@ -84,8 +86,10 @@ pub fn set_for_span(name: &str, value: &str) -> PgtResult<()> {
 /// (`PGC_SUSET`), whatever the current role: pg_trickle's own bounds on its
 /// statements (`temp_file_limit`), never a value from a user.
 ///
+/// The caller keeps `value` within the parameter's range.
+///
 /// # Errors
-/// PostgreSQL's error for an unknown parameter or invalid value.
+/// As [`set_for_span`].
 pub fn set_bound_for_span(name: &str, value: &str) -> PgtResult<()> {
     set_in_context(name, value, pg_sys::GucContext::PGC_SUSET)
 }

@@ -62,7 +62,7 @@ thread_local! {
 
 /// How many statement texts [`StatementSnapshot::exec_kept`] keeps plans of
 /// per backend (one per captured source it trims).
-pub const KEPT_SNAPSHOT_PLANS_MAX: usize = 1024;
+const KEPT_SNAPSHOT_PLANS_MAX: usize = 1024;
 
 thread_local! {
     /// The plans [`StatementSnapshot::exec_kept`] keeps, by statement text.
@@ -74,7 +74,7 @@ thread_local! {
 /// [`StatementSnapshot::query_map_kept_if`] keeps generic plans of per backend
 /// (a DIFFERENTIAL stream table has one or a few: per set of changed inputs
 /// and order of window size); past it, the least recently used is freed.
-pub const KEPT_GENERIC_PLANS_MAX: usize = 128;
+const KEPT_GENERIC_PLANS_MAX: usize = 128;
 
 /// Kept plans by variant and statement text, each with when it was last used
 /// (the use counter's value) and when it was made, and the use counter.
@@ -85,7 +85,7 @@ type GenericPlans = (HashMap<String, (NonNull<pg_sys::_SPI_plan>, u64, std::time
 /// table only grows or shrinks, which the planner reads from its current
 /// size; for change buffers the caller passes their order of size as the
 /// plan's variant, and other tables move slowly.
-pub const KEPT_GENERIC_PLAN_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const KEPT_GENERIC_PLAN_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 thread_local! {
     /// The plans [`StatementSnapshot::query_map_kept_if`] keeps.

@@ -143,7 +143,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
             });
             match crate::spi::in_subtransaction(bounded) {
                 Ok(applied) => applied?,
-                Err(caught) if caught_code(&caught) == PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED => {
+                Err(caught) if crate::error::caught_sqlstate(&caught) == PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED => {
                     pgrx::notice!(
                         "stream table {} recomputes in full this time: applying its changes needed more than {limit_kb} kB of \
                          temporary files (pg_trickle.delta_temp_file_limit)",
@@ -192,6 +192,8 @@ fn delta_temp_limit_kb(plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<O
     };
     // SAFETY: reading an integer GUC variable of this backend.
     let server = i64::from(unsafe { pg_sys::temp_file_limit });
+    // temp_file_limit is an int of kB: a larger bound is no bound.
+    let limit = limit.min(i64::from(i32::MAX));
     Ok(Some(if server >= 0 { limit.min(server) } else { limit }))
 }
 
@@ -199,13 +201,6 @@ fn delta_temp_limit_kb(plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<O
 /// sources do not fall back for the work of hashing a few thousand changes.
 const MIN_DELTA_TEMP_KB: i64 = 64 * 1024;
 
-/// The SQLSTATE of a caught error.
-fn caught_code(caught: &pg_sys::panic::CaughtError) -> PgSqlErrorCode {
-    match caught {
-        pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r.sql_error_code(),
-        pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.sql_error_code(),
-    }
-}
 
 /// Joins of at least this many inputs have their delta's estimated cost
 /// compared with a full recomputation's before it runs.

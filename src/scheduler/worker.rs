@@ -829,10 +829,7 @@ fn in_transaction_at<T>(
         Ok(value)
     })
     .catch_others(|caught| {
-        let report = match &caught {
-            pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r,
-            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport,
-        };
+        let report = crate::error::caught_report(&caught);
         Err(Failure { code: Some(report.sql_error_code()), message: report.message().to_string() })
     })
     .execute();
