@@ -24,6 +24,11 @@ pub static CDC_MODE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 /// instead (recomputing is then cheaper).
 pub static DIFFERENTIAL_MAX_CHANGE_RATIO: GucSetting<f64> = GucSetting::<f64>::new(0.15);
 
+/// `pg_trickle.ivm_topk_max_limit`: the largest `LIMIT` (plus OFFSET) of a
+/// defining query maintained as a TopK (storing only its window); above it,
+/// AUTO refreshes in FULL mode (WARNING) and DIFFERENTIAL is refused.
+pub static IVM_TOPK_MAX_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// `pg_trickle.scheduler_interval_ms`: the longest a scheduler worker sleeps
 /// between two looks at its stream tables, in milliseconds.
 pub static SCHEDULER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -114,6 +119,16 @@ pub fn register() {
         &MAX_DELTA_COST_RATIO,
         0.0,
         1.0e6,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.ivm_topk_max_limit",
+        c"Largest LIMIT + OFFSET of an ORDER BY ... LIMIT defining query maintained differentially (TopK).",
+        c"Above it, AUTO refreshes the stream table in FULL mode and DIFFERENTIAL is refused; checked when the query is analysed (create, alter).",
+        &IVM_TOPK_MAX_LIMIT,
+        0,
+        i32::MAX,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -277,6 +277,7 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
     let analyzed = parse::analyze_defining_query(query, catalog::is_stream_table)?;
     // The creator must be able to run the query, as for CREATE MATERIALIZED VIEW.
     check_can_run(&analyzed, current_user())?;
+    warn_order_by_without_limit(&analyzed, &name);
     let decision = resolve_mode(refresh_mode, &analyzed, &name, current_user())?;
     let (effective_refresh_mode, plan) = (decision.effective, decision.plan);
 
@@ -351,6 +352,18 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
         );
     }
     Ok(())
+}
+
+/// WARNING for a defining query ending in ORDER BY without LIMIT / OFFSET:
+/// a stream table, like any table, returns rows in no particular order.
+fn warn_order_by_without_limit(analyzed: &parse::AnalyzedQuery, name: &impl std::fmt::Display) {
+    if analyzed.order_by_without_limit {
+        pgrx::warning!(
+            "the ORDER BY of stream table {name}'s defining query has no effect: a stream table is a set of rows and \
+             keeps no order; sort when reading it (SELECT ... FROM {name} ORDER BY ...), or add LIMIT to keep only \
+             the first rows (TopK)"
+        );
+    }
 }
 
 /// Arguments of `alter_stream_table`; None leaves a setting unchanged.
@@ -437,6 +450,7 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
         Some(q) if query_changed => q,
         _ => (st.original_query.clone(), parse::analyze_defining_query(&st.defining_query, catalog::is_stream_table)?),
     };
+    warn_order_by_without_limit(&analyzed, &name);
     let decision = resolve_mode(st.refresh_mode, &analyzed, &name, st.owner)?;
     let (effective, plan) = (decision.effective, decision.plan);
     st.differential_blocker = decision.blocker;

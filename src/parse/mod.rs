@@ -102,6 +102,9 @@ pub struct AnalyzedQuery {
     /// source or column is renamed, it gives the query under the new names
     /// ([`deparse_stored_tree`]).
     pub tree: String,
+    /// The query ends in ORDER BY without LIMIT or OFFSET: the stream table
+    /// is a set, the order is not kept (a WARNING says so).
+    pub order_by_without_limit: bool,
 }
 
 /// Parses, analyses, validates and normalizes `sql` (see the module doc).
@@ -142,7 +145,8 @@ pub fn analyze_defining_query(
         let normalized_sql = normalize(query)?;
         let tree_ptr = pg_sys::nodeToString(query as *const std::ffi::c_void);
         let tree = format!("{}{}", tree_version_prefix(), CStr::from_ptr(tree_ptr).to_string_lossy());
-        Ok(AnalyzedQuery { columns, sources, normalized_sql, tree })
+        let order_by_without_limit = !(*query).sortClause.is_null() && (*query).limitCount.is_null() && (*query).limitOffset.is_null();
+        Ok(AnalyzedQuery { columns, sources, normalized_sql, tree, order_by_without_limit })
     }
 }
 

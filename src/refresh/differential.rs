@@ -164,6 +164,17 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         );
         return refresh_full_with_plan(st, &plan, snapshot);
     };
+    if let Some(topk) = &plan.topk {
+        // The statement was the TopK's probe (pgt_delta::topk): it brought
+        // the state tables up to date and counted the changed rows reaching
+        // the stored window, whose rows it did not write.
+        let (affecting, stored) = (inserted as i64, deleted as i64);
+        if !topk.needs_refill(affecting, stored) {
+            return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: false });
+        }
+        let (inserted, deleted) = super::full::refill_window(st, &plan, snapshot)?;
+        return Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false });
+    }
     Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false })
 }
 

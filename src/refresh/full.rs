@@ -121,6 +121,18 @@ pub fn refresh_full_with_plan(st: &StreamTable, plan: &Plan, snapshot: &Statemen
     Ok(Applied { action: "FULL", inserted: counts.0, deleted: counts.1, unchanged: false })
 }
 
+/// Recomputes the window of TopK stream table `st` (`pgt_delta::topk`) with
+/// the last of its plan's full steps — the bounded window query over the
+/// sources and the state tables as they are now (a refresh's probe brought
+/// them up to date) — writing only the rows that differ.
+pub fn refill_window(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<(u64, u64)> {
+    let step = plan
+        .full_steps(&st.tables())
+        .pop()
+        .ok_or_else(|| PgtError::internal(format!("the plan of stream table {} has no full query", st.name)))?;
+    replace(&step.table, &step.columns, &step.source, snapshot)
+}
+
 /// Makes the contents of `st` equal to `source` (a query returning `columns`),
 /// and counts the rows written as inserted (insert, update) and deleted
 /// (delete, update).

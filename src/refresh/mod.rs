@@ -189,7 +189,7 @@ fn warn_about_buffer(source_relid: pg_sys::Oid) -> PgtResult<()> {
 /// Runs `merge` (a MERGE ... RETURNING merge_action()) in `snapshot` and counts
 /// the rows it wrote: (inserted or updated, deleted or updated).
 fn merge_counts(merge: &str, snapshot: &StatementSnapshot) -> PgtResult<(u64, u64)> {
-    let statement = pgt_delta::DeltaStatement { ctes: Vec::new(), merge: merge.to_string() };
+    let statement = pgt_delta::DeltaStatement { ctes: Vec::new(), merge: merge.to_string(), output: pgt_delta::DeltaOutput::Actions };
     apply_delta(&statement, snapshot)
 }
 
@@ -206,13 +206,17 @@ fn apply_delta(statement: &pgt_delta::DeltaStatement, snapshot: &StatementSnapsh
 }
 
 /// `statement` as one query counting the stream table's rows inserted or
-/// updated, and deleted or updated.
+/// updated, and deleted or updated; for a TopK's probe, its two counts
+/// (changed rows reaching the window, rows stored: `pgt_delta::topk`).
 fn count_actions(statement: &pgt_delta::DeltaStatement) -> String {
-    statement.wrap(
-        "__pgt_m",
-        "SELECT count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')), \
-                count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')) FROM __pgt_m",
-    )
+    match statement.output {
+        pgt_delta::DeltaOutput::Actions => statement.wrap(
+            "__pgt_m",
+            "SELECT count(*) FILTER (WHERE merge_action IN ('INSERT', 'UPDATE')), \
+                    count(*) FILTER (WHERE merge_action IN ('DELETE', 'UPDATE')) FROM __pgt_m",
+        ),
+        pgt_delta::DeltaOutput::TopKProbe => statement.wrap("__pgt_m", "SELECT affecting, stored FROM __pgt_m"),
+    }
 }
 
 /// [`apply_delta`] for a DIFFERENTIAL refresh's statement, whose text names

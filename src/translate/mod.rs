@@ -100,10 +100,35 @@ unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Transl
     if let Some(volatile) = functions_of_volatility(&facts, 'v')? {
         unsupported!("volatile functions ({volatile})");
     }
+    let (q, topk) = match split_topk(q)? {
+        Ok(split) => split,
+        Err(u) => return Ok(Err(u)),
+    };
     let mut plan = match translate_tree(q)? {
         Ok(plan) => plan,
         Err(u) => return Ok(Err(u)),
     };
+    if let Some(topk) = topk {
+        if !matches!(plan.root, Root::Rows(_)) {
+            // An aggregate (DISTINCT, UNION) root keeps its result in the
+            // stream table; under a TopK it becomes a child with a state
+            // table of its own, read by a block the window is taken from.
+            let text = format!("SELECT * FROM ({}) {}", deparse(q), pgt_delta::names::SUBQUERY_ALIAS);
+            let csql = CString::new(text).map_err(|_| crate::error::PgtError::internal("deparsed query contains a NUL byte"))?;
+            let outer = crate::privilege::with_pinned_search_path(|| crate::parse::parse_single_select(&csql))?;
+            plan = match translate_block(outer)? {
+                Ok(plan) => plan,
+                Err(u) => return Ok(Err(u)),
+            };
+        }
+        let Root::Rows(rows) = &plan.root else { unsupported!("ORDER BY ... LIMIT over this query") };
+        let mut keys = Vec::new();
+        for (index, operator, nulls_first) in topk.keys {
+            let Some(column) = rows.visible.get(index) else { unsupported!("ORDER BY ... LIMIT over this query") };
+            keys.push(pgt_delta::topk::SortKey { column: column.clone(), operator, nulls_first });
+        }
+        plan.topk = Some(pgt_delta::topk::TopK { keys, limit: topk.limit, offset: topk.offset, with_ties: topk.with_ties });
+    }
     plan.number_states();
     if plan.relations().is_empty() {
         // Nothing to capture: no change could ever reach a refresh, while the
@@ -113,11 +138,92 @@ unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Transl
     Ok(Ok(Translation { plan, facts }))
 }
 
+/// `ORDER BY ... LIMIT n [OFFSET m]` of a defining query, before its keys
+/// are named by the plan's visible columns.
+struct TopKClause {
+    /// Per key: index among the visible output columns, qualified ordering
+    /// operator, NULLS FIRST.
+    keys: Vec<(usize, String, bool)>,
+    limit: i64,
+    offset: i64,
+    with_ties: bool,
+}
+
+/// Splits a top-level `ORDER BY ... LIMIT / OFFSET` off `q`: the query
+/// without them (a copy) and the clause; `q` itself and `None` without a
+/// LIMIT or OFFSET. Unsupported: LIMIT / OFFSET without ORDER BY, OFFSET
+/// without LIMIT, values that are not constants, a LIMIT + OFFSET above
+/// `pg_trickle.ivm_topk_max_limit`, ORDER BY an expression that is not an
+/// output column.
+unsafe fn split_topk(q: *mut pg_sys::Query) -> PgtResult<Result<(*mut pg_sys::Query, Option<TopKClause>), Unsupported>> {
+    let query = &*q;
+    if query.limitCount.is_null() && query.limitOffset.is_null() {
+        return Ok(Ok((q, None)));
+    }
+    if query.sortClause.is_null() {
+        unsupported!("LIMIT / OFFSET without ORDER BY (which rows it keeps is not defined)");
+    }
+    let constant = |node: *mut pg_sys::Node| -> Option<Option<i64>> {
+        if node.is_null() {
+            return Some(None);
+        }
+        let folded = pg_sys::eval_const_expressions(std::ptr::null_mut(), node);
+        if !pgrx::is_a(folded, pg_sys::NodeTag::T_Const) {
+            return None;
+        }
+        let c = folded as *mut pg_sys::Const;
+        if (*c).constisnull {
+            return Some(None);
+        }
+        if (*c).consttype != pg_sys::INT8OID {
+            return None;
+        }
+        Some(Some((*c).constvalue.value() as i64))
+    };
+    let (Some(limit), Some(offset)) = (constant(query.limitCount), constant(query.limitOffset)) else {
+        unsupported!("a LIMIT / OFFSET that is not a constant");
+    };
+    let Some(limit) = limit else { unsupported!("OFFSET without LIMIT (the stream table would hold every row after the offset)") };
+    let offset = offset.unwrap_or(0);
+    if limit < 0 || offset < 0 {
+        unsupported!("a negative LIMIT / OFFSET");
+    }
+    let max = i64::from(crate::guc::IVM_TOPK_MAX_LIMIT.get());
+    if limit.saturating_add(offset) > max {
+        unsupported!("LIMIT {limit}{} above pg_trickle.ivm_topk_max_limit ({max})", if offset > 0 { format!(" OFFSET {offset}") } else { String::new() });
+    }
+    let entries: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg(query.targetList).iter_ptr().collect();
+    let mut keys = Vec::new();
+    for clause in PgList::<pg_sys::SortGroupClause>::from_pg(query.sortClause).iter_ptr() {
+        let Some(entry) = entries.iter().find(|te| (***te).ressortgroupref == (*clause).tleSortGroupRef) else {
+            unsupported!("ORDER BY ... LIMIT over this query");
+        };
+        if (**entry).resjunk {
+            unsupported!("ORDER BY ... LIMIT by an expression that is not a column of the SELECT list");
+        }
+        let index = entries.iter().take_while(|te| **te != *entry).filter(|te| !(***te).resjunk).count();
+        let Some(operator) = qualified_operator((*clause).sortop)? else { unsupported!("ORDER BY ... LIMIT with this ordering operator") };
+        keys.push((index, operator, (*clause).nulls_first));
+    }
+    let inner = pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
+    (*inner).sortClause = std::ptr::null_mut();
+    (*inner).limitCount = std::ptr::null_mut();
+    (*inner).limitOffset = std::ptr::null_mut();
+    (*inner).limitOption = pg_sys::LimitOption::LIMIT_OPTION_COUNT;
+    let with_ties = query.limitOption == pg_sys::LimitOption::LIMIT_OPTION_WITH_TIES;
+    Ok(Ok((inner, Some(TopKClause { keys, limit, offset, with_ties }))))
+}
+
 /// The plan of rewritten query `q` (views expanded, CTEs inlined).
 unsafe fn translate_tree(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
     if let Some(sub) = trivial_projection(q) {
         return translate_tree(sub);
     }
+    translate_block(q)
+}
+
+/// [`translate_tree`] without reading `SELECT * FROM (<sub>) s` as `<sub>`.
+unsafe fn translate_block(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsupported>> {
     let query = &*q;
     if !query.setOperations.is_null() {
         return translate_union(q);
@@ -328,6 +434,19 @@ unsafe fn inline_references(q: *mut pg_sys::Query, stack: &mut Vec<*mut pg_sys::
                 (*rte).subquery = pg_sys::copyObjectImpl((*cte).ctequery as *const std::ffi::c_void) as *mut pg_sys::Query;
                 (*rte).ctename = std::ptr::null_mut();
                 (*rte).ctelevelsup = 0;
+                // The CTE's column names (`WITH c (x, y) AS ...`) become the
+                // subquery's column aliases, or deparsing would name its
+                // columns after its target list.
+                let eref = (*rte).eref;
+                if !eref.is_null() {
+                    let alias = if (*rte).alias.is_null() {
+                        pg_sys::makeAlias((*eref).aliasname, std::ptr::null_mut())
+                    } else {
+                        pg_sys::copyObjectImpl((*rte).alias as *const std::ffi::c_void) as *mut pg_sys::Alias
+                    };
+                    (*alias).colnames = pg_sys::copyObjectImpl((*eref).colnames as *const std::ffi::c_void) as *mut pg_sys::List;
+                    (*rte).alias = alias;
+                }
                 (*rte).security_barrier = false;
             }
             pg_sys::RTEKind::RTE_SUBQUERY => inline_ctes_at((*rte).subquery, stack)?,

@@ -25,7 +25,9 @@
 //!   MAX merged and rescanned only when an extremum leaves, FILTER and HAVING;
 //!   DISTINCT and UNION as grouping with a multiplicity count;
 //! - [`rows`]: applying a block's delta to a stream table keyed by row identity;
-//! - [`replace`]: applying a full recomputation, writing only the rows that differ.
+//! - [`replace`]: applying a full recomputation, writing only the rows that differ;
+//! - [`topk`]: `ORDER BY ... LIMIT / OFFSET` over the root, storing only the
+//!   window, recomputed by a bounded query only when a change reaches it.
 //!
 //! [`model`] re-states the rules over in-memory Z-sets; its property tests check
 //! the identities on random data.
@@ -46,6 +48,7 @@ pub mod rows;
 pub mod scan;
 pub mod source;
 mod sql;
+pub mod topk;
 pub mod tree;
 pub mod union;
 

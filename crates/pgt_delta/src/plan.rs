@@ -21,6 +21,10 @@ pub struct Plan {
     pub format: u32,
     /// The root.
     pub root: Root,
+    /// `ORDER BY ... LIMIT / OFFSET` over the root's rows (only with a
+    /// [`Root::Rows`] root): the stream table stores only that window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topk: Option<crate::topk::TopK>,
 }
 
 /// How the root of the tree is kept in the stream table.
@@ -37,7 +41,7 @@ pub enum Root {
 impl Plan {
     /// A plan of the current format.
     pub fn new(root: Root) -> Plan {
-        Plan { format: PLAN_FORMAT, root }
+        Plan { format: PLAN_FORMAT, root, topk: None }
     }
 
     /// The plan as JSON, for the catalog.
@@ -192,8 +196,23 @@ pub struct FullStep {
 pub struct DeltaStatement {
     /// The state tables' MERGEs, as named CTEs.
     pub ctes: Vec<(String, String)>,
-    /// The MERGE into the stream table.
+    /// The MERGE into the stream table, or for a TopK the probe
+    /// ([`DeltaOutput::TopKProbe`]).
     pub merge: String,
+    /// What `merge` returns.
+    pub output: DeltaOutput,
+}
+
+/// What the last part of a [`DeltaStatement`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaOutput {
+    /// One row per row the MERGE wrote, `merge_action`.
+    Actions,
+    /// One row `(affecting, stored)` ([`crate::topk::probe_sql`]): the stream
+    /// table is not written; the caller recomputes its window when
+    /// [`crate::topk::TopK::needs_refill`] says so, with the last of
+    /// [`Plan::full_steps`].
+    TopKProbe,
 }
 
 impl DeltaStatement {
@@ -224,6 +243,10 @@ impl Plan {
         let (source, columns) = match &self.root {
             Root::Rows(r) => (crate::rows::full_sql(r, &ctx), self.stored_columns()),
             Root::Aggregate(a) => (crate::aggregate::full_sql(a, &ctx), self.stored_columns()),
+        };
+        let source = match &self.topk {
+            Some(topk) => crate::topk::window_sql(topk, &source),
+            None => source,
         };
         steps.push(FullStep { table: tables.stream_table.clone(), columns, source });
         steps
@@ -257,11 +280,16 @@ impl Plan {
     /// when none did.
     pub fn delta_statement(&self, tables: &Tables, source: &ChangeSource, changed: &Changed) -> Option<DeltaStatement> {
         let ctx = Ctx::delta(tables, source, changed, &NodeRules);
+        if let (Some(topk), Root::Rows(r)) = (&self.topk, &self.root) {
+            let delta = crate::rows::delta_rows_sql(r, &ctx)?;
+            let probe = crate::topk::probe_sql(topk, &tables.stream_table, &delta);
+            return Some(DeltaStatement { ctes: ctx.into_hoisted(), merge: probe, output: DeltaOutput::TopKProbe });
+        }
         let merge = match &self.root {
             Root::Rows(r) => crate::rows::merge_sql(r, &tables.stream_table, &ctx, crate::ctx::Returning::Actions),
             Root::Aggregate(a) => crate::aggregate::merge_sql(a, &tables.stream_table, &ctx, crate::ctx::Returning::Actions),
         }?;
-        Some(DeltaStatement { ctes: ctx.into_hoisted(), merge })
+        Some(DeltaStatement { ctes: ctx.into_hoisted(), merge, output: DeltaOutput::Actions })
     }
 }
 
@@ -287,6 +315,9 @@ impl Plan {
     pub fn explain(&self, tables: &Tables, frontier: &Frontier) -> String {
         let ctx = Ctx::full(tables, &NodeRules);
         let mut out = String::from("operator tree:\n");
+        if let Some(topk) = &self.topk {
+            crate::topk::explain(topk, "  ", &mut out);
+        }
         match &self.root {
             Root::Rows(r) => crate::rows::explain(r, "  ", &ctx, &mut out),
             Root::Aggregate(a) => crate::aggregate::explain(a, "  ", &ctx, &mut out),
@@ -300,7 +331,11 @@ impl Plan {
         out.push_str("delta SQL (every input changed):\n  ");
         let source = ChangeSource::window(frontier.clone());
         if let Some(statement) = self.delta_statement(tables, &source, &all_changed) {
-            out.push_str(&statement.wrap("__pgt_m", "SELECT merge_action FROM __pgt_m"));
+            let select = match statement.output {
+                DeltaOutput::Actions => "SELECT merge_action FROM __pgt_m",
+                DeltaOutput::TopKProbe => "SELECT affecting, stored FROM __pgt_m",
+            };
+            out.push_str(&statement.wrap("__pgt_m", select));
         }
         out.push('\n');
         out

@@ -103,6 +103,21 @@ pub fn full_sql(plan: &RowsPlan, ctx: &Ctx) -> String {
         .join(" UNION ALL ")
 }
 
+/// The root's delta as rows of its visible columns and `__pgt_w` (every
+/// branch's, each row repeated by its multiplicity as a weight), unconsolidated;
+/// `None` when no input changed. For a TopK over the root ([`crate::topk`]).
+pub fn delta_rows_sql(plan: &RowsPlan, ctx: &Ctx) -> Option<String> {
+    let deltas: Vec<String> = plan
+        .branches
+        .iter()
+        .filter_map(|b| {
+            let delta = weighted(plan, join::delta_sql(&b.block, ctx)?);
+            Some(format!("SELECT {}, d.__pgt_w FROM ({delta}) d", qualified("d", &plan.visible)))
+        })
+        .collect();
+    (!deltas.is_empty()).then(|| deltas.into_iter().map(|d| format!("({d})")).collect::<Vec<_>>().join(" UNION ALL "))
+}
+
 /// The MERGE applying the changes to table `st` (quoted name: the stream
 /// table, or a child's state table), or `None` when no input changed. Returns
 /// what `returning` asks for.

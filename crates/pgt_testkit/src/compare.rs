@@ -33,14 +33,20 @@ fn rows_as_text(client: &mut impl GenericClient, sql: &str) -> Vec<String> {
 /// describe the same instant.
 pub fn multiset_difference(client: &mut Client, st: &str, query: &str) -> (Vec<String>, Vec<String>) {
     let columns = visible_columns(client, st).join(", ");
+    text_difference(client, &format!("SELECT ROW({columns})::text FROM {st}"), &format!("SELECT ROW(__pgt_q.*)::text FROM ({query}) __pgt_q"))
+}
+
+/// The multiset difference between the rows of two queries returning one text
+/// column each, read in one REPEATABLE READ transaction.
+fn text_difference(client: &mut Client, left_sql: &str, right_sql: &str) -> (Vec<String>, Vec<String>) {
     let mut tx = client
         .build_transaction()
         .isolation_level(postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .expect("begin");
-    let left = rows_as_text(&mut tx, &format!("SELECT ROW({columns})::text FROM {st}"));
-    let right = rows_as_text(&mut tx, &format!("SELECT ROW(__pgt_q.*)::text FROM ({query}) __pgt_q"));
+    let left = rows_as_text(&mut tx, left_sql);
+    let right = rows_as_text(&mut tx, right_sql);
     tx.commit().expect("commit");
     // Sorted multiset difference in both directions.
     let (mut only_left, mut only_right) = (Vec::new(), Vec::new());
@@ -73,10 +79,59 @@ pub fn multiset_difference(client: &mut Client, st: &str, query: &str) -> (Vec<S
     (only_left, only_right)
 }
 
+/// A query ending in `ORDER BY <keys> LIMIT n [OFFSET m]` (TopK), split into
+/// the query without its LIMIT / OFFSET and its sort keys' expressions
+/// (without ASC / DESC / NULLS); `None` for any other query.
+pub fn topk_parts(query: &str) -> Option<(String, Vec<String>)> {
+    let upper = query.to_uppercase();
+    let order = upper.rfind("ORDER BY")?;
+    let limit = upper[order..].find("LIMIT").map(|i| i + order)?;
+    if upper[order..].contains(')') {
+        return None; // the ORDER BY of a subquery
+    }
+    let keys = query[order + "ORDER BY".len()..limit]
+        .split(',')
+        .map(|k| {
+            let mut k = k.trim().to_string();
+            for suffix in [" NULLS FIRST", " NULLS LAST", " DESC", " ASC"] {
+                if k.to_uppercase().ends_with(suffix) {
+                    k.truncate(k.len() - suffix.len());
+                }
+            }
+            k.trim().to_string()
+        })
+        .collect();
+    Some((query[..limit].to_string(), keys))
+}
+
+/// Like [`multiset_difference`], but for a TopK query (`ORDER BY ... LIMIT`,
+/// see [`topk_parts`]) tolerant of which of the rows tied at the boundary the
+/// stream table holds, as PostgreSQL itself picks any of them: the multisets
+/// of sort keys must be equal, and every stored row must be a row of the query
+/// without its LIMIT (no more copies than it has). Differences are reported
+/// as sort keys, and as stored rows that the unlimited query lacks.
+pub fn st_difference(client: &mut Client, st: &str, query: &str) -> (Vec<String>, Vec<String>) {
+    let Some((unlimited, keys)) = topk_parts(query) else { return multiset_difference(client, st, query) };
+    let keys = keys.join(", ");
+    let (mut only_st, only_query) = text_difference(
+        client,
+        &format!("SELECT ROW({keys})::text FROM {st}"),
+        &format!("SELECT ROW({keys})::text FROM ({query}) __pgt_t"),
+    );
+    let columns = visible_columns(client, st).join(", ");
+    let extra = rows_as_text(
+        client,
+        &format!("SELECT ROW(x.*)::text FROM (SELECT {columns} FROM {st} EXCEPT ALL SELECT * FROM ({unlimited}) __pgt_u) x"),
+    );
+    only_st.extend(extra.into_iter().map(|r| format!("{r} (not a row of the query without LIMIT)")));
+    (only_st, only_query)
+}
+
 /// Asserts that stream table `st` (SQL name) holds exactly the multiset of rows
-/// `query` returns now; on mismatch panics listing up to 20 differing rows each way.
+/// `query` returns now (for a TopK query, up to ties at the boundary:
+/// [`st_difference`]); on mismatch panics listing up to 20 differing rows each way.
 pub fn assert_st_matches_query(client: &mut Client, st: &str, query: &str) {
-    let (only_st, only_query) = multiset_difference(client, st, query);
+    let (only_st, only_query) = st_difference(client, st, query);
     if only_st.is_empty() && only_query.is_empty() {
         return;
     }
