@@ -278,6 +278,28 @@ fn existing_state_tables(pgt_id: i64) -> PgtResult<Vec<(usize, pg_sys::Oid)>> {
     Ok(rows.into_iter().filter_map(|(name, oid)| name.strip_prefix(&prefix).and_then(|n| n.parse().ok()).map(|n| (n, oid))).collect())
 }
 
+/// Gathers planner statistics (ANALYZE) of stream table `relid` and of its
+/// intermediate state tables, just filled by a first recomputation: until
+/// autovacuum gets to them, the planner would guess how many rows a lookup
+/// by a correlation or join column finds and, guessing thousands, scan a
+/// state table whole for every refresh. The state tables are analysed as
+/// the extension owner (their owner); the stream table as its owner, who
+/// runs the refresh.
+pub fn analyze_after_recompute(pgt_id: i64, relid: pg_sys::Oid) -> PgtResult<()> {
+    let tables = pgt_delta::Tables { stream_table: String::new(), pgt_id };
+    let states = existing_state_tables(pgt_id)?;
+    if !states.is_empty() {
+        crate::privilege::as_extension_owner(|| {
+            for (n, _) in &states {
+                exec(&format!("ANALYZE {}", tables.state_table(*n)), &[])?;
+            }
+            Ok::<(), PgtError>(())
+        })?;
+    }
+    exec(&format!("ANALYZE {}", crate::parse::relation_name(relid)?.to_sql()), &[])?;
+    Ok(())
+}
+
 /// Makes the intermediate state tables of stream table `pgt_id` (owned by
 /// `owner`) exactly those `plan` keeps (`pgt_delta::node`): a table per child
 /// with a state, with its columns and types, a unique index on `__pgt_row_id`
@@ -334,8 +356,41 @@ pub fn sync_state_tables(pgt_id: i64, owner: pg_sys::Oid, plan: &Plan) -> PgtRes
                 let _ = ensure_guard(relid)?;
             }
         }
+        sync_lookup_indexes(&tables, plan)?;
         sync_state_grants(pgt_id, owner)
     })
+}
+
+/// Creates the indexes the plan looks state table rows up by
+/// (`Plan::state_lookups`), where missing and where every column's type has
+/// a default btree operator class. Named `<state table>_<columns>_idx`.
+fn sync_lookup_indexes(tables: &pgt_delta::Tables, plan: &Plan) -> PgtResult<()> {
+    for (n, columns) in plan.state_lookups() {
+        let table = tables.state_table(n);
+        let indexable = query_one::<bool>(
+            "SELECT pg_catalog.bool_and(EXISTS (SELECT 1 FROM pg_catalog.pg_opclass o JOIN pg_catalog.pg_am m ON m.oid = o.opcmethod \
+                 WHERE m.amname = 'btree' AND o.opcdefault AND (o.opcintype IN (a.atttypid, \
+                   (SELECT t.typbasetype FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid)) \
+                   OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast c WHERE c.castsource = a.atttypid \
+                              AND c.casttarget = o.opcintype AND c.castmethod = 'b')))) \
+             FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1::text::pg_catalog.regclass AND a.attname::text = ANY ($2)",
+            &[table.as_str().into(), columns.clone().into()],
+        )?;
+        if indexable != Some(true) {
+            continue;
+        }
+        let suffix = columns.iter().map(|c| c.trim_start_matches("__pgt_")).collect::<Vec<_>>().join("_");
+        let name = format!("pgt_{}_{n}_{suffix}_idx", tables.pgt_id);
+        exec(
+            &format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {table} ({})",
+                quote_ident(&name),
+                columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+            ),
+            &[],
+        )?;
+    }
+    Ok(())
 }
 
 /// Gives the owner of stream table `pgt_id` (unless a superuser) exactly the

@@ -11,6 +11,14 @@
 //! `PGT_BENCH_ONLY_SCHEDULER=1` measures only the scheduler figures and replaces
 //! them in the recorded report (a change to the scheduler need not re-run the
 //! 15-minute refresh comparison).
+//!
+//! TPC-H part: the 22 queries (`pgt_testkit::tpch`) at scale factor
+//! `PGT_BENCH_TPCH_SCALE` (default 1; 0 skips it), each as a DIFFERENTIAL and
+//! a FULL stream table and a materialized view; cycles of the specification's
+//! refresh functions (RF1 inserts, RF2 deletes orders with their lineitems) of
+//! 0.1 % and then 1 % of the orders, each followed by timing every refresh.
+//! `PGT_BENCH_ONLY_TPCH=1` runs only this part and replaces it in the recorded
+//! report.
 
 use pgt_testkit::postgres::Client;
 use pgt_testkit::{Cluster, ClusterOptions, Paths};
@@ -86,6 +94,31 @@ struct Report {
     /// Joins of many inputs, one changed row (absent in older reports).
     #[serde(default)]
     joins: Vec<JoinWidth>,
+    /// The TPC-H part (absent in older reports).
+    #[serde(default)]
+    tpch: Option<TpchFigures>,
+}
+
+/// The TPC-H part: per query and change rate, medians in ms.
+#[derive(Serialize, serde::Deserialize)]
+struct TpchFigures {
+    scale: f64,
+    repetitions: usize,
+    /// When measured, if later than the report's date (`PGT_BENCH_ONLY_TPCH`).
+    date: Option<String>,
+    rows: Vec<TpchRow>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct TpchRow {
+    query: String,
+    change_rate: f64,
+    differential_ms: f64,
+    full_ms: f64,
+    matview_ms: f64,
+    /// Refreshes of the DIFFERENTIAL stream table that recomputed in full
+    /// (pg_trickle's cost or change-ratio guards), of `repetitions`.
+    recomputed: usize,
 }
 
 /// A chain join of `inputs` tables of 100,000 rows each, one row of the
@@ -179,6 +212,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut db = cluster.connect("pgtrickle_bench")?;
     db.batch_execute("CREATE EXTENSION pg_trickle; SET client_min_messages = warning;")?;
     let postgres: String = db.query_one("SELECT version()", &[])?.get(0);
+    let tpch_scale: f64 = std::env::var("PGT_BENCH_TPCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let tpch_reps: usize = std::env::var("PGT_BENCH_TPCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    if std::env::var_os("PGT_BENCH_ONLY_TPCH").is_some() {
+        let path = repo.join("docs/benchmark.json");
+        let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let mut figures = tpch_bench(&cluster, tpch_scale, tpch_reps)?;
+        figures.date = Some(utc_now()?);
+        report.tpch = Some(figures);
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+        std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
+        return Ok(());
+    }
     if std::env::var_os("PGT_BENCH_ONLY_SCHEDULER").is_some() {
         let path = repo.join("docs/benchmark.json");
         let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
@@ -269,6 +314,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         scheduler.diamond_median_ms.unwrap_or_default(),
         scheduler.idle_cpu_ms_per_s
     );
+    let tpch = if tpch_scale > 0.0 { Some(tpch_bench(&cluster, tpch_scale, tpch_reps)?) } else { None };
     let machine = machine();
     let command = "make bench".to_string();
     let date = utc_now()?;
@@ -283,11 +329,95 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         scheduler: Some(scheduler),
         scheduler_date: None,
         joins,
+        tpch,
     };
     std::fs::write(repo.join("docs/benchmark.json"), serde_json::to_string_pretty(&report)? + "\n")?;
     std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
     println!("==> wrote docs/BENCHMARK.md and docs/benchmark.json");
     Ok(())
+}
+
+/// The TPC-H part (module doc): its own database on the benchmark's cluster.
+fn tpch_bench(cluster: &Cluster, scale: f64, reps: usize) -> Result<TpchFigures, Box<dyn std::error::Error>> {
+    use pgt_testkit::tpch;
+    use rand::SeedableRng;
+    println!("==> TPC-H at scale factor {scale}: loading");
+    let mut admin = cluster.connect("postgres")?;
+    admin.batch_execute("DROP DATABASE IF EXISTS pgtrickle_tpch WITH (FORCE)")?;
+    admin.batch_execute("CREATE DATABASE pgtrickle_tpch")?;
+    let mut db = cluster.connect("pgtrickle_tpch")?;
+    db.batch_execute("CREATE EXTENSION pg_trickle; SET client_min_messages = warning;")?;
+    tpch::load(&mut db, scale, true)?;
+    println!("    creating 22 DIFFERENTIAL and 22 FULL stream tables and 22 materialized views");
+    for (name, sql) in tpch::QUERIES {
+        let query = tpch::query_text(sql);
+        db.execute("SELECT pgtrickle.create_stream_table($1, $2, refresh_mode => 'DIFFERENTIAL', schedule => '1w')", &[&format!("{name}_diff"), &query])?;
+        db.execute("SELECT pgtrickle.create_stream_table($1, $2, refresh_mode => 'FULL', schedule => '1w')", &[&format!("{name}_full"), &query])?;
+        db.batch_execute(&format!("CREATE MATERIALIZED VIEW {name}_mv AS {query}"))?;
+    }
+    db.batch_execute("VACUUM ANALYZE")?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261205);
+    let mut rows = Vec::new();
+    for rate in [0.001, 0.01] {
+        // Per query: DIFFERENTIAL, FULL and matview times, and recomputations.
+        #[derive(Clone, Default)]
+        struct Times(Vec<f64>, Vec<f64>, Vec<f64>, usize);
+        let mut times = vec![Times::default(); tpch::QUERIES.len()];
+        for rep in 0..reps {
+            println!("    RF1 + RF2 of {:.1} % of the orders, repetition {}/{reps}", rate * 100.0, rep + 1);
+            tpch::run_cycle(&mut db, &mut rng, tpch::CycleSize { fraction: rate, refresh_functions_only: true }, false)?;
+            // The changed rows' hint bits, set before timing (see the method).
+            db.batch_execute("SELECT count(*) FROM lineitem; SELECT count(*) FROM orders")?;
+            for (i, (name, _)) in tpch::QUERIES.iter().enumerate() {
+                let last = history_count(&mut db, &format!("{name}_diff"))?;
+                times[i].0.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{name}_diff')"))?);
+                let recomputed: i64 = db
+                    .query_one(
+                        "SELECT count(*) FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
+                         WHERE s.pgt_relid = $1::text::regclass AND h.refresh_id > $2 AND h.action <> 'DIFFERENTIAL'",
+                        &[&format!("{name}_diff"), &last],
+                    )?
+                    .get(0);
+                times[i].3 += recomputed as usize;
+                times[i].1.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{name}_full')"))?);
+                times[i].2.push(timed(&mut db, &format!("REFRESH MATERIALIZED VIEW {name}_mv"))?);
+            }
+        }
+        for ((name, _), Times(d, f, m, recomputed)) in tpch::QUERIES.iter().zip(times) {
+            let (d, f, m) = (median(d), median(f), median(m));
+            println!(
+                "    {name} {:>4.1}%  DIFFERENTIAL {d:>9.1} ms  FULL {f:>9.1} ms  MATVIEW {m:>9.1} ms  ({:.1}x){}",
+                rate * 100.0,
+                m / d,
+                if recomputed > 0 { format!("  recomputed {recomputed}x") } else { String::new() }
+            );
+            rows.push(TpchRow { query: name.to_string(), change_rate: rate, differential_ms: d, full_ms: f, matview_ms: m, recomputed });
+        }
+    }
+    // Correctness while we are here: each stream table against its query.
+    for (name, sql) in tpch::QUERIES {
+        let query = tpch::query_text(sql);
+        for st in [format!("{name}_diff"), format!("{name}_full")] {
+            let (a, b) = pgt_testkit::st_difference(&mut db, &st, &query);
+            if !a.is_empty() || !b.is_empty() {
+                return Err(format!("TPC-H: {st} differs from its query: {} / {} rows", a.len(), b.len()).into());
+            }
+        }
+    }
+    drop(db);
+    admin.batch_execute("DROP DATABASE IF EXISTS pgtrickle_tpch WITH (FORCE)")?;
+    Ok(TpchFigures { scale, repetitions: reps, date: None, rows })
+}
+
+/// The last refresh_id in `st`'s history (0 without any).
+fn history_count(db: &mut Client, st: &str) -> Result<i64, Box<dyn std::error::Error>> {
+    Ok(db
+        .query_one(
+            "SELECT coalesce(max(h.refresh_id), 0) FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
+             WHERE s.pgt_relid = $1::text::regclass",
+            &[&st],
+        )?
+        .get(0))
 }
 
 /// Measures the background scheduler (module doc of `pg_trickle::scheduler`):
@@ -767,6 +897,9 @@ fn markdown(r: &Report) -> String {
             sch.idle_cpu_ms_per_s
         );
     }
+    if let Some(t) = &r.tpch {
+        tpch_markdown(&mut s, t);
+    }
     let _ = writeln!(s, "## Refresh with no change (DIFFERENTIAL), median of 20\n");
     let _ = writeln!(s, "| source rows | scenario | ms |");
     let _ = writeln!(s, "|---:|---|---:|");
@@ -774,4 +907,64 @@ fn markdown(r: &Report) -> String {
         let _ = writeln!(s, "| {} | {} | {:.2} |", z.rows, z.scenario, z.median_ms);
     }
     s
+}
+
+/// The TPC-H section of the report.
+fn tpch_markdown(s: &mut String, t: &TpchFigures) {
+    let _ = writeln!(s, "## TPC-H, scale factor {}\n", t.scale);
+    if let Some(when) = &t.date {
+        let _ = writeln!(s, "Measured {when} with `PGT_BENCH_ONLY_TPCH=1 make bench`.\n");
+    }
+    let _ = writeln!(
+        s,
+        "The 22 TPC-H queries ([TPCH.md](TPCH.md): how each is maintained), each as a DIFFERENTIAL and a FULL stream \
+         table and a materialized view, over `tpchgen` data with primary keys and foreign-key indexes. {} repetitions \
+         per change rate of: the specification's refresh functions — RF1 inserts that fraction of the orders with \
+         their lineitems, RF2 deletes as many orders with theirs, each in one transaction — then each refreshed in turn. \
+         Medians in ms; \"vs matview\" is matview ÷ DIFFERENTIAL, \"vs FULL\" FULL ÷ DIFFERENTIAL. \"recomputed\" counts \
+         DIFFERENTIAL refreshes that pg_trickle chose to run in full (its cost guard, `pg_trickle.max_delta_cost_ratio`). \
+         Queries are derived from the TPC-H specification; the figures are not comparable to published TPC results.\n",
+        t.repetitions
+    );
+    let _ = writeln!(s, "| query | rate | DIFFERENTIAL ms | FULL ms | matview ms | vs matview | vs FULL | recomputed |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for x in &t.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} % | {:.1} | {:.1} | {:.1} | {:.1}× | {:.1}× | {} |",
+            x.query,
+            x.change_rate * 100.0,
+            x.differential_ms,
+            x.full_ms,
+            x.matview_ms,
+            x.matview_ms / x.differential_ms,
+            x.full_ms / x.differential_ms,
+            x.recomputed
+        );
+    }
+    let at = |rate: f64| t.rows.iter().filter(|x| (x.change_rate - rate).abs() < 1e-9).collect::<Vec<_>>();
+    let speedups = |rows: &[&TpchRow]| median(rows.iter().map(|x| x.matview_ms / x.differential_ms).collect());
+    let small = at(0.001);
+    let differential = small.iter().filter(|x| x.recomputed == 0).count();
+    let slower: Vec<String> = t
+        .rows
+        .iter()
+        .filter(|x| x.differential_ms > x.full_ms)
+        .map(|x| format!("{} at {:.1} % ({:.1} vs {:.1} ms)", x.query, x.change_rate * 100.0, x.differential_ms, x.full_ms))
+        .collect();
+    let _ = writeln!(s, "\nTargets:\n");
+    let _ = writeln!(
+        s,
+        "- all 22 differential at 0.1 %: {differential} of {} refreshed differentially every time ({})",
+        small.len(),
+        if differential == small.len() && small.len() == 22 { "met" } else { "**missed**" }
+    );
+    let m = speedups(&small);
+    let _ = writeln!(s, "- median speedup over the materialized view at 0.1 % at least 20×: {m:.1}× ({})", if m >= 20.0 { "met" } else { "**missed**" });
+    let _ = writeln!(s, "- median speedup over the materialized view at 1 %: {:.1}×", speedups(&at(0.01)));
+    let _ = writeln!(
+        s,
+        "- no query slower differentially than its FULL refresh: {}\n",
+        if slower.is_empty() { "met".to_string() } else { format!("**missed** by {}", slower.join(", ")) }
+    );
 }

@@ -329,7 +329,9 @@ fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applie
             for relation in plan.relations() {
                 crate::cdc::sync_buffer_grants(pgrx::pg_sys::Oid::from(relation.relid))?;
             }
-            refresh_full_with_plan(st, &plan, snapshot)
+            let applied = refresh_full_with_plan(st, &plan, snapshot)?;
+            crate::storage::analyze_after_recompute(st.pgt_id, st.relid)?;
+            Ok(applied)
         }
         Err(translate::Unsupported(construct)) if st.refresh_mode == RefreshMode::Auto => {
             pgrx::warning!(

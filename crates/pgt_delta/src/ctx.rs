@@ -63,6 +63,11 @@ pub enum Binding {
 pub trait ChildRules {
     /// `node`'s state as a binding: its columns, then the weight.
     fn state_sql(&self, node: &Node, ctx: &Ctx, binding: Binding) -> String;
+    /// `node`'s state as a binding restricted to the rows whose `columns`
+    /// equal those of some row of `affected` (a CTE with those columns):
+    /// reaching the rows by an index on `columns` rather than reading the
+    /// whole state.
+    fn restricted_state_sql(&self, node: &Node, ctx: &Ctx, binding: Binding, columns: &[String], affected: &str) -> String;
     /// `node`'s delta as a binding; `None` when nothing below it changed.
     fn delta_sql(&self, node: &Node, ctx: &Ctx) -> Option<String>;
     /// The rows of `node`'s new state that its changes did not touch, weight

@@ -109,7 +109,12 @@ fn with_clause(block: &Block, bound: &[String]) -> String {
         .inputs
         .iter()
         .zip(bound)
-        .map(|(input, sql)| format!("{} AS ({sql})", input.placeholder))
+        // NOT MATERIALIZED: an input read several times (inside subquery
+        // expressions: a hashed IN test and a correlated lookup) is inlined
+        // at each reference, so the correlation reaches its indexes rather
+        // than scanning a materialized copy once per outer row. (An input
+        // read once is inlined by PostgreSQL anyway.)
+        .map(|(input, sql)| format!("{} AS NOT MATERIALIZED ({sql})", input.placeholder))
         .collect::<Vec<_>>()
         .join(", ");
     if ctes.is_empty() {
@@ -253,6 +258,11 @@ fn presence_term(block: &Block, position: usize, bindings: &[Binding], ctx: &Ctx
             let restrictable = block.inputs.get(r.input).is_some_and(|i| i.nullable.is_none() && i.presence.is_none());
             if restrictable {
                 bound[r.input] = presence::restricted(&bound[r.input], r);
+            }
+        }
+        if let ([r], Source::Node(node)) = (restrictions, &input.source) {
+            if block.inputs.get(r.input).is_some_and(|i| i.nullable.is_none() && i.presence.is_none()) {
+                bound[position] = presence::restricted_child(node, child, r, ctx);
             }
         }
         bound
@@ -423,10 +433,10 @@ mod tests {
         let d = delta(&b, [1, 2].into()).unwrap();
         assert_eq!(d.matches(") UNION ALL (SELECT t.").count(), 1, "two terms");
         // Term 1: Δ₁ ⋈ old₂ ; term 2: new₁ ⋈ Δ₂.
-        let first = d.find("p1 AS (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t1 r)").unwrap();
-        let delta_first = d.find("p1 AS (SELECT b.\"id\", b.\"x\", (CASE").unwrap();
+        let first = d.find("p1 AS NOT MATERIALIZED (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t1 r)").unwrap();
+        let delta_first = d.find("p1 AS NOT MATERIALIZED (SELECT b.\"id\", b.\"x\", (CASE").unwrap();
         assert!(delta_first < first, "term 1 binds Δ₁ before term 2 binds new₁");
-        assert!(d.contains("p2 AS (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t2 r UNION ALL"), "old₂ in term 1");
+        assert!(d.contains("p2 AS NOT MATERIALIZED (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t2 r UNION ALL"), "old₂ in term 1");
     }
 
     #[test]
@@ -454,12 +464,12 @@ mod tests {
     fn nullable_input_term_is_inner_part_plus_signed_null_extensions() {
         let d = delta(&outer_block(), [2].into()).unwrap();
         assert!(d.contains("FROM p1 a JOIN p2 b ON a.id = b.id AND b.__pgt_w <> 0) t"), "inner part");
-        assert!(d.contains("WITH __pgt_matched AS (WITH p1 AS"), "pairs with changed contents");
+        assert!(d.contains("WITH __pgt_matched AS (WITH p1 AS NOT MATERIALIZED"), "pairs with changed contents");
         assert!(d.contains("PARTITION BY ROW(i.\"id\", i.\"x\")::text"), "R consolidated by content");
         assert!(d.contains("p.__pgt_pk IS NULL"), "anti-joins");
         assert!(d.contains("NOT IN (SELECT m.__pgt_pc FROM __pgt_matched m WHERE m.__pgt_pw < 0)"), "rows that left count as old matches");
         assert!(d.contains("t.__pgt_w * s.__pgt_s AS __pgt_w"), "NULL extensions weighted by their sign");
-        assert!(d.contains("p2 AS (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t2 r WHERE false)"), "R bound empty");
+        assert!(d.contains("p2 AS NOT MATERIALIZED (SELECT r.\"id\", r.\"x\", 1::bigint AS __pgt_w FROM t2 r WHERE false)"), "R bound empty");
         assert!(d.contains("WHERE (x.\"id\") IN (SELECT m.__pgt_p1_1 FROM __pgt_matched m)"), "preserved input restricted");
         assert!(!d.contains("min(i.__pgt_ctid)"), "R_old is never read");
     }

@@ -52,10 +52,43 @@ impl ChildRules for NodeRules {
         }
         let Some(changes) = hoist_delta(node, ctx) else { return read };
         format!(
-            "{} WHERE NOT EXISTS (SELECT 1 FROM {changes} d WHERE d.{OLD_ROW_ID} = s.{ROW_ID}) \
-             UNION ALL SELECT {}, 1::bigint FROM {changes} d WHERE d.{NEW_ROW_ID} IS NOT NULL",
-            read,
+            "{read} WHERE {} UNION ALL SELECT {}, 1::bigint FROM {changes} d WHERE d.{NEW_ROW_ID} IS NOT NULL",
+            unchanged(&changes),
             returned(node, true)
+        )
+    }
+
+    /// Like `state_sql`, each part filtered by `columns IN (SELECT columns
+    /// FROM affected)` inside its own query level, so that the state table is
+    /// reached through its index on `columns` (`Plan::state_lookups`); the
+    /// rows the MERGE replaced are left out by a comparison with the array of
+    /// their identities ([`unchanged`]).
+    fn restricted_state_sql(&self, node: &Node, ctx: &Ctx, binding: Binding, columns: &[String], affected: &str) -> String {
+        let table = ctx.tables.state_table(node.state_number());
+        let list = |alias: &str| columns.iter().map(|c| format!("{alias}.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
+        let keys = format!("SELECT {} FROM {affected} a", list("a"));
+        let read = format!(
+            "SELECT {}, 1::bigint AS {WEIGHT} FROM {table} s WHERE ({}) IN ({keys})",
+            qualified("s", &node.columns()),
+            list("s")
+        );
+        if matches!(ctx.mode, Mode::Full) || binding != Binding::New || !ctx.node_changed(node) {
+            return read;
+        }
+        let Some(changes) = hoist_delta(node, ctx) else { return read };
+        let new_values: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let i = node.visible().iter().position(|v| v == c).map_or(0, |i| i + 1);
+                format!("d.{}", names::new_value(i))
+            })
+            .collect();
+        format!(
+            "{read} AND {} \
+             UNION ALL SELECT {}, 1::bigint FROM {changes} d WHERE d.{NEW_ROW_ID} IS NOT NULL AND ({}) IN ({keys})",
+            unchanged(&changes),
+            returned(node, true),
+            new_values.join(", ")
         )
     }
 
@@ -87,9 +120,7 @@ impl ChildRules for NodeRules {
     fn kept_sql(&self, node: &Node, ctx: &Ctx) -> String {
         let read = read_state(node, ctx);
         match hoist_delta(node, ctx) {
-            Some(changes) if ctx.node_changed(node) => {
-                format!("{read} WHERE NOT EXISTS (SELECT 1 FROM {changes} d WHERE d.{OLD_ROW_ID} = s.{ROW_ID})")
-            }
+            Some(changes) if ctx.node_changed(node) => format!("{read} WHERE {}", unchanged(&changes)),
             _ => read,
         }
     }
@@ -106,6 +137,17 @@ impl ChildRules for NodeRules {
             Node::Rows(r) => rows::explain(&r.plan, &format!("{indent}  "), ctx, out),
         }
     }
+}
+
+/// The condition on state table row `s` that its MERGE (CTE `changes`) did
+/// not replace it: `s.__pgt_row_id NOT IN (<replaced identities>)`. A NOT IN
+/// over an uncorrelated subquery stays a hashed subplan, a filter on the one
+/// table (NOT EXISTS would become an anti-join), so a read of the state table
+/// keeps its index paths: a parent looking up a few rows by a correlation or
+/// join column reaches them by index, even through the UNION ALL with the
+/// new versions.
+fn unchanged(changes: &str) -> String {
+    format!("s.{ROW_ID} NOT IN (SELECT d.{OLD_ROW_ID} FROM {changes} d WHERE d.{OLD_ROW_ID} IS NOT NULL)")
 }
 
 /// The state table as the statement reads it (its old state during a

@@ -165,6 +165,16 @@ impl Plan {
         self.blocks().into_iter().map(widest).max().unwrap_or(0)
     }
 
+    /// Per state table (its number), the column sets its rows are looked up
+    /// by ([`crate::tree::collect_lookups`]), each worth an index.
+    pub fn state_lookups(&self) -> Vec<(usize, Vec<String>)> {
+        let mut out = Vec::new();
+        for block in self.blocks() {
+            crate::tree::collect_lookups(block, &mut out);
+        }
+        out
+    }
+
     /// The child operators that keep a state table, children before parents
     /// (the order a full recomputation fills them in).
     pub fn state_tables(&self) -> Vec<&Node> {

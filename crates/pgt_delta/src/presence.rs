@@ -33,6 +33,10 @@
 //! The nullable side of an outer join is never restricted (a restricted side
 //! would NULL-extend rows that are matched in truth).
 //!
+//! The child itself is read restricted the same way ([`restricted_child`]):
+//! a restricted row `p` only ever reads child rows whose correlation values
+//! equal `p.x`, hence a changed row's.
+//!
 //! `C` is a child operator with a state table ([`crate::node`]): `C_old` is
 //! the state table as the statement reads it, `C_new` that with its MERGE's
 //! changes applied, `ΔC` the MERGE's RETURNING rows — each costing work
@@ -44,7 +48,8 @@
 //!
 //! `model::tests::presence_rule` checks the identity on random data.
 
-use crate::tree::Restriction;
+use crate::ctx::{Binding, Ctx};
+use crate::tree::{Node, Restriction};
 use pgt_core::ident::quote_ident;
 
 /// The name of the CTE holding the changed rows of the child in its term.
@@ -63,6 +68,25 @@ pub fn restricted(binding: &str, restriction: &Restriction) -> String {
         .collect::<Vec<_>>()
         .join(" AND ");
     format!("SELECT x.* FROM ({binding}) x WHERE EXISTS (SELECT 1 FROM {AFFECTED} a WHERE {on})")
+}
+
+/// The child's old or new state (`binding`) restricted to the rows whose
+/// correlation columns equal those of some row of [`AFFECTED`].
+///
+/// Valid when the FROM input of `restriction` is the only one restricted: its
+/// remaining rows `p` read, in every subquery expression, only child rows
+/// with `c.k = p.x` where `p.x = d.k` for a changed row `d` — so `c.k = d.k`
+/// (equality operators are transitive), and the other child rows never
+/// matter to the term. The child's state is then read through its state
+/// table's index on the correlation columns, however large it is.
+pub fn restricted_child(node: &Node, binding: Binding, restriction: &Restriction, ctx: &Ctx) -> String {
+    let mut columns: Vec<String> = Vec::new();
+    for p in &restriction.pairs {
+        if !columns.contains(&p.child_column) {
+            columns.push(p.child_column.clone());
+        }
+    }
+    ctx.rules.restricted_state_sql(node, ctx, binding, &columns, AFFECTED)
 }
 
 /// `WITH __pgt_aff AS (<child delta>) <new part> UNION ALL <old part>`: the

@@ -151,12 +151,43 @@ pub fn probe_sql(topk: &TopK, st: &str, delta: &str) -> String {
     )
 }
 
+impl TopK {
+    /// The clause as a reader writes it: `ORDER BY a DESC, b LIMIT 10`
+    /// (`USING op` only for an operator other than `<` / `>`, NULLS only
+    /// where not the default).
+    pub fn display(&self) -> String {
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| {
+                let (direction, default_nulls_first) = if k.operator.ends_with(".<)") {
+                    (String::new(), false)
+                } else if k.operator.ends_with(".>)") {
+                    (" DESC".to_string(), true)
+                } else {
+                    (format!(" USING {}", k.operator), false)
+                };
+                let nulls = match (k.nulls_first, default_nulls_first) {
+                    (true, false) => " NULLS FIRST",
+                    (false, true) => " NULLS LAST",
+                    _ => "",
+                };
+                format!("{}{direction}{nulls}", quote_ident(&k.column))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let offset = if self.offset > 0 { format!(" OFFSET {}", self.offset) } else { String::new() };
+        let limit = if self.with_ties { format!(" FETCH FIRST {} ROWS WITH TIES", self.limit) } else { format!(" LIMIT {}", self.limit) };
+        format!("ORDER BY {keys}{limit}{offset}")
+    }
+}
+
 /// The TopK's line in `explain_st`.
 pub fn explain(topk: &TopK, indent: &str, out: &mut String) {
     out.push_str(&format!(
-        "{indent}TopK {}: stores only the window; a change sorting after its last row costs one comparison, \
-         one at or before it recomputes the window with the bounded query\n",
-        topk.clause("root")
+        "{indent}TopK {} — stores only the window; a change sorting after its last row costs one comparison, \
+         one at or before it recomputes the window by the bounded query\n",
+        topk.display()
     ));
 }
 
@@ -188,6 +219,9 @@ mod tests {
         assert!(t.needs_refill(1, 10) && t.needs_refill(0, 9) && !t.needs_refill(0, 10));
         let ties = TopK { with_ties: true, ..t.clone() };
         assert!(ties.clause("q").ends_with("OFFSET 5 FETCH FIRST 10 ROWS WITH TIES"));
+        assert_eq!(t.display(), "ORDER BY \"revenue\" DESC, \"day\" LIMIT 10 OFFSET 5");
+        let odd = TopK { keys: vec![key("x", "OPERATOR(public.<<<)", true), key("y", "OPERATOR(pg_catalog.>)", false)], ..t.clone() };
+        assert_eq!(odd.display(), "ORDER BY \"x\" USING OPERATOR(public.<<<) NULLS FIRST, \"y\" DESC NULLS LAST LIMIT 10 OFFSET 5");
     }
 
     /// The model: rows `(key, payload)` sorted by key (NULLs last), then

@@ -490,6 +490,31 @@ pub fn number_states(block: &mut Block, next: &mut usize) {
     }
 }
 
+/// Per child read inside subquery expressions under `block` (at any depth):
+/// its state table number and the columns its correlation pairs compare,
+/// which the presence rule and the re-evaluated subqueries look its rows up
+/// by (an index on them makes each lookup an index scan).
+pub fn collect_lookups(block: &Block, out: &mut Vec<(usize, Vec<String>)>) {
+    for input in &block.inputs {
+        if let Source::Node(node) = &input.source {
+            for b in node.blocks() {
+                collect_lookups(b, out);
+            }
+            let Some(presence) = &input.presence else { continue };
+            let mut columns: Vec<String> = Vec::new();
+            for pair in presence.restrictions.iter().flat_map(|r| &r.pairs) {
+                if !columns.contains(&pair.child_column) {
+                    columns.push(pair.child_column.clone());
+                }
+            }
+            let entry = (node.state_number(), columns);
+            if !entry.1.is_empty() && !out.contains(&entry) {
+                out.push(entry);
+            }
+        }
+    }
+}
+
 /// The nodes with state tables in the tree under `block`, children before
 /// parents.
 pub fn collect_stateful<'a>(block: &'a Block, out: &mut Vec<&'a Node>) {

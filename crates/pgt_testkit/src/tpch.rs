@@ -158,6 +158,15 @@ pub struct CycleSize {
     /// Orders inserted by RF1 and deleted by RF2, and rows of each other table
     /// updated: this fraction of the table's rows, at least one.
     pub fraction: f64,
+    /// Only the specification's refresh functions RF1 and RF2, no updates.
+    pub refresh_functions_only: bool,
+}
+
+impl CycleSize {
+    /// RF1, RF2 and the updates, each of `fraction` of its table.
+    pub fn all(fraction: f64) -> CycleSize {
+        CycleSize { fraction, refresh_functions_only: false }
+    }
 }
 
 /// The statements of one mutation cycle, each string one transaction (several
@@ -236,6 +245,9 @@ pub fn cycle_statements(client: &mut Client, rng: &mut impl Rng, size: CycleSize
         seed = seed(),
         sample = sample("orders", "o_orderkey", orders),
     ));
+    if size.refresh_functions_only {
+        return Ok(out);
+    }
     // Prices, discounts and quantities; then ship, commit and receipt dates.
     out.push(format!(
         "{seed};

@@ -437,7 +437,7 @@ fn full_row_identities_do_not_depend_on_session_settings() {
     db.exec(
         "CREATE TABLE e (id int PRIMARY KEY, at timestamptz, x float8);
          INSERT INTO e SELECT g, '2026-01-01 12:00+00'::timestamptz + g * interval '1 hour', g / 3.0 FROM generate_series(1, 50) g;
-         SELECT pgtrickle.create_stream_table('ev', 'SELECT id, at, x FROM e ORDER BY id LIMIT 1000');",
+         SELECT pgtrickle.create_stream_table('ev', 'SELECT id, at, x FROM e ORDER BY id LIMIT 1000', refresh_mode => 'FULL');",
     );
     db.exec(
         "SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'German'; SET extra_float_digits = 0;

@@ -105,7 +105,7 @@ fn a_zero_schedule_refreshes_when_changes_commit() {
     // Nothing changing: a '0s' FULL stream table is checked once per
     // pg_trickle.scheduler_interval_ms, and a check that writes nothing leaves
     // no history row.
-    db.exec("SELECT pgtrickle.create_stream_table('eager_full', 'SELECT v FROM t ORDER BY v LIMIT 3', schedule => '0s')");
+    db.exec("SELECT pgtrickle.create_stream_table('eager_full', 'SELECT v FROM t ORDER BY v LIMIT 3', schedule => '0s', refresh_mode => 'FULL')");
     std::thread::sleep(Duration::from_millis(1500));
     let before: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]);
     std::thread::sleep(Duration::from_millis(2500));

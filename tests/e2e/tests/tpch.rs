@@ -109,7 +109,7 @@ fn tpch_22_queries_in_every_mode_match_their_queries_after_each_cycle() {
         ("0.1 % cycle", 0.001, false),
     ];
     for (i, (what, fraction, rollback)) in plan.iter().enumerate() {
-        tpch::run_cycle(&mut db.client, &mut rng, CycleSize { fraction: *fraction }, *rollback).expect("mutation cycle");
+        tpch::run_cycle(&mut db.client, &mut rng, CycleSize::all(*fraction), *rollback).expect("mutation cycle");
         refresh_and_check(&mut db, &MODES, seed, &format!("cycle {} ({what})", i + 1));
     }
     assert_all_differential(&mut db, seed);
@@ -123,8 +123,112 @@ fn tpch_sustained_50_cycles_without_drift() {
     let modes = [("diff", "DIFFERENTIAL")];
     let mut db = tpch_db("tpch_sustained", &modes);
     for cycle in 1..=50 {
-        tpch::run_cycle(&mut db.client, &mut rng, CycleSize { fraction: 0.001 }, false).expect("mutation cycle");
+        tpch::run_cycle(&mut db.client, &mut rng, CycleSize::all(0.001), false).expect("mutation cycle");
         refresh_and_check(&mut db, &modes, seed, &format!("cycle {cycle}"));
     }
     assert_all_differential(&mut db, seed);
+}
+
+/// The report kept in docs/TPCH.md: for each query the mode AUTO chose, the
+/// operator tree (`explain_st`, with the names of state tables and change
+/// buffers, which depend on OIDs, left out) and, for FULL, the construct
+/// that forced it. Fails when docs/TPCH.md differs from what this build
+/// reports; `PGT_WRITE_TPCH_REPORT=1` rewrites it.
+#[test]
+fn tpch_report_matches_docs() {
+    let mut db = TestDb::new("tpch_report");
+    tpch::load(&mut db.client, 0.01, false).expect("load TPC-H");
+    db.exec("SET client_min_messages = error");
+    let mut summary = String::new();
+    let mut trees = String::new();
+    for (name, sql) in tpch::QUERIES {
+        let query = tpch::query_text(sql);
+        db.client.execute("SELECT pgtrickle.create_stream_table($1, $2)", &[&name, &query]).expect("create");
+        let row = db.client.query_one("SELECT effective_mode, reason FROM pgtrickle.explain_refresh_mode($1)", &[&name]).expect("mode");
+        let (mode, reason): (String, String) = (row.get(0), row.get(1));
+        let title = sql.lines().next().unwrap_or_default().trim_start_matches("-- ").to_string();
+        let forced = if mode == "FULL" { reason } else { String::new() };
+        let explain: String = db.scalar("SELECT pgtrickle.explain_st($1)", &[&name]);
+        let tree: Vec<String> = explain
+            .lines()
+            .skip_while(|l| !l.starts_with("operator tree:"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("full SQL:"))
+            .map(without_oid_names)
+            .collect();
+        summary.push_str(&format!("| {} | {mode} | {} | {forced} |\n", title.split(',').next().unwrap_or(name), shape(&tree)));
+        trees.push_str(&format!("## {title}\n\nAUTO chose {mode}.\n\n```text\n{}\n```\n\n", tree.join("\n")));
+    }
+    let report = format!(
+        "# TPC-H: how pg_trickle maintains each query\n\n\
+         The 22 queries of the TPC-H specification (`crates/pgt_testkit/tpch/`, with the \
+         specification's validation substitution parameters; adaptations in `crates/pgt_testkit/src/tpch.rs`) \
+         as stream tables with `refresh_mode => 'AUTO'`: the mode AUTO chose, the construct that forced FULL \
+         if any, and the operator tree `pgtrickle.explain_st` shows (state tables and change buffers unnamed). \
+         Written by `PGT_WRITE_TPCH_REPORT=1 make test` (test `tpch_report_matches_docs` in \
+         `tests/e2e/tests/tpch.rs`, which fails when this file is out of date). Correctness under churn: \
+         the other tests of that file; speed: [BENCHMARK.md](BENCHMARK.md).\n\n\
+         Queries are derived from the TPC-H Benchmark specification; results are not comparable to published \
+         TPC results. TPC Benchmark is a trademark of the TPC.\n\n\
+         | Query | AUTO chose | Operator tree | Construct forcing FULL |\n|---|---|---|---|\n{summary}\n{trees}"
+    );
+    println!("{report}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/TPCH.md");
+    if std::env::var("PGT_WRITE_TPCH_REPORT").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &report).expect("write docs/TPCH.md");
+        return;
+    }
+    let kept = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(kept == report, "docs/TPCH.md is out of date: run PGT_WRITE_TPCH_REPORT=1 make test (or the test alone) and commit it");
+}
+
+/// A one-line summary of an operator tree: its root, its widest join, and
+/// how many child operators keep state tables and how many subquery
+/// expressions it reads through the presence rule.
+fn shape(tree: &[String]) -> String {
+    let Some(root) = tree.first() else { return String::new() };
+    let top = |line: &str| line.trim().split(" — ").next().unwrap_or_default().trim_end_matches(':').to_string();
+    let mut parts = vec![top(root)];
+    if root.trim().starts_with("TopK") {
+        if let Some(below) = tree.get(1) {
+            parts[0] = format!("TopK over {}", top(below).to_lowercase());
+        }
+    }
+    let widest = tree
+        .iter()
+        .filter_map(|l| l.split("Join block (").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0);
+    if widest > 1 {
+        parts.push(format!("joins of up to {widest} inputs"));
+    }
+    let states = tree.iter().filter(|l| l.contains("Child result kept in state table")).count();
+    if states > 0 {
+        parts.push(format!("{states} child state table{}", if states == 1 { "" } else { "s" }));
+    }
+    let presence = tree.iter().filter(|l| l.contains("presence rule")).count();
+    if presence > 0 {
+        parts.push(format!("{presence} subquery expression{} (presence rule)", if presence == 1 { "" } else { "s" }));
+    }
+    let outer = tree.iter().filter(|l| l.contains("outer join")).count();
+    if outer > 0 {
+        parts.push("outer joins".to_string());
+    }
+    parts.join("; ")
+}
+
+/// An `explain_st` line without the OID-based names of state tables and
+/// change buffers.
+fn without_oid_names(line: &str) -> String {
+    let mut out = line.to_string();
+    if let Some(at) = out.find(" — change buffer ") {
+        out.truncate(at);
+    }
+    while let Some(start) = out.find("\"pgtrickle_state\".\"pgt_") {
+        let rest = &out[start + "\"pgtrickle_state\".\"pgt_".len()..];
+        let Some(end) = rest.find('"') else { break };
+        let number = rest[..end].rsplit('_').next().unwrap_or_default().to_string();
+        out.replace_range(start..start + "\"pgtrickle_state\".\"pgt_".len() + end + 1, &format!("#{number}"));
+    }
+    out
 }
