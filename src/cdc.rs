@@ -939,11 +939,28 @@ pub fn hold_capture(source_relid: pg_sys::Oid) -> PgtResult<()> {
 /// transaction cannot see yet; the next refresh trims. The DELETE runs in the
 /// latest snapshot, so every committed consumer counts whatever the isolation
 /// level. Returns the number of rows deleted.
-pub fn trim_buffer(source_relid: pg_sys::Oid) -> PgtResult<u64> {
+///
+/// `previous_frontier` (the `pg_snapshot` text the refreshing consumer had
+/// before this refresh): when another consumer's frontier is older still,
+/// the oldest frontier did not move and nothing new can be deleted — the
+/// DELETE, which reads the whole buffer, is skipped. (The oldest consumer's
+/// own refresh trims.)
+pub fn trim_buffer(source_relid: pg_sys::Oid, previous_frontier: Option<&str>) -> PgtResult<u64> {
     let consumed = consumed_by_frontier_sql("b", "st.frontier", "st.frontier_xid", "st.frontier_cid");
     as_extension_owner(|| {
         if catalog::change_tracking(source_relid)?.is_none() || !lock_source(source_relid, true)? {
             return Ok(0);
+        }
+        if let Some(previous) = previous_frontier {
+            let behind = crate::spi::query_one::<bool>(
+                crate::spi::kept("SELECT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+                 WHERE d.source_relid = $1 AND st.frontier IS NOT NULL AND st.effective_refresh_mode = 'DIFFERENTIAL' \
+                   AND pg_catalog.pg_snapshot_xmax(st.frontier) < pg_catalog.pg_snapshot_xmax($2::pg_catalog.pg_snapshot))"),
+                &[source_relid.into(), previous.into()],
+            )?;
+            if behind == Some(true) {
+                return Ok(0);
+            }
         }
         StatementSnapshot::latest().exec_kept(&format!(
             "DELETE FROM {} b WHERE NOT EXISTS ( \

@@ -142,7 +142,7 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
     if !applied.unchanged && st.effective_refresh_mode == RefreshMode::Differential {
         for dep in catalog::dependencies(pgt_id)? {
             if dep.kind != SourceKind::View.as_str() {
-                cdc::trim_buffer(dep.source_relid)?;
+                cdc::trim_buffer(dep.source_relid, st.frontier.as_deref())?;
                 warn_about_buffer(dep.source_relid)?;
             }
         }

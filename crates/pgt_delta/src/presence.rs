@@ -89,6 +89,49 @@ pub fn restricted_child(node: &Node, binding: Binding, restriction: &Restriction
     ctx.rules.restricted_state_sql(node, ctx, binding, &columns, AFFECTED)
 }
 
+/// Another child `sibling` of the block, read inside subquery expressions
+/// correlated with the same FROM input alone (`restriction`), in the term of
+/// a child whose changes restricted that input to `restricted_input` (SQL):
+/// its state (`binding`) restricted to the rows whose correlation columns
+/// equal those of some restricted input row. Those rows read nothing else of
+/// it, as for [`restricted_child`].
+///
+/// When every input column it correlates on is one the changed child
+/// correlates on too (`changed`, the restriction of the input by that
+/// child's changes), the values are taken from [`AFFECTED`] directly — the
+/// restricted rows have exactly those values — which the planner sizes
+/// right; else from the restricted input rows.
+pub fn restricted_sibling(
+    sibling: &Node,
+    binding: Binding,
+    restriction: &Restriction,
+    changed: &Restriction,
+    restricted_input: &str,
+    ctx: &Ctx,
+) -> String {
+    let mut columns: Vec<String> = Vec::new();
+    let mut from_input: Vec<String> = Vec::new();
+    let mut from_affected: Vec<Option<String>> = Vec::new();
+    for p in &restriction.pairs {
+        if !columns.contains(&p.child_column) {
+            columns.push(p.child_column.clone());
+            from_input.push(format!("x.{} AS {}", quote_ident(&p.input_column), quote_ident(&p.child_column)));
+            from_affected.push(
+                changed
+                    .pairs
+                    .iter()
+                    .find(|c| c.input_column == p.input_column && c.operator == p.operator)
+                    .map(|c| format!("a.{} AS {}", quote_ident(&c.child_column), quote_ident(&p.child_column))),
+            );
+        }
+    }
+    let values = match from_affected.into_iter().collect::<Option<Vec<String>>>() {
+        Some(select) => format!("(SELECT {} FROM {AFFECTED} a)", select.join(", ")),
+        None => format!("(SELECT {} FROM ({restricted_input}) x)", from_input.join(", ")),
+    };
+    ctx.rules.restricted_state_sql(sibling, ctx, binding, &columns, &values)
+}
+
 /// `WITH __pgt_aff AS (<child delta>) <new part> UNION ALL <old part>`: the
 /// term of the child, given the block evaluated with the child new
 /// (`new_part`) and old, negated (`old_part`), both over restricted inputs.
