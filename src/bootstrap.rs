@@ -60,6 +60,11 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
     data_timestamp            timestamptz,
     last_refresh_at           timestamptz,
     consecutive_errors        integer NOT NULL DEFAULT 0,
+    -- Measured costs AUTO chooses between DIFFERENTIAL and FULL by
+    -- (crate::refresh::differential): the last full recomputation, ms; the
+    -- differential refreshes' time per changed row (moving average), ms.
+    full_refresh_ms           double precision,
+    differential_ms_per_change double precision,
     created_at                timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at                timestamptz NOT NULL DEFAULT pg_catalog.now()
 );

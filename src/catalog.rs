@@ -64,6 +64,11 @@ pub struct StreamTable {
     /// Why an AUTO stream table whose query is differentiable refreshes FULL:
     /// what its owner may not do (`crate::cdc::differential_blocker`).
     pub differential_blocker: Option<String>,
+    /// The last full recomputation of a DIFFERENTIAL plan took this long (ms).
+    pub full_refresh_ms: Option<f64>,
+    /// Differential refreshes have taken this long per changed row (ms, a
+    /// moving average).
+    pub differential_ms_per_change: Option<f64>,
 }
 
 impl StreamTable {
@@ -84,7 +89,7 @@ SELECT st.pgt_id, st.pgt_relid, n.nspname::text, c.relname::text, c.relowner, \
        st.effective_refresh_mode, st.status, st.is_populated, st.diamond_consistency, \
        st.diamond_schedule_policy, st.cdc_mode, st.append_only, \
        st.pooler_compatibility_mode, st.frontier::text, st.frontier_xid::text, st.frontier_cid, \
-       st.delta_plan, st.needs_reinit, st.differential_blocker \
+       st.delta_plan, st.needs_reinit, st.differential_blocker, st.full_refresh_ms, st.differential_ms_per_change \
 FROM pgtrickle.pgt_stream_tables st \
 JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
@@ -115,6 +120,8 @@ fn stream_table_from_row(row: &pgrx::spi::SpiHeapTupleData) -> PgtResult<StreamT
         delta_plan: row.get::<String>(21)?,
         needs_reinit: col(row, 22)?,
         differential_blocker: row.get::<String>(23)?,
+        full_refresh_ms: row.get::<f64>(24)?,
+        differential_ms_per_change: row.get::<f64>(25)?,
     })
 }
 
@@ -858,6 +865,26 @@ pub struct Frontier {
     pub xid: Option<String>,
     /// The command id the refresh ran at.
     pub cid: i64,
+}
+
+/// Records what a refresh of `pgt_id` cost: a full recomputation of its
+/// DIFFERENTIAL plan (`changes` None: `full_refresh_ms` := `ms`), or a
+/// differential refresh applying `changes` changed rows (the moving average
+/// `differential_ms_per_change` moves 30 % towards `ms / changes`).
+pub fn record_refresh_cost(pgt_id: i64, ms: f64, changes: Option<f64>) -> PgtResult<()> {
+    as_extension_owner(|| {
+        match changes {
+            None => exec(kept("UPDATE pgtrickle.pgt_stream_tables SET full_refresh_ms = $2 WHERE pgt_id = $1"), &[pgt_id.into(), ms.into()])?,
+            Some(n) => exec(
+                kept(
+                    "UPDATE pgtrickle.pgt_stream_tables SET differential_ms_per_change = \
+                     coalesce(0.7 * differential_ms_per_change + 0.3 * $2, $2) WHERE pgt_id = $1",
+                ),
+                &[pgt_id.into(), (ms / n.max(1.0)).into()],
+            )?,
+        };
+        Ok(())
+    })
 }
 
 /// Records a successful refresh on the stream table's row: new frontier, populated,

@@ -71,7 +71,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     for (relid, rows, truncated, count) in summary {
         if truncated {
             // TRUNCATE among the changes: the images cannot express it.
-            return refresh_full_with_plan(st, &plan, snapshot);
+            return full_measured(st, &plan, snapshot);
         }
         window_rows += rows as f64;
         changed.insert(relid.to_u32());
@@ -98,9 +98,28 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
             ratio * 100.0,
             max_ratio
         );
-        return refresh_full_with_plan(st, &plan, snapshot);
+        return full_measured(st, &plan, snapshot);
     }
 
+    // AUTO: from what this stream table's refreshes have cost so far, a full
+    // recomputation is expected to be cheaper than applying this many
+    // changes — recompute (the measurements follow the data as it grows).
+    if st.refresh_mode == RefreshMode::Auto && window_rows >= COST_SAMPLE_MIN_CHANGES {
+        if let (Some(full_ms), Some(per_change)) = (st.full_refresh_ms, st.differential_ms_per_change) {
+            let predicted = per_change * window_rows;
+            if predicted > full_ms {
+                pgrx::notice!(
+                    "stream table {} recomputes in full this time: applying its {} changes would take about {predicted:.0} ms \
+                     at the {:.3} ms per change its differential refreshes have cost, a full recomputation {full_ms:.0} ms",
+                    st.name,
+                    window_rows,
+                    per_change
+                );
+                return full_measured(st, &plan, snapshot);
+            }
+        }
+    }
+    let started = std::time::Instant::now();
     let Some(statement) = plan.delta_statement(&st.tables(), &source, &changed) else {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
     };
@@ -149,7 +168,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
                          temporary files (pg_trickle.delta_temp_file_limit)",
                         st.name
                     );
-                    return refresh_full_with_plan(st, &plan, snapshot);
+                    return full_measured(st, &plan, snapshot);
                 }
                 Err(caught) => (*caught).rethrow(),
             }
@@ -162,7 +181,13 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
              a full recomputation at {full_cost:.0} (pg_trickle.max_delta_cost_ratio = {ratio})",
             st.name,
         );
-        return refresh_full_with_plan(st, &plan, snapshot);
+        return full_measured(st, &plan, snapshot);
+    };
+    let record = |applied: Applied| -> PgtResult<Applied> {
+        if window_rows >= COST_SAMPLE_MIN_CHANGES {
+            catalog::record_refresh_cost(st.pgt_id, started.elapsed().as_secs_f64() * 1000.0, Some(window_rows))?;
+        }
+        Ok(applied)
     };
     if let Some(topk) = &plan.topk {
         // The statement was the TopK's probe (pgt_delta::topk): it brought
@@ -170,12 +195,27 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         // the stored window, whose rows it did not write.
         let (affecting, stored) = (inserted as i64, deleted as i64);
         if !topk.needs_refill(affecting, stored) {
-            return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: false });
+            return record(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: false });
         }
         let (inserted, deleted) = super::full::refill_window(st, &plan, snapshot)?;
-        return Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false });
+        return record(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false });
     }
-    Ok(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false })
+    record(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false })
+}
+
+/// Differential refreshes of at least this many changed rows are timed for
+/// AUTO's choice, and only such refreshes may be turned into full
+/// recomputations by it: below, a refresh's fixed costs (planning, catalog)
+/// would pass for a cost per change.
+const COST_SAMPLE_MIN_CHANGES: f64 = 1000.0;
+
+/// [`refresh_full_with_plan`], its duration recorded as the stream table's
+/// cost of a full recomputation (`catalog::record_refresh_cost`).
+fn full_measured(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
+    let started = std::time::Instant::now();
+    let applied = refresh_full_with_plan(st, plan, snapshot)?;
+    catalog::record_refresh_cost(st.pgt_id, started.elapsed().as_secs_f64() * 1000.0, None)?;
+    Ok(applied)
 }
 
 /// The temporary file space (kB) the delta statement may use
@@ -329,7 +369,7 @@ fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applie
             for relation in plan.relations() {
                 crate::cdc::sync_buffer_grants(pgrx::pg_sys::Oid::from(relation.relid))?;
             }
-            let applied = refresh_full_with_plan(st, &plan, snapshot)?;
+            let applied = full_measured(st, &plan, snapshot)?;
             crate::storage::analyze_after_recompute(st.pgt_id, st.relid)?;
             Ok(applied)
         }
