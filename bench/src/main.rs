@@ -12,8 +12,8 @@
 //! them in the recorded report (a change to the scheduler need not re-run the
 //! 15-minute refresh comparison).
 //!
-//! TPC-H part: the 22 queries (`pgt_testkit::tpch`) at scale factor
-//! `PGT_BENCH_TPCH_SCALE` (default 1; 0 skips it), each as a DIFFERENTIAL and
+//! TPC-H part: the 22 queries (`pgt_testkit::tpch`) at the scale factors
+//! `PGT_BENCH_TPCH_SCALE` (default `0.1,1`; `0` skips it), each as a DIFFERENTIAL and
 //! a FULL stream table and a materialized view; cycles of the specification's
 //! refresh functions (RF1 inserts, RF2 deletes orders with their lineitems) of
 //! 0.1 % and then 1 % of the orders, each followed by timing every refresh.
@@ -94,9 +94,25 @@ struct Report {
     /// Joins of many inputs, one changed row (absent in older reports).
     #[serde(default)]
     joins: Vec<JoinWidth>,
-    /// The TPC-H part (absent in older reports).
-    #[serde(default)]
-    tpch: Option<TpchFigures>,
+    /// The TPC-H part, per scale factor (absent in older reports).
+    #[serde(default, deserialize_with = "one_or_many")]
+    tpch: Vec<TpchFigures>,
+}
+
+/// A report's `tpch`: one scale factor's figures (older reports) or a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<TpchFigures>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        None(()),
+        One(TpchFigures),
+        Many(Vec<TpchFigures>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        OneOrMany::None(()) => Vec::new(),
+        OneOrMany::One(f) => vec![f],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// The TPC-H part: per query and change rate, medians in ms.
@@ -218,14 +234,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut db = cluster.connect("pgtrickle_bench")?;
     db.batch_execute("CREATE EXTENSION pg_trickle; SET client_min_messages = warning;")?;
     let postgres: String = db.query_one("SELECT version()", &[])?.get(0);
-    let tpch_scale: f64 = std::env::var("PGT_BENCH_TPCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let tpch_scales: Vec<f64> = std::env::var("PGT_BENCH_TPCH_SCALE")
+        .unwrap_or_else(|_| "0.1,1".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|s: &f64| *s > 0.0)
+        .collect();
     let tpch_reps: usize = std::env::var("PGT_BENCH_TPCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     if std::env::var_os("PGT_BENCH_ONLY_TPCH").is_some() {
         let path = repo.join("docs/benchmark.json");
         let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        let mut figures = tpch_bench(&cluster, tpch_scale, tpch_reps)?;
-        figures.date = Some(utc_now()?);
-        report.tpch = Some(figures);
+        for &scale in &tpch_scales {
+            let mut figures = tpch_bench(&cluster, scale, tpch_reps)?;
+            figures.date = Some(utc_now()?);
+            report.tpch.retain(|f| f.scale != scale);
+            report.tpch.push(figures);
+        }
+        report.tpch.sort_by(|a, b| a.scale.total_cmp(&b.scale));
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
         std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
         return Ok(());
@@ -320,7 +345,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         scheduler.diamond_median_ms.unwrap_or_default(),
         scheduler.idle_cpu_ms_per_s
     );
-    let tpch = if tpch_scale > 0.0 { Some(tpch_bench(&cluster, tpch_scale, tpch_reps)?) } else { None };
+    let mut tpch = Vec::new();
+    for &scale in &tpch_scales {
+        tpch.push(tpch_bench(&cluster, scale, tpch_reps)?);
+    }
     let machine = machine();
     let command = "make bench".to_string();
     let date = utc_now()?;
@@ -925,7 +953,7 @@ fn markdown(r: &Report) -> String {
             sch.idle_cpu_ms_per_s
         );
     }
-    if let Some(t) = &r.tpch {
+    for t in &r.tpch {
         tpch_markdown(&mut s, t);
     }
     let _ = writeln!(s, "## Refresh with no change (DIFFERENTIAL), median of 20\n");

@@ -4,7 +4,8 @@
 //!
 //! - scan: `old = new − Δ`;
 //! - join (telescoping): `Σᵢ B(new<ᵢ, Δᵢ, old>ᵢ) = B(new…) − B(old…)` for a
-//!   three-way inner join with arbitrary changes to every input;
+//!   three-way inner join with arbitrary changes to every input, also with
+//!   each old state expanded as `new − Δ` (signed subterms);
 //! - outer join: the terms of `join`'s outer-join rule (the inner-join part
 //!   plus signed NULL extensions from match counts, and the preserved input's
 //!   term rewritten to read the nullable inputs' new states) sum to the change
@@ -479,6 +480,28 @@ mod tests {
             // Σᵢ B(new<ᵢ, Δᵢ, old>ᵢ)
             let t1 = join3(&da, &b_old, &c_old);
             let t2 = join3(&a_new, &db, &c_old);
+            let t3 = join3(&a_new, &b_new, &dc);
+            let delta = plus(&plus(&t1, &t2), &t3);
+            let expected = minus(&join3(&a_new, &b_new, &c_new), &join3(&a_old, &b_old, &c_old));
+            prop_assert_eq!(delta, expected);
+        }
+
+        /// The telescoping terms with every old state expanded by linearity
+        /// (`join::bind_terms`): `B(…, old, …) = B(…, new, …) − B(…, Δ, …)`,
+        /// 2^k signed subterms per term, sum to the same change.
+        #[test]
+        fn telescoping_with_old_states_expanded(a in relation_and_change(), b in relation_and_change(), c in relation_and_change()) {
+            let (a_old, da) = a;
+            let (b_old, db) = b;
+            let (c_old, dc) = c;
+            let (a_new, b_new, c_new) = (plus(&a_old, &da), plus(&b_old, &db), plus(&c_old, &dc));
+            // Term 1: Δa ⋈ b_old ⋈ c_old = Δa⋈b⋈c − Δa⋈Δb⋈c − Δa⋈b⋈Δc + Δa⋈Δb⋈Δc (new states).
+            let t1 = plus(
+                &minus(&minus(&join3(&da, &b_new, &c_new), &join3(&da, &db, &c_new)), &join3(&da, &b_new, &dc)),
+                &join3(&da, &db, &dc),
+            );
+            // Term 2: a_new ⋈ Δb ⋈ c_old = a⋈Δb⋈c − a⋈Δb⋈Δc.
+            let t2 = minus(&join3(&a_new, &db, &c_new), &join3(&a_new, &db, &dc));
             let t3 = join3(&a_new, &b_new, &dc);
             let delta = plus(&plus(&t1, &t2), &t3);
             let expected = minus(&join3(&a_new, &b_new, &c_new), &join3(&a_old, &b_old, &c_old));

@@ -4,7 +4,7 @@
 //! times, TRUNCATE). After every refresh each stream table equals its query and
 //! what FULL produces. Replay a failure with the printed seed: `PGT_SEED=...`.
 
-use pg_trickle_e2e::{run_property_suite, Expect::*};
+use pg_trickle_e2e::{assert_st_matches_query, run_property_suite, Expect::*, TestDb};
 
 const CYCLES: usize = 20;
 
@@ -879,4 +879,65 @@ fn kept_statement_plans_follow_ddl_and_make_room() {
         ))
         .expect("after ALTER COLUMN TYPE");
     check(&mut db, "after ALTER COLUMN TYPE");
+}
+
+/// AUTO chooses by measured cost: a stream table records its full
+/// recomputation's duration and its differential refreshes' cost per changed
+/// row; when applying at least 1,000 changes is predicted to cost more than a
+/// recomputation, AUTO recomputes (NOTICE). Smaller windows, and explicit
+/// DIFFERENTIAL stream tables, are never switched.
+#[test]
+fn auto_recomputes_when_its_measurements_say_that_is_cheaper() {
+    let mut db = TestDb::new("auto_measured");
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO t SELECT g, g % 50 FROM generate_series(1, 20000) g;
+         SELECT pgtrickle.create_stream_table('by_v_auto', 'SELECT v, count(*) AS n, sum(id) AS s FROM t GROUP BY v');
+         SELECT pgtrickle.create_stream_table('by_v_diff', 'SELECT v, count(*) AS n, sum(id) AS s FROM t GROUP BY v',
+                                              refresh_mode => 'DIFFERENTIAL');",
+    );
+    let measured = |db: &mut TestDb, st: &str| -> (Option<f64>, Option<f64>) {
+        let row = db
+            .client
+            .query_one(
+                "SELECT full_refresh_ms, differential_ms_per_change FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1::text::regclass",
+                &[&st],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let last_action = |db: &mut TestDb, st: &str| -> String {
+        db.scalar(
+            "SELECT h.action FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
+             WHERE s.pgt_relid = $1::text::regclass ORDER BY h.refresh_id DESC LIMIT 1",
+            &[&st],
+        )
+    };
+    assert!(measured(&mut db, "by_v_auto").0.is_some(), "the first recomputation is timed");
+    // 1,200 changed rows: timed as a differential refresh of both.
+    db.exec("UPDATE t SET v = v + 1 WHERE id <= 1200");
+    db.exec("SELECT pgtrickle.refresh_stream_table('by_v_auto'); SELECT pgtrickle.refresh_stream_table('by_v_diff')");
+    assert_eq!(last_action(&mut db, "by_v_auto"), "DIFFERENTIAL");
+    assert!(measured(&mut db, "by_v_auto").1.is_some_and(|ms| ms > 0.0), "{:?}", measured(&mut db, "by_v_auto"));
+    // Measurements saying that changes are dear: AUTO recomputes.
+    db.exec(
+        "UPDATE pgtrickle.pgt_stream_tables SET full_refresh_ms = 1, differential_ms_per_change = 1 \
+         WHERE pgt_relid IN ('by_v_auto'::regclass, 'by_v_diff'::regclass)",
+    );
+    let (mut client, notices) = db.connect_collecting_notices();
+    client.batch_execute("UPDATE t SET v = v + 1 WHERE id BETWEEN 1201 AND 2400").unwrap();
+    client.batch_execute("SELECT pgtrickle.refresh_stream_table('by_v_auto'); SELECT pgtrickle.refresh_stream_table('by_v_diff')").unwrap();
+    assert_eq!(last_action(&mut db, "by_v_auto"), "FULL");
+    assert_eq!(last_action(&mut db, "by_v_diff"), "DIFFERENTIAL", "an explicit DIFFERENTIAL stream table is not switched");
+    let said = notices.lock().unwrap().iter().any(|(_, m)| m.contains("by_v_auto recomputes in full this time: applying its"));
+    assert!(said, "{:?}", notices.lock().unwrap());
+    // A small window is applied whatever the measurements.
+    db.exec("UPDATE pgtrickle.pgt_stream_tables SET differential_ms_per_change = 1 WHERE pgt_relid = 'by_v_auto'::regclass");
+    db.exec("UPDATE t SET v = v + 1 WHERE id <= 10");
+    db.exec("SELECT pgtrickle.refresh_stream_table('by_v_auto')");
+    assert_eq!(last_action(&mut db, "by_v_auto"), "DIFFERENTIAL");
+    db.exec("SELECT pgtrickle.refresh_stream_table('by_v_diff')");
+    for st in ["by_v_auto", "by_v_diff"] {
+        assert_st_matches_query(&mut db.client, st, "SELECT v, count(*) AS n, sum(id) AS s FROM t GROUP BY v");
+    }
 }

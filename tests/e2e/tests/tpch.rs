@@ -72,12 +72,13 @@ fn refresh_and_check(db: &mut TestDb, modes: &[(&str, &str)], seed: u64, when: &
 }
 
 /// Asserts that every DIFFERENTIAL stream table refreshed differentially
-/// (never fell back to FULL) and that AUTO chose DIFFERENTIAL for every query.
+/// (never fell back to FULL) and that AUTO chose DIFFERENTIAL for every query
+/// (an AUTO stream table may still recompute a refresh by its measurements).
 fn assert_all_differential(db: &mut TestDb, seed: u64) {
     let fallbacks: Vec<String> = db.column(
         "SELECT s.pgt_relid::regclass::text || ': ' || h.action || ' ' || h.status || coalesce(' (' || h.error_message || ')', '') \
          FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) \
-         WHERE s.refresh_mode IN ('DIFFERENTIAL', 'AUTO') AND h.initiated_by <> 'INITIAL' \
+         WHERE s.refresh_mode = 'DIFFERENTIAL' AND h.initiated_by <> 'INITIAL' \
            AND (h.action NOT IN ('DIFFERENTIAL', 'SKIP') OR h.status = 'FAILED') \
          ORDER BY 1",
         &[],
