@@ -61,8 +61,14 @@ impl ChildRules for NodeRules {
     /// Like `state_sql`, each part filtered by `columns IN (SELECT columns
     /// FROM affected)` inside its own query level, so that the state table is
     /// reached through its index on `columns` (`Plan::state_lookups`); the
-    /// rows the MERGE replaced are left out by a comparison with the array of
-    /// their identities ([`unchanged`]).
+    /// rows the MERGE replaced are left out as in `state_sql` ([`unchanged`]).
+    ///
+    /// Known cost: a correlated subquery evaluated once per outer row reads
+    /// the new versions (a CTE of the MERGE's RETURNING rows, without an
+    /// index) once per row, so a term costs the product of its outer rows
+    /// and the child's changed rows — negligible for small windows, dominant
+    /// for windows of tens of thousands of changes (docs/BENCHMARK.md, TPC-H
+    /// Q17 and Q20 at 1 %).
     fn restricted_state_sql(&self, node: &Node, ctx: &Ctx, binding: Binding, columns: &[String], affected: &str) -> String {
         let table = ctx.tables.state_table(node.state_number());
         let list = |alias: &str| columns.iter().map(|c| format!("{alias}.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
