@@ -194,6 +194,12 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         // the state tables up to date and counted the changed rows reaching
         // the stored window, whose rows it did not write.
         let (affecting, stored) = (inserted as i64, deleted as i64);
+        if topk.applies_directly(stored) {
+            // The window held every row: the changes were applied to it;
+            // what passed the LIMIT goes.
+            let trimmed = super::full::trim_window(st, topk, snapshot)?;
+            return record(Applied { action: "DIFFERENTIAL", inserted, deleted: trimmed, unchanged: false });
+        }
         if !topk.needs_refill(affecting, stored) {
             return record(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: false });
         }

@@ -133,6 +133,15 @@ pub fn refill_window(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot
     replace(&step.table, &step.columns, &step.source, snapshot)
 }
 
+/// Deletes the rows of TopK stream table `st` past its LIMIT
+/// (`pgt_delta::topk::trim_sql`); returns how many.
+pub fn trim_window(st: &StreamTable, topk: &pgt_delta::topk::TopK, snapshot: &StatementSnapshot) -> PgtResult<u64> {
+    let _writing = crate::activity::StreamTableWrite::begin();
+    let counts = snapshot.query_map(&pgt_delta::topk::trim_sql(topk, &st.name.to_sql()), |row| row.col::<i64>(1))?;
+    let trimmed = counts.first().copied().ok_or_else(|| PgtError::internal("trimming a TopK window returned no row"))?;
+    Ok(trimmed.max(0) as u64)
+}
+
 /// Makes the contents of `st` equal to `source` (a query returning `columns`),
 /// and counts the rows written as inserted (insert, update) and deleted
 /// (delete, update).

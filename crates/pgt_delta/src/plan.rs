@@ -218,8 +218,12 @@ pub struct DeltaStatement {
 pub enum DeltaOutput {
     /// One row per row the MERGE wrote, `merge_action`.
     Actions,
-    /// One row `(affecting, stored)` ([`crate::topk::probe_sql`]): the stream
-    /// table is not written; the caller recomputes its window when
+    /// One row `(affecting, stored)` ([`crate::topk::probe_sql`]). When
+    /// [`crate::topk::TopK::applies_directly`] to `stored`, the statement
+    /// applied the changes to the stream table and `affecting` counts the
+    /// rows written (the caller removes the rows past the LIMIT,
+    /// [`crate::topk::trim_sql`]); else the stream table is not written and
+    /// the caller recomputes its window when
     /// [`crate::topk::TopK::needs_refill`] says so, with the last of
     /// [`Plan::full_steps`].
     TopKProbe,
@@ -291,9 +295,19 @@ impl Plan {
     pub fn delta_statement(&self, tables: &Tables, source: &ChangeSource, changed: &Changed) -> Option<DeltaStatement> {
         let ctx = Ctx::delta(tables, source, changed, &NodeRules);
         if let (Some(topk), Root::Rows(r)) = (&self.topk, &self.root) {
+            let st = &tables.stream_table;
             let delta = crate::rows::delta_rows_sql(r, &ctx)?;
-            let probe = crate::topk::probe_sql(topk, &tables.stream_table, &delta);
-            return Some(DeltaStatement { ctes: ctx.into_hoisted(), merge: probe, output: DeltaOutput::TopKProbe });
+            let probe = crate::topk::probe_sql(topk, st, &delta);
+            // A window holding every row takes the changes as they are.
+            let direct = crate::rows::guarded_merge_sql(r, st, &ctx, crate::ctx::Returning::Actions, Some(&topk.direct_guard(st)))?;
+            let mut ctes = ctx.into_hoisted();
+            ctes.push(("__pgt_direct".to_string(), direct));
+            let merge = format!(
+                "SELECT CASE WHEN {guard} THEN (SELECT pg_catalog.count(*) FROM __pgt_direct) ELSE p.affecting END AS affecting, \
+                        p.stored FROM ({probe}) p",
+                guard = topk.direct_guard(st)
+            );
+            return Some(DeltaStatement { ctes, merge, output: DeltaOutput::TopKProbe });
         }
         let merge = match &self.root {
             Root::Rows(r) => crate::rows::merge_sql(r, &tables.stream_table, &ctx, crate::ctx::Returning::Actions),

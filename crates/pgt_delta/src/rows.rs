@@ -122,6 +122,13 @@ pub fn delta_rows_sql(plan: &RowsPlan, ctx: &Ctx) -> Option<String> {
 /// table, or a child's state table), or `None` when no input changed. Returns
 /// what `returning` asks for.
 pub fn merge_sql(plan: &RowsPlan, st: &str, ctx: &Ctx, returning: Returning) -> Option<String> {
+    guarded_merge_sql(plan, st, ctx, returning, None)
+}
+
+/// [`merge_sql`] whose changes apply only where SQL condition `guard`
+/// (evaluated in the statement's snapshot, over nothing of the changes)
+/// holds: for a TopK whose window holds every row ([`crate::topk`]).
+pub fn guarded_merge_sql(plan: &RowsPlan, st: &str, ctx: &Ctx, returning: Returning, guard: Option<&str>) -> Option<String> {
     let v = &plan.visible;
     let mut keyless_sources = Vec::new();
     let deltas: Vec<String> = plan
@@ -147,6 +154,10 @@ pub fn merge_sql(plan: &RowsPlan, st: &str, ctx: &Ctx, returning: Returning) -> 
         .map(|s| format!("({s})"))
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
+    let source = match guard {
+        Some(g) => format!("SELECT * FROM ({source}) g WHERE {g}"),
+        None => source,
+    };
     let set = v.iter().map(|c| format!("{q} = d.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
     Some(format!(
         "MERGE INTO {st} t USING ({source}) d ON t.__pgt_row_id = d.__pgt_row_id \

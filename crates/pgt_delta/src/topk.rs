@@ -120,10 +120,42 @@ impl TopK {
 
     /// The stored window is recomputed when the probe counted `affecting`
     /// changed rows at or before its last row, or it holds `stored` rows,
-    /// fewer than the LIMIT.
+    /// fewer than the LIMIT (unless the changes were applied directly,
+    /// [`TopK::applies_directly`]).
     pub fn needs_refill(&self, affecting: i64, stored: i64) -> bool {
         affecting > 0 || stored < self.limit
     }
+
+    /// Whether a window holding `stored` rows holds every row of the root —
+    /// no OFFSET, no ties kept, fewer rows than the LIMIT — so that the
+    /// root's changes apply to it as they are, and only the rows beyond the
+    /// LIMIT afterwards need removing ([`trim_sql`]).
+    pub fn applies_directly(&self, stored: i64) -> bool {
+        self.offset == 0 && !self.with_ties && stored < self.limit
+    }
+
+    /// SQL true when stream table `st` (quoted) holds fewer rows than the
+    /// LIMIT and the window has no OFFSET or ties: the guard of the direct
+    /// application ([`TopK::applies_directly`]).
+    pub fn direct_guard(&self, st: &str) -> String {
+        if self.offset != 0 || self.with_ties {
+            return "false".to_string();
+        }
+        format!("(SELECT pg_catalog.count(*) FROM {st}) < {}", self.limit)
+    }
+}
+
+/// Counts the rows of stream table `st` (quoted) beyond the LIMIT in the
+/// ORDER BY, deleting them, after changes were applied to a window that held
+/// every row ([`TopK::applies_directly`]): what remains is the first `n`
+/// rows of the new result. One row: the count.
+pub fn trim_sql(topk: &TopK, st: &str) -> String {
+    let order = TopK { limit: -1, offset: 0, with_ties: false, keys: topk.keys.clone() }.clause("t");
+    format!(
+        "WITH gone AS (DELETE FROM {st} x WHERE x.__pgt_row_id IN (SELECT t.__pgt_row_id FROM {st} t {order} OFFSET {}) RETURNING 1) \
+         SELECT pg_catalog.count(*)::bigint FROM gone",
+        topk.limit
+    )
 }
 
 /// The window of the root's full result `full` (whose columns include the

@@ -47,6 +47,11 @@ fn topk_windows_stay_equal_to_their_queries() {
                 Differential,
             ),
             ("k_limit_zero", "SELECT id FROM orders ORDER BY id LIMIT 0", Differential),
+            // Fewer rows than the LIMIT (mostly): the changes apply directly,
+            // rows past the LIMIT are trimmed.
+            ("k_all_groups", "SELECT status, count(*) AS n, sum(amount) AS total FROM orders GROUP BY status ORDER BY total DESC, status LIMIT 5", Differential),
+            ("k_all_vips", "SELECT id, score, region FROM customers WHERE vip ORDER BY score NULLS FIRST, id LIMIT 12", Differential),
+            ("k_all_keyless", "SELECT kind, n FROM events WHERE n = 2 ORDER BY kind LIMIT 30", Differential),
         ],
         CYCLES,
     );
@@ -163,4 +168,45 @@ fn topk_as_a_source_and_across_mode_changes() {
         pgt_testkit::assert_st_matches_query(&mut db.client, "top_shops", top);
         pgt_testkit::assert_st_matches_query(&mut db.client, "top_cities", "SELECT city, count(*) AS shops FROM top_shops GROUP BY city");
     }
+}
+
+/// A window holding every row (fewer than the LIMIT, no OFFSET) takes the
+/// changes as they are, then loses what passes the LIMIT — no recomputation.
+#[test]
+fn a_window_holding_every_row_takes_changes_directly() {
+    let mut db = TestDb::new("topk_direct");
+    db.exec(
+        "CREATE TABLE scores (id int PRIMARY KEY, points int NOT NULL);
+         INSERT INTO scores SELECT g, g * 10 FROM generate_series(1, 5) g;
+         SELECT pgtrickle.create_stream_table('leaders', 'SELECT id, points FROM scores ORDER BY points DESC, id LIMIT 10',
+                                              refresh_mode => 'DIFFERENTIAL');",
+    );
+    let query = "SELECT id, points FROM scores ORDER BY points DESC, id LIMIT 10";
+    let last_refresh = |db: &mut TestDb| -> (i64, i64) {
+        let row = db
+            .client
+            .query_one(
+                "SELECT h.rows_inserted, h.rows_deleted FROM pgtrickle.pgt_refresh_history h \
+                 JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) WHERE s.pgt_relid = 'leaders'::regclass \
+                 ORDER BY h.refresh_id DESC LIMIT 1",
+                &[],
+            )
+            .expect("history");
+        (row.get(0), row.get(1))
+    };
+    db.exec("INSERT INTO scores VALUES (6, 5), (7, 500), (8, 25)");
+    db.exec("SELECT pgtrickle.refresh_stream_table('leaders')");
+    assert_eq!(last_refresh(&mut db), (3, 0), "three rows inserted, none trimmed");
+    pgt_testkit::assert_st_matches_query(&mut db.client, "leaders", query);
+    // 13 rows now: the three lowest pass the LIMIT and go.
+    db.exec("INSERT INTO scores SELECT g, g * 100 FROM generate_series(9, 13) g");
+    db.exec("SELECT pgtrickle.refresh_stream_table('leaders')");
+    assert_eq!(last_refresh(&mut db), (5, 3), "five rows inserted, three trimmed");
+    pgt_testkit::assert_st_matches_query(&mut db.client, "leaders", query);
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM leaders", &[]), 10);
+    // A full window again follows the probe: a change beyond it writes nothing.
+    db.exec("UPDATE scores SET points = 1 WHERE id = 6");
+    db.exec("SELECT pgtrickle.refresh_stream_table('leaders')");
+    assert_eq!(last_refresh(&mut db), (0, 0));
+    pgt_testkit::assert_st_matches_query(&mut db.client, "leaders", query);
 }
