@@ -297,16 +297,11 @@ impl Plan {
         if let (Some(topk), Root::Rows(r)) = (&self.topk, &self.root) {
             let st = &tables.stream_table;
             let delta = crate::rows::delta_rows_sql(r, &ctx)?;
-            let probe = crate::topk::probe_sql(topk, st, &delta);
             // A window holding every row takes the changes as they are.
             let direct = crate::rows::guarded_merge_sql(r, st, &ctx, crate::ctx::Returning::Actions, Some(&topk.direct_guard(st)))?;
             let mut ctes = ctx.into_hoisted();
             ctes.push(("__pgt_direct".to_string(), direct));
-            let merge = format!(
-                "SELECT CASE WHEN {guard} THEN (SELECT pg_catalog.count(*) FROM __pgt_direct) ELSE p.affecting END AS affecting, \
-                        p.stored FROM ({probe}) p",
-                guard = topk.direct_guard(st)
-            );
+            let merge = crate::topk::probe_sql(topk, st, &delta, "__pgt_direct");
             return Some(DeltaStatement { ctes, merge, output: DeltaOutput::TopKProbe });
         }
         let merge = match &self.root {

@@ -166,8 +166,11 @@ pub fn window_sql(topk: &TopK, full: &str) -> String {
 
 /// One row `(affecting bigint, stored bigint)`: how many rows of the root's
 /// delta `delta` (its visible columns and `__pgt_w`) sort at or before the
-/// last row of stream table `st` (quoted), and how many rows `st` stores.
-pub fn probe_sql(topk: &TopK, st: &str, delta: &str) -> String {
+/// last row of stream table `st` (quoted), and how many rows `st` stores —
+/// or, when the window holds every row ([`TopK::direct_guard`]), how many
+/// rows CTE `applied` (the direct application's MERGE) wrote in place of
+/// the first count, which is then not computed.
+pub fn probe_sql(topk: &TopK, st: &str, delta: &str, applied: &str) -> String {
     let keys: Vec<String> = topk.keys.iter().map(|k| k.column.clone()).collect();
     // The last stored row: the window is small (at most the LIMIT, plus ties).
     let last = format!(
@@ -176,9 +179,11 @@ pub fn probe_sql(topk: &TopK, st: &str, delta: &str) -> String {
         order = TopK { limit: -1, offset: 0, with_ties: false, keys: topk.keys.clone() }.clause("t"),
     );
     format!(
-        "SELECT (SELECT pg_catalog.count(*) FROM ({delta}) d LEFT JOIN ({last}) b ON true \
-                 WHERE b.__pgt_last IS NULL OR NOT {after})::bigint AS affecting, \
+        "SELECT CASE WHEN {guard} THEN (SELECT pg_catalog.count(*) FROM {applied}) \
+                ELSE (SELECT pg_catalog.count(*) FROM ({delta}) d LEFT JOIN ({last}) b ON true \
+                      WHERE b.__pgt_last IS NULL OR NOT {after}) END::bigint AS affecting, \
                 (SELECT pg_catalog.count(*) FROM {st})::bigint AS stored",
+        guard = topk.direct_guard(st),
         after = topk.after("d", "b"),
     )
 }
