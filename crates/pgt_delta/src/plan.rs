@@ -298,10 +298,11 @@ impl Plan {
             let st = &tables.stream_table;
             let delta = crate::rows::delta_rows_sql(r, &ctx)?;
             // A window holding every row takes the changes as they are.
-            let direct = crate::rows::guarded_merge_sql(r, st, &ctx, crate::ctx::Returning::Actions, Some(&topk.direct_guard(st)))?;
+            let direct = crate::rows::guarded_merge_sql(r, st, &ctx, crate::ctx::Returning::Actions, Some(&topk.direct_guard()))?;
             let mut ctes = ctx.into_hoisted();
-            ctes.push(("__pgt_direct".to_string(), direct));
-            let merge = crate::topk::probe_sql(topk, st, &delta, "__pgt_direct");
+            ctes.push((crate::topk::STORED.to_string(), crate::topk::stored_sql(st)));
+            ctes.push((crate::topk::DIRECT.to_string(), direct));
+            let merge = crate::topk::probe_sql(topk, st, &delta);
             return Some(DeltaStatement { ctes, merge, output: DeltaOutput::TopKProbe });
         }
         let merge = match &self.root {

@@ -134,15 +134,33 @@ impl TopK {
         self.offset == 0 && !self.with_ties && stored < self.limit
     }
 
-    /// SQL true when stream table `st` (quoted) holds fewer rows than the
-    /// LIMIT and the window has no OFFSET or ties: the guard of the direct
-    /// application ([`TopK::applies_directly`]).
-    pub fn direct_guard(&self, st: &str) -> String {
+    /// SQL true when the stream table holds fewer rows than the LIMIT (the
+    /// count in CTE [`STORED`]) and the window has no OFFSET or ties: the
+    /// guard of the direct application ([`TopK::applies_directly`]).
+    pub fn direct_guard(&self) -> String {
         if self.offset != 0 || self.with_ties {
             return "false".to_string();
         }
-        format!("(SELECT pg_catalog.count(*) FROM {st}) < {}", self.limit)
+        format!("(SELECT s.n FROM {STORED} s) < {}", self.limit)
     }
+
+    /// `ORDER BY <keys>` over alias `alias`, without LIMIT or OFFSET.
+    fn order_clause(&self, alias: &str) -> String {
+        TopK { limit: -1, offset: 0, with_ties: false, keys: self.keys.clone() }.clause(alias)
+    }
+}
+
+/// The CTE counting the stream table's rows once per refresh statement
+/// ([`stored_sql`]), read by the probe and the direct application's guard.
+pub const STORED: &str = "__pgt_stored";
+
+/// The CTE of the direct application's MERGE ([`TopK::applies_directly`]).
+pub const DIRECT: &str = "__pgt_direct";
+
+/// The body of CTE [`STORED`]: one row, `n`, the rows of stream table `st`
+/// (quoted) as the statement reads it.
+pub fn stored_sql(st: &str) -> String {
+    format!("SELECT pg_catalog.count(*)::bigint AS n FROM {st}")
 }
 
 /// Counts the rows of stream table `st` (quoted) beyond the LIMIT in the
@@ -150,7 +168,7 @@ impl TopK {
 /// every row ([`TopK::applies_directly`]): what remains is the first `n`
 /// rows of the new result. One row: the count.
 pub fn trim_sql(topk: &TopK, st: &str) -> String {
-    let order = TopK { limit: -1, offset: 0, with_ties: false, keys: topk.keys.clone() }.clause("t");
+    let order = topk.order_clause("t");
     format!(
         "WITH gone AS (DELETE FROM {st} x WHERE x.__pgt_row_id IN (SELECT t.__pgt_row_id FROM {st} t {order} OFFSET {}) RETURNING 1) \
          SELECT pg_catalog.count(*)::bigint FROM gone",
@@ -166,24 +184,25 @@ pub fn window_sql(topk: &TopK, full: &str) -> String {
 
 /// One row `(affecting bigint, stored bigint)`: how many rows of the root's
 /// delta `delta` (its visible columns and `__pgt_w`) sort at or before the
-/// last row of stream table `st` (quoted), and how many rows `st` stores —
-/// or, when the window holds every row ([`TopK::direct_guard`]), how many
-/// rows CTE `applied` (the direct application's MERGE) wrote in place of
-/// the first count, which is then not computed.
-pub fn probe_sql(topk: &TopK, st: &str, delta: &str, applied: &str) -> String {
+/// last row of stream table `st` (quoted), and how many rows `st` stores
+/// (CTE [`STORED`]) — or, when the window holds every row
+/// ([`TopK::direct_guard`]), how many rows CTE [`DIRECT`] (the direct
+/// application's MERGE) wrote in place of the first count, which is then
+/// not computed.
+pub fn probe_sql(topk: &TopK, st: &str, delta: &str) -> String {
     let keys: Vec<String> = topk.keys.iter().map(|k| k.column.clone()).collect();
     // The last stored row: the window is small (at most the LIMIT, plus ties).
     let last = format!(
-        "SELECT {cols}, true AS __pgt_last FROM {st} t {order} OFFSET greatest((SELECT pg_catalog.count(*) FROM {st}) - 1, 0) LIMIT 1",
+        "SELECT {cols}, true AS __pgt_last FROM {st} t {order} OFFSET greatest((SELECT s.n FROM {STORED} s) - 1, 0) LIMIT 1",
         cols = qualified("t", &keys),
-        order = TopK { limit: -1, offset: 0, with_ties: false, keys: topk.keys.clone() }.clause("t"),
+        order = topk.order_clause("t"),
     );
     format!(
-        "SELECT CASE WHEN {guard} THEN (SELECT pg_catalog.count(*) FROM {applied}) \
+        "SELECT CASE WHEN {guard} THEN (SELECT pg_catalog.count(*) FROM {DIRECT}) \
                 ELSE (SELECT pg_catalog.count(*) FROM ({delta}) d LEFT JOIN ({last}) b ON true \
                       WHERE b.__pgt_last IS NULL OR NOT {after}) END::bigint AS affecting, \
-                (SELECT pg_catalog.count(*) FROM {st})::bigint AS stored",
-        guard = topk.direct_guard(st),
+                (SELECT s.n FROM {STORED} s) AS stored",
+        guard = topk.direct_guard(),
         after = topk.after("d", "b"),
     )
 }

@@ -14,15 +14,17 @@ fn main() {
         eprintln!("usage: tpch_load '<conninfo>' load <scale factor> | cycle <fraction> [rf]");
         std::process::exit(2);
     };
-    let result = pgt_testkit::postgres::Client::connect(conninfo, pgt_testkit::postgres::NoTls).and_then(|mut client| {
+    let run = || -> Result<(), Box<dyn std::error::Error>> {
+        let mut client = pgt_testkit::postgres::Client::connect(conninfo, pgt_testkit::postgres::NoTls)?;
         if command == "load" {
             pgt_testkit::tpch::load(&mut client, number, true)
         } else {
             let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
             let size = pgt_testkit::tpch::CycleSize { fraction: number, refresh_functions_only: args.get(4).is_some_and(|a| a == "rf") };
-            pgt_testkit::tpch::run_cycle(&mut client, &mut rng, size, false)
+            Ok(pgt_testkit::tpch::run_cycle(&mut client, &mut rng, size, false)?)
         }
-    });
+    };
+    let result = run();
     if let Err(e) = result {
         eprintln!("{command}: {e}");
         std::process::exit(1);

@@ -11,6 +11,20 @@ use pg_trickle_e2e::{run_property_suite, sqlstate, Expect::*, TestDb};
 
 const CYCLES: usize = 25;
 
+/// The last refresh of stream table `st`: action, rows inserted, rows deleted.
+fn last_refresh(db: &mut TestDb, st: &str) -> (String, i64, i64) {
+    let row = db
+        .client
+        .query_one(
+            "SELECT h.action, h.rows_inserted, h.rows_deleted FROM pgtrickle.pgt_refresh_history h \
+             JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) WHERE s.pgt_relid = $1::text::regclass \
+             ORDER BY h.refresh_id DESC LIMIT 1",
+            &[&st],
+        )
+        .expect("history");
+    (row.get(0), row.get(1), row.get(2))
+}
+
 #[test]
 fn topk_windows_stay_equal_to_their_queries() {
     run_property_suite(
@@ -68,31 +82,19 @@ fn changes_outside_the_window_write_nothing() {
          SELECT pgtrickle.create_stream_table('leaders', 'SELECT id, points FROM scores ORDER BY points DESC LIMIT 10',
                                               refresh_mode => 'DIFFERENTIAL');",
     );
-    let last_refresh = |db: &mut TestDb| -> (String, i64, i64) {
-        let row = db
-            .client
-            .query_one(
-                "SELECT h.action, h.rows_inserted, h.rows_deleted FROM pgtrickle.pgt_refresh_history h \
-                 JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) WHERE s.pgt_relid = 'leaders'::regclass \
-                 ORDER BY h.refresh_id DESC LIMIT 1",
-                &[],
-            )
-            .expect("history");
-        (row.get(0), row.get(1), row.get(2))
-    };
     // Below the 10th (points 9910): inserted, updated and deleted rows there.
     db.exec("INSERT INTO scores VALUES (2001, 5); UPDATE scores SET points = points + 1 WHERE id BETWEEN 100 AND 120; DELETE FROM scores WHERE id = 7");
     db.exec("SELECT pgtrickle.refresh_stream_table('leaders')");
-    assert_eq!(last_refresh(&mut db), ("DIFFERENTIAL".into(), 0, 0));
+    assert_eq!(last_refresh(&mut db, "leaders"), ("DIFFERENTIAL".into(), 0, 0));
     pgt_testkit::assert_st_matches_query(&mut db.client, "leaders", "SELECT id, points FROM scores ORDER BY points DESC LIMIT 10");
     // One new leader: it enters, the 10th leaves.
     db.exec("INSERT INTO scores VALUES (2002, 99999)");
     db.exec("SELECT pgtrickle.refresh_stream_table('leaders')");
-    assert_eq!(last_refresh(&mut db), ("DIFFERENTIAL".into(), 1, 1));
+    assert_eq!(last_refresh(&mut db, "leaders"), ("DIFFERENTIAL".into(), 1, 1));
     // A leader leaves: the 11th comes back.
     db.exec("DELETE FROM scores WHERE id = 2002");
     db.exec("SELECT pgtrickle.refresh_stream_table('leaders')");
-    assert_eq!(last_refresh(&mut db), ("DIFFERENTIAL".into(), 1, 1));
+    assert_eq!(last_refresh(&mut db, "leaders"), ("DIFFERENTIAL".into(), 1, 1));
     pgt_testkit::assert_st_matches_query(&mut db.client, "leaders", "SELECT id, points FROM scores ORDER BY points DESC LIMIT 10");
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM leaders", &[]), 10, "only the window is stored");
     let explain: String = db.scalar("SELECT pgtrickle.explain_st('leaders')", &[]);
@@ -175,6 +177,9 @@ fn topk_as_a_source_and_across_mode_changes() {
 #[test]
 fn a_window_holding_every_row_takes_changes_directly() {
     let mut db = TestDb::new("topk_direct");
+    // The table is tiny: every change is a large fraction of it, which would
+    // otherwise make the refresh recompute (differential_max_change_ratio).
+    db.exec("SET pg_trickle.differential_max_change_ratio = 1000");
     db.exec(
         "CREATE TABLE scores (id int PRIMARY KEY, points int NOT NULL);
          INSERT INTO scores SELECT g, g * 10 FROM generate_series(1, 5) g;
@@ -182,31 +187,19 @@ fn a_window_holding_every_row_takes_changes_directly() {
                                               refresh_mode => 'DIFFERENTIAL');",
     );
     let query = "SELECT id, points FROM scores ORDER BY points DESC, id LIMIT 10";
-    let last_refresh = |db: &mut TestDb| -> (i64, i64) {
-        let row = db
-            .client
-            .query_one(
-                "SELECT h.rows_inserted, h.rows_deleted FROM pgtrickle.pgt_refresh_history h \
-                 JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) WHERE s.pgt_relid = 'leaders'::regclass \
-                 ORDER BY h.refresh_id DESC LIMIT 1",
-                &[],
-            )
-            .expect("history");
-        (row.get(0), row.get(1))
-    };
     db.exec("INSERT INTO scores VALUES (6, 5), (7, 500), (8, 25)");
     db.exec("SELECT pgtrickle.refresh_stream_table('leaders')");
-    assert_eq!(last_refresh(&mut db), (3, 0), "three rows inserted, none trimmed");
+    assert_eq!(last_refresh(&mut db, "leaders"), ("DIFFERENTIAL".into(), 3, 0), "three rows inserted, none trimmed");
     pgt_testkit::assert_st_matches_query(&mut db.client, "leaders", query);
     // 13 rows now: the three lowest pass the LIMIT and go.
     db.exec("INSERT INTO scores SELECT g, g * 100 FROM generate_series(9, 13) g");
     db.exec("SELECT pgtrickle.refresh_stream_table('leaders')");
-    assert_eq!(last_refresh(&mut db), (5, 3), "five rows inserted, three trimmed");
+    assert_eq!(last_refresh(&mut db, "leaders"), ("DIFFERENTIAL".into(), 5, 3), "five rows inserted, three trimmed");
     pgt_testkit::assert_st_matches_query(&mut db.client, "leaders", query);
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM leaders", &[]), 10);
     // A full window again follows the probe: a change beyond it writes nothing.
     db.exec("UPDATE scores SET points = 1 WHERE id = 6");
     db.exec("SELECT pgtrickle.refresh_stream_table('leaders')");
-    assert_eq!(last_refresh(&mut db), (0, 0));
+    assert_eq!(last_refresh(&mut db, "leaders"), ("DIFFERENTIAL".into(), 0, 0));
     pgt_testkit::assert_st_matches_query(&mut db.client, "leaders", query);
 }
