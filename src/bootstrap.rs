@@ -110,6 +110,16 @@ CREATE TABLE pgtrickle.pgt_change_tracking (
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
+-- One row per IMMEDIATE stream table: the statements maintaining it update
+-- its row first (refresh/immediate.rs), so concurrent writers of its sources
+-- serialize on the row lock, and a REPEATABLE READ or SERIALIZABLE writer
+-- whose snapshot misses a concurrent maintenance fails with a serialization
+-- error instead of applying a delta to stale contents.
+CREATE TABLE pgtrickle.pgt_immediate_sync (
+    pgt_id        bigint PRIMARY KEY REFERENCES pgtrickle.pgt_stream_tables ON DELETE CASCADE,
+    maintained_by xid8
+) WITH (fillfactor = 50);
+
 -- Every refresh.
 CREATE TABLE pgtrickle.pgt_refresh_history (
     refresh_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -230,6 +240,17 @@ REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[], boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._wake_scheduler() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_privileges_changed() FROM PUBLIC;
+
+-- IMMEDIATE maintenance (refresh/immediate.rs): statement-level triggers on
+-- the sources of IMMEDIATE stream tables. SECURITY DEFINER: they read
+-- pg_trickle's catalog and take maintenance rows whoever writes; the
+-- maintenance itself runs as each stream table's owner.
+CREATE FUNCTION pgtrickle._immediate_before() RETURNS trigger
+LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'immediate_before_wrapper';
+CREATE FUNCTION pgtrickle._immediate_after() RETURNS trigger
+LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'immediate_after_wrapper';
+REVOKE ALL ON FUNCTION pgtrickle._immediate_before() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle._immediate_after() FROM PUBLIC;
 
 -- The guard trigger of every stream table (storage.rs): only a refresh writes
 -- a stream table, as only REFRESH writes a materialized view. Runs as whoever

@@ -908,3 +908,65 @@ pub fn mark_refreshed(pgt_id: i64, frontier: &Frontier, data_timestamp: &str) ->
         Ok(())
     })
 }
+
+/// The IMMEDIATE stream tables that relation `relid` (a source, a partition
+/// of one, or a stream table's storage) feeds: `(pgt_id, source)` pairs, the
+/// source being the relation their plans read (`relid`, or the partitioned
+/// table it is a partition of), ordered by `pgt_id`.
+pub fn immediate_targets(relid: pg_sys::Oid) -> PgtResult<Vec<(i64, pg_sys::Oid)>> {
+    as_extension_owner(|| {
+        query_map(
+            kept(
+                "SELECT d.pgt_id, d.source_relid FROM pgtrickle.pgt_dependencies d \
+                 JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = d.pgt_id \
+                 WHERE st.effective_refresh_mode = 'IMMEDIATE' AND d.source_kind <> 'VIEW' \
+                   AND d.source_relid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors($1) a UNION ALL SELECT $1) \
+                 ORDER BY d.pgt_id, d.source_relid",
+            ),
+            &[relid.into()],
+            |row| Ok((col(row, 1)?, col(row, 2)?)),
+        )
+    })
+}
+
+/// Whether any IMMEDIATE stream table reads `relid` (or the partitioned table
+/// it is a partition of).
+pub fn read_by_immediate(relid: pg_sys::Oid) -> PgtResult<bool> {
+    Ok(!immediate_targets(relid)?.is_empty())
+}
+
+/// Takes the maintenance row lock of IMMEDIATE stream table `pgt_id`
+/// (`pgt_immediate_sync`), recording the current transaction: waits for a
+/// concurrent maintainer's commit; in REPEATABLE READ and SERIALIZABLE fails
+/// with PostgreSQL's serialization error (40001) when one committed after the
+/// transaction's snapshot. Returns false when the stream table has no row (no
+/// longer IMMEDIATE).
+pub fn lock_immediate(pgt_id: i64) -> PgtResult<bool> {
+    as_extension_owner(|| {
+        Ok(query_one::<bool>(
+            kept("UPDATE pgtrickle.pgt_immediate_sync SET maintained_by = pg_catalog.pg_current_xact_id() WHERE pgt_id = $1 RETURNING true"),
+            &[pgt_id.into()],
+        )?
+        .unwrap_or(false))
+    })
+}
+
+/// Gives stream table `pgt_id` its maintenance row when `immediate`, removes
+/// it otherwise.
+pub fn set_immediate(pgt_id: i64, immediate: bool) -> PgtResult<()> {
+    as_extension_owner(|| {
+        if immediate {
+            exec(kept("INSERT INTO pgtrickle.pgt_immediate_sync (pgt_id) VALUES ($1) ON CONFLICT DO NOTHING"), &[pgt_id.into()])?;
+        } else {
+            exec(kept("DELETE FROM pgtrickle.pgt_immediate_sync WHERE pgt_id = $1"), &[pgt_id.into()])?;
+        }
+        Ok(())
+    })
+}
+
+/// Stream table `pgt_id` as committed (or written by this transaction), if it
+/// exists.
+pub fn stream_table_by_id(pgt_id: i64) -> PgtResult<Option<StreamTable>> {
+    let sql = kept(concat!(select_stream_table!(), " WHERE st.pgt_id = $1"));
+    as_extension_owner(|| Ok(query_map(sql, &[pgt_id.into()], stream_table_from_row)?.into_iter().next()))
+}

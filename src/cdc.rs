@@ -974,3 +974,111 @@ pub fn trim_buffer(source_relid: pg_sys::Oid, previous_frontier: Option<&str>) -
         ))
     })
 }
+
+/// Prefix of the IMMEDIATE maintenance triggers of source `source_relid`
+/// (`pgt_ivm_<oid>_{before,ins,upd,del,trunc}`).
+fn immediate_trigger_prefix(source_relid: pg_sys::Oid) -> String {
+    format!("pgt_ivm_{}_", source_relid.to_u32())
+}
+
+/// The IMMEDIATE maintenance triggers (`crate::refresh::immediate`): name
+/// suffix, timing and events, transition-table clause, function.
+const IMMEDIATE_TRIGGERS: [(&str, &str, &str, &str); 5] = [
+    ("before", "BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE", "", "pgtrickle._immediate_before"),
+    ("ins", "AFTER INSERT", "REFERENCING NEW TABLE AS __pgt_new", "pgtrickle._immediate_after"),
+    ("upd", "AFTER UPDATE", "REFERENCING OLD TABLE AS __pgt_old NEW TABLE AS __pgt_new", "pgtrickle._immediate_after"),
+    ("del", "AFTER DELETE", "REFERENCING OLD TABLE AS __pgt_old", "pgtrickle._immediate_after"),
+    ("trunc", "AFTER TRUNCATE", "", "pgtrickle._immediate_after"),
+];
+
+/// Makes sure `source_relid` (and, for a partitioned table, every partition
+/// that can carry them) has the statement-level triggers IMMEDIATE
+/// maintenance runs from, enabled ALWAYS. Creating them takes a SHARE ROW
+/// EXCLUSIVE lock on each relation: writers in progress finish first, and
+/// every later statement is maintained.
+///
+/// # Errors
+/// 42939 when a source column is named like a meta column of the changes;
+/// 42501 when `owner` (the stream table's) may not create triggers on the
+/// table ([`may_start_capture`]) and they do not exist yet.
+pub fn ensure_immediate_triggers(source_relid: pg_sys::Oid, owner: pg_sys::Oid) -> PgtResult<()> {
+    let _internal = InternalDdl::begin();
+    as_extension_owner(|| {
+        lock_source(source_relid, false)?;
+        let source = relation_name(source_relid)?;
+        checked_columns(source_relid, &source)?;
+        let prefix = immediate_trigger_prefix(source_relid);
+        let existing: Vec<(pg_sys::Oid, String)> = query_map(
+            "SELECT tgrelid, tgname::text FROM pg_catalog.pg_trigger WHERE NOT tgisinternal AND pg_catalog.starts_with(tgname::text, $1)",
+            &[prefix.as_str().into()],
+            |row| Ok((col(row, 1)?, col(row, 2)?)),
+        )?;
+        let tree = relation_tree(source_relid)?;
+        let missing = tree.iter().any(|relid| {
+            IMMEDIATE_TRIGGERS.iter().any(|(suffix, ..)| !existing.contains(&(*relid, format!("{prefix}{suffix}"))))
+        });
+        if !missing {
+            return Ok(());
+        }
+        if !may_start_capture(source_relid, owner)? {
+            return Err(PgtError::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("maintaining stream tables IMMEDIATE over {source} may not be started by role {}", role_name(owner)?),
+            )
+            .detail("IMMEDIATE maintenance runs from triggers on the table, which only its owner or a role with the TRIGGER privilege may create.")
+            .hint("Ask the table's owner to grant TRIGGER on it, or use refresh_mode => 'DIFFERENTIAL' or 'FULL'."));
+        }
+        let extension = extension_oid()?;
+        for relid in &tree {
+            let table = relation_name(*relid)?;
+            for (suffix, timing, referencing, function) in IMMEDIATE_TRIGGERS {
+                let name = format!("{prefix}{suffix}");
+                if existing.contains(&(*relid, name.clone())) {
+                    continue;
+                }
+                exec(
+                    &format!(
+                        "CREATE TRIGGER {} {timing} ON {} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+                        quote_ident(&name),
+                        table.to_sql()
+                    ),
+                    &[],
+                )?;
+                exec(&format!("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}", table.to_sql(), quote_ident(&name)), &[])?;
+                let oid = query_one::<pg_sys::Oid>(
+                    "SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
+                    &[(*relid).into(), name.as_str().into()],
+                )?
+                .ok_or_else(|| PgtError::internal(format!("trigger {name} on {table} was not created")))?;
+                record_auto_dependency_on_extension(pg_sys::TriggerRelationId, oid, extension);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Drops the IMMEDIATE maintenance triggers of `source_relid` (on it and on
+/// any relation they were put on, partitions included) when no IMMEDIATE
+/// stream table reads it any more.
+pub fn release_immediate_triggers_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
+    let _internal = InternalDdl::begin();
+    as_extension_owner(|| {
+        lock_source(source_relid, false)?;
+        if catalog::read_by_immediate(source_relid)? {
+            return Ok(());
+        }
+        let triggers: Vec<(pg_sys::Oid, String)> = query_map(
+            "SELECT tgrelid, tgname::text FROM pg_catalog.pg_trigger WHERE NOT tgisinternal AND pg_catalog.starts_with(tgname::text, $1)",
+            &[immediate_trigger_prefix(source_relid).as_str().into()],
+            |row| Ok((col(row, 1)?, col(row, 2)?)),
+        )?;
+        for (relid, name) in triggers {
+            if unsafe { pg_sys::get_rel_name(relid).is_null() } {
+                continue;
+            }
+            let table = relation_name(relid)?;
+            exec(&format!("DROP TRIGGER IF EXISTS {} ON {}", quote_ident(&name), table.to_sql()), &[])?;
+        }
+        Ok(())
+    })
+}

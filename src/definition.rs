@@ -42,6 +42,9 @@ pub(crate) fn resolve_mode(requested: RefreshMode, analyzed: &AnalyzedQuery, nam
     if requested == RefreshMode::Full {
         return Ok(full(None));
     }
+    if requested == RefreshMode::Immediate {
+        return resolve_immediate(analyzed, name, owner);
+    }
     match translate::translate(&analyzed.normalized_sql)? {
         Ok(translation) => {
             let captured: Vec<pg_sys::Oid> =
@@ -82,6 +85,39 @@ pub(crate) fn resolve_mode(requested: RefreshMode, analyzed: &AnalyzedQuery, nam
     }
 }
 
+/// IMMEDIATE: the query must be differentiable, and its owner allowed what a
+/// DIFFERENTIAL refresh needs — statements' transition tables, like change
+/// buffers, hold every row and column of their tables.
+fn resolve_immediate(analyzed: &AnalyzedQuery, name: &QualifiedName, owner: pg_sys::Oid) -> PgtResult<ModeDecision> {
+    match translate::translate(&analyzed.normalized_sql)? {
+        Ok(translation) => {
+            let captured: Vec<pg_sys::Oid> =
+                analyzed.sources.iter().filter(|s| s.kind.is_captured()).map(|s| s.relid).collect();
+            if let Some(blocker) = cdc::differential_blocker(owner, &captured)? {
+                return Err(PgtError::new(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    format!("stream table {name} cannot be maintained IMMEDIATE: {blocker}"),
+                )
+                .detail("IMMEDIATE maintenance reads each statement's transition tables, which hold every row and column of their tables.")
+                .hint("Use refresh_mode => 'FULL' (it runs the query under the owner's privileges and policies)."));
+            }
+            if let Some(stable) = translation.stable_functions()? {
+                pgrx::warning!(
+                    "stream table {name} calls stable functions ({stable}); IMMEDIATE maintenance assumes their results \
+                     do not change between statements"
+                );
+            }
+            Ok(ModeDecision { effective: RefreshMode::Immediate, plan: Some(translation.plan), blocker: None })
+        }
+        Err(translate::Unsupported(construct)) => Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("IMMEDIATE maintenance does not support {construct}"),
+        )
+        .detail(format!("Stream table {name} was asked to be maintained IMMEDIATE, which applies the delta of each statement."))
+        .hint("Use refresh_mode => 'AUTO' or 'FULL'.")),
+    }
+}
+
 /// Errors unless the transaction is READ COMMITTED. Creating, altering and dropping
 /// stream tables start and stop change capture; a REPEATABLE READ or SERIALIZABLE
 /// transaction's snapshot may predate the capture triggers, so changes committed
@@ -112,6 +148,18 @@ pub(crate) fn check_can_run(query: &AnalyzedQuery, role: pg_sys::Oid) -> PgtResu
 pub(crate) fn replace_sources(st: &StreamTable, analyzed: &AnalyzedQuery, old_dependencies: Vec<catalog::Dependency>) -> PgtResult<()> {
     catalog::replace_dependencies(st.pgt_id, &analyzed.sources)?;
     catalog::set_query_tree(st.pgt_id, &analyzed.tree)?;
+    let immediate = st.effective_refresh_mode == RefreshMode::Immediate;
+    catalog::set_immediate(st.pgt_id, immediate)?;
+    if immediate {
+        let mut captured: Vec<&parse::SourceRelation> = analyzed.sources.iter().filter(|s| s.kind.is_captured()).collect();
+        captured.sort_by_key(|s| s.relid.to_u32());
+        for source in captured {
+            cdc::ensure_immediate_triggers(source.relid, st.owner)?;
+        }
+    }
+    for source in analyzed.sources.iter().filter(|s| s.kind.is_captured()) {
+        cdc::release_immediate_triggers_if_unused(source.relid)?;
+    }
     if st.effective_refresh_mode == RefreshMode::Differential {
         let mut captured: Vec<&parse::SourceRelation> = analyzed.sources.iter().filter(|s| s.kind.is_captured()).collect();
         captured.sort_by_key(|s| s.relid.to_u32());
@@ -122,6 +170,7 @@ pub(crate) fn replace_sources(st: &StreamTable, analyzed: &AnalyzedQuery, old_de
     }
     for old in old_dependencies {
         cdc::release_capture_if_unused(old.source_relid)?;
+        cdc::release_immediate_triggers_if_unused(old.source_relid)?;
         cdc::sync_buffer_grants(old.source_relid)?;
     }
     Ok(())

@@ -54,5 +54,6 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::register();
     refresh::join_order::install();
+    refresh::immediate::register_callbacks();
     scheduler::init_at_load();
 }

@@ -128,15 +128,8 @@ pub fn validate_schedule(text: &str) -> PgtResult<Schedule> {
 
 /// Validates a requested refresh mode.
 fn validate_refresh_mode(text: &str, name: &QualifiedName) -> PgtResult<RefreshMode> {
-    let mode = RefreshMode::parse(text)?;
-    if mode == RefreshMode::Immediate {
-        return Err(PgtError::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("refresh mode IMMEDIATE is not available yet for stream table {name}"),
-        )
-        .hint("Use AUTO, FULL or DIFFERENTIAL."));
-    }
-    Ok(mode)
+    let _ = name;
+    Ok(RefreshMode::parse(text)?)
 }
 
 /// Validates an explicit CDC mode (None follows `pg_trickle.cdc_mode`, which is
@@ -299,6 +292,17 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
     })?;
     catalog::replace_dependencies(pgt_id, &analyzed.sources)?;
     catalog::set_query_tree(pgt_id, &analyzed.tree)?;
+    if effective_refresh_mode == RefreshMode::Immediate {
+        // Triggers on every source, in OID order (no deadlock with another
+        // creator); each waits for the source's writers in progress, and
+        // every later statement is maintained.
+        catalog::set_immediate(pgt_id, true)?;
+        let mut sources: Vec<&parse::SourceRelation> = analyzed.sources.iter().filter(|s| s.kind.is_captured()).collect();
+        sources.sort_by_key(|s| s.relid.to_u32());
+        for source in sources {
+            cdc::ensure_immediate_triggers(source.relid, current_user())?;
+        }
+    }
     if effective_refresh_mode == RefreshMode::Differential {
         // Only DIFFERENTIAL refreshes read change buffers.
         // In OID order, as every taker of capture locks does (no deadlock).
@@ -397,6 +401,7 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
         require_read_committed("alter_stream_table")?;
     }
     let mut st = catalog::lock_stream_table(st.pgt_id)?;
+    lock_immediate_sources(&st)?;
     let name = st.name.clone();
     if let Some(s) = args.schedule {
         st.schedule = validate_schedule(s)?.canonical();
@@ -518,6 +523,7 @@ pub fn drop_stream_table(st: StreamTable) -> PgtResult<()> {
     require_read_committed("drop_stream_table")?;
     refuse_if_read_downstream(&st, "drop", "Drop the dependent stream tables first.")?;
     let st = catalog::lock_stream_table(st.pgt_id)?;
+    lock_immediate_sources(&st)?;
     forget_stream_table(st.pgt_id, st.relid)?;
     exec(&format!("DROP TABLE {}", st.name.to_sql()), &[])?;
     Ok(())
@@ -532,9 +538,29 @@ pub fn forget_stream_table(pgt_id: i64, relid: pg_sys::Oid) -> PgtResult<()> {
     storage::drop_state_tables(pgt_id)?;
     for dep in dependencies {
         cdc::release_capture_if_unused(dep.source_relid)?;
+        cdc::release_immediate_triggers_if_unused(dep.source_relid)?;
         cdc::sync_buffer_grants(dep.source_relid)?;
     }
     cdc::release_capture_if_unused(relid)?;
+    cdc::release_immediate_triggers_if_unused(relid)?;
+    Ok(())
+}
+
+/// For an IMMEDIATE stream table about to be altered or dropped: locks its
+/// sources against writes (SHARE ROW EXCLUSIVE, in OID order), then its
+/// maintenance row — the order writers take them in (a statement locks its
+/// table, then its BEFORE trigger the row, then its AFTER trigger writes the
+/// stream table), so that neither waits for the other in a cycle.
+fn lock_immediate_sources(st: &StreamTable) -> PgtResult<()> {
+    if st.effective_refresh_mode != RefreshMode::Immediate {
+        return Ok(());
+    }
+    for dep in catalog::dependencies(st.pgt_id)? {
+        if dep.kind != parse::SourceKind::View.as_str() && unsafe { !pg_sys::get_rel_name(dep.source_relid).is_null() } {
+            unsafe { pg_sys::LockRelationOid(dep.source_relid, pg_sys::ShareRowExclusiveLock as pg_sys::LOCKMODE) };
+        }
+    }
+    catalog::lock_immediate(st.pgt_id)?;
     Ok(())
 }
 

@@ -140,6 +140,78 @@ fn keep_generic_plan(sql: &str, plan: NonNull<pg_sys::_SPI_plan>) {
     }
 }
 
+/// A tuplestore exposed by name to the statements [`StatementSnapshot`] runs
+/// (an ephemeral named relation, as PostgreSQL exposes a trigger's transition
+/// tables to PL/pgSQL: `SPI_register_relation`).
+#[derive(Debug, Clone)]
+pub struct NamedTuplestore {
+    /// The name statements refer to it by.
+    pub name: CString,
+    /// A relation whose row type the tuplestore's rows have (the relation the
+    /// trigger fired on).
+    pub relid: pg_sys::Oid,
+    /// The rows. Must outlive every statement run while it is exposed.
+    pub store: *mut pg_sys::Tuplestorestate,
+}
+
+thread_local! {
+    /// The tuplestores exposed to statements right now ([`expose_tuplestores`]).
+    static EXPOSED: RefCell<Vec<NamedTuplestore>> = const { RefCell::new(Vec::new()) };
+}
+
+/// While the returned guard lives, every statement run by
+/// [`StatementSnapshot`] can read `stores` by their names. Exposures nest (an
+/// IMMEDIATE stream table maintained inside another's maintenance): the
+/// guard removes only its own.
+pub fn expose_tuplestores(stores: Vec<NamedTuplestore>) -> ExposedTuplestores {
+    let added = stores.len();
+    EXPOSED.with(|e| e.borrow_mut().extend(stores));
+    ExposedTuplestores { added }
+}
+
+/// See [`expose_tuplestores`].
+pub struct ExposedTuplestores {
+    added: usize,
+}
+
+impl Drop for ExposedTuplestores {
+    fn drop(&mut self) {
+        EXPOSED.with(|e| {
+            let mut e = e.borrow_mut();
+            let keep = e.len().saturating_sub(self.added);
+            e.truncate(keep);
+        });
+    }
+}
+
+/// Registers the exposed tuplestores with the current SPI connection.
+///
+/// # Safety
+/// Inside an SPI connection; the tuplestores alive.
+unsafe fn register_exposed() -> PgtResult<()> {
+    EXPOSED.with(|e| {
+        for t in e.borrow().iter() {
+            // SAFETY: allocated in the SPI connection's memory, which outlives
+            // every statement run in it; the fields as SPI_register_trigger_data
+            // sets them.
+            unsafe {
+                let enr = pg_sys::palloc0(std::mem::size_of::<pg_sys::EphemeralNamedRelationData>()) as pg_sys::EphemeralNamedRelation;
+                (*enr).md.name = pg_sys::pstrdup(t.name.as_ptr());
+                (*enr).md.reliddesc = t.relid;
+                (*enr).md.tupdesc = std::ptr::null_mut();
+                (*enr).md.enrtype = pg_sys::EphemeralNameRelationType::ENR_NAMED_TUPLESTORE;
+                (*enr).md.enrtuples = pg_sys::tuplestore_tuple_count(t.store) as f64;
+                (*enr).reldata = t.store as *mut std::ffi::c_void;
+                let rc = pg_sys::SPI_register_relation(enr);
+                if rc < 0 {
+                    return Err(PgtError::internal(format!("SPI_register_relation failed with code {rc}")));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// The parameters `$1`, `$2`, … of a statement: each one's type and its value
 /// as text (`None` for NULL), converted by the type's input function.
 pub type Parameters<'a> = &'a [(pg_sys::Oid, Option<&'a str>)];
@@ -256,6 +328,7 @@ impl StatementSnapshot {
     fn run(&self, sql: &str, keep: bool) -> PgtResult<(u64, Option<String>)> {
         let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
         Spi::connect_mut(|_client| unsafe {
+            register_exposed()?;
             let kept = if keep { KEPT_SNAPSHOT_PLANS.with(|plans| plans.borrow().get(sql).copied()) } else { None };
             let plan = match kept {
                 Some(plan) => RunPlan { plan: plan.as_ptr(), owned: false },
@@ -303,6 +376,7 @@ impl StatementSnapshot {
     pub fn query_map<R>(&self, sql: &str, f: impl FnMut(&SnapshotRow) -> PgtResult<R>) -> PgtResult<Vec<R>> {
         let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
         Spi::connect_mut(|_client| unsafe {
+            register_exposed()?;
             let plan = RunPlan { plan: prepare(&csql, &mut [], 0)?, owned: true };
             self.execute(&plan, &mut [], &[])?;
             map_rows(f)
@@ -343,6 +417,7 @@ impl StatementSnapshot {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| PgtError::internal("a parameter value contains a NUL byte"))?;
         Spi::connect_mut(|_client| unsafe {
+            register_exposed()?;
             let plan = match kept_generic_plan(&key) {
                 Some(plan) => RunPlan { plan: plan.as_ptr(), owned: false },
                 None => {

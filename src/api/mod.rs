@@ -223,6 +223,35 @@ mod pgtrickle {
         crate::scheduler::wake_at_commit()
     }
 
+    /// Internal: the BEFORE STATEMENT trigger of IMMEDIATE maintenance
+    /// (`crate::refresh::immediate`). Created by the bootstrap SQL as
+    /// `pgtrickle._immediate_before()`, SECURITY DEFINER.
+    #[pg_trigger(sql = false)]
+    fn immediate_before<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
+        crate::refresh::immediate::before_statement(trigger.relid()?).or_raise();
+        Ok(None)
+    }
+
+    /// Internal: the AFTER STATEMENT triggers of IMMEDIATE maintenance
+    /// (`crate::refresh::immediate`), with the statement's transition tables.
+    /// Created by the bootstrap SQL as `pgtrickle._immediate_after()`,
+    /// SECURITY DEFINER.
+    #[pg_trigger(sql = false)]
+    fn immediate_after<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
+        let data = trigger.trigger_data();
+        let store = |s: *mut pg_sys::Tuplestorestate| (!s.is_null()).then_some(s);
+        let changes = crate::refresh::immediate::StatementChanges {
+            relid: trigger.relid()?,
+            // SAFETY: the relation the trigger fires on is open while it runs.
+            tupdesc: unsafe { (*data.tg_relation).rd_att },
+            old: store(data.tg_oldtable),
+            new: store(data.tg_newtable),
+            truncate: data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE,
+        };
+        crate::refresh::immediate::after_statement(&changes).or_raise();
+        Ok(None)
+    }
+
     /// Internal: called by the `sql_drop` event trigger with the OIDs of dropped
     /// relations. Not granted to PUBLIC.
     #[pg_extern(name = "_on_relations_dropped")]

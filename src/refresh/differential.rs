@@ -190,23 +190,36 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
         Ok(applied)
     };
     if let Some(topk) = &plan.topk {
-        // The statement was the TopK's probe (pgt_delta::topk): it brought
-        // the state tables up to date and counted the changed rows reaching
-        // the stored window, whose rows it did not write.
-        let (affecting, stored) = (inserted as i64, deleted as i64);
-        if topk.applies_directly(stored) {
-            // The window held every row: the changes were applied to it;
-            // what passed the LIMIT goes.
-            let trimmed = super::full::trim_window(st, topk, snapshot)?;
-            return record(Applied { action: "DIFFERENTIAL", inserted, deleted: trimmed, unchanged: false });
-        }
-        if !topk.needs_refill(affecting, stored) {
-            return record(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: false });
-        }
-        let (inserted, deleted) = super::full::refill_window(st, &plan, snapshot)?;
+        let (inserted, deleted) = finish_topk(st, &plan, topk, snapshot, inserted, deleted)?;
         return record(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false });
     }
     record(Applied { action: "DIFFERENTIAL", inserted, deleted, unchanged: false })
+}
+
+/// After a TopK's delta statement — its probe (`pgt_delta::topk`), which
+/// brought the state tables up to date and counted the changed rows reaching
+/// the stored window (`affecting`) and the rows stored (`stored`), writing
+/// none — applies the changes to the window: trims it when it held every row
+/// (the changes were applied to it directly), refills it when changes reach
+/// it. Returns the stream table's rows (inserted, deleted).
+pub(super) fn finish_topk(
+    st: &StreamTable,
+    plan: &Plan,
+    topk: &pgt_delta::topk::TopK,
+    snapshot: &StatementSnapshot,
+    affecting: u64,
+    stored: u64,
+) -> PgtResult<(u64, u64)> {
+    if topk.applies_directly(stored as i64) {
+        // The window held every row: the changes were applied to it; what
+        // passed the LIMIT goes.
+        let trimmed = super::full::trim_window(st, topk, snapshot)?;
+        return Ok((affecting, trimmed));
+    }
+    if !topk.needs_refill(affecting as i64, stored as i64) {
+        return Ok((0, 0));
+    }
+    super::full::refill_window(st, plan, snapshot)
 }
 
 /// Differential refreshes of at least this many changed rows are timed for
@@ -272,7 +285,7 @@ const COST_CHECK_MIN_INPUTS: usize = 4;
 /// keeps the written order beyond the first 8, and a change to an input in the
 /// middle of a long join would first join everything before it in full. Raised
 /// for the refresh only (restored at the end of the owner's span).
-fn allow_join_reordering(inputs: usize) -> PgtResult<()> {
+pub(super) fn allow_join_reordering(inputs: usize) -> PgtResult<()> {
     if inputs <= 8 {
         return Ok(());
     }
@@ -366,10 +379,12 @@ fn analysed_rows(relid: pg_sys::Oid, snapshot: &StatementSnapshot) -> PgtResult<
 /// Rebuilds the plan from the defining query and recomputes with it. If the query
 /// can no longer be maintained differentially (a source lost its key, ...), AUTO
 /// stream tables continue in FULL mode (WARNING); DIFFERENTIAL ones fail.
-fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
+pub(super) fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
+    // An IMMEDIATE stream table stays IMMEDIATE (refresh::immediate).
+    let mode = if st.effective_refresh_mode == RefreshMode::Immediate { RefreshMode::Immediate } else { RefreshMode::Differential };
     match translate::translate(&st.defining_query)? {
         Ok(translate::Translation { plan, .. }) => {
-            catalog::set_plan(st.pgt_id, RefreshMode::Differential, Some(&plan.to_json()), None)?;
+            catalog::set_plan(st.pgt_id, mode, Some(&plan.to_json()), None)?;
             crate::storage::sync_hidden_columns(st.relid, &st.name, &plan)?;
             crate::storage::sync_state_tables(st.pgt_id, st.owner, &plan)?;
             for relation in plan.relations() {
@@ -379,7 +394,7 @@ fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applie
             crate::storage::analyze_after_recompute(st.pgt_id, st.relid)?;
             Ok(applied)
         }
-        Err(translate::Unsupported(construct)) if st.refresh_mode == RefreshMode::Auto => {
+        Err(translate::Unsupported(construct)) if st.refresh_mode == RefreshMode::Auto && mode == RefreshMode::Differential => {
             pgrx::warning!(
                 "stream table {} now refreshes in FULL mode: DIFFERENTIAL refresh does not support {construct}",
                 st.name
@@ -390,7 +405,7 @@ fn recompute(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Applie
         }
         Err(translate::Unsupported(construct)) => Err(PgtError::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("stream table {} cannot refresh DIFFERENTIAL: it does not support {construct}", st.name),
+            format!("stream table {} cannot refresh {}: it does not support {construct}", st.name, mode.as_str()),
         )
         .hint("Use alter_stream_table(name, refresh_mode => 'AUTO') or 'FULL'.")),
     }

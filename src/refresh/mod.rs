@@ -26,6 +26,7 @@
 
 pub mod differential;
 pub mod full;
+pub mod immediate;
 pub mod join_order;
 mod preflight;
 mod swap;
@@ -69,6 +70,11 @@ pub struct Applied {
 /// Refreshes stream table `pgt_id` (see the module doc for the steps).
 pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult<RefreshOutcome> {
     let mut st = catalog::lock_stream_table_for_refresh(pgt_id)?;
+    if st.effective_refresh_mode == RefreshMode::Immediate {
+        // Writers of its sources hold this row from their first change to
+        // commit (refresh::immediate): taken before the storage lock, as they do.
+        catalog::lock_immediate(pgt_id)?;
+    }
     unsafe { pg_sys::LockRelationOid(st.relid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
     // The owner's rights and the sources' capture, before the snapshot.
     st = preflight::settle(st)?;
@@ -96,6 +102,7 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
         let snapshot = StatementSnapshot::take();
         let applied = match st.effective_refresh_mode {
             RefreshMode::Differential => differential::refresh(&st, &snapshot)?,
+            RefreshMode::Immediate => immediate::recompute(&st, &snapshot)?,
             _ => full::refresh_full(&st, &snapshot)?,
         };
         let (frontier, now) = full::frontier_now(&snapshot)?;

@@ -762,7 +762,7 @@ fn has_extension() -> PgtResult<bool> {
 
 fn stream_tables() -> PgtResult<Vec<Entry>> {
     query_map(
-        kept("SELECT st.pgt_id, st.pgt_relid, st.pgt_relid::pg_catalog.regclass::text, st.schedule, st.status = 'ACTIVE', \
+        kept("SELECT st.pgt_id, st.pgt_relid, st.pgt_relid::pg_catalog.regclass::text, st.schedule, st.status = 'ACTIVE' AND st.effective_refresh_mode <> 'IMMEDIATE', \
                 st.diamond_consistency = 'atomic', st.diamond_schedule_policy = 'slowest', \
                 st.effective_refresh_mode = 'DIFFERENTIAL' AND st.frontier IS NOT NULL AND st.is_populated \
                   AND NOT st.needs_reinit, st.needs_reinit \

@@ -112,7 +112,8 @@ pub fn old_state_sql(relation: &Relation, only: bool, source: &ChangeSource) -> 
 /// The changed images with their weights and buffer positions (`__pgt_ctid`).
 fn window_images_sql(relation: &Relation, source: &ChangeSource) -> String {
     format!(
-        "SELECT b.ctid AS __pgt_ctid, {}, {} AS {WEIGHT}, b.{ACTION} AS {ACTION} FROM {} WHERE {}",
+        "SELECT {} AS __pgt_ctid, {}, {} AS {WEIGHT}, b.{ACTION} AS {ACTION} FROM {} WHERE {}",
+        source.position("b"),
         select_list(relation, "b"),
         source.weight("b"),
         source.changes_from(relation, "b"),
@@ -186,8 +187,9 @@ pub fn kept_sql(relation: &Relation, only: bool, source: &ChangeSource) -> Strin
 /// the planner can push the join condition into both scans.
 pub fn old_present_sql(relation: &Relation, only: bool, source: &ChangeSource) -> String {
     format!(
-        "{} UNION ALL SELECT {}, (CASE WHEN b.ctid IN (SELECT min(i.__pgt_ctid) FILTER (WHERE i.{ACTION} = 'D') FROM ({}) i \
-         GROUP BY {} HAVING sum(i.{WEIGHT}) < 0) THEN 1 ELSE 0 END)::bigint AS {WEIGHT} FROM {}",
+        "{1} UNION ALL SELECT {2}, (CASE WHEN {0} IN (SELECT min(i.__pgt_ctid) FILTER (WHERE i.{ACTION} = 'D') FROM ({3}) i \
+         GROUP BY {4} HAVING sum(i.{WEIGHT}) < 0) THEN 1 ELSE 0 END)::bigint AS {WEIGHT} FROM {5}",
+        source.position("b"),
         kept_sql(relation, only, source),
         select_list(relation, "b"),
         window_images_sql(relation, source),

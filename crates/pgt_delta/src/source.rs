@@ -3,14 +3,23 @@
 //! how changes are kept; they ask for a relation's changed row images with
 //! signed weights.
 //!
-//! Today there is one source: the change buffer's *window* behind a stream
-//! table's frontier (DIFFERENTIAL refresh). A buffer row written by
-//! transaction `T` at command `c` is in the window when the refresh's snapshot
-//! sees it and the previous frontier had not consumed it
-//! ([`pgt_core::frontier`]). IMMEDIATE maintenance will add the statement's
-//! transition tables as a second source.
+//! There are two sources:
+//! - the change buffer's *window* behind a stream table's frontier
+//!   (DIFFERENTIAL refresh). A buffer row written by transaction `T` at command
+//!   `c` is in the window when the refresh's snapshot sees it and the previous
+//!   frontier had not consumed it ([`pgt_core::frontier`]);
+//! - the *transition tables* of the statements being maintained (IMMEDIATE
+//!   maintenance): PostgreSQL's `REFERENCING OLD TABLE / NEW TABLE` relations
+//!   of statement-level AFTER triggers, exposed to the delta statement as
+//!   ephemeral named relations (PostgreSQL docs, "CREATE TRIGGER" and "SPI_register_trigger_data").
+//!   Their old rows are images of weight −1, their new rows +1, exactly as the
+//!   buffer's `D` and `I` images.
 
 use crate::names::ACTION;
+use pgt_core::ident::quote_ident;
+
+/// The column numbering the rows of transition tables ([`ChangeSource::position`]).
+const POSITION: &str = "__pgt_position";
 use crate::tree::Relation;
 use pgt_core::frontier::consumed_by_frontier_sql;
 use pgt_core::ident::quote_literal;
@@ -68,6 +77,24 @@ pub enum ChangeSource {
         /// ([`ChangeSource::parameterized`]) rather than literals.
         parameterized: bool,
     },
+    /// Transition tables of the statements being maintained (IMMEDIATE).
+    Transition {
+        /// Per relation (OID), the transition tables holding its changes.
+        tables: std::collections::BTreeMap<u32, Vec<TransitionTable>>,
+        /// Per relation (OID), the number of row images its tables hold.
+        images: std::collections::BTreeMap<u32, u64>,
+    },
+}
+
+/// One transition table: an ephemeral named relation with the columns of the
+/// changed relation (by name), holding either its old or its new rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionTable {
+    /// The name it is registered under for the delta statement (an SQL
+    /// identifier the caller chose; quoted when rendered).
+    pub name: String,
+    /// `true` for new rows (weight +1), `false` for old rows (weight −1).
+    pub new_rows: bool,
 }
 
 impl ChangeSource {
@@ -88,7 +115,17 @@ impl ChangeSource {
     pub fn parameterized(self) -> ChangeSource {
         match self {
             ChangeSource::Window { frontier, images, .. } => ChangeSource::Window { frontier, images, parameterized: true },
+            other => other,
         }
+    }
+
+    /// Transition tables `tables` (relation OID → its tables) with `images`
+    /// row images per relation.
+    pub fn transition(
+        tables: std::collections::BTreeMap<u32, Vec<TransitionTable>>,
+        images: std::collections::BTreeMap<u32, u64>,
+    ) -> ChangeSource {
+        ChangeSource::Transition { tables, images }
     }
 
     /// The same source, with the number of row images in each relation's
@@ -97,13 +134,14 @@ impl ChangeSource {
     pub fn with_images(self, counts: std::collections::BTreeMap<u32, u64>) -> ChangeSource {
         match self {
             ChangeSource::Window { frontier, parameterized, .. } => ChangeSource::Window { frontier, images: counts, parameterized },
+            ChangeSource::Transition { tables, .. } => ChangeSource::Transition { tables, images: counts },
         }
     }
 
     /// The number of row images in the window of `relid`, if known.
     pub fn images(&self, relid: u32) -> Option<u64> {
         match self {
-            ChangeSource::Window { images, .. } => images.get(&relid).copied(),
+            ChangeSource::Window { images, .. } | ChangeSource::Transition { images, .. } => images.get(&relid).copied(),
         }
     }
 
@@ -112,6 +150,8 @@ impl ChangeSource {
     pub fn image_predicate(&self, alias: &str) -> String {
         match self {
             ChangeSource::Window { .. } => format!("{alias}.{ACTION} <> 'T' AND {}", self.pending_predicate(alias)),
+            // Transition tables hold row images only.
+            ChangeSource::Transition { .. } => "true".to_string(),
         }
     }
 
@@ -123,14 +163,60 @@ impl ChangeSource {
                 not_consumed(alias, "$1::pg_catalog.pg_snapshot", "$2::pg_catalog.xid8", "$3::bigint")
             }
             ChangeSource::Window { frontier, .. } => frontier.pending_predicate(alias),
+            ChangeSource::Transition { .. } => "true".to_string(),
         }
     }
 
     /// The relation the changes of `relation` are read from, aliased `alias`
     /// (`<buffer> b`).
+    ///
+    /// Transition tables are read as one derived table: each table's rows with
+    /// the column `__pgt_action` ('I' for new rows, 'D' for old ones) and a
+    /// position unique among them ([`ChangeSource::position`]). A relation
+    /// with no transition table reads as empty.
     pub fn changes_from(&self, relation: &Relation, alias: &str) -> String {
         match self {
             ChangeSource::Window { .. } => format!("{} {alias}", relation.buffer_sql),
+            ChangeSource::Transition { tables, .. } => {
+                let columns: Vec<String> = relation.columns.iter().flatten().map(|c| quote_ident(c)).collect();
+                let list = |t: &str| columns.iter().map(|c| format!("{t}.{c}")).collect::<Vec<_>>().join(", ");
+                let sep = if columns.is_empty() { "" } else { ", " };
+                let parts: Vec<String> = tables
+                    .get(&relation.relid)
+                    .map(|ts| ts.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| {
+                        format!(
+                            "SELECT {cols}{sep}'{action}'::\"char\" AS {ACTION},                              (pg_catalog.row_number() OVER () * {n} + {k})::bigint AS {POSITION} FROM {name} t",
+                            cols = list("t"),
+                            action = if t.new_rows { 'I' } else { 'D' },
+                            n = tables.get(&relation.relid).map_or(1, |ts| ts.len()),
+                            name = quote_ident(&t.name),
+                        )
+                    })
+                    .collect();
+                if parts.is_empty() {
+                    // No changes: the relation's columns and types, no rows.
+                    return format!(
+                        "(SELECT {}{sep}NULL::\"char\" AS {ACTION}, NULL::bigint AS {POSITION} FROM ONLY {} t WHERE false) {alias}",
+                        list("t"),
+                        relation.table_sql
+                    );
+                }
+                format!("({}) {alias}", parts.join(" UNION ALL "))
+            }
+        }
+    }
+
+    /// The expression telling apart the row images of `alias`
+    /// ([`ChangeSource::changes_from`]): the buffer row's `ctid`, or the
+    /// transition row's position.
+    pub fn position(&self, alias: &str) -> String {
+        match self {
+            ChangeSource::Window { .. } => format!("{alias}.ctid"),
+            ChangeSource::Transition { .. } => format!("{alias}.{POSITION}"),
         }
     }
 
@@ -142,6 +228,10 @@ impl ChangeSource {
     /// A query returning true when the changes of `relation` include a
     /// TRUNCATE (then no row images express them: the refresh recomputes).
     pub fn truncated_sql(&self, relation: &Relation) -> String {
+        if let ChangeSource::Transition { .. } = self {
+            // A TRUNCATE has no transition table: maintenance recomputes.
+            return "SELECT false".to_string();
+        }
         format!(
             "SELECT EXISTS (SELECT 1 FROM {} WHERE b.{ACTION} = 'T' AND {})",
             self.changes_from(relation, "b"),
@@ -171,5 +261,48 @@ impl ChangeSource {
                     bool_or(u.action = 'T'), count(*) FILTER (WHERE u.action <> 'T')::bigint FROM ({}) u GROUP BY u.relid",
             parts.join(" UNION ALL ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relation() -> Relation {
+        Relation {
+            relid: 7,
+            table_sql: "\"public\".\"t\"".into(),
+            buffer_sql: "\"pgtrickle_changes\".\"changes_7\"".into(),
+            columns: vec![Some("id".into()), None, Some("v".into())],
+            key: vec!["id".into()],
+        }
+    }
+
+    fn transition(tables: Vec<TransitionTable>) -> ChangeSource {
+        ChangeSource::transition([(7u32, tables)].into_iter().collect(), Default::default())
+    }
+
+    #[test]
+    fn transition_tables_read_as_signed_images_with_distinct_positions() {
+        let source = transition(vec![
+            TransitionTable { name: "__pgt_old_7_0".into(), new_rows: false },
+            TransitionTable { name: "__pgt_new_7_0".into(), new_rows: true },
+        ]);
+        let sql = source.changes_from(&relation(), "b");
+        assert!(sql.contains("'D'::\"char\" AS __pgt_action"), "{sql}");
+        assert!(sql.contains("'I'::\"char\" AS __pgt_action"), "{sql}");
+        // Two tables: positions 2n and 2n + 1 never collide.
+        assert!(sql.contains("* 2 + 0") && sql.contains("* 2 + 1"), "{sql}");
+        // Dropped columns are not read from the transition tables.
+        assert!(sql.contains("t.\"id\", t.\"v\","), "{sql}");
+        assert_eq!(source.image_predicate("b"), "true");
+        assert_eq!(source.position("b"), "b.__pgt_position");
+        assert_eq!(source.weight("b"), "(CASE b.__pgt_action WHEN 'I' THEN 1 ELSE -1 END)");
+    }
+
+    #[test]
+    fn a_relation_without_transition_tables_reads_as_empty_with_its_types() {
+        let sql = transition(Vec::new()).changes_from(&relation(), "b");
+        assert!(sql.contains("FROM ONLY \"public\".\"t\" t WHERE false"), "{sql}");
     }
 }

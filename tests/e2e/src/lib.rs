@@ -177,10 +177,16 @@ pub fn random_dml(rng: &mut impl rand::Rng, next_id: &mut i32) -> String {
 }
 
 /// Runs the property suite: every `(name, query, expect)` becomes a stream table
-/// (AUTO) plus a FULL twin `<name>_full`; `cycles` rounds of random DML (seeded:
-/// `PGT_SEED` replays) each end with refreshing all and checking that every
-/// stream table equals its query and its twin as multisets. Stream tables that
-/// must be DIFFERENTIAL must also have refreshed DIFFERENTIAL at least once.
+/// (AUTO) plus a FULL twin `<name>_full`, and each differentiable one an
+/// IMMEDIATE twin `<name>_imm`; `cycles` rounds of random DML (seeded:
+/// `PGT_SEED` replays), some in explicit transactions with savepoints rolled
+/// back or released and some rolled back whole. After each round, before any
+/// refresh, every IMMEDIATE twin must equal its query (and inside a
+/// transaction, before COMMIT, sometimes too); then every stream table is
+/// refreshed and must equal its query, its FULL twin, and its IMMEDIATE twin,
+/// as multisets. Stream tables that must be DIFFERENTIAL must also have
+/// refreshed DIFFERENTIAL at least once. A failed write — maintenance making a
+/// user's statement fail — fails the suite.
 pub fn run_property_suite(test: &str, queries: &[(&str, &str, Expect)], cycles: usize) {
     use rand::{Rng, SeedableRng};
     let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
@@ -200,12 +206,67 @@ pub fn run_property_suite(test: &str, queries: &[(&str, &str, Expect)], cycles: 
         );
         let wanted = if *expect == Expect::Differential { "DIFFERENTIAL" } else { "FULL" };
         assert_eq!(effective, wanted, "seed {seed}: {name} resolved to {effective}: {query}");
+        if *expect == Expect::Differential {
+            db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}_imm', $q${query}$q$, refresh_mode => 'IMMEDIATE')"));
+        }
     }
+    let immediate: Vec<(&str, &str)> =
+        queries.iter().filter(|(_, _, e)| *e == Expect::Differential).map(|(n, q, _)| (*n, *q)).collect();
+    let check_immediate = |db: &mut TestDb, cycle: usize, when: &str| {
+        let in_transaction = when.starts_with("inside");
+        for (name, query) in &immediate {
+            if in_transaction {
+                // Compared inside the open transaction (the comparison
+                // helpers run transactions of their own).
+                if pgt_testkit::topk_parts(query).is_some() {
+                    continue;
+                }
+                let columns = pgt_testkit::visible_columns(&mut db.client, name).join(", ");
+                let differing: i64 = db.scalar(
+                    &format!(
+                        "SELECT count(*) FROM ((SELECT ROW({columns})::text FROM {name}_imm EXCEPT ALL SELECT ROW(q.*)::text FROM ({query}) q) \
+                         UNION ALL (SELECT ROW(q.*)::text FROM ({query}) q EXCEPT ALL SELECT ROW({columns})::text FROM {name}_imm)) d"
+                    ),
+                    &[],
+                );
+                assert_eq!(differing, 0, "seed {seed}, cycle {cycle} ({when}): {name}_imm (IMMEDIATE) differs from its query: {query}");
+                continue;
+            }
+            let (only_st, only_q) = pgt_testkit::st_difference(&mut db.client, &format!("{name}_imm"), query);
+            assert!(
+                only_st.is_empty() && only_q.is_empty(),
+                "seed {seed}, cycle {cycle} ({when}): {name}_imm (IMMEDIATE) differs from its query\n  only in stream table: {only_st:?}\n  only in query: {only_q:?}\n  query: {query}"
+            );
+        }
+    };
     let mut next_id = 10_000;
     for cycle in 0..cycles {
-        for _ in 0..rng.random_range(1..5) {
+        // How this round's statements are grouped into transactions: one
+        // each, or all in one with a savepoint, or all in one rolled back.
+        let grouping = rng.random_range(0..6);
+        if grouping >= 3 {
+            db.exec("BEGIN");
+        }
+        for i in 0..rng.random_range(1..5) {
             let sql = random_dml(&mut rng, &mut next_id);
-            db.exec(&sql);
+            if grouping >= 3 && i == 1 {
+                db.exec("SAVEPOINT round");
+                db.exec(&sql);
+                if rng.random_range(0..2) == 0 {
+                    db.exec("ROLLBACK TO SAVEPOINT round");
+                } else {
+                    db.exec("RELEASE SAVEPOINT round");
+                }
+            } else {
+                db.exec(&sql);
+            }
+        }
+        if grouping >= 3 {
+            if rng.random_range(0..3) == 0 {
+                // Read your writes: current before COMMIT.
+                check_immediate(&mut db, cycle, "inside the transaction");
+            }
+            db.exec(if grouping == 5 { "ROLLBACK" } else { "COMMIT" });
         }
         if rng.random_range(0..2) == 0 {
             // The keyless table: duplicates added and removed.
@@ -230,6 +291,7 @@ pub fn run_property_suite(test: &str, queries: &[(&str, &str, Expect)], cycles: 
         if rng.random_range(0..15) == 0 {
             db.exec("TRUNCATE events; INSERT INTO events VALUES ('a', 1), ('a', 1), (NULL, 2), ('b', 3)");
         }
+        check_immediate(&mut db, cycle, "after the writes, before any refresh");
         for (name, query, _) in queries {
             db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}'); SELECT pgtrickle.refresh_stream_table('{name}_full')"));
             let (only_st, only_q) = pgt_testkit::st_difference(&mut db.client, name, query);
@@ -246,6 +308,17 @@ pub fn run_property_suite(test: &str, queries: &[(&str, &str, Expect)], cycles: 
                 pgt_testkit::multiset_difference(&mut db.client, name, &format!("SELECT {columns} FROM ({twin}) t"))
             };
             assert!(a.is_empty() && b.is_empty(), "seed {seed}, cycle {cycle}: {name} differs from its FULL twin: {a:?} / {b:?}");
+        }
+        // Stream tables over stream tables: their IMMEDIATE twins follow the
+        // refreshes of what they read.
+        check_immediate(&mut db, cycle, "after the refreshes");
+        for (name, query) in &immediate {
+            if pgt_testkit::topk_parts(query).is_some() {
+                continue;
+            }
+            let columns = pgt_testkit::visible_columns(&mut db.client, name).join(", ");
+            let (a, b) = pgt_testkit::multiset_difference(&mut db.client, &format!("{name}_imm"), &format!("SELECT {columns} FROM {name}"));
+            assert!(a.is_empty() && b.is_empty(), "seed {seed}, cycle {cycle}: {name}_imm differs from its DIFFERENTIAL twin: {a:?} / {b:?}");
         }
     }
     for (name, query, expect) in queries {
