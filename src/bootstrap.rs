@@ -441,7 +441,9 @@ SELECT st.pgt_id,
        st.status,
        st.is_populated,
        st.data_timestamp,
-       pg_catalog.now() - st.data_timestamp AS staleness,
+       -- An IMMEDIATE stream table is current in every snapshot.
+       CASE WHEN st.effective_refresh_mode = 'IMMEDIATE' AND st.is_populated THEN '0'::pg_catalog.interval
+            ELSE pg_catalog.now() - st.data_timestamp END AS staleness,
        st.last_refresh_at,
        h.refreshes,
        h.scheduled_refreshes,

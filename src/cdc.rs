@@ -1082,3 +1082,19 @@ pub fn release_immediate_triggers_if_unused(source_relid: pg_sys::Oid) -> PgtRes
         Ok(())
     })
 }
+
+/// The IMMEDIATE maintenance triggers on the sources of stream table
+/// `pgt_id`, one line each: `<trigger> ON <table> (<timing and events>)`.
+pub fn immediate_triggers_of(pgt_id: i64) -> PgtResult<Vec<String>> {
+    as_extension_owner(|| {
+        query_map(
+            "SELECT pg_catalog.format('%I ON %s (%s)', t.tgname, t.tgrelid::pg_catalog.regclass, \
+                    pg_catalog.substring(pg_catalog.pg_get_triggerdef(t.oid), '((?:BEFORE|AFTER) .*?) ON ')) \
+             FROM pgtrickle.pgt_dependencies d \
+             JOIN pg_catalog.pg_trigger t ON pg_catalog.starts_with(t.tgname::text, 'pgt_ivm_' || d.source_relid::text || '_') \
+             WHERE d.pgt_id = $1 AND NOT t.tgisinternal ORDER BY t.tgrelid, t.tgname",
+            &[pgt_id.into()],
+            |row| col(row, 1),
+        )
+    })
+}

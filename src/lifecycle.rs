@@ -594,6 +594,12 @@ pub fn explain_stream_table(st: &StreamTable) -> PgtResult<String> {
                 cid: st.frontier_cid,
             };
             out.push_str(&plan.explain(&st.tables(), &frontier));
+            if st.effective_refresh_mode == RefreshMode::Immediate {
+                out.push_str("maintained in the writing transaction by statement-level triggers:\n");
+                for trigger in cdc::immediate_triggers_of(st.pgt_id)? {
+                    out.push_str(&format!("  {trigger}\n"));
+                }
+            }
         }
         Some(Err(e)) => out.push_str(&format!("stored plan unreadable: {e}\n")),
         None => {
@@ -608,7 +614,12 @@ pub fn explain_stream_table(st: &StreamTable) -> PgtResult<String> {
 /// construct that keeps it from DIFFERENTIAL, or that it is differentiable; and
 /// whether DDL on a source marked it for reinitialization.
 pub fn refresh_mode_reason(st: &StreamTable) -> PgtResult<String> {
-    let mut why = if st.delta_plan.is_some() {
+    let mut why = if st.effective_refresh_mode == RefreshMode::Immediate {
+        "IMMEDIATE was requested: every statement that changes a source applies its delta before it returns, in its \
+         transaction (explain_st shows the operator tree and the triggers); a TRUNCATE of a source or DDL on one \
+         recomputes it in that transaction"
+            .to_string()
+    } else if st.delta_plan.is_some() {
         "the defining query is maintained differentially: a refresh applies the captured changes (explain_st shows \
          the operator tree); it recomputes in full only after a TRUNCATE of a source, when the changes exceed \
          pg_trickle.differential_max_change_ratio, or after DDL on a source"
