@@ -19,6 +19,14 @@
 //! 0.1 % and then 1 % of the orders, each followed by timing every refresh.
 //! `PGT_BENCH_ONLY_TPCH=1` runs only this part and replaces it in the recorded
 //! report.
+//!
+//! Write cost part ([`write_cost`]): what maintenance adds to the writes of
+//! the sources — single-row INSERT, UPDATE and DELETE (1 and 8 clients) and
+//! 10,000-row INSERT and UPDATE on a 1M-row table, plain, with a DIFFERENTIAL
+//! stream table (the capture trigger), with an IMMEDIATE aggregate, an
+//! IMMEDIATE join, and three IMMEDIATE stream tables on the table.
+//! `PGT_BENCH_ONLY_WRITES=1` runs only this part and replaces it in the
+//! recorded report.
 
 use pgt_testkit::postgres::Client;
 use pgt_testkit::{Cluster, ClusterOptions, Paths};
@@ -97,6 +105,29 @@ struct Report {
     /// The TPC-H part, per scale factor (absent in older reports).
     #[serde(default, deserialize_with = "one_or_many")]
     tpch: Vec<TpchFigures>,
+    /// The write cost part (absent in older reports).
+    #[serde(default)]
+    writes: Option<WriteCost>,
+}
+
+/// What maintenance adds to writes ([`write_cost`]).
+#[derive(Serialize, serde::Deserialize, Clone)]
+struct WriteCost {
+    date: String,
+    source_rows: u64,
+    rows: Vec<WriteRow>,
+}
+
+/// One configuration and operation of [`WriteCost`].
+#[derive(Serialize, serde::Deserialize, Clone)]
+struct WriteRow {
+    config: String,
+    operation: String,
+    clients: usize,
+    /// Wall time per statement (ms): with 8 clients, the inverse of throughput.
+    ms_per_statement: f64,
+    /// Against the plain table, same operation and clients.
+    ratio: f64,
 }
 
 /// A report's `tpch`: one scale factor's figures (older reports) or a list.
@@ -255,6 +286,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
         return Ok(());
     }
+    if std::env::var_os("PGT_BENCH_ONLY_WRITES").is_some() {
+        let path = repo.join("docs/benchmark.json");
+        let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        report.writes = Some(write_cost(&cluster)?);
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+        std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
+        return Ok(());
+    }
     if std::env::var_os("PGT_BENCH_ONLY_SCHEDULER").is_some() {
         let path = repo.join("docs/benchmark.json");
         let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
@@ -349,6 +388,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for &scale in &tpch_scales {
         tpch.push(tpch_bench(&cluster, scale, tpch_reps)?);
     }
+    let writes = Some(write_cost(&cluster)?);
     let machine = machine();
     let command = "make bench".to_string();
     let date = utc_now()?;
@@ -364,6 +404,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         scheduler_date: None,
         joins,
         tpch,
+        writes,
     };
     std::fs::write(repo.join("docs/benchmark.json"), serde_json::to_string_pretty(&report)? + "\n")?;
     std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
@@ -956,6 +997,9 @@ fn markdown(r: &Report) -> String {
     for t in &r.tpch {
         tpch_markdown(&mut s, t);
     }
+    if let Some(w) = &r.writes {
+        writes_markdown(&mut s, w);
+    }
     let _ = writeln!(s, "## Refresh with no change (DIFFERENTIAL), median of 20\n");
     let _ = writeln!(s, "| source rows | scenario | ms |");
     let _ = writeln!(s, "|---:|---|---:|");
@@ -1042,4 +1086,184 @@ fn tpch_markdown(s: &mut String, t: &TpchFigures) {
             format!("slower differentially: {}", slower.join("; "))
         }
     );
+}
+
+/// A stream table of a write cost configuration: (name, query, mode).
+type WriteTable = (&'static str, &'static str, &'static str);
+
+/// The stream tables of each write cost configuration.
+const WRITE_CONFIGS: &[(&str, &[WriteTable])] = &[
+    ("plain table", &[]),
+    ("DIFFERENTIAL aggregate (capture trigger)", &[("wagg", WRITE_AGG, "DIFFERENTIAL")]),
+    ("IMMEDIATE aggregate", &[("wagg", WRITE_AGG, "IMMEDIATE")]),
+    ("IMMEDIATE join", &[("wjoin", WRITE_JOIN, "IMMEDIATE")]),
+    (
+        "three IMMEDIATE stream tables",
+        &[("wagg", WRITE_AGG, "IMMEDIATE"), ("wjoin", WRITE_JOIN, "IMMEDIATE"), ("wagg2", WRITE_AGG2, "IMMEDIATE")],
+    ),
+];
+
+/// A filtered 3-key GROUP BY with COUNT and SUM.
+const WRITE_AGG: &str = "SELECT k1, k2, k3, count(*) AS n, sum(v) AS total FROM w WHERE v % 10 <> 0 GROUP BY k1, k2, k3";
+/// A two-table join.
+const WRITE_JOIN: &str = "SELECT w.id, w.v, d.name FROM w JOIN d ON d.id = w.k1 WHERE w.v < 900";
+/// Another aggregate, for the three-stream-table configuration.
+const WRITE_AGG2: &str = "SELECT k1, max(v) AS top, count(*) AS n FROM w GROUP BY k1";
+
+/// Single-row statements per measurement (split among the clients).
+const WRITE_STATEMENTS: usize = 2000;
+
+/// Measures what maintenance adds to writes (module doc), in a database of its
+/// own with `synchronous_commit = off`, so that the figures show the work
+/// done rather than the disk's flush latency.
+fn write_cost(cluster: &Cluster) -> Result<WriteCost, Box<dyn std::error::Error>> {
+    const ROWS: u64 = 1_000_000;
+    println!("==> write cost: single-row and 10,000-row statements on a {ROWS}-row table");
+    let mut admin = cluster.connect("postgres")?;
+    admin.batch_execute("DROP DATABASE IF EXISTS pgtrickle_bench_writes WITH (FORCE)")?;
+    admin.batch_execute("CREATE DATABASE pgtrickle_bench_writes")?;
+    let connect = || -> Result<Client, Box<dyn std::error::Error>> {
+        let mut c = cluster.connect("pgtrickle_bench_writes")?;
+        c.batch_execute("SET synchronous_commit = off; SET client_min_messages = warning")?;
+        Ok(c)
+    };
+    let mut db = connect()?;
+    db.batch_execute(&format!(
+        "CREATE EXTENSION pg_trickle;
+         CREATE TABLE d (id int PRIMARY KEY, name text);
+         INSERT INTO d SELECT g, 'd' || g FROM generate_series(0, 99) g;
+         CREATE TABLE w (id bigint PRIMARY KEY, k1 int, k2 int, k3 int, v int);
+         INSERT INTO w SELECT g, g % 100, g % 7, g % 13, g % 1000 FROM generate_series(1, {ROWS}) g;"
+    ))?;
+    db.batch_execute("VACUUM ANALYZE d, w")?;
+    let mut next_id: i64 = 10_000_000;
+    let mut next_delete: i64 = 1;
+    let mut rows = Vec::new();
+    for (config, tables) in WRITE_CONFIGS {
+        for (name, query, mode) in *tables {
+            db.batch_execute(&format!(
+                "SELECT pgtrickle.create_stream_table('{name}', $q${query}$q$, refresh_mode => '{mode}', schedule => '1w')"
+            ))?;
+            db.batch_execute(&format!("VACUUM ANALYZE {name}"))?;
+        }
+        for operation in ["INSERT", "UPDATE", "DELETE"] {
+            for clients in [1usize, 8] {
+                let per_client = WRITE_STATEMENTS / clients;
+                let started = Instant::now();
+                let handles: Vec<_> = (0..clients)
+                    .map(|c| {
+                        let first_id = next_id + (c * per_client) as i64;
+                        let first_delete = next_delete + (c * per_client) as i64;
+                        let client = connect().map_err(|e| format!("{e:?}"));
+                        std::thread::spawn(move || -> Result<(), String> {
+                            let mut client = client?;
+                            let sql = match operation {
+                                "INSERT" => "INSERT INTO w VALUES ($1::bigint, ($1::bigint % 100)::int, ($1::bigint % 7)::int, ($1::bigint % 13)::int, ($1::bigint % 1000)::int)",
+                                "UPDATE" => "UPDATE w SET v = v + 1 WHERE id = $1",
+                                _ => "DELETE FROM w WHERE id = $1",
+                            };
+                            let statement = client.prepare(sql).map_err(|e| format!("{e:?}"))?;
+                            for i in 0..per_client as i64 {
+                                let id = match operation {
+                                    "INSERT" => first_id + i,
+                                    // Spread over the table, the same rows in every configuration.
+                                    "UPDATE" => 1 + (i * 7919 + c as i64 * 104_729) % 900_000,
+                                    _ => first_delete + i,
+                                };
+                                client.execute(&statement, &[&id]).map_err(|e| format!("{e:?}"))?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().map_err(|_| "a writer panicked")??;
+                }
+                let ms = started.elapsed().as_secs_f64() * 1000.0 / (per_client * clients) as f64;
+                match operation {
+                    "INSERT" => next_id += WRITE_STATEMENTS as i64,
+                    "DELETE" => next_delete += WRITE_STATEMENTS as i64,
+                    _ => {}
+                }
+                rows.push(WriteRow { config: config.to_string(), operation: operation.to_string(), clients, ms_per_statement: ms, ratio: 0.0 });
+            }
+        }
+        for operation in ["bulk INSERT of 10,000 rows", "bulk UPDATE of 10,000 rows"] {
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let sql = if operation.starts_with("bulk INSERT") {
+                    let sql = format!(
+                        "INSERT INTO w SELECT g, g % 100, g % 7, g % 13, g % 1000 FROM generate_series({}, {}) g",
+                        next_id,
+                        next_id + 9_999
+                    );
+                    next_id += 10_000;
+                    sql
+                } else {
+                    "UPDATE w SET v = v + 1 WHERE id BETWEEN 500000 AND 509999".to_string()
+                };
+                times.push(timed(&mut db, &sql)?);
+            }
+            rows.push(WriteRow { config: config.to_string(), operation: operation.to_string(), clients: 1, ms_per_statement: median(times), ratio: 0.0 });
+        }
+        for (name, query, _) in *tables {
+            let columns = match *name {
+                "wagg" => "k1, k2, k3, n, total",
+                "wjoin" => "id, v, name",
+                _ => "k1, top, n",
+            };
+            if tables.iter().any(|t| t.2 == "DIFFERENTIAL") {
+                db.batch_execute(&format!("SELECT pgtrickle.refresh_stream_table('{name}')"))?;
+            }
+            let differing: i64 = db
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM ((SELECT {columns} FROM {name} EXCEPT ALL ({query})) \
+                         UNION ALL (({query}) EXCEPT ALL SELECT {columns} FROM {name})) x"
+                    ),
+                    &[],
+                )?
+                .get(0);
+            if differing != 0 {
+                return Err(format!("{config}: {name} differs from its query in {differing} rows").into());
+            }
+            db.batch_execute(&format!("SELECT pgtrickle.drop_stream_table('{name}')"))?;
+        }
+        for r in rows.iter().filter(|r| r.config == *config) {
+            println!("    {config:<42} {:<28} {} client(s): {:>8.3} ms", r.operation, r.clients, r.ms_per_statement);
+        }
+    }
+    let plain: Vec<(String, usize, f64)> =
+        rows.iter().filter(|r| r.config == WRITE_CONFIGS[0].0).map(|r| (r.operation.clone(), r.clients, r.ms_per_statement)).collect();
+    for r in &mut rows {
+        if let Some((_, _, base)) = plain.iter().find(|(o, c, _)| *o == r.operation && *c == r.clients) {
+            r.ratio = r.ms_per_statement / base;
+        }
+    }
+    admin.batch_execute("DROP DATABASE IF EXISTS pgtrickle_bench_writes WITH (FORCE)")?;
+    Ok(WriteCost { date: utc_now()?, source_rows: ROWS, rows })
+}
+
+/// The write cost section of the report.
+fn writes_markdown(s: &mut String, w: &WriteCost) {
+    let _ = writeln!(s, "## What maintenance adds to writes
+");
+    let _ = writeln!(
+        s,
+        "Measured {} (`PGT_BENCH_ONLY_WRITES=1 make bench` re-runs only this part). A table of {} rows \
+         (`w(id bigint primary key, k1, k2, k3, v int)`); single-row statements by primary key, prepared, each its own \
+         transaction, {WRITE_STATEMENTS} per measurement split among the clients (with 8 clients the figure is wall time \
+         divided by statements: the inverse of throughput); 10,000-row statements median of 3. `synchronous_commit = off`, \
+         so the figures show the work done, not the disk's flush latency. Ratios are against the plain table. \
+         The aggregate is `{WRITE_AGG}`; the join `{WRITE_JOIN}`; the three stream tables are those two and \
+         `{WRITE_AGG2}`. Targets (issue 12): IMMEDIATE single-row ≤ 1.5×, capture trigger ≤ 1.2×, bulk ≤ 2×, three \
+         stream tables ≤ 2×.\n",
+        w.date, w.source_rows
+    );
+    let _ = writeln!(s, "| configuration | statement | clients | ms per statement | × plain |");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|");
+    for r in &w.rows {
+        let _ = writeln!(s, "| {} | {} | {} | {:.3} | {:.2} |", r.config, r.operation, r.clients, r.ms_per_statement, r.ratio);
+    }
+    let _ = writeln!(s);
 }

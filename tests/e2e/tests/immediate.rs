@@ -256,15 +256,14 @@ fn isolation_levels() {
         let waiter = thread::spawn(move || {
             // B writes the other side of the join while A holds the stream table.
             let r = b.batch_execute("INSERT INTO o VALUES (4000, 2, 1)");
-            let outcome = match r {
+            match r {
                 Ok(()) => b.batch_execute("COMMIT").map(|_| "committed".to_string()).unwrap_or_else(|e| sqlstate(&e).unwrap_or_default()),
                 Err(e) => {
                     let code = sqlstate(&e).unwrap_or_default();
                     b.batch_execute("ROLLBACK").unwrap();
                     code
                 }
-            };
-            outcome
+            }
         });
         thread::sleep(std::time::Duration::from_millis(300));
         a.batch_execute("COMMIT").unwrap();
