@@ -44,7 +44,11 @@ fn bad_create_arguments() {
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, schedule => '500ms')"), "22023", "below the minimum"),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, schedule => '300000000000y')"), "22023", "longer than the maximum"),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, refresh_mode => 'sometimes')"), "22023", "refresh_mode"),
-        (format!("SELECT pgtrickle.create_stream_table('x', {q}, refresh_mode => 'IMMEDIATE')"), "0A000", "IMMEDIATE"),
+        (
+            "SELECT pgtrickle.create_stream_table('x', 'SELECT id, random() AS r FROM t', refresh_mode => 'IMMEDIATE')".to_string(),
+            "0A000",
+            "IMMEDIATE maintenance does not support",
+        ),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, diamond_consistency => 'eventual')"), "22023", "diamond_consistency"),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, diamond_schedule_policy => 'median')"), "22023", "diamond_schedule_policy"),
         (format!("SELECT pgtrickle.create_stream_table('x', {q}, cdc_mode => 'polling')"), "22023", "cdc_mode"),
@@ -117,7 +121,7 @@ fn bad_alter_arguments() {
     let cases: Vec<(&str, &str, &str)> = vec![
         ("schedule => 'whenever'", "22023", "invalid schedule"),
         ("refresh_mode => 'FAST'", "22023", "refresh_mode"),
-        ("refresh_mode => 'IMMEDIATE'", "0A000", "IMMEDIATE"),
+        ("refresh_mode => 'IMMEDIATE', query => 'SELECT id, random() AS r FROM t'", "0A000", "IMMEDIATE maintenance does not support"),
         ("status => 'PAUSED'", "22023", "status"),
         ("diamond_consistency => 'x'", "22023", "diamond_consistency"),
         ("cdc_mode => 'wal'", "0A000", "wal"),
