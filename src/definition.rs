@@ -35,16 +35,21 @@ pub(crate) struct ModeDecision {
 /// owner `owner` may maintain it so (it reads every source in full, no
 /// row-level security applies to it, capture exists or it may start it), else
 /// FULL with a WARNING naming the construct or the right; an explicit
-/// DIFFERENTIAL that cannot be is an error naming it. Stable functions draw a
-/// WARNING.
+/// DIFFERENTIAL or IMMEDIATE (the same plan, run on each statement's
+/// transition tables) that cannot be is an error naming it: 0A000 for the
+/// construct, 42501 for the right. Stable functions draw a WARNING.
 pub(crate) fn resolve_mode(requested: RefreshMode, analyzed: &AnalyzedQuery, name: &QualifiedName, owner: pg_sys::Oid) -> PgtResult<ModeDecision> {
     let full = |blocker| ModeDecision { effective: RefreshMode::Full, plan: None, blocker };
     if requested == RefreshMode::Full {
         return Ok(full(None));
     }
-    if requested == RefreshMode::Immediate {
-        return resolve_immediate(analyzed, name, owner);
-    }
+    // IMMEDIATE runs the DIFFERENTIAL plan on each statement's transition
+    // tables; it is refused, never downgraded, where DIFFERENTIAL would be.
+    let (effective, reads, what) = if requested == RefreshMode::Immediate {
+        (RefreshMode::Immediate, "IMMEDIATE maintenance reads each statement's transition tables", "IMMEDIATE maintenance")
+    } else {
+        (RefreshMode::Differential, "A DIFFERENTIAL refresh reads change buffers", "DIFFERENTIAL refresh")
+    };
     match translate::translate(&analyzed.normalized_sql)? {
         Ok(translation) => {
             let captured: Vec<pg_sys::Oid> =
@@ -59,18 +64,19 @@ pub(crate) fn resolve_mode(requested: RefreshMode, analyzed: &AnalyzedQuery, nam
                 }
                 return Err(PgtError::new(
                     PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                    format!("stream table {name} cannot be maintained DIFFERENTIAL: {blocker}"),
+                    format!("stream table {name} cannot be maintained {}: {blocker}", effective.as_str()),
                 )
-                .detail("A DIFFERENTIAL refresh reads change buffers, which hold every row and column of their tables.")
+                .detail(format!("{reads}, which hold every row and column of their tables."))
                 .hint("Use refresh_mode => 'AUTO' or 'FULL' (FULL runs the query under the owner's privileges and policies)."));
             }
             if let Some(stable) = translation.stable_functions()? {
                 pgrx::warning!(
-                    "stream table {name} calls stable functions ({stable}); DIFFERENTIAL refresh assumes their results \
-                     do not change between refreshes"
+                    "stream table {name} calls stable functions ({stable}); {what} assumes their results \
+                     do not change between {}",
+                    if effective == RefreshMode::Immediate { "statements" } else { "refreshes" }
                 );
             }
-            Ok(ModeDecision { effective: RefreshMode::Differential, plan: Some(translation.plan), blocker: None })
+            Ok(ModeDecision { effective, plan: Some(translation.plan), blocker: None })
         }
         Err(translate::Unsupported(construct)) if requested == RefreshMode::Auto => {
             pgrx::warning!("stream table {name} will refresh in FULL mode: DIFFERENTIAL refresh does not support {construct}");
@@ -78,43 +84,10 @@ pub(crate) fn resolve_mode(requested: RefreshMode, analyzed: &AnalyzedQuery, nam
         }
         Err(translate::Unsupported(construct)) => Err(PgtError::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("DIFFERENTIAL refresh does not support {construct}"),
+            format!("{what} does not support {construct}"),
         )
-        .detail(format!("Stream table {name} was asked to refresh DIFFERENTIAL."))
+        .detail(format!("Stream table {name} was asked to be maintained {}.", effective.as_str()))
         .hint("Use refresh_mode => 'AUTO' to fall back to FULL refresh for this query, or 'FULL'.")),
-    }
-}
-
-/// IMMEDIATE: the query must be differentiable, and its owner allowed what a
-/// DIFFERENTIAL refresh needs — statements' transition tables, like change
-/// buffers, hold every row and column of their tables.
-fn resolve_immediate(analyzed: &AnalyzedQuery, name: &QualifiedName, owner: pg_sys::Oid) -> PgtResult<ModeDecision> {
-    match translate::translate(&analyzed.normalized_sql)? {
-        Ok(translation) => {
-            let captured: Vec<pg_sys::Oid> =
-                analyzed.sources.iter().filter(|s| s.kind.is_captured()).map(|s| s.relid).collect();
-            if let Some(blocker) = cdc::differential_blocker(owner, &captured)? {
-                return Err(PgtError::new(
-                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                    format!("stream table {name} cannot be maintained IMMEDIATE: {blocker}"),
-                )
-                .detail("IMMEDIATE maintenance reads each statement's transition tables, which hold every row and column of their tables.")
-                .hint("Use refresh_mode => 'FULL' (it runs the query under the owner's privileges and policies)."));
-            }
-            if let Some(stable) = translation.stable_functions()? {
-                pgrx::warning!(
-                    "stream table {name} calls stable functions ({stable}); IMMEDIATE maintenance assumes their results \
-                     do not change between statements"
-                );
-            }
-            Ok(ModeDecision { effective: RefreshMode::Immediate, plan: Some(translation.plan), blocker: None })
-        }
-        Err(translate::Unsupported(construct)) => Err(PgtError::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("IMMEDIATE maintenance does not support {construct}"),
-        )
-        .detail(format!("Stream table {name} was asked to be maintained IMMEDIATE, which applies the delta of each statement."))
-        .hint("Use refresh_mode => 'AUTO' or 'FULL'.")),
     }
 }
 

@@ -127,8 +127,7 @@ pub fn validate_schedule(text: &str) -> PgtResult<Schedule> {
 }
 
 /// Validates a requested refresh mode.
-fn validate_refresh_mode(text: &str, name: &QualifiedName) -> PgtResult<RefreshMode> {
-    let _ = name;
+fn validate_refresh_mode(text: &str) -> PgtResult<RefreshMode> {
     Ok(RefreshMode::parse(text)?)
 }
 
@@ -265,7 +264,7 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
             }
         }
     }
-    let refresh_mode = validate_refresh_mode(refresh_mode_text, &name)?;
+    let refresh_mode = validate_refresh_mode(refresh_mode_text)?;
 
     let analyzed = parse::analyze_defining_query(query, catalog::is_stream_table)?;
     // The creator must be able to run the query, as for CREATE MATERIALIZED VIEW.
@@ -408,7 +407,7 @@ pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
     }
     let mut mode_changed = false;
     if let Some(m) = args.refresh_mode {
-        let requested = validate_refresh_mode(m, &name)?;
+        let requested = validate_refresh_mode(m)?;
         mode_changed = requested != st.refresh_mode;
         st.refresh_mode = requested;
     }
