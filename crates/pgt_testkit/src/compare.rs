@@ -127,6 +127,25 @@ pub fn st_difference(client: &mut Client, st: &str, query: &str) -> (Vec<String>
     (only_st, only_query)
 }
 
+/// The number of rows by which stream table `st` and `query` differ as
+/// multisets (rows only in one side, counted with their copies), read in the
+/// client's current transaction — unlike [`multiset_difference`], which runs
+/// its own: for checking what a transaction sees before it commits (IMMEDIATE
+/// mode). Not for TopK queries (no tolerance of ties).
+pub fn difference_in_transaction(client: &mut Client, st: &str, query: &str) -> i64 {
+    let columns = visible_columns(client, st).join(", ");
+    client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM ((SELECT ROW({columns})::text FROM {st} EXCEPT ALL SELECT ROW(q.*)::text FROM ({query}) q) \
+                 UNION ALL (SELECT ROW(q.*)::text FROM ({query}) q EXCEPT ALL SELECT ROW({columns})::text FROM {st})) d"
+            ),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("comparing {st} with its query failed: {e:?}"))
+        .get(0)
+}
+
 /// Asserts that stream table `st` (SQL name) holds exactly the multiset of rows
 /// `query` returns now (for a TopK query, up to ties at the boundary:
 /// [`st_difference`]); on mismatch panics listing up to 20 differing rows each way.

@@ -21,7 +21,7 @@ mod testdb;
 pub mod tpch;
 
 pub use cluster::{Cluster, ClusterOptions, DedicatedCluster, Paths};
-pub use compare::{assert_st_matches_query, multiset_difference, st_difference, topk_parts, visible_columns};
+pub use compare::{assert_st_matches_query, difference_in_transaction, multiset_difference, st_difference, topk_parts, visible_columns};
 pub use testdb::{expect_error as testdb_expect_error, sqlstate, TestDb};
 
 pub use postgres;

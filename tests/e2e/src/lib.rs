@@ -221,14 +221,7 @@ pub fn run_property_suite(test: &str, queries: &[(&str, &str, Expect)], cycles: 
                 if pgt_testkit::topk_parts(query).is_some() {
                     continue;
                 }
-                let columns = pgt_testkit::visible_columns(&mut db.client, name).join(", ");
-                let differing: i64 = db.scalar(
-                    &format!(
-                        "SELECT count(*) FROM ((SELECT ROW({columns})::text FROM {name}_imm EXCEPT ALL SELECT ROW(q.*)::text FROM ({query}) q) \
-                         UNION ALL (SELECT ROW(q.*)::text FROM ({query}) q EXCEPT ALL SELECT ROW({columns})::text FROM {name}_imm)) d"
-                    ),
-                    &[],
-                );
+                let differing = pgt_testkit::difference_in_transaction(&mut db.client, &format!("{name}_imm"), query);
                 assert_eq!(differing, 0, "seed {seed}, cycle {cycle} ({when}): {name}_imm (IMMEDIATE) differs from its query: {query}");
                 continue;
             }
