@@ -293,7 +293,14 @@ fn maintain(pgt_id: i64, batches: &[Rc<Batch>], recompute: bool) -> PgtResult<()
     if st.effective_refresh_mode != RefreshMode::Immediate {
         return Ok(());
     }
-    let plan = match st.delta_plan.as_deref().map(Plan::from_json) {
+    let stored = st.delta_plan.as_deref().map(Plan::from_json);
+    // Every relation the plan reads (the changed ones when it cannot be read).
+    let read: BTreeSet<u32> = match &stored {
+        Some(Ok(plan)) => plan.relations().iter().map(|r| r.relid).collect(),
+        _ => batches.iter().map(|b| b.source).collect(),
+    };
+    check_owner_reads_everything(&st, &read)?;
+    let plan = match stored {
         Some(Ok(plan)) if st.is_populated && !st.needs_reinit && !recompute => plan,
         _ => {
             // A TRUNCATE among the changes, DDL on a source, or a plan this
@@ -342,6 +349,41 @@ fn maintain(pgt_id: i64, batches: &[Rc<Batch>], recompute: bool) -> PgtResult<()
         apply(&st, &plan, &source, &changed, &snapshot)?;
         Ok(())
     })
+}
+
+/// Fails (42501) unless the owner of `st` may still read every row of the
+/// relations `read` (OIDs) — what IMMEDIATE was granted on at
+/// create (`crate::definition::resolve_mode`): SELECT on the whole table, no
+/// row-level security applying to it. Rights and policies can change after
+/// create; transition tables hold every row, so maintenance re-checks at every
+/// statement, as a DIFFERENTIAL refresh does at every refresh
+/// (`refresh::preflight`). Two catalog-cache lookups per relation.
+fn check_owner_reads_everything(st: &StreamTable, read: &BTreeSet<u32>) -> PgtResult<()> {
+    for source in read {
+        let relid = pg_sys::Oid::from(*source);
+        // SAFETY: catalog lookups by OID; an unknown relation raises an error.
+        let (select, rls) = unsafe {
+            (
+                pg_sys::pg_class_aclcheck(relid, st.owner, pg_sys::ACL_SELECT as pg_sys::AclMode),
+                pg_sys::check_enable_rls(relid, st.owner, true) as pg_sys::CheckEnableRlsResult::Type,
+            )
+        };
+        let table = crate::parse::relation_name(relid)?;
+        let why = if select != pg_sys::AclResult::ACLCHECK_OK {
+            format!("may no longer read all of {table} (SELECT on the table)")
+        } else if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED {
+            format!("is now subject to row-level security on {table}")
+        } else {
+            continue;
+        };
+        return Err(PgtError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("stream table {} cannot be maintained IMMEDIATE: its owner {} {why}", st.name, crate::cdc::role_name(st.owner)?),
+        )
+        .detail("IMMEDIATE maintenance reads each statement's transition tables, which hold every row and column of their tables; the statement is refused rather than let the stream table show rows its owner may not read.")
+        .hint("Restore the owner's rights, or switch the stream table with alter_stream_table(name, refresh_mode => 'FULL')."));
+    }
+    Ok(())
 }
 
 /// Runs the delta statement of `plan` for `source` in `snapshot`, then the
