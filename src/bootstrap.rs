@@ -136,6 +136,21 @@ CREATE TABLE pgtrickle.pgt_refresh_history (
 );
 CREATE INDEX ON pgtrickle.pgt_refresh_history (pgt_id, start_time);
 
+-- Cumulative refresh counters per stream table, refresh mode, initiator and
+-- outcome, since the stream table was created: what the metrics report as
+-- counters (pgtrickle.metrics_refreshes). Unlike the history, never pruned.
+CREATE TABLE pgtrickle.pgt_refresh_stats (
+    pgt_id        bigint NOT NULL REFERENCES pgtrickle.pgt_stream_tables ON DELETE CASCADE,
+    action        text NOT NULL,
+    initiated_by  text NOT NULL,
+    status        text NOT NULL,
+    refreshes     bigint NOT NULL,
+    rows_inserted bigint NOT NULL,
+    rows_deleted  bigint NOT NULL,
+    seconds       double precision NOT NULL,
+    PRIMARY KEY (pgt_id, action, initiated_by, status)
+);
+
 -- What a stream table relies on in relation `relid` when it reads `columns`
 -- (attribute numbers; NULL: every column): the relation's name, and each of
 -- those columns' number, name, type (OID and modifier: renaming a type changes
@@ -174,6 +189,7 @@ GRANT SELECT (pgt_id, pgt_relid, defining_query, schedule, refresh_mode, effecti
 GRANT SELECT (refresh_id, pgt_id, start_time, end_time, action, rows_inserted, rows_deleted, status,
               initiated_by, frontier)
     ON pgtrickle.pgt_refresh_history TO PUBLIC;
+GRANT SELECT ON pgtrickle.pgt_refresh_stats TO PUBLIC;
 
 -- Whether the current role may see the error text of stream table `st`'s
 -- refreshes: it has the privileges of the stream table's owner (or is a
@@ -567,12 +583,109 @@ CROSS JOIN (SELECT pg_catalog.count(*) FILTER (
             FROM pgtrickle.pgt_change_tracking c) b
 GROUP BY s.worker_pid, s.state, b.over;
 GRANT SELECT ON pgtrickle.quick_health TO PUBLIC;
+
+-- Metrics for Prometheus (docs/INTEGRATIONS.md): numbers only, with units in
+-- the column names, never NULL; stream tables named schema.name unquoted; readable by pg_monitor (what
+-- postgres_exporter connects as) and superusers, as they count the rows of
+-- change buffers (pgtrickle._stream_table_load, _change_buffer_sizes).
+REVOKE ALL ON FUNCTION pgtrickle._stream_table_load() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle._change_buffer_sizes() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgtrickle._stream_table_load() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION pgtrickle._change_buffer_sizes() TO pg_monitor;
+
+-- One row per stream table. staleness_seconds: how long since its contents
+-- were last known to equal its query: 0 for IMMEDIATE, and for DIFFERENTIAL
+-- with nothing pending in its sources' change buffers; else since the
+-- snapshot of its last refresh (since its creation if never populated).
+CREATE VIEW pgtrickle.metrics_stream_tables AS
+SELECT pg_catalog.current_database()::text AS datname,
+       n.nspname || '.' || c.relname AS stream_table,
+       st.refresh_mode,
+       st.effective_refresh_mode AS effective_mode,
+       CASE WHEN st.is_populated AND NOT st.needs_reinit
+                 AND (st.effective_refresh_mode = 'IMMEDIATE'
+                      OR (st.effective_refresh_mode = 'DIFFERENTIAL' AND st.frontier IS NOT NULL
+                          AND coalesce(l.change_buffer_pending_rows, 0) = 0))
+            THEN 0
+            ELSE greatest(pg_catalog.date_part('epoch', pg_catalog.now() - coalesce(st.data_timestamp, st.created_at)), 0)
+       END::double precision AS staleness_seconds,
+       CASE WHEN st.effective_refresh_mode = 'IMMEDIATE' THEN 0 ELSE coalesce(l.schedule_seconds, 0) END::double precision
+           AS schedule_seconds,
+       coalesce(pg_catalog.date_part('epoch', st.last_refresh_at), 0)::double precision AS last_refresh_timestamp_seconds,
+       coalesce((SELECT pg_catalog.date_part('epoch', h.end_time - h.start_time) FROM pgtrickle.pgt_refresh_history h
+                 WHERE h.pgt_id = st.pgt_id AND h.status = 'SUCCESS' ORDER BY h.refresh_id DESC LIMIT 1), 0)::double precision
+           AS last_refresh_duration_seconds,
+       st.consecutive_errors::double precision AS consecutive_errors,
+       (st.status = 'SUSPENDED')::int::double precision AS suspended,
+       st.is_populated::int::double precision AS populated,
+       st.needs_reinit::int::double precision AS needs_reinit,
+       coalesce(l.change_buffer_pending_rows, 0)::double precision AS change_buffer_pending_rows,
+       coalesce(l.change_buffer_bytes, 0)::double precision AS change_buffer_bytes,
+       pg_catalog.pg_total_relation_size(st.pgt_relid)::double precision AS storage_bytes
+FROM pgtrickle.pgt_stream_tables st
+JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pgtrickle._stream_table_load() l ON l.pgt_id = st.pgt_id;
+GRANT SELECT ON pgtrickle.metrics_stream_tables TO pg_monitor;
+
+-- Cumulative refresh counters, one row per stream table and combination of
+-- mode, initiator and outcome that can occur (zero until it does, so a first
+-- failure shows as an increase).
+CREATE VIEW pgtrickle.metrics_refreshes AS
+SELECT pg_catalog.current_database()::text AS datname,
+       n.nspname || '.' || c.relname AS stream_table,
+       k.mode, k.initiated_by, k.status,
+       coalesce(r.refreshes, 0)::double precision AS total,
+       coalesce(r.rows_inserted, 0)::double precision AS rows_inserted_total,
+       coalesce(r.rows_deleted, 0)::double precision AS rows_deleted_total,
+       coalesce(r.seconds, 0)::double precision AS duration_seconds_total
+FROM pgtrickle.pgt_stream_tables st
+JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN (VALUES ('FULL'), ('DIFFERENTIAL')) m (mode)
+CROSS JOIN LATERAL (VALUES (m.mode, 'INITIAL', 'SUCCESS'), (m.mode, 'MANUAL', 'SUCCESS'),
+                           (m.mode, 'SCHEDULER', 'SUCCESS'), (m.mode, 'SCHEDULER', 'FAILED')) k (mode, initiated_by, status)
+LEFT JOIN pgtrickle.pgt_refresh_stats r
+       ON r.pgt_id = st.pgt_id AND r.action = k.mode AND r.initiated_by = k.initiated_by AND r.status = k.status;
+GRANT SELECT ON pgtrickle.metrics_refreshes TO pg_monitor;
+
+-- One row: this database's scheduler and the work waiting for it.
+-- due_stream_tables: active, scheduled stream tables whose contents are
+-- older than their interval with something to apply (the scheduler's queue).
+CREATE VIEW pgtrickle.metrics_scheduler AS
+SELECT pg_catalog.current_database()::text AS datname,
+       s.available::int::double precision AS available,
+       s.enabled::int::double precision AS enabled,
+       (s.worker_pid IS NOT NULL)::int::double precision AS up,
+       (s.state = 'waiting for a background worker')::int::double precision AS waiting,
+       s.waiting_databases::double precision AS waiting_databases,
+       s.refresh_workers::double precision AS refresh_workers,
+       s.checks::double precision AS checks_total,
+       s.skipped_checks::double precision AS skipped_checks_total,
+       coalesce(m.stream_tables, 0)::double precision AS stream_tables,
+       coalesce(m.suspended, 0)::double precision AS suspended_stream_tables,
+       coalesce(m.failing, 0)::double precision AS failing_stream_tables,
+       coalesce(m.due, 0)::double precision AS due_stream_tables,
+       coalesce(b.bytes, 0)::double precision AS change_buffer_bytes,
+       coalesce(b.pending_rows, 0)::double precision AS change_buffer_pending_rows
+FROM pgtrickle.scheduler_status() s
+CROSS JOIN (SELECT pg_catalog.count(*) AS stream_tables,
+                   pg_catalog.count(*) FILTER (WHERE suspended = 1) AS suspended,
+                   pg_catalog.count(*) FILTER (WHERE consecutive_errors > 0) AS failing,
+                   pg_catalog.count(*) FILTER (WHERE suspended = 0 AND effective_mode <> 'IMMEDIATE'
+                                                 AND schedule_seconds > 0 AND staleness_seconds > schedule_seconds) AS due
+            FROM pgtrickle.metrics_stream_tables) m
+CROSS JOIN (SELECT pg_catalog.sum(z.bytes) AS bytes, pg_catalog.sum(z.pending_rows) AS pending_rows
+            FROM pgtrickle._change_buffer_sizes() z) b;
+GRANT SELECT ON pgtrickle.metrics_scheduler TO pg_monitor;
 "#,
     name = "monitoring",
     requires = [
         "catalog",
         api::pgtrickle::scheduler_status,
         api::pgtrickle::stream_table_oid,
-        api::pgtrickle::change_buffer_alert_bytes
+        api::pgtrickle::change_buffer_alert_bytes,
+        api::pgtrickle::stream_table_load,
+        api::pgtrickle::change_buffer_sizes
     ]
 );

@@ -652,6 +652,16 @@ pub fn change_tracking(source_relid: pg_sys::Oid) -> PgtResult<Option<ChangeTrac
     .next())
 }
 
+/// Every captured source with its change buffer: `(source, buffer)`, in
+/// source OID order.
+pub fn all_change_tracking() -> PgtResult<Vec<(pg_sys::Oid, pg_sys::Oid)>> {
+    query_map(
+        kept("SELECT source_relid, buffer_relid FROM pgtrickle.pgt_change_tracking ORDER BY source_relid"),
+        &[],
+        |row| Ok((col(row, 1)?, col(row, 2)?)),
+    )
+}
+
 /// Records that `source_relid` is now captured into `buffer_relid`.
 pub fn insert_change_tracking(t: &ChangeTracking, source_name: &QualifiedName) -> PgtResult<()> {
     as_extension_owner(|| {
@@ -793,7 +803,46 @@ pub fn insert_refresh_history(r: &RefreshRecord) -> PgtResult<()> {
                 r.frontier.as_deref().into(),
             ],
         )?;
+        count_refresh(r.pgt_id, r.action, r.initiated_by.as_str(), r.status, r.rows_inserted, r.rows_deleted, r.start_time)?;
         maybe_prune_history(r.pgt_id)
+    })
+}
+
+/// Adds one refresh to the cumulative counters of stream table `pgt_id`
+/// (`pgt_refresh_stats`, which the metrics report and history pruning does
+/// not touch): `action` FULL or DIFFERENTIAL, `initiated_by`, `status`
+/// SUCCESS or FAILED, rows written, and the time since `start_time` (seconds
+/// since the Unix epoch). Called with every history row, and for the
+/// scheduled FULL refreshes that changed nothing (which leave none).
+pub fn count_refresh(
+    pgt_id: i64,
+    action: &str,
+    initiated_by: &str,
+    status: &str,
+    rows_inserted: i64,
+    rows_deleted: i64,
+    start_time: f64,
+) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            kept("INSERT INTO pgtrickle.pgt_refresh_stats AS s \
+                    (pgt_id, action, initiated_by, status, refreshes, rows_inserted, rows_deleted, seconds) \
+                  VALUES ($1, $2, $3, $4, 1, $5, $6, \
+                          greatest(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) - $7, 0)) \
+                  ON CONFLICT (pgt_id, action, initiated_by, status) DO UPDATE \
+                  SET refreshes = s.refreshes + 1, rows_inserted = s.rows_inserted + EXCLUDED.rows_inserted, \
+                      rows_deleted = s.rows_deleted + EXCLUDED.rows_deleted, seconds = s.seconds + EXCLUDED.seconds"),
+            &[
+                pgt_id.into(),
+                action.into(),
+                initiated_by.into(),
+                status.into(),
+                rows_inserted.into(),
+                rows_deleted.into(),
+                start_time.into(),
+            ],
+        )?;
+        Ok(())
     })
 }
 
@@ -807,6 +856,12 @@ pub fn insert_failed_refresh(pgt_id: i64, start_time: f64, error_message: &str) 
              FROM pgtrickle.pgt_stream_tables st WHERE st.pgt_id = $1",
             &[pgt_id.into(), start_time.into(), error_message.into()],
         )?;
+        if let Some(action) = query_one::<String>(
+            kept("SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1"),
+            &[pgt_id.into()],
+        )? {
+            count_refresh(pgt_id, &action, "SCHEDULER", "FAILED", 0, 0, start_time)?;
+        }
         maybe_prune_history(pgt_id)
     })
 }

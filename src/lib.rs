@@ -27,6 +27,7 @@ mod definition;
 mod error;
 mod guc;
 mod lifecycle;
+mod monitoring;
 mod objects;
 mod parse;
 mod privilege;

@@ -201,6 +201,34 @@ mod pgtrickle {
         crate::ddl::on_privileges_changed().or_raise()
     }
 
+    /// Internal: per stream table, what the metrics views need computed
+    /// outside SQL (`crate::monitoring`): its effective refresh interval
+    /// (seconds), the row images in its sources' change buffers it has not
+    /// applied, and those buffers' size (bytes). Granted to `pg_monitor`.
+    #[pg_extern(name = "_stream_table_load", stable)]
+    #[allow(clippy::type_complexity)] // the SQL result's columns, spelled out by name!
+    fn stream_table_load() -> TableIterator<
+        'static,
+        (
+            name!(pgt_id, i64),
+            name!(schedule_seconds, f64),
+            name!(change_buffer_pending_rows, i64),
+            name!(change_buffer_bytes, i64),
+        ),
+    > {
+        let loads = crate::monitoring::stream_table_loads().or_raise();
+        TableIterator::new(loads.into_iter().map(|(id, l)| (id, l.schedule_seconds, l.pending_rows, l.buffer_bytes)))
+    }
+
+    /// Internal: per captured source, the row images in its change buffer and
+    /// the buffer's size (bytes). Granted to `pg_monitor`.
+    #[pg_extern(name = "_change_buffer_sizes", stable)]
+    #[allow(clippy::type_complexity)] // the SQL result's columns, spelled out by name!
+    fn change_buffer_sizes() -> TableIterator<'static, (name!(source, pg_sys::Oid), name!(pending_rows, i64), name!(bytes, i64))> {
+        let sizes = crate::monitoring::change_buffer_sizes().or_raise();
+        TableIterator::new(sizes)
+    }
+
     /// Internal: `pg_trickle.change_buffer_alert_kb` in bytes (0: no alert),
     /// for the monitoring views, which may be read before the library's
     /// settings exist in a session.

@@ -130,7 +130,9 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
     // A scheduled FULL refresh that changed nothing (a '0s' schedule polling a
     // FULL stream table) advances the frontier but adds no history row.
     let wrote_nothing = outcome.rows_inserted == 0 && outcome.rows_deleted == 0;
-    if !(initiated_by == InitiatedBy::Scheduler && outcome.action == "FULL" && wrote_nothing) {
+    if initiated_by == InitiatedBy::Scheduler && outcome.action == "FULL" && wrote_nothing {
+        catalog::count_refresh(pgt_id, outcome.action, initiated_by.as_str(), "SUCCESS", 0, 0, start_time)?;
+    } else {
         catalog::insert_refresh_history(&RefreshRecord {
             pgt_id,
             start_time,

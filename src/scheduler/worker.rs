@@ -446,8 +446,8 @@ impl Scheduler {
         // somehow holds one, refresh in catalog order rather than not at all.
         let order = pgt_core::dag::topological_order(&nodes, &edges).unwrap_or_else(|_| nodes.iter().copied().collect());
         let by_relid: BTreeMap<u32, &Entry> = entries.iter().map(|e| (e.relid, e)).collect();
-        let default = Duration::from_secs(guc::DEFAULT_SCHEDULE_SECONDS.get().max(1) as u64);
-        let intervals = pgt_core::schedule::resolve_calculated(&order, &edges, |r| by_relid.get(&r).and_then(|e| e.schedule.interval(now)), default);
+        let default = default_interval();
+        let intervals = resolve_intervals(&order, &edges, &by_relid, now);
         let mut next_due = now + Duration::from_secs(3600);
         let known: BTreeSet<i64> = entries.iter().map(|e| e.pgt_id).collect();
         self.last_checked.retain(|id, _| known.contains(id));
@@ -758,6 +758,42 @@ unsafe extern "C-unwind" fn on_refresh_exit(_code: i32, arg: pg_sys::Datum) {
 
 fn has_extension() -> PgtResult<bool> {
     Ok(query_one::<bool>(kept("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_trickle')"), &[])?.unwrap_or(false))
+}
+
+/// Every stream table's effective interval at `now`, by storage OID: its own
+/// ([`Schedule::interval`]) or, for `calculated`, as
+/// [`pgt_core::schedule::resolve_calculated`] resolves it with
+/// `pg_trickle.default_schedule_seconds`. `order` lists the storage OIDs
+/// upstream first; `edges` are the stream-table-to-stream-table edges.
+fn resolve_intervals(
+    order: &[u32],
+    edges: &pgt_core::dag::Edges<u32>,
+    by_relid: &BTreeMap<u32, &Entry>,
+    now: SystemTime,
+) -> BTreeMap<u32, Duration> {
+    pgt_core::schedule::resolve_calculated(order, edges, |r| by_relid.get(&r).and_then(|e| e.schedule.interval(now)), default_interval())
+}
+
+/// What a `calculated` schedule that nothing downstream constrains resolves
+/// to: `pg_trickle.default_schedule_seconds`.
+fn default_interval() -> Duration {
+    Duration::from_secs(guc::DEFAULT_SCHEDULE_SECONDS.get().max(1) as u64)
+}
+
+/// The interval the scheduler refreshes each stream table at, as of now:
+/// `(pgt_id, interval)` for every stream table of the database (IMMEDIATE
+/// ones included: the scheduler skips them, but their schedule resolves as
+/// any other). Without automatic backoff (see `pg_trickle.auto_backoff`),
+/// which only the running scheduler knows.
+pub fn effective_intervals() -> PgtResult<Vec<(i64, Duration)>> {
+    let entries = stream_tables()?;
+    let all_edges = crate::catalog::source_edges()?;
+    let edges = pgt_core::dag::edges(all_edges.iter().filter(|(_, _, st)| *st).map(|(up, down, _)| (*up, *down)));
+    let nodes: BTreeSet<u32> = entries.iter().map(|e| e.relid).collect();
+    let order = pgt_core::dag::topological_order(&nodes, &edges).unwrap_or_else(|_| nodes.iter().copied().collect());
+    let by_relid: BTreeMap<u32, &Entry> = entries.iter().map(|e| (e.relid, e)).collect();
+    let intervals = resolve_intervals(&order, &edges, &by_relid, SystemTime::now());
+    Ok(entries.iter().filter_map(|e| intervals.get(&e.relid).map(|d| (e.pgt_id, *d))).collect())
 }
 
 fn stream_tables() -> PgtResult<Vec<Entry>> {

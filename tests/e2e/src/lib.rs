@@ -4,6 +4,8 @@
 
 pub use pgt_testkit::{assert_st_matches_query, sqlstate, TestDb};
 
+pub mod tools;
+
 /// Counts rows of `sql` (a relation name or a query in parentheses).
 pub fn count(db: &mut TestDb, relation: &str) -> i64 {
     db.scalar::<i64>(&format!("SELECT count(*) FROM {relation}"), &[])
