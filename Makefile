@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 export PGT_DEMO_SCALE ?= $(or $(SCALE),0.01)
 
-.PHONY: help setup install demo test stop bench
+.PHONY: help setup install integrations demo test stop bench dist
 
 help:
 	@echo "make demo   build, start PostgreSQL 18 with pg_trickle, show stream tables on TPC-H data (SCALE=0.01)"
@@ -20,10 +20,13 @@ setup:
 install: setup
 	@scripts/install-ext.sh
 
+integrations:
+	@scripts/setup-integrations.sh
+
 demo: install
 	@scripts/demo.sh
 
-test: install
+test: install integrations
 	@scripts/test.sh
 
 stop:

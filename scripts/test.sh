@@ -8,6 +8,9 @@ source "$(dirname "$0")/env.sh"
 cd "$PGT_REPO"
 
 export PGT_E2E_CLUSTER_DIR="$PGT_HOME/e2e-run-$$"
+# As root (CI), `make integrations` installs every tool the integration tests
+# use, so a missing one is a failure there, not a skip.
+if [ "$(id -u)" = "0" ]; then export PGT_REQUIRE_INTEGRATIONS="${PGT_REQUIRE_INTEGRATIONS:-1}"; fi
 cleanup() {
   local dir="$PGT_E2E_CLUSTER_DIR"
   if [ -f "$dir/data/postmaster.pid" ]; then
