@@ -13,12 +13,24 @@ help:
 	@echo "make test   run every test (unit + end-to-end against PostgreSQL 18)"
 	@echo "make stop   stop the demo server"
 	@echo "make bench  DIFFERENTIAL vs FULL vs REFRESH MATERIALIZED VIEW -> docs/BENCHMARK.md"
+	@echo "make dist   the PGXN release archive dist/pg_trickle-<version>.zip"
+	@echo "make install PG_CONFIG=/path/to/pg_config   build and install into your own PostgreSQL 18"
 
 setup:
 	@scripts/setup.sh
 
+# `make install PG_CONFIG=/path/to/pg_config` installs into your own PostgreSQL 18
+# (as PGXS extensions do); plain `make install` into the provisioned one.
+ifeq ($(origin PG_CONFIG),command line)
+install:
+	@scripts/install-into.sh "$(PG_CONFIG)"
+else
 install: setup
 	@scripts/install-ext.sh
+endif
+
+dist:
+	@scripts/dist.sh
 
 integrations:
 	@scripts/setup-integrations.sh

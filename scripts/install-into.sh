@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make install PG_CONFIG=/path/to/pg_config`: builds pg_trickle and installs it
+# into your own PostgreSQL 18 (the PGXS convention), instead of the PostgreSQL
+# `make demo` and `make test` provision. Needs Rust (rustup), clang and
+# libclang-dev, and PostgreSQL 18's server development files (pg_config,
+# headers); installs cargo-pgrx 0.18.0 if it is missing. With SUDO=1, copies
+# the files with sudo (for a PostgreSQL owned by root).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+target_pg_config="${1:?usage: install-into.sh /path/to/pg_config}"
+[ -x "$target_pg_config" ] || pgt_die "$target_pg_config is not an executable pg_config"
+version="$("$target_pg_config" --version)"
+case "$version" in
+  "PostgreSQL 18"*) ;;
+  *) pgt_die "pg_trickle needs PostgreSQL 18; $target_pg_config is $version" ;;
+esac
+[ -f "$("$target_pg_config" --includedir-server)/postgres.h" ] \
+  || pgt_die "PostgreSQL's server headers are missing ($("$target_pg_config" --includedir-server)/postgres.h); install its -dev package"
+command -v cargo >/dev/null 2>&1 || pgt_die "cargo is missing: install Rust with rustup (https://rustup.rs)"
+if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+  pgt_step "installing cargo-pgrx $PGRX_VERSION (about 7 minutes, once)"
+  cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+# pgrx's configuration for this PostgreSQL, apart from the provisioned one's.
+export PGRX_HOME="$PGT_HOME/pgrx-target"
+if ! grep -qs "pg18 = \"$target_pg_config\"" "$PGRX_HOME/config.toml"; then
+  mkdir -p "$PGRX_HOME"
+  cargo pgrx init --pg18 "$target_pg_config" >/dev/null
+fi
+pgt_step "building and installing pg_trickle into $version ($("$target_pg_config" --sharedir))"
+cd "$PGT_REPO"
+sudo_flag=()
+[ "${SUDO:-0}" = "1" ] && sudo_flag=(--sudo)
+cargo pgrx install --release --pg-config "$target_pg_config" "${sudo_flag[@]}"
+pgt_step "installed: add pg_trickle to shared_preload_libraries (for the scheduler), restart, then CREATE EXTENSION pg_trickle"
