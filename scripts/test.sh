@@ -29,3 +29,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --release -p pg_trickle_e2e --no-fail-fast -- --test-threads "${PGT_TEST_THREADS:-4}" ${PGT_TEST_FILTER:-}
 fi
+
+pgt_step "the PGXN release archive installs (make dist; make install PG_CONFIG=... from it)"
+scripts/check-dist.sh
