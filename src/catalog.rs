@@ -964,6 +964,20 @@ pub fn mark_refreshed(pgt_id: i64, frontier: &Frontier, data_timestamp: &str) ->
     })
 }
 
+/// Records that stream table `pgt_id` was found current (a refresh with
+/// nothing to apply) as of `data_timestamp`, when its recorded
+/// `data_timestamp` is more than `step` older; otherwise writes nothing.
+pub fn mark_current(pgt_id: i64, data_timestamp: &str, step: std::time::Duration) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            kept("UPDATE pgtrickle.pgt_stream_tables SET data_timestamp = $2::timestamptz \
+                  WHERE pgt_id = $1 AND data_timestamp < $2::timestamptz - pg_catalog.make_interval(secs => $3)"),
+            &[pgt_id.into(), data_timestamp.into(), step.as_secs_f64().into()],
+        )?;
+        Ok(())
+    })
+}
+
 /// The IMMEDIATE stream tables that relation `relid` (a source, a partition
 /// of one, or a stream table's storage) feeds: `(pgt_id, source)` pairs, the
 /// source being the relation their plans read (`relid`, or the partitioned

@@ -67,6 +67,13 @@ pub struct Applied {
     pub unchanged: bool,
 }
 
+/// How far `data_timestamp` may lag behind a refresh that found nothing to
+/// apply before that refresh records the later time: bounds how much idle time
+/// the staleness metric can count (with the scheduler's real check of an idle
+/// DIFFERENTIAL stream table at least once a minute) to about 70 s, at one
+/// catalog write per idle stream table per minute at most.
+const CURRENT_AS_OF_STEP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Refreshes stream table `pgt_id` (see the module doc for the steps).
 pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult<RefreshOutcome> {
     let mut st = catalog::lock_stream_table_for_refresh(pgt_id)?;
@@ -117,7 +124,11 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
     };
     if applied.unchanged {
         // Nothing changed since the frontier: the contents are current and the
-        // frontier equivalent to a new one. Write nothing (no history row).
+        // frontier equivalent to a new one. No history row; the snapshot time
+        // moves forward only when it is more than CURRENT_AS_OF_STEP old, so
+        // that staleness (metrics_stream_tables) does not count idle time while
+        // idle checks stay nearly write-free.
+        catalog::mark_current(pgt_id, &data_timestamp, CURRENT_AS_OF_STEP)?;
         return Ok(outcome);
     }
     catalog::mark_refreshed(pgt_id, &frontier, &data_timestamp)?;

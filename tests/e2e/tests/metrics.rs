@@ -119,6 +119,25 @@ fn stream_table_metrics_follow_changes_and_refreshes() {
     let buffers = db.scalar::<f64>("SELECT change_buffer_bytes FROM pgtrickle.metrics_scheduler", &[]);
     assert!(buffers > 0.0);
     assert_eq!(db.scalar::<f64>("SELECT stream_tables FROM pgtrickle.metrics_scheduler", &[]), 2.0);
+    // A refresh that finds nothing to apply records that the contents were
+    // current, when the recorded time is more than 10 s old (an idle hour
+    // here), and writes nothing otherwise.
+    let history = db.scalar::<i64>("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]);
+    db.exec("UPDATE pgtrickle.pgt_stream_tables SET data_timestamp = now() - interval '1 hour' WHERE pgt_relid = 'agg'::regclass");
+    db.exec("SELECT pgtrickle.refresh_stream_table('agg')");
+    let age = db.scalar::<f64>(
+        "SELECT extract(epoch FROM now() - data_timestamp)::float8 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 'agg'::regclass",
+        &[],
+    );
+    assert!(age < 30.0, "data_timestamp is {age} s old after a refresh found the stream table current");
+    let version = db.scalar::<String>("SELECT xmin::text FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 'agg'::regclass", &[]);
+    db.exec("SELECT pgtrickle.refresh_stream_table('agg')");
+    assert_eq!(
+        db.scalar::<String>("SELECT xmin::text FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = 'agg'::regclass", &[]),
+        version,
+        "a second idle refresh within 10 s writes nothing"
+    );
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]), history, "no history row");
     db.exec("SELECT pgtrickle.refresh_stream_table('snap')");
     assert_eq!(counter(&mut db, "public.snap", "FULL", "MANUAL", "SUCCESS", "total"), 1.0);
     assert_st_matches_query(&mut db.client, "snap", "SELECT g, max(v) AS m FROM src GROUP BY g");
