@@ -166,6 +166,20 @@ pub fn http_get(url: &str) -> Result<String, String> {
     Ok(body)
 }
 
+/// Runs PromQL `expr` as an instant query against the Prometheus HTTP API at
+/// `base` (`http://127.0.0.1:port`): the `data.result` series, or the error.
+pub fn prometheus_query(base: &str, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+    let url = format!("{base}/api/v1/query");
+    let mut response = ureq::get(&url).query("query", expr).call().map_err(|e| format!("query {expr}: {e}"))?;
+    let mut body = String::new();
+    response.body_mut().as_reader().read_to_string(&mut body).map_err(|e| format!("query {expr}: {e}"))?;
+    let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("query {expr}: {e}: {body}"))?;
+    if json["status"] != "success" {
+        return Err(format!("query {expr}: {body}"));
+    }
+    Ok(json["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
 /// Calls `probe` every 200 ms until it returns `Some`, for at most `timeout`;
 /// panics with `what` and the last probe's error otherwise.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>, String>) -> T {
