@@ -260,8 +260,12 @@ pub fn insert_stream_table(st: &NewStreamTable) -> PgtResult<i64> {
     })
 }
 
-/// Writes every option and the definition of an existing stream table back.
+/// Writes every option and the definition of an existing stream table back,
+/// when any of them differs from what the catalog holds (`updated_at` moves only
+/// then).
 pub fn update_stream_table(st: &StreamTable) -> PgtResult<()> {
+    // Writes (and moves updated_at) only when something differs: an
+    // identical create_or_replace_stream_table changes nothing.
     as_extension_owner(|| {
         exec(
             "UPDATE pgtrickle.pgt_stream_tables SET \
@@ -273,7 +277,11 @@ pub fn update_stream_table(st: &StreamTable) -> PgtResult<()> {
                frontier_xid = CASE WHEN $15 IS NULL THEN NULL ELSE frontier_xid END, \
                frontier_cid = CASE WHEN $15 IS NULL THEN NULL ELSE frontier_cid END, \
                delta_plan = $16, differential_blocker = $17, needs_reinit = $18, updated_at = pg_catalog.now() \
-             WHERE pgt_id = $1",
+             WHERE pgt_id = $1 \
+               AND (pgt_relid, defining_query, original_query, schedule, refresh_mode, effective_refresh_mode, status, \
+                    diamond_consistency, diamond_schedule_policy, cdc_mode, append_only, pooler_compatibility_mode, \
+                    is_populated, frontier::text, delta_plan, differential_blocker, needs_reinit) \
+                   IS DISTINCT FROM ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             &[
                 st.pgt_id.into(),
                 st.relid.into(),

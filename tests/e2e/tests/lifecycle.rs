@@ -211,9 +211,13 @@ fn if_not_exists_and_create_or_replace() {
     assert_st_matches_query(&mut db.client, "totals", TOTALS);
     let refreshes: i64 = db.scalar("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]);
 
-    // Identical: nothing happens.
+    // Identical: nothing happens, not even a catalog write (dbt runs this
+    // for every unchanged model).
+    let row_version = "SELECT xmin::text || ' ' || updated_at::text FROM pgtrickle.pgt_stream_tables";
+    let before = db.scalar::<String>(row_version, &[]);
     db.exec(&format!("SELECT pgtrickle.create_or_replace_stream_table('totals', $q${TOTALS}$q$)"));
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pgtrickle.pgt_refresh_history", &[]), refreshes);
+    assert_eq!(db.scalar::<String>(row_version, &[]), before, "an identical create_or_replace wrote the catalog row");
     // Options differ: altered in place.
     db.exec(&format!("SELECT pgtrickle.create_or_replace_stream_table('totals', $q${TOTALS}$q$, schedule => '10m')"));
     assert_eq!(db.scalar::<String>("SELECT schedule FROM pgtrickle.pgt_stream_tables", &[]), "10m");
