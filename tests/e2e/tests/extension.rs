@@ -55,7 +55,10 @@ fn create_extension_twice_and_catalog_shape() {
          WHERE n.nspname = 'pgtrickle' AND c.relkind = 'r' ORDER BY 1",
         &[],
     );
-    assert_eq!(tables, vec!["pgt_change_tracking", "pgt_dependencies", "pgt_immediate_sync", "pgt_refresh_history", "pgt_stream_tables"]);
+    assert_eq!(
+        tables,
+        vec!["pgt_change_tracking", "pgt_dependencies", "pgt_immediate_sync", "pgt_refresh_history", "pgt_refresh_stats", "pgt_stream_tables"]
+    );
     let version: String = db.scalar("SELECT extversion FROM pg_extension WHERE extname = 'pg_trickle'", &[]);
     assert_eq!(version, "0.1.0");
     let preloaded: String = db.scalar("SHOW shared_preload_libraries", &[]);
