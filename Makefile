@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 export PGT_DEMO_SCALE ?= $(or $(SCALE),0.01)
 
-.PHONY: help setup install integrations demo test stop bench dist
+.PHONY: help all setup install integrations demo test stop bench dist
 
 help:
 	@echo "make demo   build, start PostgreSQL 18 with pg_trickle, show stream tables on TPC-H data (SCALE=0.01)"
@@ -21,10 +21,14 @@ setup:
 
 # `make install PG_CONFIG=/path/to/pg_config` installs into your own PostgreSQL 18
 # (as PGXS extensions do); plain `make install` into the provisioned one.
+# `make all` / `make install` with PG_CONFIG=... is what `pgxn install` runs.
 ifeq ($(origin PG_CONFIG),command line)
+all:
+	@scripts/install-into.sh --build-only "$(PG_CONFIG)"
 install:
 	@scripts/install-into.sh "$(PG_CONFIG)"
 else
+all: install
 install: setup
 	@scripts/install-ext.sh
 endif

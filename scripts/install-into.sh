@@ -5,9 +5,13 @@
 # libclang-dev, and PostgreSQL 18's server development files (pg_config,
 # headers); installs cargo-pgrx 0.18.0 if it is missing. With SUDO=1, copies
 # the files with sudo (for a PostgreSQL owned by root).
+# With --build-only (`make all PG_CONFIG=...`), builds the package without
+# installing it.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
-target_pg_config="${1:?usage: install-into.sh /path/to/pg_config}"
+build_only=""
+if [ "${1:-}" = "--build-only" ]; then build_only=1; shift; fi
+target_pg_config="${1:?usage: install-into.sh [--build-only] /path/to/pg_config}"
 [ -x "$target_pg_config" ] || pgt_die "$target_pg_config is not an executable pg_config"
 version="$("$target_pg_config" --version)"
 case "$version" in
@@ -27,8 +31,13 @@ if ! grep -qs "pg18 = \"$target_pg_config\"" "$PGRX_HOME/config.toml"; then
   mkdir -p "$PGRX_HOME"
   cargo pgrx init --pg18 "$target_pg_config" >/dev/null
 fi
-pgt_step "building and installing pg_trickle into $version ($("$target_pg_config" --sharedir))"
 cd "$PGT_REPO"
+if [ -n "$build_only" ]; then
+  pgt_step "building pg_trickle for $version"
+  cargo pgrx package --pg-config "$target_pg_config" --out-dir "$PGT_HOME/package"
+  exit 0
+fi
+pgt_step "building and installing pg_trickle into $version ($("$target_pg_config" --sharedir))"
 sudo_flag=()
 [ "${SUDO:-0}" = "1" ] && sudo_flag=(--sudo)
 cargo pgrx install --release --pg-config "$target_pg_config" "${sudo_flag[@]}"
