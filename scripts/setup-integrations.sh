@@ -5,7 +5,8 @@
 #     pgbouncer (as root, or through passwordless sudo; their services are not
 #     started: the tests start their own instances on free loopback ports);
 #   - a Python virtual environment $PGT_HOME/venv with the pinned dbt-postgres of
-#     integrations/dbt-pgtrickle/requirements.txt;
+#     integrations/dbt-pgtrickle/requirements.txt and the PGXN client of
+#     integrations/pgxn/requirements.txt;
 #   - the pinned npm packages that validate the Grafana dashboard
 #     (integrations/grafana/validate, when Node.js and npm are present).
 # A tool that cannot be installed is reported here, and the tests that need it say
@@ -42,19 +43,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# 2. dbt in a virtual environment of the project's.
+# 2. dbt and the PGXN client in a virtual environment of the project's.
 venv="$PGT_HOME/venv"
-req="integrations/dbt-pgtrickle/requirements.txt"
+reqs=(integrations/dbt-pgtrickle/requirements.txt integrations/pgxn/requirements.txt)
+req="${reqs[*]}"
 stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
+want="$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)"
 if ! command -v python3 >/dev/null 2>&1; then
-  skipped+=("dbt (no python3 on this machine)")
+  skipped+=("dbt and the PGXN client (no python3 on this machine)")
 elif [ ! -x "$venv/bin/dbt" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  pgt_step "installing dbt into $venv ($req)"
-  if python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"; then
+  pgt_step "installing dbt and the PGXN client into $venv ($req)"
+  if python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "${reqs[@]/#/-r}"; then
     echo "$want" > "$stamp"
   else
-    skipped+=("dbt (pip install -r $req failed)")
+    skipped+=("dbt and the PGXN client (pip install failed)")
   fi
 fi
 
