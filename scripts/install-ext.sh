@@ -8,3 +8,5 @@ pgt_step "building and installing the pg_trickle extension into $($PG_CONFIG --v
 cd "$PGT_REPO"
 cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep --line-buffered -v '^\s*$' | sed -u -e 's/^/    /'
 test "${PIPESTATUS[0]}" -eq 0
+# The install scripts of earlier releases and the upgrade scripts (sql/README.md).
+install -m 644 sql/pg_trickle--*.sql "$("$PG_CONFIG" --sharedir)/extension/"

@@ -41,4 +41,10 @@ pgt_step "building and installing pg_trickle into $version ($("$target_pg_config
 sudo_flag=()
 [ "${SUDO:-0}" = "1" ] && sudo_flag=(--sudo)
 cargo pgrx install --release --pg-config "$target_pg_config" "${sudo_flag[@]}"
+# The install scripts of earlier releases and the upgrade scripts (sql/README.md).
+if [ "${SUDO:-0}" = "1" ]; then
+  sudo install -m 644 sql/pg_trickle--*.sql "$("$target_pg_config" --sharedir)/extension/"
+else
+  install -m 644 sql/pg_trickle--*.sql "$("$target_pg_config" --sharedir)/extension/"
+fi
 pgt_step "installed: add pg_trickle to shared_preload_libraries (for the scheduler), restart, then CREATE EXTENSION pg_trickle"

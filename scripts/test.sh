@@ -30,5 +30,12 @@ else
   cargo test --release -p pg_trickle_e2e --no-fail-fast -- --test-threads "${PGT_TEST_THREADS:-4}" ${PGT_TEST_FILTER:-}
 fi
 
+pgt_step "upgrade from the 0.1.0 release (built from git; tests/e2e/tests/upgrade.rs)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --release -p pg_trickle_e2e --no-fail-fast --run-ignored only -E 'binary(upgrade)'
+else
+  cargo test --release -p pg_trickle_e2e --test upgrade -- --ignored
+fi
+
 pgt_step "the PGXN release archive installs (make dist; make install PG_CONFIG=... from it)"
 scripts/check-dist.sh

@@ -66,7 +66,12 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
     full_refresh_ms           double precision,
     differential_ms_per_change double precision,
     created_at                timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    updated_at                timestamptz NOT NULL DEFAULT pg_catalog.now()
+    updated_at                timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- The format of the stored state (delta_plan, row identities, state
+    -- tables) of the build that wrote it (crate::refresh::STATE_FORMAT): a
+    -- refresh by a build of a newer format reinitializes the stream table.
+    -- Rows from before 0.2.0 have 1 (sql/pg_trickle--0.1.0--0.2.0.sql).
+    state_format              integer NOT NULL DEFAULT 2
 );
 COMMENT ON TABLE pgtrickle.pgt_stream_tables IS 'pg_trickle: one row per stream table';
 COMMENT ON COLUMN pgtrickle.pgt_stream_tables.delta_plan IS
@@ -184,7 +189,7 @@ GRANT SELECT ON pgtrickle.pgt_dependencies, pgtrickle.pgt_change_tracking TO PUB
 GRANT SELECT (pgt_id, pgt_relid, defining_query, schedule, refresh_mode, effective_refresh_mode, status,
               is_populated, diamond_consistency, diamond_schedule_policy, cdc_mode, append_only,
               pooler_compatibility_mode, delta_plan, query_tree, needs_reinit, differential_blocker, frontier, frontier_xid,
-              frontier_cid, data_timestamp, last_refresh_at, consecutive_errors, created_at, updated_at)
+              frontier_cid, data_timestamp, last_refresh_at, consecutive_errors, created_at, updated_at, state_format)
     ON pgtrickle.pgt_stream_tables TO PUBLIC;
 GRANT SELECT (refresh_id, pgt_id, start_time, end_time, action, rows_inserted, rows_deleted, status,
               initiated_by, frontier)

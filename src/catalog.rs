@@ -660,6 +660,48 @@ pub fn change_tracking(source_relid: pg_sys::Oid) -> PgtResult<Option<ChangeTrac
     .next())
 }
 
+/// The version of pg_trickle this library is (Cargo's package version), which
+/// the catalog installed in the database must match.
+pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The pg_trickle version installed in the current database
+/// (`pg_extension.extversion`), if it is installed.
+pub fn installed_version() -> PgtResult<Option<String>> {
+    query_one::<String>(kept("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_trickle'"), &[])
+}
+
+/// Errors (55000) when the database's pg_trickle catalog is of another
+/// version than this library: after installing a new build, until `ALTER
+/// EXTENSION pg_trickle UPDATE` brings the catalog to it, stream tables are
+/// neither created, changed nor refreshed (change capture goes on).
+pub fn require_current_catalog() -> PgtResult<()> {
+    match installed_version()? {
+        Some(v) if v != LIBRARY_VERSION => Err(PgtError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("pg_trickle {v} is installed in this database, but the loaded library is pg_trickle {LIBRARY_VERSION}"),
+        )
+        .detail("Stream tables are not created, changed or refreshed until the installed version matches; changes to their sources are still captured.".to_string())
+        .hint(format!("Run ALTER EXTENSION pg_trickle UPDATE TO '{LIBRARY_VERSION}' (docs/OPERATIONS.md)."))),
+        _ => Ok(()),
+    }
+}
+
+/// The state format of stream table `pgt_id` (`pgt_stream_tables.state_format`).
+pub fn state_format(pgt_id: i64) -> PgtResult<i32> {
+    Ok(query_one::<i32>(kept("SELECT state_format FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1"), &[pgt_id.into()])?.unwrap_or(0))
+}
+
+/// Records that stream table `pgt_id`'s stored state is of format `format`.
+pub fn set_state_format(pgt_id: i64, format: i32) -> PgtResult<()> {
+    as_extension_owner(|| {
+        exec(
+            kept("UPDATE pgtrickle.pgt_stream_tables SET state_format = $2 WHERE pgt_id = $1 AND state_format IS DISTINCT FROM $2"),
+            &[pgt_id.into(), format.into()],
+        )?;
+        Ok(())
+    })
+}
+
 /// Every captured source with its change buffer: `(source, buffer)`, in
 /// source OID order.
 pub fn all_change_tracking() -> PgtResult<Vec<(pg_sys::Oid, pg_sys::Oid)>> {

@@ -89,6 +89,7 @@ pub fn resolve_stream_table(text: &str) -> PgtResult<StreamTable> {
 
 /// [`resolve_stream_table`] for a SQL argument that may be NULL (22004).
 pub fn resolve_stream_table_arg(text: Option<&str>) -> PgtResult<StreamTable> {
+    catalog::require_current_catalog()?;
     resolve_stream_table(text.ok_or_else(|| null_error("name"))?)
 }
 
@@ -190,6 +191,7 @@ pub enum OnExisting {
 
 /// `create_stream_table` and its two variants.
 pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtResult<()> {
+    catalog::require_current_catalog()?;
     require_read_committed(match on_existing {
         OnExisting::Fail => "create_stream_table",
         OnExisting::Skip => "create_stream_table_if_not_exists",
@@ -650,6 +652,7 @@ pub fn refresh_mode_reason(st: &StreamTable) -> PgtResult<String> {
 /// Resolves the name without reading the catalog; the refresh reads (and locks)
 /// the stream table's row once.
 pub fn refresh_stream_table_named(text: Option<&str>) -> PgtResult<()> {
+    catalog::require_current_catalog()?;
     let name = parse_name(text.ok_or_else(|| null_error("name"))?)?;
     let relid = relation_oid(&name)?.ok_or_else(|| {
         PgtError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("stream table {name} does not exist"))

@@ -97,9 +97,9 @@ fn run() -> DemoResult<()> {
         &ClusterOptions { durable: true, extra_conf: vec!["shared_buffers = 256MB".into(), "work_mem = 32MB".into()] },
     )?;
     let mut admin = cluster.connect("postgres")?;
-    // Stream tables, their plans and row identities belong to the build that
-    // created them (the extension stays 0.1.0 during development, without
-    // upgrade scripts): after a rebuild, the demo database starts afresh.
+    // Between releases, catalog changes go into the next release's upgrade
+    // script, which a database already created at that version never runs:
+    // after a rebuild, the demo database starts afresh.
     let recorded: Option<Option<String>> = admin
         .query_opt("SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", &[&DATABASE])?
         .map(|row| row.get(0));

@@ -289,9 +289,14 @@ unsafe fn copy_batch(live: &Batch, tupdesc: pg_sys::TupleDesc) -> Batch {
 /// Applies `batches` to IMMEDIATE stream table `pgt_id` (or recomputes it when
 /// `recompute`, or when it cannot apply them).
 fn maintain(pgt_id: i64, batches: &[Rc<Batch>], recompute: bool) -> PgtResult<()> {
-    let Some(st) = catalog::stream_table_by_id(pgt_id)? else { return Ok(()) };
+    catalog::require_current_catalog()?;
+    let Some(mut st) = catalog::stream_table_by_id(pgt_id)? else { return Ok(()) };
     if st.effective_refresh_mode != RefreshMode::Immediate {
         return Ok(());
+    }
+    let stale_state = super::has_stale_state(&st)?;
+    if stale_state {
+        st.needs_reinit = true;
     }
     let stored = st.delta_plan.as_deref().map(Plan::from_json);
     // Every relation the plan reads (the changed ones when it cannot be read).
@@ -303,8 +308,9 @@ fn maintain(pgt_id: i64, batches: &[Rc<Batch>], recompute: bool) -> PgtResult<()
     let plan = match stored {
         Some(Ok(plan)) if st.is_populated && !st.needs_reinit && !recompute => plan,
         _ => {
-            // A TRUNCATE among the changes, DDL on a source, or a plan this
-            // build cannot read: recompute in this transaction.
+            // A TRUNCATE among the changes, DDL on a source, state an older
+            // build stored, or a plan this build cannot read: recompute in
+            // this transaction.
             return recompute_in_transaction(st);
         }
     };
@@ -411,6 +417,7 @@ fn apply(st: &StreamTable, plan: &Plan, source: &ChangeSource, changed: &pgt_del
 fn recompute_in_transaction(mut st: StreamTable) -> PgtResult<()> {
     if st.needs_reinit {
         crate::definition::reinitialize(&st)?;
+        catalog::set_state_format(st.pgt_id, super::STATE_FORMAT)?;
         st = catalog::stream_table_by_id(st.pgt_id)?
             .ok_or_else(|| PgtError::internal(format!("stream table {} vanished while reinitialized", st.name)))?;
     }

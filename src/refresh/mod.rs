@@ -67,6 +67,30 @@ pub struct Applied {
     pub unchanged: bool,
 }
 
+/// The format of the state this build stores for a stream table (its
+/// `delta_plan`, row identities and state tables), recorded in
+/// `pgt_stream_tables.state_format` (whose default in bootstrap.rs must equal
+/// it). Raise it whenever a build changes that state's shape or meaning; a
+/// stream table whose state has an older format is reinitialized (plan
+/// re-derived, contents recomputed) by its next refresh or IMMEDIATE
+/// maintenance, never maintained with the stale state. 1: pg_trickle 0.1.0.
+pub const STATE_FORMAT: i32 = 2;
+
+/// Whether stream table `st`'s stored state was written by a build of an
+/// older [`STATE_FORMAT`]; says so in a NOTICE.
+pub(crate) fn has_stale_state(st: &catalog::StreamTable) -> PgtResult<bool> {
+    let format = catalog::state_format(st.pgt_id)?;
+    if format >= STATE_FORMAT {
+        return Ok(false);
+    }
+    pgrx::notice!(
+        "stream table {} was maintained by an older pg_trickle (state format {format}, this build writes {STATE_FORMAT}): \
+         reinitializing it (re-deriving its plan and recomputing its contents)",
+        st.name
+    );
+    Ok(true)
+}
+
 /// How far `data_timestamp` may lag behind a refresh that found nothing to
 /// apply before that refresh records the later time: bounds how much idle time
 /// the staleness metric can count (with the scheduler's real check of an idle
@@ -85,9 +109,12 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
     unsafe { pg_sys::LockRelationOid(st.relid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
     // The owner's rights and the sources' capture, before the snapshot.
     st = preflight::settle(st)?;
-    if st.needs_reinit {
-        // DDL on a source concerned it (crate::ddl): re-derive, then recompute.
+    let stale_state = has_stale_state(&st)?;
+    if st.needs_reinit || stale_state {
+        // DDL on a source concerned it (crate::ddl), or an older build stored
+        // its state: re-derive, then recompute.
         crate::definition::reinitialize(&st)?;
+        catalog::set_state_format(pgt_id, STATE_FORMAT)?;
         st = catalog::lock_stream_table_for_refresh(pgt_id)?;
     }
     if st.effective_refresh_mode == RefreshMode::Differential && (st.frontier.is_none() || !st.is_populated) {

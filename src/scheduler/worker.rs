@@ -44,7 +44,7 @@ use super::registry;
 use crate::catalog::InitiatedBy;
 use crate::error::PgtResult;
 use crate::guc;
-use crate::spi::{col, exec, kept, query_map, query_one};
+use crate::spi::{col, exec, kept, query_map};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags,
 };
@@ -68,7 +68,7 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     unsafe { pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
-    if !matches!(in_transaction(has_extension), Ok(true)) {
+    if !matches!(in_transaction(crate::catalog::installed_version), Ok(Some(_))) {
         registry::note_no_extension(dboid);
         registry::unregister_worker(dboid, super::launcher::NO_EXTENSION_RETRY);
         return;
@@ -87,6 +87,7 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
         dboid,
         checks: 0,
         skipped_checks: 0,
+        version_mismatch_logged: false,
         slow: BTreeSet::new(),
         dispatched: BTreeMap::new(),
         last_cleanup: None,
@@ -211,6 +212,9 @@ struct Scheduler {
     checks: u64,
     /// Due checks skipped because nothing was committed since.
     skipped_checks: u64,
+    /// The database's installed pg_trickle is not this library's version, and
+    /// that was logged.
+    version_mismatch_logged: bool,
     /// Stream tables whose refresh outlasted `pg_trickle.max_inline_refresh_ms`:
     /// they are refreshed in refresh workers.
     slow: BTreeSet<i64>,
@@ -421,13 +425,33 @@ impl Scheduler {
     /// shorter than `poll` (`0s`) are refreshed only then, or once per `poll`.
     fn cycle(&mut self, woken: bool, poll: Duration) -> Cycle {
         let read = in_transaction(|| {
-            if !has_extension()? {
+            let Some(installed) = crate::catalog::installed_version()? else {
                 return Ok(None);
+            };
+            if installed != crate::catalog::LIBRARY_VERSION {
+                return Ok(Some(Err(installed)));
             }
-            Ok(Some((stream_tables()?, crate::catalog::source_edges()?)))
+            Ok(Some(Ok((stream_tables()?, crate::catalog::source_edges()?))))
         });
         let (entries, all_edges) = match read {
-            Ok(Some(x)) => x,
+            Ok(Some(Ok(x))) => {
+                self.version_mismatch_logged = false;
+                x
+            }
+            Ok(Some(Err(installed))) => {
+                // A new build is loaded and ALTER EXTENSION ... UPDATE has not
+                // run yet: refresh nothing (the catalog is not the one this
+                // build knows), look again in a few seconds.
+                if !self.version_mismatch_logged {
+                    pgrx::log!(
+                        "pg_trickle scheduler: this database has pg_trickle {installed} installed but the library is {}; \
+                         stream tables are not refreshed until ALTER EXTENSION pg_trickle UPDATE",
+                        crate::catalog::LIBRARY_VERSION
+                    );
+                    self.version_mismatch_logged = true;
+                }
+                return Cycle::NextDue(SystemTime::now() + Duration::from_secs(5));
+            }
             Ok(None) => return Cycle::ExtensionGone,
             Err(e) => {
                 pgrx::log!("pg_trickle scheduler: could not read the catalog: {e}");
@@ -754,10 +778,6 @@ pub extern "C-unwind" fn pg_trickle_refresh_main(arg: pg_sys::Datum) {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_refresh_exit(_code: i32, arg: pg_sys::Datum) {
     registry::unregister_refresh_job(arg.value() as u32);
-}
-
-fn has_extension() -> PgtResult<bool> {
-    Ok(query_one::<bool>(kept("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_trickle')"), &[])?.unwrap_or(false))
 }
 
 /// Every stream table's effective interval at `now`, by storage OID: its own

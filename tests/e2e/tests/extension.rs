@@ -60,7 +60,7 @@ fn create_extension_twice_and_catalog_shape() {
         vec!["pgt_change_tracking", "pgt_dependencies", "pgt_immediate_sync", "pgt_refresh_history", "pgt_refresh_stats", "pgt_stream_tables"]
     );
     let version: String = db.scalar("SELECT extversion FROM pg_extension WHERE extname = 'pg_trickle'", &[]);
-    assert_eq!(version, "0.1.0");
+    assert_eq!(version, env!("CARGO_PKG_VERSION"), "the extension is the version of the build");
     let preloaded: String = db.scalar("SHOW shared_preload_libraries", &[]);
     assert!(preloaded.contains("pg_trickle"));
 }
