@@ -10,3 +10,89 @@
 ALTER TABLE pgtrickle.pgt_stream_tables ADD COLUMN state_format integer NOT NULL DEFAULT 1;
 ALTER TABLE pgtrickle.pgt_stream_tables ALTER COLUMN state_format SET DEFAULT 2;
 GRANT SELECT (state_format) ON pgtrickle.pgt_stream_tables TO PUBLIC;
+
+-- Renames of schemas, functions, types and operators that defining queries
+-- name are followed or blocked, and replaced functions reinitialize their
+-- callers (src/ddl.rs, on_objects_changed).
+CREATE  FUNCTION pgtrickle."_on_objects_changed"(
+	"command_tag" TEXT, /* & str */
+	"functions" oid[] /* Vec < pg_sys :: Oid > */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'on_objects_changed_wrapper';
+REVOKE ALL ON FUNCTION pgtrickle._on_objects_changed(text, oid[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgtrickle._on_ddl_command_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    changed oid[];
+BEGIN
+    -- Privileges changed: who needs, and may have, a change buffer follows.
+    IF TG_TAG IN ('GRANT', 'REVOKE') THEN
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() c WHERE c.object_type = 'TABLE')
+           AND EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking) THEN
+            PERFORM pgtrickle._on_privileges_changed();
+        END IF;
+        RETURN;
+    END IF;
+    -- Renames and moves of schemas, functions, types and operators a defining
+    -- query names, and replaced functions (src/ddl.rs, on_objects_changed).
+    IF TG_TAG IN ('ALTER SCHEMA', 'ALTER FUNCTION', 'ALTER AGGREGATE', 'ALTER OPERATOR', 'ALTER TYPE', 'ALTER DOMAIN',
+                  'CREATE FUNCTION')
+       AND EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables) THEN
+        PERFORM pgtrickle._on_objects_changed(TG_TAG,
+            ARRAY(SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                  WHERE c.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass));
+    END IF;
+    IF TG_TAG IN ('ALTER SCHEMA', 'ALTER FUNCTION', 'ALTER AGGREGATE', 'ALTER OPERATOR', 'ALTER DOMAIN', 'CREATE FUNCTION') THEN
+        RETURN;
+    END IF;
+    SELECT pg_catalog.array_agg(DISTINCT r.relid) INTO changed
+    FROM (SELECT c.objid AS relid
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+          UNION
+          SELECT t.oid
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          JOIN pg_catalog.pg_class t ON t.reloftype = c.objid
+          WHERE c.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+          UNION
+          -- ALTER TYPE ... RENAME ATTRIBUTE reports the composite type's relation.
+          SELECT t.oid
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          JOIN pg_catalog.pg_class ct ON ct.oid = c.objid AND ct.relkind = 'c'
+          JOIN pg_catalog.pg_class t ON t.reloftype = ct.reltype
+          WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+          UNION
+          -- ALTER TRIGGER (a rename) and CREATE [OR REPLACE] TRIGGER report the trigger.
+          SELECT t.tgrelid
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          JOIN pg_catalog.pg_trigger t ON t.oid = c.objid
+          WHERE c.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass) r;
+    IF changed IS NULL THEN
+        RETURN;
+    END IF;
+    IF pgtrickle._any_captured(changed)
+       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d
+                  WHERE d.source_relid = ANY (changed)
+                     OR d.source_relid IN (SELECT t.relid FROM pg_catalog.unnest(changed) r(relid),
+                                                  pg_catalog.pg_partition_tree(r.relid) t)
+                     OR d.source_relid IN (SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = ANY (changed))
+                     OR d.source_relid IN (SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = ANY (changed)))
+       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ANY (changed))
+       -- A stream table made a partition or inheritance child or parent (ATTACH
+       -- PARTITION and CREATE TABLE ... INHERITS report the other table).
+       OR EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables st JOIN pg_catalog.pg_inherits i
+                  ON i.inhrelid = st.pgt_relid OR i.inhparent = st.pgt_relid) THEN
+        PERFORM pgtrickle._on_relations_changed(changed, true, TG_TAG);
+    END IF;
+END
+$$;
+
+DROP EVENT TRIGGER pgtrickle_ddl_command_end;
+CREATE EVENT TRIGGER pgtrickle_ddl_command_end ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TYPE', 'ALTER VIEW', 'CREATE VIEW', 'ALTER TRIGGER', 'CREATE TRIGGER',
+                 'GRANT', 'REVOKE', 'ALTER SCHEMA', 'ALTER FUNCTION', 'ALTER AGGREGATE', 'ALTER OPERATOR', 'ALTER DOMAIN',
+                 'CREATE FUNCTION')
+    EXECUTE FUNCTION pgtrickle._on_ddl_command_end();

@@ -259,6 +259,7 @@ pgrx::extension_sql!(
 -- Internal entry points: not for PUBLIC.
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_dropped(oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_relations_changed(oid[], boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle._on_objects_changed(text, oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._wake_scheduler() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._on_privileges_changed() FROM PUBLIC;
 
@@ -395,6 +396,18 @@ BEGIN
         END IF;
         RETURN;
     END IF;
+    -- Renames and moves of schemas, functions, types and operators a defining
+    -- query names, and replaced functions (src/ddl.rs, on_objects_changed).
+    IF TG_TAG IN ('ALTER SCHEMA', 'ALTER FUNCTION', 'ALTER AGGREGATE', 'ALTER OPERATOR', 'ALTER TYPE', 'ALTER DOMAIN',
+                  'CREATE FUNCTION')
+       AND EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables) THEN
+        PERFORM pgtrickle._on_objects_changed(TG_TAG,
+            ARRAY(SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                  WHERE c.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass));
+    END IF;
+    IF TG_TAG IN ('ALTER SCHEMA', 'ALTER FUNCTION', 'ALTER AGGREGATE', 'ALTER OPERATOR', 'ALTER DOMAIN', 'CREATE FUNCTION') THEN
+        RETURN;
+    END IF;
     SELECT pg_catalog.array_agg(DISTINCT r.relid) INTO changed
     FROM (SELECT c.objid AS relid
           FROM pg_catalog.pg_event_trigger_ddl_commands() c
@@ -439,7 +452,8 @@ $$;
 REVOKE ALL ON FUNCTION pgtrickle._on_ddl_command_end() FROM PUBLIC;
 CREATE EVENT TRIGGER pgtrickle_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TYPE', 'ALTER VIEW', 'CREATE VIEW', 'ALTER TRIGGER', 'CREATE TRIGGER',
-                 'GRANT', 'REVOKE')
+                 'GRANT', 'REVOKE', 'ALTER SCHEMA', 'ALTER FUNCTION', 'ALTER AGGREGATE', 'ALTER OPERATOR', 'ALTER DOMAIN',
+                 'CREATE FUNCTION')
     EXECUTE FUNCTION pgtrickle._on_ddl_command_end();
 
 "#,

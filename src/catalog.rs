@@ -489,6 +489,46 @@ pub fn consumers(relid: pg_sys::Oid) -> PgtResult<Vec<Consumer>> {
     )
 }
 
+/// A stream table's stored definition: what DDL that renames or replaces
+/// objects its query names is checked against (`crate::ddl::on_objects_changed`).
+#[derive(Debug, Clone)]
+pub struct StoredDefinition {
+    /// The stream table.
+    pub pgt_id: i64,
+    /// Its current name.
+    pub name: QualifiedName,
+    /// Its owner.
+    pub owner: pg_sys::Oid,
+    /// The normalized query refreshes run.
+    pub defining_query: String,
+    /// The analysed query tree (`nodeToString`), if stored.
+    pub query_tree: Option<String>,
+    /// Already marked for reinitialization.
+    pub needs_reinit: bool,
+}
+
+/// Every stream table's [`StoredDefinition`], by `pgt_id`.
+pub fn stored_definitions() -> PgtResult<Vec<StoredDefinition>> {
+    query_map(
+        kept("SELECT st.pgt_id, n.nspname::text, c.relname::text, c.relowner, st.defining_query, st.query_tree, st.needs_reinit \
+              FROM pgtrickle.pgt_stream_tables st \
+              JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              ORDER BY st.pgt_id"),
+        &[],
+        |row| {
+            Ok(StoredDefinition {
+                pgt_id: col(row, 1)?,
+                name: QualifiedName::new(col::<String>(row, 2)?, col::<String>(row, 3)?),
+                owner: col(row, 4)?,
+                defining_query: col(row, 5)?,
+                query_tree: row.get::<String>(6)?,
+                needs_reinit: col(row, 7)?,
+            })
+        },
+    )
+}
+
 /// Marks stream table `pgt_id` for reinitialization at its next refresh
 /// (`needs_reinit`), clearing its frontier: it will not read the change buffers'
 /// pending rows.

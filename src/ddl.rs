@@ -142,6 +142,15 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool, co
             }
         }
     }
+    block_or_reinitialize(concerned, in_ddl_command_end)
+}
+
+/// The end of every DDL check: with `pg_trickle.block_source_ddl` on, fails the
+/// command being reported (`in_ddl_command_end`) when it concerns stream
+/// tables of the role running it, naming them and why (2BP01); otherwise
+/// marks every stream table `concerned` for reinitialization at its next
+/// refresh, with a NOTICE each.
+fn block_or_reinitialize(concerned: Vec<Concerned>, in_ddl_command_end: bool) -> PgtResult<()> {
     if concerned.is_empty() {
         return Ok(());
     }
@@ -173,6 +182,61 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool, co
         pgrx::notice!("stream table {} will reinitialize at its next refresh: {}", c.stream_table, c.reason);
     }
     Ok(())
+}
+
+/// Called by the `ddl_command_end` event trigger after DDL that can rename or
+/// move what a defining query names besides the relations it reads: `ALTER
+/// SCHEMA`, `ALTER FUNCTION`, `ALTER AGGREGATE`, `ALTER OPERATOR`, `ALTER
+/// TYPE`, `ALTER DOMAIN` (RENAME, SET SCHEMA), and after `CREATE [OR REPLACE]
+/// FUNCTION` (`functions`: the functions it created or replaced).
+///
+/// Refreshes run the query text stored at create (`defining_query`) and SQL
+/// generated from it, while the stored query tree names everything by OID, as
+/// a view's rule does. A stream table is concerned by a rename when its tree,
+/// deparsed now, no longer gives its stored text: it is then blocked or
+/// reinitialized (re-derived from the tree, under the new names) as DDL on a
+/// source is ([`on_relations_changed`]). A replaced function changes what its
+/// callers compute: the stream tables calling it (directly, or as an
+/// aggregate or window function) reinitialize at their next refresh, whatever
+/// `pg_trickle.block_source_ddl` says, as their stored state came from the
+/// old body.
+pub fn on_objects_changed(command_tag: &str, functions: &[pg_sys::Oid]) -> PgtResult<()> {
+    if crate::activity::internal_ddl_in_progress() {
+        return Ok(());
+    }
+    let mut renamed: Vec<Concerned> = Vec::new();
+    for st in catalog::stored_definitions()? {
+        if st.needs_reinit {
+            continue;
+        }
+        let Some(tree) = st.query_tree.clone() else { continue };
+        if command_tag == "CREATE FUNCTION" {
+            if let Some(function) = functions.iter().find(|f| crate::parse::tree_calls_function(&tree, **f)) {
+                let name = crate::spi::query_one::<String>("SELECT $1::pg_catalog.regprocedure::text", &[(*function).into()])?
+                    .unwrap_or_else(|| format!("with OID {}", function.to_u32()));
+                catalog::mark_needs_reinit(st.pgt_id)?;
+                pgrx::notice!(
+                    "stream table {} will reinitialize at its next refresh: function {name}, which its query calls, was replaced",
+                    st.name
+                );
+            }
+            continue;
+        }
+        // A tree that no longer deparses names something dropped since: its
+        // refresh reports that; this DDL is not what concerns it.
+        let deparsed = crate::spi::in_subtransaction(|| crate::parse::deparse_stored_tree(&tree));
+        if let Ok(Ok(Some(text))) = deparsed {
+            if text != st.defining_query {
+                renamed.push(Concerned {
+                    stream_table: st.name.clone(),
+                    pgt_id: st.pgt_id,
+                    owner: st.owner,
+                    reason: format!("{command_tag} renamed or moved something its query names; the query now reads: {text}"),
+                });
+            }
+        }
+    }
+    block_or_reinitialize(renamed, true)
 }
 
 /// Called by the `ddl_command_end` event trigger after GRANT or REVOKE in a

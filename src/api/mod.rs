@@ -296,4 +296,14 @@ mod pgtrickle {
     fn on_relations_changed(relids: Vec<pg_sys::Oid>, in_ddl_command_end: bool, command_tag: &str) {
         crate::ddl::on_relations_changed(&relids, in_ddl_command_end, command_tag).or_raise()
     }
+
+    /// Internal: called by the `ddl_command_end` event trigger after DDL that
+    /// may rename or move a schema, function, type or operator a defining
+    /// query names, or replace a function (`functions`: the functions the
+    /// command reported) (`crate::ddl::on_objects_changed`). Not granted to
+    /// PUBLIC.
+    #[pg_extern(name = "_on_objects_changed")]
+    fn on_objects_changed(command_tag: &str, functions: Vec<pg_sys::Oid>) {
+        crate::ddl::on_objects_changed(command_tag, &functions).or_raise()
+    }
 }

@@ -205,6 +205,20 @@ fn tree_version_prefix() -> String {
     format!("pg{}:", pg_sys::PG_VERSION_NUM / 10000)
 }
 
+/// Whether the stored query tree `tree` (as [`AnalyzedQuery::tree`]) calls
+/// function `function`: directly, as an aggregate or window function, or
+/// through an operator. Reads the fields of PostgreSQL's node text
+/// (`outfuncs.c`) that hold function OIDs.
+pub fn tree_calls_function(tree: &str, function: pg_sys::Oid) -> bool {
+    let wanted = function.to_u32();
+    [":funcid ", ":aggfnoid ", ":winfnoid ", ":opfuncid "].iter().any(|field| {
+        tree.match_indices(field).any(|(at, _)| {
+            let digits: String = tree[at + field.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse::<u32>().is_ok_and(|oid| oid == wanted)
+        })
+    })
+}
+
 /// Deparses a stored query tree ([`AnalyzedQuery::tree`]) under today's names,
 /// normalized as [`analyze_defining_query`] does; `None` when it was written by
 /// another major version of PostgreSQL.
