@@ -96,3 +96,49 @@ CREATE EVENT TRIGGER pgtrickle_ddl_command_end ON ddl_command_end
                  'GRANT', 'REVOKE', 'ALTER SCHEMA', 'ALTER FUNCTION', 'ALTER AGGREGATE', 'ALTER OPERATOR', 'ALTER DOMAIN',
                  'CREATE FUNCTION')
     EXECUTE FUNCTION pgtrickle._on_ddl_command_end();
+
+-- The SQL that recreates every stream table, one row each, upstream first:
+-- its create call with every option (the normalized, schema-qualified query),
+-- its status, owner, indexes (other than pg_trickle's own), table privileges
+-- and comment (docs/OPERATIONS.md, Backup and restore). What you see of the
+-- catalog is what you get.
+CREATE FUNCTION pgtrickle.stream_table_definitions()
+RETURNS TABLE (stream_table regclass, definition text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE reads AS (
+        SELECT st.pgt_id, up.pgt_id AS upstream
+        FROM pgtrickle.pgt_stream_tables st
+        JOIN pgtrickle.pgt_dependencies d ON d.pgt_id = st.pgt_id
+        JOIN pgtrickle.pgt_stream_tables up ON up.pgt_relid = d.source_relid
+    ), depth AS (
+        SELECT st.pgt_id, 0 AS depth FROM pgtrickle.pgt_stream_tables st
+      UNION ALL
+        SELECT r.pgt_id, d.depth + 1 FROM reads r JOIN depth d ON d.pgt_id = r.upstream WHERE d.depth < 1000
+    ), ordered AS (
+        SELECT pgt_id, max(depth) AS depth FROM depth GROUP BY pgt_id
+    )
+    SELECT st.pgt_relid::regclass,
+           format('SELECT pgtrickle.create_stream_table(%L, %L, schedule => %L, refresh_mode => %L, '
+                  'diamond_consistency => %L, diamond_schedule_policy => %L, cdc_mode => %L, append_only => %L, '
+                  'pooler_compatibility_mode => %L);',
+                  st.pgt_relid::regclass::text, st.defining_query, st.schedule, st.refresh_mode,
+                  st.diamond_consistency, st.diamond_schedule_policy, st.cdc_mode, st.append_only,
+                  st.pooler_compatibility_mode)
+           || CASE WHEN st.status = 'SUSPENDED'
+                   THEN format(E'\nSELECT pgtrickle.alter_stream_table(%L, status => %L);', st.pgt_relid::regclass::text, 'SUSPENDED')
+                   ELSE '' END
+           || format(E'\nALTER TABLE %s OWNER TO %I;', st.pgt_relid::regclass, pg_get_userbyid(c.relowner))
+           || coalesce((SELECT string_agg(E'\n' || pg_get_indexdef(i.indexrelid) || ';', '' ORDER BY ic.relname)
+                        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                        WHERE i.indrelid = st.pgt_relid AND pg_get_indexdef(i.indexrelid) NOT LIKE '%\_\_pgt\_%'), '')
+           || coalesce((SELECT string_agg(format(E'\nGRANT %s ON %s TO %s%s;', a.privilege_type, st.pgt_relid::regclass,
+                                                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                                                 CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END),
+                                          '' ORDER BY a.grantee, a.privilege_type)
+                        FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner), '')
+           || coalesce(format(E'\nCOMMENT ON TABLE %s IS %L;', st.pgt_relid::regclass, obj_description(st.pgt_relid, 'pg_class')), '')
+    FROM ordered o
+    JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = o.pgt_id
+    JOIN pg_class c ON c.oid = st.pgt_relid
+    ORDER BY o.depth, st.pgt_id
+$$;

@@ -284,3 +284,100 @@ fn explain_st_shows_tree_strategies_and_sql() {
     );
     db.expect_error("SELECT * FROM pgtrickle.explain_refresh_mode('nope')", "42P01");
 }
+
+/// `pgtrickle.stream_table_definitions()` recreates every stream table after a
+/// logical restore, following docs/OPERATIONS.md (Backup and restore) step by
+/// step with the real pg_dump and pg_restore: same modes, status, contents,
+/// owner, indexes, grants and comment; a stream table altered to read one
+/// created after it comes out in dependency order.
+#[test]
+fn stream_table_definitions_recreate_stream_tables() {
+    let mut db = TestDb::new("definitions");
+    let owner = db.create_role("owner", "NOSUPERUSER");
+    let reader = db.create_role("reader", "NOSUPERUSER");
+    db.exec(&format!(
+        "CREATE SCHEMA s; GRANT USAGE, CREATE ON SCHEMA s TO \"{owner}\";
+         CREATE TABLE s.orders (id int PRIMARY KEY, cust int NOT NULL, amount numeric NOT NULL);
+         INSERT INTO s.orders SELECT g, g % 11, g % 37 FROM generate_series(1, 500) g;
+         GRANT SELECT, TRIGGER ON s.orders TO \"{owner}\";"
+    ));
+    let mut o = db.connect_as(&owner);
+    o.batch_execute(&format!(
+        "SELECT pgtrickle.create_stream_table('s.later', 'SELECT cust, sum(amount) AS total FROM s.orders GROUP BY cust',
+                                             refresh_mode => 'DIFFERENTIAL', schedule => '5m');
+         CREATE INDEX later_total ON s.later (total);
+         GRANT SELECT ON s.later TO \"{reader}\";
+         COMMENT ON TABLE s.later IS 'totals per customer';"
+    ))
+    .expect("stream table of a non-superuser");
+    db.exec(
+        "SELECT pgtrickle.create_stream_table('s.first', 'SELECT cust, count(*) AS n FROM s.orders GROUP BY cust', refresh_mode => 'FULL');
+         SELECT pgtrickle.create_stream_table('s.top', 'SELECT cust, total FROM s.later WHERE total > 800', refresh_mode => 'AUTO');
+         SELECT pgtrickle.create_stream_table('s.live', 'SELECT cust, max(amount) AS m FROM s.orders GROUP BY cust', refresh_mode => 'IMMEDIATE');
+         SELECT pgtrickle.alter_stream_table('s.first', query => 'SELECT cust, total FROM s.top');
+         SELECT pgtrickle.create_stream_table('s.paused', 'SELECT count(*) AS n FROM s.orders', refresh_mode => 'DIFFERENTIAL');
+         SELECT pgtrickle.alter_stream_table('s.paused', status => 'SUSPENDED');",
+    );
+    let script: Vec<String> = db.column("SELECT definition FROM pgtrickle.stream_table_definitions()", &[]);
+    let order: Vec<String> = db.column("SELECT stream_table::text FROM pgtrickle.stream_table_definitions()", &[]);
+    let pos = |n: &str| order.iter().position(|x| x == n).unwrap_or_else(|| panic!("{n} missing from {order:?}"));
+    assert!(pos("s.later") < pos("s.top") && pos("s.top") < pos("s.first"), "dependency order: {order:?}");
+    let describe = "SELECT st.pgt_relid::regclass::text || ' ' || st.refresh_mode || ' ' || st.schedule || ' ' || st.status || ' ' \
+                           || pg_get_userbyid(c.relowner) || ' ' || coalesce(c.relacl::text, '-') || ' ' \
+                           || coalesce(obj_description(c.oid, 'pg_class'), '-') || ' ' \
+                           || coalesce((SELECT string_agg(replace(pg_get_indexdef(i.indexrelid), c.oid::regclass::text, 'T'), ', ' ORDER BY 1) \
+                                        FROM pg_index i WHERE i.indrelid = c.oid), '-') \
+                    FROM pgtrickle.pgt_stream_tables st JOIN pg_class c ON c.oid = st.pgt_relid ORDER BY 1";
+    let before: Vec<String> = db.column(describe, &[]);
+
+    // pg_dump / pg_restore into a new database, then the documented steps.
+    let bin = &db.cluster.paths.bin_dir;
+    let dump = std::env::temp_dir().join(format!("{}.dump", db.name));
+    let conn = |name: &str| vec!["-h".to_string(), "127.0.0.1".into(), "-p".into(), db.cluster.port.to_string(), "-U".into(), "postgres".into(), "-d".into(), name.into()];
+    let run = |program: &str, args: Vec<String>| {
+        let out = std::process::Command::new(bin.join(program)).args(&args).output().expect("run a PostgreSQL tool");
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let mut args = conn(&db.name);
+    args.extend(["-Fc".to_string(), "-f".into(), dump.display().to_string()]);
+    run("pg_dump", args);
+    let target = format!("{}_restored", db.name);
+    let mut admin = db.cluster.connect("postgres").expect("connect");
+    admin.batch_execute(&format!("CREATE DATABASE \"{target}\"")).expect("create database");
+    let mut args = conn(&target);
+    args.push(dump.display().to_string());
+    run("pg_restore", args);
+    let _ = std::fs::remove_file(&dump);
+    let mut restored = db.cluster.connect(&target).expect("connect to the restored database");
+    assert_eq!(restored.query_one("SELECT count(*) FROM pgtrickle.pgt_stream_tables", &[]).unwrap().get::<_, i64>(0), 0, "not carried yet");
+    restored
+        .batch_execute(
+            "DO $$ DECLARE r record; BEGIN
+               FOR r IN SELECT g.tgrelid::regclass AS t FROM pg_trigger g WHERE g.tgname = 'pgt_stream_table_guard' LOOP
+                 EXECUTE format('DROP TABLE %s', r.t);
+               END LOOP;
+               FOR r IN SELECT g.tgname, g.tgrelid::regclass AS t FROM pg_trigger g
+                        WHERE g.tgname LIKE 'pgt\\_cdc\\_%' OR g.tgname LIKE 'pgt\\_ivm\\_%' LOOP
+                 EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.t);
+               END LOOP;
+             END $$;
+             DROP EXTENSION pg_trickle CASCADE;
+             CREATE EXTENSION pg_trickle;",
+        )
+        .expect("the documented clean-up");
+    for statement in &script {
+        restored.batch_execute(statement).unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let after: Vec<String> = restored.query(describe, &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(after, before, "recreated stream tables differ");
+    // They work: capture, refresh, IMMEDIATE.
+    restored.batch_execute("UPDATE s.orders SET amount = amount + 5 WHERE id % 7 = 0; DELETE FROM s.orders WHERE id % 13 = 0;
+                            SELECT pgtrickle.refresh_stream_table('s.later'); SELECT pgtrickle.refresh_stream_table('s.top');
+                            SELECT pgtrickle.refresh_stream_table('s.first')").expect("DML and refreshes");
+    assert_st_matches_query(&mut restored, "s.later", "SELECT cust, sum(amount) AS total FROM s.orders GROUP BY cust");
+    assert_st_matches_query(&mut restored, "s.top", "SELECT cust, total FROM (SELECT cust, sum(amount) AS total FROM s.orders GROUP BY cust) t WHERE total > 800");
+    assert_st_matches_query(&mut restored, "s.first", "SELECT cust, total FROM (SELECT cust, sum(amount) AS total FROM s.orders GROUP BY cust) t WHERE total > 800");
+    assert_st_matches_query(&mut restored, "s.live", "SELECT cust, max(amount) AS m FROM s.orders GROUP BY cust");
+    drop(restored);
+    admin.batch_execute(&format!("DROP DATABASE \"{target}\" WITH (FORCE)")).expect("drop the restored database");
+}
