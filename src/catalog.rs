@@ -69,6 +69,9 @@ pub struct StreamTable {
     /// Differential refreshes have taken this long per changed row (ms, a
     /// moving average).
     pub differential_ms_per_change: Option<f64>,
+    /// When the snapshot its contents reflect was taken (`data_timestamp`),
+    /// seconds since the Unix epoch; `None` before its first refresh.
+    pub data_timestamp_epoch: Option<f64>,
 }
 
 impl StreamTable {
@@ -89,7 +92,8 @@ SELECT st.pgt_id, st.pgt_relid, n.nspname::text, c.relname::text, c.relowner, \
        st.effective_refresh_mode, st.status, st.is_populated, st.diamond_consistency, \
        st.diamond_schedule_policy, st.cdc_mode, st.append_only, \
        st.pooler_compatibility_mode, st.frontier::text, st.frontier_xid::text, st.frontier_cid, \
-       st.delta_plan, st.needs_reinit, st.differential_blocker, st.full_refresh_ms, st.differential_ms_per_change \
+       st.delta_plan, st.needs_reinit, st.differential_blocker, st.full_refresh_ms, st.differential_ms_per_change, \
+       pg_catalog.date_part('epoch', st.data_timestamp) \
 FROM pgtrickle.pgt_stream_tables st \
 JOIN pg_catalog.pg_class c ON c.oid = st.pgt_relid \
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
@@ -122,6 +126,7 @@ fn stream_table_from_row(row: &pgrx::spi::SpiHeapTupleData) -> PgtResult<StreamT
         differential_blocker: row.get::<String>(23)?,
         full_refresh_ms: row.get::<f64>(24)?,
         differential_ms_per_change: row.get::<f64>(25)?,
+        data_timestamp_epoch: row.get::<f64>(26)?,
     })
 }
 
@@ -264,8 +269,6 @@ pub fn insert_stream_table(st: &NewStreamTable) -> PgtResult<i64> {
 /// when any of them differs from what the catalog holds (`updated_at` moves only
 /// then).
 pub fn update_stream_table(st: &StreamTable) -> PgtResult<()> {
-    // Writes (and moves updated_at) only when something differs: an
-    // identical create_or_replace_stream_table changes nothing.
     as_extension_owner(|| {
         exec(
             "UPDATE pgtrickle.pgt_stream_tables SET \
@@ -872,15 +875,36 @@ pub struct RefreshRecord {
     pub frontier: Option<String>,
 }
 
+/// Adds the refresh rows of a CTE `h` (`pgt_id`, `action`, `initiated_by`,
+/// `status`, `rows_inserted`, `rows_deleted`, `seconds`) to the cumulative
+/// counters (`pgt_refresh_stats`): one statement with the history insert.
+macro_rules! count_refreshes_of_h {
+    () => {
+        "INSERT INTO pgtrickle.pgt_refresh_stats AS s \
+           (pgt_id, action, initiated_by, status, refreshes, rows_inserted, rows_deleted, seconds) \
+         SELECT h.pgt_id, h.action, h.initiated_by, h.status, 1, coalesce(h.rows_inserted, 0), coalesce(h.rows_deleted, 0), \
+                greatest(h.seconds, 0) FROM h \
+         ON CONFLICT (pgt_id, action, initiated_by, status) DO UPDATE \
+         SET refreshes = s.refreshes + 1, rows_inserted = s.rows_inserted + EXCLUDED.rows_inserted, \
+             rows_deleted = s.rows_deleted + EXCLUDED.rows_deleted, seconds = s.seconds + EXCLUDED.seconds"
+    };
+}
+
 /// Appends a row to `pgt_refresh_history` (its end time is now).
 pub fn insert_refresh_history(r: &RefreshRecord) -> PgtResult<()> {
     as_extension_owner(|| {
+        // The history row and its counters, in one statement.
         exec(
-            kept("INSERT INTO pgtrickle.pgt_refresh_history \
-               (pgt_id, start_time, end_time, action, rows_inserted, rows_deleted, status, \
-                error_message, initiated_by, frontier) \
-             VALUES ($1, pg_catalog.to_timestamp($2), pg_catalog.clock_timestamp(), $3, $4, $5, $6, $7, $8, \
-                     $9::pg_catalog.pg_snapshot)"),
+            kept(concat!(
+                "WITH h AS (INSERT INTO pgtrickle.pgt_refresh_history \
+                   (pgt_id, start_time, end_time, action, rows_inserted, rows_deleted, status, \
+                    error_message, initiated_by, frontier) \
+                 VALUES ($1, pg_catalog.to_timestamp($2), pg_catalog.clock_timestamp(), $3, $4, $5, $6, $7, $8, \
+                         $9::pg_catalog.pg_snapshot) \
+                 RETURNING pgt_id, action, initiated_by, status, rows_inserted, rows_deleted, \
+                           pg_catalog.date_part('epoch', end_time - start_time) AS seconds) ",
+                count_refreshes_of_h!()
+            )),
             &[
                 r.pgt_id.into(),
                 r.start_time.into(),
@@ -893,7 +917,6 @@ pub fn insert_refresh_history(r: &RefreshRecord) -> PgtResult<()> {
                 r.frontier.as_deref().into(),
             ],
         )?;
-        count_refresh(r.pgt_id, r.action, r.initiated_by.as_str(), r.status, r.rows_inserted, r.rows_deleted, r.start_time)?;
         maybe_prune_history(r.pgt_id)
     })
 }
@@ -903,34 +926,19 @@ pub fn insert_refresh_history(r: &RefreshRecord) -> PgtResult<()> {
 /// not touch): `action` FULL or DIFFERENTIAL, `initiated_by`, `status`
 /// SUCCESS or FAILED, rows written, and the time since `start_time` (seconds
 /// since the Unix epoch). Called with every history row, and for the
-/// scheduled FULL refreshes that changed nothing (which leave none).
-pub fn count_refresh(
-    pgt_id: i64,
-    action: &str,
-    initiated_by: &str,
-    status: &str,
-    rows_inserted: i64,
-    rows_deleted: i64,
-    start_time: f64,
-) -> PgtResult<()> {
+/// scheduled FULL refreshes that changed nothing (which leave no history
+/// row; [`insert_refresh_history`] and [`insert_failed_refresh`] count theirs
+/// in the same statement).
+pub fn count_refresh(pgt_id: i64, action: &str, initiated_by: &str, status: &str, start_time: f64) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
-            kept("INSERT INTO pgtrickle.pgt_refresh_stats AS s \
-                    (pgt_id, action, initiated_by, status, refreshes, rows_inserted, rows_deleted, seconds) \
-                  VALUES ($1, $2, $3, $4, 1, $5, $6, \
-                          greatest(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) - $7, 0)) \
-                  ON CONFLICT (pgt_id, action, initiated_by, status) DO UPDATE \
-                  SET refreshes = s.refreshes + 1, rows_inserted = s.rows_inserted + EXCLUDED.rows_inserted, \
-                      rows_deleted = s.rows_deleted + EXCLUDED.rows_deleted, seconds = s.seconds + EXCLUDED.seconds"),
-            &[
-                pgt_id.into(),
-                action.into(),
-                initiated_by.into(),
-                status.into(),
-                rows_inserted.into(),
-                rows_deleted.into(),
-                start_time.into(),
-            ],
+            kept(concat!(
+                "WITH h AS (SELECT $1::bigint AS pgt_id, $2::text AS action, $3::text AS initiated_by, $4::text AS status, \
+                                   0::bigint AS rows_inserted, 0::bigint AS rows_deleted, \
+                                   pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) - $5 AS seconds) ",
+                count_refreshes_of_h!()
+            )),
+            &[pgt_id.into(), action.into(), initiated_by.into(), status.into(), start_time.into()],
         )?;
         Ok(())
     })
@@ -940,18 +948,20 @@ pub fn count_refresh(
 /// seconds since the Unix epoch) to `pgt_refresh_history`, with its error.
 pub fn insert_failed_refresh(pgt_id: i64, start_time: f64, error_message: &str) -> PgtResult<()> {
     as_extension_owner(|| {
+        // The history row and its counters, in one statement.
         exec(
-            "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, start_time, end_time, action, status, error_message, initiated_by) \
-             SELECT st.pgt_id, pg_catalog.to_timestamp($2), pg_catalog.clock_timestamp(), st.effective_refresh_mode, 'FAILED', $3, 'SCHEDULER' \
-             FROM pgtrickle.pgt_stream_tables st WHERE st.pgt_id = $1",
+            concat!(
+                "WITH h AS (INSERT INTO pgtrickle.pgt_refresh_history \
+                   (pgt_id, start_time, end_time, action, status, error_message, initiated_by) \
+                 SELECT st.pgt_id, pg_catalog.to_timestamp($2), pg_catalog.clock_timestamp(), st.effective_refresh_mode, \
+                        'FAILED', $3, 'SCHEDULER' \
+                 FROM pgtrickle.pgt_stream_tables st WHERE st.pgt_id = $1 \
+                 RETURNING pgt_id, action, initiated_by, status, rows_inserted, rows_deleted, \
+                           pg_catalog.date_part('epoch', end_time - start_time) AS seconds) ",
+                count_refreshes_of_h!()
+            ),
             &[pgt_id.into(), start_time.into(), error_message.into()],
         )?;
-        if let Some(action) = query_one::<String>(
-            kept("SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1"),
-            &[pgt_id.into()],
-        )? {
-            count_refresh(pgt_id, &action, "SCHEDULER", "FAILED", 0, 0, start_time)?;
-        }
         maybe_prune_history(pgt_id)
     })
 }
@@ -1055,14 +1065,12 @@ pub fn mark_refreshed(pgt_id: i64, frontier: &Frontier, data_timestamp: &str) ->
 }
 
 /// Records that stream table `pgt_id` was found current (a refresh with
-/// nothing to apply) as of `data_timestamp`, when its recorded
-/// `data_timestamp` is more than `step` older; otherwise writes nothing.
-pub fn mark_current(pgt_id: i64, data_timestamp: &str, step: std::time::Duration) -> PgtResult<()> {
+/// nothing to apply) as of `data_timestamp`.
+pub fn mark_current(pgt_id: i64, data_timestamp: &str) -> PgtResult<()> {
     as_extension_owner(|| {
         exec(
-            kept("UPDATE pgtrickle.pgt_stream_tables SET data_timestamp = $2::timestamptz \
-                  WHERE pgt_id = $1 AND data_timestamp < $2::timestamptz - pg_catalog.make_interval(secs => $3)"),
-            &[pgt_id.into(), data_timestamp.into(), step.as_secs_f64().into()],
+            kept("UPDATE pgtrickle.pgt_stream_tables SET data_timestamp = $2::timestamptz WHERE pgt_id = $1"),
+            &[pgt_id.into(), data_timestamp.into()],
         )?;
         Ok(())
     })

@@ -209,9 +209,9 @@ pub fn on_objects_changed(command_tag: &str, functions: &[pg_sys::Oid]) -> PgtRe
         if st.needs_reinit {
             continue;
         }
-        let Some(tree) = st.query_tree.clone() else { continue };
+        let Some(tree) = st.query_tree.as_deref() else { continue };
         if command_tag == "CREATE FUNCTION" {
-            if let Some(function) = functions.iter().find(|f| crate::parse::tree_calls_function(&tree, **f)) {
+            if let Some(function) = functions.iter().find(|f| crate::parse::tree_calls_function(tree, **f)) {
                 let name = crate::spi::query_one::<String>("SELECT $1::pg_catalog.regprocedure::text", &[(*function).into()])?
                     .unwrap_or_else(|| format!("with OID {}", function.to_u32()));
                 catalog::mark_needs_reinit(st.pgt_id)?;
@@ -224,7 +224,7 @@ pub fn on_objects_changed(command_tag: &str, functions: &[pg_sys::Oid]) -> PgtRe
         }
         // A tree that no longer deparses names something dropped since: its
         // refresh reports that; this DDL is not what concerns it.
-        let deparsed = crate::spi::in_subtransaction(|| crate::parse::deparse_stored_tree(&tree));
+        let deparsed = crate::spi::in_subtransaction(|| crate::parse::deparse_stored_tree(tree));
         if let Ok(Ok(Some(text))) = deparsed {
             if text != st.defining_query {
                 renamed.push(Concerned {

@@ -155,7 +155,10 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
         // moves forward only when it is more than CURRENT_AS_OF_STEP old, so
         // that staleness (metrics_stream_tables) does not count idle time while
         // idle checks stay nearly write-free.
-        catalog::mark_current(pgt_id, &data_timestamp, CURRENT_AS_OF_STEP)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+        if st.data_timestamp_epoch.is_none_or(|at| now - at > CURRENT_AS_OF_STEP.as_secs_f64()) {
+            catalog::mark_current(pgt_id, &data_timestamp)?;
+        }
         return Ok(outcome);
     }
     catalog::mark_refreshed(pgt_id, &frontier, &data_timestamp)?;
@@ -169,7 +172,7 @@ pub fn refresh_stream_table(pgt_id: i64, initiated_by: InitiatedBy) -> PgtResult
     // FULL stream table) advances the frontier but adds no history row.
     let wrote_nothing = outcome.rows_inserted == 0 && outcome.rows_deleted == 0;
     if initiated_by == InitiatedBy::Scheduler && outcome.action == "FULL" && wrote_nothing {
-        catalog::count_refresh(pgt_id, outcome.action, initiated_by.as_str(), "SUCCESS", 0, 0, start_time)?;
+        catalog::count_refresh(pgt_id, outcome.action, initiated_by.as_str(), "SUCCESS", start_time)?;
     } else {
         catalog::insert_refresh_history(&RefreshRecord {
             pgt_id,

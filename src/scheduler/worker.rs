@@ -463,12 +463,8 @@ impl Scheduler {
         let first_sight = std::mem::replace(&mut self.first_sight, now);
         self.clean_up_capture(now);
         let mut in_flight = self.in_flight();
-        let edges = pgt_core::dag::edges(all_edges.iter().filter(|(_, _, st)| *st).map(|(up, down, _)| (*up, *down)));
         let source_pairs = all_edges.iter().map(|(up, down, _)| (*up, *down));
-        let nodes: BTreeSet<u32> = entries.iter().map(|e| e.relid).collect();
-        // A cycle cannot be created (create/alter reject it); if the catalog
-        // somehow holds one, refresh in catalog order rather than not at all.
-        let order = pgt_core::dag::topological_order(&nodes, &edges).unwrap_or_else(|_| nodes.iter().copied().collect());
+        let (nodes, edges, order) = stream_table_dag(&entries, &all_edges);
         let by_relid: BTreeMap<u32, &Entry> = entries.iter().map(|e| (e.relid, e)).collect();
         let default = default_interval();
         let intervals = resolve_intervals(&order, &edges, &by_relid, now);
@@ -794,6 +790,18 @@ fn resolve_intervals(
     pgt_core::schedule::resolve_calculated(order, edges, |r| by_relid.get(&r).and_then(|e| e.schedule.interval(now)), default_interval())
 }
 
+/// The DAG of the stream tables `entries` given the catalog's source edges
+/// (`(source, stream table, source is a stream table)`): its nodes (storage
+/// OIDs), its stream-table-to-stream-table edges, and a topological order,
+/// upstream first. A cycle cannot be created (create and alter reject it); if
+/// the catalog somehow holds one, the order is the catalog's rather than none.
+fn stream_table_dag(entries: &[Entry], all_edges: &[(u32, u32, bool)]) -> (BTreeSet<u32>, pgt_core::dag::Edges<u32>, Vec<u32>) {
+    let edges = pgt_core::dag::edges(all_edges.iter().filter(|(_, _, st)| *st).map(|(up, down, _)| (*up, *down)));
+    let nodes: BTreeSet<u32> = entries.iter().map(|e| e.relid).collect();
+    let order = pgt_core::dag::topological_order(&nodes, &edges).unwrap_or_else(|_| nodes.iter().copied().collect());
+    (nodes, edges, order)
+}
+
 /// What a `calculated` schedule that nothing downstream constrains resolves
 /// to: `pg_trickle.default_schedule_seconds`.
 fn default_interval() -> Duration {
@@ -807,10 +815,7 @@ fn default_interval() -> Duration {
 /// which only the running scheduler knows.
 pub fn effective_intervals() -> PgtResult<Vec<(i64, Duration)>> {
     let entries = stream_tables()?;
-    let all_edges = crate::catalog::source_edges()?;
-    let edges = pgt_core::dag::edges(all_edges.iter().filter(|(_, _, st)| *st).map(|(up, down, _)| (*up, *down)));
-    let nodes: BTreeSet<u32> = entries.iter().map(|e| e.relid).collect();
-    let order = pgt_core::dag::topological_order(&nodes, &edges).unwrap_or_else(|_| nodes.iter().copied().collect());
+    let (_, edges, order) = stream_table_dag(&entries, &crate::catalog::source_edges()?);
     let by_relid: BTreeMap<u32, &Entry> = entries.iter().map(|e| (e.relid, e)).collect();
     let intervals = resolve_intervals(&order, &edges, &by_relid, SystemTime::now());
     Ok(entries.iter().filter_map(|e| intervals.get(&e.relid).map(|d| (e.pgt_id, *d))).collect())
