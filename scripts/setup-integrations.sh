@@ -53,7 +53,14 @@ if ! command -v python3 >/dev/null 2>&1; then
   skipped+=("dbt and the PGXN client (no python3 on this machine)")
 elif [ ! -x "$venv/bin/dbt" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pgt_step "installing dbt and the PGXN client into $venv ($req)"
-  if python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "${reqs[@]/#/-r}"; then
+  # pgxnclient comes as a source distribution whose built wheel carries the
+  # path of the Python that built it in its command scripts: build it for this
+  # environment, never from a wheel cached for another (--no-cache-dir).
+  if python3 -m venv "$venv" \
+     && "$venv/bin/pip" install --quiet --disable-pip-version-check -r integrations/dbt-pgtrickle/requirements.txt \
+     && "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir --force-reinstall \
+          -r integrations/pgxn/requirements.txt \
+     && "$venv/bin/pgxn" help install >/dev/null; then
     echo "$want" > "$stamp"
   else
     skipped+=("dbt and the PGXN client (pip install failed)")
