@@ -11,6 +11,7 @@ use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -95,7 +96,10 @@ impl Process {
         let log = scratch.dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).expect("create tool log");
         let err = out.try_clone().expect("clone log handle");
+        // A process group of its own: a tool started through runuser (or one
+        // that forks) is stopped with everything it started.
         let child = command
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -119,6 +123,9 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // The whole group (runuser leaves the tool it started running when
+        // it is killed alone), then the child itself.
+        let _ = Command::new("kill").arg("-KILL").arg("--").arg(format!("-{}", self.child.id())).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
