@@ -142,3 +142,64 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     JOIN pg_class c ON c.oid = st.pgt_relid
     ORDER BY o.depth, st.pgt_id
 $$;
+
+-- Dump and restore (src/restore.rs, docs/OPERATIONS.md). Capture triggers
+-- call one extension function with their source's OID, which hands each
+-- statement to the source's capture function; capture functions, change
+-- buffers and state tables become extension members, so that pg_dump leaves
+-- them out: their names and rows belong to this database.
+CREATE FUNCTION pgtrickle._capture_changes() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'capture_changes_wrapper';
+REVOKE ALL ON FUNCTION pgtrickle._capture_changes() FROM PUBLIC;
+-- The capture functions, buffers and state tables of existing stream
+-- tables become members, their privileges recorded as initial ones
+-- (pg_init_privs: pg_dump writes no GRANT or REVOKE for them), and the
+-- capture triggers are pointed at pgtrickle._capture_changes
+-- (src/cdc.rs, upgrade_capture_from_0_1_0).
+CREATE FUNCTION pgtrickle._upgrade_capture_from_0_1_0() RETURNS void
+LANGUAGE c AS 'MODULE_PATHNAME', 'upgrade_capture_from_0_1_0_wrapper';
+SELECT pgtrickle._upgrade_capture_from_0_1_0();
+DROP FUNCTION pgtrickle._upgrade_capture_from_0_1_0();
+
+-- The guard trigger lets a COPY into a stream table through (a data-only
+-- restore) and marks it for reinitialization. Guard triggers get the
+-- definition they carry into dumps when their stream tables are next
+-- reinitialized, which the state format change above makes every 0.1.0
+-- stream table's next refresh do.
+CREATE OR REPLACE FUNCTION pgtrickle._guard_stream_table() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT pgtrickle._stream_table_write_in_progress() THEN
+        -- A COPY into a stream table, as a data-only restore runs: the rows
+        -- are loaded and the stream table marked for reinitialization
+        -- (src/restore.rs), so that they do not outlive its next refresh.
+        IF TG_OP = 'INSERT' AND TG_NARGS = 1 AND pg_catalog.current_query() ~* '^\s*COPY\s' THEN
+            PERFORM pgtrickle._stream_table_contents_loaded(TG_RELID);
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION 'cannot change % %.%',
+                        CASE WHEN TG_TABLE_SCHEMA = 'pgtrickle_state' THEN 'pg_trickle state table' ELSE 'stream table' END,
+                        pg_catalog.quote_ident(TG_TABLE_SCHEMA), pg_catalog.quote_ident(TG_TABLE_NAME)
+            USING ERRCODE = '42809',
+                  DETAIL = 'Its contents are the result of its defining query; pg_trickle''s refreshes write them.',
+                  HINT = 'Change its sources, or its query with pgtrickle.alter_stream_table().';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE  FUNCTION pgtrickle."_stream_table_contents_loaded"(
+	"relid" oid /* pg_sys :: Oid */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'stream_table_contents_loaded_wrapper';
+
+CREATE  FUNCTION pgtrickle."finish_restore"() RETURNS TABLE (
+	"stream_table" TEXT,  /* String */
+	"status" TEXT,  /* String */
+	"detail" TEXT  /* String */
+)
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'finish_restore_wrapper';

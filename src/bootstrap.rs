@@ -274,6 +274,14 @@ LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'immediate_after_wrapper';
 REVOKE ALL ON FUNCTION pgtrickle._immediate_before() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle._immediate_after() FROM PUBLIC;
 
+-- Change capture (cdc.rs): every capture trigger calls this with its
+-- source's OID, and it hands the statement to that source's capture function
+-- in pgtrickle_changes. Triggers restored from a dump of another database
+-- call it with that database's OIDs, and it does nothing for them.
+CREATE FUNCTION pgtrickle._capture_changes() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'capture_changes_wrapper';
+REVOKE ALL ON FUNCTION pgtrickle._capture_changes() FROM PUBLIC;
+
 -- The guard trigger of every stream table (storage.rs): only a refresh writes
 -- a stream table, as only REFRESH writes a materialized view. Runs as whoever
 -- writes, so it is executable by everyone; what it checks cannot be set from
@@ -282,6 +290,13 @@ CREATE FUNCTION pgtrickle._guard_stream_table() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT pgtrickle._stream_table_write_in_progress() THEN
+        -- A COPY into a stream table, as a data-only restore runs: the rows
+        -- are loaded and the stream table marked for reinitialization
+        -- (src/restore.rs), so that they do not outlive its next refresh.
+        IF TG_OP = 'INSERT' AND TG_NARGS = 1 AND pg_catalog.current_query() ~* '^\s*COPY\s' THEN
+            PERFORM pgtrickle._stream_table_contents_loaded(TG_RELID);
+            RETURN NULL;
+        END IF;
         RAISE EXCEPTION 'cannot change % %.%',
                         CASE WHEN TG_TABLE_SCHEMA = 'pgtrickle_state' THEN 'pg_trickle state table' ELSE 'stream table' END,
                         pg_catalog.quote_ident(TG_TABLE_SCHEMA), pg_catalog.quote_ident(TG_TABLE_NAME)

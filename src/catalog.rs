@@ -152,6 +152,30 @@ pub fn is_stream_table(relid: pg_sys::Oid) -> PgtResult<bool> {
     .unwrap_or(false))
 }
 
+/// The definition of the stream table stored in `relid` as its guard trigger
+/// carries it into dumps (`crate::storage::ensure_guard`, `crate::restore`):
+/// a JSON object (jsonb text, so the same definition always gives the same
+/// text) with `format` (1), `query` (the normalized defining query),
+/// `original_query`, `schedule`, `refresh_mode`, `diamond_consistency`,
+/// `diamond_schedule_policy`, `cdc_mode` (null: the default), `append_only`,
+/// `pooler_compatibility_mode`. Not its status: a restored stream table is
+/// active (a suspension is about the database it happened in). `None` when `relid` is no stream
+/// table (a state table, or a storage table not yet recorded).
+pub fn dump_definition(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
+    as_extension_owner(|| {
+        query_one::<String>(
+            kept(
+                "SELECT pg_catalog.jsonb_build_object('format', 1, 'query', defining_query, 'original_query', original_query, \
+                        'schedule', schedule, 'refresh_mode', refresh_mode, 'diamond_consistency', diamond_consistency, \
+                        'diamond_schedule_policy', diamond_schedule_policy, 'cdc_mode', cdc_mode, 'append_only', append_only, \
+                        'pooler_compatibility_mode', pooler_compatibility_mode)::text \
+                 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1",
+            ),
+            &[relid.into()],
+        )
+    })
+}
+
 /// First half of the advisory-lock key space for "maintenance of a stream table"
 /// (`"pgu\0"`); the second half is its `pgt_id`.
 const STREAM_TABLE_LOCK_CLASS: i64 = 0x7067_7500;

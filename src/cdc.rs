@@ -13,16 +13,22 @@
 //!   `SECURITY DEFINER`, `search_path` pinned) that copies a statement's transition
 //!   table into the buffer in one set-based INSERT;
 //! - four **triggers** `pgt_cdc_<oid>_{ins,upd,del,trunc}` (AFTER ... FOR EACH
-//!   STATEMENT; INSERT/UPDATE/DELETE with transition tables; `ENABLE ALWAYS`, so
+//!   STATEMENT; INSERT/UPDATE/DELETE with transition tables), each calling
+//!   `pgtrickle._capture_changes('<oid>')`, which hands the statement to the
+//!   capture function ([`forward_to_capture_function`]): the triggers name only
+//!   an object of the extension, so that a dump holding the source (which
+//!   holds its triggers) restores wherever pg_trickle is installed; `ENABLE ALWAYS`, so
 //!   they fire under `session_replication_role = replica` too) on `S` and, for a
 //!   partitioned table, on every partition (a statement aimed at a partition fires
 //!   only that partition's statement triggers). Foreign partitions cannot carry
 //!   transition-table triggers and are skipped.
 //!
 //! One buffer serves every stream table reading `S`; it is created with the first
-//! and dropped with the last (`pgt_change_tracking` records it). The buffer,
-//! function and triggers carry an AUTO dependency on the extension, so `DROP
-//! EXTENSION pg_trickle` removes them without CASCADE, and the triggers an AUTO
+//! and dropped with the last (`pgt_change_tracking` records it). The buffer and
+//! the capture function are extension members and the triggers carry an AUTO
+//! dependency on the extension, so `DROP EXTENSION pg_trickle` removes them
+//! without CASCADE and pg_dump leaves buffer and function out (their names and
+//! rows belong to this database: `crate::restore`); the triggers have an AUTO
 //! dependency on their table, so dropping a source removes its triggers.
 //!
 //! **Serialization.** Starting, re-syncing and releasing the capture of `S`, and
@@ -175,8 +181,8 @@ pub fn ensure_capture(source_relid: pg_sys::Oid, owner: pg_sys::Oid) -> PgtResul
         let extension = extension_oid()?;
         let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
         let function_oid = write_capture_function(source_relid, &columns)?;
-        record_auto_dependency_on_extension(pg_sys::ProcedureRelationId, function_oid, extension);
-        let _ = sync_triggers(source_relid, function_oid, extension)?;
+        crate::privilege::record_extension_membership(pg_sys::ProcedureRelationId, function_oid, extension);
+        let _ = sync_triggers(source_relid, extension)?;
         catalog::insert_change_tracking(
             &ChangeTracking {
                 source_relid,
@@ -230,7 +236,7 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<CaptureSync> {
         let source = relation_name(source_relid)?;
         let columns = checked_columns(source_relid, &source)?;
         let extension = extension_oid()?;
-        let triggers = sync_triggers(source_relid, tracking.capture_function, extension)?;
+        let triggers = sync_triggers(source_relid, extension)?;
         // Triggers repaired here were switched off by the very command that
         // runs this (event triggers fire at its end): no write went uncaptured.
         let tree_changed = triggers.tree_changed;
@@ -250,7 +256,7 @@ pub fn sync_capture(source_relid: pg_sys::Oid) -> PgtResult<CaptureSync> {
         let (buffer_columns, buffer_relid) = match altered {
             Some(buffer_columns) => (buffer_columns, tracking.buffer_relid),
             None => {
-                exec(&format!("DROP TABLE IF EXISTS {}", buffer_name(source_relid).to_sql()), &[])?;
+                crate::objects::drop_internal_table(&buffer_name(source_relid).to_sql())?;
                 let buffer_relid = create_buffer(source_relid, &source, &columns, extension)?;
                 sync.pending_changes_lost = true;
                 sync.changed_columns = columns.iter().map(|c| c.attnum).collect();
@@ -358,6 +364,9 @@ pub fn sync_buffer_grants(source_relid: pg_sys::Oid) -> PgtResult<()> {
         for role in granted.iter().filter(|r| !wanted.contains(r)) {
             exec(&format!("REVOKE SELECT ON {buffer} FROM {}", quote_ident(role)), &[])?;
         }
+        if let Some(tracking) = catalog::change_tracking(source_relid)? {
+            crate::privilege::record_initial_privileges(pg_sys::RelationRelationId, tracking.buffer_relid);
+        }
         Ok(())
     })
 }
@@ -418,8 +427,9 @@ fn create_buffer(
         ),
         &[],
     )?;
-    // AUTO dependency on the extension: DROP EXTENSION removes the buffer silently.
-    record_auto_dependency_on_extension(pg_sys::RelationRelationId, buffer_relid, extension);
+    // An extension member: DROP EXTENSION removes the buffer silently, and
+    // pg_dump leaves it out (its name and rows belong to this database).
+    crate::privilege::record_extension_membership(pg_sys::RelationRelationId, buffer_relid, extension);
     Ok(buffer_relid)
 }
 
@@ -508,9 +518,10 @@ const TRIGGER_SPECS: [TriggerSpec; 4] = [
 ];
 
 impl TriggerSpec {
-    /// Whether `t` is exactly this trigger, calling `function`.
-    fn matches(&self, t: &CaptureTrigger, function: pg_sys::Oid) -> bool {
-        t.function == function
+    /// Whether `t` is exactly this trigger, calling `dispatcher` for `source`.
+    fn matches(&self, t: &CaptureTrigger, dispatcher: pg_sys::Oid, source: pg_sys::Oid) -> bool {
+        t.function == dispatcher
+            && t.argument.as_deref() == Some(source.to_u32().to_string().as_str())
             && t.tgtype == self.tgtype
             && !t.has_condition
             && t.old_table.as_deref() == self.old_table
@@ -531,22 +542,22 @@ struct TriggerSync {
 
 /// Makes the capture triggers of `source_relid` exactly what capture needs: on
 /// every relation of its partition tree, the four triggers of [`TRIGGER_SPECS`]
-/// under their names, calling capture function `function_oid`, without a WHEN
+/// under their names, calling [`CAPTURE_DISPATCHER`] with the source's OID, without a WHEN
 /// condition, enabled ALWAYS (so `session_replication_role = replica` and
 /// `DISABLE TRIGGER USER` do not switch them off). A trigger that differs —
 /// disabled, renamed, replaced (`CREATE OR REPLACE TRIGGER`), or left on a
 /// relation no longer in the tree — is dropped or re-enabled, and a missing one
 /// created.
-fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension: pg_sys::Oid) -> PgtResult<TriggerSync> {
+fn sync_triggers(source_relid: pg_sys::Oid, extension: pg_sys::Oid) -> PgtResult<TriggerSync> {
     let tree = relation_tree(source_relid)?;
     let prefix = format!("pgt_cdc_{}_", source_relid.to_u32());
-    let existing = capture_triggers(function_oid, &prefix)?;
+    let dispatcher = capture_dispatcher()?;
+    let existing = capture_triggers(source_relid, dispatcher, &prefix)?;
     let first_capture = existing.is_empty();
     let mut sync = TriggerSync::default();
-    let function = capture_function_name(source_relid);
     let spec_of =
         |t: &CaptureTrigger| TRIGGER_SPECS.iter().find(|spec| trigger_name(source_relid, spec.suffix) == t.name && tree.contains(&t.table));
-    let sound = |t: &CaptureTrigger| spec_of(t).is_some_and(|spec| spec.matches(t, function_oid));
+    let sound = |t: &CaptureTrigger| spec_of(t).is_some_and(|spec| spec.matches(t, dispatcher, source_relid));
     for trigger in &existing {
         let table = relation_name(trigger.table)?;
         if !sound(trigger) {
@@ -571,12 +582,12 @@ fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension
             }
             exec(
                 &format!(
-                    "CREATE TRIGGER {} AFTER {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {}()",
+                    "CREATE TRIGGER {} AFTER {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {CAPTURE_DISPATCHER}('{}')",
                     quote_ident(&name),
                     spec.event,
                     table.to_sql(),
                     spec.referencing,
-                    function.to_sql()
+                    source_relid.to_u32()
                 ),
                 &[],
             )?;
@@ -593,7 +604,7 @@ fn sync_triggers(source_relid: pg_sys::Oid, function_oid: pg_sys::Oid, extension
         }
     }
     // AUTO dependencies on the extension for the new triggers.
-    for trigger in capture_triggers(function_oid, &prefix)? {
+    for trigger in capture_triggers(source_relid, dispatcher, &prefix)? {
         if !existing.iter().any(|t| t.oid == trigger.oid) {
             record_auto_dependency_on_extension(pg_sys::TriggerRelationId, trigger.oid, extension);
         }
@@ -662,7 +673,8 @@ pub fn source_checks(owner: pg_sys::Oid, sources: &[pg_sys::Oid]) -> PgtResult<V
                     ct.buffer_relid IS NOT NULL \
                     AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t \
                          WHERE t.tgrelid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(c.oid) p UNION SELECT c.oid) \
-                           AND t.tgfoid = ct.capture_function AND t.tgenabled = 'A' AND t.tgqual IS NULL \
+                           AND t.tgfoid = pg_catalog.to_regprocedure('pgtrickle._capture_changes()') AND t.tgenabled = 'A' AND t.tgqual IS NULL \
+                           AND t.tgargs = pg_catalog.convert_to(c.oid::text, pg_catalog.getdatabaseencoding()) || '\\x00'::bytea \
                            AND pg_catalog.starts_with(t.tgname::text, 'pgt_cdc_' || c.oid::text || '_')) \
                         = 4 * (SELECT pg_catalog.count(*) FROM (SELECT p.relid FROM pg_catalog.pg_partition_tree(c.oid) p \
                                       WHERE (SELECT pc.relkind FROM pg_catalog.pg_class pc WHERE pc.oid = p.relid) <> 'f' \
@@ -751,12 +763,52 @@ pub fn repair_capture(source_relid: pg_sys::Oid) -> PgtResult<Vec<String>> {
     let _internal = InternalDdl::begin();
     as_extension_owner(|| {
         lock_source(source_relid, false)?;
-        let Some(tracking) = catalog::change_tracking(source_relid)? else {
+        if catalog::change_tracking(source_relid)?.is_none() {
             return Ok(Vec::new());
-        };
-        let sync = sync_triggers(source_relid, tracking.capture_function, extension_oid()?)?;
+        }
+        let sync = sync_triggers(source_relid, extension_oid()?)?;
         Ok(sync.repaired)
     })
+}
+
+/// The 0.1.0 -> 0.2.0 upgrade of capture (run by its script): capture
+/// functions, change buffers and state tables, which 0.1.0 tied to the
+/// extension by AUTO dependencies, become extension members with their
+/// privileges recorded as initial ones (so that pg_dump leaves them out), and
+/// every captured source's triggers are pointed at [`CAPTURE_DISPATCHER`]
+/// ([`repair_capture`], in OID order; 0.1.0's called the capture functions
+/// directly).
+pub fn upgrade_capture_from_0_1_0() -> PgtResult<()> {
+    let extension = extension_oid()?;
+    let members = query_map(
+        "SELECT d.classid, d.objid FROM pg_catalog.pg_depend d \
+         WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.refobjid = $1 AND d.deptype = 'a' \
+           AND (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid IN (SELECT c.oid FROM pg_catalog.pg_class c \
+                    WHERE c.relnamespace IN ('pgtrickle_changes'::pg_catalog.regnamespace, 'pgtrickle_state'::pg_catalog.regnamespace)) \
+                OR d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid IN (SELECT p.oid FROM pg_catalog.pg_proc p \
+                    WHERE p.pronamespace = 'pgtrickle_changes'::pg_catalog.regnamespace))",
+        &[extension.into()],
+        |row| Ok((col::<pg_sys::Oid>(row, 1)?, col::<pg_sys::Oid>(row, 2)?)),
+    )?;
+    for (class_id, object_id) in members {
+        unsafe {
+            pg_sys::deleteDependencyRecordsForClass(
+                class_id,
+                object_id,
+                pg_sys::ExtensionRelationId,
+                pg_sys::DependencyType::DEPENDENCY_AUTO as std::ffi::c_char,
+            );
+        }
+        crate::privilege::record_extension_membership(class_id, object_id, extension);
+    }
+    let mut sources = catalog::captured_sources()?;
+    sources.sort_by_key(|s| s.to_u32());
+    for source in sources {
+        if unsafe { !pg_sys::get_rel_name(source).is_null() } {
+            repair_capture(source)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `role` may start capturing changes of `source_relid`: PostgreSQL
@@ -827,17 +879,23 @@ struct CaptureTrigger {
     has_condition: bool,
     old_table: Option<String>,
     new_table: Option<String>,
+    /// Its one argument, if it has exactly one.
+    argument: Option<String>,
 }
 
-/// Every trigger that calls capture function `function_oid` or is named with
+/// Every trigger that calls `dispatcher` for `source_relid` or is named with
 /// capture's `prefix` (`pgt_cdc_<source oid>_`), wherever it is.
-fn capture_triggers(function_oid: pg_sys::Oid, prefix: &str) -> PgtResult<Vec<CaptureTrigger>> {
+fn capture_triggers(source_relid: pg_sys::Oid, dispatcher: pg_sys::Oid, prefix: &str) -> PgtResult<Vec<CaptureTrigger>> {
     query_map(
         "SELECT oid, tgrelid, tgname::text, tgfoid, tgtype, tgenabled::text, tgqual IS NOT NULL, \
-                tgoldtable::text, tgnewtable::text \
-         FROM pg_catalog.pg_trigger WHERE NOT tgisinternal AND (tgfoid = $1 OR pg_catalog.starts_with(tgname::text, $2)) \
+                tgoldtable::text, tgnewtable::text, \
+                CASE WHEN tgnargs = 1 THEN pg_catalog.convert_from(pg_catalog.substring(tgargs, 1, pg_catalog.length(tgargs) - 1), \
+                                                                   pg_catalog.getdatabaseencoding()) END \
+         FROM pg_catalog.pg_trigger WHERE NOT tgisinternal \
+           AND (tgfoid = $1 AND tgargs = pg_catalog.convert_to($3, pg_catalog.getdatabaseencoding()) || '\\x00'::bytea \
+                OR pg_catalog.starts_with(tgname::text, $2)) \
          ORDER BY oid",
-        &[function_oid.into(), prefix.into()],
+        &[dispatcher.into(), prefix.into(), source_relid.to_u32().to_string().into()],
         |row| {
             Ok(CaptureTrigger {
                 oid: col(row, 1)?,
@@ -849,9 +907,93 @@ fn capture_triggers(function_oid: pg_sys::Oid, prefix: &str) -> PgtResult<Vec<Ca
                 has_condition: col(row, 7)?,
                 old_table: row.get::<String>(8)?,
                 new_table: row.get::<String>(9)?,
+                argument: row.get::<String>(10)?,
             })
         },
     )
+}
+
+/// The trigger function every capture trigger calls, with the OID of the
+/// captured source as its argument ([`forward_to_capture_function`]).
+pub const CAPTURE_DISPATCHER: &str = "pgtrickle._capture_changes";
+
+/// The OID of [`CAPTURE_DISPATCHER`].
+fn capture_dispatcher() -> PgtResult<pg_sys::Oid> {
+    // Looked up at execution (to_regprocedure), not folded into a kept plan:
+    // DROP and CREATE EXTENSION in one session give it a new OID.
+    query_one::<pg_sys::Oid>(kept("SELECT pg_catalog.to_regprocedure('pgtrickle._capture_changes()')::pg_catalog.oid"), &[])?
+        .ok_or_else(|| PgtError::internal("function pgtrickle._capture_changes() is missing"))
+}
+
+/// The body of [`CAPTURE_DISPATCHER`]: hands the statement that fired a
+/// capture trigger (`data`, with its transition tables) to the capture
+/// function of the source the trigger's argument names,
+/// `pgtrickle_changes.capture_<oid>`, as if the trigger called it. Does
+/// nothing when the trigger is not one of capture's for that source on that
+/// source or one of its partitions, or when the capture function does not
+/// exist: such a trigger was restored from a dump of another database, and
+/// its source is captured again by `pgtrickle.finish_restore()`
+/// (`crate::restore`).
+///
+/// # Safety
+/// `data` must be the trigger data of the running trigger call.
+pub unsafe fn forward_to_capture_function(data: &pg_sys::TriggerData) -> PgtResult<()> {
+    let trigger = unsafe { &*data.tg_trigger };
+    if trigger.tgnargs != 1 || trigger.tgargs.is_null() {
+        return Ok(());
+    }
+    // SAFETY: tgargs holds tgnargs NUL-terminated strings.
+    let argument = unsafe { std::ffi::CStr::from_ptr(*trigger.tgargs) }.to_string_lossy();
+    let Ok(source) = argument.parse::<u32>() else { return Ok(()) };
+    let source = pg_sys::Oid::from(source);
+    let name = unsafe { std::ffi::CStr::from_ptr(trigger.tgname) }.to_string_lossy();
+    if !name.starts_with(&format!("pgt_cdc_{}_", source.to_u32())) {
+        return Ok(());
+    }
+    let relid = unsafe { (*data.tg_relation).rd_id };
+    if relid != source && !(unsafe { pg_sys::get_rel_relispartition(relid) } && is_ancestor(source, relid)) {
+        return Ok(());
+    }
+    let function = capture_function_name(source);
+    let schema = std::ffi::CString::new(function.schema.as_str()).map_err(|_| PgtError::internal("NUL in a schema name"))?;
+    let proc = std::ffi::CString::new(function.name.as_str()).map_err(|_| PgtError::internal("NUL in a function name"))?;
+    unsafe {
+        let names = pg_sys::list_make2_impl(
+            pg_sys::NodeTag::T_List,
+            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(schema.as_ptr())).cast() },
+            pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(proc.as_ptr())).cast() },
+        );
+        let function_oid = pg_sys::LookupFuncName(names, 0, std::ptr::null(), true);
+        if function_oid == pg_sys::InvalidOid {
+            return Ok(());
+        }
+        let flinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()).cast::<pg_sys::FmgrInfo>();
+        pg_sys::fmgr_info(function_oid, flinfo);
+        let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()).cast::<pg_sys::FunctionCallInfoBaseData>();
+        (*fcinfo).flinfo = flinfo;
+        (*fcinfo).context = (data as *const pg_sys::TriggerData).cast_mut().cast();
+        (*fcinfo).fncollation = pg_sys::InvalidOid;
+        (*fcinfo).nargs = 0;
+        let Some(call) = (*flinfo).fn_addr else {
+            return Err(PgtError::internal(format!("capture function {function} has no entry point")));
+        };
+        // The capture function may raise an error: through PostgreSQL's
+        // error handling, not across Rust frames.
+        pg_sys::ffi::pg_guard_ffi_boundary(|| call(fcinfo));
+    }
+    Ok(())
+}
+
+/// Whether `ancestor` is a partitioned table above `relid` (partitions' capture
+/// triggers name their root source).
+fn is_ancestor(ancestor: pg_sys::Oid, relid: pg_sys::Oid) -> bool {
+    query_one::<bool>(
+        kept("SELECT $1 IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors($2) a)"),
+        &[ancestor.into(), relid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// Stops capturing `source_relid` if no DIFFERENTIAL stream table reads it any
@@ -880,12 +1022,13 @@ pub fn release_capture_if_unused(source_relid: pg_sys::Oid) -> PgtResult<()> {
         if exists && !may_start_capture(source_relid, crate::privilege::acting_role())? {
             return Ok(());
         }
-        for trigger in capture_triggers(tracking.capture_function, &format!("pgt_cdc_{}_", source_relid.to_u32()))? {
+        for trigger in capture_triggers(source_relid, capture_dispatcher()?, &format!("pgt_cdc_{}_", source_relid.to_u32()))? {
             let table = relation_name(trigger.table)?;
             exec(&format!("DROP TRIGGER {} ON {}", quote_ident(&trigger.name), table.to_sql()), &[])?;
         }
+        crate::privilege::forget_extension_membership(pg_sys::ProcedureRelationId, tracking.capture_function);
         exec(&format!("DROP FUNCTION IF EXISTS {}()", capture_function_name(source_relid).to_sql()), &[])?;
-        exec(&format!("DROP TABLE IF EXISTS {}", buffer_name(source_relid).to_sql()), &[])?;
+        crate::objects::drop_internal_table(&buffer_name(source_relid).to_sql())?;
         catalog::delete_change_tracking(source_relid)
     })
 }

@@ -243,7 +243,10 @@ pub fn reinitialize(st: &StreamTable) -> PgtResult<()> {
     st.differential_blocker = decision.blocker;
     st.frontier = None;
     catalog::update_stream_table(&st)?;
-    replace_sources(&st, &analyzed, old_dependencies)
+    replace_sources(&st, &analyzed, old_dependencies)?;
+    // The re-derived query text (renames followed) goes into dumps.
+    storage::ensure_guard(st.relid)?;
+    Ok(())
 }
 
 /// Fails with 2BP01 ("cannot `action` stream table X because other stream tables

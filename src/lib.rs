@@ -32,6 +32,7 @@ mod objects;
 mod parse;
 mod privilege;
 mod refresh;
+mod restore;
 mod scheduler;
 mod spi;
 mod translate;

@@ -293,6 +293,8 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
     })?;
     catalog::replace_dependencies(pgt_id, &analyzed.sources)?;
     catalog::set_query_tree(pgt_id, &analyzed.tree)?;
+    // Now that the catalog has it, the guard carries the definition into dumps.
+    storage::ensure_guard(relid)?;
     if effective_refresh_mode == RefreshMode::Immediate {
         // Triggers on every source, in OID order (no deadlock with another
         // creator); each waits for the source's writers in progress, and
@@ -397,6 +399,16 @@ pub struct AlterArgs<'a> {
 /// `alter_stream_table`: changes the options given, and with a new query rebuilds
 /// the stream table (see docs/SQL_REFERENCE.md).
 pub fn alter_stream_table(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
+    let pgt_id = st.pgt_id;
+    alter_definition(st, args)?;
+    // The definition its guard trigger carries into dumps follows.
+    if let Some(st) = catalog::stream_table_by_id(pgt_id)? {
+        storage::ensure_guard(st.relid)?;
+    }
+    Ok(())
+}
+
+fn alter_definition(st: StreamTable, args: &AlterArgs) -> PgtResult<()> {
     check_owner(&st)?;
     if args.query.is_some() {
         require_read_committed("alter_stream_table")?;

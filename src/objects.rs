@@ -64,3 +64,17 @@ pub const ATTRIBUTE_COLUMN_TYPE_SQL: &str = "pg_catalog.format_type(a.atttypid, 
      pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.collname) FROM pg_catalog.pg_collation c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.collnamespace WHERE c.oid = a.attcollation AND c.oid <> \
      (SELECT t.typcollation FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid)), '')";
+
+/// Drops table `name` (SQL text, schema-qualified and quoted) if it exists,
+/// first releasing it from the extension when it is a member
+/// ([`crate::privilege::record_extension_membership`]: change buffers and
+/// state tables). Run with [`crate::activity::InternalDdl`] begun, as the
+/// extension owner.
+pub fn drop_internal_table(name: &str) -> PgtResult<()> {
+    let Some(relid) = query_one::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[name.into()])? else {
+        return Ok(());
+    };
+    crate::privilege::forget_extension_membership(pg_sys::RelationRelationId, relid);
+    crate::spi::exec(&format!("DROP TABLE {name}"), &[])?;
+    Ok(())
+}

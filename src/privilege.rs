@@ -174,6 +174,53 @@ pub fn record_auto_dependency_on_extension(class_id: pg_sys::Oid, object_id: pg_
     unsafe { pg_sys::recordDependencyOn(&depender, &referenced, pg_sys::DependencyType::DEPENDENCY_AUTO) };
 }
 
+/// Makes the object `object_id` of catalog `class_id` a member of the
+/// extension (what `ALTER EXTENSION pg_trickle ADD` records). pg_dump leaves
+/// extension members out of dumps, schema and data alike: for the change
+/// buffers and state tables, whose names carry OIDs and ids of the database
+/// they were made in, and whose rows are stamped with its transaction ids, so
+/// that no restore ever recreates or loads them (docs/OPERATIONS.md). A member
+/// is dropped with `DROP EXTENSION`, and only after
+/// [`forget_extension_membership`] by itself.
+///
+/// Its privileges as they are now are recorded as its initial ones
+/// ([`record_initial_privileges`]).
+pub fn record_extension_membership(class_id: pg_sys::Oid, object_id: pg_sys::Oid, extension: pg_sys::Oid) {
+    let depender = pg_sys::ObjectAddress { classId: class_id, objectId: object_id, objectSubId: 0 };
+    let referenced = pg_sys::ObjectAddress { classId: pg_sys::ExtensionRelationId, objectId: extension, objectSubId: 0 };
+    unsafe { pg_sys::recordDependencyOn(&depender, &referenced, pg_sys::DependencyType::DEPENDENCY_EXTENSION) };
+    record_initial_privileges(class_id, object_id);
+}
+
+/// Records the current privileges of extension member `object_id` (of
+/// catalog `class_id`: a relation or a function) as its initial ones
+/// (`pg_init_privs`, what `ALTER EXTENSION ... ADD` does): pg_dump writes, for
+/// a member, only the GRANTs and REVOKEs made since, and those would name an
+/// object the dump does not hold. Call after every change of a member's
+/// grants.
+pub fn record_initial_privileges(class_id: pg_sys::Oid, object_id: pg_sys::Oid) {
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::recordExtObjInitPriv(object_id, class_id);
+    }
+}
+
+/// Removes the membership [`record_extension_membership`] recorded, so that
+/// the object can be dropped on its own (PostgreSQL refuses to drop an
+/// extension member otherwise).
+pub fn forget_extension_membership(class_id: pg_sys::Oid, object_id: pg_sys::Oid) {
+    unsafe {
+        pg_sys::deleteDependencyRecordsForClass(
+            class_id,
+            object_id,
+            pg_sys::ExtensionRelationId,
+            pg_sys::DependencyType::DEPENDENCY_EXTENSION as std::ffi::c_char,
+        );
+        // The DROP that follows must see the dependency gone.
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
 /// The role that runs the current command: the session's role (after `SET
 /// ROLE`), not the owner of a `SECURITY DEFINER` function on the way (our event
 /// triggers are such functions).

@@ -104,38 +104,54 @@ pub fn sync_row_id_index(relid: pg_sys::Oid, wanted: bool) -> PgtResult<()> {
 /// as the extension owner. Its owner may drop or disable triggers on its own
 /// table; the event triggers call this after such DDL, so the guard comes back
 /// in the same statement. Returns what was repaired, if anything.
+///
+/// The trigger's one argument is the stream table's definition
+/// ([`crate::catalog::dump_definition`]; none for a state table): pg_dump
+/// writes triggers with their arguments, so every dump that holds the
+/// stream table's storage — full, `--schema-only`, `-n schema` — also holds
+/// what `pgtrickle.finish_restore()` recreates it from (`crate::restore`).
+/// Call this again after every change of the definition; a trigger whose
+/// argument differs is replaced (not reported as a repair).
 pub fn ensure_guard(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
+    let definition = crate::catalog::dump_definition(relid)?;
     let _internal = crate::activity::InternalDdl::begin();
     crate::privilege::as_extension_owner(|| {
         let table = crate::parse::relation_name(relid)?;
         let found = query_map(
             "SELECT t.oid, t.tgenabled::text, t.tgtype, t.tgqual IS NULL AND t.tgfoid = \
-                    'pgtrickle._guard_stream_table()'::pg_catalog.regprocedure \
+                    'pgtrickle._guard_stream_table()'::pg_catalog.regprocedure, \
+                    t.tgnargs = 0 AND $3::text IS NULL \
+                    OR t.tgnargs = 1 AND t.tgargs = pg_catalog.convert_to($3, pg_catalog.getdatabaseencoding()) || '\\x00'::bytea \
              FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2",
-            &[relid.into(), GUARD_TRIGGER.into()],
-            |row| Ok((col::<pg_sys::Oid>(row, 1)?, col::<String>(row, 2)?, col::<i16>(row, 3)?, col::<bool>(row, 4)?)),
+            &[relid.into(), GUARD_TRIGGER.into(), definition.clone().into()],
+            |row| {
+                Ok((col::<pg_sys::Oid>(row, 1)?, col::<String>(row, 2)?, col::<i16>(row, 3)?, col::<bool>(row, 4)?, col::<bool>(row, 5)?))
+            },
         )?;
         // BEFORE (2) + INSERT (4) + DELETE (8) + UPDATE (16) + TRUNCATE (32),
         // statement level (catalog/pg_trigger.h).
         const GUARD_TYPE: i16 = 2 | 4 | 8 | 16 | 32;
         let repaired = match found.first() {
-            Some((_, enabled, tgtype, ours)) if *ours && *tgtype == GUARD_TYPE => {
+            Some((_, enabled, tgtype, ours, current)) if *ours && *tgtype == GUARD_TYPE && *current => {
                 if enabled == "A" {
                     return Ok(None);
                 }
                 exec(&format!("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}", table.to_sql(), quote_ident(GUARD_TRIGGER)), &[])?;
                 return Ok(Some(format!("trigger {GUARD_TRIGGER} on {table} was disabled")));
             }
-            Some(_) => {
+            Some((_, enabled, tgtype, ours, _)) => {
                 exec(&format!("DROP TRIGGER {} ON {}", quote_ident(GUARD_TRIGGER), table.to_sql()), &[])?;
-                Some(format!("trigger {GUARD_TRIGGER} on {table} was changed"))
+                // Only the definition it carries is out of date: no repair.
+                (!(*ours && *tgtype == GUARD_TYPE && enabled == "A"))
+                    .then(|| format!("trigger {GUARD_TRIGGER} on {table} was changed"))
             }
-            None => None,
+            None => Some(format!("trigger {GUARD_TRIGGER} on {table} was missing")),
         };
+        let argument = definition.as_deref().map(pgt_core::ident::quote_literal).unwrap_or_default();
         exec(
             &format!(
                 "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
-                 FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle._guard_stream_table()",
+                 FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle._guard_stream_table({argument})",
                 quote_ident(GUARD_TRIGGER),
                 table.to_sql()
             ),
@@ -148,7 +164,7 @@ pub fn ensure_guard(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
         )?
         .ok_or_else(|| PgtError::internal(format!("guard trigger on {table} was not created")))?;
         crate::privilege::record_auto_dependency_on_extension(pg_sys::TriggerRelationId, trigger, crate::privilege::extension_oid()?);
-        Ok(repaired.or_else(|| Some(format!("trigger {GUARD_TRIGGER} on {table} was missing"))))
+        Ok(repaired)
     })
 }
 
@@ -327,7 +343,7 @@ pub fn sync_state_tables(pgt_id: i64, owner: pg_sys::Oid, plan: &Plan) -> PgtRes
                 have.is_ok_and(|have| have == w.stored_column_types())
             });
             if !keep {
-                exec(&format!("DROP TABLE {}", tables.state_table(*n)), &[])?;
+                crate::objects::drop_internal_table(&tables.state_table(*n))?;
             }
         }
         let remaining = existing_state_tables(pgt_id)?;
@@ -352,7 +368,8 @@ pub fn sync_state_tables(pgt_id: i64, owner: pg_sys::Oid, plan: &Plan) -> PgtRes
                 )?;
                 let relid = query_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::oid", &[table.as_str().into()])?
                     .ok_or_else(|| PgtError::internal(format!("state table {table} was not created")))?;
-                crate::privilege::record_auto_dependency_on_extension(pg_sys::RelationRelationId, relid, crate::privilege::extension_oid()?);
+                // A member, like the change buffers: left out of dumps.
+                crate::privilege::record_extension_membership(pg_sys::RelationRelationId, relid, crate::privilege::extension_oid()?);
                 let _ = ensure_guard(relid)?;
             }
         }
@@ -415,6 +432,7 @@ pub fn sync_state_grants(pgt_id: i64, owner: pg_sys::Oid) -> PgtResult<()> {
             if let Some(owner) = &owner_name {
                 exec(&format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {}", quote_ident(owner)), &[])?;
             }
+            crate::privilege::record_initial_privileges(pg_sys::RelationRelationId, oid);
         }
         Ok(())
     })
@@ -426,7 +444,7 @@ pub fn drop_state_tables(pgt_id: i64) -> PgtResult<()> {
     crate::privilege::as_extension_owner(|| {
         let tables = pgt_delta::Tables { stream_table: String::new(), pgt_id };
         for (n, _) in existing_state_tables(pgt_id)? {
-            exec(&format!("DROP TABLE IF EXISTS {}", tables.state_table(n)), &[])?;
+            crate::objects::drop_internal_table(&tables.state_table(n))?;
         }
         Ok(())
     })

@@ -297,6 +297,45 @@ mod pgtrickle {
         crate::ddl::on_relations_changed(&relids, in_ddl_command_end, command_tag).or_raise()
     }
 
+    /// After a logical restore (`pg_restore`, `psql -f dump.sql`): records the
+    /// restored stream tables from the definitions their guard triggers carry,
+    /// starts their capture and recomputes them once, upstream first; and
+    /// recomputes stream tables whose rows a data-only restore loaded. One row
+    /// per stream table concerned: its name, `restored` / `recomputed` / `not
+    /// restored`, and what was done or why not (`crate::restore`).
+    #[pg_extern]
+    #[allow(clippy::type_complexity)] // the SQL result's columns, spelled out by name!
+    fn finish_restore(
+    ) -> TableIterator<'static, (name!(stream_table, String), name!(status, String), name!(detail, String))> {
+        let outcomes = crate::restore::finish_restore().or_raise();
+        TableIterator::new(outcomes.into_iter().map(|o| (o.stream_table, o.status.to_string(), o.detail)))
+    }
+
+    /// Internal, for `sql/pg_trickle--0.1.0--0.2.0.sql` only (which creates,
+    /// calls and drops it): `crate::cdc::upgrade_capture_from_0_1_0`.
+    #[pg_extern(sql = false)]
+    fn upgrade_capture_from_0_1_0() {
+        crate::cdc::upgrade_capture_from_0_1_0().or_raise()
+    }
+
+    /// Internal: the function every capture trigger calls, with its source's
+    /// OID as argument (`crate::cdc::forward_to_capture_function`). Created by
+    /// the bootstrap SQL as `pgtrickle._capture_changes()`.
+    #[pg_trigger(sql = false)]
+    fn capture_changes<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
+        // SAFETY: the trigger data of this very call.
+        unsafe { crate::cdc::forward_to_capture_function(trigger.trigger_data()) }.or_raise();
+        Ok(None)
+    }
+
+    /// Internal: called by the guard trigger of a stream table when a COPY
+    /// loads rows into it (`crate::restore::contents_loaded`). Executable by
+    /// PUBLIC: it checks that the caller may insert into the table.
+    #[pg_extern(name = "_stream_table_contents_loaded")]
+    fn stream_table_contents_loaded(relid: pg_sys::Oid) {
+        crate::restore::contents_loaded(relid).or_raise()
+    }
+
     /// Internal: called by the `ddl_command_end` event trigger after DDL that
     /// may rename or move a schema, function, type or operator a defining
     /// query names, or replace a function (`functions`: the functions the

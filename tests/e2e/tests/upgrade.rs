@@ -33,7 +33,13 @@ const EXTENSION_OBJECTS: &str = "
 WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'pg_trickle'),
 members AS (
     SELECT d.classid, d.objid FROM pg_depend d, ext
-    WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'),
+    WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
+      -- Capture functions, change buffers and state tables are members too,
+      -- made per captured source and per stream table.
+      AND NOT (d.classid = 'pg_class'::regclass AND d.objid IN (SELECT oid FROM pg_class
+               WHERE relnamespace IN ('pgtrickle_changes'::regnamespace, 'pgtrickle_state'::regnamespace)))
+      AND NOT (d.classid = 'pg_proc'::regclass AND d.objid IN (SELECT oid FROM pg_proc
+               WHERE pronamespace = 'pgtrickle_changes'::regnamespace))),
 tables AS (SELECT objid AS relid FROM members WHERE classid = 'pg_class'::regclass)
 SELECT line FROM (
     SELECT pg_describe_object(m.classid, m.objid, 0) || ' :: ' || coalesce(CASE m.classid
@@ -335,6 +341,34 @@ fn stream_tables_of_0_1_0_keep_working_after_the_update() {
         only_updated.join("\n  "),
         only_fresh.join("\n  ")
     );
+    // And a dump of it restores, with no object the extension keeps to itself
+    // (docs/OPERATIONS.md, Backup and restore).
+    let dump = scratch.dir.join("updated.sql");
+    let bin = &cluster.paths.bin_dir;
+    let conn = |name: &str| ["-h".to_string(), "127.0.0.1".into(), "-p".into(), cluster.port.to_string(), "-U".into(), "postgres".into(), "-d".into(), name.into()];
+    let out = Command::new(bin.join("pg_dump")).args(conn("up")).args(["-f", &dump.display().to_string()]).output().expect("pg_dump");
+    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&dump).expect("read the dump");
+    assert!(!text.contains("pgtrickle_changes."), "the dump names none of capture's functions or buffers");
+    admin.batch_execute("CREATE DATABASE restored").expect("create database");
+    let out = Command::new(bin.join("psql"))
+        .args(conn("restored"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", &dump.display().to_string()])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "restoring the dump: {}", String::from_utf8_lossy(&out.stderr));
+    let mut restored = cluster.connect("restored").expect("connect");
+    let outcome: Vec<(String, String)> = restored
+        .query("SELECT stream_table, status FROM pgtrickle.finish_restore()", &[])
+        .expect("finish_restore")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(outcome.len(), QUERIES.len(), "{outcome:?}");
+    assert!(outcome.iter().all(|(_, s)| s == "restored"), "{outcome:?}");
+    for (st, q) in QUERIES {
+        assert_st_matches_query(&mut restored, st, q);
+    }
     drop(stopper);
 }
 
