@@ -124,7 +124,9 @@ pub fn on_relations_changed(relids: &[pg_sys::Oid], in_ddl_command_end: bool, co
             if consumer.needs_reinit {
                 // Earlier DDL (run with blocking off) already concerned it: it
                 // re-derives everything at its next refresh and reads no
-                // pending changes, so later DDL changes nothing for it.
+                // pending changes, so later DDL changes nothing for it but
+                // the names its query has in dumps until then.
+                sync_guard(consumer.pgt_id)?;
                 continue;
             }
             let plan = consumer.delta_plan.as_deref().and_then(|p| Plan::from_json(p).ok());
@@ -179,7 +181,19 @@ fn block_or_reinitialize(concerned: Vec<Concerned>, in_ddl_command_end: bool) ->
     }
     for c in &concerned {
         catalog::mark_needs_reinit(c.pgt_id)?;
+        sync_guard(c.pgt_id)?;
         pgrx::notice!("stream table {} will reinitialize at its next refresh: {}", c.stream_table, c.reason);
+    }
+    Ok(())
+}
+
+/// Brings the definition the guard of stream table `pgt_id` carries into
+/// dumps up to date ([`crate::storage::ensure_guard`]): until its
+/// reinitialization, a stream table marked for one carries its query as its
+/// stored tree deparses under the names of now.
+fn sync_guard(pgt_id: i64) -> PgtResult<()> {
+    if let Some(st) = catalog::stream_table_by_id(pgt_id)? {
+        crate::storage::ensure_guard(st.relid)?;
     }
     Ok(())
 }
@@ -207,6 +221,9 @@ pub fn on_objects_changed(command_tag: &str, functions: &[pg_sys::Oid]) -> PgtRe
     let mut renamed: Vec<Concerned> = Vec::new();
     for st in catalog::stored_definitions()? {
         if st.needs_reinit {
+            if command_tag != "CREATE FUNCTION" {
+                sync_guard(st.pgt_id)?;
+            }
             continue;
         }
         let Some(tree) = st.query_tree.as_deref() else { continue };

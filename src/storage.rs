@@ -113,7 +113,7 @@ pub fn sync_row_id_index(relid: pg_sys::Oid, wanted: bool) -> PgtResult<()> {
 /// Call this again after every change of the definition; a trigger whose
 /// argument differs is replaced (not reported as a repair).
 pub fn ensure_guard(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
-    let definition = crate::catalog::dump_definition(relid)?;
+    let definition = guard_definition(relid)?;
     let _internal = crate::activity::InternalDdl::begin();
     crate::privilege::as_extension_owner(|| {
         let table = crate::parse::relation_name(relid)?;
@@ -166,6 +166,27 @@ pub fn ensure_guard(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
         crate::privilege::record_auto_dependency_on_extension(pg_sys::TriggerRelationId, trigger, crate::privilege::extension_oid()?);
         Ok(repaired)
     })
+}
+
+/// The definition [`ensure_guard`] gives the guard of `relid`:
+/// [`crate::catalog::dump_definition`], except that a stream table marked for
+/// reinitialization gets the query its stored tree deparses to now: after a
+/// rename of something it names, and until the reinitialization that follows
+/// it stores that text, the stored text names what is gone.
+fn guard_definition(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
+    let Some(definition) = crate::catalog::dump_definition(relid)? else { return Ok(None) };
+    let Some(st) = crate::catalog::stream_table_by_relid(relid)? else { return Ok(Some(definition)) };
+    if !st.needs_reinit {
+        return Ok(Some(definition));
+    }
+    let Some(tree) = crate::catalog::query_tree(st.pgt_id)? else { return Ok(Some(definition)) };
+    // A tree naming something dropped no longer deparses: the stored text stays.
+    let deparsed = crate::spi::in_subtransaction(std::panic::AssertUnwindSafe(|| crate::parse::deparse_stored_tree(&tree)));
+    let Ok(Ok(Some(text))) = deparsed else { return Ok(Some(definition)) };
+    query_one::<String>(
+        "SELECT pg_catalog.jsonb_set($1::pg_catalog.jsonb, '{query}', pg_catalog.to_jsonb($2::text))::text",
+        &[definition.into(), text.into()],
+    )
 }
 
 /// Records that storage table `relid` depends (normally) on each of `sources`.

@@ -349,7 +349,7 @@ fn stream_table_definitions_recreate_stream_tables() {
     run("pg_restore", args);
     let _ = std::fs::remove_file(&dump);
     let mut restored = db.cluster.connect(&target).expect("connect to the restored database");
-    assert_eq!(restored.query_one("SELECT count(*) FROM pgtrickle.pgt_stream_tables", &[]).unwrap().get::<_, i64>(0), 0, "not carried yet");
+    assert_eq!(restored.query_one("SELECT count(*) FROM pgtrickle.pgt_stream_tables", &[]).unwrap().get::<_, i64>(0), 0, "nothing is a stream table before finish_restore");
     restored
         .batch_execute(
             "DO $$ DECLARE r record; BEGIN

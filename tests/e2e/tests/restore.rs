@@ -445,3 +445,38 @@ fn partial_dumps() {
     assert_eq!(rows(&mut client, "SELECT count(*)::text FROM pgtrickle.pgt_stream_tables"), ["0"]);
     drop(db);
 }
+
+/// A dump taken after a source was renamed and before the stream table's
+/// reinitialization (which stores the query under the new names) carries the
+/// query under the new names, from its stored query tree.
+#[test]
+fn dump_between_a_rename_and_the_reinitialization() {
+    let mut db = TestDb::new("restore_renamed");
+    db.exec(
+        "CREATE TABLE src (id int PRIMARY KEY, v int);
+         INSERT INTO src SELECT g, g % 7 FROM generate_series(1, 50) g;
+         SELECT pgtrickle.create_stream_table('st', 'SELECT v, count(*) AS n FROM src GROUP BY v', refresh_mode => 'DIFFERENTIAL');
+         SET pg_trickle.block_source_ddl = off;
+         ALTER TABLE src RENAME TO src2;
+         ALTER TABLE src2 RENAME COLUMN v TO w;
+         RESET pg_trickle.block_source_ddl;
+         INSERT INTO src2 VALUES (100, 3);",
+    );
+    assert!(db.scalar::<bool>("SELECT needs_reinit FROM pgtrickle.pgt_stream_tables", &[]), "marked for reinitialization");
+    let scratch = pg_trickle_e2e::tools::Scratch::new("restore_renamed");
+    let file = scratch.dir.join("dump.custom");
+    dump(&db.cluster, &db.name, &["-Fc"], &file);
+    let target = format!("{}_restored", db.name);
+    let mut client = create_database(&db.cluster, &target, false);
+    let mut args = conn_args(db.cluster.port, &target);
+    args.extend(["--exit-on-error".to_string(), file.display().to_string()]);
+    run(&db.cluster.paths.bin_dir, "pg_restore", &args);
+    let outcome = finish_restore(&mut client);
+    assert_eq!(outcome.len(), 1, "{outcome:?}");
+    assert_eq!(outcome[0].1, "restored", "{outcome:?}");
+    client.batch_execute("DELETE FROM src2 WHERE id < 10; SELECT pgtrickle.refresh_stream_table('st')").expect("DML and refresh");
+    assert_st_matches_query(&mut client, "st", "SELECT w AS v, count(*) AS n FROM src2 GROUP BY w");
+    drop(client);
+    let mut admin = db.cluster.connect("postgres").expect("connect");
+    admin.batch_execute(&format!("DROP DATABASE \"{target}\" WITH (FORCE)")).expect("drop the restored database");
+}
