@@ -14,7 +14,7 @@ use crate::parse::{self, AnalyzedQuery};
 use crate::privilege::{current_user, current_user_owns};
 use crate::definition::{check_can_run, check_no_cycle, refuse_if_read_downstream, replace_sources, require_read_committed, resolve_mode};
 use crate::refresh;
-use crate::spi::exec;
+use crate::spi::{exec, query_one};
 use crate::storage;
 use crate::translate;
 use pgt_delta::Plan;
@@ -258,11 +258,20 @@ pub fn create_stream_table(args: &CreateArgs, on_existing: OnExisting) -> PgtRes
                 .hint("Use pgtrickle.alter_stream_table() to change it, or pgtrickle.create_or_replace_stream_table()."))
             }
             (_, None) => {
+                let restored = query_one::<bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+                    &[existing_relid.into(), storage::GUARD_TRIGGER.into()],
+                )?
+                .unwrap_or(false);
                 return Err(PgtError::new(
                     PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
                     format!("relation {name} already exists"),
                 )
-                .hint("Choose another name for the stream table."))
+                .hint(if restored {
+                    "It is a stream table restored from a dump: SELECT * FROM pgtrickle.finish_restore() makes it one again."
+                } else {
+                    "Choose another name for the stream table."
+                }))
             }
         }
     }

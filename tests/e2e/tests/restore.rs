@@ -340,6 +340,11 @@ fn full_dump_round_trip() {
     plain_db.batch_execute("INSERT INTO app.orders VALUES (5000001, 'c1', 99)").expect("a write before finish_restore");
     let e = plain_db.batch_execute("DELETE FROM reports.by_cust").expect_err("the guard holds");
     assert_eq!(pg_trickle_e2e::sqlstate(&e).as_deref(), Some("42809"), "{e}");
+    let e = plain_db
+        .batch_execute("SELECT pgtrickle.create_stream_table('reports.by_cust', 'SELECT 1 AS one')")
+        .expect_err("the name is taken");
+    let e = e.as_db_error().map(|d| d.hint().unwrap_or_default().to_string()).unwrap_or_default();
+    assert!(e.contains("pgtrickle.finish_restore()"), "the hint points at finish_restore: {e}");
     let outcome = finish_restore(&mut plain_db);
     assert_eq!(outcome.len(), STREAM_TABLES.len(), "{outcome:?}");
     for (name, status, detail) in &outcome {
