@@ -954,7 +954,59 @@ pub unsafe fn forward_to_capture_function(data: &pg_sys::TriggerData) -> PgtResu
     if relid != source && !(unsafe { pg_sys::get_rel_relispartition(relid) } && is_ancestor(source, relid)) {
         return Ok(());
     }
+    let Some(flinfo) = capture_function_call_info(source, trigger.tgoid)? else { return Ok(()) };
+    unsafe {
+        let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()).cast::<pg_sys::FunctionCallInfoBaseData>();
+        (*fcinfo).flinfo = flinfo;
+        (*fcinfo).context = (data as *const pg_sys::TriggerData).cast_mut().cast();
+        (*fcinfo).fncollation = pg_sys::InvalidOid;
+        (*fcinfo).nargs = 0;
+        let Some(call) = (*flinfo).fn_addr else {
+            return Err(PgtError::internal(format!("capture function {} has no entry point", capture_function_name(source))));
+        };
+        // The capture function may raise an error: through PostgreSQL's
+        // error handling, not across Rust frames.
+        pg_sys::ffi::pg_guard_ffi_boundary(|| call(fcinfo));
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Per capture trigger (OID), the capture function it forwards to and the
+    /// call information made for it, kept for the backend's life, as
+    /// PostgreSQL keeps each trigger's own call information: looking them up
+    /// costs more than the rest of forwarding a statement. Per trigger, not
+    /// per function: PL/pgSQL keeps the compiled function (with its plans over
+    /// the trigger's transition tables) in the call information, and compiles
+    /// a trigger function per trigger and relation.
+    static CAPTURE_CALLS: std::cell::RefCell<std::collections::HashMap<u32, (pg_sys::Oid, *mut pg_sys::FmgrInfo)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The call information of the capture function of `source` for capture
+/// trigger `trigger`, or `None` when there is no such function. A kept one
+/// is used while a function of that OID still exists under the capture
+/// function's name in `pgtrickle_changes` (a function dropped and created
+/// again has a new OID); a replaced body (`CREATE OR REPLACE`, same OID) is
+/// picked up by PL/pgSQL itself, which checks the function's row at every
+/// call.
+fn capture_function_call_info(source: pg_sys::Oid, trigger: pg_sys::Oid) -> PgtResult<Option<*mut pg_sys::FmgrInfo>> {
     let function = capture_function_name(source);
+    let is_current = |oid: pg_sys::Oid| unsafe {
+        let name = pg_sys::get_func_name(oid);
+        if name.is_null() {
+            return false;
+        }
+        let same_name = std::ffi::CStr::from_ptr(name).to_bytes() == function.name.as_bytes();
+        let namespace = pg_sys::get_namespace_name(pg_sys::get_func_namespace(oid));
+        same_name && !namespace.is_null() && std::ffi::CStr::from_ptr(namespace).to_bytes() == function.schema.as_bytes()
+    };
+    if let Some((oid, flinfo)) = CAPTURE_CALLS.with(|c| c.borrow().get(&trigger.to_u32()).copied()) {
+        if is_current(oid) {
+            return Ok(Some(flinfo));
+        }
+        CAPTURE_CALLS.with(|c| c.borrow_mut().remove(&trigger.to_u32()));
+    }
     let schema = std::ffi::CString::new(function.schema.as_str()).map_err(|_| PgtError::internal("NUL in a schema name"))?;
     let proc = std::ffi::CString::new(function.name.as_str()).map_err(|_| PgtError::internal("NUL in a function name"))?;
     unsafe {
@@ -963,25 +1015,16 @@ pub unsafe fn forward_to_capture_function(data: &pg_sys::TriggerData) -> PgtResu
             pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(schema.as_ptr())).cast() },
             pg_sys::ListCell { ptr_value: pg_sys::makeString(pg_sys::pstrdup(proc.as_ptr())).cast() },
         );
-        let function_oid = pg_sys::LookupFuncName(names, 0, std::ptr::null(), true);
-        if function_oid == pg_sys::InvalidOid {
-            return Ok(());
+        let oid = pg_sys::LookupFuncName(names, 0, std::ptr::null(), true);
+        if oid == pg_sys::InvalidOid {
+            return Ok(None);
         }
-        let flinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()).cast::<pg_sys::FmgrInfo>();
-        pg_sys::fmgr_info(function_oid, flinfo);
-        let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()).cast::<pg_sys::FunctionCallInfoBaseData>();
-        (*fcinfo).flinfo = flinfo;
-        (*fcinfo).context = (data as *const pg_sys::TriggerData).cast_mut().cast();
-        (*fcinfo).fncollation = pg_sys::InvalidOid;
-        (*fcinfo).nargs = 0;
-        let Some(call) = (*flinfo).fn_addr else {
-            return Err(PgtError::internal(format!("capture function {function} has no entry point")));
-        };
-        // The capture function may raise an error: through PostgreSQL's
-        // error handling, not across Rust frames.
-        pg_sys::ffi::pg_guard_ffi_boundary(|| call(fcinfo));
+        let flinfo = pg_sys::MemoryContextAllocZero(pg_sys::TopMemoryContext, std::mem::size_of::<pg_sys::FmgrInfo>())
+            .cast::<pg_sys::FmgrInfo>();
+        pg_sys::fmgr_info_cxt(oid, flinfo, pg_sys::TopMemoryContext);
+        CAPTURE_CALLS.with(|c| c.borrow_mut().insert(trigger.to_u32(), (oid, flinfo)));
+        Ok(Some(flinfo))
     }
-    Ok(())
 }
 
 /// Whether `ancestor` is a partitioned table above `relid` (partitions' capture
