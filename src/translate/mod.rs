@@ -1047,6 +1047,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
         let arg_expr = plain_args.first().map(|te| (**te).expr as *mut pg_sys::Node);
         let arg_type = arg_expr.map(|e| pg_sys::exprType(e)).unwrap_or(pg_sys::InvalidOid);
         let exact_sum = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::NUMERICOID].contains(&arg_type);
+        let integer = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID].contains(&arg_type);
         let fixed_scale = arg_expr.map(|e| pg_sys::exprTypmod(e) >= 0).unwrap_or(false);
         let simple = nsp == "pg_catalog" && a.aggdistinct.is_null() && a.aggorder.is_null();
         let kind = match (simple, proname.as_str(), a.aggstar, plain_args.len()) {
@@ -1060,6 +1061,14 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
             (true, "avg", false, 1) if exact_sum && (arg_type != pg_sys::NUMERICOID || fixed_scale) => AggregateKind::Avg,
             (true, "min", false, 1) => AggregateKind::Min,
             (true, "max", false, 1) => AggregateKind::Max,
+            (true, "bool_and" | "every", false, 1) => AggregateKind::BoolAnd,
+            (true, "bool_or", false, 1) => AggregateKind::BoolOr,
+            // Integers only (see pgt_delta::aggregate): exact sums, and a
+            // result scale that does not depend on the rows.
+            (true, "var_samp" | "variance", false, 1) if integer => AggregateKind::VarSamp,
+            (true, "var_pop", false, 1) if integer => AggregateKind::VarPop,
+            (true, "stddev_samp" | "stddev", false, 1) if integer => AggregateKind::StddevSamp,
+            (true, "stddev_pop", false, 1) if integer => AggregateKind::StddevPop,
             _ => AggregateKind::Rescan,
         };
         let filter_name = (!a.aggfilter.is_null()).then(|| pgt_delta::names::filter(j));
@@ -1173,6 +1182,11 @@ unsafe fn passthrough_types(aggregates: &[Aggregate], aggrefs: &[*mut pg_sys::Ag
         match agg.kind {
             AggregateKind::Sum | AggregateKind::Rescan => types.push((**aggref).aggtype),
             AggregateKind::Avg => types.push(pg_sys::NUMERICOID),
+            AggregateKind::BoolAnd | AggregateKind::BoolOr => types.push(pg_sys::INT8OID),
+            AggregateKind::VarSamp | AggregateKind::VarPop | AggregateKind::StddevSamp | AggregateKind::StddevPop => {
+                types.push(pg_sys::NUMERICOID);
+                types.push(pg_sys::NUMERICOID);
+            }
             AggregateKind::Min | AggregateKind::Max => {
                 let args = PgList::<pg_sys::TargetEntry>::from_pg((**aggref).args);
                 let t = args.get_ptr(0).map(|te| pg_sys::exprType((*te).expr as *mut pg_sys::Node));

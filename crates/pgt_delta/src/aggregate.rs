@@ -20,6 +20,27 @@
 //! max'ⱼ    = GREATEST(maxⱼ, max_{c, w>0} a) valid unless some deleted a ≥ max'ⱼ MAX
 //! ```
 //!
+//! ```text
+//! true'ⱼ   = trueⱼ   + Σ_{c, a} w             (kept in __pgt_aux_sum_j)   BOOL_AND, EVERY, BOOL_OR
+//! bool_and = true'ⱼ = count'ⱼ,  bool_or = true'ⱼ > 0   (NULL when count'ⱼ = 0)
+//! Σx'ⱼ     = Σxⱼ + Σ_{c} w·a,  Σx²'ⱼ = Σx²ⱼ + Σ_{c} w·a²  (numeric, exact)   VAR_*, STDDEV_* over integers
+//! var      = (N·Σx² − (Σx)²) / (N·(N−1))  (samp; N·N for pop; N = count'ⱼ;
+//!            0 when the numerator is ≤ 0; NULL when N ≤ 1, resp. N = 0)
+//! stddev   = √var, rounded to var's scale
+//! ```
+//!
+//! The variance family is computed as PostgreSQL's `numeric_stddev_internal`
+//! (src/backend/utils/adt/numeric.c) computes it from the same exact sums:
+//! the products exact, the division by `numeric`'s own `/` (the same
+//! `select_div_scale` and rounding), the square root to the quotient's scale,
+//! correctly rounded (computed with 2·s + 40 more digits, then rounded: the
+//! square root of a number of scale s lies at least 10^-(2s) / (8√v) from any
+//! rounding boundary, so the double rounding cannot differ for any v below
+//! 10^78). Integers only: a numeric argument's result scale follows the
+//! largest scale among the group's current rows, and floats are summed with
+//! a rounding PostgreSQL's Youngs–Cramer accumulation does not share; both
+//! are rescanned.
+//!
 //! COUNT / SUM / AVG are exact over integers and numerics (sums of integers and of
 //! fixed-scale numerics are exact; floats would drift, so the translation does not
 //! offer them). When an extremum may have left, or the group's old state is not
@@ -118,19 +139,60 @@ fn full_state_select(plan: &AggregatePlan, from: &str) -> String {
             let call = match (agg.kind, &agg.call) {
                 (AggregateKind::Rescan, Some(call)) => call.sql("i"),
                 (AggregateKind::Sum | AggregateKind::Avg, _) => format!("sum({})", arg(agg, "i")),
+                (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => format!("sum({})", truth(agg, "i")),
+                (k, _) if k.is_variance() => format!("sum({}::numeric)", arg(agg, "i")),
                 (AggregateKind::Min, _) => format!("min({})", arg(agg, "i")),
                 _ => format!("max({})", arg(agg, "i")),
             };
             cols.push(format!("(({call} FILTER (WHERE {c})))::{t} AS {state}", t = value_state_type(agg)));
         }
+        if let Some((state, t)) = agg.extra_state_column(j) {
+            cols.push(format!("(sum({a}::numeric * {a}::numeric) FILTER (WHERE {c}))::{t} AS {state}", a = arg(agg, "i")));
+        }
     }
     format!("SELECT {}{} FROM {from}{}", groups_select(plan, "i"), cols.join(", "), group_by(plan, "i"))
+}
+
+/// `1` when the argument of `agg` in `alias` is true, else `0`.
+fn truth(agg: &Aggregate, alias: &str) -> String {
+    format!("CASE WHEN {} THEN 1 ELSE 0 END", arg(agg, alias))
+}
+
+/// The variance family's value from its count `n`, sum `sum` and sum of
+/// squares `sumsq` (SQL expressions; see the module doc).
+fn variance_sql(kind: AggregateKind, n: &str, sum: &str, sumsq: &str) -> String {
+    let sample = matches!(kind, AggregateKind::VarSamp | AggregateKind::StddevSamp);
+    let numerator = format!("({n}::numeric * {sumsq} - {sum} * {sum})");
+    let denominator = if sample { format!("({n}::numeric * ({n} - 1)::numeric)") } else { format!("({n}::numeric * {n}::numeric)") };
+    let quotient = format!("({numerator} / {denominator})");
+    let value = if matches!(kind, AggregateKind::StddevSamp | AggregateKind::StddevPop) {
+        format!(
+            "(SELECT pg_catalog.round(pg_catalog.sqrt(pg_catalog.round(v.q, 3 * pg_catalog.scale(v.q) + 40)), pg_catalog.scale(v.q)) \
+              FROM (SELECT {quotient} AS q) v)"
+        )
+    } else {
+        quotient
+    };
+    let defined = if sample { format!("{n} > 1") } else { format!("{n} > 0") };
+    format!("CASE WHEN NOT ({defined}) THEN NULL WHEN {numerator} <= 0 THEN 0::numeric ELSE {value} END")
 }
 
 /// The value of aggregate `j` from its state columns in `alias`.
 fn value_from_state(agg: &Aggregate, j: usize, alias: &str) -> String {
     let count = format!("{alias}.{}", count_col(j));
     let expr = match agg.kind {
+        AggregateKind::BoolAnd => {
+            format!("CASE WHEN {count} > 0 THEN {alias}.{} = {count} END", value_state_col(agg, j).unwrap_or_default())
+        }
+        AggregateKind::BoolOr => {
+            format!("CASE WHEN {count} > 0 THEN {alias}.{} > 0 END", value_state_col(agg, j).unwrap_or_default())
+        }
+        k @ (AggregateKind::VarSamp | AggregateKind::VarPop | AggregateKind::StddevSamp | AggregateKind::StddevPop) => variance_sql(
+            k,
+            &count,
+            &format!("{alias}.{}", value_state_col(agg, j).unwrap_or_default()),
+            &format!("{alias}.{}", agg.extra_state_column(j).map(|(n, _)| n).unwrap_or_default()),
+        ),
         AggregateKind::CountStar | AggregateKind::Count => count,
         AggregateKind::Rescan => format!("{alias}.{}", value_state_col(agg, j).unwrap_or_default()),
         AggregateKind::Sum | AggregateKind::Min | AggregateKind::Max => {
@@ -229,7 +291,15 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
                 dcols.push(format!("max({a}) FILTER (WHERE {c} AND d.__pgt_w > 0) AS __pgt_dins{j}", a = arg(agg, "d")));
                 dcols.push(format!("max({a}) FILTER (WHERE {c} AND d.__pgt_w < 0) AS __pgt_ddel{j}", a = arg(agg, "d")));
             }
-            AggregateKind::CountStar | AggregateKind::Count | AggregateKind::Rescan => {}
+            AggregateKind::BoolAnd | AggregateKind::BoolOr => {
+                dcols.push(format!("sum(d.__pgt_w * {}) FILTER (WHERE {c}) AS __pgt_ds{j}", truth(agg, "d")));
+            }
+            k if k.is_variance() => {
+                let a = arg(agg, "d");
+                dcols.push(format!("sum(d.__pgt_w::numeric * {a}::numeric) FILTER (WHERE {c}) AS __pgt_ds{j}"));
+                dcols.push(format!("sum(d.__pgt_w::numeric * {a}::numeric * {a}::numeric) FILTER (WHERE {c}) AS __pgt_dq{j}"));
+            }
+            _ => {}
         }
     }
     let dg = format!("SELECT {}{} FROM ({delta}) d{}", groups_select(plan, "d"), dcols.join(", "), group_by(plan, "d"));
@@ -287,7 +357,10 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
         ncols.push(format!("{new_count} AS {}", count_col(j)));
         if let Some(state) = value_state_col(agg, j) {
             let value = match agg.kind {
-                AggregateKind::Sum | AggregateKind::Avg => format!("coalesce({}, 0) + coalesce(a.__pgt_ds{j}, 0)", old(&state)),
+                AggregateKind::Sum | AggregateKind::Avg | AggregateKind::BoolAnd | AggregateKind::BoolOr => {
+                    format!("coalesce({}, 0) + coalesce(a.__pgt_ds{j}, 0)", old(&state))
+                }
+                k if k.is_variance() => format!("coalesce({}, 0) + coalesce(a.__pgt_ds{j}, 0)", old(&state)),
                 AggregateKind::Min => format!("LEAST({}, a.__pgt_dins{j})", old(&state)),
                 AggregateKind::Max => format!("GREATEST({}, a.__pgt_dins{j})", old(&state)),
                 // Never used: a plan with a rescanned aggregate rescans every group.
@@ -296,6 +369,12 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
             ncols.push(format!(
                 "(CASE WHEN {new_count} > 0 THEN {value} END)::{t} AS {state}",
                 t = value_state_type(agg)
+            ));
+        }
+        if let Some((state, t)) = agg.extra_state_column(j) {
+            ncols.push(format!(
+                "(CASE WHEN {new_count} > 0 THEN coalesce({}, 0) + coalesce(a.__pgt_dq{j}, 0) END)::{t} AS {state}",
+                old(&state)
             ));
         }
     }
@@ -382,6 +461,9 @@ fn rescanning_ctes(plan: &AggregatePlan, ctx: &Ctx, algebraic: &str, q: &str) ->
             cols.push(format!("0::bigint AS {}", count_col(j)));
             if let Some(state) = value_state_col(agg, j) {
                 cols.push(format!("NULL::{} AS {state}", value_state_type(agg)));
+            }
+            if let Some((state, t)) = agg.extra_state_column(j) {
+                cols.push(format!("NULL::{t} AS {state}"));
             }
         }
         format!(
@@ -495,6 +577,43 @@ mod tests {
             names,
             vec!["__pgt_count", "__pgt_aux_count_1", "__pgt_aux_count_2", "__pgt_aux_sum_2", "__pgt_aux_count_3", "__pgt_aux_min_3"]
         );
+    }
+
+    #[test]
+    fn counted_and_summed_aggregates_never_rescan() {
+        let mut p = plan(1, false);
+        p.aggregates = vec![agg(AggregateKind::BoolAnd, 1), agg(AggregateKind::BoolOr, 2), agg(AggregateKind::StddevSamp, 3)];
+        let names: Vec<String> = state_columns(&p).into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            vec![
+                "__pgt_count",
+                "__pgt_aux_count_1",
+                "__pgt_aux_sum_1",
+                "__pgt_aux_count_2",
+                "__pgt_aux_sum_2",
+                "__pgt_aux_count_3",
+                "__pgt_aux_sum_3",
+                "__pgt_aux_sumsq_3"
+            ]
+        );
+        let m = merge(&p, Changed::from([1])).expect("a merge");
+        assert!(!m.contains("__pgt_keys"), "no rescan step: {m}");
+        assert!(m.contains("__pgt_dq3"), "the sum of squares follows: {m}");
+        assert!(full(&p).contains("sum(CASE WHEN i.\"__pgt_a1\" THEN 1 ELSE 0 END)"), "{}", full(&p));
+    }
+
+    #[test]
+    fn variance_as_postgresql_computes_it() {
+        let v = variance_sql(AggregateKind::VarSamp, "n", "s", "q");
+        assert_eq!(
+            v,
+            "CASE WHEN NOT (n > 1) THEN NULL WHEN (n::numeric * q - s * s) <= 0 THEN 0::numeric \
+             ELSE ((n::numeric * q - s * s) / (n::numeric * (n - 1)::numeric)) END"
+        );
+        let pop = variance_sql(AggregateKind::StddevPop, "n", "s", "q");
+        assert!(pop.starts_with("CASE WHEN NOT (n > 0)"), "{pop}");
+        assert!(pop.contains("(n::numeric * n::numeric)") && pop.contains("pg_catalog.sqrt"), "{pop}");
     }
 
     #[test]

@@ -250,6 +250,64 @@ pub fn update(old: &GroupState, delta: &[((i8, Option<i8>), i64)], g: i8) -> Opt
     Some(GroupState { count: old.count + dcount, nonnull, sum, min })
 }
 
+/// What the stream table keeps for `bool_and` / `bool_or` and the variance
+/// family over one group of `(group, value)` rows (`aggregate.rs`): the
+/// contributing (non-NULL) rows, the true ones (a value is true when odd),
+/// Σx and Σx².
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MomentState {
+    /// `__pgt_aux_count_j`
+    pub n: i64,
+    /// `__pgt_aux_sum_j` of `bool_and` / `bool_or`: rows whose value is true
+    pub trues: i64,
+    /// `__pgt_aux_sum_j` of the variance family: Σx
+    pub sum: i128,
+    /// `__pgt_aux_sumsq_j`: Σx²
+    pub sumsq: i128,
+}
+
+/// [`MomentState`] of group `g` from scratch over `rows`.
+pub fn moments(rows: &ZSet<(i8, Option<i8>)>, g: i8) -> MomentState {
+    let mut s = MomentState::default();
+    for ((rg, v), w) in rows {
+        if let (true, Some(v)) = (*rg == g, v) {
+            let (v, w) = (i128::from(*v), i128::from(*w));
+            s.n += w as i64;
+            s.trues += if v % 2 != 0 { w as i64 } else { 0 };
+            s.sum += w * v;
+            s.sumsq += w * v * v;
+        }
+    }
+    s
+}
+
+/// The algebraic update of `old` by the group's delta images, as
+/// `aggregate.rs` computes it: every component adds the weighted images.
+pub fn update_moments(old: &MomentState, delta: &[((i8, Option<i8>), i64)], g: i8) -> MomentState {
+    let mut d = ZSet::new();
+    for (r, w) in delta {
+        add(&mut d, *r, *w);
+    }
+    let dm = moments(&d, g);
+    MomentState { n: old.n + dm.n, trues: old.trues + dm.trues, sum: old.sum + dm.sum, sumsq: old.sumsq + dm.sumsq }
+}
+
+/// `bool_and` and `bool_or` from the counts (None over no contributing row).
+pub fn bools_from_counts(s: &MomentState) -> (Option<bool>, Option<bool>) {
+    if s.n == 0 {
+        (None, None)
+    } else {
+        (Some(s.trues == s.n), Some(s.trues > 0))
+    }
+}
+
+/// The sample variance from the sums, as the fraction (numerator,
+/// denominator) `(N·Σx² − (Σx)²) / (N·(N−1))`; None when N ≤ 1.
+pub fn sample_variance_from_sums(s: &MomentState) -> Option<(i128, i128)> {
+    let n = i128::from(s.n);
+    (n > 1).then(|| (n * s.sumsq - s.sum * s.sum, n * (n - 1)))
+}
+
 /// The subquery expressions of [`presence_block`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sublink {
@@ -613,6 +671,28 @@ mod tests {
             let mut new = old.clone();
             for (r, w) in &images { add(&mut new, *r, *w); }
             for g in 0..3 {
+                // bool_and / bool_or and the variance family: counts and sums
+                // follow any images, and give the aggregates' definitions.
+                let moments_after = moments(&new, g);
+                prop_assert_eq!(update_moments(&moments(&old, g), &images, g), moments_after.clone());
+                let values: Vec<i128> = new
+                    .iter()
+                    .filter(|((rg, v), _)| *rg == g && v.is_some())
+                    .flat_map(|((_, v), w)| std::iter::repeat_n(i128::from(v.unwrap_or(0)), *w as usize))
+                    .collect();
+                let (all, any) = bools_from_counts(&moments_after);
+                prop_assert_eq!(all, (!values.is_empty()).then(|| values.iter().all(|v| v % 2 != 0)));
+                prop_assert_eq!(any, (!values.is_empty()).then(|| values.iter().any(|v| v % 2 != 0)));
+                if let Some((num, den)) = sample_variance_from_sums(&moments_after) {
+                    // Σ(x − mean)² / (N − 1), cross-multiplied: N·Σ(N·x − Σx)² / (N²·(N − 1)).
+                    let n = values.len() as i128;
+                    let sum: i128 = values.iter().sum();
+                    let dev: i128 = values.iter().map(|x| (n * x - sum) * (n * x - sum)).sum();
+                    prop_assert_eq!(num * (n * n * (n - 1)), dev * den);
+                    prop_assert!(num >= 0);
+                } else {
+                    prop_assert!(values.len() <= 1);
+                }
                 let before = recompute(&old, g);
                 let after = recompute(&new, g);
                 match update(&before, &images, g) {

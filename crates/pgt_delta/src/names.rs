@@ -96,6 +96,12 @@ pub fn aux_sum(j: usize) -> String {
     format!("__pgt_aux_sum_{j}")
 }
 
+/// Running sum of the squares of aggregate `j`'s argument (the variance
+/// family).
+pub fn aux_sumsq(j: usize) -> String {
+    format!("__pgt_aux_sumsq_{j}")
+}
+
 /// Current minimum of aggregate `j`.
 pub fn aux_min(j: usize) -> String {
     format!("__pgt_aux_min_{j}")

@@ -317,6 +317,19 @@ pub enum AggregateKind {
     Min,
     /// `max(x)`
     Max,
+    /// `bool_and(x)`, `every(x)`: true when every contributing value is
+    /// (counted: the contributing rows and the true ones)
+    BoolAnd,
+    /// `bool_or(x)`: true when some contributing value is
+    BoolOr,
+    /// `var_samp(x)`, `variance(x)` over an integer type (Σx and Σx² kept exact)
+    VarSamp,
+    /// `var_pop(x)` over an integer type
+    VarPop,
+    /// `stddev_samp(x)`, `stddev(x)` over an integer type
+    StddevSamp,
+    /// `stddev_pop(x)` over an integer type
+    StddevPop,
     /// Any other aggregate (string_agg, array_agg, bool_and, count(DISTINCT x),
     /// float sums, user-defined aggregates, ...): recomputed for every affected
     /// group.
@@ -324,10 +337,24 @@ pub enum AggregateKind {
 }
 
 impl AggregateKind {
+    /// `var_samp`, `var_pop`, `stddev_samp` or `stddev_pop`.
+    pub fn is_variance(self) -> bool {
+        matches!(self, AggregateKind::VarSamp | AggregateKind::VarPop | AggregateKind::StddevSamp | AggregateKind::StddevPop)
+    }
+
     /// How it is maintained, for EXPLAIN.
     pub fn strategy(self) -> &'static str {
         match self {
-            AggregateKind::CountStar | AggregateKind::Count | AggregateKind::Sum | AggregateKind::Avg => "algebraic",
+            AggregateKind::CountStar
+            | AggregateKind::Count
+            | AggregateKind::Sum
+            | AggregateKind::Avg
+            | AggregateKind::BoolAnd
+            | AggregateKind::BoolOr
+            | AggregateKind::VarSamp
+            | AggregateKind::VarPop
+            | AggregateKind::StddevSamp
+            | AggregateKind::StddevPop => "algebraic",
             AggregateKind::Min | AggregateKind::Max => "merge; rescan group when the extremum leaves",
             AggregateKind::Rescan => "rescan of each affected group",
         }
@@ -535,18 +562,27 @@ impl Aggregate {
     /// extremum, its rescanned value), if it has one.
     pub fn value_state_column(&self, j: usize) -> Option<String> {
         match self.kind {
-            AggregateKind::Sum | AggregateKind::Avg => Some(names::aux_sum(j)),
+            AggregateKind::Sum | AggregateKind::Avg | AggregateKind::BoolAnd | AggregateKind::BoolOr => Some(names::aux_sum(j)),
+            k if k.is_variance() => Some(names::aux_sum(j)),
             AggregateKind::Min => Some(names::aux_min(j)),
             AggregateKind::Max => Some(names::aux_max(j)),
             AggregateKind::Rescan => Some(names::aux_val(j)),
-            AggregateKind::CountStar | AggregateKind::Count => None,
+            _ => None,
         }
+    }
+
+    /// The second state column of aggregate `j`, with its SQL type: Σx² of
+    /// the variance family.
+    pub fn extra_state_column(&self, j: usize) -> Option<(String, String)> {
+        self.kind.is_variance().then(|| (names::aux_sumsq(j), "numeric".to_string()))
     }
 
     /// The SQL type of that column.
     pub fn value_state_type(&self) -> String {
         match self.kind {
             AggregateKind::Avg => "numeric".to_string(),
+            AggregateKind::BoolAnd | AggregateKind::BoolOr => "bigint".to_string(),
+            k if k.is_variance() => "numeric".to_string(),
             AggregateKind::Min | AggregateKind::Max => self.arg_type.clone(),
             _ => self.result_type.clone(),
         }
@@ -576,6 +612,9 @@ pub fn state_columns_for(aggregates: &[Aggregate]) -> Vec<HiddenColumn> {
         cols.push(HiddenColumn { name: names::aux_count(j), sql_type: "bigint".into() });
         if let Some(name) = agg.value_state_column(j) {
             cols.push(HiddenColumn { name, sql_type: agg.value_state_type() });
+        }
+        if let Some((name, sql_type)) = agg.extra_state_column(j) {
+            cols.push(HiddenColumn { name, sql_type });
         }
     }
     cols
