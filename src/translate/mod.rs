@@ -561,7 +561,8 @@ pub(crate) unsafe fn unsupported_from_item(query: &pg_sys::Query) -> Option<Stri
                 return Some(name.into());
             }
             pg_sys::RTEKind::RTE_SUBQUERY => {}
-            pg_sys::RTEKind::RTE_FUNCTION => return Some("functions in FROM".into()),
+            // Checked where the block is prepared (surgery::prepare).
+            pg_sys::RTEKind::RTE_FUNCTION | pg_sys::RTEKind::RTE_TABLEFUNC => {}
             pg_sys::RTEKind::RTE_VALUES => return Some("VALUES in FROM".into()),
             pg_sys::RTEKind::RTE_CTE => return Some("WITH (common table expressions)".into()),
             pg_sys::RTEKind::RTE_GROUP => {}
@@ -685,7 +686,7 @@ unsafe fn identity_columns(
     visible: &[*mut pg_sys::Node],
     extra: &mut Vec<(String, *mut pg_sys::Node)>,
 ) -> PgtResult<Result<Vec<String>, Unsupported>> {
-    if prepared.inputs.iter().filter(|i| i.presence.is_none()).any(|i| i.source.key().is_empty()) {
+    if prepared.keyless || prepared.inputs.iter().filter(|i| i.presence.is_none()).any(|i| i.source.key().is_empty()) {
         return Ok(match unhashable(visible, "an output column")? {
             Some(u) => Err(u),
             None => Ok(Vec::new()),
@@ -710,6 +711,12 @@ unsafe fn identity_columns(
                 identity.push(name);
             }
         }
+    }
+    // The ordinality of each function in FROM, after every input's keys.
+    for (n, key) in prepared.row_keys.iter().enumerate() {
+        let name = pgt_delta::names::key_of(prepared.keys.len() + n + 1, 1);
+        extra.push((name.clone(), pg_sys::copyObjectImpl(*key as *const _) as *mut pg_sys::Node));
+        identity.push(name);
     }
     Ok(Ok(identity))
 }

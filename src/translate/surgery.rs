@@ -139,6 +139,25 @@ pub struct Prepared {
     pub keys: Vec<Vec<*mut pg_sys::Node>>,
     /// The LEFT / RIGHT joins of the top level.
     outer_joins: Vec<OuterJoin>,
+    /// Identity parts that belong to no input: the ordinality of each
+    /// set-returning function in FROM ([`FromFunctions`]).
+    pub row_keys: Vec<*mut pg_sys::Node>,
+    /// A table function in FROM (JSON_TABLE, XMLTABLE) gives rows no
+    /// identity: the block's rows are identified by content and multiplicity.
+    pub keyless: bool,
+}
+
+/// What the set-returning functions and table functions in the top level's
+/// FROM add to a block. A function in FROM reads only its arguments — columns
+/// of the FROM items before it (LATERAL) or constants — so the block stays
+/// linear in each input: a changed input row changes exactly its own
+/// expansion, and the function needs no delta of its own. Its rows are told
+/// apart by their ordinality (`WITH ORDINALITY` is added when not written);
+/// a table function has none, and makes the block's rows keyless.
+#[derive(Default)]
+struct FromFunctions {
+    row_keys: Vec<*mut pg_sys::Node>,
+    keyless: bool,
 }
 
 /// One input surfaced at some query level.
@@ -174,10 +193,18 @@ pub unsafe fn prepare(q: *mut pg_sys::Query, anti: &[i32]) -> PgtResult<Result<P
         Ok(f) => f,
         Err(u) => return Ok(Err(u)),
     };
-    let surfaced = match prepare_level(copy, &mut inputs, &force_child)? {
+    let mut functions = FromFunctions::default();
+    let surfaced = match prepare_level(copy, &mut inputs, &force_child, Some(&mut functions))? {
         Ok(s) => s,
         Err(u) => return Ok(Err(u)),
     };
+    if (!functions.row_keys.is_empty() || functions.keyless)
+        && PgList::<pg_sys::RangeTblEntry>::from_pg((*copy).rtable).iter_ptr().any(|rte| {
+            (*rte).rtekind == pg_sys::RTEKind::RTE_JOIN && (*rte).jointype != pg_sys::JoinType::JOIN_INNER
+        })
+    {
+        return Ok(Err(Unsupported("functions in FROM together with outer joins".into())));
+    }
     if (*copy).hasSubLinks {
         if let Err(u) = super::sublink::decorrelate(copy, &mut inputs)? {
             return Ok(Err(u));
@@ -197,7 +224,7 @@ pub unsafe fn prepare(q: *mut pg_sys::Query, anti: &[i32]) -> PgtResult<Result<P
         weights[s.index] = s.weight;
         keys[s.index] = s.keys;
     }
-    Ok(Ok(Prepared { copy, inputs, weights, keys, outer_joins }))
+    Ok(Ok(Prepared { copy, inputs, weights, keys, outer_joins, row_keys: functions.row_keys, keyless: functions.keyless }))
 }
 
 /// Calls `visit` on every node of jointree `node` (FromExpr, JoinExpr,
@@ -376,7 +403,12 @@ fn int8_not_equal() -> PgtResult<pg_sys::Oid> {
 /// inlined subqueries), appending the inputs to `inputs`. Subqueries that are
 /// not plain select-project-join blocks, and those whose range-table index is
 /// in `force_child` (nullable sides of outer joins), become child operators.
-unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>, force_child: &[i32]) -> PgtResult<Result<Vec<Surfaced>, Unsupported>> {
+unsafe fn prepare_level(
+    q: *mut pg_sys::Query,
+    inputs: &mut Vec<Input>,
+    force_child: &[i32],
+    mut functions: Option<&mut FromFunctions>,
+) -> PgtResult<Result<Vec<Surfaced>, Unsupported>> {
     let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable);
     let mut surfaced = Vec::new();
     for (i, rte) in rtable.iter_ptr().enumerate() {
@@ -415,7 +447,9 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>, force_ch
                 if (*rte).lateral {
                     return Ok(Err(Unsupported("LATERAL subqueries".into())));
                 }
-                if super::needs_child(&*sub) || force_child.contains(&varno) {
+                // A subquery with functions in FROM is a child: its own block
+                // has them at its top level.
+                if super::needs_child(&*sub) || force_child.contains(&varno) || has_from_functions(&*sub) {
                     let child = match super::translate_child(sub)? {
                         Ok(c) => c,
                         Err(u) => return Ok(Err(u)),
@@ -446,7 +480,7 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>, force_ch
                     let colnames = pg_sys::copyObjectImpl((*eref).colnames as *const c_void) as *mut pg_sys::List;
                     (*rte).alias = pg_sys::makeAlias((*eref).aliasname, colnames);
                 }
-                let inner = match prepare_level(sub, inputs, &[])? {
+                let inner = match prepare_level(sub, inputs, &[], None)? {
                     Ok(s) => s,
                     Err(u) => return Ok(Err(u)),
                 };
@@ -498,6 +532,33 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>, force_ch
                 (*rte).rellockmode = 0;
                 (*rte).perminfoindex = 0;
             }
+            pg_sys::RTEKind::RTE_FUNCTION | pg_sys::RTEKind::RTE_TABLEFUNC => {
+                let Some(functions) = functions.as_deref_mut() else {
+                    return Ok(Err(Unsupported("functions in FROM of a subquery".into())));
+                };
+                if let Some(reason) = function_item_problem(rte)? {
+                    return Ok(Err(Unsupported(reason)));
+                }
+                if (*rte).rtekind == pg_sys::RTEKind::RTE_TABLEFUNC {
+                    functions.keyless = true;
+                    continue;
+                }
+                // Its rows' ordinality tells them apart.
+                let eref = (*rte).eref;
+                if !(*rte).funcordinality {
+                    (*rte).funcordinality = true;
+                    let name = string_node(&format!("__pgt_ord{varno}"));
+                    (*eref).colnames = pg_sys::lappend((*eref).colnames, name);
+                    let alias = (*rte).alias;
+                    if !alias.is_null() && !(*alias).colnames.is_null() {
+                        (*alias).colnames = pg_sys::lappend((*alias).colnames, string_node(&format!("__pgt_ord{varno}")));
+                    }
+                }
+                let ordinality = PgList::<pg_sys::Node>::from_pg((*eref).colnames).len() as i16;
+                functions
+                    .row_keys
+                    .push(pg_sys::makeVar(varno, ordinality, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0) as *mut pg_sys::Node);
+            }
             // RTE_RESULT: a FROM item moved into a subquery (`join_to_subquery`).
             pg_sys::RTEKind::RTE_JOIN | pg_sys::RTEKind::RTE_GROUP | pg_sys::RTEKind::RTE_RESULT => {}
             _ => return Ok(Err(Unsupported("this kind of FROM item".into()))),
@@ -505,6 +566,30 @@ unsafe fn prepare_level(q: *mut pg_sys::Query, inputs: &mut Vec<Input>, force_ch
     }
     (*q).rteperminfos = std::ptr::null_mut();
     Ok(Ok(surfaced))
+}
+
+/// Whether query level `q` has a function or table function in FROM.
+pub(crate) unsafe fn has_from_functions(q: &pg_sys::Query) -> bool {
+    PgList::<pg_sys::RangeTblEntry>::from_pg(q.rtable)
+        .iter_ptr()
+        .any(|rte| matches!((*rte).rtekind, pg_sys::RTEKind::RTE_FUNCTION | pg_sys::RTEKind::RTE_TABLEFUNC))
+}
+
+/// Why function item `rte` cannot be in a DIFFERENTIAL block, if it cannot:
+/// a volatile function (`random()`, `clock_timestamp()`, ...) in it or its
+/// arguments would expand the same row differently at every refresh. Stable
+/// ones draw the WARNING stable functions draw anywhere in a defining query
+/// (`crate::definition::resolve_mode`).
+unsafe fn function_item_problem(rte: *mut pg_sys::RangeTblEntry) -> PgtResult<Option<String>> {
+    let node = if (*rte).rtekind == pg_sys::RTEKind::RTE_FUNCTION {
+        (*rte).functions as *mut pg_sys::Node
+    } else {
+        (*rte).tablefunc as *mut pg_sys::Node
+    };
+    if pg_sys::contain_volatile_functions(node) {
+        return Ok(Some("volatile functions in FROM (their rows could change without any write)".into()));
+    }
+    Ok(None)
 }
 
 /// The prepared copy's FROM/WHERE with the given targets and the inputs' weights,

@@ -1044,3 +1044,84 @@ fn variance_equals_postgresql_to_the_digit() {
     assert!(actions.iter().all(|a| a == "DIFFERENTIAL"), "every refresh DIFFERENTIAL: {actions:?}");
     assert_st_matches_query(&mut db.client, "mv", query);
 }
+
+/// Set-returning functions and JSON_TABLE in FROM, reading columns of the
+/// FROM items before them (LATERAL): a changed row changes exactly its own
+/// expansion. Expansions grow and shrink with the data (`generate_series` up
+/// to `amount % 4`, arrays and JSON documents built from NULL-able columns);
+/// WITH ORDINALITY written or not, duplicate elements, a keyless source,
+/// aggregates over expansions, expansions of an aggregated subquery, and a
+/// UNION ALL branch.
+#[test]
+fn functions_in_from() {
+    run_property_suite(
+        "prop_srf",
+        &[
+            ("f_unnest", "SELECT o.id, u FROM orders o, unnest(ARRAY[o.amount, o.amount % 3, o.cust]) u", Differential),
+            ("f_series", "SELECT o.id, g FROM orders o CROSS JOIN LATERAL generate_series(1, o.amount % 4) g WHERE o.status <> 'held'", Differential),
+            (
+                "f_jsonb_ordinality",
+                "SELECT c.id, e.value, e.n FROM customers c, \
+                 jsonb_array_elements(jsonb_build_array(c.region, c.score, c.vip)) WITH ORDINALITY AS e(value, n)",
+                Differential,
+            ),
+            ("f_text", "SELECT o.id, w FROM orders o, string_to_table(o.note, '') w", Differential),
+            ("f_regexp", "SELECT o.id, m[1] AS vowel FROM orders o, regexp_matches(o.status, '[aeiou]', 'g') m", Differential),
+            (
+                "f_json_table",
+                "SELECT o.id, j.k, j.v FROM orders o, JSON_TABLE(jsonb_build_array(jsonb_build_object('k', o.status, 'v', o.amount), \
+                 jsonb_build_object('k', o.note, 'v', o.cust)), '$[*]' COLUMNS (k text PATH '$.k', v int PATH '$.v')) j",
+                Differential,
+            ),
+            ("f_keyless", "SELECT e.kind, x FROM events e, generate_series(0, e.n) x", Differential),
+            ("f_aggregate_over", "SELECT u % 5 AS bucket, count(*) AS n, sum(u) AS s FROM orders o, unnest(ARRAY[o.amount, o.id]) u GROUP BY 1", Differential),
+            (
+                "f_over_child",
+                "SELECT t.cust, g FROM (SELECT cust, count(*) AS n FROM orders GROUP BY cust) t, generate_series(1, t.n % 3) g",
+                Differential,
+            ),
+            (
+                "f_union",
+                "SELECT o.id, u FROM orders o, unnest(ARRAY[o.amount]) u UNION ALL SELECT c.id, g FROM customers c, generate_series(1, 2) g",
+                Differential,
+            ),
+        ],
+        CYCLES,
+    );
+}
+
+/// A volatile function in FROM would expand the same row differently at each
+/// refresh: refused under DIFFERENTIAL (0A000, naming it), FULL under AUTO.
+#[test]
+fn volatile_functions_in_from_are_not_differentiated() {
+    let mut db = TestDb::new("srf_volatile");
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 2), (2, 3);");
+    let e = db.expect_error(
+        "SELECT pgtrickle.create_stream_table('v', 'SELECT t.id, g FROM t, generate_series(1, t.n + (random() * 2)::int) g', \
+         refresh_mode => 'DIFFERENTIAL')",
+        "0A000",
+    );
+    assert!(e.contains("volatile functions") && e.contains("random()"), "{e}");
+    db.exec("SELECT pgtrickle.create_stream_table('v', 'SELECT t.id, g FROM t, generate_series(1, t.n + (random() * 2)::int) g')");
+    let mode: String = db.scalar("SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables", &[]);
+    assert_eq!(mode, "FULL");
+}
+
+/// NATURAL JOIN, inner and outer: the join on the columns both sides name
+/// alike, as USING would write it.
+#[test]
+fn natural_joins() {
+    run_property_suite(
+        "prop_natural",
+        &[
+            ("n_inner", "SELECT id, amount, region FROM orders NATURAL JOIN (SELECT id, region FROM customers) c", Differential),
+            ("n_left", "SELECT id, cust, score FROM orders NATURAL LEFT JOIN (SELECT id, score FROM customers) c", Differential),
+            (
+                "n_agg",
+                "SELECT region, count(*) AS n FROM (SELECT id AS cust, region FROM customers) c NATURAL JOIN orders GROUP BY region",
+                Differential,
+            ),
+        ],
+        CYCLES,
+    );
+}
