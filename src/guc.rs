@@ -29,6 +29,12 @@ pub static DIFFERENTIAL_MAX_CHANGE_RATIO: GucSetting<f64> = GucSetting::<f64>::n
 /// AUTO refreshes in FULL mode (WARNING) and DIFFERENTIAL is refused.
 pub static IVM_TOPK_MAX_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// `pg_trickle.max_grouping_set_branches`: the most grouping sets a GROUPING
+/// SETS / CUBE / ROLLUP defining query may expand to and be maintained
+/// differentially (one aggregate per grouping set); above it, AUTO refreshes
+/// in FULL mode (WARNING) and DIFFERENTIAL is refused.
+pub static MAX_GROUPING_SET_BRANCHES: GucSetting<i32> = GucSetting::<i32>::new(64);
+
 /// `pg_trickle.scheduler_interval_ms`: the longest a scheduler worker sleeps
 /// between two looks at its stream tables, in milliseconds.
 pub static SCHEDULER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -129,6 +135,16 @@ pub fn register() {
         &IVM_TOPK_MAX_LIMIT,
         0,
         i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.max_grouping_set_branches",
+        c"Most grouping sets a GROUPING SETS / CUBE / ROLLUP defining query may expand to and be maintained differentially.",
+        c"Each grouping set is maintained as an aggregate of its own; above it, AUTO refreshes the stream table in FULL mode and DIFFERENTIAL is refused. Checked when the query is analysed (create, alter).",
+        &MAX_GROUPING_SET_BRANCHES,
+        1,
+        4096,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -21,6 +21,7 @@
 //! numerics, MIN and MAX, FILTER and HAVING; scalar aggregates. Everything else is
 //! reported by name ([`Unsupported`]), and AUTO falls back to FULL.
 
+mod grouping;
 mod having;
 mod placeholder;
 mod setop;
@@ -252,7 +253,11 @@ unsafe fn translate_block(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
         unsupported!("LIMIT / OFFSET");
     }
     if !query.groupingSets.is_null() {
-        unsupported!("GROUPING SETS / CUBE / ROLLUP");
+        // One aggregate per grouping set, under UNION ALL (grouping.rs).
+        return match grouping::expand_to_union(q)? {
+            Ok(union) => translate_tree(union),
+            Err(u) => Ok(Err(u)),
+        };
     }
     if let Some(kind) = unsupported_from_item(query) {
         unsupported!("{kind}");

@@ -302,7 +302,13 @@ fn auto_falls_back_to_full() {
             ("f_window", "SELECT id, rank() OVER (PARTITION BY cust ORDER BY amount) AS r FROM orders", Full),
             ("f_limit_in_subquery", "SELECT s.id FROM (SELECT id FROM orders ORDER BY amount DESC LIMIT 5) s", Full),
             ("f_lateral", "SELECT c.id, l.amount FROM customers c, LATERAL (SELECT amount FROM orders o WHERE o.cust = c.id ORDER BY amount DESC LIMIT 1) l", Full),
-            ("f_grouping_sets", "SELECT status, cust, count(*) AS n FROM orders GROUP BY ROLLUP (status, cust)", Full),
+            ("f_distinct_on", "SELECT DISTINCT ON (cust) cust, id, amount FROM orders ORDER BY cust, amount DESC, id", Full),
+            (
+                "f_grouping_sets_sublink",
+                "SELECT status, count(*) AS n FROM orders o GROUP BY ROLLUP (status) \
+                 HAVING count(*) > (SELECT count(*) / 10 FROM customers)",
+                Full,
+            ),
         ],
         8,
     );
@@ -1124,4 +1130,59 @@ fn natural_joins() {
         ],
         CYCLES,
     );
+}
+
+/// GROUPING SETS, CUBE and ROLLUP: one aggregate per grouping set under
+/// UNION ALL. Subtotal NULLs are told apart from NULL group keys (customers'
+/// regions and orders' customers have NULLs) and by GROUPING(); HAVING,
+/// expressions as keys, plain keys mixed with ROLLUP, GROUP BY DISTINCT, a
+/// ROLLUP without aggregates, and a ROLLUP in a subquery under another
+/// aggregate.
+#[test]
+fn grouping_sets() {
+    run_property_suite(
+        "prop_grouping",
+        &[
+            (
+                "g_rollup",
+                "SELECT region, vip, count(*) AS n, sum(score) AS s, GROUPING(region, vip) AS g FROM customers GROUP BY ROLLUP (region, vip)",
+                Differential,
+            ),
+            ("g_cube", "SELECT status, cust % 3 AS c3, count(*) AS n, max(amount) AS hi FROM orders GROUP BY CUBE (status, cust % 3)", Differential),
+            (
+                "g_sets_having",
+                "SELECT status, note, sum(amount) AS total, GROUPING(note) AS gn FROM orders \
+                 GROUP BY GROUPING SETS ((status), (note), ()) HAVING sum(amount) > 100",
+                Differential,
+            ),
+            ("g_mixed", "SELECT status, cust, count(*) AS n FROM orders GROUP BY status, ROLLUP (cust)", Differential),
+            ("g_no_aggregate", "SELECT region FROM customers GROUP BY ROLLUP (region)", Differential),
+            ("g_distinct", "SELECT status, count(*) AS n FROM orders GROUP BY DISTINCT ROLLUP (status), ROLLUP (status)", Differential),
+            (
+                "g_nested",
+                "SELECT g, count(*) AS n, sum(s) AS s FROM (SELECT status, GROUPING(status) AS g, sum(amount) AS s \
+                 FROM orders GROUP BY ROLLUP (status)) x GROUP BY g",
+                Differential,
+            ),
+        ],
+        CYCLES,
+    );
+}
+
+/// Above `pg_trickle.max_grouping_set_branches`: FULL under AUTO (WARNING),
+/// refused under DIFFERENTIAL (0A000, naming the setting).
+#[test]
+fn grouping_sets_above_the_bound() {
+    let mut db = TestDb::new("grouping_bound");
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, a int, b int); INSERT INTO t SELECT g, g % 3, g % 5 FROM generate_series(1, 30) g;
+             SET pg_trickle.max_grouping_set_branches = 3;");
+    let q = "SELECT a, b, count(*) AS n FROM t GROUP BY CUBE (a, b)";
+    let e = db.expect_error(&format!("SELECT pgtrickle.create_stream_table('c', '{q}', refresh_mode => 'DIFFERENTIAL')"), "0A000");
+    assert!(e.contains("4 grouping sets") && e.contains("pg_trickle.max_grouping_set_branches (3)"), "{e}");
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('c', '{q}')"));
+    assert_eq!(db.scalar::<String>("SELECT effective_refresh_mode FROM pgtrickle.pgt_stream_tables", &[]), "FULL");
+    db.exec("SET pg_trickle.max_grouping_set_branches = 4");
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('c4', '{q}', refresh_mode => 'DIFFERENTIAL')"));
+    db.exec("INSERT INTO t VALUES (100, NULL, 1); SELECT pgtrickle.refresh_stream_table('c4')");
+    assert_st_matches_query(&mut db.client, "c4", q);
 }
