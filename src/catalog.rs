@@ -159,20 +159,26 @@ pub fn is_stream_table(relid: pg_sys::Oid) -> PgtResult<bool> {
 /// `original_query`, `schedule`, `refresh_mode`, `diamond_consistency`,
 /// `diamond_schedule_policy`, `cdc_mode` (null: the default), `append_only`,
 /// `pooler_compatibility_mode`. Not its status: a restored stream table is
-/// active (a suspension is about the database it happened in). `None` when `relid` is no stream
-/// table (a state table, or a storage table not yet recorded).
-pub fn dump_definition(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
+/// active (a suspension is about the database it happened in). With it, the
+/// stored query tree when the stream table is marked for reinitialization
+/// (its stored text may name what a rename replaced). `None` when `relid` is
+/// no stream table (a state table, or a storage table not yet recorded).
+pub fn dump_definition(relid: pg_sys::Oid) -> PgtResult<Option<(String, Option<String>)>> {
     as_extension_owner(|| {
-        query_one::<String>(
+        Ok(query_map(
             kept(
                 "SELECT pg_catalog.jsonb_build_object('format', 1, 'query', defining_query, 'original_query', original_query, \
                         'schedule', schedule, 'refresh_mode', refresh_mode, 'diamond_consistency', diamond_consistency, \
                         'diamond_schedule_policy', diamond_schedule_policy, 'cdc_mode', cdc_mode, 'append_only', append_only, \
-                        'pooler_compatibility_mode', pooler_compatibility_mode)::text \
+                        'pooler_compatibility_mode', pooler_compatibility_mode)::text, \
+                        CASE WHEN needs_reinit THEN query_tree END \
                  FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = $1",
             ),
             &[relid.into()],
-        )
+            |row| Ok((col::<String>(row, 1)?, row.get::<String>(2)?)),
+        )?
+        .into_iter()
+        .next())
     })
 }
 

@@ -791,15 +791,7 @@ pub fn upgrade_capture_from_0_1_0() -> PgtResult<()> {
         |row| Ok((col::<pg_sys::Oid>(row, 1)?, col::<pg_sys::Oid>(row, 2)?)),
     )?;
     for (class_id, object_id) in members {
-        unsafe {
-            pg_sys::deleteDependencyRecordsForClass(
-                class_id,
-                object_id,
-                pg_sys::ExtensionRelationId,
-                pg_sys::DependencyType::DEPENDENCY_AUTO as std::ffi::c_char,
-            );
-        }
-        crate::privilege::record_extension_membership(class_id, object_id, extension);
+        crate::privilege::make_extension_member(class_id, object_id, extension);
     }
     let mut sources = catalog::captured_sources()?;
     sources.sort_by_key(|s| s.to_u32());
@@ -939,22 +931,16 @@ fn capture_dispatcher() -> PgtResult<pg_sys::Oid> {
 /// `data` must be the trigger data of the running trigger call.
 pub unsafe fn forward_to_capture_function(data: &pg_sys::TriggerData) -> PgtResult<()> {
     let trigger = unsafe { &*data.tg_trigger };
-    if trigger.tgnargs != 1 || trigger.tgargs.is_null() {
-        return Ok(());
-    }
-    // SAFETY: tgargs holds tgnargs NUL-terminated strings.
-    let argument = unsafe { std::ffi::CStr::from_ptr(*trigger.tgargs) }.to_string_lossy();
-    let Ok(source) = argument.parse::<u32>() else { return Ok(()) };
-    let source = pg_sys::Oid::from(source);
-    let name = unsafe { std::ffi::CStr::from_ptr(trigger.tgname) }.to_string_lossy();
-    if !name.starts_with(&format!("pgt_cdc_{}_", source.to_u32())) {
-        return Ok(());
-    }
-    let relid = unsafe { (*data.tg_relation).rd_id };
-    if relid != source && !(unsafe { pg_sys::get_rel_relispartition(relid) } && is_ancestor(source, relid)) {
-        return Ok(());
-    }
-    let Some(flinfo) = capture_function_call_info(source, trigger.tgoid)? else { return Ok(()) };
+    // A trigger once found to be capture's own keeps its call information
+    // (and cannot change: a changed capture trigger is dropped and made anew).
+    let kept_call = CAPTURE_CALLS.with(|c| c.borrow().get(&trigger.tgoid.to_u32()).copied());
+    let flinfo = match kept_call {
+        Some((oid, flinfo, source)) if capture_function_is_current(oid, source) => flinfo,
+        _ => match checked_call_info(data)? {
+            Some(flinfo) => flinfo,
+            None => return Ok(()),
+        },
+    };
     unsafe {
         let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()).cast::<pg_sys::FunctionCallInfoBaseData>();
         (*fcinfo).flinfo = flinfo;
@@ -962,13 +948,37 @@ pub unsafe fn forward_to_capture_function(data: &pg_sys::TriggerData) -> PgtResu
         (*fcinfo).fncollation = pg_sys::InvalidOid;
         (*fcinfo).nargs = 0;
         let Some(call) = (*flinfo).fn_addr else {
-            return Err(PgtError::internal(format!("capture function {} has no entry point", capture_function_name(source))));
+            return Err(PgtError::internal("a capture function has no entry point"));
         };
         // The capture function may raise an error: through PostgreSQL's
         // error handling, not across Rust frames.
         pg_sys::ffi::pg_guard_ffi_boundary(|| call(fcinfo));
     }
     Ok(())
+}
+
+/// The call information of the capture function the trigger of `data`
+/// forwards to, made and kept for the trigger, after checking that the
+/// trigger is capture's own (see [`forward_to_capture_function`]); `None`
+/// when it is not, or when the function does not exist.
+unsafe fn checked_call_info(data: &pg_sys::TriggerData) -> PgtResult<Option<*mut pg_sys::FmgrInfo>> {
+    let trigger = unsafe { &*data.tg_trigger };
+    if trigger.tgnargs != 1 || trigger.tgargs.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: tgargs holds tgnargs NUL-terminated strings.
+    let argument = unsafe { std::ffi::CStr::from_ptr(*trigger.tgargs) }.to_string_lossy();
+    let Ok(source) = argument.parse::<u32>() else { return Ok(None) };
+    let source = pg_sys::Oid::from(source);
+    let name = unsafe { std::ffi::CStr::from_ptr(trigger.tgname) }.to_string_lossy();
+    if !name.starts_with(&format!("pgt_cdc_{}_", source.to_u32())) {
+        return Ok(None);
+    }
+    let relid = unsafe { (*data.tg_relation).rd_id };
+    if relid != source && !(unsafe { pg_sys::get_rel_relispartition(relid) } && is_ancestor(source, relid)?) {
+        return Ok(None);
+    }
+    capture_function_call_info(source, trigger.tgoid)
 }
 
 thread_local! {
@@ -979,20 +989,15 @@ thread_local! {
     /// per function: PL/pgSQL keeps the compiled function (with its plans over
     /// the trigger's transition tables) in the call information, and compiles
     /// a trigger function per trigger and relation.
-    static CAPTURE_CALLS: std::cell::RefCell<std::collections::HashMap<u32, (pg_sys::Oid, *mut pg_sys::FmgrInfo)>> =
+    static CAPTURE_CALLS: std::cell::RefCell<std::collections::HashMap<u32, (pg_sys::Oid, *mut pg_sys::FmgrInfo, pg_sys::Oid)>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// The call information of the capture function of `source` for capture
-/// trigger `trigger`, or `None` when there is no such function. A kept one
-/// is used while a function of that OID still exists under the capture
-/// function's name in `pgtrickle_changes` (a function dropped and created
-/// again has a new OID); a replaced body (`CREATE OR REPLACE`, same OID) is
-/// picked up by PL/pgSQL itself, which checks the function's row at every
-/// call.
-fn capture_function_call_info(source: pg_sys::Oid, trigger: pg_sys::Oid) -> PgtResult<Option<*mut pg_sys::FmgrInfo>> {
+/// Whether function `oid` still exists as the capture function of `source`
+/// (a function dropped and created again has a new OID).
+fn capture_function_is_current(oid: pg_sys::Oid, source: pg_sys::Oid) -> bool {
     let function = capture_function_name(source);
-    let is_current = |oid: pg_sys::Oid| unsafe {
+    unsafe {
         let name = pg_sys::get_func_name(oid);
         if name.is_null() {
             return false;
@@ -1000,13 +1005,18 @@ fn capture_function_call_info(source: pg_sys::Oid, trigger: pg_sys::Oid) -> PgtR
         let same_name = std::ffi::CStr::from_ptr(name).to_bytes() == function.name.as_bytes();
         let namespace = pg_sys::get_namespace_name(pg_sys::get_func_namespace(oid));
         same_name && !namespace.is_null() && std::ffi::CStr::from_ptr(namespace).to_bytes() == function.schema.as_bytes()
-    };
-    if let Some((oid, flinfo)) = CAPTURE_CALLS.with(|c| c.borrow().get(&trigger.to_u32()).copied()) {
-        if is_current(oid) {
-            return Ok(Some(flinfo));
-        }
-        CAPTURE_CALLS.with(|c| c.borrow_mut().remove(&trigger.to_u32()));
     }
+}
+
+/// The call information of the capture function of `source` for capture
+/// trigger `trigger`, made and kept for the backend's life, or `None` when
+/// there is no such function. A kept one is used while
+/// [`capture_function_is_current`]; a replaced body (`CREATE OR REPLACE`,
+/// same OID) is picked up by PL/pgSQL itself, which checks the function's row
+/// at every call.
+fn capture_function_call_info(source: pg_sys::Oid, trigger: pg_sys::Oid) -> PgtResult<Option<*mut pg_sys::FmgrInfo>> {
+    CAPTURE_CALLS.with(|c| c.borrow_mut().remove(&trigger.to_u32()));
+    let function = capture_function_name(source);
     let schema = std::ffi::CString::new(function.schema.as_str()).map_err(|_| PgtError::internal("NUL in a schema name"))?;
     let proc = std::ffi::CString::new(function.name.as_str()).map_err(|_| PgtError::internal("NUL in a function name"))?;
     unsafe {
@@ -1022,21 +1032,19 @@ fn capture_function_call_info(source: pg_sys::Oid, trigger: pg_sys::Oid) -> PgtR
         let flinfo = pg_sys::MemoryContextAllocZero(pg_sys::TopMemoryContext, std::mem::size_of::<pg_sys::FmgrInfo>())
             .cast::<pg_sys::FmgrInfo>();
         pg_sys::fmgr_info_cxt(oid, flinfo, pg_sys::TopMemoryContext);
-        CAPTURE_CALLS.with(|c| c.borrow_mut().insert(trigger.to_u32(), (oid, flinfo)));
+        CAPTURE_CALLS.with(|c| c.borrow_mut().insert(trigger.to_u32(), (oid, flinfo, source)));
         Ok(Some(flinfo))
     }
 }
 
 /// Whether `ancestor` is a partitioned table above `relid` (partitions' capture
 /// triggers name their root source).
-fn is_ancestor(ancestor: pg_sys::Oid, relid: pg_sys::Oid) -> bool {
+fn is_ancestor(ancestor: pg_sys::Oid, relid: pg_sys::Oid) -> PgtResult<bool> {
     query_one::<bool>(
         kept("SELECT $1 IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors($2) a)"),
         &[ancestor.into(), relid.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    )?
+    .ok_or_else(|| PgtError::internal("pg_partition_ancestors returned no row"))
 }
 
 /// Stops capturing `source_relid` if no DIFFERENTIAL stream table reads it any

@@ -209,14 +209,23 @@ pub fn record_initial_privileges(class_id: pg_sys::Oid, object_id: pg_sys::Oid) 
 /// the object can be dropped on its own (PostgreSQL refuses to drop an
 /// extension member otherwise).
 pub fn forget_extension_membership(class_id: pg_sys::Oid, object_id: pg_sys::Oid) {
+    delete_extension_dependency(class_id, object_id, pg_sys::DependencyType::DEPENDENCY_EXTENSION);
+}
+
+/// Turns the AUTO dependency on the extension that
+/// [`record_auto_dependency_on_extension`] recorded for an object into
+/// membership ([`record_extension_membership`]), for objects made before they
+/// were members (the 0.1.0 -> 0.2.0 upgrade).
+pub fn make_extension_member(class_id: pg_sys::Oid, object_id: pg_sys::Oid, extension: pg_sys::Oid) {
+    delete_extension_dependency(class_id, object_id, pg_sys::DependencyType::DEPENDENCY_AUTO);
+    record_extension_membership(class_id, object_id, extension);
+}
+
+/// Deletes the object's dependencies of type `deptype` on any extension,
+/// visible to the next command.
+fn delete_extension_dependency(class_id: pg_sys::Oid, object_id: pg_sys::Oid, deptype: pg_sys::DependencyType::Type) {
     unsafe {
-        pg_sys::deleteDependencyRecordsForClass(
-            class_id,
-            object_id,
-            pg_sys::ExtensionRelationId,
-            pg_sys::DependencyType::DEPENDENCY_EXTENSION as std::ffi::c_char,
-        );
-        // The DROP that follows must see the dependency gone.
+        pg_sys::deleteDependencyRecordsForClass(class_id, object_id, pg_sys::ExtensionRelationId, deptype as std::ffi::c_char);
         pg_sys::CommandCounterIncrement();
     }
 }

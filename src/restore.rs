@@ -33,9 +33,10 @@
 //! again.
 //!
 //! A `--data-only` restore into a database whose stream tables exist loads
-//! their rows with COPY, which the guard lets through for that purpose
-//! ([`contents_loaded`]): the stream table is marked for reinitialization,
-//! and `finish_restore` (or its next refresh) recomputes it.
+//! their rows with COPY, which the guard lets through for that purpose when
+//! the stream table's owner runs it ([`contents_loaded`]): the stream table
+//! is marked for reinitialization, and `finish_restore` (or its next refresh)
+//! recomputes it.
 
 use crate::catalog::{self, InitiatedBy, NewStreamTable};
 use crate::error::{PgtError, PgtResult};
@@ -256,7 +257,7 @@ fn adopt(r: &Restored) -> PgtResult<String> {
         delta_plan: None,
         differential_blocker: None,
     })?;
-    storage::ensure_guard(r.relid)?;
+    // The reinitialization puts the guard back, now the extension's own.
     catalog::mark_needs_reinit(pgt_id)?;
     let outcome = refresh::refresh_stream_table(pgt_id, InitiatedBy::Initial)?;
     let st = catalog::stream_table_by_id(pgt_id)?
@@ -328,20 +329,17 @@ fn drop_restored_capture() -> PgtResult<()> {
         for (trigger, table) in triggers {
             exec(&format!("DROP TRIGGER {trigger} ON {table}"), &[])?;
         }
-        let functions = query_map(
-            "SELECT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p \
+        // Capture functions and tables in pg_trickle's schemas that are not
+        // its own: restored from a dump of 0.1.0, which did not make them
+        // extension members.
+        let drops = query_map(
+            "SELECT 'DROP FUNCTION ' || p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p \
              WHERE p.pronamespace = 'pgtrickle_changes'::pg_catalog.regnamespace \
                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                                AND d.objid = p.oid AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
-                               AND d.refobjid = $1)",
-            &[extension.into()],
-            |row| col::<String>(row, 1),
-        )?;
-        for function in functions {
-            exec(&format!("DROP FUNCTION {function}"), &[])?;
-        }
-        let tables = query_map(
-            "SELECT c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_class c \
+                               AND d.refobjid = $1) \
+             UNION ALL \
+             SELECT 'DROP TABLE ' || c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_class c \
              WHERE c.relnamespace IN ('pgtrickle_changes'::pg_catalog.regnamespace, 'pgtrickle_state'::pg_catalog.regnamespace) \
                AND c.relkind IN ('r', 'p') \
                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
@@ -350,8 +348,8 @@ fn drop_restored_capture() -> PgtResult<()> {
             &[extension.into()],
             |row| col::<String>(row, 1),
         )?;
-        for table in tables {
-            exec(&format!("DROP TABLE {table}"), &[])?;
+        for drop in drops {
+            exec(&drop, &[])?;
         }
         Ok(())
     })
@@ -364,17 +362,19 @@ fn drop_restored_capture() -> PgtResult<()> {
 /// replaces what was loaded by its query's result.
 ///
 /// # Errors
-/// 42501 unless the caller may write the stream table (the COPY has been
-/// let through by the guard only for such a caller).
+/// 42501 unless the caller has the privileges of the stream table's owner,
+/// as `REFRESH MATERIALIZED VIEW` requires: a role merely granted INSERT
+/// (which writes nothing else into a stream table) may not replace what its
+/// readers see.
 pub fn contents_loaded(relid: pg_sys::Oid) -> PgtResult<()> {
     let Some(st) = catalog::stream_table_by_relid(relid)? else { return Ok(()) };
-    let may_insert = crate::spi::query_one::<bool>(
-        "SELECT pg_catalog.has_table_privilege($1, $2, 'INSERT')",
-        &[acting_role().into(), relid.into()],
-    )?
-    .unwrap_or(false);
-    if !may_insert {
-        return Err(PgtError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for table {}", st.name)));
+    if !has_privileges_of(acting_role(), st.owner) {
+        return Err(PgtError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of stream table {} to load rows into it", st.name),
+        )
+        .detail("A COPY into a stream table replaces its contents until its next refresh; only a data-only restore needs it.")
+        .hint("Run the restore as the stream table's owner or a superuser."));
     }
     if !st.needs_reinit {
         catalog::mark_needs_reinit(st.pgt_id)?;

@@ -174,12 +174,8 @@ pub fn ensure_guard(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
 /// rename of something it names, and until the reinitialization that follows
 /// it stores that text, the stored text names what is gone.
 fn guard_definition(relid: pg_sys::Oid) -> PgtResult<Option<String>> {
-    let Some(definition) = crate::catalog::dump_definition(relid)? else { return Ok(None) };
-    let Some(st) = crate::catalog::stream_table_by_relid(relid)? else { return Ok(Some(definition)) };
-    if !st.needs_reinit {
-        return Ok(Some(definition));
-    }
-    let Some(tree) = crate::catalog::query_tree(st.pgt_id)? else { return Ok(Some(definition)) };
+    let Some((definition, tree)) = crate::catalog::dump_definition(relid)? else { return Ok(None) };
+    let Some(tree) = tree else { return Ok(Some(definition)) };
     // A tree naming something dropped no longer deparses: the stored text stays.
     let deparsed = crate::spi::in_subtransaction(std::panic::AssertUnwindSafe(|| crate::parse::deparse_stored_tree(&tree)));
     let Ok(Ok(Some(text))) = deparsed else { return Ok(Some(definition)) };

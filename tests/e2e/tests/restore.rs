@@ -485,3 +485,41 @@ fn dump_between_a_rename_and_the_reinitialization() {
     let mut admin = db.cluster.connect("postgres").expect("connect");
     admin.batch_execute(&format!("DROP DATABASE \"{target}\" WITH (FORCE)")).expect("drop the restored database");
 }
+
+/// A COPY into a stream table (what a data-only restore runs) is its owner's
+/// alone: a role granted INSERT on it gets 42501 and changes nothing; the
+/// owner's rows replace the contents until the next refresh recomputes it.
+#[test]
+fn copy_into_a_stream_table_needs_its_owner() {
+    use std::io::Write;
+    let mut db = TestDb::new("restore_copy");
+    let owner = db.create_role("owner", "NOSUPERUSER");
+    let writer = db.create_role("writer", "NOSUPERUSER");
+    db.exec(&format!(
+        "CREATE TABLE src (id int PRIMARY KEY, v int); INSERT INTO src SELECT g, g % 3 FROM generate_series(1, 30) g;
+         ALTER TABLE src OWNER TO \"{owner}\"; GRANT CREATE ON SCHEMA public TO \"{owner}\";"
+    ));
+    let query = "SELECT v, count(*) AS n FROM src GROUP BY v";
+    let mut as_owner = db.connect_as(&owner);
+    as_owner
+        .batch_execute(&format!(
+            "SELECT pgtrickle.create_stream_table('st', '{query}', refresh_mode => 'DIFFERENTIAL');
+             GRANT SELECT, INSERT ON st TO \"{writer}\";"
+        ))
+        .expect("the owner's stream table");
+    let row_id: i64 = db.scalar("SELECT __pgt_row_id FROM st WHERE v = 0", &[]);
+    let copy = |client: &mut pgt_testkit::postgres::Client, line: &str| -> Result<u64, pgt_testkit::postgres::Error> {
+        let mut w = client.copy_in("COPY st (v, n, __pgt_row_id, __pgt_count, __pgt_aux_count_1) FROM STDIN")?;
+        w.write_all(line.as_bytes()).expect("write the COPY data");
+        w.finish()
+    };
+    let mut as_writer = db.connect_as(&writer);
+    let e = copy(&mut as_writer, &format!("7\t99\t{row_id}\t99\t99\n")).expect_err("only the owner loads rows");
+    assert_eq!(pg_trickle_e2e::sqlstate(&e).as_deref(), Some("42501"), "{e}");
+    assert_st_matches_query(&mut db.client, "st", query);
+    assert!(!db.scalar::<bool>("SELECT needs_reinit FROM pgtrickle.pgt_stream_tables", &[]), "nothing marked");
+    copy(&mut as_owner, &format!("7\t99\t{row_id}\t99\t99\n")).expect("the owner's COPY");
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM st", &[]), 1, "the loaded row replaced the contents");
+    db.exec("INSERT INTO src VALUES (100, 4); SELECT pgtrickle.refresh_stream_table('st')");
+    assert_st_matches_query(&mut db.client, "st", query);
+}
