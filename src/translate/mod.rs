@@ -27,6 +27,7 @@ mod placeholder;
 mod setop;
 mod sublink;
 mod surgery;
+mod window;
 
 use crate::error::PgtResult;
 use crate::parse::walker;
@@ -229,9 +230,6 @@ unsafe fn translate_block(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     if !query.setOperations.is_null() {
         return translate_union(q);
     }
-    if query.hasWindowFuncs {
-        unsupported!("window functions");
-    }
     if query.hasTargetSRFs {
         unsupported!("set-returning functions in the SELECT list");
     }
@@ -239,7 +237,11 @@ unsafe fn translate_block(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     if distinct && query.hasDistinctOn {
         unsupported!("DISTINCT ON");
     }
-    if distinct && (query.hasAggs || !query.groupClause.is_null() || !query.havingQual.is_null()) {
+    if query.hasWindowFuncs && !distinct {
+        // The window level becomes a child (window.rs) read whole by a block.
+        return translate_block(wrap_in_subquery(q)?);
+    }
+    if distinct && (query.hasAggs || query.hasWindowFuncs || !query.groupClause.is_null() || !query.havingQual.is_null()) {
         // DISTINCT over the aggregate's result: the aggregate becomes a child.
         let inner = pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
         (*inner).distinctClause = std::ptr::null_mut();
@@ -499,9 +501,22 @@ pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query) -> PgtResult<Resul
         let name = CString::new(pgt_delta::names::child_column(i)).map_err(|_| crate::error::PgtError::internal("column name"))?;
         (*te).resname = pg_sys::pstrdup(name.as_ptr());
     }
-    let plan = match translate_tree(copy)? {
-        Ok(plan) => plan,
-        Err(u) => return Ok(Err(u)),
+    // A window level is a node of its own kind; anything else is translated
+    // as a query and its root becomes the node.
+    let window = if (*copy).hasWindowFuncs && (*copy).distinctClause.is_null() {
+        match window::translate(copy)? {
+            Ok(window) => Some(window),
+            Err(u) => return Ok(Err(u)),
+        }
+    } else {
+        None
+    };
+    let plan = match window {
+        Some(_) => None,
+        None => match translate_tree(copy)? {
+            Ok(plan) => Some(plan),
+            Err(u) => return Ok(Err(u)),
+        },
     };
     let exprs = visible_exprs(copy);
     let types: Vec<(pg_sys::Oid, i32, pg_sys::Oid)> =
@@ -513,9 +528,11 @@ pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query) -> PgtResult<Resul
         }
         column_types.push(crate::objects::column_type(*typ, *typmod, *coll)?);
     }
-    let node = match plan.root {
-        Root::Aggregate(plan) => pgt_delta::Node::Aggregate(pgt_delta::ChildAggregate { state: 0, plan, column_types }),
-        Root::Rows(plan) => pgt_delta::Node::Rows(pgt_delta::ChildRows { state: 0, plan, column_types }),
+    let node = match (window, plan.map(|p| p.root)) {
+        (Some(plan), _) => pgt_delta::Node::Window(pgt_delta::ChildWindow { state: 0, plan, column_types }),
+        (None, Some(Root::Aggregate(plan))) => pgt_delta::Node::Aggregate(pgt_delta::ChildAggregate { state: 0, plan, column_types }),
+        (None, Some(Root::Rows(plan))) => pgt_delta::Node::Rows(pgt_delta::ChildRows { state: 0, plan, column_types }),
+        (None, None) => return Err(crate::error::PgtError::internal("a child translated to nothing")),
     };
     Ok(Ok(Child { node, types }))
 }

@@ -68,3 +68,30 @@ pub(super) unsafe fn to_cte_reference(
         (*rte).tablesample = std::ptr::null_mut();
     }
 }
+
+/// A new range-table entry referring to CTE `placeholder` whose columns are
+/// `columns`: (name, (type, typmod, collation)), in order. For a template
+/// whose single FROM item is a placeholder (`__pgt_agg`, `__pgt_win`).
+pub(super) unsafe fn new_cte_reference(
+    placeholder: &str,
+    columns: impl IntoIterator<Item = (String, (pg_sys::Oid, i32, pg_sys::Oid))>,
+) -> *mut pg_sys::RangeTblEntry {
+    unsafe {
+        let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
+        (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+        (*rte).eref = pg_sys::makeAlias(cstring(placeholder), std::ptr::null_mut());
+        (*rte).inFromCl = true;
+        to_cte_reference(rte, placeholder, columns);
+        rte
+    }
+}
+
+/// `FROM <range-table entry 1>`: the join tree of a query reading one item.
+pub(super) unsafe fn from_first_item() -> *mut pg_sys::FromExpr {
+    unsafe {
+        let rtr = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblRef>()) as *mut pg_sys::RangeTblRef;
+        (*rtr).type_ = pg_sys::NodeTag::T_RangeTblRef;
+        (*rtr).rtindex = 1;
+        pg_sys::makeFromExpr(pg_sys::lappend(std::ptr::null_mut(), rtr as *mut c_void), std::ptr::null_mut())
+    }
+}

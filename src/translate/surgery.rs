@@ -833,40 +833,20 @@ pub unsafe fn output_template(
     }
 
     // The single FROM item: __pgt_agg.
-    let mut names: *mut pg_sys::List = std::ptr::null_mut();
-    let mut coltypes: *mut pg_sys::List = std::ptr::null_mut();
-    let mut coltypmods: *mut pg_sys::List = std::ptr::null_mut();
-    let mut colcollations: *mut pg_sys::List = std::ptr::null_mut();
-    let mut add_col = |name: &str, typ: pg_sys::Oid, typmod: i32, coll: pg_sys::Oid| {
-        names = pg_sys::lappend(names, string_node(name));
-        coltypes = pg_sys::lappend_oid(coltypes, typ);
-        coltypmods = pg_sys::lappend_int(coltypmods, typmod);
-        colcollations = pg_sys::lappend_oid(colcollations, coll);
-    };
+    let mut columns: Vec<(String, (pg_sys::Oid, i32, pg_sys::Oid))> = Vec::new();
     for (i, g) in groups.iter().enumerate() {
-        add_col(&pgt_delta::names::group(i + 1), pg_sys::exprType(*g), pg_sys::exprTypmod(*g), pg_sys::exprCollation(*g));
+        columns.push((pgt_delta::names::group(i + 1), (pg_sys::exprType(*g), pg_sys::exprTypmod(*g), pg_sys::exprCollation(*g))));
     }
     for (j, a) in aggrefs.iter().enumerate() {
-        add_col(&pgt_delta::names::value(j + 1), (**a).aggtype, -1, (**a).aggcollid);
+        columns.push((pgt_delta::names::value(j + 1), ((**a).aggtype, -1, (**a).aggcollid)));
     }
     for (name, typ) in passthrough.iter().zip(passthrough_types) {
-        add_col(name, *typ, -1, pg_sys::InvalidOid);
+        columns.push((name.clone(), (*typ, -1, pg_sys::InvalidOid)));
     }
-    let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
-    (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
-    (*rte).rtekind = pg_sys::RTEKind::RTE_CTE;
-    (*rte).ctename = cstring(pgt_delta::names::AGG_ROW);
-    (*rte).eref = pg_sys::makeAlias(cstring(pgt_delta::names::AGG_ROW), names);
-    (*rte).coltypes = coltypes;
-    (*rte).coltypmods = coltypmods;
-    (*rte).colcollations = colcollations;
-    (*rte).inFromCl = true;
-    let rtr = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblRef>()) as *mut pg_sys::RangeTblRef;
-    (*rtr).type_ = pg_sys::NodeTag::T_RangeTblRef;
-    (*rtr).rtindex = 1;
+    let rte = super::placeholder::new_cte_reference(pgt_delta::names::AGG_ROW, columns);
     (*copy).rtable = pg_sys::lappend(std::ptr::null_mut(), rte as *mut c_void);
     (*copy).rteperminfos = std::ptr::null_mut();
-    (*copy).jointree = pg_sys::makeFromExpr(pg_sys::lappend(std::ptr::null_mut(), rtr as *mut c_void), std::ptr::null_mut());
+    (*copy).jointree = super::placeholder::from_first_item();
     (*copy).targetList = tlist;
     clear_aggregation(copy);
     (*copy).hasTargetSRFs = false;

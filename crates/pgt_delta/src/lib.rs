@@ -26,6 +26,8 @@
 //!   DISTINCT and UNION as grouping with a multiplicity count;
 //! - [`rows`]: applying a block's delta to a stream table keyed by row identity;
 //! - [`replace`]: applying a full recomputation, writing only the rows that differ;
+//! - [`window`]: window functions, by recomputing the partitions a change
+//!   touches;
 //! - [`topk`]: `ORDER BY ... LIMIT / OFFSET` over the root, storing only the
 //!   window, recomputed by a bounded query only when a change reaches it.
 //!
@@ -51,5 +53,6 @@ mod sql;
 pub mod topk;
 pub mod tree;
 pub mod union;
+pub mod window;
 
 pub use plan::*;

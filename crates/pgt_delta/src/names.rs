@@ -190,3 +190,19 @@ pub const MULTIPLICITY: &str = "__pgt_mult";
 
 /// Which side of INTERSECT / EXCEPT a row comes from (1 or 2).
 pub const SET_SIDE: &str = "__pgt_side";
+
+/// The placeholder (CTE name) a window operator's output template reads its
+/// input rows from ([`crate::window`]).
+pub const WINDOW_INPUT: &str = "__pgt_win";
+
+/// Column `i` (1-based) of a window operator's input rows: in its input's
+/// output and in the placeholder [`WINDOW_INPUT`].
+pub fn window_input(i: usize) -> String {
+    format!("__pgt_wx{i}")
+}
+
+/// Partition key column `i` (1-based) of a window operator: in its output
+/// template's output and in its state table, hidden from parents.
+pub fn window_partition(i: usize) -> String {
+    format!("__pgt_wp{i}")
+}

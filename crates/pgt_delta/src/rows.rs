@@ -103,6 +103,18 @@ pub fn full_sql(plan: &RowsPlan, ctx: &Ctx) -> String {
         .join(" UNION ALL ")
 }
 
+/// The full result's visible columns, one row per copy (each block row
+/// repeated by the plan's multiplicity, if it has one), without identities:
+/// for an operator that reads these rows as its input ([`crate::window`]).
+/// In a delta context, over the inputs' new states.
+pub fn new_rows_sql(plan: &RowsPlan, ctx: &Ctx) -> String {
+    plan.branches
+        .iter()
+        .map(|b| format!("SELECT {} FROM ({}) f", qualified("f", &plan.visible), expanded(plan, &join::full_sql(&b.block, ctx))))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
 /// The root's delta as rows of its visible columns and `__pgt_w` (every
 /// branch's, each row repeated by its multiplicity as a weight), unconsolidated;
 /// `None` when no input changed. For a TopK over the root ([`crate::topk`]).

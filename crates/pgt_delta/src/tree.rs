@@ -381,6 +381,20 @@ pub enum Node {
     /// Rows of blocks (a subquery with outer joins, a UNION ALL, the nullable
     /// side of an outer join that is a view, a subquery or a keyless table).
     Rows(ChildRows),
+    /// A query level with window functions ([`crate::window`]).
+    Window(ChildWindow),
+}
+
+/// A window child: a [`crate::window::WindowPlan`] whose visible columns are
+/// named `__pgt_c1`, ..., kept in state table `state`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChildWindow {
+    /// Its state table number.
+    pub state: usize,
+    /// The window level.
+    pub plan: crate::window::WindowPlan,
+    /// The SQL types of its visible columns, in order.
+    pub column_types: Vec<String>,
 }
 
 /// An aggregate child: the aggregate plan whose visible columns are named
@@ -414,6 +428,7 @@ impl Node {
         match self {
             Node::Aggregate(a) => &a.plan.visible,
             Node::Rows(r) => &r.plan.visible,
+            Node::Window(w) => &w.plan.visible,
         }
     }
 
@@ -422,6 +437,7 @@ impl Node {
         match self {
             Node::Aggregate(a) => &a.column_types,
             Node::Rows(r) => &r.column_types,
+            Node::Window(w) => &w.column_types,
         }
     }
 
@@ -447,6 +463,7 @@ impl Node {
         match self {
             Node::Aggregate(a) => a.plan.inputs.iter_mut().for_each(f),
             Node::Rows(r) => r.plan.branches.iter_mut().for_each(|b| f(&mut b.block)),
+            Node::Window(w) => w.plan.input.branches.iter_mut().for_each(|b| f(&mut b.block)),
         }
     }
 
@@ -455,6 +472,7 @@ impl Node {
         match self {
             Node::Aggregate(a) => a.plan.inputs.iter().collect(),
             Node::Rows(r) => r.plan.branches.iter().map(|b| &b.block).collect(),
+            Node::Window(w) => w.plan.input.branches.iter().map(|b| &b.block).collect(),
         }
     }
 
@@ -468,6 +486,7 @@ impl Node {
         match self {
             Node::Aggregate(a) => a.state,
             Node::Rows(r) => r.state,
+            Node::Window(w) => w.state,
         }
     }
 
@@ -475,6 +494,7 @@ impl Node {
         match self {
             Node::Aggregate(a) => &mut a.state,
             Node::Rows(r) => &mut r.state,
+            Node::Window(w) => &mut w.state,
         }
     }
 
@@ -491,6 +511,7 @@ impl Node {
                 c.push(names::ROW_ID.to_string());
                 c
             }
+            Node::Window(w) => w.plan.stored_columns(),
         }
     }
 
@@ -498,8 +519,10 @@ impl Node {
     pub fn stored_column_types(&self) -> Vec<(String, String)> {
         let mut c: Vec<(String, String)> = self.visible().iter().cloned().zip(self.column_types().iter().cloned()).collect();
         c.push((names::ROW_ID.to_string(), "bigint".to_string()));
-        if let Node::Aggregate(a) = self {
-            c.extend(a.plan.state_columns().into_iter().map(|h| (h.name, h.sql_type)));
+        match self {
+            Node::Aggregate(a) => c.extend(a.plan.state_columns().into_iter().map(|h| (h.name, h.sql_type))),
+            Node::Window(w) => c.extend(w.plan.partition_columns().into_iter().zip(w.plan.partition_types.iter().cloned())),
+            Node::Rows(_) => {}
         }
         c
     }
@@ -526,6 +549,13 @@ pub fn collect_lookups(block: &Block, out: &mut Vec<(usize, Vec<String>)>) {
         if let Source::Node(node) = &input.source {
             for b in node.blocks() {
                 collect_lookups(b, out);
+            }
+            if let Node::Window(w) = node.as_ref() {
+                // Its stored rows are looked up by partition key.
+                let entry = (node.state_number(), w.plan.partition_columns());
+                if !entry.1.is_empty() && !out.contains(&entry) {
+                    out.push(entry);
+                }
             }
             let Some(presence) = &input.presence else { continue };
             let mut columns: Vec<String> = Vec::new();

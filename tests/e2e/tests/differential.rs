@@ -1186,3 +1186,102 @@ fn grouping_sets_above_the_bound() {
     db.exec("INSERT INTO t VALUES (100, NULL, 1); SELECT pgtrickle.refresh_stream_table('c4')");
     assert_st_matches_query(&mut db.client, "c4", q);
 }
+
+/// Window functions: ranking, offset and aggregate windows with PARTITION
+/// BY, ORDER BY and frames, several windows per query, windows inside
+/// expressions and under filters, over joins, aggregates and keyless rows,
+/// under aggregates, and read by another stream table. Ties in ORDER BY use
+/// functions whose value does not depend on how ties are broken (or break
+/// them by a key), so the query has one answer.
+#[test]
+fn window_functions() {
+    run_property_suite(
+        "prop_window",
+        &[
+            (
+                "w_rank",
+                "SELECT id, cust, amount, rank() OVER (PARTITION BY cust ORDER BY amount) AS rk, \
+                 dense_rank() OVER (PARTITION BY cust ORDER BY amount DESC) AS drk FROM orders",
+                Differential,
+            ),
+            (
+                "w_top3",
+                "SELECT cust, id, amount FROM (SELECT cust, id, amount, row_number() OVER (PARTITION BY cust ORDER BY amount DESC, id) AS rn \
+                 FROM orders) x WHERE rn <= 3",
+                Differential,
+            ),
+            (
+                "w_offsets",
+                "SELECT id, cust, balance, lag(balance) OVER w AS prev, lead(balance, 2, 0) OVER w AS next2, first_value(id) OVER w AS first_id, \
+                 last_value(id) OVER (PARTITION BY cust ORDER BY balance, id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS last_id, \
+                 nth_value(balance, 2) OVER w AS second FROM accounts WINDOW w AS (PARTITION BY cust ORDER BY balance, id)",
+                Differential,
+            ),
+            (
+                "w_frames",
+                "SELECT order_id, line, price, sum(price) OVER (PARTITION BY order_id ORDER BY line ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) AS s3, \
+                 avg(price) OVER (PARTITION BY order_id ORDER BY price RANGE BETWEEN 1 PRECEDING AND CURRENT ROW) AS ar, \
+                 count(*) OVER (PARTITION BY order_id ORDER BY price GROUPS BETWEEN 1 PRECEDING AND 1 FOLLOWING EXCLUDE CURRENT ROW) AS g \
+                 FROM items",
+                Differential,
+            ),
+            (
+                "w_distribution",
+                "SELECT id, status, ntile(3) OVER (PARTITION BY status ORDER BY amount, id) AS tile, \
+                 percent_rank() OVER (PARTITION BY status ORDER BY amount) AS pr, cume_dist() OVER (PARTITION BY status ORDER BY amount) AS cd \
+                 FROM orders",
+                Differential,
+            ),
+            (
+                "w_whole",
+                "SELECT c.id, r.name, rank() OVER (ORDER BY r.zone, c.score NULLS FIRST) AS rk, count(*) OVER () AS total \
+                 FROM customers c JOIN regions r ON r.name = c.region",
+                Differential,
+            ),
+            (
+                "w_keyless",
+                "SELECT kind, n, count(*) OVER (PARTITION BY kind) AS per_kind, sum(n) OVER (PARTITION BY kind ORDER BY n) AS running FROM events",
+                Differential,
+            ),
+            ("w_numeric", "SELECT code, factor, rank() OVER (PARTITION BY factor ORDER BY code DESC) AS r FROM rates", Differential),
+            (
+                "w_over_aggregate",
+                "SELECT cust, sum(amount) AS total, rank() OVER (ORDER BY sum(amount) DESC) AS rk FROM orders GROUP BY cust",
+                Differential,
+            ),
+            (
+                "w_over_groups",
+                "SELECT status, cust, count(*) AS n, row_number() OVER (PARTITION BY status ORDER BY count(*) DESC, cust NULLS FIRST) AS rn \
+                 FROM orders GROUP BY status, cust",
+                Differential,
+            ),
+            (
+                "w_under_aggregate",
+                "SELECT cust, max(rk) AS max_rank, count(*) FILTER (WHERE rk = 1) AS firsts FROM \
+                 (SELECT cust, rank() OVER (PARTITION BY cust ORDER BY amount) AS rk FROM orders) x GROUP BY cust",
+                Differential,
+            ),
+            (
+                "w_expressions",
+                "SELECT id, amount * 2 - lag(amount, 1, 0) OVER (PARTITION BY status ORDER BY id) AS d, \
+                 CASE WHEN row_number() OVER (PARTITION BY status ORDER BY id) % 2 = 0 THEN 'even' ELSE 'odd' END AS parity \
+                 FROM orders WHERE amount > 5",
+                Differential,
+            ),
+            (
+                "w_two_partitionings",
+                "SELECT id, rank() OVER (PARTITION BY status ORDER BY amount) AS r1, rank() OVER (PARTITION BY cust ORDER BY amount) AS r2 FROM orders",
+                Differential,
+            ),
+            (
+                "w_join",
+                "SELECT c.region, o.id, sum(o.amount) OVER (PARTITION BY c.region ORDER BY o.id) AS running \
+                 FROM orders o JOIN customers c ON c.id = o.cust",
+                Differential,
+            ),
+            ("w_partition_expression", "SELECT id, amount, rank() OVER (PARTITION BY amount % 4 ORDER BY amount DESC) AS r FROM orders", Differential),
+            ("w_downstream", "SELECT cust, count(*) AS n, max(rk) AS worst FROM w_rank GROUP BY cust", Differential),
+        ],
+        CYCLES,
+    );
+}
