@@ -145,7 +145,9 @@ pub fn analyze_defining_query(
         let normalized_sql = normalize(query)?;
         let tree_ptr = pg_sys::nodeToString(query as *const std::ffi::c_void);
         let tree = format!("{}{}", tree_version_prefix(), CStr::from_ptr(tree_ptr).to_string_lossy());
-        let order_by_without_limit = !(*query).sortClause.is_null() && (*query).limitCount.is_null() && (*query).limitOffset.is_null();
+        // (Under DISTINCT ON the ORDER BY says which row of each group is kept.)
+        let order_by_without_limit =
+            !(*query).sortClause.is_null() && (*query).limitCount.is_null() && (*query).limitOffset.is_null() && !(*query).hasDistinctOn;
         Ok(AnalyzedQuery { columns, sources, normalized_sql, tree, order_by_without_limit })
     }
 }

@@ -22,7 +22,9 @@
 //! reported by name ([`Unsupported`]), and AUTO falls back to FULL.
 
 mod grouping;
+mod distinct_on;
 mod having;
+mod lateral;
 mod placeholder;
 mod setop;
 mod sublink;
@@ -208,7 +210,10 @@ unsafe fn split_topk(q: *mut pg_sys::Query) -> PgtResult<Result<(*mut pg_sys::Qu
         keys.push((index, operator, (*clause).nulls_first));
     }
     let inner = pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
-    (*inner).sortClause = std::ptr::null_mut();
+    if !query.hasDistinctOn {
+        // (DISTINCT ON keeps it: it says which row of each group is kept.)
+        (*inner).sortClause = std::ptr::null_mut();
+    }
     (*inner).limitCount = std::ptr::null_mut();
     (*inner).limitOffset = std::ptr::null_mut();
     (*inner).limitOption = pg_sys::LimitOption::LIMIT_OPTION_COUNT;
@@ -235,7 +240,8 @@ unsafe fn translate_block(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     }
     let distinct = !query.distinctClause.is_null();
     if distinct && query.hasDistinctOn {
-        unsupported!("DISTINCT ON");
+        // A row number per DISTINCT ON group, filtered to the first (distinct_on.rs).
+        return translate_tree(distinct_on::rewrite(q)?);
     }
     if query.hasWindowFuncs && !distinct {
         // The window level becomes a child (window.rs) read whole by a block.
@@ -258,6 +264,13 @@ unsafe fn translate_block(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
         // One aggregate per grouping set, under UNION ALL (grouping.rs).
         return match grouping::expand_to_union(q)? {
             Ok(union) => translate_tree(union),
+            Err(u) => Ok(Err(u)),
+        };
+    }
+    if lateral::has_correlated_lateral(query) {
+        // Scalar subqueries or decorrelated joins (lateral.rs).
+        return match lateral::rewrite(q)? {
+            Ok(rewritten) => translate_tree(rewritten),
             Err(u) => Ok(Err(u)),
         };
     }

@@ -128,11 +128,11 @@ unsafe extern "C-unwind" fn rewrite_sublinks(node: *mut pg_sys::Node, ctx: *mut 
 }
 
 /// One equality of the correlation: `inner <op> outer` (or mirrored).
-struct Pair {
-    inner: *mut pg_sys::Node,
-    outer: *mut pg_sys::Node,
-    opno: pg_sys::Oid,
-    inner_on_left: bool,
+pub(super) struct Pair {
+    pub(super) inner: *mut pg_sys::Node,
+    pub(super) outer: *mut pg_sys::Node,
+    pub(super) opno: pg_sys::Oid,
+    pub(super) inner_on_left: bool,
 }
 
 /// What the child of a subquery is.
@@ -629,7 +629,7 @@ unsafe fn block_column(rw: &Rewriter, outer: *mut pg_sys::Node) -> Option<(usize
 
 /// `c` as a correlation pair, if it is `a <op> b` with an equality operator,
 /// one side reading only the subquery's FROM and the other only the block.
-unsafe fn equality_pair(c: *mut pg_sys::Node) -> Option<Pair> {
+pub(super) unsafe fn equality_pair(c: *mut pg_sys::Node) -> Option<Pair> {
     if !pgrx::is_a(c, pg_sys::NodeTag::T_OpExpr) {
         return None;
     }
@@ -827,11 +827,11 @@ unsafe extern "C-unwind" fn lower_levels(node: *mut pg_sys::Node, ctx: *mut c_vo
 
 /// `node` (an expression of a subquery without inner columns) as an expression
 /// of the block: its outer references move one level in.
-unsafe fn lower_outer_references(node: *mut pg_sys::Node, ctx: &mut i32) -> *mut pg_sys::Node {
+pub(super) unsafe fn lower_outer_references(node: *mut pg_sys::Node, ctx: &mut i32) -> *mut pg_sys::Node {
     lower_levels(node, ctx as *mut i32 as *mut c_void)
 }
 
-unsafe fn list_of(nodes: &[*mut pg_sys::Node]) -> *mut pg_sys::List {
+pub(super) unsafe fn list_of(nodes: &[*mut pg_sys::Node]) -> *mut pg_sys::List {
     let mut list: *mut pg_sys::List = std::ptr::null_mut();
     for n in nodes {
         list = pg_sys::lappend(list, *n as *mut c_void);

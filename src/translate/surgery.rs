@@ -444,7 +444,8 @@ unsafe fn prepare_level(
             }
             pg_sys::RTEKind::RTE_SUBQUERY => {
                 let sub = (*rte).subquery;
-                if (*rte).lateral {
+                // (A correlated one was rewritten before: translate/lateral.rs.)
+                if (*rte).lateral && pg_sys::contain_vars_of_level(sub as *mut pg_sys::Node, 1) {
                     return Ok(Err(Unsupported("LATERAL subqueries".into())));
                 }
                 // A subquery with functions in FROM is a child: its own block

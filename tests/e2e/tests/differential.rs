@@ -299,10 +299,8 @@ fn auto_falls_back_to_full() {
     run_property_suite(
         "prop_fallback",
         &[
-            ("f_window", "SELECT id, rank() OVER (PARTITION BY cust ORDER BY amount) AS r FROM orders", Full),
             ("f_limit_in_subquery", "SELECT s.id FROM (SELECT id FROM orders ORDER BY amount DESC LIMIT 5) s", Full),
-            ("f_lateral", "SELECT c.id, l.amount FROM customers c, LATERAL (SELECT amount FROM orders o WHERE o.cust = c.id ORDER BY amount DESC LIMIT 1) l", Full),
-            ("f_distinct_on", "SELECT DISTINCT ON (cust) cust, id, amount FROM orders ORDER BY cust, amount DESC, id", Full),
+            ("f_lateral", "SELECT c.id, l.amount FROM customers c, LATERAL (SELECT amount FROM orders o WHERE o.cust > c.id ORDER BY amount DESC LIMIT 1) l", Full),
             (
                 "f_grouping_sets_sublink",
                 "SELECT status, count(*) AS n FROM orders o GROUP BY ROLLUP (status) \
@@ -1281,6 +1279,93 @@ fn window_functions() {
             ),
             ("w_partition_expression", "SELECT id, amount, rank() OVER (PARTITION BY amount % 4 ORDER BY amount DESC) AS r FROM orders", Differential),
             ("w_downstream", "SELECT cust, count(*) AS n, max(rk) AS worst FROM w_rank GROUP BY cust", Differential),
+        ],
+        CYCLES,
+    );
+}
+
+/// DISTINCT ON with its ORDER BY: one row per group, maintained per
+/// affected group — winners deleted or overtaken, rows moving between
+/// groups, NULL groups, expression keys, over a join, under an aggregate,
+/// and under a TopK. Every ORDER BY ends in a key, so the kept row is
+/// determined.
+#[test]
+fn distinct_on() {
+    run_property_suite(
+        "prop_distinct_on",
+        &[
+            ("d_latest", "SELECT DISTINCT ON (cust) cust, id, amount, status FROM orders ORDER BY cust, amount DESC, id", Differential),
+            ("d_text", "SELECT DISTINCT ON (status) status, id, note FROM orders ORDER BY status, id DESC", Differential),
+            (
+                "d_two_keys",
+                "SELECT DISTINCT ON (region, vip) region, vip, id, score FROM customers ORDER BY region, vip, score DESC NULLS LAST, id",
+                Differential,
+            ),
+            ("d_bigint", "SELECT DISTINCT ON (tier) tier, id, balance FROM accounts ORDER BY tier, balance, id", Differential),
+            ("d_expression", "SELECT DISTINCT ON (amount % 5) amount % 5 AS bucket, id FROM orders ORDER BY amount % 5, id", Differential),
+            (
+                "d_join",
+                "SELECT DISTINCT ON (c.region) c.region, o.id, o.amount FROM orders o JOIN customers c ON c.id = o.cust \
+                 ORDER BY c.region, o.amount DESC, o.id",
+                Differential,
+            ),
+            (
+                "d_under_aggregate",
+                "SELECT status, count(*) AS n, sum(amount) AS s FROM (SELECT DISTINCT ON (cust) cust, status, amount FROM orders \
+                 ORDER BY cust, id DESC) x GROUP BY status",
+                Differential,
+            ),
+            ("d_topk", "SELECT DISTINCT ON (cust) cust, id, amount FROM orders ORDER BY cust, amount DESC, id LIMIT 5", Differential),
+        ],
+        CYCLES,
+    );
+}
+
+/// LATERAL subqueries: ORDER BY ... LIMIT / OFFSET per outer row, scalar
+/// aggregates, LEFT JOIN LATERAL with a filter, grouped, projections
+/// without FROM, bigint-keyed outer rows. A changed outer row changes
+/// exactly its own expansion.
+#[test]
+fn lateral_subqueries() {
+    run_property_suite(
+        "prop_lateral",
+        &[
+            (
+                "lat_top2",
+                "SELECT c.id, l.amount, l.oid FROM customers c, LATERAL (SELECT o.amount, o.id AS oid FROM orders o \
+                 WHERE o.cust = c.id ORDER BY o.amount DESC, o.id LIMIT 2) l",
+                Differential,
+            ),
+            (
+                "lat_offset",
+                "SELECT c.id, l.oid FROM customers c, LATERAL (SELECT o.id AS oid FROM orders o WHERE o.cust = c.id ORDER BY o.id LIMIT 2 OFFSET 1) l",
+                Differential,
+            ),
+            (
+                "lat_scalar_aggregate",
+                "SELECT c.id, c.region, l.total, l.n FROM customers c CROSS JOIN LATERAL (SELECT sum(o.amount) AS total, count(*) AS n \
+                 FROM orders o WHERE o.cust = c.id AND o.status <> 'held') l",
+                Differential,
+            ),
+            (
+                "lat_left",
+                "SELECT c.id, l.id AS oid, l.amount FROM customers c LEFT JOIN LATERAL (SELECT o.id, o.amount FROM orders o \
+                 WHERE o.cust = c.id AND o.amount > 40) l ON true",
+                Differential,
+            ),
+            (
+                "lat_grouped",
+                "SELECT c.region, l.status, l.n FROM customers c JOIN LATERAL (SELECT o.status, count(*) AS n, max(o.amount) AS hi \
+                 FROM orders o WHERE o.cust = c.id GROUP BY o.status) l ON l.hi > 10",
+                Differential,
+            ),
+            (
+                "lat_projection",
+                "SELECT o.id, x.total, x.bucket FROM orders o CROSS JOIN LATERAL (SELECT o.amount * 2 AS total, o.amount % 7 AS bucket) x \
+                 WHERE x.bucket > 2",
+                Differential,
+            ),
+            ("lat_bigint", "SELECT a.id, l.cnt FROM accounts a, LATERAL (SELECT count(*) AS cnt FROM orders o WHERE o.cust = a.cust) l", Differential),
         ],
         CYCLES,
     );
