@@ -29,6 +29,7 @@ mod placeholder;
 mod setop;
 mod sublink;
 mod surgery;
+mod target_srf;
 mod window;
 
 use crate::error::PgtResult;
@@ -235,8 +236,15 @@ unsafe fn translate_block(q: *mut pg_sys::Query) -> PgtResult<Result<Plan, Unsup
     if !query.setOperations.is_null() {
         return translate_union(q);
     }
+    if query.hasTargetSRFs && !query.hasAggs && !query.hasWindowFuncs && query.groupClause.is_null() {
+        // A LATERAL ROWS FROM (...) item (target_srf.rs).
+        return match target_srf::move_to_from(q)? {
+            Ok(moved) => translate_tree(moved),
+            Err(u) => Ok(Err(u)),
+        };
+    }
     if query.hasTargetSRFs {
-        unsupported!("set-returning functions in the SELECT list");
+        unsupported!("set-returning functions in the SELECT list of an aggregate or window query");
     }
     let distinct = !query.distinctClause.is_null();
     if distinct && query.hasDistinctOn {

@@ -1370,3 +1370,30 @@ fn lateral_subqueries() {
         CYCLES,
     );
 }
+
+/// Set-returning functions in the SELECT list: several in lockstep (the
+/// shorter padded with NULLs), inside expressions, under DISTINCT, under an
+/// aggregate, over a keyless table. Arrays and documents grow and shrink
+/// with the random updates of the columns they are built from.
+#[test]
+fn set_returning_functions_in_the_select_list() {
+    run_property_suite(
+        "prop_target_srf",
+        &[
+            (
+                "srf_lockstep",
+                "SELECT id, generate_series(1, amount % 4) AS k, unnest(string_to_array(status, 'e')) AS part FROM orders",
+                Differential,
+            ),
+            ("srf_expression", "SELECT id, generate_series(0, amount % 3) * 10 + cust AS v FROM orders WHERE note IS NOT NULL", Differential),
+            ("srf_distinct", "SELECT DISTINCT regexp_split_to_table(coalesce(note, ''), '') AS ch FROM orders", Differential),
+            (
+                "srf_under_aggregate",
+                "SELECT e, count(*) AS n FROM (SELECT jsonb_array_elements(to_jsonb(ARRAY[abs(amount) % 5, cust % 3])) AS e FROM orders) x GROUP BY e",
+                Differential,
+            ),
+            ("srf_keyless", "SELECT kind, generate_series(1, n) AS i FROM events", Differential),
+        ],
+        CYCLES,
+    );
+}
