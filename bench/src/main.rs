@@ -58,6 +58,25 @@ const NESTED_SCENARIOS: &[(&str, &str)] = &[
 
 const NESTED_RATES: &[f64] = &[0.001, 0.01];
 
+/// The second wave of SQL (issue 13), over `w2src` (1M rows, 10,000
+/// partitions of 100 rows, three rollup keys, a 5-element array per row).
+const WAVE2_SCENARIOS: &[(&str, &str)] = &[
+    (
+        "ranking window, 10K partitions",
+        "SELECT id, part, val, row_number() OVER (PARTITION BY part ORDER BY val, id) AS rn, rank() OVER (PARTITION BY part ORDER BY val) AS rk FROM w2src",
+    ),
+    (
+        "top 3 per partition (window under a filter)",
+        "SELECT part, id, val FROM (SELECT part, id, val, row_number() OVER (PARTITION BY part ORDER BY val DESC, id) AS rn FROM w2src) x WHERE rn <= 3",
+    ),
+    ("DISTINCT ON", "SELECT DISTINCT ON (part) part, id, val FROM w2src ORDER BY part, val DESC, id"),
+    ("ROLLUP over 3 keys", "SELECT k1, k2, k3, count(*) AS n, sum(val) AS total FROM w2src GROUP BY ROLLUP (k1, k2, k3)"),
+    ("LATERAL unnest, 5-element arrays", "SELECT s.id, t.tag, t.pos FROM w2src s, LATERAL unnest(s.tags) WITH ORDINALITY AS t(tag, pos)"),
+];
+
+/// Rows of `w2src`.
+const WAVE2_ROWS: u64 = 1_000_000;
+
 /// Inputs of the joins timed for a one-row change.
 const JOIN_WIDTHS: &[usize] = &[2, 8, 16, 30];
 
@@ -108,6 +127,28 @@ struct Report {
     /// The write cost part (absent in older reports).
     #[serde(default)]
     writes: Option<WriteCost>,
+    #[serde(default)]
+    wave2: Option<Wave2Figures>,
+}
+
+/// The second-wave SQL part (windows, DISTINCT ON, ROLLUP, LATERAL).
+#[derive(Serialize, serde::Deserialize, Clone)]
+struct Wave2Figures {
+    date: String,
+    repetitions: usize,
+    rows: Vec<Wave2Row>,
+}
+
+#[derive(Serialize, serde::Deserialize, Clone)]
+struct Wave2Row {
+    scenario: String,
+    change_rate: f64,
+    changes: u64,
+    differential_ms: f64,
+    full_ms: f64,
+    matview_ms: f64,
+    /// Rows the DIFFERENTIAL refresh wrote (median).
+    written: i64,
 }
 
 /// What maintenance adds to writes ([`write_cost`]).
@@ -294,6 +335,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
         return Ok(());
     }
+    if std::env::var_os("PGT_BENCH_ONLY_WAVE2").is_some() {
+        let path = repo.join("docs/benchmark.json");
+        let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        report.wave2 = Some(wave2_bench(&cluster)?);
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+        std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
+        return Ok(());
+    }
     if std::env::var_os("PGT_BENCH_ONLY_SCHEDULER").is_some() {
         let path = repo.join("docs/benchmark.json");
         let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
@@ -389,6 +438,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         tpch.push(tpch_bench(&cluster, scale, tpch_reps)?);
     }
     let writes = Some(write_cost(&cluster)?);
+    let wave2 = Some(wave2_bench(&cluster)?);
     let machine = machine();
     let command = "make bench".to_string();
     let date = utc_now()?;
@@ -405,6 +455,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         joins,
         tpch,
         writes,
+        wave2,
     };
     std::fs::write(repo.join("docs/benchmark.json"), serde_json::to_string_pretty(&report)? + "\n")?;
     std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
@@ -1000,6 +1051,9 @@ fn markdown(r: &Report) -> String {
     if let Some(w) = &r.writes {
         writes_markdown(&mut s, w);
     }
+    if let Some(w) = &r.wave2 {
+        wave2_markdown(&mut s, w);
+    }
     let _ = writeln!(s, "## Refresh with no change (DIFFERENTIAL), median of 20\n");
     let _ = writeln!(s, "| source rows | scenario | ms |");
     let _ = writeln!(s, "|---:|---|---:|");
@@ -1266,4 +1320,136 @@ fn writes_markdown(s: &mut String, w: &WriteCost) {
         let _ = writeln!(s, "| {} | {} | {} | {:.3} | {:.2} |", r.config, r.operation, r.clients, r.ms_per_statement, r.ratio);
     }
     let _ = writeln!(s);
+}
+
+/// The second-wave SQL part: each scenario of [`WAVE2_SCENARIOS`] as a
+/// DIFFERENTIAL and a FULL stream table and a materialized view over
+/// `w2src`; per change rate (0.1 %, 1 %), `PGT_BENCH_WAVE2_REPS` (default 3)
+/// rounds of changes (70 % updates of `val` and `tags`, 15 % deletes, 15 %
+/// inserts, in one transaction), each followed by timing the three
+/// refreshes; medians. Checked against the materialized view.
+fn wave2_bench(cluster: &Cluster) -> Result<Wave2Figures, Box<dyn std::error::Error>> {
+    let reps: usize = std::env::var("PGT_BENCH_WAVE2_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let mut admin = cluster.connect("postgres")?;
+    admin.batch_execute("DROP DATABASE IF EXISTS pgtrickle_bench_wave2 WITH (FORCE)")?;
+    admin.batch_execute("CREATE DATABASE pgtrickle_bench_wave2")?;
+    let mut db = cluster.connect("pgtrickle_bench_wave2")?;
+    println!("==> second-wave SQL: loading {WAVE2_ROWS} rows");
+    db.batch_execute(&format!(
+        "CREATE EXTENSION pg_trickle; SET client_min_messages = warning;
+         CREATE TABLE w2src (id bigint PRIMARY KEY, part int NOT NULL, val int NOT NULL, k1 int NOT NULL, k2 int NOT NULL,
+                             k3 int NOT NULL, tags int[] NOT NULL);
+         INSERT INTO w2src SELECT g, g % 10000, (g::bigint * 7919) % 100003, g % 10, g % 100, g % 1000,
+                                  ARRAY[g % 7, g % 11, g % 13, g % 17, g % 19]
+           FROM generate_series(1, {WAVE2_ROWS}) g;
+         CREATE INDEX ON w2src (part);"
+    ))?;
+    db.batch_execute("VACUUM ANALYZE w2src")?;
+    let mut rows = Vec::new();
+    for (si, (scenario, query)) in WAVE2_SCENARIOS.iter().enumerate() {
+        let (st_diff, st_full, mv) = (format!("w{si}_diff"), format!("w{si}_full"), format!("w{si}_mv"));
+        db.batch_execute(&format!(
+            "SELECT pgtrickle.create_stream_table('{st_diff}', $q${query}$q$, refresh_mode => 'DIFFERENTIAL', schedule => '1w');
+             SELECT pgtrickle.create_stream_table('{st_full}', $q${query}$q$, refresh_mode => 'FULL', schedule => '1w');
+             CREATE MATERIALIZED VIEW {mv} AS {query};"
+        ))?;
+        db.batch_execute("VACUUM ANALYZE")?;
+        for rate in [0.001, 0.01] {
+            let changes = ((WAVE2_ROWS as f64) * rate).round() as u64;
+            let (mut d, mut f, mut m, mut written) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let updates = changes * 70 / 100;
+                let deletes = changes * 15 / 100;
+                let inserts = changes - updates - deletes;
+                db.batch_execute(&format!(
+                    "BEGIN;
+                     UPDATE w2src SET val = val + 1, tags = tags[2:5] || tags[1] WHERE id IN
+                       (SELECT 1 + (random() * (SELECT max(id) FROM w2src))::bigint FROM generate_series(1, {updates}));
+                     DELETE FROM w2src WHERE id IN
+                       (SELECT 1 + (random() * (SELECT max(id) FROM w2src))::bigint FROM generate_series(1, {deletes}));
+                     INSERT INTO w2src SELECT m + g, (m + g) % 10000, g % 100003, (m + g) % 10, (m + g) % 100, (m + g) % 1000,
+                                              ARRAY[g % 5, g % 3, 1, 2, 3]
+                       FROM (SELECT max(id) AS m FROM w2src) x, generate_series(1, {inserts}) g;
+                     COMMIT;
+                     SELECT count(*) FROM w2src;"
+                ))?;
+                d.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_diff}')"))?);
+                let w: i64 = db
+                    .query_one(
+                        "SELECT coalesce(h.rows_inserted + h.rows_deleted, 0)::bigint FROM pgtrickle.pgt_refresh_history h \
+                         JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) WHERE s.pgt_relid = $1::text::regclass ORDER BY h.refresh_id DESC LIMIT 1",
+                        &[&st_diff],
+                    )?
+                    .get(0);
+                written.push(w as f64);
+                f.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_full}')"))?);
+                m.push(timed(&mut db, &format!("REFRESH MATERIALIZED VIEW {mv}"))?);
+            }
+            let (d, f, m) = (median(d), median(f), median(m));
+            println!("    {scenario:<44} {:>5.1}%  DIFFERENTIAL {d:>8.1} ms  FULL {f:>8.1} ms  MATVIEW {m:>8.1} ms  ({:.1}x)", rate * 100.0, m / d);
+            rows.push(Wave2Row {
+                scenario: scenario.to_string(),
+                change_rate: rate,
+                changes,
+                differential_ms: d,
+                full_ms: f,
+                matview_ms: m,
+                written: median(written) as i64,
+            });
+        }
+        check_against_matview(&mut db, &[&st_diff, &st_full], &mv, scenario)?;
+        db.batch_execute(&format!(
+            "SELECT pgtrickle.drop_stream_table('{st_diff}'); SELECT pgtrickle.drop_stream_table('{st_full}'); DROP MATERIALIZED VIEW {mv};"
+        ))?;
+    }
+    drop(db);
+    admin.batch_execute("DROP DATABASE IF EXISTS pgtrickle_bench_wave2 WITH (FORCE)")?;
+    Ok(Wave2Figures { date: utc_now()?, repetitions: reps, rows })
+}
+
+fn wave2_markdown(s: &mut String, w: &Wave2Figures) {
+    let _ = writeln!(s, "## Second-wave SQL: windows, DISTINCT ON, ROLLUP, LATERAL\n");
+    let _ = writeln!(
+        s,
+        "Measured {} (`PGT_BENCH_ONLY_WAVE2=1 make bench` runs only this part). `w2src`: {WAVE2_ROWS} rows, `part` = id % 10,000 \
+         (10,000 partitions of 100 rows, indexed), three rollup keys of 10, 100 and 1,000 values, a 5-element array per row. \
+         Per change rate, {} rounds of changes (70 % updates of `val` and the array, 15 % deletes, 15 % inserts, one \
+         transaction), each followed by the DIFFERENTIAL refresh, the FULL refresh and `REFRESH MATERIALIZED VIEW`; medians in ms. \
+         *written*: rows the DIFFERENTIAL refresh inserted or deleted in the stream table (an update counts twice). \
+         Target: DIFFERENTIAL at least 10× faster than the materialized view at 0.1 %.\n",
+        w.date, w.repetitions
+    );
+    let _ = writeln!(s, "| scenario | change rate | changes | DIFFERENTIAL ms | FULL ms | matview ms | written | vs matview | target |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for x in &w.rows {
+        let ratio = x.matview_ms / x.differential_ms;
+        let target = if x.change_rate < 0.005 {
+            if ratio >= 10.0 { "met" } else { "**missed**" }
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} % | {} | {:.1} | {:.1} | {:.1} | {} | {ratio:.1}× | {target} |",
+            x.scenario,
+            x.change_rate * 100.0,
+            x.changes,
+            x.differential_ms,
+            x.full_ms,
+            x.matview_ms,
+            x.written
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nWhy the window rows miss: 0.1 % of the rows is 1,000 changes, which touch about 950 of the 10,000 partitions, \
+         so about 10 % of the rows are recomputed — the bound of the partition-recompute strategy here is about 10× \
+         even if a recomputed row cost no more than the materialized view's — and `row_number()` / `rank()` move for \
+         about half of each touched partition's rows, which are written (*written*). For DISTINCT ON and the top 3, \
+         the ranked rows of every touched partition are kept in the window's state table and rewritten there. \
+         An AUTO stream table measures this and recomputes in full once its differential refreshes cost more per \
+         change than a recomputation (docs/SQL_REFERENCE.md, \"refresh_stream_table\"). A window whose partitions are \
+         larger than the change (few partitions touched) or a change that touches few partitions costs in proportion. \
+         ROLLUP (one aggregate per grouping set) and LATERAL unnest (linear in the outer rows) meet the target.\n"
+    );
 }
