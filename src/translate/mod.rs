@@ -26,6 +26,7 @@ mod distinct_on;
 mod having;
 mod lateral;
 mod placeholder;
+mod recursive;
 mod setop;
 mod sublink;
 mod surgery;
@@ -92,9 +93,6 @@ pub(crate) struct RelationInfo {
 }
 
 unsafe fn translate_query(parsed: *mut pg_sys::Query) -> PgtResult<Result<Translation, Unsupported>> {
-    if (*parsed).hasRecursive {
-        unsupported!("WITH RECURSIVE");
-    }
     // Views become subqueries (the rewriter), CTEs referenced at their own level
     // are inlined as subqueries; both are then ordinary select-project-join inputs.
     let q = rewrite(parsed)?;
@@ -350,6 +348,10 @@ unsafe fn trivial_projection(q: *mut pg_sys::Query) -> Option<*mut pg_sys::Query
         return None;
     }
     let sub = (*rte).subquery;
+    if recursive::is_recursive_union(&*sub) {
+        // Read through its own operator, never as the query itself.
+        return None;
+    }
     let outer: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg(query.targetList).iter_ptr().filter(|te| !(**te).resjunk).collect();
     let inner: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg((*sub).targetList).iter_ptr().filter(|te| !(**te).resjunk).collect();
     if outer.len() != inner.len() {
@@ -447,7 +449,8 @@ unsafe fn inline_references(q: *mut pg_sys::Query, stack: &mut Vec<*mut pg_sys::
         match (*rte).rtekind {
             pg_sys::RTEKind::RTE_CTE => {
                 if (*rte).self_reference {
-                    return Err("WITH RECURSIVE".into());
+                    // A recursive query's reference to itself: translate/recursive.rs.
+                    continue;
                 }
                 let level = stack
                     .len()
@@ -524,6 +527,18 @@ pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query) -> PgtResult<Resul
     }
     // A window level is a node of its own kind; anything else is translated
     // as a query and its root becomes the node.
+    if recursive::is_recursive_union(&*copy) {
+        let plan = match recursive::translate(copy)? {
+            Ok(plan) => plan,
+            Err(u) => return Ok(Err(u)),
+        };
+        let mut column_types = Vec::new();
+        for e in visible_exprs(copy) {
+            column_types.push(crate::objects::column_type(pg_sys::exprType(e), pg_sys::exprTypmod(e), pg_sys::exprCollation(e))?);
+        }
+        let types = visible_exprs(copy).iter().map(|e| (pg_sys::exprType(*e), pg_sys::exprTypmod(*e), pg_sys::exprCollation(*e))).collect();
+        return Ok(Ok(Child { node: pgt_delta::Node::Recursive(pgt_delta::ChildRecursive { state: 0, plan, column_types }), types }));
+    }
     let window = if (*copy).hasWindowFuncs && (*copy).distinctClause.is_null() {
         match window::translate(copy)? {
             Ok(window) => Some(window),

@@ -560,6 +560,10 @@ unsafe fn prepare_level(
                     .row_keys
                     .push(pg_sys::makeVar(varno, ordinality, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0) as *mut pg_sys::Node);
             }
+            // A recursive query's reference to itself, bound by its operator.
+            pg_sys::RTEKind::RTE_CTE
+                if !(*rte).ctename.is_null()
+                    && std::ffi::CStr::from_ptr((*rte).ctename).to_bytes() == pgt_delta::names::RECURSIVE_SELF.as_bytes() => {}
             // RTE_RESULT: a FROM item moved into a subquery (`join_to_subquery`).
             pg_sys::RTEKind::RTE_JOIN | pg_sys::RTEKind::RTE_GROUP | pg_sys::RTEKind::RTE_RESULT => {}
             _ => return Ok(Err(Unsupported("this kind of FROM item".into()))),

@@ -28,6 +28,8 @@
 //! - [`replace`]: applying a full recomputation, writing only the rows that differ;
 //! - [`window`]: window functions, by recomputing the partitions a change
 //!   touches;
+//! - [`recursive`]: WITH RECURSIVE (UNION), by delete and rederive and
+//!   semi-naive insertion;
 //! - [`topk`]: `ORDER BY ... LIMIT / OFFSET` over the root, storing only the
 //!   window, recomputed by a bounded query only when a change reaches it.
 //!
@@ -44,6 +46,7 @@ pub mod model;
 pub mod names;
 pub mod node;
 pub mod plan;
+pub mod recursive;
 pub mod presence;
 pub mod replace;
 pub mod rows;

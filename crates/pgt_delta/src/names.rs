@@ -206,3 +206,7 @@ pub fn window_input(i: usize) -> String {
 pub fn window_partition(i: usize) -> String {
     format!("__pgt_wp{i}")
 }
+
+/// The CTE name a recursive WITH query's step reads its recursive
+/// reference as ([`crate::recursive`]).
+pub const RECURSIVE_SELF: &str = "__pgt_rec";

@@ -34,7 +34,7 @@ use crate::ctx::{Binding, ChildRules, Ctx, Mode, Returning};
 use crate::names::{self, NEW_ROW_ID, OLD_ROW_ID, ROW_ID, WEIGHT};
 use crate::sql::qualified;
 use crate::tree::Node;
-use crate::{aggregate, rows, window};
+use crate::{aggregate, recursive, rows, window};
 use pgt_core::ident::quote_ident;
 
 /// The rules of every kind of child operator (see the module doc), given to
@@ -142,6 +142,7 @@ impl ChildRules for NodeRules {
             Node::Aggregate(a) => aggregate::explain(&a.plan, &format!("{indent}  "), ctx, out),
             Node::Rows(r) => rows::explain(&r.plan, &format!("{indent}  "), ctx, out),
             Node::Window(w) => window::explain(&w.plan, &format!("{indent}  "), ctx, out),
+            Node::Recursive(r) => recursive::explain(&r.plan, &format!("{indent}  "), ctx, out),
         }
     }
 }
@@ -170,6 +171,7 @@ pub fn full_state_sql(node: &Node, ctx: &Ctx) -> String {
         Node::Aggregate(a) => aggregate::full_sql(&a.plan, ctx),
         Node::Rows(r) => rows::full_sql(&r.plan, ctx),
         Node::Window(w) => window::full_sql(&w.plan, ctx),
+        Node::Recursive(r) => recursive::full_sql(&r.plan, ctx),
     }
 }
 
@@ -207,6 +209,7 @@ fn hoist_delta(node: &Node, ctx: &Ctx) -> Option<String> {
         Node::Aggregate(a) => aggregate::merge_sql(&a.plan, &table, ctx, returning),
         Node::Rows(r) => rows::merge_sql(&r.plan, &table, ctx, returning),
         Node::Window(w) => window::merge_sql(&w.plan, &table, ctx, returning),
+        Node::Recursive(r) => recursive::merge_sql(&r.plan, &table, ctx, returning),
     }?;
     ctx.hoist(&name, || merge);
     Some(name)

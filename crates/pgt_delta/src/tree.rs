@@ -383,6 +383,20 @@ pub enum Node {
     Rows(ChildRows),
     /// A query level with window functions ([`crate::window`]).
     Window(ChildWindow),
+    /// A recursive WITH query ([`crate::recursive`]).
+    Recursive(ChildRecursive),
+}
+
+/// A recursive child: a [`crate::recursive::RecursivePlan`] kept in state
+/// table `state`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChildRecursive {
+    /// Its state table number.
+    pub state: usize,
+    /// The recursive query.
+    pub plan: crate::recursive::RecursivePlan,
+    /// The SQL types of its visible columns, in order.
+    pub column_types: Vec<String>,
 }
 
 /// A window child: a [`crate::window::WindowPlan`] whose visible columns are
@@ -429,6 +443,7 @@ impl Node {
             Node::Aggregate(a) => &a.plan.visible,
             Node::Rows(r) => &r.plan.visible,
             Node::Window(w) => &w.plan.visible,
+            Node::Recursive(r) => &r.plan.visible,
         }
     }
 
@@ -438,6 +453,7 @@ impl Node {
             Node::Aggregate(a) => &a.column_types,
             Node::Rows(r) => &r.column_types,
             Node::Window(w) => &w.column_types,
+            Node::Recursive(r) => &r.column_types,
         }
     }
 
@@ -464,6 +480,7 @@ impl Node {
             Node::Aggregate(a) => a.plan.inputs.iter_mut().for_each(f),
             Node::Rows(r) => r.plan.branches.iter_mut().for_each(|b| f(&mut b.block)),
             Node::Window(w) => w.plan.input.branches.iter_mut().for_each(|b| f(&mut b.block)),
+            Node::Recursive(r) => r.plan.blocks_mut().into_iter().for_each(f),
         }
     }
 
@@ -473,6 +490,7 @@ impl Node {
             Node::Aggregate(a) => a.plan.inputs.iter().collect(),
             Node::Rows(r) => r.plan.branches.iter().map(|b| &b.block).collect(),
             Node::Window(w) => w.plan.input.branches.iter().map(|b| &b.block).collect(),
+            Node::Recursive(r) => r.plan.blocks(),
         }
     }
 
@@ -487,6 +505,7 @@ impl Node {
             Node::Aggregate(a) => a.state,
             Node::Rows(r) => r.state,
             Node::Window(w) => w.state,
+            Node::Recursive(r) => r.state,
         }
     }
 
@@ -495,6 +514,7 @@ impl Node {
             Node::Aggregate(a) => &mut a.state,
             Node::Rows(r) => &mut r.state,
             Node::Window(w) => &mut w.state,
+            Node::Recursive(r) => &mut r.state,
         }
     }
 
@@ -512,6 +532,7 @@ impl Node {
                 c
             }
             Node::Window(w) => w.plan.stored_columns(),
+            Node::Recursive(r) => r.plan.stored_columns(),
         }
     }
 
@@ -522,7 +543,7 @@ impl Node {
         match self {
             Node::Aggregate(a) => c.extend(a.plan.state_columns().into_iter().map(|h| (h.name, h.sql_type))),
             Node::Window(w) => c.extend(w.plan.partition_columns().into_iter().zip(w.plan.partition_types.iter().cloned())),
-            Node::Rows(_) => {}
+            Node::Rows(_) | Node::Recursive(_) => {}
         }
         c
     }
@@ -555,6 +576,15 @@ pub fn collect_lookups(block: &Block, out: &mut Vec<(usize, Vec<String>)>) {
                 let entry = (node.state_number(), w.plan.partition_columns());
                 if !entry.1.is_empty() && !out.contains(&entry) {
                     out.push(entry);
+                }
+            }
+            if let Node::Recursive(r) = node.as_ref() {
+                // Its step joins its rows by any of their columns.
+                for c in &r.plan.visible {
+                    let entry = (node.state_number(), vec![c.clone()]);
+                    if !out.contains(&entry) {
+                        out.push(entry);
+                    }
                 }
             }
             let Some(presence) = &input.presence else { continue };
