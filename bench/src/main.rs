@@ -1402,13 +1402,14 @@ fn wave2_bench(cluster: &Cluster) -> Result<Wave2Figures, Box<dyn std::error::Er
             "SELECT pgtrickle.drop_stream_table('{st_diff}'); SELECT pgtrickle.drop_stream_table('{st_full}'); DROP MATERIALIZED VIEW {mv};"
         ))?;
     }
+    rows.extend(recursive_bench(&mut db, reps)?);
     drop(db);
     admin.batch_execute("DROP DATABASE IF EXISTS pgtrickle_bench_wave2 WITH (FORCE)")?;
     Ok(Wave2Figures { date: utc_now()?, repetitions: reps, rows })
 }
 
 fn wave2_markdown(s: &mut String, w: &Wave2Figures) {
-    let _ = writeln!(s, "## Second-wave SQL: windows, DISTINCT ON, ROLLUP, LATERAL\n");
+    let _ = writeln!(s, "## Second-wave SQL: windows, DISTINCT ON, ROLLUP, LATERAL, WITH RECURSIVE\n");
     let _ = writeln!(
         s,
         "Measured {} (`PGT_BENCH_ONLY_WAVE2=1 make bench` runs only this part). `w2src`: {WAVE2_ROWS} rows, `part` = id % 10,000 \
@@ -1416,23 +1417,26 @@ fn wave2_markdown(s: &mut String, w: &Wave2Figures) {
          Per change rate, {} rounds of changes (70 % updates of `val` and the array, 15 % deletes, 15 % inserts, one \
          transaction), each followed by the DIFFERENTIAL refresh, the FULL refresh and `REFRESH MATERIALIZED VIEW`; medians in ms. \
          *written*: rows the DIFFERENTIAL refresh inserted or deleted in the stream table (an update counts twice). \
-         Target: DIFFERENTIAL at least 10× faster than the materialized view at 0.1 %.\n",
+         The recursive closure (100,000 rows: every node with its root and depth) is timed per one-row operation. \
+         Target: DIFFERENTIAL at least 10× faster than the materialized view at 0.1 % and for each one-row operation.\n",
         w.date, w.repetitions
     );
     let _ = writeln!(s, "| scenario | change rate | changes | DIFFERENTIAL ms | FULL ms | matview ms | written | vs matview | target |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for x in &w.rows {
         let ratio = x.matview_ms / x.differential_ms;
-        let target = if x.change_rate < 0.005 {
+        let target = if x.change_rate == 0.0 {
+            if ratio >= 10.0 { "met" } else { "**missed**" }
+        } else if x.change_rate < 0.005 {
             if ratio >= 10.0 { "met" } else { "**missed**" }
         } else {
             ""
         };
         let _ = writeln!(
             s,
-            "| {} | {:.1} % | {} | {:.1} | {:.1} | {:.1} | {} | {ratio:.1}× | {target} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {ratio:.1}× | {target} |",
             x.scenario,
-            x.change_rate * 100.0,
+            if x.change_rate == 0.0 { "one row".to_string() } else { format!("{:.1} %", x.change_rate * 100.0) },
             x.changes,
             x.differential_ms,
             x.full_ms,
@@ -1448,8 +1452,66 @@ fn wave2_markdown(s: &mut String, w: &Wave2Figures) {
          about half of each touched partition's rows, which are written (*written*). For DISTINCT ON and the top 3, \
          the ranked rows of every touched partition are kept in the window's state table and rewritten there. \
          An AUTO stream table measures this and recomputes in full once its differential refreshes cost more per \
-         change than a recomputation (docs/SQL_REFERENCE.md, \"refresh_stream_table\"). A window whose partitions are \
-         larger than the change (few partitions touched) or a change that touches few partitions costs in proportion. \
+         change than a recomputation (docs/SQL_REFERENCE.md, \"refresh_stream_table\"). \
          ROLLUP (one aggregate per grouping set) and LATERAL unnest (linear in the outer rows) meet the target.\n"
     );
+    let _ = writeln!(
+        s,
+        "Why the recursive closure misses: a one-row change reaches a handful of rows, but its refresh plans and runs one \
+         statement holding three recursive queries (over-deletion, rederivation, insertion). PostgreSQL estimates a recursive \
+         query's rows far above what a one-row change reaches, so each step of the recursion joins the forest by a hash join \
+         over all of it, and planning the statement costs as much as running it (on the development cluster, of a 65 ms \
+         refresh the statement runs 24 ms). Steering those joins to the indexes is the next step for this operator.\n"
+    );
+}
+
+/// The recursive closure of a forest of 100,000 nodes (1,000 trees of 100,
+/// each node's parent `id / 2` within its tree): per operation — a leaf
+/// inserted, a leaf deleted, an inner node (with a subtree of about 30
+/// nodes) deleted and inserted back — `reps` rounds, each followed by the
+/// three refreshes.
+fn recursive_bench(db: &mut Client, reps: usize) -> Result<Vec<Wave2Row>, Box<dyn std::error::Error>> {
+    const QUERY: &str = "WITH RECURSIVE t(id, root, depth) AS (SELECT id, id, 0 FROM forest WHERE parent IS NULL \
+                         UNION SELECT f.id, t.root, t.depth + 1 FROM t JOIN forest f ON f.parent = t.id) SELECT * FROM t";
+    println!("==> recursive closure over a 100,000-node forest");
+    db.batch_execute(&format!(
+        "CREATE TABLE forest (id int PRIMARY KEY, parent int);
+         INSERT INTO forest SELECT g, CASE WHEN g % 100 = 0 THEN NULL ELSE (g / 100) * 100 + (g % 100) / 2 END
+           FROM generate_series(0, 99999) g;
+         CREATE INDEX ON forest (parent);
+         SELECT pgtrickle.create_stream_table('rec_diff', $q${QUERY}$q$, refresh_mode => 'DIFFERENTIAL', schedule => '1w');
+         SELECT pgtrickle.create_stream_table('rec_full', $q${QUERY}$q$, refresh_mode => 'FULL', schedule => '1w');
+         CREATE MATERIALIZED VIEW rec_mv AS {QUERY};"
+    ))?;
+    db.batch_execute("VACUUM ANALYZE")?;
+    let mut out = Vec::new();
+    let operations: [(&str, &dyn Fn(usize) -> String); 4] = [
+        ("insert a leaf", &|i| format!("INSERT INTO forest VALUES ({}, {})", 1_000_000 + i, 100 * i + 60)),
+        ("delete a leaf", &|i| format!("DELETE FROM forest WHERE id = {}", 1_000_000 + i)),
+        ("delete an inner node", &|i| format!("DELETE FROM forest WHERE id = {}", 100 * (i + 10) + 3)),
+        ("insert an inner node", &|i| format!("INSERT INTO forest VALUES ({}, {})", 100 * (i + 10) + 3, 100 * (i + 10) + 1)),
+    ];
+    for (name, operation) in operations {
+        let (mut d, mut f, mut m, mut written) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..reps {
+            db.batch_execute(&operation(i))?;
+            d.push(timed(db, "SELECT pgtrickle.refresh_stream_table('rec_diff')")?);
+            let w: i64 = db
+                .query_one(
+                    "SELECT coalesce(h.rows_inserted + h.rows_deleted, 0)::bigint FROM pgtrickle.pgt_refresh_history h \
+                     JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) WHERE s.pgt_relid = 'rec_diff'::regclass ORDER BY h.refresh_id DESC LIMIT 1",
+                    &[],
+                )?
+                .get(0);
+            written.push(w as f64);
+            f.push(timed(db, "SELECT pgtrickle.refresh_stream_table('rec_full')")?);
+            m.push(timed(db, "REFRESH MATERIALIZED VIEW rec_mv")?);
+        }
+        let (d, f, m) = (median(d), median(f), median(m));
+        let scenario = format!("recursive closure, 100K-node forest: {name}");
+        println!("    {scenario:<60} DIFFERENTIAL {d:>8.1} ms  FULL {f:>8.1} ms  MATVIEW {m:>8.1} ms  ({:.1}x)", m / d);
+        out.push(Wave2Row { scenario, change_rate: 0.0, changes: 1, differential_ms: d, full_ms: f, matview_ms: m, written: median(written) as i64 });
+    }
+    check_against_matview(db, &["rec_diff", "rec_full"], "rec_mv", "recursive closure")?;
+    Ok(out)
 }

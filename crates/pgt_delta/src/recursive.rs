@@ -129,6 +129,24 @@ fn filtered(plan: &RecursivePlan, sql: &str, set: &str, member: bool) -> String 
     )
 }
 
+/// SQL true when query `rows` (visible columns) produces row `alias` (with
+/// `__pgt_row_id`), asked per row: the first column's equality lets the
+/// planner push the row's value into `rows` (an index lookup through the
+/// step's join instead of the step over everything), the identity decides;
+/// a NULL first column is matched in a second test.
+fn produces(plan: &RecursivePlan, alias: &str, rows: &str) -> String {
+    let first = quote_ident(&plan.visible[0]);
+    let id = row_id(plan, "p");
+    // Scalar subqueries rather than EXISTS: PostgreSQL turns EXISTS into a
+    // semi-join, which over a recursive CTE's (large) row estimate computes
+    // `rows` in full; a correlated scalar subquery is evaluated per row with
+    // the row's values pushed into it.
+    format!(
+        "((SELECT true FROM ({rows}) p WHERE p.{first} = {alias}.{first} AND {id} = {alias}.{ROW_ID} LIMIT 1) IS NOT NULL \
+          OR ({alias}.{first} IS NULL AND (SELECT true FROM ({rows}) p WHERE p.{first} IS NULL AND {id} = {alias}.{ROW_ID} LIMIT 1) IS NOT NULL))"
+    )
+}
+
 /// The rows of change `changes` (visible columns and `__pgt_w`) that lose
 /// a derivation (`false`: some image with a negative weight — not netted
 /// against gains, which may come from rows about to go themselves) or gain
@@ -179,11 +197,10 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
     let from_remaining = format!("SELECT * FROM ({}) y", with_rec(plan, &remaining, &new_step));
     let base_new = columns_of(plan, &rows::new_rows_sql(&plan.base, ctx), "b");
     let red_seed = format!(
-        "SELECT {ocols} FROM __pgt_over o WHERE o.{ROW_ID} IN (SELECT {bid} FROM ({base_new}) b) \
-         OR o.{ROW_ID} IN (SELECT {yid} FROM ({from_remaining}) y)",
+        "SELECT {ocols} FROM __pgt_over o WHERE {} OR {}",
+        produces(plan, "o", &base_new),
+        produces(plan, "o", &from_remaining),
         ocols = qualified("o", &plan.visible),
-        bid = row_id(plan, "b"),
-        yid = row_id(plan, "y"),
     );
     let red = format!(
         "WITH RECURSIVE {rec} ({cols}) AS ({red_seed} UNION {}) SELECT * FROM {rec}",
