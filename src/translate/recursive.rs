@@ -10,7 +10,7 @@ use super::placeholder::{cstring, to_cte_reference};
 use super::{surgery, translate_block, translate_tree, wrap_in_subquery, Unsupported};
 use crate::error::PgtResult;
 use pgrx::{pg_sys, PgList};
-use pgt_delta::recursive::RecursivePlan;
+use pgt_delta::RecursivePlan;
 use pgt_delta::Root;
 use std::ffi::c_void;
 

@@ -24,7 +24,7 @@ use super::{deparse, translate_block, translate_tree, wrap_in_subquery, Unsuppor
 use crate::error::PgtResult;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgList};
-use pgt_delta::window::WindowPlan;
+use pgt_delta::WindowPlan;
 use pgt_delta::Root;
 use std::ffi::c_void;
 

@@ -41,47 +41,8 @@ use crate::ctx::{Binding, Ctx, Returning};
 use crate::names::{self, RECURSIVE_SELF, ROW_ID};
 use crate::rows;
 use crate::sql::{hash_through, qualified, quoted};
-use crate::tree::{Block, RowsPlan};
+pub use crate::tree::RecursivePlan;
 use pgt_core::ident::quote_ident;
-
-/// A recursive WITH query (see the module doc).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RecursivePlan {
-    /// The non-recursive term, with visible columns `__pgt_c1`, ...
-    pub base: RowsPlan,
-    /// The recursive term: a block whose template reads `__pgt_rec` (the
-    /// recursive reference, columns `__pgt_c1`, ...) besides its inputs;
-    /// its columns are the visible ones.
-    pub step: Block,
-    /// Names of the visible columns (`__pgt_c1`, ...).
-    pub visible: Vec<String>,
-    /// Per visible column, the function its value goes through before it is
-    /// hashed into the row identity.
-    pub content_hash: Vec<String>,
-}
-
-impl RecursivePlan {
-    /// The columns its state table stores: the visible ones, `__pgt_row_id`.
-    pub fn stored_columns(&self) -> Vec<String> {
-        let mut c = self.visible.clone();
-        c.push(ROW_ID.to_string());
-        c
-    }
-
-    /// Its blocks: the base's, then the step.
-    pub fn blocks(&self) -> Vec<&Block> {
-        let mut b: Vec<&Block> = self.base.branches.iter().map(|b| &b.block).collect();
-        b.push(&self.step);
-        b
-    }
-
-    /// Its blocks, to patch.
-    pub fn blocks_mut(&mut self) -> Vec<&mut Block> {
-        let mut b: Vec<&mut Block> = self.base.branches.iter_mut().map(|b| &mut b.block).collect();
-        b.push(&mut self.step);
-        b
-    }
-}
 
 /// The row identity of row `alias` (its content hash).
 fn row_id(plan: &RecursivePlan, alias: &str) -> String {

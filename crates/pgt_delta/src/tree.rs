@@ -387,26 +387,26 @@ pub enum Node {
     Recursive(ChildRecursive),
 }
 
-/// A recursive child: a [`crate::recursive::RecursivePlan`] kept in state
+/// A recursive child: a [`RecursivePlan`] kept in state
 /// table `state`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChildRecursive {
     /// Its state table number.
     pub state: usize,
     /// The recursive query.
-    pub plan: crate::recursive::RecursivePlan,
+    pub plan: RecursivePlan,
     /// The SQL types of its visible columns, in order.
     pub column_types: Vec<String>,
 }
 
-/// A window child: a [`crate::window::WindowPlan`] whose visible columns are
+/// A window child: a [`WindowPlan`] whose visible columns are
 /// named `__pgt_c1`, ..., kept in state table `state`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChildWindow {
     /// Its state table number.
     pub state: usize,
     /// The window level.
-    pub plan: crate::window::WindowPlan,
+    pub plan: WindowPlan,
     /// The SQL types of its visible columns, in order.
     pub column_types: Vec<String>,
 }
@@ -686,4 +686,88 @@ pub fn passthrough_columns(aggregates: &[Aggregate]) -> Vec<String> {
     let mut out = vec![names::ROW_ID.to_string()];
     out.extend(state_columns_for(aggregates).into_iter().map(|c| c.name));
     out
+}
+
+/// A window query level (see [`crate::window`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WindowPlan {
+    /// The rows the windows are computed over, with visible columns
+    /// `__pgt_wx1`, ... ([`names::window_input`]): every column, aggregate
+    /// and expression the window level reads, and the partition key.
+    pub input: RowsPlan,
+    /// The input columns holding the partition key common to every window,
+    /// in order; empty when the windows share none (one partition).
+    pub partition: Vec<String>,
+    /// Per partition column, its type's equality operator, schema-qualified
+    /// (`OPERATOR(pg_catalog.=)`): the one PARTITION BY groups by.
+    pub partition_equality: Vec<String>,
+    /// Per partition column, the function its value goes through before it
+    /// is hashed into a row identity (as [`crate::tree::AggregatePlan::group_hash`]).
+    pub partition_hash: Vec<String>,
+    /// Per partition column, its SQL type (the state table's hidden column).
+    pub partition_types: Vec<String>,
+    /// PostgreSQL's deparse of the window level reading placeholder
+    /// `__pgt_win` (columns `__pgt_wx<i>`): the visible columns, then the
+    /// partition key as `__pgt_wp1`, ... ([`names::window_partition`]).
+    pub output_template: String,
+    /// Names of the visible columns.
+    pub visible: Vec<String>,
+    /// Per visible column, the function its value goes through before it is
+    /// hashed into a row identity.
+    pub content_hash: Vec<String>,
+}
+
+impl WindowPlan {
+    /// The hidden partition-key columns of its table (`__pgt_wp<i>`).
+    pub fn partition_columns(&self) -> Vec<String> {
+        (1..=self.partition.len()).map(names::window_partition).collect()
+    }
+
+    /// The columns its table stores, in order: the visible ones,
+    /// `__pgt_row_id`, the partition key.
+    pub fn stored_columns(&self) -> Vec<String> {
+        let mut c = self.visible.clone();
+        c.push(names::ROW_ID.to_string());
+        c.extend(self.partition_columns());
+        c
+    }
+}
+
+/// A recursive WITH query (see [`crate::recursive`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecursivePlan {
+    /// The non-recursive term, with visible columns `__pgt_c1`, ...
+    pub base: RowsPlan,
+    /// The recursive term: a block whose template reads `__pgt_rec` (the
+    /// recursive reference, columns `__pgt_c1`, ...) besides its inputs;
+    /// its columns are the visible ones.
+    pub step: Block,
+    /// Names of the visible columns (`__pgt_c1`, ...).
+    pub visible: Vec<String>,
+    /// Per visible column, the function its value goes through before it is
+    /// hashed into the row identity.
+    pub content_hash: Vec<String>,
+}
+
+impl RecursivePlan {
+    /// The columns its state table stores: the visible ones, `__pgt_row_id`.
+    pub fn stored_columns(&self) -> Vec<String> {
+        let mut c = self.visible.clone();
+        c.push(names::ROW_ID.to_string());
+        c
+    }
+
+    /// Its blocks: the base's, then the step.
+    pub fn blocks(&self) -> Vec<&Block> {
+        let mut b: Vec<&Block> = self.base.branches.iter().map(|b| &b.block).collect();
+        b.push(&self.step);
+        b
+    }
+
+    /// Its blocks, to patch.
+    pub fn blocks_mut(&mut self) -> Vec<&mut Block> {
+        let mut b: Vec<&mut Block> = self.base.branches.iter_mut().map(|b| &mut b.block).collect();
+        b.push(&mut self.step);
+        b
+    }
 }

@@ -46,56 +46,11 @@
 //! defining query is such a child under a block that reads it whole.
 
 use crate::ctx::{Ctx, Returning};
-use crate::names::{self, ROW_ID, WINDOW_INPUT};
+use crate::names::{ROW_ID, WINDOW_INPUT};
 use crate::rows;
 use crate::sql::{hash_through, qualified, quoted, record_hash, unfolded};
-use crate::tree::RowsPlan;
+pub use crate::tree::WindowPlan;
 use pgt_core::ident::quote_ident;
-
-/// A window query level (see the module doc).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WindowPlan {
-    /// The rows the windows are computed over, with visible columns
-    /// `__pgt_wx1`, ... ([`names::window_input`]): every column, aggregate
-    /// and expression the window level reads, and the partition key.
-    pub input: RowsPlan,
-    /// The input columns holding the partition key common to every window,
-    /// in order; empty when the windows share none (one partition).
-    pub partition: Vec<String>,
-    /// Per partition column, its type's equality operator, schema-qualified
-    /// (`OPERATOR(pg_catalog.=)`): the one PARTITION BY groups by.
-    pub partition_equality: Vec<String>,
-    /// Per partition column, the function its value goes through before it
-    /// is hashed into a row identity (as [`crate::tree::AggregatePlan::group_hash`]).
-    pub partition_hash: Vec<String>,
-    /// Per partition column, its SQL type (the state table's hidden column).
-    pub partition_types: Vec<String>,
-    /// PostgreSQL's deparse of the window level reading placeholder
-    /// `__pgt_win` (columns `__pgt_wx<i>`): the visible columns, then the
-    /// partition key as `__pgt_wp1`, ... ([`names::window_partition`]).
-    pub output_template: String,
-    /// Names of the visible columns.
-    pub visible: Vec<String>,
-    /// Per visible column, the function its value goes through before it is
-    /// hashed into a row identity.
-    pub content_hash: Vec<String>,
-}
-
-impl WindowPlan {
-    /// The hidden partition-key columns of its table (`__pgt_wp<i>`).
-    pub fn partition_columns(&self) -> Vec<String> {
-        (1..=self.partition.len()).map(names::window_partition).collect()
-    }
-
-    /// The columns its table stores, in order: the visible ones,
-    /// `__pgt_row_id`, the partition key.
-    pub fn stored_columns(&self) -> Vec<String> {
-        let mut c = self.visible.clone();
-        c.push(ROW_ID.to_string());
-        c.extend(self.partition_columns());
-        c
-    }
-}
 
 /// The window level over input rows `input_rows` (SQL with the input's
 /// visible columns): its stored columns, each row identified by content and
@@ -222,7 +177,7 @@ mod tests {
     use crate::ctx::Tables;
     use crate::model::{add, minus, plus, ZSet};
     use crate::source::{ChangeSource, Frontier};
-    use crate::tree::{Block, Changed, Input, Relation, RowsBranch, Source};
+    use crate::tree::{Block, Changed, Input, Relation, RowsBranch, RowsPlan, Source};
     use proptest::prelude::*;
 
     /// The model of a window level: rows `(partition, order value)`; each
