@@ -1128,6 +1128,8 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
             (true, "max", false, 1) => AggregateKind::Max,
             (true, "bool_and" | "every", false, 1) => AggregateKind::BoolAnd,
             (true, "bool_or", false, 1) => AggregateKind::BoolOr,
+            (true, "bit_and", false, 1) if integer => AggregateKind::BitAnd,
+            (true, "bit_or", false, 1) if integer => AggregateKind::BitOr,
             // Integers only (see pgt_delta::aggregate): exact sums, and a
             // result scale that does not depend on the rows.
             (true, "var_samp" | "variance", false, 1) if integer => AggregateKind::VarSamp,
@@ -1248,6 +1250,7 @@ unsafe fn passthrough_types(aggregates: &[Aggregate], aggrefs: &[*mut pg_sys::Ag
             AggregateKind::Sum | AggregateKind::Rescan => types.push((**aggref).aggtype),
             AggregateKind::Avg => types.push(pg_sys::NUMERICOID),
             AggregateKind::BoolAnd | AggregateKind::BoolOr => types.push(pg_sys::INT8OID),
+            AggregateKind::BitAnd | AggregateKind::BitOr => types.push(pg_sys::INT8ARRAYOID),
             AggregateKind::VarSamp | AggregateKind::VarPop | AggregateKind::StddevSamp | AggregateKind::StddevPop => {
                 types.push(pg_sys::NUMERICOID);
                 types.push(pg_sys::NUMERICOID);

@@ -140,6 +140,11 @@ fn full_state_select(plan: &AggregatePlan, from: &str) -> String {
                 (AggregateKind::Rescan, Some(call)) => call.sql("i"),
                 (AggregateKind::Sum | AggregateKind::Avg, _) => format!("sum({})", arg(agg, "i")),
                 (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => format!("sum({})", truth(agg, "i")),
+                (k, _) if k.is_bitwise() => {
+                    let counts = per_bit(agg, |b| format!("coalesce(sum({}) FILTER (WHERE {c}), 0)", bit(agg, "i", b)));
+                    cols.push(format!("(CASE WHEN count(*) FILTER (WHERE {c}) > 0 THEN {counts} END) AS {state}"));
+                    continue;
+                }
                 (k, _) if k.is_variance() => format!("sum({}::numeric)", arg(agg, "i")),
                 (AggregateKind::Min, _) => format!("min({})", arg(agg, "i")),
                 _ => format!("max({})", arg(agg, "i")),
@@ -151,6 +156,41 @@ fn full_state_select(plan: &AggregatePlan, from: &str) -> String {
         }
     }
     format!("SELECT {}{} FROM {from}{}", groups_select(plan, "i"), cols.join(", "), group_by(plan, "i"))
+}
+
+/// The bits of the argument type of a bitwise aggregate (`smallint`: 16,
+/// `integer`: 32, `bigint`: 64).
+fn bits(agg: &Aggregate) -> usize {
+    match agg.arg_type.as_str() {
+        "smallint" => 16,
+        "integer" => 32,
+        _ => 64,
+    }
+}
+
+/// `ARRAY[<f(k)>, ...]` over the bit positions `k` = 0 .. bits − 1 of `agg`.
+fn per_bit(agg: &Aggregate, f: impl Fn(usize) -> String) -> String {
+    format!("ARRAY[{}]::bigint[]", (0..bits(agg)).map(f).collect::<Vec<_>>().join(", "))
+}
+
+/// `1` when bit `k` of the argument of `agg` in `alias` is set, else `0`
+/// (an arithmetic shift: the sign bit is bit `bits − 1`).
+fn bit(agg: &Aggregate, alias: &str, k: usize) -> String {
+    format!("(({} >> {k}) & 1)::bigint", arg(agg, alias))
+}
+
+/// `bit_and` / `bit_or` from the contributing rows' count `count` and the
+/// per-bit counts `counts` (a bigint[]): a bit is set in `bit_and` when
+/// every contributing row has it, in `bit_or` when one does. Built in the
+/// argument's own type, so that the sign bit lands where PostgreSQL puts it.
+fn bitwise_value(agg: &Aggregate, count: &str, counts: &str) -> String {
+    let t = &agg.arg_type;
+    let test = if agg.kind == AggregateKind::BitAnd { format!("{counts}[k.k + 1] = {count}") } else { format!("{counts}[k.k + 1] > 0") };
+    format!(
+        "CASE WHEN {count} > 0 THEN (SELECT pg_catalog.bit_or(CASE WHEN {test} THEN (1::{t} << k.k) ELSE 0::{t} END) \
+         FROM pg_catalog.generate_series(0, {}) AS k(k)) END",
+        bits(agg) - 1
+    )
 }
 
 /// `1` when the argument of `agg` in `alias` is true, else `0`.
@@ -193,6 +233,7 @@ fn value_from_state(agg: &Aggregate, j: usize, alias: &str) -> String {
             &format!("{alias}.{}", value_state_col(agg, j).unwrap_or_default()),
             &format!("{alias}.{}", agg.extra_state_column(j).map(|(n, _)| n).unwrap_or_default()),
         ),
+        AggregateKind::BitAnd | AggregateKind::BitOr => bitwise_value(agg, &count, &format!("{alias}.{}", value_state_col(agg, j).unwrap_or_default())),
         AggregateKind::CountStar | AggregateKind::Count => count,
         AggregateKind::Rescan => format!("{alias}.{}", value_state_col(agg, j).unwrap_or_default()),
         AggregateKind::Sum | AggregateKind::Min | AggregateKind::Max => {
@@ -294,6 +335,10 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
             AggregateKind::BoolAnd | AggregateKind::BoolOr => {
                 dcols.push(format!("sum(d.__pgt_w * {}) FILTER (WHERE {c}) AS __pgt_ds{j}", truth(agg, "d")));
             }
+            k if k.is_bitwise() => {
+                let counts = per_bit(agg, |b| format!("coalesce(sum(d.__pgt_w * {}) FILTER (WHERE {c}), 0)", bit(agg, "d", b)));
+                dcols.push(format!("{counts} AS __pgt_ds{j}"));
+            }
             k if k.is_variance() => {
                 let a = arg(agg, "d");
                 dcols.push(format!("sum(d.__pgt_w::numeric * {a}::numeric) FILTER (WHERE {c}) AS __pgt_ds{j}"));
@@ -361,6 +406,7 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
                     format!("coalesce({}, 0) + coalesce(a.__pgt_ds{j}, 0)", old(&state))
                 }
                 k if k.is_variance() => format!("coalesce({}, 0) + coalesce(a.__pgt_ds{j}, 0)", old(&state)),
+                k if k.is_bitwise() => per_bit(agg, |b| format!("coalesce(({})[{i}], 0) + coalesce(a.__pgt_ds{j}[{i}], 0)", old(&state), i = b + 1)),
                 AggregateKind::Min => format!("LEAST({}, a.__pgt_dins{j})", old(&state)),
                 AggregateKind::Max => format!("GREATEST({}, a.__pgt_dins{j})", old(&state)),
                 // Never used: a plan with a rescanned aggregate rescans every group.

@@ -20,6 +20,8 @@
 //!   change is the sum of theirs;
 //! - set operations: INTERSECT / EXCEPT [ALL] as counts per distinct row and
 //!   side agree with their SQL definitions;
+//! - bitwise aggregates: per-bit counts updated by a weighted change give
+//!   `bit_and` / `bit_or` of the new values (sign bit included);
 //! - aggregate: the algebraic updates of COUNT / SUM / AVG and the merge of MIN
 //!   with its rescan condition agree with recomputation (so HAVING, evaluated on
 //!   the new state, crosses correctly in both directions).
@@ -299,6 +301,29 @@ pub fn bools_from_counts(s: &MomentState) -> (Option<bool>, Option<bool>) {
     } else {
         (Some(s.trues == s.n), Some(s.trues > 0))
     }
+}
+
+/// Per-bit counts of a multiset of `i16` values (bit 15 is the sign bit):
+/// how many values have each bit set, and how many values there are.
+pub fn bit_counts(rows: &ZSet<i16>) -> ([i64; 16], i64) {
+    let mut counts = [0i64; 16];
+    let mut n = 0;
+    for (x, w) in rows {
+        n += w;
+        for (k, c) in counts.iter_mut().enumerate() {
+            *c += w * i64::from((x >> k) & 1);
+        }
+    }
+    (counts, n)
+}
+
+/// `bit_and` and `bit_or` from per-bit counts (None over no value).
+pub fn bitwise_from_counts(counts: &[i64; 16], n: i64) -> (Option<i16>, Option<i16>) {
+    if n == 0 {
+        return (None, None);
+    }
+    let build = |test: &dyn Fn(i64) -> bool| counts.iter().enumerate().filter(|(_, c)| test(**c)).fold(0i16, |acc, (k, _)| acc | (1i16 << k));
+    (Some(build(&|c| c == n)), Some(build(&|c| c > 0)))
 }
 
 /// The sample variance from the sums, as the fraction (numerator,
@@ -703,6 +728,40 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// `bit_and` / `bit_or` maintained by per-bit counts, updated with
+        /// a weighted change, equal the aggregates of the new values
+        /// (negative values included: the sign bit is counted like any).
+        #[test]
+        fn bitwise_aggregates_by_counts(
+            old in proptest::collection::vec(any::<i16>(), 0..12),
+            inserted in proptest::collection::vec(any::<i16>(), 0..6),
+            deleted in proptest::collection::vec(0usize..12, 0..6),
+        ) {
+            let mut rows: ZSet<i16> = ZSet::new();
+            for x in &old { add(&mut rows, *x, 1); }
+            let (mut counts, mut n) = bit_counts(&rows);
+            let mut change: ZSet<i16> = ZSet::new();
+            for i in deleted {
+                if let Some(x) = old.get(i) {
+                    if rows.get(x).copied().unwrap_or(0) + change.get(x).copied().unwrap_or(0) > 0 { add(&mut change, *x, -1); }
+                }
+            }
+            for x in &inserted { add(&mut change, *x, 1); }
+            let (dc, dn) = bit_counts(&change);
+            for k in 0..16 { counts[k] += dc[k]; }
+            n += dn;
+            let new = plus(&rows, &change);
+            let values: Vec<i16> = new.iter().flat_map(|(x, w)| std::iter::repeat_n(*x, (*w).max(0) as usize)).collect();
+            let expected = if values.is_empty() {
+                (None, None)
+            } else {
+                (Some(values.iter().fold(-1i16, |a, x| a & x)), Some(values.iter().fold(0i16, |a, x| a | x)))
+            };
+            prop_assert_eq!(bitwise_from_counts(&counts, n), expected);
         }
     }
 }

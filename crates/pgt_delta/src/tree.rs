@@ -330,6 +330,11 @@ pub enum AggregateKind {
     StddevSamp,
     /// `stddev_pop(x)` over an integer type
     StddevPop,
+    /// `bit_and(x)` over `smallint`, `integer`, `bigint`: per bit position,
+    /// the contributing rows with that bit set are counted
+    BitAnd,
+    /// `bit_or(x)` over `smallint`, `integer`, `bigint` (counted as `BitAnd`)
+    BitOr,
     /// Any other aggregate (string_agg, array_agg, bool_and, count(DISTINCT x),
     /// float sums, user-defined aggregates, ...): recomputed for every affected
     /// group.
@@ -337,6 +342,11 @@ pub enum AggregateKind {
 }
 
 impl AggregateKind {
+    /// `bit_and` or `bit_or`.
+    pub fn is_bitwise(self) -> bool {
+        matches!(self, AggregateKind::BitAnd | AggregateKind::BitOr)
+    }
+
     /// `var_samp`, `var_pop`, `stddev_samp` or `stddev_pop`.
     pub fn is_variance(self) -> bool {
         matches!(self, AggregateKind::VarSamp | AggregateKind::VarPop | AggregateKind::StddevSamp | AggregateKind::StddevPop)
@@ -354,7 +364,9 @@ impl AggregateKind {
             | AggregateKind::VarSamp
             | AggregateKind::VarPop
             | AggregateKind::StddevSamp
-            | AggregateKind::StddevPop => "algebraic",
+            | AggregateKind::StddevPop
+            | AggregateKind::BitAnd
+            | AggregateKind::BitOr => "algebraic",
             AggregateKind::Min | AggregateKind::Max => "merge; rescan group when the extremum leaves",
             AggregateKind::Rescan => "rescan of each affected group",
         }
@@ -622,7 +634,12 @@ impl Aggregate {
     /// extremum, its rescanned value), if it has one.
     pub fn value_state_column(&self, j: usize) -> Option<String> {
         match self.kind {
-            AggregateKind::Sum | AggregateKind::Avg | AggregateKind::BoolAnd | AggregateKind::BoolOr => Some(names::aux_sum(j)),
+            AggregateKind::Sum
+            | AggregateKind::Avg
+            | AggregateKind::BoolAnd
+            | AggregateKind::BoolOr
+            | AggregateKind::BitAnd
+            | AggregateKind::BitOr => Some(names::aux_sum(j)),
             k if k.is_variance() => Some(names::aux_sum(j)),
             AggregateKind::Min => Some(names::aux_min(j)),
             AggregateKind::Max => Some(names::aux_max(j)),
@@ -642,6 +659,7 @@ impl Aggregate {
         match self.kind {
             AggregateKind::Avg => "numeric".to_string(),
             AggregateKind::BoolAnd | AggregateKind::BoolOr => "bigint".to_string(),
+            AggregateKind::BitAnd | AggregateKind::BitOr => "bigint[]".to_string(),
             k if k.is_variance() => "numeric".to_string(),
             AggregateKind::Min | AggregateKind::Max => self.arg_type.clone(),
             _ => self.result_type.clone(),

@@ -976,6 +976,13 @@ fn counted_and_summed_aggregates() {
             ("m_scalar", "SELECT stddev(amount) AS sd, var_pop(amount) FILTER (WHERE status = 'open') AS v, bool_and(amount < 59) AS b FROM orders", Differential),
             ("m_bigint", "SELECT tier, stddev_pop(id) AS sd, variance(id) AS v, var_samp(cust) AS vc FROM accounts GROUP BY tier", Differential),
             (
+                "m_bits",
+                "SELECT status, bit_and(amount) AS ba, bit_or(amount - 30) AS bo, bit_and((cust - 20)::smallint) AS bs, \
+                 bit_or(cust) FILTER (WHERE note IS NOT NULL) AS bf FROM orders GROUP BY status",
+                Differential,
+            ),
+            ("m_bits_bigint", "SELECT tier, bit_and(id) AS ba, bit_or(-id) AS bo, bit_and(-id) AS bn FROM accounts GROUP BY tier", Differential),
+            (
                 "m_nested",
                 "SELECT r.zone, max(s.sd) AS top_sd, bool_or(s.mixed) AS mixed FROM \
                  (SELECT c.region, stddev(o.amount) AS sd, bool_or(o.amount > 30) AND NOT bool_and(o.amount > 30) AS mixed \
