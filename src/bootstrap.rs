@@ -249,6 +249,19 @@ BEGIN
 END
 $$;
 
+-- Raised when the recursion of a WITH RECURSIVE ... UNION ALL stream table
+-- goes deeper than pg_trickle.ivm_recursive_max_depth (data with a cycle
+-- recurses forever). STABLE: the planner must not fold a call it may never reach.
+CREATE FUNCTION pgtrickle._recursion_too_deep(integer) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'the recursion of a WITH RECURSIVE ... UNION ALL query went deeper than pg_trickle.ivm_recursive_max_depth (%)', $1
+        USING ERRCODE = '54001',
+              DETAIL = 'UNION ALL recursion over data with a cycle never ends, in PostgreSQL''s own evaluation as in a refresh.',
+              HINT = 'Write UNION to stop at rows already found, or raise pg_trickle.ivm_recursive_max_depth and alter the stream table.';
+END
+$$;
+
 "#,
     name = "catalog",
     bootstrap

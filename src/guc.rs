@@ -35,6 +35,12 @@ pub static IVM_TOPK_MAX_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// in FULL mode (WARNING) and DIFFERENTIAL is refused.
 pub static MAX_GROUPING_SET_BRANCHES: GucSetting<i32> = GucSetting::<i32>::new(64);
 
+/// `pg_trickle.ivm_recursive_max_depth`: the most rounds a `WITH RECURSIVE
+/// ... UNION ALL` defining query's recursion may take, in a refresh or a
+/// recomputation, before it stops with an error (data with a cycle would
+/// otherwise recurse forever).
+pub static IVM_RECURSIVE_MAX_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// `pg_trickle.scheduler_interval_ms`: the longest a scheduler worker sleeps
 /// between two looks at its stream tables, in milliseconds.
 pub static SCHEDULER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -134,6 +140,16 @@ pub fn register() {
         c"Above it, AUTO refreshes the stream table in FULL mode and DIFFERENTIAL is refused; checked when the query is analysed (create, alter).",
         &IVM_TOPK_MAX_LIMIT,
         0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.ivm_recursive_max_depth",
+        c"Most rounds the recursion of a WITH RECURSIVE ... UNION ALL stream table may take before it stops with an error.",
+        c"UNION ALL recursion over data with a cycle never ends, in PostgreSQL's own evaluation as in a refresh; this bounds it. Read when the query is analysed (create, alter).",
+        &IVM_RECURSIVE_MAX_DEPTH,
+        1,
         i32::MAX,
         GucContext::Userset,
         GucFlags::default(),

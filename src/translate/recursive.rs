@@ -1,4 +1,4 @@
-//! `WITH RECURSIVE r AS (<base> UNION <step>)` referenced in FROM, as a
+//! `WITH RECURSIVE r AS (<base> UNION [ALL] <step>)` referenced in FROM, as a
 //! recursive operator (`pgt_delta::recursive`). The CTE's query arrives here
 //! as a subquery (`inline_ctes` copies it into each reference): a UNION
 //! whose right side reads the CTE itself (`self_reference`). The base is
@@ -80,9 +80,7 @@ pub(super) unsafe fn translate(q: *mut pg_sys::Query) -> PgtResult<Result<Recurs
     if (*op).op != pg_sys::SetOperation::SETOP_UNION {
         unsupported!("WITH RECURSIVE other than UNION");
     }
-    if (*op).all {
-        unsupported!("WITH RECURSIVE ... UNION ALL (write UNION: the same rows when no row is derived twice, and it terminates on cycles)");
-    }
+    let all = (*op).all;
     let visible_exprs = super::visible_exprs(q);
     if let Some(u) = super::unhashable(&visible_exprs, "a recursive query's column")? {
         return Ok(Err(u));
@@ -113,11 +111,36 @@ pub(super) unsafe fn translate(q: *mut pg_sys::Query) -> PgtResult<Result<Recurs
     if s.hasAggs || !s.groupClause.is_null() || !s.distinctClause.is_null() || s.hasWindowFuncs || s.hasTargetSRFs || !s.setOperations.is_null() || !s.limitCount.is_null() {
         unsupported!("WITH RECURSIVE whose recursive term has aggregates, DISTINCT, windows, set-returning functions or LIMIT");
     }
-    let columns: Vec<(String, (pg_sys::Oid, i32, pg_sys::Oid))> = visible_exprs
+    let mut columns: Vec<(String, (pg_sys::Oid, i32, pg_sys::Oid))> = visible_exprs
         .iter()
         .enumerate()
         .map(|(i, e)| (pgt_delta::names::child_column(i + 1), (pg_sys::exprType(*e), pg_sys::exprTypmod(*e), pg_sys::exprCollation(*e))))
         .collect();
+    if all {
+        // Counting: each recursive row's weight and depth pass through the step.
+        let n = columns.len() as i16;
+        let varno = PgList::<pg_sys::RangeTblEntry>::from_pg((*step).rtable).iter_ptr().position(|rte| rte == selves[0]).map_or(0, |i| i + 1) as i32;
+        columns.push((pgt_delta::names::WEIGHT.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid)));
+        columns.push(("__pgt_depth".to_string(), (pg_sys::INT4OID, -1, pg_sys::InvalidOid)));
+        let entries: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg((*step).targetList).iter_ptr().collect();
+        let mut list: *mut pg_sys::List = std::ptr::null_mut();
+        let mut resno = 0i16;
+        for te in entries.iter().filter(|te| !(***te).resjunk) {
+            resno += 1;
+            list = pg_sys::lappend(list, *te as *mut c_void);
+        }
+        for (attno, name, typ) in [(n + 1, "__pgt_rw", pg_sys::INT8OID), (n + 2, "__pgt_rd", pg_sys::INT4OID)] {
+            resno += 1;
+            let var = pg_sys::makeVar(varno, attno, typ, -1, pg_sys::InvalidOid, 0);
+            list = pg_sys::lappend(list, pg_sys::makeTargetEntry(var as *mut pg_sys::Expr, resno, cstring(name), false) as *mut c_void);
+        }
+        for te in entries.iter().filter(|te| (***te).resjunk) {
+            resno += 1;
+            (**te).resno = resno;
+            list = pg_sys::lappend(list, *te as *mut c_void);
+        }
+        (*step).targetList = list;
+    }
     to_cte_reference(selves[0], pgt_delta::names::RECURSIVE_SELF, columns);
     let prepared = match surgery::prepare(step, &[])? {
         Ok(p) => p,
@@ -129,5 +152,7 @@ pub(super) unsafe fn translate(q: *mut pg_sys::Query) -> PgtResult<Result<Recurs
         step: step_block,
         visible: (1..=visible_exprs.len()).map(pgt_delta::names::child_column).collect(),
         content_hash: super::group_hash(&visible_exprs),
+        all,
+        max_depth: crate::guc::IVM_RECURSIVE_MAX_DEPTH.get(),
     }))
 }

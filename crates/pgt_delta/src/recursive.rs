@@ -31,6 +31,16 @@
 //! recursion terminate, also over cyclic data (a row is added once), as
 //! PostgreSQL's own evaluation of UNION does.
 //!
+//! **UNION ALL** (multiset semantics) is maintained by *counting* instead:
+//! with `S` linear in `r`, `R' − R = lfp X. seed ⊎ S(X, T_new)` where `seed =
+//! ΔB ⊎ ΔS_T(R)` (the telescoping rule with `r` fixed at `R`): one recursive
+//! query whose rows carry weights (a row's weight times its step's input
+//! weights), consolidated per content and applied as keyless copies
+//! (`crate::rows`). It terminates when the data has no cycle, as
+//! PostgreSQL's own evaluation does; over a cycle both would recurse forever,
+//! so every recursion counts its rounds and stops with an error past
+//! [`RecursivePlan::max_depth`] (`pg_trickle.ivm_recursive_max_depth`).
+//!
 //! Membership tests compare content hashes (`__pgt_row_id`), which treat
 //! NULLs as equal, as UNION does. The step's template reads the recursive
 //! reference as the CTE `__pgt_rec` ([`names::RECURSIVE_SELF`]), bound by
@@ -38,7 +48,7 @@
 //! wrapped around a non-recursive evaluation.
 
 use crate::ctx::{Binding, Ctx, Returning};
-use crate::names::{self, RECURSIVE_SELF, ROW_ID};
+use crate::names::{self, RECURSIVE_SELF, ROW_ID, WEIGHT};
 use crate::rows;
 use crate::sql::{hash_through, qualified, quoted};
 pub use crate::tree::RecursivePlan;
@@ -68,6 +78,21 @@ fn with_rec(plan: &RecursivePlan, rec: &str, sql: &str) -> String {
 /// Its full result (visible columns, `__pgt_row_id`): the recursive query
 /// over the sources' new states.
 pub fn full_sql(plan: &RecursivePlan, ctx: &Ctx) -> String {
+    if plan.all {
+        let base = format!("SELECT {}, 1::bigint, 0 FROM ({}) b", qualified("b", &plan.visible), rows::new_rows_sql(&plan.base, ctx));
+        let step = format!(
+            "SELECT {}, 1::bigint, s.__pgt_rd + 1 FROM ({}) s WHERE {}",
+            qualified("s", &plan.visible),
+            step_sql(plan, Binding::New, ctx),
+            depth_guard(plan)
+        );
+        let rows = format!(
+            "WITH RECURSIVE {RECURSIVE_SELF} ({}) AS ({base} UNION ALL {step}) SELECT {} FROM {RECURSIVE_SELF}",
+            counted_columns(plan),
+            quoted(&plan.visible)
+        );
+        return rows::keyless_full_sql(&plan.visible, &plan.content_hash, &rows);
+    }
     let base = columns_of(plan, &rows::new_rows_sql(&plan.base, ctx), "b");
     let step = columns_of(plan, &step_sql(plan, Binding::New, ctx), "s");
     format!(
@@ -135,9 +160,58 @@ fn direct_changes(plan: &RecursivePlan, rec: &str, ctx: &Ctx) -> Option<String> 
     (!parts.is_empty()).then(|| parts.join(" UNION ALL "))
 }
 
+/// The column list of `__pgt_rec` under UNION ALL: the visible columns,
+/// the row's weight and its depth.
+fn counted_columns(plan: &RecursivePlan) -> String {
+    format!("{}, {WEIGHT}, __pgt_depth", quoted(&plan.visible))
+}
+
+/// SQL true for a step row `s` within the depth bound; past it, the call
+/// raises (`pgtrickle._recursion_too_deep`, 54001).
+fn depth_guard(plan: &RecursivePlan) -> String {
+    format!("(CASE WHEN s.__pgt_rd < {max} THEN true ELSE pgtrickle._recursion_too_deep({max}) END)", max = plan.max_depth.max(1))
+}
+
+/// UNION ALL by counting (module doc): the MERGE of the consolidated change
+/// into the keyless copies of state table `st`.
+fn counting_merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning) -> Option<String> {
+    let stored = format!("SELECT {}, 1::bigint, 0 FROM {st} s", qualified("s", &plan.visible));
+    let base = rows::delta_rows_sql(&plan.base, ctx);
+    let step = crate::join::delta_sql(&plan.step, ctx).map(|d| {
+        format!(
+            "SELECT * FROM (WITH {RECURSIVE_SELF} ({}) AS NOT MATERIALIZED ({stored}) \
+             SELECT {}, d.__pgt_rw * d.{WEIGHT} AS {WEIGHT} FROM ({d}) d) x",
+            counted_columns(plan),
+            qualified("d", &plan.visible)
+        )
+    });
+    let seed: Vec<String> = base.into_iter().chain(step).map(|p| format!("({p})")).collect();
+    if seed.is_empty() {
+        return None;
+    }
+    let step_new = format!(
+        "SELECT {}, s.__pgt_rw * s.{WEIGHT}, s.__pgt_rd + 1 FROM ({}) s WHERE s.__pgt_rw * s.{WEIGHT} <> 0 AND {}",
+        qualified("s", &plan.visible),
+        step_sql(plan, Binding::New, ctx),
+        depth_guard(plan)
+    );
+    let delta = format!(
+        "WITH RECURSIVE {RECURSIVE_SELF} ({cols}) AS (SELECT {x}, x.{WEIGHT}, 0 FROM ({seed}) x WHERE x.{WEIGHT} <> 0 UNION ALL {step_new}) \
+         SELECT {list}, {WEIGHT} FROM {RECURSIVE_SELF}",
+        cols = counted_columns(plan),
+        x = qualified("x", &plan.visible),
+        seed = seed.join(" UNION ALL "),
+        list = quoted(&plan.visible),
+    );
+    Some(rows::keyless_merge_sql(&plan.visible, &plan.content_hash, st, &delta, returning))
+}
+
 /// The MERGE applying the changes (module doc) to state table `st`
 /// (quoted), or `None` when no source changed.
 pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning) -> Option<String> {
+    if plan.all {
+        return counting_merge_sql(plan, st, ctx, returning);
+    }
     let cols = quoted(&plan.visible);
     let stored = format!("SELECT {}, s.{ROW_ID} FROM {st} s", qualified("s", &plan.visible));
     let state_rows = format!("SELECT {} FROM {st} s", qualified("s", &plan.visible));
@@ -201,10 +275,18 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
 
 /// Its lines in `explain_st`.
 pub fn explain(plan: &RecursivePlan, indent: &str, ctx: &Ctx, out: &mut String) {
-    out.push_str(&format!(
-        "{indent}Recursive union — delete and rederive for what may be lost, semi-naive insertion for what is gained; \
-         the recursion reads only the rows a change reaches\n"
-    ));
+    if plan.all {
+        out.push_str(&format!(
+            "{indent}Recursive union all — counting: the change recursed through the step, rows weighted by their derivations \
+             (at most {} rounds)\n",
+            plan.max_depth
+        ));
+    } else {
+        out.push_str(&format!(
+            "{indent}Recursive union — delete and rederive for what may be lost, semi-naive insertion for what is gained; \
+             the recursion reads only the rows a change reaches\n"
+        ));
+    }
     out.push_str(&format!("{indent}  base:\n"));
     rows::explain(&plan.base, &format!("{indent}    "), ctx, out);
     out.push_str(&format!("{indent}  step (reads {}):\n", names::RECURSIVE_SELF));
@@ -273,6 +355,58 @@ mod tests {
             let ins = closure(seed, &e_new, &|n| !after.contains(&n));
             let maintained: Set = after.union(&ins).copied().collect();
             prop_assert_eq!(maintained, query(&b_new, &e_new));
+        }
+    }
+
+    use crate::model::{add, minus, plus, ZSet};
+
+    /// One step of UNION ALL paths: `(node, reach)` extended by an edge
+    /// `reach → dst`, weights multiplied.
+    fn extend(x: &ZSet<(u8, u8)>, e: &ZSet<(u8, u8)>) -> ZSet<(u8, u8)> {
+        let mut out = ZSet::new();
+        for ((n, r), w) in x {
+            for ((a, b), v) in e {
+                if a == r {
+                    add(&mut out, (*n, *b), w * v);
+                }
+            }
+        }
+        out
+    }
+
+    /// `lfp X. seed ⊎ extend(X)` by rounds (terminates: edges go up).
+    fn counted(seed: ZSet<(u8, u8)>, e: &ZSet<(u8, u8)>) -> ZSet<(u8, u8)> {
+        let (mut total, mut round) = (seed.clone(), seed);
+        while !round.is_empty() {
+            round = extend(&round, e);
+            total = plus(&total, &round);
+        }
+        total
+    }
+
+    fn edges(v: &[(u8, u8)]) -> ZSet<(u8, u8)> {
+        let mut z = ZSet::new();
+        for (a, d) in v {
+            add(&mut z, (*a, a + 1 + d), 1);
+        }
+        z
+    }
+
+    proptest! {
+        /// UNION ALL by counting: `R' − R = lfp X. (ΔB ⊎ ΔS_T(R)) ⊎ S(X,
+        /// T_new)` over an acyclic graph, edges inserted and deleted.
+        #[test]
+        fn counting_is_the_change_of_union_all_recursion(
+            old in proptest::collection::vec((0u8..8, 0u8..3), 0..14),
+            new in proptest::collection::vec((0u8..8, 0u8..3), 0..14),
+        ) {
+            let (e_old, e_new) = (edges(&old), edges(&new));
+            // Base: every edge; step: extend by an edge.
+            let r_old = counted(e_old.clone(), &e_old);
+            let r_new = counted(e_new.clone(), &e_new);
+            let delta_base = minus(&e_new, &e_old);
+            let seed = plus(&delta_base, &minus(&extend(&r_old, &e_new), &extend(&r_old, &e_old)));
+            prop_assert_eq!(counted(seed, &e_new), minus(&r_new, &r_old));
         }
     }
 }

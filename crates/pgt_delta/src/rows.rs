@@ -210,6 +210,36 @@ fn keyless_source(plan: &RowsPlan, index: usize, st: &str, delta: &str) -> Strin
     )
 }
 
+/// Rows `rows` (columns `visible`, one row per copy) as keyless rows of
+/// one branch: each with its row identity `hash(content, copy number)`
+/// (the module doc's numbering), as a full recomputation writes them.
+pub fn keyless_full_sql(visible: &[String], content_hash: &[String], rows: &str) -> String {
+    let plan = RowsPlan { branches: Vec::new(), visible: visible.to_vec(), content_hash: content_hash.to_vec(), multiplicity: None };
+    let content = keyless_content(&plan, "f");
+    format!(
+        "SELECT {vis}, {id} AS __pgt_row_id FROM ({rows}) f",
+        vis = qualified("f", visible),
+        id = keyless_row_id(&plan, 0, &content, &format!("pg_catalog.row_number() OVER (PARTITION BY {content})")),
+    )
+}
+
+/// The MERGE applying change `delta` (columns `visible` and `__pgt_w`) to
+/// table `st` holding keyless rows numbered as [`keyless_full_sql`]
+/// numbers them: copies inserted or deleted per content (module doc).
+pub fn keyless_merge_sql(visible: &[String], content_hash: &[String], st: &str, delta: &str, returning: Returning) -> String {
+    let plan = RowsPlan { branches: Vec::new(), visible: visible.to_vec(), content_hash: content_hash.to_vec(), multiplicity: None };
+    let source = keyless_source(&plan, 0, st, delta);
+    format!(
+        "MERGE INTO {st} t USING ({source}) d ON t.__pgt_row_id = d.__pgt_row_id \
+         WHEN MATCHED AND d.__pgt_w < 0 THEN DELETE \
+         WHEN NOT MATCHED AND d.__pgt_w > 0 THEN INSERT ({cols}, __pgt_row_id) VALUES ({dvals}, d.__pgt_row_id) \
+         {returning}",
+        returning = returning.clause(),
+        cols = quoted(visible),
+        dvals = qualified("d", visible),
+    )
+}
+
 /// MERGE source rows of the keyed branches: consolidated images, per row id the
 /// new version if any.
 fn keyed_source(v: &[String], deltas: Vec<String>) -> String {

@@ -765,6 +765,15 @@ pub struct RecursivePlan {
     /// Per visible column, the function its value goes through before it is
     /// hashed into the row identity.
     pub content_hash: Vec<String>,
+    /// UNION ALL (multiset, by counting) rather than UNION. The step then
+    /// also outputs the recursive row's weight and depth (`__pgt_rw`,
+    /// `__pgt_rd`), read from `__pgt_rec`'s columns `__pgt_w`, `__pgt_depth`.
+    #[serde(default)]
+    pub all: bool,
+    /// For UNION ALL: the most rounds a recursion may take
+    /// (`pg_trickle.ivm_recursive_max_depth` when the query was analysed).
+    #[serde(default)]
+    pub max_depth: i32,
 }
 
 impl RecursivePlan {

@@ -1405,10 +1405,11 @@ fn set_returning_functions_in_the_select_list() {
     );
 }
 
-/// WITH RECURSIVE (UNION): hierarchies over int- and text-keyed and keyless
-/// tables gaining and losing leaves, middle nodes and whole subtrees, and
-/// reparented — cycles included, which UNION's recursion ends as
-/// PostgreSQL's does. Each stream table (DIFFERENTIAL, with FULL and
+/// WITH RECURSIVE: UNION over hierarchies of int- and text-keyed and
+/// keyless tables gaining and losing leaves, middle nodes and whole
+/// subtrees, and reparented — cycles included, which UNION's recursion ends
+/// as PostgreSQL's does; UNION ALL over an acyclic graph (one row per
+/// path) and a tree. Each stream table (DIFFERENTIAL, with FULL and
 /// IMMEDIATE twins) is compared with its query after every cycle.
 #[test]
 fn recursive_queries() {
@@ -1424,7 +1425,9 @@ fn recursive_queries() {
          CREATE TABLE tnodes (name text PRIMARY KEY, parent text);
          INSERT INTO tnodes SELECT 'n' || g, CASE WHEN g <= 3 THEN NULL ELSE 'n' || (g / 2) END FROM generate_series(1, 40) g;
          CREATE TABLE links (src int, dst int);
-         INSERT INTO links SELECT g % 15, (g * 7) % 15 FROM generate_series(1, 25) g;",
+         INSERT INTO links SELECT g % 15, (g * 7) % 15 FROM generate_series(1, 25) g;
+         CREATE TABLE dag (src int NOT NULL, dst int NOT NULL, CHECK (src < dst));
+         INSERT INTO dag SELECT g % 12, g % 12 + 1 + g % 3 FROM generate_series(1, 30) g;",
     );
     let queries: &[(&str, &str)] = &[
         (
@@ -1454,6 +1457,22 @@ fn recursive_queries() {
              SELECT * FROM r",
         ),
         ("r_downstream", "SELECT root, max(depth) AS height, count(*) AS n FROM r_tree GROUP BY root"),
+        // UNION ALL: one row per derivation (paths in an acyclic graph).
+        (
+            "ra_paths",
+            "WITH RECURSIVE r(node, reach) AS (SELECT src, dst FROM dag UNION ALL SELECT r.node, d.dst FROM r JOIN dag d ON d.src = r.reach) \
+             SELECT * FROM r",
+        ),
+        (
+            "ra_tree",
+            "WITH RECURSIVE t(id, root, depth) AS (SELECT id, id, 0 FROM nodes WHERE parent IS NULL \
+             UNION ALL SELECT n.id, t.root, t.depth + 1 FROM t JOIN nodes n ON n.parent = t.id WHERE n.w > 0) SELECT * FROM t",
+        ),
+        (
+            "ra_path_counts",
+            "WITH RECURSIVE r(node, reach) AS (SELECT src, dst FROM dag UNION ALL SELECT r.node, d.dst FROM r JOIN dag d ON d.src = r.reach) \
+             SELECT node, count(*) AS paths, max(reach) AS farthest FROM r GROUP BY node",
+        ),
     ];
     for (name, query) in queries {
         db.exec(&format!("SELECT pgtrickle.create_stream_table('{name}', $q${query}$q$, refresh_mode => 'DIFFERENTIAL')"));
@@ -1481,6 +1500,14 @@ fn recursive_queries() {
                     rng.random_range(1..60)
                 ),
                 7 => format!("DELETE FROM tnodes WHERE name = 'n{}'", rng.random_range(1..60)),
+                8 if rng.random_range(0..2) == 0 => {
+                    let a = rng.random_range(0..14);
+                    match rng.random_range(0..3) {
+                        0 => format!("INSERT INTO dag VALUES ({a}, {})", a + rng.random_range(1..4)),
+                        1 => format!("DELETE FROM dag WHERE ctid IN (SELECT ctid FROM dag WHERE src = {a} LIMIT 1)"),
+                        _ => format!("UPDATE dag SET dst = src + {} WHERE src = {a}", rng.random_range(1..4)),
+                    }
+                }
                 _ => match rng.random_range(0..3) {
                     0 => format!("INSERT INTO links VALUES ({}, {})", rng.random_range(0..16), rng.random_range(0..16)),
                     1 => format!("DELETE FROM links WHERE ctid IN (SELECT ctid FROM links WHERE src = {} LIMIT 1)", rng.random_range(0..16)),
@@ -1488,6 +1515,15 @@ fn recursive_queries() {
                 },
             };
             db.exec(&sql);
+        }
+        if rng.random_range(0..2) == 0 {
+            // The acyclic graph, which the statement mix above reaches less often.
+            let a = rng.random_range(0..14);
+            db.exec(&match rng.random_range(0..3) {
+                0 => format!("INSERT INTO dag VALUES ({a}, {})", a + rng.random_range(1..4)),
+                1 => format!("DELETE FROM dag WHERE ctid IN (SELECT ctid FROM dag WHERE src = {a} LIMIT 1)"),
+                _ => format!("UPDATE dag SET dst = src + {} WHERE src = {a}", rng.random_range(1..4)),
+            });
         }
         for (name, query) in queries {
             db.exec(&format!("SELECT pgtrickle.refresh_stream_table('{name}'); SELECT pgtrickle.refresh_stream_table('{name}_full')"));
@@ -1528,4 +1564,26 @@ fn recursion_drops_a_row_moved_under_a_parent_that_goes() {
     assert_st_matches_query(&mut db.client, "t", q);
     let n: i64 = db.scalar("SELECT count(*) FROM t WHERE id IN (4, 5)", &[]);
     assert_eq!(n, 0, "nodes 4 and 5 hang under a deleted node");
+}
+
+/// UNION ALL recursion over a cycle never ends (neither does PostgreSQL's
+/// own query): it stops with 54001 past `pg_trickle.ivm_recursive_max_depth`,
+/// at creation and at a refresh, and the stream table is left as it was.
+#[test]
+fn union_all_recursion_is_bounded() {
+    let mut db = TestDb::new("recursive_depth");
+    let q = "WITH RECURSIVE r(node, reach) AS (SELECT src, dst FROM g UNION ALL SELECT r.node, g.dst FROM r JOIN g ON g.src = r.reach) \
+             SELECT * FROM r";
+    db.exec(&format!(
+        "CREATE TABLE g (src int, dst int); INSERT INTO g VALUES (1, 2), (2, 3), (3, 4), (4, 5);
+         SELECT pgtrickle.create_stream_table('r', $q${q}$q$, refresh_mode => 'DIFFERENTIAL');"
+    ));
+    db.exec("INSERT INTO g VALUES (5, 1)");
+    let e = db.expect_error("SELECT pgtrickle.refresh_stream_table('r')", "54001");
+    assert!(e.contains("pg_trickle.ivm_recursive_max_depth (1000)"), "{e}");
+    db.exec("DELETE FROM g WHERE src = 5; SELECT pgtrickle.refresh_stream_table('r')");
+    assert_st_matches_query(&mut db.client, "r", q);
+    db.exec("SET pg_trickle.ivm_recursive_max_depth = 2");
+    let e = db.expect_error(&format!("SELECT pgtrickle.create_stream_table('r2', $q${q}$q$, refresh_mode => 'DIFFERENTIAL')"), "54001");
+    assert!(e.contains("(2)"), "{e}");
 }
