@@ -151,27 +151,41 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
             super::apply_delta_if(&statement, snapshot, size_class, &params, |_| Ok(true))
         }
     };
-    let applied = match delta_temp_limit_kb(&plan, snapshot)? {
-        None => apply()?,
-        Some(limit_kb) => {
-            // Bounded, in a subtransaction: past the bound, undone and
-            // recomputed (the recomputation writes what the query would).
-            let bounded = std::panic::AssertUnwindSafe(|| -> PgtResult<Option<(u64, u64)>> {
+    let limit_kb = delta_temp_limit_kb(&plan, snapshot)?;
+    let counting = plan.has_counted_recursion();
+    let applied = if limit_kb.is_none() && !counting {
+        apply()?
+    } else {
+        // Bounded, in a subtransaction: past a bound, undone and recomputed
+        // (the recomputation writes what the query would).
+        let bounded = std::panic::AssertUnwindSafe(|| -> PgtResult<Option<(u64, u64)>> {
+            if let Some(limit_kb) = limit_kb {
                 crate::privilege::set_bound_for_span("temp_file_limit", &limit_kb.to_string())?;
-                apply()
-            });
-            match crate::spi::in_subtransaction(bounded) {
-                Ok(applied) => applied?,
-                Err(caught) if crate::error::caught_sqlstate(&caught) == PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED => {
-                    pgrx::notice!(
-                        "stream table {} recomputes in full this time: applying its changes needed more than {limit_kb} kB of \
-                         temporary files (pg_trickle.delta_temp_file_limit)",
-                        st.name
-                    );
-                    return full_measured(st, &plan, snapshot);
-                }
-                Err(caught) => (*caught).rethrow(),
             }
+            apply()
+        });
+        match crate::spi::in_subtransaction(bounded) {
+            Ok(applied) => applied?,
+            Err(caught) if crate::error::caught_sqlstate(&caught) == PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED => {
+                pgrx::notice!(
+                    "stream table {} recomputes in full this time: applying its changes needed more than {} kB of \
+                     temporary files (pg_trickle.delta_temp_file_limit)",
+                    st.name,
+                    limit_kb.unwrap_or_default()
+                );
+                return full_measured(st, &plan, snapshot);
+            }
+            Err(caught) if counting && crate::error::caught_sqlstate(&caught) == PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX => {
+                // Counting recurses through the new data from every changed
+                // row, also around a cycle no row of the result reaches.
+                pgrx::notice!(
+                    "stream table {} recomputes in full this time: its UNION ALL recursion went past \
+                     pg_trickle.ivm_recursive_max_depth counting the changes (the changed rows reach a cycle)",
+                    st.name
+                );
+                return full_measured(st, &plan, snapshot);
+            }
+            Err(caught) => (*caught).rethrow(),
         }
     };
     let Some((inserted, deleted)) = applied else {

@@ -399,8 +399,22 @@ fn apply(st: &StreamTable, plan: &Plan, source: &ChangeSource, changed: &pgt_del
         return Ok(Applied { action: "IMMEDIATE", inserted: 0, deleted: 0, unchanged: true });
     };
     super::differential::allow_join_reordering(plan.widest_block())?;
-    let (inserted, deleted) = super::apply_delta_if(&statement, snapshot, 0, &[], |_| Ok(true))?
-        .ok_or_else(|| PgtError::internal("an IMMEDIATE delta statement was declined"))?;
+    let run = || super::apply_delta_if(&statement, snapshot, 0, &[], |_| Ok(true));
+    let applied = if plan.has_counted_recursion() {
+        // Counting recurses through the new data from every changed row,
+        // also around a cycle no row of the result reaches: past
+        // pg_trickle.ivm_recursive_max_depth, undone and recomputed.
+        match crate::spi::in_subtransaction(std::panic::AssertUnwindSafe(run)) {
+            Ok(applied) => applied?,
+            Err(caught) if crate::error::caught_sqlstate(&caught) == pgrx::PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX => {
+                return recompute(st, &StatementSnapshot::take());
+            }
+            Err(caught) => (*caught).rethrow(),
+        }
+    } else {
+        run()?
+    };
+    let (inserted, deleted) = applied.ok_or_else(|| PgtError::internal("an IMMEDIATE delta statement was declined"))?;
     let (inserted, deleted) = match &plan.topk {
         Some(topk) => super::differential::finish_topk(st, plan, topk, snapshot, inserted, deleted)?,
         None => (inserted, deleted),

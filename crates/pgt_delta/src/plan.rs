@@ -165,6 +165,13 @@ impl Plan {
         self.blocks().into_iter().map(widest).max().unwrap_or(0)
     }
 
+    /// Whether a WITH RECURSIVE ... UNION ALL (maintained by counting) is
+    /// in the tree: its delta may stop at the recursion bound where a
+    /// recomputation would not (`crate::recursive`).
+    pub fn has_counted_recursion(&self) -> bool {
+        self.state_tables().iter().any(|n| matches!(n, Node::Recursive(r) if r.plan.all))
+    }
+
     /// Per state table (its number), the column sets its rows are looked up
     /// by ([`crate::tree::collect_lookups`]), each worth an index.
     pub fn state_lookups(&self) -> Vec<(usize, Vec<String>)> {
