@@ -252,6 +252,36 @@ struct SchedulerFigures {
     idle_cpu_ms_per_s: f64,
 }
 
+/// Replaces one part of the recorded report (docs/benchmark.json) with
+/// `update` and renders docs/BENCHMARK.md again: for the `PGT_BENCH_ONLY_*`
+/// runs, which measure one part.
+fn update_recorded(repo: &std::path::Path, update: impl FnOnce(&mut Report)) -> Result<(), Box<dyn std::error::Error>> {
+    let path = repo.join("docs/benchmark.json");
+    let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    update(&mut report);
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
+    Ok(())
+}
+
+/// Times refreshing DIFFERENTIAL stream table `diff`, FULL stream table
+/// `full` and `REFRESH MATERIALIZED VIEW mv`, in that order (ms each), and
+/// reads how many rows the DIFFERENTIAL refresh wrote (inserted plus
+/// deleted, from its refresh history).
+fn time_three(db: &mut Client, diff: &str, full: &str, mv: &str) -> Result<(f64, f64, f64, f64), Box<dyn std::error::Error>> {
+    let d = timed(db, &format!("SELECT pgtrickle.refresh_stream_table('{diff}')"))?;
+    let written: i64 = db
+        .query_one(
+            "SELECT coalesce(h.rows_inserted + h.rows_deleted, 0)::bigint FROM pgtrickle.pgt_refresh_history h \
+             JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) WHERE s.pgt_relid = $1::text::regclass ORDER BY h.refresh_id DESC LIMIT 1",
+            &[&diff],
+        )?
+        .get(0);
+    let f = timed(db, &format!("SELECT pgtrickle.refresh_stream_table('{full}')"))?;
+    let m = timed(db, &format!("REFRESH MATERIALIZED VIEW {mv}"))?;
+    Ok((d, f, m, written as f64))
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("bench failed: {e:?}");
@@ -328,20 +358,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     if std::env::var_os("PGT_BENCH_ONLY_WRITES").is_some() {
-        let path = repo.join("docs/benchmark.json");
-        let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        report.writes = Some(write_cost(&cluster)?);
-        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
-        std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
-        return Ok(());
+        let writes = write_cost(&cluster)?;
+        return update_recorded(&repo, |report| report.writes = Some(writes));
     }
     if std::env::var_os("PGT_BENCH_ONLY_WAVE2").is_some() {
-        let path = repo.join("docs/benchmark.json");
-        let mut report: Report = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        report.wave2 = Some(wave2_bench(&cluster)?);
-        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
-        std::fs::write(repo.join("docs/BENCHMARK.md"), markdown(&report))?;
-        return Ok(());
+        let wave2 = wave2_bench(&cluster)?;
+        return update_recorded(&repo, |report| report.wave2 = Some(wave2));
     }
     if std::env::var_os("PGT_BENCH_ONLY_SCHEDULER").is_some() {
         let path = repo.join("docs/benchmark.json");
@@ -1373,17 +1395,11 @@ fn wave2_bench(cluster: &Cluster) -> Result<Wave2Figures, Box<dyn std::error::Er
                      COMMIT;
                      SELECT count(*) FROM w2src;"
                 ))?;
-                d.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_diff}')"))?);
-                let w: i64 = db
-                    .query_one(
-                        "SELECT coalesce(h.rows_inserted + h.rows_deleted, 0)::bigint FROM pgtrickle.pgt_refresh_history h \
-                         JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) WHERE s.pgt_relid = $1::text::regclass ORDER BY h.refresh_id DESC LIMIT 1",
-                        &[&st_diff],
-                    )?
-                    .get(0);
-                written.push(w as f64);
-                f.push(timed(&mut db, &format!("SELECT pgtrickle.refresh_stream_table('{st_full}')"))?);
-                m.push(timed(&mut db, &format!("REFRESH MATERIALIZED VIEW {mv}"))?);
+                let (dt, ft, mt, w) = time_three(&mut db, &st_diff, &st_full, &mv)?;
+                d.push(dt);
+                f.push(ft);
+                m.push(mt);
+                written.push(w);
             }
             let (d, f, m) = (median(d), median(f), median(m));
             println!("    {scenario:<44} {:>5.1}%  DIFFERENTIAL {d:>8.1} ms  FULL {f:>8.1} ms  MATVIEW {m:>8.1} ms  ({:.1}x)", rate * 100.0, m / d);
@@ -1496,17 +1512,11 @@ fn recursive_bench(db: &mut Client, reps: usize) -> Result<Vec<Wave2Row>, Box<dy
         let (mut d, mut f, mut m, mut written) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..reps {
             db.batch_execute(&operation(i))?;
-            d.push(timed(db, "SELECT pgtrickle.refresh_stream_table('rec_diff')")?);
-            let w: i64 = db
-                .query_one(
-                    "SELECT coalesce(h.rows_inserted + h.rows_deleted, 0)::bigint FROM pgtrickle.pgt_refresh_history h \
-                     JOIN pgtrickle.pgt_stream_tables s USING (pgt_id) WHERE s.pgt_relid = 'rec_diff'::regclass ORDER BY h.refresh_id DESC LIMIT 1",
-                    &[],
-                )?
-                .get(0);
-            written.push(w as f64);
-            f.push(timed(db, "SELECT pgtrickle.refresh_stream_table('rec_full')")?);
-            m.push(timed(db, "REFRESH MATERIALIZED VIEW rec_mv")?);
+            let (dt, ft, mt, w) = time_three(db, "rec_diff", "rec_full", "rec_mv")?;
+            d.push(dt);
+            f.push(ft);
+            m.push(mt);
+            written.push(w);
         }
         let (d, f, m) = (median(d), median(f), median(m));
         let scenario = format!("recursive closure, 100K-node forest: {name}");

@@ -15,15 +15,14 @@
 //! touches. Rows tied on every ORDER BY key are interchangeable, as in the
 //! query itself: which of them is kept is PostgreSQL's choice.
 
-use super::placeholder::cstring;
+use super::placeholder::{cstring, row_number_over};
 use super::deparse;
 use crate::error::{PgtError, PgtResult};
 use pgrx::{pg_sys, PgList};
 use pgt_core::ident::quote_ident;
 use std::ffi::{c_void, CString};
 
-/// The name of the row number column between the two levels.
-const ROW_NUMBER: &str = "__pgt_rn";
+use pgt_delta::names::ROW_NUMBER;
 
 /// Rewrites DISTINCT ON query `q` as the filter on a row number (module doc),
 /// parsed and analysed.
@@ -35,23 +34,11 @@ pub(super) unsafe fn rewrite(q: *mut pg_sys::Query) -> PgtResult<*mut pg_sys::Qu
     let existing = PgList::<pg_sys::WindowClause>::from_pg((*inner).windowClause).len();
     let winref = (existing + 1) as pg_sys::Index;
 
-    let clause = pg_sys::palloc0(std::mem::size_of::<pg_sys::WindowClause>()) as *mut pg_sys::WindowClause;
-    (*clause).type_ = pg_sys::NodeTag::T_WindowClause;
-    (*clause).partitionClause = (*inner).distinctClause;
-    (*clause).orderClause = (*inner).sortClause;
-    (*clause).frameOptions = pg_sys::FRAMEOPTION_DEFAULTS as i32;
-    (*clause).winref = winref;
+    let (clause, function) = row_number_over(winref, (*inner).distinctClause, (*inner).sortClause);
     (*inner).windowClause = pg_sys::lappend((*inner).windowClause, clause as *mut c_void);
-
-    let function = pg_sys::palloc0(std::mem::size_of::<pg_sys::WindowFunc>()) as *mut pg_sys::WindowFunc;
-    (*function).xpr.type_ = pg_sys::NodeTag::T_WindowFunc;
-    (*function).winfnoid = pg_sys::Oid::from(pg_sys::F_ROW_NUMBER);
-    (*function).wintype = pg_sys::INT8OID;
-    (*function).winref = winref;
-    (*function).location = -1;
     let visible = super::surgery::visible_names(q);
     let resno = (PgList::<pg_sys::TargetEntry>::from_pg((*inner).targetList).len() + 1) as i16;
-    let entry = pg_sys::makeTargetEntry(function as *mut pg_sys::Expr, resno, cstring(ROW_NUMBER), false);
+    let entry = pg_sys::makeTargetEntry(function, resno, cstring(ROW_NUMBER), false);
     (*inner).targetList = pg_sys::lappend((*inner).targetList, entry as *mut c_void);
     (*inner).hasWindowFuncs = true;
     (*inner).distinctClause = std::ptr::null_mut();

@@ -28,7 +28,7 @@
 //! Other LATERAL subqueries (references outside equalities of the WHERE,
 //! DISTINCT, set operations or windows inside) are reported by name.
 
-use super::placeholder::{cstring, string_node};
+use super::placeholder::{cstring, row_number_over, string_node};
 use super::sublink::{equality_pair, list_of, lower_outer_references, Pair};
 use super::{deparse, Unsupported};
 use crate::error::{PgtError, PgtResult};
@@ -44,13 +44,7 @@ macro_rules! unsupported {
 const INT8_GREATER: u32 = 413;
 const INT8_LESS_OR_EQUAL: u32 = 414;
 
-/// The name of the row number a LIMIT becomes.
-const ROW_NUMBER: &str = "__pgt_rn";
-
-/// The join-key column `i` (1-based) a decorrelated LATERAL subquery outputs.
-fn key_column(i: usize) -> String {
-    format!("__pgt_lk{i}")
-}
+use pgt_delta::names::{lateral_key as key_column, ROW_NUMBER};
 
 /// Whether `q` has a LATERAL subquery in FROM that reads the items before it.
 pub(super) unsafe fn has_correlated_lateral(q: &pg_sys::Query) -> bool {
@@ -160,8 +154,8 @@ unsafe fn inline_scalar(q: *mut pg_sys::Query, varno: i32, sub: *mut pg_sys::Que
     if !projection {
         (*q).hasSubLinks = true;
     }
-    if pg_sys::contain_vars_of_level(q as *mut pg_sys::Node, 0) && references_item(q, varno) {
-        unsupported!("a LATERAL subquery's column referenced from a nested subquery");
+    if references_item(q, varno) {
+        unsupported!("a LATERAL aggregate subquery's column read outside the SELECT list, WHERE, ON and HAVING");
     }
     Ok(Ok(()))
 }
@@ -298,20 +292,21 @@ unsafe fn condition_slot(q: *mut pg_sys::Query, varno: i32) -> Option<*mut *mut 
     None
 }
 
-/// A SortGroupClause for target entry reference `sortgroupref` of type `typ`.
+/// A SortGroupClause for target entry reference `sortgroupref` of type `typ`
+/// (its default equality and ordering operators); `None` when the type has
+/// no equality operator.
 unsafe fn sort_group_clause(typ: pg_sys::Oid, sortgroupref: u32) -> Option<*mut pg_sys::SortGroupClause> {
+    // Asking for no operator returns whichever exist, without an error.
     let (mut lt, mut eq, mut gt, mut hashable) = (pg_sys::InvalidOid, pg_sys::InvalidOid, pg_sys::InvalidOid, false);
-    pg_sys::get_sort_group_operators(typ, false, true, false, &mut lt, &mut eq, &mut gt, &mut hashable);
+    pg_sys::get_sort_group_operators(typ, false, false, false, &mut lt, &mut eq, &mut gt, &mut hashable);
     if eq == pg_sys::InvalidOid {
         return None;
     }
-    let (mut lt2, mut eq2, mut gt2, mut h2) = (pg_sys::InvalidOid, pg_sys::InvalidOid, pg_sys::InvalidOid, false);
-    pg_sys::get_sort_group_operators(typ, false, false, false, &mut lt2, &mut eq2, &mut gt2, &mut h2);
     let c = pg_sys::palloc0(std::mem::size_of::<pg_sys::SortGroupClause>()) as *mut pg_sys::SortGroupClause;
     (*c).type_ = pg_sys::NodeTag::T_SortGroupClause;
     (*c).tleSortGroupRef = sortgroupref;
     (*c).eqop = eq;
-    (*c).sortop = lt2;
+    (*c).sortop = lt;
     (*c).hashable = hashable;
     Some(c)
 }
@@ -373,18 +368,7 @@ unsafe fn decorrelate(q: *mut pg_sys::Query, varno: i32, rte: *mut pg_sys::Range
         if (*sub).sortClause.is_null() {
             unsupported!("LIMIT / OFFSET without ORDER BY in a LATERAL subquery");
         }
-        let constant = |node: *mut pg_sys::Node| -> Option<Option<i64>> {
-            if node.is_null() {
-                return Some(None);
-            }
-            let folded = pg_sys::eval_const_expressions(std::ptr::null_mut(), node);
-            if !pgrx::is_a(folded, pg_sys::NodeTag::T_Const) || (*(folded as *mut pg_sys::Const)).consttype != pg_sys::INT8OID {
-                return None;
-            }
-            let c = folded as *mut pg_sys::Const;
-            Some((!(*c).constisnull).then(|| (*c).constvalue.value() as i64))
-        };
-        let (Some(limit), Some(offset)) = (constant((*sub).limitCount), constant((*sub).limitOffset)) else {
+        let (Some(limit), Some(offset)) = (super::int8_constant((*sub).limitCount), super::int8_constant((*sub).limitOffset)) else {
             unsupported!("a LIMIT / OFFSET that is not a constant in a LATERAL subquery");
         };
         if (*sub).limitOption == pg_sys::LimitOption::LIMIT_OPTION_WITH_TIES {
@@ -392,22 +376,11 @@ unsafe fn decorrelate(q: *mut pg_sys::Query, varno: i32, rte: *mut pg_sys::Range
         }
         bounds = Some((offset.unwrap_or(0), limit));
         let Some(partition) = key_clauses(&keys) else { unsupported!("a LATERAL correlation over a type without ordering") };
-        let clause = pg_sys::palloc0(std::mem::size_of::<pg_sys::WindowClause>()) as *mut pg_sys::WindowClause;
-        (*clause).type_ = pg_sys::NodeTag::T_WindowClause;
-        (*clause).partitionClause = partition;
-        (*clause).orderClause = (*sub).sortClause;
-        (*clause).frameOptions = pg_sys::FRAMEOPTION_DEFAULTS as i32;
-        (*clause).winref = 1;
+        let (clause, function) = row_number_over(1, partition, (*sub).sortClause);
         (*sub).windowClause = pg_sys::lappend(std::ptr::null_mut(), clause as *mut c_void);
-        let function = pg_sys::palloc0(std::mem::size_of::<pg_sys::WindowFunc>()) as *mut pg_sys::WindowFunc;
-        (*function).xpr.type_ = pg_sys::NodeTag::T_WindowFunc;
-        (*function).winfnoid = pg_sys::Oid::from(pg_sys::F_ROW_NUMBER);
-        (*function).wintype = pg_sys::INT8OID;
-        (*function).winref = 1;
-        (*function).location = -1;
         resno += 1;
         row_number_attno = resno;
-        let te = pg_sys::makeTargetEntry(function as *mut pg_sys::Expr, resno, cstring(ROW_NUMBER), false);
+        let te = pg_sys::makeTargetEntry(function, resno, cstring(ROW_NUMBER), false);
         (*sub).targetList = pg_sys::lappend((*sub).targetList, te as *mut c_void);
         colnames = pg_sys::lappend(colnames, string_node(ROW_NUMBER));
         (*sub).hasWindowFuncs = true;

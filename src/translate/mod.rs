@@ -166,24 +166,7 @@ unsafe fn split_topk(q: *mut pg_sys::Query) -> PgtResult<Result<(*mut pg_sys::Qu
     if query.sortClause.is_null() {
         unsupported!("LIMIT / OFFSET without ORDER BY (which rows it keeps is not defined)");
     }
-    let constant = |node: *mut pg_sys::Node| -> Option<Option<i64>> {
-        if node.is_null() {
-            return Some(None);
-        }
-        let folded = pg_sys::eval_const_expressions(std::ptr::null_mut(), node);
-        if !pgrx::is_a(folded, pg_sys::NodeTag::T_Const) {
-            return None;
-        }
-        let c = folded as *mut pg_sys::Const;
-        if (*c).constisnull {
-            return Some(None);
-        }
-        if (*c).consttype != pg_sys::INT8OID {
-            return None;
-        }
-        Some(Some((*c).constvalue.value() as i64))
-    };
-    let (Some(limit), Some(offset)) = (constant(query.limitCount), constant(query.limitOffset)) else {
+    let (Some(limit), Some(offset)) = (int8_constant(query.limitCount), int8_constant(query.limitOffset)) else {
         unsupported!("a LIMIT / OFFSET that is not a constant");
     };
     let Some(limit) = limit else { unsupported!("OFFSET without LIMIT (the stream table would hold every row after the offset)") };
@@ -218,6 +201,27 @@ unsafe fn split_topk(q: *mut pg_sys::Query) -> PgtResult<Result<(*mut pg_sys::Qu
     (*inner).limitOption = pg_sys::LimitOption::LIMIT_OPTION_COUNT;
     let with_ties = query.limitOption == pg_sys::LimitOption::LIMIT_OPTION_WITH_TIES;
     Ok(Ok((inner, Some(TopKClause { keys, limit, offset, with_ties }))))
+}
+
+/// A LIMIT or OFFSET expression `node` (bigint) as a constant: `Some(None)`
+/// when absent or NULL, `Some(Some(n))` when it folds to a constant, `None`
+/// when it does not (a parameter, a subquery, a volatile call).
+pub(crate) unsafe fn int8_constant(node: *mut pg_sys::Node) -> Option<Option<i64>> {
+    if node.is_null() {
+        return Some(None);
+    }
+    let folded = pg_sys::eval_const_expressions(std::ptr::null_mut(), node);
+    if !pgrx::is_a(folded, pg_sys::NodeTag::T_Const) {
+        return None;
+    }
+    let c = folded as *mut pg_sys::Const;
+    if (*c).constisnull {
+        return Some(None);
+    }
+    if (*c).consttype != pg_sys::INT8OID {
+        return None;
+    }
+    Some(Some((*c).constvalue.value() as i64))
 }
 
 /// The plan of rewritten query `q` (views expanded, CTEs inlined).

@@ -95,3 +95,29 @@ pub(super) unsafe fn from_first_item() -> *mut pg_sys::FromExpr {
         pg_sys::makeFromExpr(pg_sys::lappend(std::ptr::null_mut(), rtr as *mut c_void), std::ptr::null_mut())
     }
 }
+
+/// `row_number() OVER (PARTITION BY <partition> ORDER BY <order>)` as window
+/// clause `winref` and the call reading it: the clause (append it to the
+/// query's `windowClause`) and the `WindowFunc` (a bigint). `partition` and
+/// `order` are SortGroupClause lists naming the query's target entries.
+pub(super) unsafe fn row_number_over(
+    winref: pg_sys::Index,
+    partition: *mut pg_sys::List,
+    order: *mut pg_sys::List,
+) -> (*mut pg_sys::WindowClause, *mut pg_sys::Expr) {
+    unsafe {
+        let clause = pg_sys::palloc0(std::mem::size_of::<pg_sys::WindowClause>()) as *mut pg_sys::WindowClause;
+        (*clause).type_ = pg_sys::NodeTag::T_WindowClause;
+        (*clause).partitionClause = partition;
+        (*clause).orderClause = order;
+        (*clause).frameOptions = pg_sys::FRAMEOPTION_DEFAULTS as i32;
+        (*clause).winref = winref;
+        let function = pg_sys::palloc0(std::mem::size_of::<pg_sys::WindowFunc>()) as *mut pg_sys::WindowFunc;
+        (*function).xpr.type_ = pg_sys::NodeTag::T_WindowFunc;
+        (*function).winfnoid = pg_sys::Oid::from(pg_sys::F_ROW_NUMBER);
+        (*function).wintype = pg_sys::INT8OID;
+        (*function).winref = winref;
+        (*function).location = -1;
+        (clause, function as *mut pg_sys::Expr)
+    }
+}

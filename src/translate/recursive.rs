@@ -121,7 +121,7 @@ pub(super) unsafe fn translate(q: *mut pg_sys::Query) -> PgtResult<Result<Recurs
         let n = columns.len() as i16;
         let varno = PgList::<pg_sys::RangeTblEntry>::from_pg((*step).rtable).iter_ptr().position(|rte| rte == selves[0]).map_or(0, |i| i + 1) as i32;
         columns.push((pgt_delta::names::WEIGHT.to_string(), (pg_sys::INT8OID, -1, pg_sys::InvalidOid)));
-        columns.push(("__pgt_depth".to_string(), (pg_sys::INT4OID, -1, pg_sys::InvalidOid)));
+        columns.push((pgt_delta::names::RECURSIVE_DEPTH.to_string(), (pg_sys::INT4OID, -1, pg_sys::InvalidOid)));
         let entries: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg((*step).targetList).iter_ptr().collect();
         let mut list: *mut pg_sys::List = std::ptr::null_mut();
         let mut resno = 0i16;
@@ -129,7 +129,10 @@ pub(super) unsafe fn translate(q: *mut pg_sys::Query) -> PgtResult<Result<Recurs
             resno += 1;
             list = pg_sys::lappend(list, *te as *mut c_void);
         }
-        for (attno, name, typ) in [(n + 1, "__pgt_rw", pg_sys::INT8OID), (n + 2, "__pgt_rd", pg_sys::INT4OID)] {
+        for (attno, name, typ) in [
+            (n + 1, pgt_delta::names::RECURSIVE_ROW_WEIGHT, pg_sys::INT8OID),
+            (n + 2, pgt_delta::names::RECURSIVE_ROW_DEPTH, pg_sys::INT4OID),
+        ] {
             resno += 1;
             let var = pg_sys::makeVar(varno, attno, typ, -1, pg_sys::InvalidOid, 0);
             list = pg_sys::lappend(list, pg_sys::makeTargetEntry(var as *mut pg_sys::Expr, resno, cstring(name), false) as *mut c_void);

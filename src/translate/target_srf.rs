@@ -28,8 +28,7 @@ macro_rules! unsupported {
     ($($t:tt)*) => { return Ok(Err(Unsupported(format!($($t)*)))) };
 }
 
-/// The alias of the FROM item the functions move to, and its columns.
-const ALIAS: &str = "__pgt_srf";
+use pgt_delta::names::TARGET_FUNCTIONS as ALIAS;
 
 struct Moved {
     rtindex: i32,

@@ -133,8 +133,9 @@ pub(super) unsafe fn translate(q: *mut pg_sys::Query) -> PgtResult<Result<Window
     let mut resno = PgList::<pg_sys::TargetEntry>::from_pg((*template).targetList).len() as i16;
     let mut tlist = (*template).targetList;
     for (i, (e, _)) in common.iter().enumerate() {
+        // The partition key is the first units, in order.
         resno += 1;
-        let var = Units { exprs: exprs.clone(), correlated: false }.var_for(*e);
+        let var = pg_sys::makeVar(1, (i + 1) as i16, pg_sys::exprType(*e), pg_sys::exprTypmod(*e), pg_sys::exprCollation(*e), 0);
         let te = pg_sys::makeTargetEntry(var as *mut pg_sys::Expr, resno, cstring(&pgt_delta::names::window_partition(i + 1)), false);
         tlist = pg_sys::lappend(tlist, te as *mut c_void);
     }

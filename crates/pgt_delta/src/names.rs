@@ -210,3 +210,26 @@ pub fn window_partition(i: usize) -> String {
 /// The CTE name a recursive WITH query's step reads its recursive
 /// reference as ([`crate::recursive`]).
 pub const RECURSIVE_SELF: &str = "__pgt_rec";
+
+/// Under `WITH RECURSIVE ... UNION ALL`, the depth column of the recursive
+/// reference `__pgt_rec` (beside its weight, [`WEIGHT`]).
+pub const RECURSIVE_DEPTH: &str = "__pgt_depth";
+
+/// The recursive row's weight as the step outputs it (UNION ALL).
+pub const RECURSIVE_ROW_WEIGHT: &str = "__pgt_rw";
+
+/// The recursive row's depth as the step outputs it (UNION ALL).
+pub const RECURSIVE_ROW_DEPTH: &str = "__pgt_rd";
+
+/// The `row_number()` the translation adds for DISTINCT ON and for a LIMIT
+/// inside a LATERAL subquery, between the two query levels it splits.
+pub const ROW_NUMBER: &str = "__pgt_rn";
+
+/// Correlation column `i` (1-based) a decorrelated LATERAL subquery outputs.
+pub fn lateral_key(i: usize) -> String {
+    format!("__pgt_lk{i}")
+}
+
+/// The alias of the `ROWS FROM (...)` item set-returning functions of a
+/// SELECT list move to; its columns are `__pgt_srf1`, ...
+pub const TARGET_FUNCTIONS: &str = "__pgt_srf";

@@ -48,7 +48,7 @@
 //! wrapped around a non-recursive evaluation.
 
 use crate::ctx::{Binding, Ctx, Returning};
-use crate::names::{self, RECURSIVE_SELF, ROW_ID, WEIGHT};
+use crate::names::{self, RECURSIVE_DEPTH, RECURSIVE_ROW_DEPTH, RECURSIVE_ROW_WEIGHT, RECURSIVE_SELF, ROW_ID, WEIGHT};
 use crate::rows;
 use crate::sql::{hash_through, qualified, quoted};
 pub use crate::tree::RecursivePlan;
@@ -80,12 +80,7 @@ fn with_rec(plan: &RecursivePlan, rec: &str, sql: &str) -> String {
 pub fn full_sql(plan: &RecursivePlan, ctx: &Ctx) -> String {
     if plan.all {
         let base = format!("SELECT {}, 1::bigint, 0 FROM ({}) b", qualified("b", &plan.visible), rows::new_rows_sql(&plan.base, ctx));
-        let step = format!(
-            "SELECT {}, 1::bigint, s.__pgt_rd + 1 FROM ({}) s WHERE {}",
-            qualified("s", &plan.visible),
-            step_sql(plan, Binding::New, ctx),
-            depth_guard(plan)
-        );
+        let step = counted_step(plan, ctx, false);
         let rows = format!(
             "WITH RECURSIVE {RECURSIVE_SELF} ({}) AS ({base} UNION ALL {step}) SELECT {} FROM {RECURSIVE_SELF}",
             counted_columns(plan),
@@ -163,13 +158,31 @@ fn direct_changes(plan: &RecursivePlan, rec: &str, ctx: &Ctx) -> Option<String> 
 /// The column list of `__pgt_rec` under UNION ALL: the visible columns,
 /// the row's weight and its depth.
 fn counted_columns(plan: &RecursivePlan) -> String {
-    format!("{}, {WEIGHT}, __pgt_depth", quoted(&plan.visible))
+    format!("{}, {WEIGHT}, {RECURSIVE_DEPTH}", quoted(&plan.visible))
+}
+
+/// The recursive term under UNION ALL: the step over the sources' new
+/// states from the rows of `__pgt_rec`, each row one round deeper (within
+/// the bound, [`depth_guard`]) and weighted by its recursive row's weight
+/// when `weighted` (else 1: a full recomputation's rows are copies), zero
+/// weights dropped.
+fn counted_step(plan: &RecursivePlan, ctx: &Ctx, weighted: bool) -> String {
+    let weight = if weighted { format!("s.{RECURSIVE_ROW_WEIGHT} * s.{WEIGHT}") } else { "1::bigint".to_string() };
+    format!(
+        "SELECT {}, {weight}, s.{RECURSIVE_ROW_DEPTH} + 1 FROM ({}) s WHERE {weight} <> 0 AND {}",
+        qualified("s", &plan.visible),
+        step_sql(plan, Binding::New, ctx),
+        depth_guard(plan)
+    )
 }
 
 /// SQL true for a step row `s` within the depth bound; past it, the call
 /// raises (`pgtrickle._recursion_too_deep`, 54001).
 fn depth_guard(plan: &RecursivePlan) -> String {
-    format!("(CASE WHEN s.__pgt_rd < {max} THEN true ELSE pgtrickle._recursion_too_deep({max}) END)", max = plan.max_depth.max(1))
+    format!(
+        "(CASE WHEN s.{RECURSIVE_ROW_DEPTH} < {max} THEN true ELSE pgtrickle._recursion_too_deep({max}) END)",
+        max = plan.max_depth.max(1)
+    )
 }
 
 /// UNION ALL by counting (module doc): the MERGE of the consolidated change
@@ -180,7 +193,7 @@ fn counting_merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Retu
     let step = crate::join::delta_sql(&plan.step, ctx).map(|d| {
         format!(
             "SELECT * FROM (WITH {RECURSIVE_SELF} ({}) AS NOT MATERIALIZED ({stored}) \
-             SELECT {}, d.__pgt_rw * d.{WEIGHT} AS {WEIGHT} FROM ({d}) d) x",
+             SELECT {}, d.{RECURSIVE_ROW_WEIGHT} * d.{WEIGHT} AS {WEIGHT} FROM ({d}) d) x",
             counted_columns(plan),
             qualified("d", &plan.visible)
         )
@@ -189,12 +202,7 @@ fn counting_merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Retu
     if seed.is_empty() {
         return None;
     }
-    let step_new = format!(
-        "SELECT {}, s.__pgt_rw * s.{WEIGHT}, s.__pgt_rd + 1 FROM ({}) s WHERE s.__pgt_rw * s.{WEIGHT} <> 0 AND {}",
-        qualified("s", &plan.visible),
-        step_sql(plan, Binding::New, ctx),
-        depth_guard(plan)
-    );
+    let step_new = counted_step(plan, ctx, true);
     let delta = format!(
         "WITH RECURSIVE {RECURSIVE_SELF} ({cols}) AS (SELECT {x}, x.{WEIGHT}, 0 FROM ({seed}) x WHERE x.{WEIGHT} <> 0 UNION ALL {step_new}) \
          SELECT {list}, {WEIGHT} FROM {RECURSIVE_SELF}",
