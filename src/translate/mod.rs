@@ -521,7 +521,9 @@ pub(crate) struct Child {
 
 /// Translates subquery `sub` (views expanded, CTEs inlined) as a child
 /// operator whose visible columns are named `__pgt_c1`, ... by position.
-pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query) -> PgtResult<Result<Child, Unsupported>> {
+/// `prefix`: the parent keeps only the rows whose (ranking) column is at
+/// most a bound, which a window level may then keep alone.
+pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query, prefix: Option<window::PrefixFilter>) -> PgtResult<Result<Child, Unsupported>> {
     let copy = pg_sys::copyObjectImpl(sub as *const std::ffi::c_void) as *mut pg_sys::Query;
     let mut i = 0;
     for te in PgList::<pg_sys::TargetEntry>::from_pg((*copy).targetList).iter_ptr().filter(|te| !(**te).resjunk) {
@@ -544,7 +546,7 @@ pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query) -> PgtResult<Resul
         return Ok(Ok(Child { node: pgt_delta::Node::Recursive(pgt_delta::ChildRecursive { state: 0, plan, column_types }), types }));
     }
     let window = if (*copy).hasWindowFuncs && (*copy).distinctClause.is_null() {
-        match window::translate(copy)? {
+        match window::translate(copy, prefix)? {
             Ok(window) => Some(window),
             Err(u) => return Ok(Err(u)),
         }

@@ -337,7 +337,7 @@ unsafe fn rewrite_one(rw: &mut Rewriter, sl: *mut pg_sys::SubLink) -> Result<*mu
     };
     let csql = CString::new(child_sql).map_err(|_| PgtError::internal("deparsed subquery contains a NUL byte"))?;
     let parsed = crate::privilege::with_pinned_search_path(|| crate::parse::parse_single_select(&csql))?;
-    let child = match translate_child(parsed)? {
+    let child = match translate_child(parsed, None)? {
         Ok(c) => c,
         Err(u) => return Err(Failure::Unsupported(Unsupported(format!("{} (in a subquery expression)", u.0)))),
     };

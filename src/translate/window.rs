@@ -91,12 +91,169 @@ unsafe fn clause_targets(q: *mut pg_sys::Query, clauses: *mut pg_sys::List) -> V
         .collect()
 }
 
+/// A parent's filter keeping a ranked prefix of the level's rows: visible
+/// column `column` (0-based among the visible ones) at most `bound`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PrefixFilter {
+    pub(crate) column: usize,
+    pub(crate) bound: i64,
+}
+
+/// The ranking function of `node` when it is a call of `row_number()`,
+/// `rank()` or `dense_rank()`.
+unsafe fn ranking_call(node: *mut pg_sys::Node) -> Option<*mut pg_sys::WindowFunc> {
+    if node.is_null() || !pgrx::is_a(node, pg_sys::NodeTag::T_WindowFunc) {
+        return None;
+    }
+    let f = node as *mut pg_sys::WindowFunc;
+    matches!(u32::from((*f).winfnoid), pg_sys::F_ROW_NUMBER | pg_sys::F_RANK_ | pg_sys::F_DENSE_RANK_).then_some(f)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn collect_window_calls(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_WindowFunc) {
+        (*(ctx as *mut Vec<*mut pg_sys::Node>)).push(node);
+        return false;
+    }
+    pg_sys::expression_tree_walker_impl(node, Some(collect_window_calls), ctx)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn collect_vars(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    if pgrx::is_a(node, pg_sys::NodeTag::T_Var) {
+        let attno = (*(node as *mut pg_sys::Var)).varattno as usize;
+        let seen = &mut *(ctx as *mut Vec<usize>);
+        if !seen.contains(&attno) {
+            seen.push(attno);
+        }
+        return false;
+    }
+    pg_sys::expression_tree_walker_impl(node, Some(collect_vars), ctx)
+}
+
+/// The ranking call a ranked prefix can be kept for (module doc of
+/// `pgt_delta::window`, "Ranked prefix"): the filtered visible column of
+/// `template` is a `row_number()`, `rank()` or `dense_rank()` call, the
+/// level has one window and calls no other window functions.
+unsafe fn prefix_call(template: *mut pg_sys::Query, filter: PrefixFilter) -> Option<*mut pg_sys::WindowFunc> {
+    if PgList::<pg_sys::WindowClause>::from_pg((*template).windowClause).len() != 1 {
+        return None;
+    }
+    let entries: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg((*template).targetList).iter_ptr().collect();
+    let mut calls: Vec<*mut pg_sys::Node> = Vec::new();
+    for te in &entries {
+        collect_window_calls((**te).expr as *mut pg_sys::Node, &mut calls as *mut _ as *mut c_void);
+    }
+    if calls.iter().any(|c| ranking_call(*c).is_none()) {
+        return None;
+    }
+    let target = entries.iter().filter(|te| !(***te).resjunk).nth(filter.column)?;
+    ranking_call((**target).expr as *mut pg_sys::Node)
+}
+
+/// The ranked prefix of `template` (its SELECT list already over the
+/// placeholder, `units` its input columns) for `filter`: the input columns
+/// its ORDER BY reads, appended to the template's output, and the probe.
+unsafe fn ranked_prefix(
+    template: *mut pg_sys::Query,
+    call: *mut pg_sys::WindowFunc,
+    filter: PrefixFilter,
+    visible: &[String],
+    units: &[*mut pg_sys::Node],
+    partition_count: usize,
+) -> PgtResult<Result<pgt_delta::RankedPrefix, Unsupported>> {
+    let clause = PgList::<pg_sys::WindowClause>::from_pg((*template).windowClause).get_ptr(0).ok_or_else(|| crate::error::PgtError::internal("window clause"))?;
+    let entries: Vec<*mut pg_sys::TargetEntry> = PgList::<pg_sys::TargetEntry>::from_pg((*template).targetList).iter_ptr().collect();
+    // The input columns the ORDER BY reads.
+    let mut read: Vec<usize> = Vec::new();
+    for sort in PgList::<pg_sys::SortGroupClause>::from_pg((*clause).orderClause).iter_ptr() {
+        if let Some(te) = entries.iter().find(|te| (***te).ressortgroupref == (*sort).tleSortGroupRef) {
+            collect_vars((**te).expr as *mut pg_sys::Node, &mut read as *mut _ as *mut c_void);
+        }
+    }
+    read.sort_unstable();
+    let order_exprs: Vec<*mut pg_sys::Node> = read.iter().filter_map(|a| units.get(a - 1).copied()).collect();
+    if let Some(u) = super::unhashable(&order_exprs, "an ORDER BY expression of a window")? {
+        return Ok(Err(u));
+    }
+    let order_columns: Vec<String> = read.iter().map(|a| pgt_delta::names::window_input(*a)).collect();
+    let mut order_types = Vec::new();
+    for e in &order_exprs {
+        order_types.push(crate::objects::column_type(pg_sys::exprType(*e), pg_sys::exprTypmod(*e), pg_sys::exprCollation(*e))?);
+    }
+
+    // The probe: the partition key, whether the row changed, and rank()
+    // (dense_rank() for a dense_rank() prefix) over the same window; the
+    // clause's sort entries stay, hidden.
+    let probe = pg_sys::copyObjectImpl(template as *const c_void) as *mut pg_sys::Query;
+    let var = |attno: usize, e: *mut pg_sys::Node| {
+        pg_sys::makeVar(1, attno as i16, pg_sys::exprType(e), pg_sys::exprTypmod(e), pg_sys::exprCollation(e), 0) as *mut pg_sys::Expr
+    };
+    let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
+    let mut resno: i16 = 0;
+    let mut push = |expr: *mut pg_sys::Expr, name: &str, junk: bool, sortref: pg_sys::Index, tlist: &mut *mut pg_sys::List| {
+        resno += 1;
+        let te = pg_sys::makeTargetEntry(expr, resno, cstring(name), junk);
+        (*te).ressortgroupref = sortref;
+        *tlist = pg_sys::lappend(*tlist, te as *mut c_void);
+    };
+    for (i, unit) in units.iter().enumerate().take(partition_count) {
+        push(var(i + 1, *unit), &pgt_delta::names::window_input(i + 1), false, 0, &mut tlist);
+    }
+    let changed = pg_sys::makeVar(1, (units.len() + 1) as i16, pg_sys::BOOLOID, -1, pg_sys::InvalidOid, 0);
+    push(changed as *mut pg_sys::Expr, pgt_delta::names::WINDOW_CHANGED, false, 0, &mut tlist);
+    let rank = pg_sys::copyObjectImpl(call as *const c_void) as *mut pg_sys::WindowFunc;
+    let probe_function = if u32::from((*call).winfnoid) == pg_sys::F_DENSE_RANK_ { pg_sys::F_DENSE_RANK_ } else { pg_sys::F_RANK_ };
+    (*rank).winfnoid = pg_sys::Oid::from(probe_function);
+    push(rank as *mut pg_sys::Expr, pgt_delta::names::WINDOW_PROBE_RANK, false, 0, &mut tlist);
+    for te in &entries {
+        if (**te).ressortgroupref != 0 {
+            push((**te).expr, "", true, (**te).ressortgroupref, &mut tlist);
+        }
+    }
+    (*probe).targetList = tlist;
+    let mut columns: Vec<(String, (pg_sys::Oid, i32, pg_sys::Oid))> = units
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (pgt_delta::names::window_input(i + 1), (pg_sys::exprType(*e), pg_sys::exprTypmod(*e), pg_sys::exprCollation(*e))))
+        .collect();
+    columns.push((pgt_delta::names::WINDOW_CHANGED.to_string(), (pg_sys::BOOLOID, -1, pg_sys::InvalidOid)));
+    let rte = new_cte_reference(pgt_delta::names::WINDOW_INPUT, columns);
+    (*probe).rtable = pg_sys::lappend(std::ptr::null_mut(), rte as *mut c_void);
+    let probe_template = deparse(probe);
+
+    // The template outputs the order columns after the partition key.
+    let mut tlist = (*template).targetList;
+    let mut resno = PgList::<pg_sys::TargetEntry>::from_pg(tlist).len() as i16;
+    for (a, e) in read.iter().zip(&order_exprs) {
+        resno += 1;
+        let te = pg_sys::makeTargetEntry(var(*a, *e), resno, cstring(&pgt_delta::names::window_input(*a)), false);
+        tlist = pg_sys::lappend(tlist, te as *mut c_void);
+    }
+    (*template).targetList = tlist;
+    Ok(Ok(pgt_delta::RankedPrefix {
+        column: visible.get(filter.column).cloned().ok_or_else(|| crate::error::PgtError::internal("prefix column"))?,
+        bound: filter.bound,
+        order_columns,
+        order_types,
+        order_hash: super::group_hash(&order_exprs),
+        probe_template,
+    }))
+}
+
 /// Translates window level `q` (visible columns named as the caller wants
-/// them stored, no DISTINCT, no LIMIT).
+/// them stored, no DISTINCT, no LIMIT); with `filter`, the parent keeps only
+/// a ranked prefix, which the operator then keeps alone when it can.
 ///
 /// # Errors
 /// PostgreSQL's, from deparsing and translating the input.
-pub(super) unsafe fn translate(q: *mut pg_sys::Query) -> PgtResult<Result<WindowPlan, Unsupported>> {
+pub(super) unsafe fn translate(q: *mut pg_sys::Query, filter: Option<PrefixFilter>) -> PgtResult<Result<WindowPlan, Unsupported>> {
     let query = &*q;
     if query.hasTargetSRFs {
         unsupported!("set-returning functions in the SELECT list");
@@ -159,6 +316,14 @@ pub(super) unsafe fn translate(q: *mut pg_sys::Query) -> PgtResult<Result<Window
     (*template).sortClause = std::ptr::null_mut();
     (*template).distinctClause = std::ptr::null_mut();
     (*template).rowMarks = std::ptr::null_mut();
+    let visible = super::surgery::visible_names(q);
+    let prefix = match filter.and_then(|f| prefix_call(template, f).map(|call| (f, call))) {
+        Some((f, call)) => match ranked_prefix(template, call, f, &visible, &exprs, common.len())? {
+            Ok(p) => Some(p),
+            Err(u) => return Ok(Err(u)),
+        },
+        None => None,
+    };
     let output_template = deparse(template);
 
     // The input: the level without its windows, reading every unit.
@@ -214,14 +379,24 @@ pub(super) unsafe fn translate(q: *mut pg_sys::Query) -> PgtResult<Result<Window
         partition_equality.push(op);
         partition_types.push(crate::objects::column_type(pg_sys::exprType(*e), pg_sys::exprTypmod(*e), pg_sys::exprCollation(*e))?);
     }
+    let windowed = visible_exprs
+        .iter()
+        .map(|e| {
+            let mut calls: Vec<*mut pg_sys::Node> = Vec::new();
+            collect_window_calls(*e, &mut calls as *mut _ as *mut c_void);
+            !calls.is_empty()
+        })
+        .collect();
     Ok(Ok(WindowPlan {
+        windowed,
         input,
         partition: (1..=common.len()).map(pgt_delta::names::window_input).collect(),
         partition_equality,
         partition_hash: super::group_hash(&partition_exprs),
         partition_types,
         output_template,
-        visible: super::surgery::visible_names(q),
+        visible,
         content_hash: super::group_hash(&visible_exprs),
+        prefix,
     }))
 }

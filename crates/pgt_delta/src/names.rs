@@ -207,6 +207,15 @@ pub fn window_partition(i: usize) -> String {
     format!("__pgt_wp{i}")
 }
 
+/// In a window operator's probe of a ranked prefix ([`crate::window`]):
+/// whether a row of the placeholder [`WINDOW_INPUT`] is a changed input row
+/// (true) or a stored one (false).
+pub const WINDOW_CHANGED: &str = "__pgt_wchanged";
+
+/// In a window operator's probe of a ranked prefix: the rank of a row among
+/// the stored and changed rows of its partition, in the window's order.
+pub const WINDOW_PROBE_RANK: &str = "__pgt_wrank";
+
 /// The CTE name a recursive WITH query's step reads its recursive
 /// reference as ([`crate::recursive`]).
 pub const RECURSIVE_SELF: &str = "__pgt_rec";

@@ -554,7 +554,7 @@ impl Node {
         c.push((names::ROW_ID.to_string(), "bigint".to_string()));
         match self {
             Node::Aggregate(a) => c.extend(a.plan.state_columns().into_iter().map(|h| (h.name, h.sql_type))),
-            Node::Window(w) => c.extend(w.plan.partition_columns().into_iter().zip(w.plan.partition_types.iter().cloned())),
+            Node::Window(w) => c.extend(w.plan.hidden_column_types()),
             Node::Rows(_) | Node::Recursive(_) => {}
         }
         c
@@ -733,6 +733,46 @@ pub struct WindowPlan {
     /// Per visible column, the function its value goes through before it is
     /// hashed into a row identity.
     pub content_hash: Vec<String>,
+    /// Per visible column, whether it holds a window function's value (or an
+    /// expression over one). Those columns are left out of a stored row's
+    /// identity, so a row whose window values change keeps its identity and
+    /// is updated in place (empty: every column is part of the identity).
+    #[serde(default)]
+    pub windowed: Vec<bool>,
+    /// Set when the parent keeps only a ranked prefix of each partition
+    /// (`WHERE rn <= 3` over the level): the operator then computes and
+    /// stores only that prefix, and recomputes a partition only when a
+    /// change reaches it ([`crate::window`], "Ranked prefix").
+    #[serde(default)]
+    pub prefix: Option<RankedPrefix>,
+}
+
+/// A ranked prefix of every partition (see [`crate::window`]): the rows
+/// whose ranking column is at most `bound`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RankedPrefix {
+    /// The visible column holding the ranking function (`row_number()`,
+    /// `rank()` or `dense_rank()`) the parent filters on.
+    pub column: String,
+    /// The largest value of `column` kept (`rn <= 3` and `rn = 3` keep 3,
+    /// `rn < 3` keeps 2).
+    pub bound: i64,
+    /// The input columns (`__pgt_wx<i>`) the window's ORDER BY reads,
+    /// stored under the same names so that the probe can rank changed rows
+    /// among the stored ones.
+    pub order_columns: Vec<String>,
+    /// Per order column, its SQL type (the state table's hidden column).
+    pub order_types: Vec<String>,
+    /// Per order column, the function its value goes through before it is
+    /// hashed into the row identity (order values are part of a stored
+    /// row's content).
+    pub order_hash: Vec<String>,
+    /// PostgreSQL's deparse of the probe over placeholder `__pgt_win`
+    /// (its input columns plus `__pgt_wchanged`): the partition key
+    /// (`__pgt_wx1`, ...), `__pgt_wchanged`, and `rank()` (for a
+    /// `dense_rank()` prefix: `dense_rank()`) over the window's partition
+    /// and order as `__pgt_wrank`.
+    pub probe_template: String,
 }
 
 impl WindowPlan {
@@ -741,12 +781,29 @@ impl WindowPlan {
         (1..=self.partition.len()).map(names::window_partition).collect()
     }
 
+    /// The input columns of a ranked prefix's order, stored (none without
+    /// a prefix).
+    pub fn order_columns(&self) -> &[String] {
+        self.prefix.as_ref().map(|p| p.order_columns.as_slice()).unwrap_or(&[])
+    }
+
     /// The columns its table stores, in order: the visible ones,
-    /// `__pgt_row_id`, the partition key.
+    /// `__pgt_row_id`, the partition key, a ranked prefix's order columns.
     pub fn stored_columns(&self) -> Vec<String> {
         let mut c = self.visible.clone();
         c.push(names::ROW_ID.to_string());
         c.extend(self.partition_columns());
+        c.extend(self.order_columns().iter().cloned());
+        c
+    }
+
+    /// The hidden columns of its table with their SQL types: the partition
+    /// key, then a ranked prefix's order columns.
+    pub fn hidden_column_types(&self) -> Vec<(String, String)> {
+        let mut c: Vec<(String, String)> = self.partition_columns().into_iter().zip(self.partition_types.iter().cloned()).collect();
+        if let Some(p) = &self.prefix {
+            c.extend(p.order_columns.iter().cloned().zip(p.order_types.iter().cloned()));
+        }
         c
     }
 }

@@ -1286,6 +1286,39 @@ fn window_functions() {
             ),
             ("w_partition_expression", "SELECT id, amount, rank() OVER (PARTITION BY amount % 4 ORDER BY amount DESC) AS r FROM orders", Differential),
             ("w_downstream", "SELECT cust, count(*) AS n, max(rk) AS worst FROM w_rank GROUP BY cust", Differential),
+            // Ranked prefixes (the window keeps only the filtered rows and
+            // recomputes a partition only when a change ranks within it):
+            // ties under rank() and dense_rank(), `<`, `=` and the constant
+            // on the left, NULLs in the order, an expression order, no
+            // PARTITION BY.
+            (
+                "w_rank_prefix",
+                "SELECT * FROM (SELECT id, cust, amount, rank() OVER (PARTITION BY cust ORDER BY amount) AS rk FROM orders) x WHERE rk <= 2",
+                Differential,
+            ),
+            (
+                "w_dense_prefix",
+                "SELECT status, id, amount, drk FROM (SELECT status, id, amount, dense_rank() OVER (PARTITION BY status ORDER BY amount DESC) AS drk \
+                 FROM orders) x WHERE 3 > drk",
+                Differential,
+            ),
+            (
+                "w_rank_equals",
+                "SELECT region, id, score FROM (SELECT region, id, score, rank() OVER (PARTITION BY region ORDER BY score NULLS FIRST) AS r \
+                 FROM customers) x WHERE r = 2",
+                Differential,
+            ),
+            (
+                "w_prefix_expression_order",
+                "SELECT id, status, amount FROM (SELECT id, status, amount, row_number() OVER (PARTITION BY status ORDER BY amount % 7 DESC, id) AS n \
+                 FROM orders) x WHERE n < 3",
+                Differential,
+            ),
+            (
+                "w_prefix_whole",
+                "SELECT * FROM (SELECT id, amount, rank() OVER (ORDER BY amount DESC) AS r FROM orders) x WHERE r <= 5",
+                Differential,
+            ),
         ],
         CYCLES,
     );

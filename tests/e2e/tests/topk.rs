@@ -101,6 +101,51 @@ fn changes_outside_the_window_write_nothing() {
     assert!(explain.contains("TopK ORDER BY \"points\" DESC LIMIT 10"), "{explain}");
 }
 
+/// Top N per group (a ranking window under `WHERE rn <= N`) and DISTINCT
+/// ON keep only each group's ranked prefix: changes that rank below it
+/// write nothing, a change reaching it rewrites its group.
+#[test]
+fn top_n_per_group_keeps_only_its_ranked_prefix() {
+    let mut db = TestDb::new("topk_prefix");
+    db.exec("CREATE TABLE s (id int PRIMARY KEY, g int, v int); CREATE INDEX ON s (g); \
+             INSERT INTO s SELECT i, i % 20, i FROM generate_series(1, 2000) i");
+    let top = "SELECT g, id, v FROM (SELECT g, id, v, row_number() OVER (PARTITION BY g ORDER BY v DESC, id) AS rn FROM s) x WHERE rn <= 3";
+    let first = "SELECT DISTINCT ON (g) g, id, v FROM s ORDER BY g, v, id";
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('top', $q${top}$q$, refresh_mode => 'DIFFERENTIAL')"));
+    db.exec(&format!("SELECT pgtrickle.create_stream_table('first', $q${first}$q$, refresh_mode => 'DIFFERENTIAL')"));
+    for name in ["top", "first"] {
+        let explain: String = db.scalar("SELECT pgtrickle.explain_st($1)", &[&name]);
+        assert!(explain.contains("ranked prefix"), "{explain}");
+    }
+    let tables: Vec<String> = db
+        .client
+        .query("SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgtrickle_state' AND c.relkind = 'r'", &[])
+        .expect("state tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let state_rows: i64 = tables.iter().map(|t| db.scalar::<i64>(&format!("SELECT count(*) FROM {t}"), &[])).sum();
+    assert_eq!(state_rows, 60 + 20, "the state tables hold each group's 3 and 1 ranked rows, not the 2,000 rows");
+    // Below every group's prefix: middle rows updated, deleted, inserted.
+    db.exec("UPDATE s SET v = v + 1 WHERE id BETWEEN 500 AND 560; DELETE FROM s WHERE id BETWEEN 900 AND 905; \
+             INSERT INTO s SELECT i, i % 20, i - 2900 FROM generate_series(3001, 3010) i");
+    db.exec("SELECT pgtrickle.refresh_stream_table('top'); SELECT pgtrickle.refresh_stream_table('first')");
+    assert_eq!(last_refresh(&mut db, "top"), ("DIFFERENTIAL".into(), 0, 0));
+    assert_eq!(last_refresh(&mut db, "first"), ("DIFFERENTIAL".into(), 0, 0));
+    pgt_testkit::assert_st_matches_query(&mut db.client, "top", top);
+    pgt_testkit::assert_st_matches_query(&mut db.client, "first", first);
+    // A new leader of group 7: it enters, the group's 3rd leaves.
+    db.exec("INSERT INTO s VALUES (5007, 7, 99999)");
+    db.exec("SELECT pgtrickle.refresh_stream_table('top')");
+    assert_eq!(last_refresh(&mut db, "top"), ("DIFFERENTIAL".into(), 1, 1));
+    pgt_testkit::assert_st_matches_query(&mut db.client, "top", top);
+    // The lowest row of group 3 goes: DISTINCT ON's winner changes.
+    db.exec("DELETE FROM s WHERE id = 3");
+    db.exec("SELECT pgtrickle.refresh_stream_table('top'); SELECT pgtrickle.refresh_stream_table('first')");
+    pgt_testkit::assert_st_matches_query(&mut db.client, "top", top);
+    pgt_testkit::assert_st_matches_query(&mut db.client, "first", first);
+}
+
 /// `pg_trickle.ivm_topk_max_limit` bounds LIMIT + OFFSET; LIMIT needs an
 /// ORDER BY; ORDER BY without LIMIT draws a WARNING.
 #[test]
