@@ -1120,6 +1120,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
         let exact_sum = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::NUMERICOID].contains(&arg_type);
         let integer = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID].contains(&arg_type);
         let fixed_scale = arg_expr.map(|e| pg_sys::exprTypmod(e) >= 0).unwrap_or(false);
+        let fixed_numeric = arg_type == pg_sys::NUMERICOID && fixed_scale;
         let simple = nsp == "pg_catalog" && a.aggdistinct.is_null() && a.aggorder.is_null();
         let kind = match (simple, proname.as_str(), a.aggstar, plain_args.len()) {
             (true, "count", true, _) => AggregateKind::CountStar,
@@ -1136,12 +1137,13 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
             (true, "bool_or", false, 1) => AggregateKind::BoolOr,
             (true, "bit_and", false, 1) if integer => AggregateKind::BitAnd,
             (true, "bit_or", false, 1) if integer => AggregateKind::BitOr,
-            // Integers only (see pgt_delta::aggregate): exact sums, and a
-            // result scale that does not depend on the rows.
-            (true, "var_samp" | "variance", false, 1) if integer => AggregateKind::VarSamp,
-            (true, "var_pop", false, 1) if integer => AggregateKind::VarPop,
-            (true, "stddev_samp" | "stddev", false, 1) if integer => AggregateKind::StddevSamp,
-            (true, "stddev_pop", false, 1) if integer => AggregateKind::StddevPop,
+            // Integers and numeric(p,s) (see pgt_delta::aggregate): exact
+            // sums, and a result scale that does not depend on which rows
+            // are in the group.
+            (true, "var_samp" | "variance", false, 1) if integer || fixed_numeric => AggregateKind::VarSamp,
+            (true, "var_pop", false, 1) if integer || fixed_numeric => AggregateKind::VarPop,
+            (true, "stddev_samp" | "stddev", false, 1) if integer || fixed_numeric => AggregateKind::StddevSamp,
+            (true, "stddev_pop", false, 1) if integer || fixed_numeric => AggregateKind::StddevPop,
             _ => AggregateKind::Rescan,
         };
         let filter_name = (!a.aggfilter.is_null()).then(|| pgt_delta::names::filter(j));

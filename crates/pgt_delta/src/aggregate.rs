@@ -23,7 +23,7 @@
 //! ```text
 //! true'ⱼ   = trueⱼ   + Σ_{c, a} w             (kept in __pgt_aux_sum_j)   BOOL_AND, EVERY, BOOL_OR
 //! bool_and = true'ⱼ = count'ⱼ,  bool_or = true'ⱼ > 0   (NULL when count'ⱼ = 0)
-//! Σx'ⱼ     = Σxⱼ + Σ_{c} w·a,  Σx²'ⱼ = Σx²ⱼ + Σ_{c} w·a²  (numeric, exact)   VAR_*, STDDEV_* over integers
+//! Σx'ⱼ     = Σxⱼ + Σ_{c} w·a,  Σx²'ⱼ = Σx²ⱼ + Σ_{c} w·a²  (numeric, exact)   VAR_*, STDDEV_* over integers, numeric(p,s)
 //! var      = (N·Σx² − (Σx)²) / (N·(N−1))  (samp; N·N for pop; N = count'ⱼ;
 //!            0 when the numerator is ≤ 0; NULL when N ≤ 1, resp. N = 0)
 //! stddev   = √var, rounded to var's scale
@@ -36,14 +36,19 @@
 //! correctly rounded (computed with 2·s + 40 more digits, then rounded: the
 //! square root of a number of scale s lies at least 10^-(2s) / (8√v) from any
 //! rounding boundary, so the double rounding cannot differ for any v below
-//! 10^78). Integers only: a numeric argument's result scale follows the
-//! largest scale among the group's current rows, and floats are summed with
-//! a rounding PostgreSQL's Youngs–Cramer accumulation does not share; both
-//! are rescanned.
+//! 10^78). Integers and numerics of a fixed scale (`numeric(p,s)`: every
+//! value has scale s, so Σx has scale s and Σx² scale 2·s, as PostgreSQL's
+//! accumulation has them). An unconstrained numeric argument's result scale
+//! follows the largest scale among the group's current rows, which the sums
+//! cannot know once that row leaves, and floats are summed with a rounding
+//! PostgreSQL's Youngs–Cramer accumulation does not share; both are
+//! rescanned.
 //!
 //! COUNT / SUM / AVG are exact over integers and numerics (sums of integers and of
 //! fixed-scale numerics are exact; floats would drift, so the translation does not
-//! offer them). When an extremum may have left, or the group's old state is not
+//! offer them). A numeric NaN or ±Infinity would stay in a running sum after
+//! its row leaves (`NaN − NaN` and `∞ − ∞` are NaN), so a group whose delta
+//! holds one is rescanned. When an extremum may have left, or the group's old state is not
 //! stored (it failed HAVING, or a HAVING query meets a new group), the group is
 //! **rescanned**: its state is recomputed from the input's new state restricted to
 //! the group's key. A group whose count reaches 0, or whose HAVING turns false, is
@@ -193,6 +198,13 @@ fn bitwise_value(agg: &Aggregate, count: &str, counts: &str) -> String {
     )
 }
 
+/// Whether `agg` keeps a running sum of numeric values (SUM, AVG, the
+/// variance family over `numeric`), which a NaN or an infinity would spoil.
+fn summed_numeric(agg: &Aggregate) -> bool {
+    (matches!(agg.kind, AggregateKind::Sum | AggregateKind::Avg) || agg.kind.is_variance())
+        && (agg.arg_type == "numeric" || agg.arg_type.starts_with("numeric("))
+}
+
 /// `1` when the argument of `agg` in `alias` is true, else `0`.
 fn truth(agg: &Aggregate, alias: &str) -> String {
     format!("CASE WHEN {} THEN 1 ELSE 0 END", arg(agg, alias))
@@ -207,7 +219,8 @@ fn variance_sql(kind: AggregateKind, n: &str, sum: &str, sumsq: &str) -> String 
     let quotient = format!("({numerator} / {denominator})");
     let value = if matches!(kind, AggregateKind::StddevSamp | AggregateKind::StddevPop) {
         format!(
-            "(SELECT pg_catalog.round(pg_catalog.sqrt(pg_catalog.round(v.q, 3 * pg_catalog.scale(v.q) + 40)), pg_catalog.scale(v.q)) \
+            "(SELECT CASE WHEN v.q = 'NaN'::numeric THEN v.q \
+                     ELSE pg_catalog.round(pg_catalog.sqrt(pg_catalog.round(v.q, 3 * pg_catalog.scale(v.q) + 40)), pg_catalog.scale(v.q)) END \
               FROM (SELECT {quotient} AS q) v)"
         )
     } else {
@@ -347,6 +360,18 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
             _ => {}
         }
     }
+    // A numeric NaN or ±Infinity makes a running sum NaN or infinite for
+    // good (`NaN − NaN` is NaN): a group whose delta holds one is rescanned.
+    for (k, agg) in plan.aggregates.iter().enumerate() {
+        if summed_numeric(agg) {
+            dcols.push(format!(
+                "coalesce(bool_or({a}::numeric IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)) FILTER (WHERE {c}), false) AS __pgt_dnf{j}",
+                a = arg(agg, "d"),
+                c = contributes(agg, "d"),
+                j = k + 1
+            ));
+        }
+    }
     let dg = format!("SELECT {}{} FROM ({delta}) d{}", groups_select(plan, "d"), dcols.join(", "), group_by(plan, "d"));
 
     // Which groups must be rescanned.
@@ -374,7 +399,12 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
             st = value_state_col(agg, j).unwrap_or_default()
         ));
     }
-    // Only MIN/MAX, HAVING and rescanned aggregates ever rescan a group;
+    for (k, agg) in plan.aggregates.iter().enumerate() {
+        if summed_numeric(agg) {
+            rescan.push(format!("g.__pgt_dnf{}", k + 1));
+        }
+    }
+    // Only MIN/MAX, HAVING, rescanned aggregates and numeric sums ever rescan a group;
     // without them the rescan steps are left out (planning them is not free).
     let may_rescan = !rescan.is_empty();
     let rescan_cond = if rescan.is_empty() { "false".to_string() } else { format!("COALESCE({}, false)", rescan.join(" OR ")) };

@@ -995,11 +995,13 @@ fn counted_and_summed_aggregates() {
     );
 }
 
-/// The variance family over integers gives PostgreSQL's own result to the
-/// last digit and scale (compared as text, not only as numeric values) on
-/// adversarial groups: offsets near the bigint limit with spreads of 1,
-/// single rows and pairs, all-equal values (a zero numerator), NULLs, and
-/// groups emptied and refilled, through random DML.
+/// The variance family over integers and numeric(p,s) gives PostgreSQL's own
+/// result to the last digit and scale (compared as text, not only as numeric
+/// values) on adversarial groups: offsets near the bigint limit with spreads
+/// of 1, numerics near 10⁹ with spreads of 0.001, single rows and pairs,
+/// all-equal values (a zero numerator), NULLs, NaN and ±Infinity coming and
+/// going (sums and averages over numeric too), and groups emptied and
+/// refilled, through random DML.
 #[test]
 fn variance_equals_postgresql_to_the_digit() {
     use rand::{Rng, SeedableRng};
@@ -1010,16 +1012,19 @@ fn variance_equals_postgresql_to_the_digit() {
     // Every refresh differential, however much of the small table a round changes.
     db.exec("SET pg_trickle.differential_max_change_ratio = 1000");
     db.exec(
-        "CREATE TABLE m (id int PRIMARY KEY, g int NOT NULL, small smallint, x int, big bigint);
+        "CREATE TABLE m (id int PRIMARY KEY, g int NOT NULL, small smallint, x int, big bigint, amt numeric(12,3), u numeric);
          INSERT INTO m SELECT i, i % 9, (i * 7 % 11)::smallint, CASE WHEN i % 13 = 0 THEN NULL ELSE i * 37 % 1001 - 500 END,
-                              CASE WHEN i % 4 = 0 THEN 9223372036854775000 + i % 3 ELSE -4611686018427387904 + i * 1000003 END
+                              CASE WHEN i % 4 = 0 THEN 9223372036854775000 + i % 3 ELSE -4611686018427387904 + i * 1000003 END,
+                              CASE WHEN i % 7 = 0 THEN 987654321.125 + (i % 5) * 0.001 WHEN i % 11 = 0 THEN NULL ELSE (i * 13 % 97 - 48) * 1.111 END,
+                              (i % 23) * 0.5
          FROM generate_series(1, 200) i;",
     );
     let query = "SELECT g, var_samp(x) AS vs, var_pop(x) AS vp, stddev_samp(x) AS ss, stddev_pop(x) AS sp, \
-                 variance(big) AS vb, stddev(big) AS sb, stddev_pop(big) AS spb, var_pop(small) AS vsm, stddev(small) AS ssm \
+                 variance(big) AS vb, stddev(big) AS sb, stddev_pop(big) AS spb, var_pop(small) AS vsm, stddev(small) AS ssm, \
+                 var_samp(amt) AS va, stddev_pop(amt) AS sa, avg(amt) AS aa, sum(u) AS su, avg(u) AS au \
                  FROM m GROUP BY g";
     db.exec(&format!("SELECT pgtrickle.create_stream_table('mv', $q${query}$q$, refresh_mode => 'DIFFERENTIAL')"));
-    let as_text = "SELECT string_agg(t, E'\\n' ORDER BY t) FROM (SELECT ROW(g, vs, vp, ss, sp, vb, sb, spb, vsm, ssm)::text AS t FROM ";
+    let as_text = "SELECT string_agg(t, E'\\n' ORDER BY t) FROM (SELECT ROW(g, vs, vp, ss, sp, vb, sb, spb, vsm, ssm, va, sa, aa, su, au)::text AS t FROM ";
     let mut next = 1000;
     for round in 0..60 {
         let mut sql = String::new();
@@ -1034,11 +1039,30 @@ fn variance_equals_postgresql_to_the_digit() {
                     } else {
                         format!("{}", -9_223_372_036_854_775_000_i64 + rng.random_range(0..3))
                     };
-                    sql.push_str(&format!("INSERT INTO m VALUES ({next}, {g}, {}, {x}, {big});", rng.random_range(-5..5)));
+                    let amt = match rng.random_range(0..20) {
+                        0 => "'NaN'".to_string(),
+                        1 => "NULL".to_string(),
+                        2..=9 => format!("{}.{:03}", 987_654_321 + rng.random_range(0..2), rng.random_range(0..1000)),
+                        _ => format!("{}.{:03}", rng.random_range(-100..100), rng.random_range(0..1000)),
+                    };
+                    let u = match rng.random_range(0..12) {
+                        0 => "'NaN'".to_string(),
+                        1 => "'Infinity'".to_string(),
+                        2 => "'-Infinity'".to_string(),
+                        _ => format!("{}.{}", rng.random_range(-50..50), rng.random_range(0..100)),
+                    };
+                    sql.push_str(&format!("INSERT INTO m VALUES ({next}, {g}, {}, {x}, {big}, {amt}, {u});", rng.random_range(-5..5)));
                 }
                 2 => sql.push_str(&format!("DELETE FROM m WHERE g = {g} AND id % {} = 0;", rng.random_range(2..5))),
-                3 => sql.push_str(&format!("UPDATE m SET x = x + 1, big = big - 1, g = {} WHERE id % 17 = {};", rng.random_range(0..11), rng.random_range(0..17))),
-                _ => sql.push_str(&format!("UPDATE m SET x = {v}, small = {v} WHERE g = {g};", v = rng.random_range(-3..3))),
+                3 => sql.push_str(&format!(
+                    "UPDATE m SET x = x + 1, big = big - 1, amt = amt + 0.001, g = {} WHERE id % 17 = {};",
+                    rng.random_range(0..11),
+                    rng.random_range(0..17)
+                )),
+                _ => sql.push_str(&format!(
+                    "UPDATE m SET x = {v}, small = {v}, u = CASE WHEN u = 'NaN' OR u IN ('Infinity', '-Infinity') THEN {v} ELSE u END WHERE g = {g};",
+                    v = rng.random_range(-3..3)
+                )),
             }
         }
         db.exec(&sql);
