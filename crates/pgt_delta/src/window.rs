@@ -401,7 +401,7 @@ mod tests {
     /// stored prefix and the changed rows of its partition.
     fn reached(stored: &ZSet<(i8, i8)>, delta: &ZSet<(i8, i8)>, ranking: Ranking, n: usize) -> std::collections::BTreeSet<i8> {
         let mut reached = std::collections::BTreeSet::new();
-        for ((p, x), _) in delta {
+        for (p, x) in delta.keys() {
             let mut union: Vec<i8> = Vec::new();
             for ((q, v), w) in stored.iter().chain(delta.iter()) {
                 if q == p {

@@ -999,9 +999,9 @@ fn counted_and_summed_aggregates() {
 /// result to the last digit and scale (compared as text, not only as numeric
 /// values) on adversarial groups: offsets near the bigint limit with spreads
 /// of 1, numerics near 10⁹ with spreads of 0.001, single rows and pairs,
-/// all-equal values (a zero numerator), NULLs, NaN and ±Infinity coming and
-/// going (sums and averages over numeric too), and groups emptied and
-/// refilled, through random DML.
+/// all-equal values (a zero numerator), NULLs, NaN coming and going (sums
+/// and averages over numeric too), and groups emptied and refilled, through
+/// random DML.
 #[test]
 fn variance_equals_postgresql_to_the_digit() {
     use rand::{Rng, SeedableRng};
@@ -1012,7 +1012,7 @@ fn variance_equals_postgresql_to_the_digit() {
     // Every refresh differential, however much of the small table a round changes.
     db.exec("SET pg_trickle.differential_max_change_ratio = 1000");
     db.exec(
-        "CREATE TABLE m (id int PRIMARY KEY, g int NOT NULL, small smallint, x int, big bigint, amt numeric(12,3), u numeric);
+        "CREATE TABLE m (id int PRIMARY KEY, g int NOT NULL, small smallint, x int, big bigint, amt numeric(12,3), u numeric(12,2));
          INSERT INTO m SELECT i, i % 9, (i * 7 % 11)::smallint, CASE WHEN i % 13 = 0 THEN NULL ELSE i * 37 % 1001 - 500 END,
                               CASE WHEN i % 4 = 0 THEN 9223372036854775000 + i % 3 ELSE -4611686018427387904 + i * 1000003 END,
                               CASE WHEN i % 7 = 0 THEN 987654321.125 + (i % 5) * 0.001 WHEN i % 11 = 0 THEN NULL ELSE (i * 13 % 97 - 48) * 1.111 END,
@@ -1021,10 +1021,13 @@ fn variance_equals_postgresql_to_the_digit() {
     );
     let query = "SELECT g, var_samp(x) AS vs, var_pop(x) AS vp, stddev_samp(x) AS ss, stddev_pop(x) AS sp, \
                  variance(big) AS vb, stddev(big) AS sb, stddev_pop(big) AS spb, var_pop(small) AS vsm, stddev(small) AS ssm, \
-                 var_samp(amt) AS va, stddev_pop(amt) AS sa, avg(amt) AS aa, sum(u) AS su, avg(u) AS au \
+                 var_samp(amt) AS va, stddev_pop(amt) AS sa, avg(amt) AS aa, sum(u) AS su \
                  FROM m GROUP BY g";
     db.exec(&format!("SELECT pgtrickle.create_stream_table('mv', $q${query}$q$, refresh_mode => 'DIFFERENTIAL')"));
-    let as_text = "SELECT string_agg(t, E'\\n' ORDER BY t) FROM (SELECT ROW(g, vs, vp, ss, sp, vb, sb, spb, vsm, ssm, va, sa, aa, su, au)::text AS t FROM ";
+    // (A rescanned call would rescan every affected group, and hide the sums.)
+    let explain: String = db.scalar("SELECT pgtrickle.explain_st('mv')", &[]);
+    assert!(!explain.contains("rescan of each affected group"), "every call algebraic:\n{explain}");
+    let as_text = "SELECT string_agg(t, E'\\n' ORDER BY t) FROM (SELECT ROW(g, vs, vp, ss, sp, vb, sb, spb, vsm, ssm, va, sa, aa, su)::text AS t FROM ";
     let mut next = 1000;
     for round in 0..60 {
         let mut sql = String::new();
@@ -1045,10 +1048,8 @@ fn variance_equals_postgresql_to_the_digit() {
                         2..=9 => format!("{}.{:03}", 987_654_321 + rng.random_range(0..2), rng.random_range(0..1000)),
                         _ => format!("{}.{:03}", rng.random_range(-100..100), rng.random_range(0..1000)),
                     };
-                    let u = match rng.random_range(0..12) {
+                    let u = match rng.random_range(0..10) {
                         0 => "'NaN'".to_string(),
-                        1 => "'Infinity'".to_string(),
-                        2 => "'-Infinity'".to_string(),
                         _ => format!("{}.{}", rng.random_range(-50..50), rng.random_range(0..100)),
                     };
                     sql.push_str(&format!("INSERT INTO m VALUES ({next}, {g}, {}, {x}, {big}, {amt}, {u});", rng.random_range(-5..5)));
