@@ -216,3 +216,56 @@ BEGIN
               HINT = 'Write UNION to stop at rows already found, or raise pg_trickle.ivm_recursive_max_depth and alter the stream table.';
 END
 $$;
+
+-- Exact sums of doubles and of their products (pgt_core::exact), summed by
+-- the variance and regression families over floats (pgt_delta::aggregate).
+
+CREATE  FUNCTION pgtrickle."exact_sum_of_values_exact_sum_of_values_state"(
+	"this" internal, /* Internal */
+	"arg_one" double precision, /* f64 */
+	"arg_two" bigint /* i64 */
+) RETURNS internal /* Internal */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exact_sum_of_values_exact_sum_of_values_state_wrapper';
+
+CREATE  FUNCTION pgtrickle."exact_sum_of_values_exact_sum_of_values_finalize"(
+	"this" internal /* Internal */
+) RETURNS NUMERIC /* Option < AnyNumeric > */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exact_sum_of_values_exact_sum_of_values_finalize_wrapper';
+
+CREATE AGGREGATE pgtrickle._exact_sum (
+	double precision, /* f64 */
+	bigint /* i64 */
+)
+(
+	SFUNC = pgtrickle."exact_sum_of_values_exact_sum_of_values_state", /* pg_trickle::api::pgtrickle::ExactSumOfValues::state */
+	STYPE = internal, /* Internal */
+	FINALFUNC = pgtrickle."exact_sum_of_values_exact_sum_of_values_finalize" /* pg_trickle::api::pgtrickle::ExactSumOfValues::final */
+);
+
+CREATE  FUNCTION pgtrickle."exact_sum_of_products_exact_sum_of_products_state"(
+	"this" internal, /* Internal */
+	"arg_one" double precision, /* f64 */
+	"arg_two" double precision, /* f64 */
+	"arg_three" bigint /* i64 */
+) RETURNS internal /* Internal */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exact_sum_of_products_exact_sum_of_products_state_wrapper';
+
+CREATE  FUNCTION pgtrickle."exact_sum_of_products_exact_sum_of_products_finalize"(
+	"this" internal /* Internal */
+) RETURNS NUMERIC /* Option < AnyNumeric > */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exact_sum_of_products_exact_sum_of_products_finalize_wrapper';
+
+CREATE AGGREGATE pgtrickle._exact_sum (
+	double precision, /* f64 */
+	double precision, /* f64 */
+	bigint /* i64 */
+)
+(
+	SFUNC = pgtrickle."exact_sum_of_products_exact_sum_of_products_state", /* pg_trickle::api::pgtrickle::ExactSumOfProducts::state */
+	STYPE = internal, /* Internal */
+	FINALFUNC = pgtrickle."exact_sum_of_products_exact_sum_of_products_finalize" /* pg_trickle::api::pgtrickle::ExactSumOfProducts::final */
+);

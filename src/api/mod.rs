@@ -10,6 +10,7 @@ mod pgtrickle {
     use crate::error::OrRaise;
     use crate::lifecycle::{self, AlterArgs, CreateArgs, OnExisting};
     use pgrx::prelude::*;
+    use pgrx::{Aggregate, AggregateName, AnyNumeric, Internal};
 
     /// Defines one of the three `create_*` functions: they share the parameters of
     /// SPEC §2.1 and differ only in what happens when the stream table exists.
@@ -326,6 +327,80 @@ mod pgtrickle {
         // SAFETY: the trigger data of this very call.
         unsafe { crate::cdc::forward_to_capture_function(trigger.trigger_data()) }.or_raise();
         Ok(None)
+    }
+
+    /// The `numeric` of an exact sum (its decimal text read by `numeric_in`).
+    fn exact_numeric(sum: &pgt_core::exact::ExactSum) -> AnyNumeric {
+        let text = sum.to_decimal();
+        match AnyNumeric::try_from(text.as_str()) {
+            Ok(n) => n,
+            Err(e) => crate::error::PgtError::internal(format!("an exact sum as numeric: {e}")).raise(),
+        }
+    }
+
+    /// Internal: `pgtrickle._exact_sum(x float8, w bigint) → numeric`, the
+    /// exact Σ w·x of the doubles' exact values (`pgt_core::exact`; NULL over
+    /// no rows, NaN / ±Infinity as PostgreSQL's float sum has them). The
+    /// running sums of the variance and regression families over floats
+    /// (`pgt_delta::aggregate`); PostgreSQL's `float8::numeric` keeps 15
+    /// digits. Pure, so executable by PUBLIC.
+    #[derive(AggregateName)]
+    #[aggregate_name = "_exact_sum"]
+    pub struct ExactSumOfValues;
+
+    #[pg_aggregate]
+    impl Aggregate<ExactSumOfValues> for ExactSumOfValues {
+        type State = Internal;
+        type Args = (f64, i64);
+        type Finalize = Option<AnyNumeric>;
+
+        fn state(mut current: Self::State, (x, weight): Self::Args, fcinfo: pg_sys::FunctionCallInfo) -> Self::State {
+            let state = std::panic::AssertUnwindSafe(&mut current);
+            // SAFETY: called as an aggregate's transition function; the state
+            // lives in the aggregate's memory context.
+            unsafe {
+                Self::in_memory_context(fcinfo, move |_| {
+                    let state = state;
+                    state.0.get_or_insert_default::<pgt_core::exact::ExactSum>().add(x, weight);
+                })
+            };
+            current
+        }
+
+        fn finalize(current: Self::State, _: Self::OrderedSetArgs, _: pg_sys::FunctionCallInfo) -> Self::Finalize {
+            // SAFETY: the state the transition function built, if any row came.
+            unsafe { current.get::<pgt_core::exact::ExactSum>() }.map(exact_numeric)
+        }
+    }
+
+    /// Internal: `pgtrickle._exact_sum(x float8, y float8, w bigint) →
+    /// numeric`, the exact Σ w·x·y (as the one-value form).
+    #[derive(AggregateName)]
+    #[aggregate_name = "_exact_sum"]
+    pub struct ExactSumOfProducts;
+
+    #[pg_aggregate]
+    impl Aggregate<ExactSumOfProducts> for ExactSumOfProducts {
+        type State = Internal;
+        type Args = (f64, f64, i64);
+        type Finalize = Option<AnyNumeric>;
+
+        fn state(mut current: Self::State, (x, y, weight): Self::Args, fcinfo: pg_sys::FunctionCallInfo) -> Self::State {
+            let state = std::panic::AssertUnwindSafe(&mut current);
+            // SAFETY: as for the one-value form.
+            unsafe {
+                Self::in_memory_context(fcinfo, move |_| {
+                    let state = state;
+                    state.0.get_or_insert_default::<pgt_core::exact::ExactSum>().add_product(x, y, weight);
+                })
+            };
+            current
+        }
+
+        fn finalize(current: Self::State, _: Self::OrderedSetArgs, _: pg_sys::FunctionCallInfo) -> Self::Finalize {
+            // SAFETY: as for the one-value form.
+            unsafe { current.get::<pgt_core::exact::ExactSum>() }.map(exact_numeric)
+        }
     }
 
     /// Internal: called by the guard trigger of a stream table when a COPY

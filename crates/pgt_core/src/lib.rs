@@ -10,11 +10,14 @@
 //! - [`frontier`]: which captured changes a refresh has applied.
 //! - [`options`]: the closed sets of option values (`refresh_mode`, `cdc_mode`, ...).
 //! - [`copies`]: counting copies of 64-bit keys (numbering equal rows in a FULL refresh).
+//! - [`exact`]: the exact decimal value of a double (exact running sums of floats).
 
 /// Counting copies of 64-bit keys.
 pub mod copies;
 /// The dependency graph of stream tables.
 pub mod dag;
+/// The exact decimal value of a double.
+pub mod exact;
 /// Which captured changes a refresh has applied.
 pub mod frontier;
 /// Quoting of identifiers and literals.

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 const RELEASE_0_1_0: &str = "afa68baf34f4b25e27fd3f28c81fa0d47a536686";
 
 /// Every object of the extension with what defines it, one line each, sorted:
-/// members (functions with their definitions and privileges, relations with
+/// members (functions with their definitions and privileges, aggregates with
+/// their support functions, relations with
 /// their kind, privileges and view definitions, schemas, event triggers,
 /// types), the columns, constraints, indexes, triggers and policies of member
 /// tables, and the extension's configuration tables.
@@ -43,7 +44,12 @@ members AS (
 tables AS (SELECT objid AS relid FROM members WHERE classid = 'pg_class'::regclass)
 SELECT line FROM (
     SELECT pg_describe_object(m.classid, m.objid, 0) || ' :: ' || coalesce(CASE m.classid
-        WHEN 'pg_proc'::regclass THEN (SELECT pg_get_functiondef(p.oid) || ' acl ' || coalesce(p.proacl::text, '-')
+        WHEN 'pg_proc'::regclass THEN (SELECT CASE WHEN p.prokind = 'a'
+                                                   THEN (SELECT 'aggregate ' || pg_get_function_identity_arguments(p.oid) || ' ' || a.aggtransfn::regprocedure::text
+                                                                || ' ' || a.aggfinalfn::regprocedure::text || ' ' || a.aggtranstype::regtype::text
+                                                                || ' ' || a.aggkind::text || ' ' || p.proparallel::text
+                                                         FROM pg_aggregate a WHERE a.aggfnoid = p.oid)
+                                                   ELSE pg_get_functiondef(p.oid) END || ' acl ' || coalesce(p.proacl::text, '-')
                                        FROM pg_proc p WHERE p.oid = m.objid)
         WHEN 'pg_class'::regclass THEN (SELECT c.relkind::text || ' acl ' || coalesce(c.relacl::text, '-') || ' rls ' || c.relrowsecurity
                                                || coalesce(' view ' || pg_get_viewdef(c.oid), '') || ' options ' || coalesce(c.reloptions::text, '-')
