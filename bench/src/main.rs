@@ -72,6 +72,14 @@ const WAVE2_SCENARIOS: &[(&str, &str)] = &[
     ("DISTINCT ON", "SELECT DISTINCT ON (part) part, id, val FROM w2src ORDER BY part, val DESC, id"),
     ("ROLLUP over 3 keys", "SELECT k1, k2, k3, count(*) AS n, sum(val) AS total FROM w2src GROUP BY ROLLUP (k1, k2, k3)"),
     ("LATERAL unnest, 5-element arrays", "SELECT s.id, t.tag, t.pos FROM w2src s, LATERAL unnest(s.tags) WITH ORDINALITY AS t(tag, pos)"),
+    (
+        "float statistics, 100 groups",
+        // (Rounded to 9 digits: PostgreSQL's float accumulation and the
+        // stream table's exact sums agree to about 1e-15, and the check
+        // against the materialized view compares exactly.)
+        "SELECT k2, round(stddev(val::float8)::numeric, 9) AS sd, round(corr(val::float8, id::float8)::numeric, 9) AS c, \
+         round(regr_slope(val::float8, k3::float8)::numeric, 9) AS s FROM w2src GROUP BY k2",
+    ),
 ];
 
 /// Rows of `w2src`.

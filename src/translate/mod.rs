@@ -1121,6 +1121,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
         let integer = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID].contains(&arg_type);
         let fixed_scale = arg_expr.map(|e| pg_sys::exprTypmod(e) >= 0).unwrap_or(false);
         let fixed_numeric = arg_type == pg_sys::NUMERICOID && fixed_scale;
+        let float = [pg_sys::FLOAT4OID, pg_sys::FLOAT8OID].contains(&arg_type);
         let simple = nsp == "pg_catalog" && a.aggdistinct.is_null() && a.aggorder.is_null();
         let kind = match (simple, proname.as_str(), a.aggstar, plain_args.len()) {
             (true, "count", true, _) => AggregateKind::CountStar,
@@ -1139,11 +1140,25 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
             (true, "bit_or", false, 1) if integer => AggregateKind::BitOr,
             // Integers and numeric(p,s) (see pgt_delta::aggregate): exact
             // sums, and a result scale that does not depend on which rows
-            // are in the group.
-            (true, "var_samp" | "variance", false, 1) if integer || fixed_numeric => AggregateKind::VarSamp,
-            (true, "var_pop", false, 1) if integer || fixed_numeric => AggregateKind::VarPop,
-            (true, "stddev_samp" | "stddev", false, 1) if integer || fixed_numeric => AggregateKind::StddevSamp,
-            (true, "stddev_pop", false, 1) if integer || fixed_numeric => AggregateKind::StddevPop,
+            // are in the group; floats: exact sums of their exact values,
+            // finished in float8.
+            (true, "var_samp" | "variance", false, 1) if integer || fixed_numeric || float => AggregateKind::VarSamp,
+            (true, "var_pop", false, 1) if integer || fixed_numeric || float => AggregateKind::VarPop,
+            (true, "stddev_samp" | "stddev", false, 1) if integer || fixed_numeric || float => AggregateKind::StddevSamp,
+            (true, "stddev_pop", false, 1) if integer || fixed_numeric || float => AggregateKind::StddevPop,
+            // The regression family (float8, float8): exact Σx, Σx², Σy, Σy², Σxy.
+            (true, "corr", false, 2) if float => AggregateKind::Corr,
+            (true, "covar_pop", false, 2) if float => AggregateKind::CovarPop,
+            (true, "covar_samp", false, 2) if float => AggregateKind::CovarSamp,
+            (true, "regr_avgx", false, 2) if float => AggregateKind::RegrAvgX,
+            (true, "regr_avgy", false, 2) if float => AggregateKind::RegrAvgY,
+            (true, "regr_count", false, 2) if float => AggregateKind::RegrCount,
+            (true, "regr_intercept", false, 2) if float => AggregateKind::RegrIntercept,
+            (true, "regr_r2", false, 2) if float => AggregateKind::RegrR2,
+            (true, "regr_slope", false, 2) if float => AggregateKind::RegrSlope,
+            (true, "regr_sxx", false, 2) if float => AggregateKind::RegrSxx,
+            (true, "regr_sxy", false, 2) if float => AggregateKind::RegrSxy,
+            (true, "regr_syy", false, 2) if float => AggregateKind::RegrSyy,
             _ => AggregateKind::Rescan,
         };
         let filter_name = (!a.aggfilter.is_null()).then(|| pgt_delta::names::filter(j));
@@ -1151,6 +1166,7 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
             extra.push((name.clone(), pg_sys::copyObjectImpl(a.aggfilter as *const _) as *mut pg_sys::Node));
         }
         let mut call = None;
+        let mut arg2 = None;
         let arg_name = if kind == AggregateKind::Rescan {
             // Every argument and ORDER BY expression becomes an input column; the
             // call is rebuilt over them.
@@ -1181,12 +1197,20 @@ unsafe fn translate_aggregate(q: *mut pg_sys::Query, prepared: Vec<surgery::Prep
             if let (Some(name), Some(expr)) = (&name, arg_expr) {
                 extra.push((name.clone(), pg_sys::copyObjectImpl(expr as *const _) as *mut pg_sys::Node));
             }
+            if kind.is_regression() {
+                if let Some(te) = plain_args.get(1) {
+                    let second = pgt_delta::names::arg2(j);
+                    extra.push((second.clone(), pg_sys::copyObjectImpl((**te).expr as *const _) as *mut pg_sys::Node));
+                    arg2 = Some(second);
+                }
+            }
             name
         };
         aggregates.push(Aggregate {
             kind,
             arg: arg_name,
             filter: filter_name,
+            arg2,
             arg_type: if arg_type == pg_sys::InvalidOid { "bigint".into() } else { format_type(arg_type, -1)? },
             result_type: format_type(a.aggtype, -1)?,
             display,
@@ -1269,6 +1293,8 @@ unsafe fn passthrough_types(aggregates: &[Aggregate], aggrefs: &[*mut pg_sys::Ag
                 types.push(t.unwrap_or(pg_sys::INT8OID));
             }
             AggregateKind::CountStar | AggregateKind::Count => {}
+            // The regression family: Σx, Σx², Σy, Σy², Σxy.
+            _ => types.extend([pg_sys::NUMERICOID; 5]),
         }
     }
     types

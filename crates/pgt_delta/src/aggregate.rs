@@ -29,6 +29,29 @@
 //! stddev   = √var, rounded to var's scale
 //! ```
 //!
+//! Over floats (the variance family over `real` / `double precision`, and
+//! the regression family `corr(y, x)`, `covar_*`, `regr_*`), the same
+//! running sums are kept exactly — Σx, Σx², and Σy, Σy², Σxy — of the
+//! doubles' exact binary values, by `pgtrickle._exact_sum` (Σ w·x and Σ
+//! w·x·y in a superaccumulator, `pgt_core::exact`), and finished in float8
+//! as PostgreSQL's `float8_var_*`, `float8_covar_*`, `float8_corr`,
+//! `float8_regr_*` finish (src/backend/utils/adt/float.c):
+//!
+//! ```text
+//! N·Sxx = N·Σx² − (Σx)²,  N·Syy = N·Σy² − (Σy)²,  N·Sxy = N·Σxy − Σx·Σy     (exact, then float8)
+//! var_samp = N·Sxx / (N·(N−1)),  var_pop = N·Sxx / N²,  covar_pop = N·Sxy / N²,  covar_samp = N·Sxy / (N·(N−1))
+//! corr = N·Sxy / (√(N·Sxx)·√(N·Syy)),  regr_slope = N·Sxy / N·Sxx,  regr_r2 = (N·Sxy / N·Sxx)·(N·Sxy / N·Syy)
+//! regr_intercept = (Σy − Σx·regr_slope) / N,  regr_sxx = N·Sxx / N,  regr_avgx = Σx / N,  regr_count = N
+//! ```
+//!
+//! with PostgreSQL's NULL rules (no rows; `corr`, `regr_slope`,
+//! `regr_intercept`, `regr_r2` when Sxx = 0; `regr_r2` is 1 when Syy = 0)
+//! and its NaN rules (Sxx is NaN once an x is NaN or infinite, Syy for y,
+//! Sxy for either). Each value is the exact one rounded a few times at most;
+//! PostgreSQL's own comes from a Youngs–Cramer float accumulation in row
+//! order, so they agree to about 1e-15 on ordinary data, and the stream
+//! table is the more accurate where PostgreSQL cancels digits.
+//!
 //! The variance family is computed as PostgreSQL's `numeric_stddev_internal`
 //! (src/backend/utils/adt/numeric.c) computes it from the same exact sums:
 //! the products exact, the division by `numeric`'s own `/` (the same
@@ -40,15 +63,14 @@
 //! value has scale s, so Σx has scale s and Σx² scale 2·s, as PostgreSQL's
 //! accumulation has them). An unconstrained numeric argument's result scale
 //! follows the largest scale among the group's current rows, which the sums
-//! cannot know once that row leaves, and floats are summed with a rounding
-//! PostgreSQL's Youngs–Cramer accumulation does not share; both are
-//! rescanned.
+//! cannot know once that row leaves: rescanned.
 //!
 //! COUNT / SUM / AVG are exact over integers and numerics (sums of integers and of
 //! fixed-scale numerics are exact; floats would drift, so the translation does not
-//! offer them). A numeric NaN or ±Infinity would stay in a running sum after
-//! its row leaves (`NaN − NaN` and `∞ − ∞` are NaN), so a group whose delta
-//! holds one is rescanned. When an extremum may have left, or the group's old state is not
+//! offer them). A NaN or ±Infinity (numeric, or a float of the variance and
+//! regression families) would stay in a running sum after its row leaves
+//! (`NaN − NaN` and `∞ − ∞` are NaN), so a group whose delta holds one is
+//! rescanned. When an extremum may have left, or the group's old state is not
 //! stored (it failed HAVING, or a HAVING query meets a new group), the group is
 //! **rescanned**: its state is recomputed from the input's new state restricted to
 //! the group's key. A group whose count reaches 0, or whose HAVING turns false, is
@@ -100,6 +122,9 @@ fn contributes(agg: &Aggregate, alias: &str) -> String {
     if let (Some(a), false) = (&agg.arg, agg.kind == AggregateKind::Rescan) {
         parts.push(format!("{alias}.{} IS NOT NULL", quote_ident(a)));
     }
+    if let Some(b) = &agg.arg2 {
+        parts.push(format!("{alias}.{} IS NOT NULL", quote_ident(b)));
+    }
     if parts.is_empty() {
         "true".to_string()
     } else {
@@ -109,6 +134,64 @@ fn contributes(agg: &Aggregate, alias: &str) -> String {
 
 fn arg(agg: &Aggregate, alias: &str) -> String {
     format!("{alias}.{}", quote_ident(agg.arg.as_deref().unwrap_or("__pgt_missing_arg")))
+}
+
+/// The second argument of a regression aggregate in `alias` (its `x`).
+fn arg2(agg: &Aggregate, alias: &str) -> String {
+    format!("{alias}.{}", quote_ident(agg.arg2.as_deref().unwrap_or("__pgt_missing_arg")))
+}
+
+/// The running sums of a moment aggregate (the variance and regression
+/// families) over rows `alias`: per state column (the value column, then
+/// [`Aggregate::extra_state_columns`] in order), the aggregate call summing
+/// its term, each row weighted by `weight` (SQL; `None`: 1), without FILTER.
+/// Integers and numerics are summed as `numeric`; floats exactly by
+/// `pgtrickle._exact_sum(x, w)` / `pgtrickle._exact_sum(x, y, w)`
+/// (`pgt_core::exact`: Σ w·x and Σ w·x·y of the doubles' exact values, as
+/// `numeric`; PostgreSQL's own `float8::numeric` keeps 15 digits).
+fn moment_sums(agg: &Aggregate, j: usize, alias: &str, weight: Option<&str>) -> Vec<(String, String)> {
+    let one = |x: &str| {
+        if agg.float_argument() {
+            format!("pgtrickle._exact_sum(({x})::float8, {})", weight.unwrap_or("1"))
+        } else {
+            let w = weight.map(|w| format!("{w}::numeric * ")).unwrap_or_default();
+            format!("sum({w}({x})::numeric)")
+        }
+    };
+    let two = |x: &str, y: &str| {
+        if agg.float_argument() {
+            format!("pgtrickle._exact_sum(({x})::float8, ({y})::float8, {})", weight.unwrap_or("1"))
+        } else {
+            let w = weight.map(|w| format!("{w}::numeric * ")).unwrap_or_default();
+            format!("sum({w}({x})::numeric * ({y})::numeric)")
+        }
+    };
+    if agg.kind.is_variance() {
+        let x = arg(agg, alias);
+        vec![(names::aux_sum(j), one(&x)), (names::aux_sumsq(j), two(&x, &x))]
+    } else if agg.kind.is_regression() {
+        let (y, x) = (arg(agg, alias), arg2(agg, alias));
+        vec![
+            (names::aux_sum(j), one(&x)),
+            (names::aux_sumsq(j), two(&x, &x)),
+            (names::aux_sum_y(j), one(&y)),
+            (names::aux_sumsq_y(j), two(&y, &y)),
+            (names::aux_sum_xy(j), two(&x, &y)),
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The state columns of a moment aggregate, in order.
+fn moment_states(agg: &Aggregate, j: usize) -> Vec<String> {
+    moment_sums(agg, j, "s", None).into_iter().map(|(state, _)| state).collect()
+}
+
+/// Whether `agg` keeps exact running sums (the variance and regression
+/// families).
+fn is_moment(agg: &Aggregate) -> bool {
+    agg.kind.is_variance() || agg.kind.is_regression()
 }
 
 fn group_by(plan: &AggregatePlan, alias: &str) -> String {
@@ -140,6 +223,12 @@ fn full_state_select(plan: &AggregatePlan, from: &str) -> String {
         let j = k + 1;
         let c = contributes(agg, "i");
         cols.push(format!("count(*) FILTER (WHERE {c}) AS {}", count_col(j)));
+        if is_moment(agg) {
+            for (state, call) in moment_sums(agg, j, "i", None) {
+                cols.push(format!("({call} FILTER (WHERE {c}))::numeric AS {state}"));
+            }
+            continue;
+        }
         if let Some(state) = value_state_col(agg, j) {
             let call = match (agg.kind, &agg.call) {
                 (AggregateKind::Rescan, Some(call)) => call.sql("i"),
@@ -150,14 +239,10 @@ fn full_state_select(plan: &AggregatePlan, from: &str) -> String {
                     cols.push(format!("(CASE WHEN count(*) FILTER (WHERE {c}) > 0 THEN {counts} END) AS {state}"));
                     continue;
                 }
-                (k, _) if k.is_variance() => format!("sum({}::numeric)", arg(agg, "i")),
                 (AggregateKind::Min, _) => format!("min({})", arg(agg, "i")),
                 _ => format!("max({})", arg(agg, "i")),
             };
             cols.push(format!("(({call} FILTER (WHERE {c})))::{t} AS {state}", t = value_state_type(agg)));
-        }
-        if let Some((state, t)) = agg.extra_state_column(j) {
-            cols.push(format!("(sum({a}::numeric * {a}::numeric) FILTER (WHERE {c}))::{t} AS {state}", a = arg(agg, "i")));
         }
     }
     format!("SELECT {}{} FROM {from}{}", groups_select(plan, "i"), cols.join(", "), group_by(plan, "i"))
@@ -198,11 +283,24 @@ fn bitwise_value(agg: &Aggregate, count: &str, counts: &str) -> String {
     )
 }
 
-/// Whether `agg` keeps a running sum of numeric values (SUM, AVG, the
-/// variance family over `numeric`), which a NaN or an infinity would spoil.
-fn summed_numeric(agg: &Aggregate) -> bool {
-    (matches!(agg.kind, AggregateKind::Sum | AggregateKind::Avg) || agg.kind.is_variance())
-        && (agg.arg_type == "numeric" || agg.arg_type.starts_with("numeric("))
+/// For an aggregate keeping running sums of values that may be NaN or
+/// ±Infinity (SUM, AVG and the variance family over `numeric`, the variance
+/// and regression families over floats), which would spoil them for good:
+/// the test "row `alias` holds one" (its group is then rescanned).
+fn non_finite(agg: &Aggregate, alias: &str) -> Option<String> {
+    let numeric = agg.arg_type == "numeric" || agg.arg_type.starts_with("numeric(");
+    if numeric && (matches!(agg.kind, AggregateKind::Sum | AggregateKind::Avg) || agg.kind.is_variance()) {
+        return Some(format!("{}::numeric IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)", arg(agg, alias)));
+    }
+    if is_moment(agg) && agg.float_argument() {
+        let test = |v: String| format!("{v}::float8 IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)");
+        let mut tests = vec![test(arg(agg, alias))];
+        if agg.kind.is_regression() {
+            tests.push(test(arg2(agg, alias)));
+        }
+        return Some(format!("({})", tests.join(" OR ")));
+    }
+    None
 }
 
 /// `1` when the argument of `agg` in `alias` is true, else `0`.
@@ -230,6 +328,65 @@ fn variance_sql(kind: AggregateKind, n: &str, sum: &str, sumsq: &str) -> String 
     format!("CASE WHEN NOT ({defined}) THEN NULL WHEN {numerator} <= 0 THEN 0::numeric ELSE {value} END")
 }
 
+/// The variance family over floats from its count `n` and exact sums `sum`
+/// and `sumsq` (module doc): `N·Σx² − (Σx)²`, exact, then in float8 over
+/// `N·(N − 1)` (or `N²`), and its square root for `stddev` — each step
+/// correctly rounded, as PostgreSQL's `float8_var_samp` divides its `Sxx`.
+/// A NaN or an infinity among the values makes the result NaN, as in
+/// PostgreSQL (the exact sums are then NaN or infinite).
+fn float_variance_sql(kind: AggregateKind, n: &str, sum: &str, sumsq: &str) -> String {
+    let sample = matches!(kind, AggregateKind::VarSamp | AggregateKind::StddevSamp);
+    let scaled = format!("(({n})::numeric * {sumsq} - {sum} * {sum})::float8");
+    let denominator = if sample { format!("(({n})::float8 * ({n} - 1)::float8)") } else { format!("(({n})::float8 * ({n})::float8)") };
+    let var = format!("({scaled} / {denominator})");
+    let value = if matches!(kind, AggregateKind::StddevSamp | AggregateKind::StddevPop) { format!("pg_catalog.sqrt({var})") } else { var };
+    let defined = if sample { format!("{n} > 1") } else { format!("{n} > 0") };
+    format!("CASE WHEN {defined} THEN {value} END")
+}
+
+/// The regression family's value from its count `n` (rows where both
+/// arguments are non-NULL) and exact sums `[Σx, Σx², Σy, Σy², Σxy]`, as
+/// PostgreSQL's `float8_regr_*` / `float8_corr` / `float8_covar_*` finish
+/// (src/backend/utils/adt/float.c), with `N·Sxx = N·Σx² − (Σx)²`,
+/// `N·Syy`, `N·Sxy = N·Σxy − Σx·Σy` computed exactly and rounded once to
+/// float8: NULL without rows (`covar_samp`: without two), `corr`,
+/// `regr_slope`, `regr_intercept` and `regr_r2` NULL when `Sxx` is 0 (`corr`
+/// also when `Syy` is), `regr_r2` 1 when `Syy` is 0.
+fn regression_sql(kind: AggregateKind, n: &str, sums: &[String]) -> String {
+    let [sx, sxx, sy, syy, sxy] = sums else { return "NULL".to_string() };
+    // As PostgreSQL's accumulation: Sxx is NaN once an x is NaN or infinite,
+    // Syy likewise for y, Sxy for either (an exact sum of finite values is
+    // finite, so Σx is finite exactly when every x is).
+    let finite = |sum: &str| format!("{sum} NOT IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)");
+    let or_nan = |when: String, value: String| format!("(CASE WHEN {when} THEN ({value})::float8 ELSE 'NaN'::float8 END)");
+    let nsxx = or_nan(finite(sx), format!("({n})::numeric * {sxx} - {sx} * {sx}"));
+    let nsyy = or_nan(finite(sy), format!("({n})::numeric * {syy} - {sy} * {sy}"));
+    let nsxy = or_nan(format!("{} AND {}", finite(sx), finite(sy)), format!("({n})::numeric * {sxy} - {sx} * {sy}"));
+    let nf = format!("({n})::float8");
+    let none = format!("{n} < 1");
+    match kind {
+        AggregateKind::RegrCount => n.to_string(),
+        AggregateKind::RegrAvgX => format!("CASE WHEN {none} THEN NULL ELSE {sx}::float8 / {nf} END"),
+        AggregateKind::RegrAvgY => format!("CASE WHEN {none} THEN NULL ELSE {sy}::float8 / {nf} END"),
+        AggregateKind::RegrSxx => format!("CASE WHEN {none} THEN NULL ELSE {nsxx} / {nf} END"),
+        AggregateKind::RegrSyy => format!("CASE WHEN {none} THEN NULL ELSE {nsyy} / {nf} END"),
+        AggregateKind::RegrSxy => format!("CASE WHEN {none} THEN NULL ELSE {nsxy} / {nf} END"),
+        AggregateKind::CovarPop => format!("CASE WHEN {none} THEN NULL ELSE {nsxy} / ({nf} * {nf}) END"),
+        AggregateKind::CovarSamp => format!("CASE WHEN {n} < 2 THEN NULL ELSE {nsxy} / ({nf} * ({n} - 1)::float8) END"),
+        AggregateKind::Corr => format!(
+            "CASE WHEN {none} OR {nsxx} = 0 OR {nsyy} = 0 THEN NULL ELSE {nsxy} / (pg_catalog.sqrt({nsxx}) * pg_catalog.sqrt({nsyy})) END"
+        ),
+        AggregateKind::RegrSlope => format!("CASE WHEN {none} OR {nsxx} = 0 THEN NULL ELSE {nsxy} / {nsxx} END"),
+        AggregateKind::RegrIntercept => format!(
+            "CASE WHEN {none} OR {nsxx} = 0 THEN NULL ELSE ({sy}::float8 - {sx}::float8 * ({nsxy} / {nsxx})) / {nf} END"
+        ),
+        AggregateKind::RegrR2 => format!(
+            "CASE WHEN {none} OR {nsxx} = 0 THEN NULL WHEN {nsyy} = 0 THEN 1::float8 ELSE ({nsxy} / {nsxx}) * ({nsxy} / {nsyy}) END"
+        ),
+        _ => "NULL".to_string(),
+    }
+}
+
 /// The value of aggregate `j` from its state columns in `alias`.
 fn value_from_state(agg: &Aggregate, j: usize, alias: &str) -> String {
     let count = format!("{alias}.{}", count_col(j));
@@ -240,12 +397,14 @@ fn value_from_state(agg: &Aggregate, j: usize, alias: &str) -> String {
         AggregateKind::BoolOr => {
             format!("CASE WHEN {count} > 0 THEN {alias}.{} > 0 END", value_state_col(agg, j).unwrap_or_default())
         }
-        k @ (AggregateKind::VarSamp | AggregateKind::VarPop | AggregateKind::StddevSamp | AggregateKind::StddevPop) => variance_sql(
-            k,
-            &count,
-            &format!("{alias}.{}", value_state_col(agg, j).unwrap_or_default()),
-            &format!("{alias}.{}", agg.extra_state_column(j).map(|(n, _)| n).unwrap_or_default()),
-        ),
+        k if k.is_variance() || k.is_regression() => {
+            let sums: Vec<String> = moment_states(agg, j).into_iter().map(|state| format!("{alias}.{state}")).collect();
+            match (k.is_regression(), agg.float_argument()) {
+                (true, _) => regression_sql(k, &count, &sums),
+                (false, true) => float_variance_sql(k, &count, &sums[0], &sums[1]),
+                (false, false) => variance_sql(k, &count, &sums[0], &sums[1]),
+            }
+        }
         AggregateKind::BitAnd | AggregateKind::BitOr => bitwise_value(agg, &count, &format!("{alias}.{}", value_state_col(agg, j).unwrap_or_default())),
         AggregateKind::CountStar | AggregateKind::Count => count,
         AggregateKind::Rescan => format!("{alias}.{}", value_state_col(agg, j).unwrap_or_default()),
@@ -256,6 +415,8 @@ fn value_from_state(agg: &Aggregate, j: usize, alias: &str) -> String {
             "CASE WHEN {count} > 0 THEN {alias}.{}::numeric / {count}::numeric END",
             value_state_col(agg, j).unwrap_or_default()
         ),
+        // (The variance and regression families, by the guard above.)
+        _ => "NULL".to_string(),
     };
     format!("({expr})::{}", agg.result_type)
 }
@@ -352,10 +513,10 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
                 let counts = per_bit(agg, |b| format!("coalesce(sum(d.__pgt_w * {}) FILTER (WHERE {c}), 0)", bit(agg, "d", b)));
                 dcols.push(format!("{counts} AS __pgt_ds{j}"));
             }
-            k if k.is_variance() => {
-                let a = arg(agg, "d");
-                dcols.push(format!("sum(d.__pgt_w::numeric * {a}::numeric) FILTER (WHERE {c}) AS __pgt_ds{j}"));
-                dcols.push(format!("sum(d.__pgt_w::numeric * {a}::numeric * {a}::numeric) FILTER (WHERE {c}) AS __pgt_dq{j}"));
+            k if k.is_variance() || k.is_regression() => {
+                for (n, (_, call)) in moment_sums(agg, j, "d", Some("d.__pgt_w")).into_iter().enumerate() {
+                    dcols.push(format!("{call} FILTER (WHERE {c}) AS __pgt_ds{j}_{n}"));
+                }
             }
             _ => {}
         }
@@ -363,13 +524,8 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
     // A numeric NaN or ±Infinity makes a running sum NaN or infinite for
     // good (`NaN − NaN` is NaN): a group whose delta holds one is rescanned.
     for (k, agg) in plan.aggregates.iter().enumerate() {
-        if summed_numeric(agg) {
-            dcols.push(format!(
-                "coalesce(bool_or({a}::numeric IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)) FILTER (WHERE {c}), false) AS __pgt_dnf{j}",
-                a = arg(agg, "d"),
-                c = contributes(agg, "d"),
-                j = k + 1
-            ));
+        if let Some(test) = non_finite(agg, "d") {
+            dcols.push(format!("coalesce(bool_or({test}) FILTER (WHERE {c}), false) AS __pgt_dnf{j}", c = contributes(agg, "d"), j = k + 1));
         }
     }
     let dg = format!("SELECT {}{} FROM ({delta}) d{}", groups_select(plan, "d"), dcols.join(", "), group_by(plan, "d"));
@@ -400,7 +556,7 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
         ));
     }
     for (k, agg) in plan.aggregates.iter().enumerate() {
-        if summed_numeric(agg) {
+        if non_finite(agg, "d").is_some() {
             rescan.push(format!("g.__pgt_dnf{}", k + 1));
         }
     }
@@ -430,12 +586,20 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
         let j = k + 1;
         let new_count = format!("(coalesce({}, 0) + a.__pgt_dc{j})", old(&count_col(j)));
         ncols.push(format!("{new_count} AS {}", count_col(j)));
+        if is_moment(agg) {
+            for (n, state) in moment_states(agg, j).into_iter().enumerate() {
+                ncols.push(format!(
+                    "(CASE WHEN {new_count} > 0 THEN coalesce({}, 0) + coalesce(a.__pgt_ds{j}_{n}, 0) END)::numeric AS {state}",
+                    old(&state)
+                ));
+            }
+            continue;
+        }
         if let Some(state) = value_state_col(agg, j) {
             let value = match agg.kind {
                 AggregateKind::Sum | AggregateKind::Avg | AggregateKind::BoolAnd | AggregateKind::BoolOr => {
                     format!("coalesce({}, 0) + coalesce(a.__pgt_ds{j}, 0)", old(&state))
                 }
-                k if k.is_variance() => format!("coalesce({}, 0) + coalesce(a.__pgt_ds{j}, 0)", old(&state)),
                 k if k.is_bitwise() => per_bit(agg, |b| format!("coalesce(({})[{i}], 0) + coalesce(a.__pgt_ds{j}[{i}], 0)", old(&state), i = b + 1)),
                 AggregateKind::Min => format!("LEAST({}, a.__pgt_dins{j})", old(&state)),
                 AggregateKind::Max => format!("GREATEST({}, a.__pgt_dins{j})", old(&state)),
@@ -445,12 +609,6 @@ pub fn merge_sql(plan: &AggregatePlan, st: &str, ctx: &Ctx, returning: Returning
             ncols.push(format!(
                 "(CASE WHEN {new_count} > 0 THEN {value} END)::{t} AS {state}",
                 t = value_state_type(agg)
-            ));
-        }
-        if let Some((state, t)) = agg.extra_state_column(j) {
-            ncols.push(format!(
-                "(CASE WHEN {new_count} > 0 THEN coalesce({}, 0) + coalesce(a.__pgt_dq{j}, 0) END)::{t} AS {state}",
-                old(&state)
             ));
         }
     }
@@ -538,7 +696,7 @@ fn rescanning_ctes(plan: &AggregatePlan, ctx: &Ctx, algebraic: &str, q: &str) ->
             if let Some(state) = value_state_col(agg, j) {
                 cols.push(format!("NULL::{} AS {state}", value_state_type(agg)));
             }
-            if let Some((state, t)) = agg.extra_state_column(j) {
+            for (state, t) in agg.extra_state_columns(j) {
                 cols.push(format!("NULL::{t} AS {state}"));
             }
         }
@@ -604,6 +762,7 @@ mod tests {
             kind,
             arg: (kind != AggregateKind::CountStar).then(|| format!("__pgt_a{j}")),
             filter: None,
+            arg2: None,
             arg_type: "integer".into(),
             result_type: match kind {
                 AggregateKind::Sum | AggregateKind::CountStar | AggregateKind::Count => "bigint".into(),
@@ -675,7 +834,7 @@ mod tests {
         );
         let m = merge(&p, Changed::from([1])).expect("a merge");
         assert!(!m.contains("__pgt_keys"), "no rescan step: {m}");
-        assert!(m.contains("__pgt_dq3"), "the sum of squares follows: {m}");
+        assert!(m.contains("__pgt_ds3_1"), "the sum of squares follows: {m}");
         assert!(full(&p).contains("sum(CASE WHEN i.\"__pgt_a1\" THEN 1 ELSE 0 END)"), "{}", full(&p));
     }
 
@@ -690,6 +849,82 @@ mod tests {
         let pop = variance_sql(AggregateKind::StddevPop, "n", "s", "q");
         assert!(pop.starts_with("CASE WHEN NOT (n > 0)"), "{pop}");
         assert!(pop.contains("(n::numeric * n::numeric)") && pop.contains("pg_catalog.sqrt"), "{pop}");
+    }
+
+    #[test]
+    fn regression_from_exact_sums() {
+        let mut corr = agg(AggregateKind::Corr, 1);
+        corr.arg2 = Some("__pgt_b1".into());
+        corr.arg_type = "double precision".into();
+        corr.result_type = "double precision".into();
+        let mut p = plan(1, false);
+        p.aggregates = vec![corr];
+        let names: Vec<String> = p.state_columns().into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            ["__pgt_count", "__pgt_aux_count_1", "__pgt_aux_sum_1", "__pgt_aux_sumsq_1", "__pgt_aux_sumy_1", "__pgt_aux_sumsqy_1", "__pgt_aux_sumxy_1"]
+        );
+        let f = full(&p);
+        assert!(f.contains("i.\"__pgt_a1\" IS NOT NULL AND i.\"__pgt_b1\" IS NOT NULL"), "{f}");
+        assert!(f.contains("pgtrickle._exact_sum((i.\"__pgt_b1\")::float8, (i.\"__pgt_a1\")::float8, 1) FILTER"), "{f}");
+        let m = merge(&p, Changed::from([1])).expect("a merge");
+        assert!(m.contains("pgtrickle._exact_sum((d.\"__pgt_b1\")::float8, (d.\"__pgt_a1\")::float8, d.__pgt_w) FILTER") && m.contains("AS __pgt_ds1_4"), "{m}");
+        assert!(m.contains("'NaN'::float8"), "{m}");
+        let value = regression_sql(AggregateKind::RegrR2, "n", &["sx", "sxx", "sy", "syy", "sxy"].map(String::from));
+        assert!(
+            value.contains("WHEN (CASE WHEN sy NOT IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric) THEN ((n)::numeric * syy - sy * sy)::float8 ELSE 'NaN'::float8 END) = 0 THEN 1::float8"),
+            "{value}"
+        );
+    }
+
+    /// The regression family's value from maintained sums (N, Σx, Σx², Σy,
+    /// Σy², Σxy, exact integers here) equals a direct two-pass computation
+    /// over the group's rows after any inserts and deletes.
+    fn two_pass(rows: &[(i64, i64)]) -> (f64, f64, f64) {
+        let n = rows.len() as f64;
+        let (mx, my) = (rows.iter().map(|r| r.1 as f64).sum::<f64>() / n, rows.iter().map(|r| r.0 as f64).sum::<f64>() / n);
+        let sxx: f64 = rows.iter().map(|r| (r.1 as f64 - mx).powi(2)).sum();
+        let syy: f64 = rows.iter().map(|r| (r.0 as f64 - my).powi(2)).sum();
+        let sxy: f64 = rows.iter().map(|r| (r.1 as f64 - mx) * (r.0 as f64 - my)).sum();
+        (sxy / (sxx.sqrt() * syy.sqrt()), sxy / sxx, sxy / n)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn maintained_moment_sums_give_the_regression(
+            rows in proptest::collection::vec((-50i64..50, -50i64..50), 3..20),
+            deletes in proptest::collection::vec(0usize..20, 0..3),
+            inserts in proptest::collection::vec((-50i64..50, -50i64..50), 0..4),
+        ) {
+            // (y, x) rows; sums maintained by signed updates.
+            let sums = |rs: &[(i64, i64)]| rs.iter().fold([0i128; 6], |mut s, (y, x)| {
+                let (y, x) = (i128::from(*y), i128::from(*x));
+                s[0] += 1; s[1] += x; s[2] += x * x; s[3] += y; s[4] += y * y; s[5] += x * y; s
+            });
+            let mut maintained = sums(&rows);
+            let mut current = rows.clone();
+            for d in deletes {
+                if d < current.len() {
+                    let (y, x) = current.remove(d);
+                    let gone = sums(&[(y, x)]);
+                    for k in 0..6 { maintained[k] -= gone[k]; }
+                }
+            }
+            for r in inserts {
+                current.push(r);
+                let added = sums(&[r]);
+                for k in 0..6 { maintained[k] += added[k]; }
+            }
+            proptest::prop_assert_eq!(maintained, sums(&current));
+            let [n, sx, sxx, sy, syy, sxy] = maintained;
+            let (nsxx, nsyy, nsxy) = (n * sxx - sx * sx, n * syy - sy * sy, n * sxy - sx * sy);
+            if nsxx > 0 && nsyy > 0 {
+                let (corr, slope, covar) = two_pass(&current);
+                let nf = n as f64;
+                let ours = (nsxy as f64 / ((nsxx as f64).sqrt() * (nsyy as f64).sqrt()), nsxy as f64 / nsxx as f64, nsxy as f64 / (nf * nf));
+                proptest::prop_assert!((ours.0 - corr).abs() <= 1e-9 && (ours.1 - slope).abs() <= 1e-9 * slope.abs().max(1.0) && (ours.2 - covar).abs() <= 1e-9 * covar.abs().max(1.0), "{ours:?} vs {:?}", (corr, slope, covar));
+            }
+        }
     }
 
     #[test]

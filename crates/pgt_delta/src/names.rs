@@ -65,6 +65,12 @@ pub fn arg(j: usize) -> String {
     format!("__pgt_a{j}")
 }
 
+/// The second argument of two-argument aggregate `j` (`corr(y, x)`'s `x`,
+/// the regression family's independent variable) in its input block's output.
+pub fn arg2(j: usize) -> String {
+    format!("__pgt_b{j}")
+}
+
 /// Argument (or ORDER BY expression) `n` of rescanned aggregate `j`.
 pub fn rescan_arg(j: usize, n: usize) -> String {
     format!("__pgt_a{j}_{n}")
@@ -100,6 +106,22 @@ pub fn aux_sum(j: usize) -> String {
 /// family).
 pub fn aux_sumsq(j: usize) -> String {
     format!("__pgt_aux_sumsq_{j}")
+}
+
+/// The regression family's running sums of aggregate `j` beyond Σx and Σx²
+/// (`corr(y, x)`, `covar_*`, `regr_*`): Σy, Σy², Σxy.
+pub fn aux_sum_y(j: usize) -> String {
+    format!("__pgt_aux_sumy_{j}")
+}
+
+/// Running Σy² of regression aggregate `j`.
+pub fn aux_sumsq_y(j: usize) -> String {
+    format!("__pgt_aux_sumsqy_{j}")
+}
+
+/// Running Σxy of regression aggregate `j`.
+pub fn aux_sum_xy(j: usize) -> String {
+    format!("__pgt_aux_sumxy_{j}")
 }
 
 /// Current minimum of aggregate `j`.

@@ -263,6 +263,10 @@ pub struct Aggregate {
     pub arg: Option<String>,
     /// Input column with its FILTER condition (`__pgt_f<j>`), if any.
     pub filter: Option<String>,
+    /// For the regression family: the input column with the second
+    /// argument (`__pgt_b<j>`, the `x` of `corr(y, x)`; `arg` holds `y`).
+    #[serde(default)]
+    pub arg2: Option<String>,
     /// SQL type of the argument (for MIN/MAX state), e.g. `integer`.
     pub arg_type: String,
     /// SQL type of the aggregate's result, e.g. `bigint` or `numeric`.
@@ -335,6 +339,31 @@ pub enum AggregateKind {
     BitAnd,
     /// `bit_or(x)` over `smallint`, `integer`, `bigint` (counted as `BitAnd`)
     BitOr,
+    /// `corr(y, x)`: the regression family (two float8 arguments, `y`
+    /// first), from the exact sums Σx, Σx², Σy, Σy², Σxy
+    Corr,
+    /// `covar_pop(y, x)`
+    CovarPop,
+    /// `covar_samp(y, x)`
+    CovarSamp,
+    /// `regr_avgx(y, x)`
+    RegrAvgX,
+    /// `regr_avgy(y, x)`
+    RegrAvgY,
+    /// `regr_count(y, x)`
+    RegrCount,
+    /// `regr_intercept(y, x)`
+    RegrIntercept,
+    /// `regr_r2(y, x)`
+    RegrR2,
+    /// `regr_slope(y, x)`
+    RegrSlope,
+    /// `regr_sxx(y, x)`
+    RegrSxx,
+    /// `regr_sxy(y, x)`
+    RegrSxy,
+    /// `regr_syy(y, x)`
+    RegrSyy,
     /// Any other aggregate (string_agg, array_agg, bool_and, count(DISTINCT x),
     /// float sums, user-defined aggregates, ...): recomputed for every affected
     /// group.
@@ -352,8 +381,30 @@ impl AggregateKind {
         matches!(self, AggregateKind::VarSamp | AggregateKind::VarPop | AggregateKind::StddevSamp | AggregateKind::StddevPop)
     }
 
+    /// `corr`, `covar_*` or `regr_*` (two arguments, five running sums).
+    pub fn is_regression(self) -> bool {
+        matches!(
+            self,
+            AggregateKind::Corr
+                | AggregateKind::CovarPop
+                | AggregateKind::CovarSamp
+                | AggregateKind::RegrAvgX
+                | AggregateKind::RegrAvgY
+                | AggregateKind::RegrCount
+                | AggregateKind::RegrIntercept
+                | AggregateKind::RegrR2
+                | AggregateKind::RegrSlope
+                | AggregateKind::RegrSxx
+                | AggregateKind::RegrSxy
+                | AggregateKind::RegrSyy
+        )
+    }
+
     /// How it is maintained, for EXPLAIN.
     pub fn strategy(self) -> &'static str {
+        if self.is_regression() {
+            return "algebraic";
+        }
         match self {
             AggregateKind::CountStar
             | AggregateKind::Count
@@ -369,6 +420,7 @@ impl AggregateKind {
             | AggregateKind::BitOr => "algebraic",
             AggregateKind::Min | AggregateKind::Max => "merge; rescan group when the extremum leaves",
             AggregateKind::Rescan => "rescan of each affected group",
+            _ => "algebraic",
         }
     }
 }
@@ -640,7 +692,7 @@ impl Aggregate {
             | AggregateKind::BoolOr
             | AggregateKind::BitAnd
             | AggregateKind::BitOr => Some(names::aux_sum(j)),
-            k if k.is_variance() => Some(names::aux_sum(j)),
+            k if k.is_variance() || k.is_regression() => Some(names::aux_sum(j)),
             AggregateKind::Min => Some(names::aux_min(j)),
             AggregateKind::Max => Some(names::aux_max(j)),
             AggregateKind::Rescan => Some(names::aux_val(j)),
@@ -648,10 +700,24 @@ impl Aggregate {
         }
     }
 
-    /// The second state column of aggregate `j`, with its SQL type: Σx² of
-    /// the variance family.
-    pub fn extra_state_column(&self, j: usize) -> Option<(String, String)> {
-        self.kind.is_variance().then(|| (names::aux_sumsq(j), "numeric".to_string()))
+    /// The state columns of aggregate `j` after its value column, each
+    /// `numeric`: Σx² of the variance family; Σx², Σy, Σy², Σxy of the
+    /// regression family.
+    pub fn extra_state_columns(&self, j: usize) -> Vec<(String, String)> {
+        let names: Vec<String> = if self.kind.is_variance() {
+            vec![names::aux_sumsq(j)]
+        } else if self.kind.is_regression() {
+            vec![names::aux_sumsq(j), names::aux_sum_y(j), names::aux_sumsq_y(j), names::aux_sum_xy(j)]
+        } else {
+            Vec::new()
+        };
+        names.into_iter().map(|n| (n, "numeric".to_string())).collect()
+    }
+
+    /// Whether its argument is a float (`real`, `double precision`), whose
+    /// values are summed exactly (`pgtrickle._exact_sum`).
+    pub fn float_argument(&self) -> bool {
+        self.kind.is_regression() || matches!(self.arg_type.as_str(), "double precision" | "real")
     }
 
     /// The SQL type of that column.
@@ -660,7 +726,7 @@ impl Aggregate {
             AggregateKind::Avg => "numeric".to_string(),
             AggregateKind::BoolAnd | AggregateKind::BoolOr => "bigint".to_string(),
             AggregateKind::BitAnd | AggregateKind::BitOr => "bigint[]".to_string(),
-            k if k.is_variance() => "numeric".to_string(),
+            k if k.is_variance() || k.is_regression() => "numeric".to_string(),
             AggregateKind::Min | AggregateKind::Max => self.arg_type.clone(),
             _ => self.result_type.clone(),
         }
@@ -691,7 +757,7 @@ pub fn state_columns_for(aggregates: &[Aggregate]) -> Vec<HiddenColumn> {
         if let Some(name) = agg.value_state_column(j) {
             cols.push(HiddenColumn { name, sql_type: agg.value_state_type() });
         }
-        if let Some((name, sql_type)) = agg.extra_state_column(j) {
+        for (name, sql_type) in agg.extra_state_columns(j) {
             cols.push(HiddenColumn { name, sql_type });
         }
     }
