@@ -99,15 +99,33 @@ pub fn full_sql(plan: &RecursivePlan, ctx: &Ctx) -> String {
     )
 }
 
+/// A set of row identities a recursion's rows are tested against.
+#[derive(Clone, Copy)]
+enum Ids<'a> {
+    /// The identities of SQL with `__pgt_row_id` (a small CTE).
+    Of(&'a str),
+    /// The rows of state table `st` (quoted), but those of CTE `except`:
+    /// looked up per row by the table's identity index, never read whole.
+    Stored { st: &'a str, except: Option<&'a str> },
+}
+
 /// Rows of `sql` (alias `s`, the visible columns) whose identity is (`true`)
-/// or is not (`false`) among the row ids of `set` (SQL with `__pgt_row_id`).
-fn filtered(plan: &RecursivePlan, sql: &str, set: &str, member: bool) -> String {
-    format!(
-        "SELECT {} FROM ({sql}) s WHERE {} {}IN (SELECT m.{ROW_ID} FROM ({set}) m)",
-        qualified("s", &plan.visible),
-        row_id(plan, "s"),
-        if member { "" } else { "NOT " }
-    )
+/// or is not (`false`) in `ids`.
+fn filtered(plan: &RecursivePlan, sql: &str, ids: Ids, member: bool) -> String {
+    let id = row_id(plan, "s");
+    let test = match ids {
+        Ids::Of(set) => format!("{id} IN (SELECT m.{ROW_ID} FROM ({set}) m)"),
+        // A correlated scalar subquery: one index probe per row (an IN or
+        // EXISTS over the table is planned as a hash of all of it).
+        Ids::Stored { st, except } => {
+            let stored = format!("(SELECT true FROM {st} x WHERE x.{ROW_ID} = {id} LIMIT 1) IS NOT NULL");
+            match except {
+                Some(cte) => format!("({stored} AND {id} NOT IN (SELECT g.{ROW_ID} FROM {cte} g))"),
+                None => stored,
+            }
+        }
+    };
+    format!("SELECT {} FROM ({sql}) s WHERE {}{test}", qualified("s", &plan.visible), if member { "" } else { "NOT " })
 }
 
 /// SQL true when query `rows` (visible columns) produces row `alias` (with
@@ -221,18 +239,18 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
         return counting_merge_sql(plan, st, ctx, returning);
     }
     let cols = quoted(&plan.visible);
-    let stored = format!("SELECT {}, s.{ROW_ID} FROM {st} s", qualified("s", &plan.visible));
     let state_rows = format!("SELECT {} FROM {st} s", qualified("s", &plan.visible));
     let old_changes = direct_changes(plan, &state_rows, ctx)?;
     let with_id = |cte: &str| format!("SELECT {}, {} AS {ROW_ID} FROM {cte} x", qualified("x", &plan.visible), row_id(plan, "x"));
     let rec = RECURSIVE_SELF;
 
     // 1-2. Lost rows, and everything derived from them before.
-    let lost = filtered(plan, &signed(plan, &old_changes, false), &stored, true);
+    let stored_ids = Ids::Stored { st, except: None };
+    let lost = filtered(plan, &signed(plan, &old_changes, false), stored_ids, true);
     let old_step = format!("SELECT * FROM ({}) o WHERE o.__pgt_w > 0", step_sql(plan, Binding::Old, ctx));
     let over = format!(
         "WITH RECURSIVE {rec} ({cols}) AS ({lost} UNION {}) SELECT * FROM {rec}",
-        filtered(plan, &columns_of(plan, &old_step, "o2"), &stored, true)
+        filtered(plan, &columns_of(plan, &old_step, "o2"), stored_ids, true)
     );
     // 3. What remains derivable of them.
     let remaining = format!("SELECT {} FROM {st} s WHERE s.{ROW_ID} NOT IN (SELECT o.{ROW_ID} FROM __pgt_over o)", qualified("s", &plan.visible));
@@ -247,26 +265,30 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
     );
     let red = format!(
         "WITH RECURSIVE {rec} ({cols}) AS ({red_seed} UNION {}) SELECT * FROM {rec}",
-        filtered(plan, &new_step, "SELECT * FROM __pgt_over", true)
+        filtered(plan, &new_step, Ids::Of("SELECT * FROM __pgt_over"), true)
     );
     // 4-5. R' = R − gone; what it gains.
-    let after = format!("SELECT s.{ROW_ID} FROM {st} s WHERE s.{ROW_ID} NOT IN (SELECT g.{ROW_ID} FROM __pgt_gone g)");
+    let after = Ids::Stored { st, except: Some("__pgt_gone") };
     let after_rows = format!("SELECT {} FROM {st} s WHERE s.{ROW_ID} NOT IN (SELECT g.{ROW_ID} FROM __pgt_gone g)", qualified("s", &plan.visible));
     let seed = match direct_changes(plan, &after_rows, ctx) {
-        Some(changes) => filtered(plan, &signed(plan, &changes, true), &after, false),
+        Some(changes) => filtered(plan, &signed(plan, &changes, true), after, false),
         None => format!("SELECT {} FROM {st} s WHERE false", qualified("s", &plan.visible)),
     };
-    let ins = format!("WITH RECURSIVE {rec} ({cols}) AS ({seed} UNION {}) SELECT * FROM {rec}", filtered(plan, &new_step, &after, false));
+    let ins = format!("WITH RECURSIVE {rec} ({cols}) AS ({seed} UNION {}) SELECT * FROM {rec}", filtered(plan, &new_step, after, false));
     let set = plan.visible.iter().map(|c| format!("{q} = d.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
+    // The target's rows are looked up by `= ANY (ARRAY(...))` of the few
+    // identities written: an index scan whatever the planner guesses of the
+    // recursive CTEs' sizes (a plain join hashed the whole table).
     Some(format!(
-        "MERGE INTO {st} t USING ( \
-           WITH __pgt_over AS MATERIALIZED ({over_ids}), \
-                __pgt_red AS MATERIALIZED ({red_ids}), \
-                __pgt_gone AS MATERIALIZED (SELECT o.* FROM __pgt_over o WHERE o.{ROW_ID} NOT IN (SELECT r.{ROW_ID} FROM __pgt_red r)), \
-                __pgt_ins AS MATERIALIZED ({ins_ids}) \
+        "WITH __pgt_over AS MATERIALIZED ({over_ids}), \
+              __pgt_red AS MATERIALIZED ({red_ids}), \
+              __pgt_gone AS MATERIALIZED (SELECT o.* FROM __pgt_over o WHERE o.{ROW_ID} NOT IN (SELECT r.{ROW_ID} FROM __pgt_red r)), \
+              __pgt_ins AS MATERIALIZED ({ins_ids}) \
+         MERGE INTO {st} t USING ( \
            SELECT {gcols}, g.{ROW_ID}, true AS __pgt_gone FROM __pgt_gone g WHERE g.{ROW_ID} NOT IN (SELECT i.{ROW_ID} FROM __pgt_ins i) \
            UNION ALL SELECT {icols}, i.{ROW_ID}, false FROM __pgt_ins i WHERE i.{ROW_ID} NOT IN (SELECT g.{ROW_ID} FROM __pgt_gone g)) d \
          ON t.{ROW_ID} = d.{ROW_ID} \
+            AND t.{ROW_ID} = ANY (ARRAY(SELECT g.{ROW_ID} FROM __pgt_gone g UNION ALL SELECT i.{ROW_ID} FROM __pgt_ins i)) \
          WHEN MATCHED AND d.__pgt_gone THEN DELETE \
          WHEN MATCHED THEN UPDATE SET {set} \
          WHEN NOT MATCHED AND NOT d.__pgt_gone THEN INSERT ({cols}, {ROW_ID}) VALUES ({dvals}, d.{ROW_ID}) \
