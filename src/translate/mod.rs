@@ -26,6 +26,7 @@ mod distinct_on;
 mod having;
 mod lateral;
 mod placeholder;
+mod prefix;
 mod recursive;
 mod setop;
 mod sublink;
@@ -523,7 +524,7 @@ pub(crate) struct Child {
 /// operator whose visible columns are named `__pgt_c1`, ... by position.
 /// `prefix`: the parent keeps only the rows whose (ranking) column is at
 /// most a bound, which a window level may then keep alone.
-pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query, prefix: Option<window::PrefixFilter>) -> PgtResult<Result<Child, Unsupported>> {
+pub(crate) unsafe fn translate_child(sub: *mut pg_sys::Query, prefix: Option<prefix::PrefixFilter>) -> PgtResult<Result<Child, Unsupported>> {
     let copy = pg_sys::copyObjectImpl(sub as *const std::ffi::c_void) as *mut pg_sys::Query;
     let mut i = 0;
     for te in PgList::<pg_sys::TargetEntry>::from_pg((*copy).targetList).iter_ptr().filter(|te| !(**te).resjunk) {

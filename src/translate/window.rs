@@ -20,6 +20,7 @@
 //! expressions common to every window of the level.
 
 use super::placeholder::{cstring, new_cte_reference};
+use super::prefix::PrefixFilter;
 use super::{deparse, translate_block, translate_tree, wrap_in_subquery, Unsupported};
 use crate::error::PgtResult;
 use pgrx::prelude::*;
@@ -89,14 +90,6 @@ unsafe fn clause_targets(q: *mut pg_sys::Query, clauses: *mut pg_sys::List) -> V
             entries.iter().find(|te| (***te).ressortgroupref == (*c).tleSortGroupRef).map(|te| ((**te).expr as *mut pg_sys::Node, (*c).eqop))
         })
         .collect()
-}
-
-/// A parent's filter keeping a ranked prefix of the level's rows: visible
-/// column `column` (0-based among the visible ones) at most `bound`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PrefixFilter {
-    pub(crate) column: usize,
-    pub(crate) bound: i64,
 }
 
 /// The ranking function of `node` when it is a call of `row_number()`,
