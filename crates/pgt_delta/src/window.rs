@@ -323,6 +323,26 @@ mod tests {
         out
     }
 
+    /// The input before, the change, and the input after: `rows` (weight 1
+    /// each) changed by `change`, deletes of absent rows left out.
+    #[allow(clippy::type_complexity)]
+    fn states(rows: Vec<(i8, i8)>, change: Vec<((i8, i8), i64)>) -> (ZSet<(i8, i8)>, ZSet<(i8, i8)>, ZSet<(i8, i8)>) {
+        let mut old = ZSet::new();
+        for r in rows {
+            add(&mut old, r, 1);
+        }
+        let mut delta = ZSet::new();
+        let mut new = old.clone();
+        for (r, w) in change {
+            if w < 0 && new.get(&r).copied().unwrap_or(0) <= 0 {
+                continue;
+            }
+            add(&mut new, r, w);
+            add(&mut delta, r, w);
+        }
+        (old, delta, new)
+    }
+
     fn restrict<R: Ord + Clone>(z: &ZSet<R>, keep: impl Fn(&R) -> bool) -> ZSet<R> {
         z.iter().filter(|(r, _)| keep(r)).map(|(r, w)| (r.clone(), *w)).collect()
     }
@@ -336,15 +356,7 @@ mod tests {
             rows in proptest::collection::vec((0i8..4, 0i8..6), 0..24),
             change in proptest::collection::vec(((0i8..5, 0i8..6), prop_oneof![Just(1i64), Just(-1i64)]), 0..6),
         ) {
-            let mut old = ZSet::new();
-            for r in rows { add(&mut old, r, 1); }
-            let mut delta = ZSet::new();
-            let mut new = old.clone();
-            for (r, w) in change {
-                if w < 0 && new.get(&r).copied().unwrap_or(0) <= 0 { continue; }
-                add(&mut new, r, w);
-                add(&mut delta, r, w);
-            }
+            let (old, delta, new) = states(rows, change);
             let touched: std::collections::BTreeSet<i8> = delta.keys().map(|(p, _)| *p).collect();
             let stored_of_touched = restrict(&window(&old), |o| touched.contains(&o.0));
             let recomputed = window(&restrict(&new, |r| touched.contains(&r.0)));
@@ -432,15 +444,7 @@ mod tests {
             which in 0u8..3,
         ) {
             let ranking = [Ranking::RowNumber, Ranking::Rank, Ranking::DenseRank][which as usize];
-            let mut old = ZSet::new();
-            for r in rows { add(&mut old, r, 1); }
-            let mut delta = ZSet::new();
-            let mut new = old.clone();
-            for (r, w) in change {
-                if w < 0 && new.get(&r).copied().unwrap_or(0) <= 0 { continue; }
-                add(&mut new, r, w);
-                add(&mut delta, r, w);
-            }
+            let (old, delta, new) = states(rows, change);
             let stored = prefix(&old, ranking, n);
             let p = reached(&stored, &delta, ranking, n);
             let recomputed = prefix(&restrict(&new, |r| p.contains(&r.0)), ranking, n);
