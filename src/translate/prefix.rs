@@ -60,7 +60,7 @@ unsafe fn bound_of(node: *mut pg_sys::Node, varno: i32, visible: &[i16]) -> Opti
     let args: Vec<*mut pg_sys::Node> = PgList::<pg_sys::Node>::from_pg((*op).args).iter_ptr().collect();
     let [left, right] = args[..] else { return None };
     let function = u32::from((*op).opfuncid);
-    // (column on the left?, adjustment of the constant)
+    // (the column, the constant, whether the comparison is strict)
     let (var, constant, less_than) = if pgrx::is_a(left, pg_sys::NodeTag::T_Var) && pgrx::is_a(right, pg_sys::NodeTag::T_Const) {
         match function {
             pg_sys::F_INT8LE | pg_sys::F_INT84LE | pg_sys::F_INT82LE | pg_sys::F_INT8EQ | pg_sys::F_INT84EQ | pg_sys::F_INT82EQ => (left, right, false),

@@ -170,8 +170,10 @@ unsafe fn ranked_prefix(
             collect_vars((**te).expr as *mut pg_sys::Node, &mut read as *mut _ as *mut c_void);
         }
     }
+    // (Every Var of the template is an input column, 1-based.)
+    read.retain(|a| (1..=units.len()).contains(a));
     read.sort_unstable();
-    let order_exprs: Vec<*mut pg_sys::Node> = read.iter().filter_map(|a| units.get(a - 1).copied()).collect();
+    let order_exprs: Vec<*mut pg_sys::Node> = read.iter().map(|a| units[a - 1]).collect();
     if let Some(u) = super::unhashable(&order_exprs, "an ORDER BY expression of a window")? {
         return Ok(Err(u));
     }
