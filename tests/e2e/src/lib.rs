@@ -178,6 +178,16 @@ pub fn random_dml(rng: &mut impl rand::Rng, next_id: &mut i32) -> String {
     }
 }
 
+/// The random generator of a randomized test, seeded from `PGT_SEED` when
+/// set (to replay a failure) or at random, the seed printed with the test's
+/// name `test`: `(seed, generator)`.
+pub fn seeded(test: &str) -> (u64, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("{test} seed: {seed} (replay with PGT_SEED={seed})");
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
+}
+
 /// Runs the property suite: every `(name, query, expect)` becomes a stream table
 /// (AUTO) plus a FULL twin `<name>_full`, and each differentiable one an
 /// IMMEDIATE twin `<name>_imm`; `cycles` rounds of random DML (seeded:
@@ -190,10 +200,8 @@ pub fn random_dml(rng: &mut impl rand::Rng, next_id: &mut i32) -> String {
 /// refreshed DIFFERENTIAL at least once. A failed write — maintenance making a
 /// user's statement fail — fails the suite.
 pub fn run_property_suite(test: &str, queries: &[(&str, &str, Expect)], cycles: usize) {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("{test} seed: {seed} (replay with PGT_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = seeded(test);
     let mut db = TestDb::new(test);
     db.exec(PROPERTY_SCHEMA);
     // Exercise the differential path even when a cycle changes much of a small

@@ -1007,10 +1007,8 @@ fn counted_and_summed_aggregates() {
 /// not reach.
 #[test]
 fn statistics_over_floats_match_postgresql() {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("seed: {seed} (replay with PGT_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = pg_trickle_e2e::seeded("statistics_over_floats");
     let mut db = TestDb::new("float_statistics");
     db.exec("SET pg_trickle.differential_max_change_ratio = 1000");
     db.exec(
@@ -1134,10 +1132,8 @@ fn statistics_over_floats_match_postgresql() {
 /// random DML.
 #[test]
 fn variance_equals_postgresql_to_the_digit() {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("seed: {seed} (replay with PGT_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = pg_trickle_e2e::seeded("variance_digits");
     let mut db = TestDb::new("variance_digits");
     // Every refresh differential, however much of the small table a round changes.
     db.exec("SET pg_trickle.differential_max_change_ratio = 1000");
@@ -1601,10 +1597,8 @@ fn set_returning_functions_in_the_select_list() {
 /// IMMEDIATE twins) is compared with its query after every cycle.
 #[test]
 fn recursive_queries() {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("recursive seed: {seed} (replay with PGT_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = pg_trickle_e2e::seeded("recursive_queries");
     let mut db = TestDb::new("prop_recursive");
     db.exec(
         "SET pg_trickle.differential_max_change_ratio = 1000;

@@ -2,8 +2,7 @@
 //! buffers, and the frontier that bounds what a refresh has applied.
 
 use pg_trickle_e2e::*;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 fn setup_items(db: &mut TestDb) {
     db.exec(
@@ -365,9 +364,7 @@ fn dropping_storage_directly_or_by_cascade_cleans_up() {
 /// the printed seed: `PGT_SEED=<seed> make test`.
 #[test]
 fn random_dml_cycles_keep_every_stream_table_equal_to_its_query() {
-    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("random_dml_cycles seed: {seed} (replay with PGT_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = pg_trickle_e2e::seeded("random_dml_cycles");
     let mut db = TestDb::new("random_cycles");
     db.exec(
         "CREATE TABLE c (id int PRIMARY KEY, region text, vip bool);

@@ -270,10 +270,8 @@ fn a_non_superuser_alters_a_table_someone_elses_stream_table_reads() {
 /// refresh. Seeded: PGT_SEED replays.
 #[test]
 fn random_ddl_on_unread_columns_never_disturbs_differential_refresh() {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("seed: {seed} (replay with PGT_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = pg_trickle_e2e::seeded("random_unread_ddl");
     let mut db = TestDb::new("random_unread_ddl");
     db.exec(
         "SET pg_trickle.differential_max_change_ratio = 1000;

@@ -11,20 +11,12 @@
 
 use pg_trickle_e2e::TestDb;
 use pgt_testkit::tpch::{self, CycleSize};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 
 /// The refresh modes each query is created in, as name suffixes.
 const MODES: [(&str, &str); 4] = [("diff", "DIFFERENTIAL"), ("full", "FULL"), ("auto", "AUTO"), ("imm", "IMMEDIATE")];
 
 fn scale() -> f64 {
     std::env::var("PGT_TPCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(0.01)
-}
-
-fn seeded(test: &str) -> (u64, StdRng) {
-    let seed: u64 = std::env::var("PGT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("{test} seed: {seed} (replay with PGT_SEED={seed})");
-    (seed, StdRng::seed_from_u64(seed))
 }
 
 /// A database with TPC-H loaded and each query as a stream table in each of
@@ -101,7 +93,7 @@ fn assert_all_differential(db: &mut TestDb, seed: u64) {
 /// checking them and the 22 IMMEDIATE ones.
 #[test]
 fn tpch_22_queries_in_every_mode_match_their_queries_after_each_cycle() {
-    let (seed, mut rng) = seeded("tpch_cycles");
+    let (seed, mut rng) = pg_trickle_e2e::seeded("tpch_cycles");
     let mut db = tpch_db("tpch_cycles", &MODES);
     refresh_and_check(&mut db, &MODES, seed, "after create");
     let plan: [(&str, f64, bool); 8] = [
@@ -125,7 +117,7 @@ fn tpch_22_queries_in_every_mode_match_their_queries_after_each_cycle() {
 /// refreshed and checked against its query after each — no drift.
 #[test]
 fn tpch_sustained_50_cycles_without_drift() {
-    let (seed, mut rng) = seeded("tpch_sustained");
+    let (seed, mut rng) = pg_trickle_e2e::seeded("tpch_sustained");
     let modes = [("diff", "DIFFERENTIAL")];
     let mut db = tpch_db("tpch_sustained", &modes);
     for cycle in 1..=50 {
