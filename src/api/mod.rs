@@ -329,11 +329,29 @@ mod pgtrickle {
         Ok(None)
     }
 
-    /// The `numeric` of an exact sum (its decimal text read by `numeric_in`).
-    fn exact_numeric(sum: &pgt_core::exact::ExactSum) -> AnyNumeric {
-        let text = sum.to_decimal();
-        match AnyNumeric::try_from(text.as_str()) {
-            Ok(n) => n,
+    /// Adds to the exact sum in aggregate state `current` (made on the first
+    /// row, in the aggregate's memory context, which `fcinfo` names).
+    fn add_to_exact_sum(current: &mut Internal, fcinfo: pg_sys::FunctionCallInfo, add: impl FnOnce(&mut pgt_core::exact::ExactSum)) {
+        let state = std::panic::AssertUnwindSafe((current, add));
+        // SAFETY: called by an aggregate's transition function; the state
+        // lives in the aggregate's memory context.
+        unsafe {
+            ExactSumOfValues::in_memory_context(fcinfo, move |_| {
+                // (Moved whole: the closure captures the unwind-safe wrapper.)
+                let state = state;
+                let (current, add) = state.0;
+                add(current.get_or_insert_default::<pgt_core::exact::ExactSum>());
+            })
+        };
+    }
+
+    /// The `numeric` of the exact sum in aggregate state `current` (its exact
+    /// decimal read by `numeric_in`); NULL when no row came.
+    fn finish_exact_sum(current: &Internal) -> Option<AnyNumeric> {
+        // SAFETY: the state `add_to_exact_sum` built, if any row came.
+        let sum = unsafe { current.get::<pgt_core::exact::ExactSum>() }?;
+        match AnyNumeric::try_from(sum.to_decimal().as_str()) {
+            Ok(n) => Some(n),
             Err(e) => crate::error::PgtError::internal(format!("an exact sum as numeric: {e}")).raise(),
         }
     }
@@ -355,21 +373,12 @@ mod pgtrickle {
         type Finalize = Option<AnyNumeric>;
 
         fn state(mut current: Self::State, (x, weight): Self::Args, fcinfo: pg_sys::FunctionCallInfo) -> Self::State {
-            let state = std::panic::AssertUnwindSafe(&mut current);
-            // SAFETY: called as an aggregate's transition function; the state
-            // lives in the aggregate's memory context.
-            unsafe {
-                Self::in_memory_context(fcinfo, move |_| {
-                    let state = state;
-                    state.0.get_or_insert_default::<pgt_core::exact::ExactSum>().add(x, weight);
-                })
-            };
+            add_to_exact_sum(&mut current, fcinfo, |sum| sum.add(x, weight));
             current
         }
 
         fn finalize(current: Self::State, _: Self::OrderedSetArgs, _: pg_sys::FunctionCallInfo) -> Self::Finalize {
-            // SAFETY: the state the transition function built, if any row came.
-            unsafe { current.get::<pgt_core::exact::ExactSum>() }.map(exact_numeric)
+            finish_exact_sum(&current)
         }
     }
 
@@ -386,20 +395,12 @@ mod pgtrickle {
         type Finalize = Option<AnyNumeric>;
 
         fn state(mut current: Self::State, (x, y, weight): Self::Args, fcinfo: pg_sys::FunctionCallInfo) -> Self::State {
-            let state = std::panic::AssertUnwindSafe(&mut current);
-            // SAFETY: as for the one-value form.
-            unsafe {
-                Self::in_memory_context(fcinfo, move |_| {
-                    let state = state;
-                    state.0.get_or_insert_default::<pgt_core::exact::ExactSum>().add_product(x, y, weight);
-                })
-            };
+            add_to_exact_sum(&mut current, fcinfo, |sum| sum.add_product(x, y, weight));
             current
         }
 
         fn finalize(current: Self::State, _: Self::OrderedSetArgs, _: pg_sys::FunctionCallInfo) -> Self::Finalize {
-            // SAFETY: as for the one-value form.
-            unsafe { current.get::<pgt_core::exact::ExactSum>() }.map(exact_numeric)
+            finish_exact_sum(&current)
         }
     }
 

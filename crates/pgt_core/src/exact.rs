@@ -122,20 +122,6 @@ impl ExactSum {
         }
     }
 
-    /// Adds another sum (a parallel aggregate's partial state).
-    pub fn merge(&mut self, other: &ExactSum) {
-        self.carry();
-        let mut other = other.clone();
-        other.carry();
-        for (a, b) in self.limbs.iter_mut().zip(&other.limbs) {
-            *a += *b;
-        }
-        self.nan |= other.nan;
-        self.positive_infinity |= other.positive_infinity;
-        self.negative_infinity |= other.negative_infinity;
-        self.carry();
-    }
-
     /// Propagates carries: every limb but the last in `[0, 2^64)`.
     fn carry(&mut self) {
         for i in 0..LIMBS - 1 {

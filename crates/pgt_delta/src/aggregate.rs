@@ -166,26 +166,23 @@ fn moment_sums(agg: &Aggregate, j: usize, alias: &str, weight: Option<&str>) -> 
             format!("sum({w}({x})::numeric * ({y})::numeric)")
         }
     };
-    if agg.kind.is_variance() {
+    // In the order of the state columns: Σx, Σx², then Σy, Σy², Σxy.
+    let terms = if agg.kind.is_variance() {
         let x = arg(agg, alias);
-        vec![(names::aux_sum(j), one(&x)), (names::aux_sumsq(j), two(&x, &x))]
+        vec![one(&x), two(&x, &x)]
     } else if agg.kind.is_regression() {
         let (y, x) = (arg(agg, alias), arg2(agg, alias));
-        vec![
-            (names::aux_sum(j), one(&x)),
-            (names::aux_sumsq(j), two(&x, &x)),
-            (names::aux_sum_y(j), one(&y)),
-            (names::aux_sumsq_y(j), two(&y, &y)),
-            (names::aux_sum_xy(j), two(&x, &y)),
-        ]
+        vec![one(&x), two(&x, &x), one(&y), two(&y, &y), two(&x, &y)]
     } else {
         Vec::new()
-    }
+    };
+    moment_states(agg, j).into_iter().zip(terms).collect()
 }
 
-/// The state columns of a moment aggregate, in order.
+/// The state columns of a moment aggregate, in order (its value column, then
+/// [`Aggregate::extra_state_columns`]).
 fn moment_states(agg: &Aggregate, j: usize) -> Vec<String> {
-    moment_sums(agg, j, "s", None).into_iter().map(|(state, _)| state).collect()
+    agg.value_state_column(j).into_iter().chain(agg.extra_state_columns(j).into_iter().map(|(name, _)| name)).collect()
 }
 
 /// Whether `agg` keeps exact running sums (the variance and regression
@@ -288,7 +285,8 @@ fn bitwise_value(agg: &Aggregate, count: &str, counts: &str) -> String {
 /// and regression families over floats), which would spoil them for good:
 /// the test "row `alias` holds one" (its group is then rescanned).
 fn non_finite(agg: &Aggregate, alias: &str) -> Option<String> {
-    let numeric = agg.arg_type == "numeric" || agg.arg_type.starts_with("numeric(");
+    // (`arg_type` is the type's name without its modifier.)
+    let numeric = agg.arg_type == "numeric";
     if numeric && (matches!(agg.kind, AggregateKind::Sum | AggregateKind::Avg) || agg.kind.is_variance()) {
         return Some(format!("{}::numeric IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)", arg(agg, alias)));
     }

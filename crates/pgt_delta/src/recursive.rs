@@ -276,9 +276,8 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
     };
     let ins = format!("WITH RECURSIVE {rec} ({cols}) AS ({seed} UNION {}) SELECT * FROM {rec}", filtered(plan, &new_step, after, false));
     let set = plan.visible.iter().map(|c| format!("{q} = d.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
-    // The target's rows are looked up by `= ANY (ARRAY(...))` of the few
-    // identities written: an index scan whatever the planner guesses of the
-    // recursive CTEs' sizes (a plain join hashed the whole table).
+    // The target's rows are looked up among the few identities written
+    // ([`crate::sql::any_of`]; a plain join hashed the whole table).
     Some(format!(
         "WITH __pgt_over AS MATERIALIZED ({over_ids}), \
               __pgt_red AS MATERIALIZED ({red_ids}), \
@@ -288,7 +287,7 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
            SELECT {gcols}, g.{ROW_ID}, true AS __pgt_gone FROM __pgt_gone g WHERE g.{ROW_ID} NOT IN (SELECT i.{ROW_ID} FROM __pgt_ins i) \
            UNION ALL SELECT {icols}, i.{ROW_ID}, false FROM __pgt_ins i WHERE i.{ROW_ID} NOT IN (SELECT g.{ROW_ID} FROM __pgt_gone g)) d \
          ON t.{ROW_ID} = d.{ROW_ID} \
-            AND t.{ROW_ID} = ANY (ARRAY(SELECT g.{ROW_ID} FROM __pgt_gone g UNION ALL SELECT i.{ROW_ID} FROM __pgt_ins i)) \
+            AND {written} \
          WHEN MATCHED AND d.__pgt_gone THEN DELETE \
          WHEN MATCHED THEN UPDATE SET {set} \
          WHEN NOT MATCHED AND NOT d.__pgt_gone THEN INSERT ({cols}, {ROW_ID}) VALUES ({dvals}, d.{ROW_ID}) \
@@ -300,6 +299,11 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
         icols = qualified("i", &plan.visible),
         dvals = qualified("d", &plan.visible),
         returning = returning.clause(),
+        written = crate::sql::any_of(
+            &format!("t.{ROW_ID}"),
+            "=",
+            &format!("SELECT g.{ROW_ID} FROM __pgt_gone g UNION ALL SELECT i.{ROW_ID} FROM __pgt_ins i")
+        ),
     ))
 }
 

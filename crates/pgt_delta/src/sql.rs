@@ -36,6 +36,18 @@ pub fn record_hash(fields: &str) -> String {
     format!("pg_catalog.hash_record_extended(ROW({fields}), 0)")
 }
 
+/// SQL true when `value` equals (by operator `op`, e.g. `=` or
+/// `OPERATOR(pg_catalog.=)`) one of the values query `list` returns: `value
+/// op ANY (ARRAY(list))`. The array is an initplan parameter, so a lookup of
+/// an indexed column is an index scan of each value whatever the planner
+/// guesses of `list`'s size; a join or `IN` would be planned from that guess,
+/// which for CTEs over changes or recursive queries is often far too large
+/// (a hash of the whole table). `list` must return one column and should be
+/// small: the array is built in memory.
+pub fn any_of(value: &str, op: &str, list: &str) -> String {
+    format!("{value} {op} ANY (ARRAY({list}))")
+}
+
 /// A 64-bit hash `hash` (a bigint expression) as a value to hash again without
 /// losing bits: PostgreSQL's bigint hash folds its argument to 32 bits (so that
 /// equal int4 and int8 values hash alike), which would make a hash of hashes

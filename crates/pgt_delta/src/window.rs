@@ -156,11 +156,8 @@ fn partition_match(plan: &WindowPlan, a: &str, left: &[String], k: &str, right: 
 /// input's partition columns), plus, in a second branch that runs only when
 /// `keys` has a key with a NULL part, those matching it NULL for NULL.
 ///
-/// A one-column key is looked up as `b.p = ANY (ARRAY(SELECT ... FROM
-/// keys))`: the array is an initplan parameter, so the lookup is an index
-/// scan of each key whatever the planner guesses of the number of keys (a
-/// join would be planned from that guess, and a guess of a few hundred
-/// partitions turns it into a scan of the whole input). A key of several
+/// A one-column key is looked up by [`crate::sql::any_of`] (a join to a few
+/// dozen keys was planned as a hash of the whole input); a key of several
 /// columns is an equality join (indexable too).
 fn restricted(plan: &WindowPlan, rows: &str, columns: &[String], keys: &str) -> String {
     if plan.partition.is_empty() {
@@ -175,10 +172,12 @@ fn restricted(plan: &WindowPlan, rows: &str, columns: &[String], keys: &str) -> 
     if let ([column], [key]) = (&columns[..plan.partition.len().min(columns.len())], plan.partition.as_slice()) {
         let op = plan.partition_equality.first().map(String::as_str).unwrap_or("=");
         return format!(
-            "SELECT b.* FROM ({rows}) b WHERE b.{c} {op} ANY (ARRAY(SELECT k.{k} FROM {keys} k WHERE k.{k} IS NOT NULL)) \
-             UNION ALL {nulls}",
-            c = quote_ident(column),
-            k = quote_ident(key),
+            "SELECT b.* FROM ({rows}) b WHERE {lookup} UNION ALL {nulls}",
+            lookup = crate::sql::any_of(
+                &format!("b.{}", quote_ident(column)),
+                op,
+                &format!("SELECT k.{k} FROM {keys} k WHERE k.{k} IS NOT NULL", k = quote_ident(key))
+            ),
         );
     }
     format!(
