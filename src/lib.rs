@@ -30,6 +30,7 @@ mod lifecycle;
 mod monitoring;
 mod objects;
 mod parse;
+mod plan_size;
 mod privilege;
 mod refresh;
 mod restore;

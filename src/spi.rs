@@ -397,19 +397,18 @@ impl StatementSnapshot {
     /// # Errors
     /// PostgreSQL's errors (raised), an invalid parameter value, or `accept`'s.
     ///
-    /// `variant` tells apart plans of one text made for different
-    /// circumstances the text does not show (the order of size of the change
-    /// buffers read, which the planner reads at planning): each
-    /// (text, variant) has a plan of its own.
+    /// `class` tells apart plans of one text made for different
+    /// circumstances the text does not show, and bounds their hash tables
+    /// (see [`PlanClass`]).
     pub fn query_map_kept_if<R>(
         &self,
         sql: &str,
-        variant: u32,
+        class: PlanClass,
         params: Parameters<'_>,
         accept: impl FnOnce(f64) -> PgtResult<bool>,
         f: impl FnMut(&SnapshotRow) -> PgtResult<R>,
     ) -> PgtResult<Option<Vec<R>>> {
-        let key = format!("{variant}:{sql}");
+        let key = format!("{}:{sql}", class.variant);
         let csql = CString::new(sql).map_err(|_| PgtError::internal("generated SQL contains a NUL byte"))?;
         let texts = params
             .iter()
@@ -454,6 +453,12 @@ impl StatementSnapshot {
                     if !(*stmt).planTree.is_null() {
                         cost += (*(*stmt).planTree).total_cost;
                     }
+                    if let Some(rows) = class.hash_table_rows {
+                        // The generic plan that runs next: bounded before
+                        // every run (idempotent), as the plan cache may have
+                        // made it anew.
+                        crate::plan_size::bound_hash_tables(stmt, rows);
+                    }
                 }
                 // SPI_plan_get_cached_plan counts the reference of a kept
                 // (saved) plan against the current resource owner.
@@ -483,6 +488,22 @@ impl StatementSnapshot {
     pub fn query_text(&self, sql: &str) -> PgtResult<Option<String>> {
         Ok(self.run(sql, false)?.1)
     }
+}
+
+/// Which kept plan of a statement's text runs, and how its hash tables are
+/// sized ([`StatementSnapshot::query_map_kept_if`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanClass {
+    /// Tells apart plans of one text made for different circumstances the
+    /// text does not show (the order of size of the change buffers read,
+    /// which the planner reads at planning): each (text, variant) has a plan
+    /// of its own.
+    pub variant: u32,
+    /// When set, the hash tables the plan sizes from its estimates start with
+    /// at most this many entries and grow as rows come
+    /// ([`crate::plan_size::bound_hash_tables`]): for a statement whose real
+    /// sizes follow a known number of changes, where the estimates do not.
+    pub hash_table_rows: Option<i64>,
 }
 
 /// An SPI plan for one statement run: freed when dropped, unless kept — or

@@ -15,7 +15,7 @@ use super::Applied;
 use crate::catalog::{self, StreamTable};
 use crate::error::{PgtError, PgtResult};
 use crate::guc;
-use crate::spi::StatementSnapshot;
+use crate::spi::{PlanClass, StatementSnapshot};
 use crate::translate;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use pgt_core::options::RefreshMode;
@@ -53,7 +53,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     // What changed, in one query; nothing to do when nothing did.
     let relations = plan.relations();
     let summary = snapshot
-        .query_map_kept_if(&source.summary_sql(&relations), 0, &params, |_| Ok(true), |row| {
+        .query_map_kept_if(&source.summary_sql(&relations), PlanClass::default(), &params, |_| Ok(true), |row| {
             Ok((row.col::<pg_sys::Oid>(1)?, row.col::<i64>(2)?, row.col::<bool>(3)?, row.col::<i64>(4)?))
         })?
         .unwrap_or_default();
@@ -65,6 +65,11 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     // kept per order of size.
     let buffer_pages: u64 = summary.iter().map(|(relid, ..)| crate::cdc::buffer_pages(*relid)).sum();
     let size_class = 64 - buffer_pages.leading_zeros();
+    // The delta statement's hash tables start at a size that follows the
+    // changes (about ten times the rows 2^size_class pages of changes hold)
+    // rather than the planner's guesses, which for recursive queries and
+    // unions over change buffers run to millions of rows (crate::plan_size).
+    let class = PlanClass { variant: size_class, hash_table_rows: Some(HASH_TABLE_ROWS_PER_CLASS << size_class.min(40)) };
     let mut window_rows = 0f64;
     let mut changed = pgt_delta::Changed::new();
     let mut images = std::collections::BTreeMap::new();
@@ -146,9 +151,9 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     };
     let apply = || -> PgtResult<Option<(u64, u64)>> {
         if check {
-            super::apply_delta_if(&statement, snapshot, size_class, &params, accept)
+            super::apply_delta_if(&statement, snapshot, class, &params, accept)
         } else {
-            super::apply_delta_if(&statement, snapshot, size_class, &params, |_| Ok(true))
+            super::apply_delta_if(&statement, snapshot, class, &params, |_| Ok(true))
         }
     };
     let limit_kb = delta_temp_limit_kb(&plan, snapshot)?;
@@ -242,6 +247,13 @@ pub(super) fn finish_topk(
 /// would pass for a cost per change.
 const COST_SAMPLE_MIN_CHANGES: f64 = 1000.0;
 
+/// Initial hash-table entries of a delta statement per size class of its
+/// change buffers: a class-`c` statement reads fewer than 2^c pages of
+/// changes (at most a few hundred rows each), and its hash tables start with at
+/// most `HASH_TABLE_ROWS_PER_CLASS` × 2^c entries — 2,048 for one page —
+/// growing past it as rows come (crate::plan_size).
+const HASH_TABLE_ROWS_PER_CLASS: i64 = 1024;
+
 /// [`refresh_full_with_plan`], its duration recorded as the stream table's
 /// cost of a full recomputation (`catalog::record_refresh_cost`).
 fn full_measured(st: &StreamTable, plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
@@ -269,7 +281,7 @@ fn delta_temp_limit_kb(plan: &Plan, snapshot: &StatementSnapshot) -> PgtResult<O
                  pg_catalog.unnest('{{{relids}}}'::pg_catalog.oid[]) r UNION SELECT p.relid FROM \
                  pg_catalog.unnest('{{{relids}}}'::pg_catalog.oid[]) r, pg_catalog.pg_partition_tree(r) p) s"
             );
-            let sizes = snapshot.query_map_kept_if(&sql, 0, &[], |_| Ok(true), |row| row.col::<f64>(1))?.unwrap_or_default();
+            let sizes = snapshot.query_map_kept_if(&sql, PlanClass::default(), &[], |_| Ok(true), |row| row.col::<f64>(1))?.unwrap_or_default();
             let bytes = sizes.first().copied().ok_or_else(|| PgtError::internal("the sources' size query returned no row"))?;
             ((bytes / 1024.0) as i64).max(MIN_DELTA_TEMP_KB)
         }

@@ -399,7 +399,7 @@ fn apply(st: &StreamTable, plan: &Plan, source: &ChangeSource, changed: &pgt_del
         return Ok(Applied { action: "IMMEDIATE", inserted: 0, deleted: 0, unchanged: true });
     };
     super::differential::allow_join_reordering(plan.widest_block())?;
-    let run = || super::apply_delta_if(&statement, snapshot, 0, &[], |_| Ok(true));
+    let run = || super::apply_delta_if(&statement, snapshot, crate::spi::PlanClass::default(), &[], |_| Ok(true));
     let applied = if plan.has_counted_recursion() {
         // Counting recurses through the new data from every changed row,
         // also around a cycle no row of the result reaches: past

@@ -270,14 +270,14 @@ fn count_actions(statement: &pgt_delta::DeltaStatement) -> String {
 }
 
 /// [`apply_delta`] for a DIFFERENTIAL refresh's statement, whose text names
-/// the frontier as parameters `params` (its plan is kept per `variant`, see
+/// the frontier as parameters `params` (its plan is kept per `class`, see
 /// [`StatementSnapshot::query_map_kept_if`]), unless `accept` declines the
 /// planner's total cost estimate of the statement (then `None`, and nothing
 /// ran).
 fn apply_delta_if(
     statement: &pgt_delta::DeltaStatement,
     snapshot: &StatementSnapshot,
-    variant: u32,
+    class: crate::spi::PlanClass,
     params: crate::spi::Parameters<'_>,
     accept: impl FnOnce(f64) -> PgtResult<bool>,
 ) -> PgtResult<Option<(u64, u64)>> {
@@ -285,7 +285,7 @@ fn apply_delta_if(
     let _writing = crate::activity::StreamTableWrite::begin();
     let sql = count_actions(statement);
     let Some(counts) =
-        snapshot.query_map_kept_if(&sql, variant, params, accept, |row| Ok((row.col::<i64>(1)?, row.col::<i64>(2)?)))?
+        snapshot.query_map_kept_if(&sql, class, params, accept, |row| Ok((row.col::<i64>(1)?, row.col::<i64>(2)?)))?
     else {
         return Ok(None);
     };
