@@ -65,11 +65,6 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
     // kept per order of size.
     let buffer_pages: u64 = summary.iter().map(|(relid, ..)| crate::cdc::buffer_pages(*relid)).sum();
     let size_class = 64 - buffer_pages.leading_zeros();
-    // The delta statement's hash tables start at a size that follows the
-    // changes (about ten times the rows 2^size_class pages of changes hold)
-    // rather than the planner's guesses, which for recursive queries and
-    // unions over change buffers run to millions of rows (crate::plan_size).
-    let class = PlanClass { variant: size_class, hash_table_rows: Some(HASH_TABLE_ROWS_PER_CLASS << size_class.min(40)) };
     let mut window_rows = 0f64;
     let mut changed = pgt_delta::Changed::new();
     let mut images = std::collections::BTreeMap::new();
@@ -124,6 +119,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
             }
         }
     }
+    let class = PlanClass { variant: size_class, hash_table_rows: Some(super::initial_hash_table_rows(window_rows)) };
     let started = std::time::Instant::now();
     let Some(statement) = plan.delta_statement(&st.tables(), &source, &changed) else {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });
@@ -246,13 +242,6 @@ pub(super) fn finish_topk(
 /// recomputations by it: below, a refresh's fixed costs (planning, catalog)
 /// would pass for a cost per change.
 const COST_SAMPLE_MIN_CHANGES: f64 = 1000.0;
-
-/// Initial hash-table entries of a delta statement per size class of its
-/// change buffers: a class-`c` statement reads fewer than 2^c pages of
-/// changes (at most a few hundred rows each), and its hash tables start with at
-/// most `HASH_TABLE_ROWS_PER_CLASS` × 2^c entries — 2,048 for one page —
-/// growing past it as rows come (crate::plan_size).
-const HASH_TABLE_ROWS_PER_CLASS: i64 = 1024;
 
 /// [`refresh_full_with_plan`], its duration recorded as the stream table's
 /// cost of a full recomputation (`catalog::record_refresh_cost`).

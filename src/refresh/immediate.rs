@@ -348,11 +348,12 @@ fn maintain(pgt_id: i64, batches: &[Rc<Batch>], recompute: bool) -> PgtResult<()
     // As a DIFFERENTIAL refresh does: sizes for joins and aggregates only
     // (see refresh::differential).
     let plain_rows = matches!(plan.root, pgt_delta::Root::Rows(_)) && plan.widest_block() < 2 && plan.state_tables().is_empty();
+    let changes: u64 = images.values().sum();
     let source = ChangeSource::transition(tables, if plain_rows { BTreeMap::new() } else { images });
     let _exposed = expose_tuplestores(stores);
     crate::privilege::as_owner_restricted(st.owner, || -> PgtResult<()> {
         let snapshot = StatementSnapshot::take();
-        apply(&st, &plan, &source, &changed, &snapshot)?;
+        apply(&st, &plan, &source, &changed, changes, &snapshot)?;
         Ok(())
     })
 }
@@ -392,14 +393,23 @@ fn check_owner_reads_everything(st: &StreamTable, read: &BTreeSet<u32>) -> PgtRe
     Ok(())
 }
 
-/// Runs the delta statement of `plan` for `source` in `snapshot`, then the
-/// TopK's trim or refill when it has one.
-fn apply(st: &StreamTable, plan: &Plan, source: &ChangeSource, changed: &pgt_delta::Changed, snapshot: &StatementSnapshot) -> PgtResult<Applied> {
+/// Runs the delta statement of `plan` for `source` (`changes` rows of
+/// transition tables) in `snapshot`, then the TopK's trim or refill when it
+/// has one.
+fn apply(
+    st: &StreamTable,
+    plan: &Plan,
+    source: &ChangeSource,
+    changed: &pgt_delta::Changed,
+    changes: u64,
+    snapshot: &StatementSnapshot,
+) -> PgtResult<Applied> {
     let Some(statement) = plan.delta_statement(&st.tables(), source, changed) else {
         return Ok(Applied { action: "IMMEDIATE", inserted: 0, deleted: 0, unchanged: true });
     };
     super::differential::allow_join_reordering(plan.widest_block())?;
-    let run = || super::apply_delta_if(&statement, snapshot, crate::spi::PlanClass::default(), &[], |_| Ok(true));
+    let class = crate::spi::PlanClass { variant: 0, hash_table_rows: Some(super::initial_hash_table_rows(changes as f64)) };
+    let run = || super::apply_delta_if(&statement, snapshot, class, &[], |_| Ok(true));
     let applied = if plan.has_counted_recursion() {
         // Counting recurses through the new data from every changed row,
         // also around a cycle no row of the result reaches: past

@@ -269,6 +269,16 @@ fn count_actions(statement: &pgt_delta::DeltaStatement) -> String {
     }
 }
 
+/// The initial size, in entries, of the hash tables of a delta statement that
+/// applies `changes` changed rows (crate::plan_size): 16 per change, at least
+/// 1,024. Their planned sizes follow the planner's estimates, which for
+/// recursive queries and unions over change buffers run to hundreds of
+/// thousands of rows whatever the change; the tables grow past this when more
+/// rows come.
+fn initial_hash_table_rows(changes: f64) -> i64 {
+    (changes.max(0.0) * 16.0).clamp(1024.0, 1e15) as i64
+}
+
 /// [`apply_delta`] for a DIFFERENTIAL refresh's statement, whose text names
 /// the frontier as parameters `params` (its plan is kept per `class`, see
 /// [`StatementSnapshot::query_map_kept_if`]), unless `accept` declines the

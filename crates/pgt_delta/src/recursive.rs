@@ -253,7 +253,12 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
         filtered(plan, &columns_of(plan, &old_step, "o2"), stored_ids, true)
     );
     // 3. What remains derivable of them.
-    let remaining = format!("SELECT {} FROM {st} s WHERE s.{ROW_ID} NOT IN (SELECT o.{ROW_ID} FROM __pgt_over o)", qualified("s", &plan.visible));
+    // (NOT EXISTS, an anti-join the planner may put after the join from the
+    // changes into the table's index; NOT IN is a filter on a scan of it.)
+    let remaining = format!(
+        "SELECT {} FROM {st} s WHERE NOT EXISTS (SELECT FROM __pgt_over o WHERE o.{ROW_ID} = s.{ROW_ID})",
+        qualified("s", &plan.visible)
+    );
     let new_step = columns_of(plan, &step_sql(plan, Binding::New, ctx), "n");
     let from_remaining = format!("SELECT * FROM ({}) y", with_rec(plan, &remaining, &new_step));
     let base_new = columns_of(plan, &rows::new_rows_sql(&plan.base, ctx), "b");
@@ -269,7 +274,10 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
     );
     // 4-5. R' = R − gone; what it gains.
     let after = Ids::Stored { st, except: Some("__pgt_gone") };
-    let after_rows = format!("SELECT {} FROM {st} s WHERE s.{ROW_ID} NOT IN (SELECT g.{ROW_ID} FROM __pgt_gone g)", qualified("s", &plan.visible));
+    let after_rows = format!(
+        "SELECT {} FROM {st} s WHERE NOT EXISTS (SELECT FROM __pgt_gone g WHERE g.{ROW_ID} = s.{ROW_ID})",
+        qualified("s", &plan.visible)
+    );
     let seed = match direct_changes(plan, &after_rows, ctx) {
         Some(changes) => filtered(plan, &signed(plan, &changes, true), after, false),
         None => format!("SELECT {} FROM {st} s WHERE false", qualified("s", &plan.visible)),
