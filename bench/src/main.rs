@@ -1474,26 +1474,28 @@ fn wave2_markdown(s: &mut String, w: &Wave2Figures) {
         "\nWhy the full ranking window misses: 0.1 % of the rows is 1,000 changes, which touch about 950 of the 10,000 \
          partitions, so about 10 % of the rows are recomputed — the bound of the partition-recompute strategy here is \
          about 10× even if a recomputed row cost no more than the materialized view's — and `row_number()` / `rank()` \
-         move for about half of each touched partition's rows, which are written (*written*, each an update in place). \
-         An AUTO stream table measures this and recomputes in full once its differential refreshes cost more per \
-         change than a recomputation (docs/SQL_REFERENCE.md, \"refresh_stream_table\"). The top 3 and DISTINCT ON \
-         keep only each partition's ranked prefix, and recompute a partition only when a change ranks within it (about \
-         30 of the 950 touched here), which meets the target; so do ROLLUP (one aggregate per grouping set) and LATERAL \
-         unnest (linear in the outer rows). The float statistics keep exact running sums per group (no group is \
-         rescanned); what remains is a differential refresh's fixed cost, about 10 ms, against a materialized view that \
-         aggregates 1M rows in about 100 ms.\n"
+         move for about a quarter of each touched partition's rows, about 22,000 rows, each an update in place \
+         (*written*). Reading the touched partitions by index and sorting them (about 130 ms) and writing those updates \
+         (about 150 ms) alone would cap it near 4×, whatever the strategy; it now takes about 730 ms: the recomputation, \
+         the stored rows, their comparison, and two MERGEs (the window's state table and the stream table). Making the \
+         stream table itself the window's state, as an aggregate at the root is, would save one of the MERGEs. An AUTO \
+         stream table measures its refreshes and recomputes in full once a differential refresh costs more per change \
+         than a recomputation (docs/SQL_REFERENCE.md, \"refresh_stream_table\"), as it would at 1 %. The top 3 and \
+         DISTINCT ON keep only each partition's ranked prefix, and recompute a partition only when a change ranks within \
+         it (about 30 of the 950 touched here), which meets the target; so do ROLLUP (one aggregate per grouping set) and \
+         LATERAL unnest (linear in the outer rows). The float statistics keep exact running sums per group (no group is \
+         rescanned); what remains is a differential refresh's fixed cost, about 9 ms, against a materialized view that \
+         aggregates 1M rows in about 90 ms.\n"
     );
     let _ = writeln!(
         s,
-        "Why the recursive closure misses: a one-row change reaches a handful of rows, and the refresh now reads the \
-         forest and the stored closure only by index (membership tests are per-row identity probes, the MERGE looks its \
-         target rows up by their identities), but each refresh plans anew one statement holding three recursive queries \
-         (over-deletion, rederivation, insertion), and PostgreSQL sizes the hash tables of its set-membership tests by \
-         its estimate of the recursive queries' rows, far above what a one-row change reaches, up to `work_mem`: with \
-         this cluster's `work_mem` of 64 MB a one-row refresh costs about 200 ms, with PostgreSQL's default of 4 MB \
-         about 40 ms (measured by hand on the development cluster: 43 ms at 4 MB, 79 at 8, 116 at 16, 164 at 32, 250 \
-         at 64), against a materialized view that recomputes 100,000 rows in about 90 ms. Bounding those tests by the \
-         change's real size, and reusing the statement's plan across refreshes, are the next steps.\n"
+        "The recursive closure: a one-row change reaches a handful of rows, which the refresh reads by index \
+         (membership in the stored closure is a per-row identity probe; the stored closure minus the lost rows is an \
+         anti-join; the MERGE looks its target rows up by their identities), with a plan kept across refreshes. What \
+         had made it slower than recomputing (0.5× at this cluster's `work_mem` of 64 MB) was PostgreSQL's executor \
+         zeroing hash tables sized by the planner's estimate of the recursive queries (547,591 rows for a one-row \
+         change), up to `work_mem` × `hash_mem_multiplier`: the refresh now starts them at a size that follows the \
+         changes (docs/ARCHITECTURE.md, \"Hash tables sized by the changes\"), and a one-row refresh takes about 2–3 ms.\n"
     );
 }
 
