@@ -114,6 +114,12 @@ pub static DELTA_TEMP_FILE_LIMIT_KB: GucSetting<i32> = GucSetting::<i32>::new(-1
 /// swap), rather than writing only the rows that differ.
 pub static FULL_REFRESH_SWAP: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `pg_trickle.delta_hash_entries_per_change`: the hash tables a delta
+/// statement's plan sizes from the planner's estimates start with at most this
+/// many entries per changed row (at least 1,024) and grow as rows come
+/// (`crate::plan_size`); 0: as the planner sized them.
+pub static DELTA_HASH_ENTRIES_PER_CHANGE: GucSetting<i32> = GucSetting::<i32>::new(16);
+
 /// Registers every `pg_trickle.*` parameter. Called once from `_PG_init`.
 pub fn register() {
     GucRegistry::define_bool_guc(
@@ -131,6 +137,16 @@ pub fn register() {
         &MAX_DELTA_COST_RATIO,
         0.0,
         1.0e6,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.delta_hash_entries_per_change",
+        c"Initial hash-table entries per changed row in a refresh's delta statement (0: the planner's estimates).",
+        c"PostgreSQL allocates and zeroes recursive unions', hashed set operations' and hashed subqueries' tables at the planner's estimate, which for delta statements can be far above the rows a change reaches; the tables start at this many entries per changed row (at least 1,024) and grow as needed.",
+        &DELTA_HASH_ENTRIES_PER_CHANGE,
+        0,
+        1 << 20,
         GucContext::Userset,
         GucFlags::default(),
     );

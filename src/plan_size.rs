@@ -3,10 +3,10 @@
 //!
 //! PostgreSQL's executor allocates, and zeroes, some hash tables at their
 //! planned size before reading a row: a recursive query's duplicate test
-//! (`RecursiveUnion`, built in `ExecInitRecursiveUnion`), a hashed aggregate
-//! or set operation (`ExecInitAgg`, `ExecInitSetOp`), a `Memoize` cache, and a
-//! hashed subquery test (`x IN (SELECT ...)`, built in `buildSubPlanHash` from
-//! the subquery's row estimate). The planned size is the planner's estimate of
+//! (`RecursiveUnion`, built in `ExecInitRecursiveUnion`), a hashed set
+//! operation (`ExecInitSetOp`), a `Memoize` cache, and a hashed subquery test
+//! (`x IN (SELECT ...)`, built in `buildSubPlanHash` from the subquery's row
+//! estimate). The planned size is the planner's estimate of
 //! the rows, capped by `work_mem` × `hash_mem_multiplier` (PostgreSQL docs,
 //! §19.4.1). A delta statement reads change buffers through unions and
 //! recursive queries whose estimates have nothing to go on — a recursive
@@ -15,12 +15,13 @@
 //! megabytes per refresh (measured: 83 % of a one-row refresh of a recursive
 //! closure at `work_mem` = 64 MB went to zeroing fresh pages).
 //!
-//! These tables grow by doubling as rows arrive (simplehash; a hash join's
-//! bucket array likewise), so an initial size below the rows that come costs a
-//! few rehashes, amortized, and never a wrong result. [`bound_hash_tables`]
+//! These tables grow by doubling as rows arrive (simplehash), so an initial
+//! size below the rows that come costs a few rehashes, amortized, and never a
+//! wrong result. [`bound_hash_tables`]
 //! lowers the planned sizes of the nodes above to a bound the caller derives
-//! from the changes; it leaves every plan choice, and hash joins (whose batch
-//! count is chosen from the estimate), as the planner made them.
+//! from the changes; it leaves every plan choice as the planner made them, and
+//! hash joins and hashed aggregates, which spill to disk and choose their
+//! batches or partitions from the estimate, untouched.
 
 use pgrx::pg_sys;
 use pgrx::PgList;
@@ -28,8 +29,8 @@ use pgrx::PgList;
 /// Lowers, in place, the initial hash-table sizes of `stmt`'s plan tree and
 /// of every subquery plan it holds (`PlannedStmt.subplans`: CTEs, InitPlans
 /// and SubPlans) to at most `rows` entries: `RecursiveUnion.numGroups`, a
-/// hashed or mixed `Agg`'s and a hashed `SetOp`'s `numGroups`,
-/// `Memoize.est_entries`, and the row estimate of each subquery plan's top
+/// hashed `SetOp`'s `numGroups`, `Memoize.est_entries`, and the row
+/// estimate of each subquery plan's top
 /// node (what a hashed SubPlan sizes its table by). Idempotent; sizes already
 /// below `rows` stay.
 ///
@@ -66,12 +67,6 @@ unsafe fn bound_node(node: *mut pg_sys::Plan, rows: i64) {
             pg_sys::NodeTag::T_RecursiveUnion => {
                 let n = node.cast::<pg_sys::RecursiveUnion>();
                 (*n).numGroups = (*n).numGroups.min(bound);
-            }
-            pg_sys::NodeTag::T_Agg => {
-                let n = node.cast::<pg_sys::Agg>();
-                if matches!((*n).aggstrategy, pg_sys::AggStrategy::AGG_HASHED | pg_sys::AggStrategy::AGG_MIXED) {
-                    (*n).numGroups = (*n).numGroups.min(bound);
-                }
             }
             pg_sys::NodeTag::T_SetOp => {
                 let n = node.cast::<pg_sys::SetOp>();

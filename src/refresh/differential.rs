@@ -119,7 +119,7 @@ pub fn refresh(st: &StreamTable, snapshot: &StatementSnapshot) -> PgtResult<Appl
             }
         }
     }
-    let class = PlanClass { variant: size_class, hash_table_rows: Some(super::initial_hash_table_rows(window_rows)) };
+    let class = PlanClass { variant: size_class, hash_table_rows: super::initial_hash_table_rows(window_rows) };
     let started = std::time::Instant::now();
     let Some(statement) = plan.delta_statement(&st.tables(), &source, &changed) else {
         return Ok(Applied { action: "DIFFERENTIAL", inserted: 0, deleted: 0, unchanged: true });

@@ -408,7 +408,7 @@ fn apply(
         return Ok(Applied { action: "IMMEDIATE", inserted: 0, deleted: 0, unchanged: true });
     };
     super::differential::allow_join_reordering(plan.widest_block())?;
-    let class = crate::spi::PlanClass { variant: 0, hash_table_rows: Some(super::initial_hash_table_rows(changes as f64)) };
+    let class = crate::spi::PlanClass { variant: 0, hash_table_rows: super::initial_hash_table_rows(changes as f64) };
     let run = || super::apply_delta_if(&statement, snapshot, class, &[], |_| Ok(true));
     let applied = if plan.has_counted_recursion() {
         // Counting recurses through the new data from every changed row,

@@ -270,13 +270,15 @@ fn count_actions(statement: &pgt_delta::DeltaStatement) -> String {
 }
 
 /// The initial size, in entries, of the hash tables of a delta statement that
-/// applies `changes` changed rows (crate::plan_size): 16 per change, at least
-/// 1,024. Their planned sizes follow the planner's estimates, which for
-/// recursive queries and unions over change buffers run to hundreds of
-/// thousands of rows whatever the change; the tables grow past this when more
-/// rows come.
-fn initial_hash_table_rows(changes: f64) -> i64 {
-    (changes.max(0.0) * 16.0).clamp(1024.0, 1e15) as i64
+/// applies `changes` changed rows (crate::plan_size):
+/// `pg_trickle.delta_hash_entries_per_change` (16) per change, at least 1,024;
+/// `None` (the planner's sizes) when that is 0. Their planned sizes follow the
+/// planner's estimates, which for recursive queries and unions over change
+/// buffers run to hundreds of thousands of rows whatever the change; the
+/// tables grow past this when more rows come.
+fn initial_hash_table_rows(changes: f64) -> Option<i64> {
+    let per_change = crate::guc::DELTA_HASH_ENTRIES_PER_CHANGE.get();
+    (per_change > 0).then(|| (changes.max(0.0) * f64::from(per_change)).clamp(1024.0, 1e15) as i64)
 }
 
 /// [`apply_delta`] for a DIFFERENTIAL refresh's statement, whose text names
