@@ -1476,7 +1476,7 @@ fn wave2_markdown(s: &mut String, w: &Wave2Figures) {
          about 10× even if a recomputed row cost no more than the materialized view's — and `row_number()` / `rank()` \
          move for about a quarter of each touched partition's rows, about 22,000 rows, each an update in place \
          (*written*). Reading the touched partitions by index and sorting them (about 130 ms) and writing those updates \
-         (about 150 ms) alone would cap it near 4×, whatever the strategy; it now takes about 730 ms: the recomputation, \
+         (about 150 ms) alone would cap it near 4×, whatever the strategy; it now takes about 700 ms: the recomputation, \
          the stored rows, their comparison, and two MERGEs (the window's state table and the stream table). Making the \
          stream table itself the window's state, as an aggregate at the root is, would save one of the MERGEs. An AUTO \
          stream table measures its refreshes and recomputes in full once a differential refresh costs more per change \
