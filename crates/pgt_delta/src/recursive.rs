@@ -283,36 +283,21 @@ pub fn merge_sql(plan: &RecursivePlan, st: &str, ctx: &Ctx, returning: Returning
         None => format!("SELECT {} FROM {st} s WHERE false", qualified("s", &plan.visible)),
     };
     let ins = format!("WITH RECURSIVE {rec} ({cols}) AS ({seed} UNION {}) SELECT * FROM {rec}", filtered(plan, &new_step, after, false));
-    let set = plan.visible.iter().map(|c| format!("{q} = d.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
-    // The target's rows are looked up among the few identities written
-    // ([`crate::sql::any_of`]; a plain join hashed the whole table).
-    Some(format!(
-        "WITH __pgt_over AS MATERIALIZED ({over_ids}), \
-              __pgt_red AS MATERIALIZED ({red_ids}), \
-              __pgt_gone AS MATERIALIZED (SELECT o.* FROM __pgt_over o WHERE o.{ROW_ID} NOT IN (SELECT r.{ROW_ID} FROM __pgt_red r)), \
-              __pgt_ins AS MATERIALIZED ({ins_ids}) \
-         MERGE INTO {st} t USING ( \
+    let with = format!(
+        "__pgt_over AS MATERIALIZED ({over_ids}), \
+         __pgt_red AS MATERIALIZED ({red_ids}), \
+         __pgt_gone AS MATERIALIZED (SELECT o.* FROM __pgt_over o WHERE o.{ROW_ID} NOT IN (SELECT r.{ROW_ID} FROM __pgt_red r)), \
+         __pgt_ins AS MATERIALIZED ({ins_ids}), \
+         __pgt_rdelta AS MATERIALIZED ( \
            SELECT {gcols}, g.{ROW_ID}, true AS __pgt_gone FROM __pgt_gone g WHERE g.{ROW_ID} NOT IN (SELECT i.{ROW_ID} FROM __pgt_ins i) \
-           UNION ALL SELECT {icols}, i.{ROW_ID}, false FROM __pgt_ins i WHERE i.{ROW_ID} NOT IN (SELECT g.{ROW_ID} FROM __pgt_gone g)) d \
-         ON t.{ROW_ID} = d.{ROW_ID} \
-            AND {written} \
-         WHEN MATCHED AND d.__pgt_gone THEN DELETE \
-         WHEN MATCHED THEN UPDATE SET {set} \
-         WHEN NOT MATCHED AND NOT d.__pgt_gone THEN INSERT ({cols}, {ROW_ID}) VALUES ({dvals}, d.{ROW_ID}) \
-         {returning}",
+           UNION ALL SELECT {icols}, i.{ROW_ID}, false FROM __pgt_ins i WHERE i.{ROW_ID} NOT IN (SELECT g.{ROW_ID} FROM __pgt_gone g))",
         over_ids = with_id(&format!("({over})")),
         red_ids = with_id(&format!("({red})")),
         ins_ids = with_id(&format!("({ins})")),
         gcols = qualified("g", &plan.visible),
         icols = qualified("i", &plan.visible),
-        dvals = qualified("d", &plan.visible),
-        returning = returning.clause(),
-        written = crate::sql::any_of(
-            &format!("t.{ROW_ID}"),
-            "=",
-            &format!("SELECT g.{ROW_ID} FROM __pgt_gone g UNION ALL SELECT i.{ROW_ID} FROM __pgt_ins i")
-        ),
-    ))
+    );
+    Some(crate::sql::merge_by_identity(&with, "__pgt_rdelta", st, &plan.visible, &plan.visible, &returning.clause()))
 }
 
 /// Its lines in `explain_st`.

@@ -48,6 +48,32 @@ pub fn any_of(value: &str, op: &str, list: &str) -> String {
     format!("{value} {op} ANY (ARRAY({list}))")
 }
 
+/// The statement `WITH <with> MERGE INTO <st> ...` applying to table `st`
+/// (quoted) the rows of CTE `changes`, which `with` (a WITH list, without the
+/// keyword) defines: each row has the columns `inserted`, `__pgt_row_id` and
+/// `__pgt_gone` (boolean), one row per identity. A row with `__pgt_gone`
+/// deletes the stored row of its identity; any other updates that row's
+/// columns `updated`, or inserts it when there is none. The stored rows are
+/// looked up among the changes' identities ([`any_of`]): joined to a CTE, the
+/// planner would hash the whole table (1M rows for a few thousand written).
+/// `returning` is the statement's RETURNING clause, or empty.
+pub fn merge_by_identity(with: &str, changes: &str, st: &str, inserted: &[String], updated: &[String], returning: &str) -> String {
+    let id = crate::names::ROW_ID;
+    format!(
+        "WITH {with} \
+         MERGE INTO {st} t USING {changes} d \
+         ON t.{id} = d.{id} AND {written} \
+         WHEN MATCHED AND d.__pgt_gone THEN DELETE \
+         WHEN MATCHED THEN UPDATE SET {set} \
+         WHEN NOT MATCHED AND NOT d.__pgt_gone THEN INSERT ({cols}, {id}) VALUES ({values}, d.{id}) \
+         {returning}",
+        written = any_of(&format!("t.{id}"), "=", &format!("SELECT w.{id} FROM {changes} w")),
+        set = updated.iter().map(|c| format!("{q} = d.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", "),
+        cols = quoted(inserted),
+        values = qualified("d", inserted),
+    )
+}
+
 /// A 64-bit hash `hash` (a bigint expression) as a value to hash again without
 /// losing bits: PostgreSQL's bigint hash folds its argument to 32 bits (so that
 /// equal int4 and int8 values hash alike), which would make a hash of hashes
